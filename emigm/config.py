@@ -147,8 +147,8 @@ class RunConfig:
             )
         if tk.grid < 1 or tk.image_size % (tk.patch_size if tk.kind == "patch" else tk.stride or 1):
             raise ValueError(f"image_size {tk.image_size} is not a multiple of the token stride")
-        if bb.null_mode == "mask" and bb.width != bb.decoder_width:
-            raise ValueError("null_mode 'mask' shares one vector between encoder and decoder: "
+        if (bb.null_mode == "mask" or not bb.mae) and bb.width != bb.decoder_width:
+            raise ValueError("null_mode 'mask' and mae=false use the mask token in the encoder: "
                              "width and decoder_width must be equal")
         for name, width, heads in (("width", bb.width, bb.num_heads),
                                    ("decoder_width", bb.decoder_width, bb.decoder_num_heads)):

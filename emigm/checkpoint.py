@@ -1,0 +1,153 @@
+"""Saving and loading: inference exports (safetensors + JSON) and atomic file writes.
+
+An export is a folder holding `model.safetensors` (EMA weights) and `config.json` (the RunConfig under
+"config" plus metadata such as the training command, steps and final loss). Shipped models live in
+`assets/<name>/` and load by name.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import RunConfig, from_dict, to_dict
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or export that is missing, corrupt or does not fit the model."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to a temp file in the same folder, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_torch(path: str | os.PathLike) -> Any:
+    """torch.load with weights_only=True; a missing or corrupt file raises CheckpointError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated / foreign files
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+
+
+def check_keys(expected: set[str], got: set[str], source: str) -> None:
+    missing, unexpected = sorted(expected - got), sorted(got - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) ({', '.join(unexpected[:5])}{', ...' if len(unexpected) > 5 else ''})")
+        raise CheckpointError(f"{source} does not fit this model: " + "; ".join(parts))
+
+
+def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load with exact key and shape checks and a one-line error naming the source."""
+    own = model.state_dict()
+    check_keys(set(own), set(state), source)
+    bad = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if state[k].shape != v.shape]
+    if bad:
+        raise CheckpointError(f"{source} does not fit this model: shape mismatch in {', '.join(bad[:3])}")
+    model.load_state_dict(state)
+
+
+def save_export(model: torch.nn.Module, cfg: RunConfig, out_dir: str | os.PathLike,
+                meta: dict[str, Any] | None = None, state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write an inference export: weights (`state`, default the model's) + config.json."""
+    from safetensors.torch import save
+
+    out = Path(out_dir)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in (state or model.state_dict()).items()}
+    atomic_write_bytes(out / WEIGHTS_FILE, save(tensors))
+    doc = {"config": to_dict(cfg), "meta": meta or {}}
+    atomic_write_bytes(out / CONFIG_FILE, json.dumps(doc, indent=2, sort_keys=True).encode())
+    return out
+
+
+def shipped_models() -> list[str]:
+    """Names of the models in assets/ (folders holding an export)."""
+    if not ASSETS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in ASSETS_DIR.iterdir() if (p / WEIGHTS_FILE).is_file() and (p / CONFIG_FILE).is_file())
+
+
+def resolve_export(name_or_path: str | os.PathLike) -> Path:
+    """A shipped model name or a folder / config path -> the export folder."""
+    p = Path(name_or_path)
+    if p.is_dir() and (p / CONFIG_FILE).is_file():
+        return p
+    if p.is_file() and p.name in (CONFIG_FILE, WEIGHTS_FILE):
+        return p.parent
+    if (ASSETS_DIR / str(name_or_path) / CONFIG_FILE).is_file():
+        return ASSETS_DIR / str(name_or_path)
+    names = shipped_models()
+    raise CheckpointError(
+        f"no model export at {name_or_path!r} (expected a folder with {CONFIG_FILE} and {WEIGHTS_FILE}, "
+        f"or a shipped model name; shipped: {', '.join(names) if names else 'none'})")
+
+
+def read_export_config(folder: Path) -> tuple[RunConfig, dict[str, Any]]:
+    path = folder / CONFIG_FILE
+    try:
+        doc = json.loads(path.read_text())
+        return from_dict(RunConfig, doc["config"]).validate(), doc.get("meta", {})
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"bad model config {path}: {e}") from None
+
+
+def load_export(name_or_path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Load an export -> (MaskedGenerator in eval mode, RunConfig, meta)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .model import MaskedGenerator
+
+    folder = resolve_export(name_or_path)
+    cfg, meta = read_export_config(folder)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"model weights not found: {weights}")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read model weights {weights}: {e}") from None
+    model = MaskedGenerator(cfg)
+    load_state_dict_strict(model, state, str(weights))
+    meta = dict(meta, export_dir=str(folder))
+    return model.to(device).eval(), cfg, meta

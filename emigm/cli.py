@@ -1,0 +1,210 @@
+"""Command line: `python -m emigm COMMAND ...`. Bad input prints one line and exits with code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .checkpoint import CheckpointError
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, no usage dump
+        raise CliError(message)
+
+
+# ----------------------------------------------------------------------------- shared options
+
+
+def add_sampler_args(p: argparse.ArgumentParser) -> None:
+    from .sampler import ANNEALS, COUNT_RULES, HEAD_SOLVERS, ORDERS
+    from .schedules import SCHEDULES
+
+    g = p.add_argument_group("sampler")
+    g.add_argument("--steps", dest="num_steps", type=int, default=16, help="sampling steps S")
+    g.add_argument("--schedule", default="exp", help=f"mask schedule: {', '.join(SCHEDULES)}")
+    g.add_argument("--count-rule", default="binomial", help=f"{', '.join(COUNT_RULES)}")
+    g.add_argument("--order", default="random", help=f"reveal order: {', '.join(ORDERS)}")
+    g.add_argument("--order-temperature", type=float, default=4.5, help="Gumbel temperature of the confidence order")
+    g.add_argument("--order-anneal", default="linear", help=f"{', '.join(ANNEALS)}")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--head-solver", default="dpm", help=f"{', '.join(HEAD_SOLVERS)}")
+    g.add_argument("--head-steps", type=int, default=8)
+    g = p.add_argument_group("guidance")
+    g.add_argument("--cfg", dest="cfg_scale", type=float, default=1.0, help="CFG scale (1 = off)")
+    g.add_argument("--cfg-mode", default="", help="null class: mask or fake (default: the model's)")
+    g.add_argument("--cfg-interval", nargs=2, type=float, default=(0.0, 1.0), metavar=("T_LO", "T_HI"),
+                   help="CFG only at steps with T_LO < s <= T_HI (s: time after the step)")
+    g.add_argument("--cfg-schedule", default="constant", help="constant or linear")
+
+
+def sampler_configs(a: argparse.Namespace, draft: bool = False):
+    from .sampler import GuidanceConfig, SamplerConfig
+
+    sampler = SamplerConfig(num_steps=a.num_steps, schedule=a.schedule, count_rule=a.count_rule,
+                            order=a.order, order_temperature=a.order_temperature, order_anneal=a.order_anneal,
+                            temperature=a.temperature, head_solver=a.head_solver, head_steps=a.head_steps,
+                            draft=draft).validate()
+    guidance = GuidanceConfig(cfg_scale=a.cfg_scale, cfg_mode=a.cfg_mode,
+                              cfg_interval=tuple(a.cfg_interval), cfg_schedule=a.cfg_schedule).validate()
+    return sampler, guidance
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda was requested but no CUDA device is available; use --device cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise CliError(f"unknown device {name!r}; valid: auto, cpu, cuda")
+    return torch.device(name)
+
+
+def load_for_sampling(a: argparse.Namespace, device):
+    """--checkpoint NAME_OR_PATH, or --preset NAME --random-init -> (model, cfg, label)."""
+    from .checkpoint import load_export
+    from .model import MaskedGenerator
+    from .presets import get_preset
+
+    if a.checkpoint:
+        model, cfg, _ = load_export(a.checkpoint, device)
+        return model, cfg, str(a.checkpoint)
+    if not a.preset:
+        raise CliError("give --checkpoint NAME_OR_PATH, or --preset NAME --random-init")
+    if not a.random_init:
+        raise CliError(f"--preset {a.preset} has no trained weights here: add --random-init, or use --checkpoint")
+    import torch
+
+    cfg = get_preset(a.preset)
+    torch.manual_seed(a.seed)  # weights only; sampling randomness is addressed by seed (emigm.rng)
+    return MaskedGenerator(cfg).to(device).eval(), cfg, f"{a.preset} (random init)"
+
+
+def parse_class(value: str, names: list[str]) -> int:
+    if value.lstrip("-").isdigit():
+        idx = int(value)
+    else:
+        lowered = [n.lower() for n in names]
+        if value.lower() not in lowered:
+            raise CliError(f"unknown class {value!r}; valid: 0..{len(names) - 1} or one of: {', '.join(names)}")
+        idx = lowered.index(value.lower())
+    if not 0 <= idx < len(names):
+        raise CliError(f"class id {idx} out of range; valid: 0..{len(names) - 1}")
+    return idx
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_schedule(a: argparse.Namespace) -> None:
+    from .steps import step_table
+
+    sampler, guidance = sampler_configs(a)
+    table = step_table(sampler, guidance, a.tokens)
+    if a.json:
+        print(json.dumps(table.as_dict(), indent=2))
+        return
+    cfg_on = guidance.cfg_scale != 1.0
+    print(f"schedule {sampler.schedule}, {sampler.num_steps} steps, {a.tokens} tokens, count rule {sampler.count_rule}"
+          + (f", CFG {guidance.cfg_scale} in ({guidance.cfg_interval[0]}, {guidance.cfg_interval[1]}]" if cfg_on else ", no CFG"))
+    print(f"{'step':>4} {'t':>8} {'s':>8} {'E[revealed]':>12} {'E[masked]':>10} {'cfg':>4} {'passes':>6} {'total':>6}")
+    for r in table.rows:
+        print(f"{r.step:>4} {r.t:>8.4f} {r.s:>8.4f} {r.expected_revealed:>12.1f} {r.expected_masked_after:>10.1f} "
+              f"{'yes' if r.cfg else '':>4} {r.passes:>6} {r.cumulative_passes:>6}")
+    print(f"CFG steps: {table.cfg_steps}; transformer passes: {table.passes} "
+          f"({sampler.num_steps} x {table.nfe_per_step:.3g})")
+
+
+def cmd_sample(a: argparse.Namespace) -> None:
+    import torch
+
+    from .imaging import save_grid
+    from .labels import class_names
+    from .sampler import sample_steps
+    from .tokenizers import build_tokenizer
+    from .trace import trace_dict
+
+    if a.num_images < 1:
+        raise CliError(f"--num-images must be >= 1, got {a.num_images}")
+    device = resolve_device(a.device)
+    sampler, guidance = sampler_configs(a)
+    model, cfg, label = load_for_sampling(a, device)
+    names = class_names(cfg)
+    cls = parse_class(str(a.class_), names)
+    tokenizer = build_tokenizer(cfg.tokenizer, root=_export_root(a)).to(device).eval()
+    labels = torch.full((a.num_images,), cls, dtype=torch.long)
+    seeds = [a.seed + i for i in range(a.num_images)]
+    start = time.perf_counter()
+    states = list(s.to("cpu") for s in sample_steps(model, labels, seeds, sampler, guidance))
+    elapsed = time.perf_counter() - start
+    last = states[-1]
+    with torch.inference_mode():
+        images = tokenizer.decode(last.tokens.to(device)).cpu()
+    save_grid(images, a.out)
+    print(f"wrote {a.out}: {a.num_images} image(s) of class {cls} ({names[cls]}) from {label}; "
+          f"{last.passes} transformer passes, {last.head_evals} head evaluations, {elapsed:.2f} s")
+    if a.trace:
+        doc = trace_dict(states, label, {"class_name": names[cls], "seconds": round(elapsed, 4)})
+        Path(a.trace).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.trace).write_text(json.dumps(doc))
+        print(f"wrote {a.trace}")
+
+
+def _export_root(a: argparse.Namespace):
+    from .checkpoint import ASSETS_DIR, resolve_export
+
+    return str(resolve_export(a.checkpoint)) if getattr(a, "checkpoint", None) else str(ASSETS_DIR)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .presets import PRESETS
+
+    p = _Parser(prog="python -m emigm", description="eMIGM: masked image generation")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("schedule", help="per-step reveal counts and transformer passes (no model)")
+    add_sampler_args(s)
+    s.add_argument("--tokens", type=int, default=256, help="number of tokens L")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_schedule)
+
+    s = sub.add_parser("sample", help="sample images and write a grid PNG (+ a JSON trace)")
+    s.add_argument("--checkpoint", default="", help="an export folder or a shipped model name")
+    s.add_argument("--preset", default="", help=f"with --random-init: {', '.join(PRESETS)}")
+    s.add_argument("--random-init", action="store_true")
+    s.add_argument("--class", dest="class_", default="0", help="class id or name")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--num-images", type=int, default=4)
+    s.add_argument("--out", default="samples.png")
+    s.add_argument("--trace", default="")
+    s.add_argument("--device", default="auto")
+    add_sampler_args(s)
+    s.set_defaults(func=cmd_sample)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        args.func(args)
+    except (CliError, ValueError, FileNotFoundError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
