@@ -1,0 +1,79 @@
+import math
+
+import pytest
+import torch
+
+from emigm.config import MaskingConfig
+from emigm.masking import draw_mask, masked_mean, truncated_normal_ratio
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_bernoulli_shared_count_same_count_different_positions():
+    d = draw_mask(MaskingConfig(distribution="bernoulli", shared_count=True), 64, 49, gen())
+    counts = d.mask.sum(1)
+    assert torch.all(counts == counts[0]) and int(counts[0]) >= 2
+    assert len({tuple(r.tolist()) for r in d.mask}) > 1
+    assert torch.all(d.t >= 0.2) and torch.all(d.t == d.t[0])
+
+
+def test_bernoulli_independent_ratio_matches_gamma():
+    cfg = MaskingConfig(distribution="bernoulli", shared_count=False, t_min=0.0, schedule="linear")
+    d = draw_mask(cfg, 4000, 64, gen(1))
+    p = 0.999 * d.t + 0.001
+    frac = d.mask.float().mean(1)
+    # per-row fraction is Binomial(64, p)/64: regress against p
+    assert float((frac - p).mean()) == pytest.approx(0.0, abs=0.01)
+    assert torch.all(d.mask.sum(1) >= 1)
+
+
+def test_time_truncation_is_a_clamp():
+    cfg = MaskingConfig(distribution="bernoulli", shared_count=False, t_min=0.4)
+    d = draw_mask(cfg, 20000, 16, gen(2))
+    assert float(d.t.min()) == pytest.approx(0.4)
+    assert float((d.t == 0.4).float().mean()) == pytest.approx(0.4, abs=0.02)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "exp"])
+def test_exact_count_is_ceil_l_gamma(schedule):
+    from emigm.schedules import get_schedule
+
+    cfg = MaskingConfig(distribution="exact", schedule=schedule, t_min=0.0)
+    d = draw_mask(cfg, 256, 49, gen(3))
+    expected = torch.ceil(49 * get_schedule(schedule).gamma(0.999 * d.t + 0.001)).long().clamp(1, 49)
+    assert torch.equal(d.mask.sum(1), expected)
+
+
+def test_mar_ratio_in_range_and_mode_near_one():
+    r = truncated_normal_ratio(20000, gen(4), None)
+    assert float(r.min()) >= 0.7 and float(r.max()) <= 1.0
+    hist = torch.histc(r, bins=6, min=0.7, max=1.0)
+    assert hist[-1] > hist[0]  # density increases toward the mode at 1
+    d = draw_mask(MaskingConfig(distribution="mar"), 8, 100, gen(5))
+    c = d.mask.sum(1)
+    assert torch.all(c == c[0]) and 70 <= int(c[0]) <= 100
+
+
+def test_mdm_weight():
+    from emigm.schedules import get_schedule
+
+    d = draw_mask(MaskingConfig(distribution="bernoulli", shared_count=False, weighting="mdm", schedule="cosine"), 16, 8, gen(6))
+    p = 0.999 * d.t + 0.001
+    torch.testing.assert_close(d.weight, get_schedule("cosine").mdm_weight(p))
+
+
+def test_generator_reproducible_and_bad_names():
+    a = draw_mask(MaskingConfig(), 4, 16, gen(7))
+    b = draw_mask(MaskingConfig(), 4, 16, gen(7))
+    assert torch.equal(a.mask, b.mask)
+    with pytest.raises(ValueError, match="bernoulli, exact, mar"):
+        draw_mask(MaskingConfig(distribution="poisson"), 4, 16, gen())
+
+
+def test_masked_mean():
+    loss = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    mask = torch.tensor([[True, False], [True, True]])
+    assert float(masked_mean(loss, mask)) == pytest.approx(8 / 3)
+    assert float(masked_mean(loss, mask, torch.tensor([2.0, 0.0]))) == pytest.approx(2 / 3)
