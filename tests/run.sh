@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install what the tests need (Python packages, Fashion-MNIST, Chromium) and run the default suite.
+# GPU tests are marked `gpu` and skip without CUDA.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+[ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get install -y -q "${need[@]}" >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q "${need[@]}" >/dev/null; }
+  else
+    echo "note: missing ${need[*]} (install with apt-get); tests that need them will skip" >&2
+  fi
+fi
+python3 -m pip install -q --disable-pip-version-check -r requirements-test.txt
+exec python3 -m pytest -q "$@"
