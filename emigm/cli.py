@@ -160,6 +160,29 @@ def cmd_sample(a: argparse.Namespace) -> None:
         print(f"wrote {a.trace}")
 
 
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from .config import to_dict
+    from .scoring import evaluate_generator
+    from .tokenizers import build_tokenizer
+
+    device = resolve_device(a.device)
+    sampler, guidance = sampler_configs(a)
+    model, cfg, label = load_for_sampling(a, device)
+    tokenizer = build_tokenizer(cfg.tokenizer, root=_export_root(a)).to(device).eval()
+    r = evaluate_generator(model, tokenizer, a.num_samples, sampler, guidance, a.data_path or None,
+                           a.classifier or None, a.batch_size, a.seed)
+    r = {"model": label, "sampler": to_dict(sampler), "guidance": to_dict(guidance), **r}
+    if a.json:
+        print(json.dumps(r, indent=2))
+        return
+    fl = r["floor"]
+    print(f"{label}: {a.num_samples} samples, {r['passes']} passes ({sampler.num_steps} x "
+          f"{r['passes'] / sampler.num_steps:.3g}), {r['head_evals']} head evals, {r['images_per_s']:.1f} img/s")
+    print(f"{'':<10} {'FD':>8} {'class acc':>10} {'precision':>10} {'recall':>8}")
+    print(f"{'samples':<10} {r['fd']:>8.3f} {r['class_accuracy']:>10.3f} {r['precision']:>10.3f} {r['recall']:>8.3f}")
+    print(f"{'real data':<10} {fl['fd']:>8.3f} {fl['class_accuracy']:>10.3f} {fl['precision']:>10.3f} {fl['recall']:>8.3f}")
+
+
 def _export_root(a: argparse.Namespace):
     from .checkpoint import ASSETS_DIR, resolve_export
 
@@ -193,6 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     add_sampler_args(s)
     s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser("evaluate", help="FD / class accuracy / precision / recall of N samples")
+    s.add_argument("--checkpoint", default="", help="an export folder or a shipped model name")
+    s.add_argument("--preset", default="", help="with --random-init (a smoke test of the pipeline)")
+    s.add_argument("--random-init", action="store_true")
+    s.add_argument("--num-samples", type=int, default=10000)
+    s.add_argument("--batch-size", type=int, default=250)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--data.path", dest="data_path", default="", help="Fashion-MNIST folder")
+    s.add_argument("--classifier", default="", help="classifier folder (default: assets/classifier)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--json", action="store_true")
+    add_sampler_args(s)
+    s.set_defaults(func=cmd_evaluate)
     return p
 
 

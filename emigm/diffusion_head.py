@@ -1,0 +1,178 @@
+"""Per-token diffusion head (MAR "DiffLoss"): z -> training loss, or z -> one sampled token.
+
+The network is MAR's AdaLN MLP; parameter names match the released checkpoints (`diffloss.net.*`
+there, `net.*` here). The Gaussian diffusion math and the solvers live in `emigm.diffusion`; this
+file only builds the `model(x, t)` closure for them, with classifier-free guidance applied to the
+noise prediction through `emigm.guidance.guide` in one batched network call.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from emigm.diffusion import GaussianDiffusion, get_solver, solver_evals
+from emigm.guidance import guide
+
+Tensor = torch.Tensor
+TIME_FEATURES = 256
+
+
+def timestep_embedding(t: Tensor, dim: int = TIME_FEATURES, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal features of (possibly fractional) diffusion steps t (N,) -> float32 (N, dim),
+    [cos, sin] order, frequencies exp(-ln(max_period) i / (dim / 2)), i = 0 .. dim/2 - 1."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale) + shift
+
+
+class TimeEmbed(nn.Module):
+    """t (N,) -> (N, W): sinusoid (256) -> Linear -> SiLU -> Linear."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(TIME_FEATURES, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, t: Tensor) -> Tensor:
+        return self.mlp(timestep_embedding(t))
+
+
+class ResBlock(nn.Module):
+    """x += gate * MLP(LN(x) * (1 + scale) + shift), (shift, scale, gate) = Linear(SiLU(y))."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.in_ln = nn.LayerNorm(width, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        shift, scale, gate = self.adaLN_modulation(y).chunk(3, dim=-1)
+        return x + gate * self.mlp(_modulate(self.in_ln(x), shift, scale))
+
+
+class FinalLayer(nn.Module):
+    """Affine-free LayerNorm modulated by (shift, scale) = Linear(SiLU(y)), then Linear W -> out."""
+
+    def __init__(self, width: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm_final = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(width, out_dim)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        shift, scale = self.adaLN_modulation(y).chunk(2, dim=-1)
+        return self.linear(_modulate(self.norm_final(x), shift, scale))
+
+
+class AdaLNMLP(nn.Module):
+    """(x (N, C), t (N,) float steps, z (N, cond_dim)) -> (N, 2C) = [eps, v]."""
+
+    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int) -> None:
+        super().__init__()
+        self.time_embed = TimeEmbed(width)
+        self.cond_embed = nn.Linear(cond_dim, width)
+        self.input_proj = nn.Linear(token_dim, width)
+        self.res_blocks = nn.ModuleList(ResBlock(width) for _ in range(depth))
+        self.final_layer = FinalLayer(width, 2 * token_dim)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        for lin in (self.time_embed.mlp[0], self.time_embed.mlp[2]):
+            nn.init.normal_(lin.weight, std=0.02)
+        # zero-init every modulation output and the final linear: each block starts as identity
+        # and the head starts by predicting eps = 0, v = 0
+        for lin in [b.adaLN_modulation[-1] for b in self.res_blocks] + [
+                self.final_layer.adaLN_modulation[-1], self.final_layer.linear]:
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x: Tensor, t: Tensor, z: Tensor) -> Tensor:
+        return self.forward_embedded(x, t, self.cond_embed(z))
+
+    def forward_embedded(self, x: Tensor, t: Tensor, c: Tensor) -> Tensor:
+        """forward with the condition already embedded, c = cond_embed(z) (N, W); t may be (1,)
+        when every row shares the step (the time embedding is then computed once and broadcast)."""
+        h = self.input_proj(x)
+        y = self.time_embed(t) + c
+        for block in self.res_blocks:
+            h = block(h, y)
+        return self.final_layer(h, y)
+
+
+class DiffusionHead(nn.Module):
+    """Per-token diffusion head: a token of `token_dim` channels conditioned on z of `cond_dim`.
+
+    Training uses the full `num_timesteps` cosine diffusion; sampling runs one of
+    `emigm.diffusion.SOLVERS` ("ddpm" respaced to `steps`, "dpm" singlestep DPM-Solver++-3, "dpm2m")."""
+
+    discrete = False
+
+    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int,
+                 num_timesteps: int = 1000, batch_mul: int = 4) -> None:
+        super().__init__()
+        for name, val in (("token_dim", token_dim), ("cond_dim", cond_dim), ("width", width),
+                          ("depth", depth), ("batch_mul", batch_mul)):
+            if val < 1:
+                raise ValueError(f"{name} must be >= 1, got {val}")
+        self.token_dim, self.batch_mul = token_dim, batch_mul
+        self.net = AdaLNMLP(token_dim, cond_dim, width, depth)
+        self.diffusion = GaussianDiffusion.cosine(num_timesteps)  # plain tensors: not in state_dict
+
+    def loss(self, z: Tensor, target: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Per-token loss (M,) for conditions z (M, cond_dim) and targets (M, token_dim), averaged over
+        batch_mul draws of (diffusion step, noise) per token, all drawn from `generator`."""
+        M, k = target.shape[0], self.batch_mul
+        gen_device = generator.device if generator is not None else target.device
+        t = torch.randint(0, self.diffusion.num_steps, (k * M,), generator=generator, device=gen_device)
+        noise = torch.randn((k * M, self.token_dim), generator=generator, device=gen_device,
+                            dtype=target.dtype)
+        z_k, x0 = z.repeat(k, 1), target.repeat(k, 1)
+        loss = self.diffusion.training_loss(lambda x, s: self.net(x, s, z_k), x0,
+                                            t.to(target.device), noise.to(target.device))
+        return loss.view(k, M).mean(0)
+
+    @torch.no_grad()
+    def sample(self, z: Tensor, noise: Callable[[int], Tensor], *, z_uncond: Tensor | None = None,
+               cfg_scale: Tensor | float | None = None, temperature: float = 1.0,
+               solver: str = "dpm", steps: int = 8) -> Tensor:
+        """One token (M, token_dim) per condition z (M, cond_dim).
+
+        noise(i): the i-th standard normal draw (M, token_dim) of this call; noise(0) is x_T, DDPM
+        asks for noise(1..steps-1). With z_uncond (M, cond_dim), every network call runs once on
+        [x, x] with [z, z_uncond] and the noise prediction becomes guide(eps_c, eps_u, cfg_scale)
+        (cfg_scale: float or per-row (M,)); DDPM's variance comes from the conditional half.
+        cfg_scale is ignored without z_uncond. temperature scales DDPM's injected noise only."""
+        run = get_solver(solver)
+        # The solvers give every row the same step: embed it once, and embed z once per call.
+        if z_uncond is None:
+            c = self.net.cond_embed(z)
+            model = lambda x, t: self.net.forward_embedded(x, t[:1], c)  # noqa: E731
+        else:
+            if cfg_scale is None:
+                raise ValueError("cfg_scale is required when z_uncond is given")
+            if z_uncond.shape != z.shape:
+                raise ValueError(f"z_uncond shape {tuple(z_uncond.shape)} != z shape {tuple(z.shape)}")
+            c_both = self.net.cond_embed(torch.cat([z, z_uncond]))
+
+            def model(x: Tensor, t: Tensor) -> Tensor:
+                out_c, out_u = self.net.forward_embedded(torch.cat([x, x]), t[:1], c_both).chunk(2)
+                eps = guide(out_c[:, : self.token_dim], out_u[:, : self.token_dim], cfg_scale)
+                return torch.cat([eps, out_c[:, self.token_dim:]], dim=-1)
+
+        return run(self.diffusion, model, noise(0), noise, steps=steps, temperature=temperature)
+
+    def evals(self, solver: str, steps: int) -> int:
+        """Network calls one `sample` makes (a CFG call counts once though it runs a doubled batch)."""
+        return solver_evals(solver, steps)

@@ -1,0 +1,54 @@
+"""Scoring a generator: sample N class-balanced images and measure them with the shipped
+Fashion-MNIST classifier (FD on its penultimate features, class accuracy, k-NN precision/recall),
+beside the real-data floor at the same N. Backs `python -m emigm evaluate` and the benchmarks."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from .evaluation import evaluate_images, load_classifier, dataset_features, real_data_floor
+from .sampler import GuidanceConfig, SamplerConfig, sample
+from .checkpoint import ASSETS_DIR
+
+
+def generate(model, tokenizer, num_samples: int, sampler: SamplerConfig, guidance: GuidanceConfig,
+             batch_size: int = 250, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Class-balanced samples: image i has class i % classes and seed seed + i (so any batch size
+    gives the same images). Returns images (N, C, H, W) on the CPU, labels (N,), and cost figures."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = next(model.parameters()).device
+    labels = torch.arange(num_samples) % model.num_classes
+    images, passes, head_evals = [], 0, 0
+    sampler = sampler if not sampler.draft else SamplerConfig(**{**sampler.__dict__, "draft": False})
+    start = time.perf_counter()
+    for lo in range(0, num_samples, batch_size):
+        hi = min(num_samples, lo + batch_size)
+        state = sample(model, labels[lo:hi], [seed + i for i in range(lo, hi)], sampler, guidance)
+        with torch.inference_mode():
+            images.append(tokenizer.decode(state.tokens).float().cpu())
+        passes, head_evals = state.passes, state.head_evals
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return torch.cat(images), labels, {"passes": passes, "head_evals": head_evals, "seconds": seconds,
+                                       "images_per_s": num_samples / seconds}
+
+
+def evaluate_generator(model, tokenizer, num_samples: int, sampler: SamplerConfig, guidance: GuidanceConfig,
+                       data_root: str | None = None, classifier_path: str | None = None,
+                       batch_size: int = 250, seed: int = 0, floor: bool = True) -> dict[str, Any]:
+    """FD, class accuracy, precision, recall of N samples vs the test set; NFE; images/s; and the
+    real-data floor (N training images vs the test set) at the same N."""
+    classifier = load_classifier(classifier_path or ASSETS_DIR / "classifier")
+    ref, _ = dataset_features(classifier, data_root, "test", min(num_samples, 10000))
+    images, labels, cost = generate(model, tokenizer, num_samples, sampler, guidance, batch_size, seed)
+    result = {**evaluate_images(images, labels, classifier, ref), **cost}
+    if floor:
+        fl = real_data_floor(classifier, data_root, min(num_samples, 10000))
+        result["floor"] = {k: fl[k] for k in ("fd", "class_accuracy", "precision", "recall")}
+    return result
