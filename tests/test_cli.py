@@ -1,0 +1,86 @@
+"""The command line: outputs, exit code 2 and one-line errors for bad input."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "emigm", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_schedule_json_gives_the_papers_pass_count():
+    r = run("schedule", "--schedule", "exp", "--steps", "16", "--tokens", "256", "--cfg", "4",
+            "--cfg-interval", "0.1", "0.3", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["cfg_steps"] == 3 and doc["passes"] == 19
+    reveals = [round(s["expected_revealed"], 1) for s in doc["steps"]]
+    assert reveals[:4] == [0.6, 0.9, 1.2, 1.6] and reveals[-1] == 69.2
+    assert [s["step"] for s in doc["steps"] if s["cfg"]] == [12, 13, 14]
+
+
+def test_schedule_table_is_readable():
+    r = run("schedule", "--steps", "4", "--tokens", "16")
+    assert r.returncode == 0 and "transformer passes: 4" in r.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["schedule", "--schedule", "sigmoid"], "valid: linear, cosine, exp"),
+    (["schedule", "--steps", "0"], "num_steps"),
+    (["schedule", "--cfg-interval", "0.4", "0.2"], "cfg_interval"),
+    (["schedule", "--cfg", "-1"], "cfg_scale"),
+    (["schedule", "--head-solver", "euler"], "dpm, dpm2m, ddpm"),
+    (["sample", "--checkpoint", "no-such-model"], "no model export"),
+    (["sample", "--preset", "nope", "--random-init"], "unknown preset"),
+    (["sample", "--preset", "test-tiny", "--random-init", "--class", "12"], "out of range"),
+    (["sample", "--preset", "test-tiny", "--random-init", "--order", "spiral"], "random, confidence, fixed"),
+    (["bogus-command"], "invalid choice"),
+])
+def test_bad_input_is_one_line_exit_2(args, needle, capsys):
+    from emigm.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_process_exit_code_is_2_without_traceback():
+    r = run("schedule", "--schedule", "sigmoid")
+    assert r.returncode == 2 and r.stderr.startswith("error: unknown schedule") and "Traceback" not in r.stderr
+
+
+def test_corrupt_checkpoint_is_refused(tmp_path, capsys):
+    (tmp_path / "config.json").write_text("{not json")
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 10)
+    from emigm.cli import main
+    assert main(["sample", "--checkpoint", str(tmp_path)]) == 2
+    assert "bad model config" in capsys.readouterr().err
+    from emigm.config import to_dict
+    from emigm.presets import get_preset
+    (tmp_path / "config.json").write_text(json.dumps({"config": to_dict(get_preset("test-tiny"))}))
+    assert main(["sample", "--checkpoint", str(tmp_path)]) == 2
+    assert "cannot read model weights" in capsys.readouterr().err
+
+
+def test_sample_writes_grid_and_trace(tmp_path):
+    out, trace = tmp_path / "grid.png", tmp_path / "trace.json"
+    r = run("sample", "--preset", "test-tiny", "--random-init", "--class", "Dress", "--seed", "3", "--steps", "6",
+            "--cfg", "4.0", "--cfg-interval", "0.1", "0.5", "--head-steps", "4", "--num-images", "3",
+            "--out", str(out), "--trace", str(trace), "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    from PIL import Image
+    assert Image.open(out).format == "PNG"
+    doc = json.loads(trace.read_text())
+    assert doc["labels"] == [3, 3, 3] and doc["seeds"] == [3, 4, 5] and len(doc["steps"]) == 6
+    for i in range(3):
+        seen = sorted(p for s in doc["steps"] for p in s["revealed"][i])
+        assert seen == list(range(16))
+    assert doc["steps"][-1]["passes"] == doc["total_passes"]
+    assert doc["guidance"]["cfg_interval"] == [0.1, 0.5]
