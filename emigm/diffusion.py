@@ -145,7 +145,8 @@ class GaussianDiffusion:
     def cosine(cls, num_timesteps: int = 1000) -> "GaussianDiffusion":
         if num_timesteps < 2:
             raise ValueError(f"num_timesteps must be >= 2, got {num_timesteps}")
-        return cls(cosine_betas(num_timesteps), torch.arange(num_timesteps))
+        with torch.device("cpu"):  # tables stay on the CPU even inside a meta / cuda device context
+            return cls(cosine_betas(num_timesteps), torch.arange(num_timesteps))
 
     @property
     def num_steps(self) -> int:
@@ -155,7 +156,7 @@ class GaussianDiffusion:
         """The same process seen at `steps` evenly spaced steps: new betas 1 - ab_k / ab_{k-1} over the
         kept steps, so the marginals at the kept steps are unchanged. Cached per `steps`."""
         if steps not in self._respaced:
-            keep = torch.tensor(space_timesteps(self.num_steps, steps))
+            keep = torch.tensor(space_timesteps(self.num_steps, steps), device="cpu")
             ab = self.alpha_bar[keep]
             betas = 1 - ab / torch.cat([ab.new_ones(1), ab[:-1]])
             self._respaced[steps] = GaussianDiffusion(betas, self.timesteps[keep])
