@@ -230,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     add_sampler_args(s)
     s.set_defaults(func=cmd_evaluate)
+
+    from .train import register_cli as register_train
+
+    register_train(sub)
     return p
 
 

@@ -4,4 +4,5 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Tiny test models gain nothing from intra-op threads; a second thread only adds contention.
+torch.set_num_threads(1)
