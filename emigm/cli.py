@@ -183,6 +183,28 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     print(f"{'real data':<10} {fl['fd']:>8.3f} {fl['class_accuracy']:>10.3f} {fl['precision']:>10.3f} {fl['recall']:>8.3f}")
 
 
+def cmd_train_tokenizer(a: argparse.Namespace) -> None:
+    from .vqvae import train_vqvae
+
+    for name in ("steps", "batch_size", "codebook_size"):
+        if getattr(a, name) < 1:
+            raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    m = train_vqvae(a.data_path or None, a.out, steps=a.steps, batch_size=a.batch_size,
+                    codebook_size=a.codebook_size, seed=a.seed, device=resolve_device(a.device))
+    print(f"wrote {a.out}: test PSNR {m['psnr']:.2f} dB, codebook use {m['codebook_used']:.1%}, "
+          f"perplexity {m['perplexity']:.0f}")
+
+
+def cmd_train_classifier(a: argparse.Namespace) -> None:
+    from .evaluation import train_classifier
+
+    if a.epochs < 1:
+        raise CliError(f"--epochs must be >= 1, got {a.epochs}")
+    r = train_classifier(a.data_path or None, a.out, epochs=a.epochs, batch_size=a.batch_size, seed=a.seed,
+                         device=resolve_device(a.device))
+    print(f"wrote {a.out}: test accuracy {r['test_accuracy']:.4f}")
+
+
 def _export_root(a: argparse.Namespace):
     from .checkpoint import ASSETS_DIR, resolve_export
 
@@ -230,6 +252,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     add_sampler_args(s)
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("train-tokenizer", help="train the small VQ-VAE for 28x28 images")
+    s.add_argument("--data.path", dest="data_path", default="", help="Fashion-MNIST folder")
+    s.add_argument("--out", default="assets/fmnist-vq")
+    s.add_argument("--steps", type=int, default=3000)
+    s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--codebook-size", type=int, default=512)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_train_tokenizer)
+
+    s = sub.add_parser("train-classifier", help="train the Fashion-MNIST classifier behind FD / accuracy")
+    s.add_argument("--data.path", dest="data_path", default="", help="Fashion-MNIST folder")
+    s.add_argument("--out", default="assets/classifier")
+    s.add_argument("--epochs", type=int, default=6)
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_train_classifier)
 
     from .train import register_cli as register_train
 

@@ -12,7 +12,6 @@ the current batch, and the codebook is initialised from the first batch, so code
 """
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import os
@@ -31,7 +30,6 @@ from torch import nn
 
 Tensor = torch.Tensor
 
-DEFAULT_FMNIST = "/usr/share/datasets/fashion-mnist"
 
 
 @dataclass(frozen=True)
@@ -220,33 +218,12 @@ def psnr(x: Tensor, y: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- data
 
 
-def _read_idx(path: str) -> np.ndarray:
-    """Read an IDX file (optionally gzipped) into a numpy array."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
-    ndim = data[3]
-    dims = np.frombuffer(data, dtype=">u4", count=ndim, offset=4).astype(np.int64)
-    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if arr.size != int(np.prod(dims)):
-        raise ValueError(f"{path}: truncated IDX file ({arr.size} of {int(np.prod(dims))} values)")
-    return arr.reshape(tuple(dims))
-
-
 def load_fmnist_images(root: str, split: str, image_size: int = 28) -> Tensor:
     """Fashion-MNIST images of `split` ("train" or "test") as (N, 1, S, S) float32 in [-1, 1];
     image_size 32 pads the 28 px images with background (-1)."""
-    stem = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}[split]
-    root = root or DEFAULT_FMNIST
-    for name in (stem + ".gz", stem):
-        path = os.path.join(root, name)
-        if os.path.exists(path):
-            break
-    else:
-        raise FileNotFoundError(f"Fashion-MNIST {split} images not found: {os.path.join(root, stem)}[.gz]")
-    x = torch.from_numpy(_read_idx(path).copy()).float().div_(127.5).sub_(1.0)[:, None]
+    from .data import load_fashion_mnist, to_unit_range
+
+    x = to_unit_range(load_fashion_mnist(root or None, split)[0])
     if image_size != 28:
         pad = image_size - 28
         if pad < 0 or pad % 2:
@@ -404,7 +381,7 @@ def train_vqvae(data_root: str, out_dir: str, steps: int = 3000, batch_size: int
     print(f"test PSNR {metrics['psnr']:.2f} dB  codebook used {metrics['codebook_used']:.3f}  "
           f"perplexity {metrics['perplexity']:.1f}", flush=True)
     save_vqvae(model, os.path.join(out_dir, "vq.safetensors"), metrics)
-    record = {"config": asdict(cfg), "metrics": metrics, "data_root": data_root or DEFAULT_FMNIST,
+    record = {"config": asdict(cfg), "metrics": metrics, "data_root": data_root or "default (Debian dataset-fashion-mnist)",
               "eval_images": int(test.shape[0]),
               "command": _command_line(),
               "torch": torch.__version__}
@@ -416,28 +393,3 @@ def train_vqvae(data_root: str, out_dir: str, steps: int = 3000, batch_size: int
 
     _atomic_write(os.path.join(out_dir, "vq.json"), write_json)
     return metrics
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m emigm.vqvae --out assets/fmnist-vq --steps N`; the package CLI's
-    `train-tokenizer` command calls `train_vqvae` with the same arguments."""
-    import argparse
-
-    ap = argparse.ArgumentParser(description="Train the small Fashion-MNIST VQ-VAE.")
-    ap.add_argument("--data-path", default="", help=f"IDX folder (default {DEFAULT_FMNIST})")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--codebook-size", type=int, default=512)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    train_vqvae(args.data_path, args.out, steps=args.steps, batch_size=args.batch_size,
-                codebook_size=args.codebook_size, seed=args.seed, device=args.device)
-
-
-if __name__ == "__main__":
-    main()

@@ -12,7 +12,8 @@ from emigm.config import TokenizerConfig
 from emigm.tokenizers import (TOKENIZERS, DCAETokenizer, KL16Tokenizer, PatchTokenizer, VQTokenizer,
                               build_tokenizer)
 from emigm.vae import AutoencoderKL16, KL16Config, load_kl16
-from emigm.vqvae import (DEFAULT_FMNIST, VQVAE, VQVAEConfig, VectorQuantizer, load_fmnist_images,
+from emigm.data import DEFAULT_FASHION_MNIST as DEFAULT_FMNIST
+from emigm.vqvae import (VQVAE, VQVAEConfig, VectorQuantizer, load_fmnist_images,
                          load_vqvae, psnr, save_vqvae, train_vqvae)
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
