@@ -162,6 +162,27 @@ def _latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
         raise CheckpointError(f"{e}{hint}") from None
 
 
+def export_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Write an inference export (EMA weights + config) from a training checkpoint, or from the
+    newest checkpoint of a run folder: for exporting a run before it reaches train.steps."""
+    from .config import from_dict
+
+    src = Path(source)
+    if src.is_dir():
+        found = _latest_checkpoint(src)
+        if found is None:
+            raise CheckpointError(f"no checkpoints (ckpt-*.pt) in {src}")
+        path, ck = found
+    else:
+        path, ck = src, load_checkpoint(src)
+    cfg = from_dict(RunConfig, ck["config"]).validate()
+    model = MaskedGenerator(cfg)
+    load_state_dict_strict(model, ck["ema"], f"{path} (EMA)")
+    meta = {"steps": ck["step"], "planned_steps": cfg.train.steps, "seconds": round(ck.get("elapsed", 0.0), 3),
+            "final_loss": ck.get("loss"), "exported_from": path.name}
+    return save_export(model, cfg, out_dir, meta=meta, state=ck["ema"])
+
+
 # ----------------------------------------------------------------------------- data order
 
 
@@ -562,10 +583,20 @@ def cmd_train(args: argparse.Namespace) -> None:
               + (f", export {out['export_dir']}" if out["export_dir"] else ""))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    out = export_checkpoint(args.source, args.out)
+    print(f"wrote {out}")
+
+
 def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add `train` to the CLI's subparsers: `train --preset NAME [--a.b VALUE ...] [--dry-run]
-    [--out-dir DIR] [--device D] [--max-steps N]`."""
+    """Add `train` and `export` to the CLI's subparsers: `train --preset NAME [--a.b VALUE ...]
+    [--dry-run] [--out-dir DIR] [--device D] [--max-steps N]`; `export RUN_OR_CKPT --out DIR`."""
     from .presets import PRESETS
+
+    e = subparsers.add_parser("export", help="write an inference export from a training checkpoint")
+    e.add_argument("source", help="a run folder (its newest checkpoint) or a ckpt-*.pt file")
+    e.add_argument("--out", required=True, help="export folder (model.safetensors + config.json)")
+    e.set_defaults(func=cmd_export)
 
     p = subparsers.add_parser("train", help="train or resume a run (one process, or torchrun)",
                               description="Train a preset; trailing --section.key VALUE pairs override "

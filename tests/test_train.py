@@ -275,3 +275,15 @@ def test_lr_schedule() -> None:
     assert lr_at(20, cos) == pytest.approx(1e-6)
     with pytest.raises(ValueError, match="lr_schedule"):
         lr_at(0, dataclasses.replace(t, lr_schedule="linear"))
+
+
+def test_export_from_a_checkpoint_before_the_end(tmp_path):
+    from emigm.checkpoint import load_export
+    from emigm.cli import main
+
+    cfg = tiny(train__steps=6, train__ckpt_every=2)
+    train(cfg, tmp_path / "run", max_steps=2, progress=False)
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "exp")]) == 0
+    model, got, meta = load_export(tmp_path / "exp")
+    assert got == cfg and meta["steps"] == 2 and meta["planned_steps"] == 6
+    assert main(["export", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "x")]) == 2
