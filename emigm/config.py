@@ -119,6 +119,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 3.0
     ema: float = 0.9999
+    ema_warmup: bool = False  # decay min(ema, (1 + step) / (10 + step)): for short runs
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"  # bf16/fp16 apply on CUDA only
     compile: bool = False
     seed: int = 0

@@ -69,6 +69,12 @@ def ema_init(model: nn.Module) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
+def ema_decay(cfg_decay: float, step: int, warmup: bool) -> float:
+    """EMA decay at optimizer step `step` (1-based). With warm-up, min(decay, (1 + step) / (10 + step)):
+    early weights are forgotten quickly, so a short run's EMA is not dominated by its initialisation."""
+    return min(cfg_decay, (1.0 + step) / (10.0 + step)) if warmup else cfg_decay
+
+
 def ema_update(ema: dict[str, Tensor], model: nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * weights for floating tensors; others are copied."""
     floats_e, floats_m = [], []

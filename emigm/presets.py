@@ -37,7 +37,7 @@ def _imagenet(name: str, width: int, depth: int, heads: int, head_depth: int, he
 _FMNIST_TOK = TokenizerConfig(kind="patch", image_size=28, channels=1, patch_size=4)
 _FMNIST_BACKBONE = BackboneConfig(width=192, decoder_width=192, encoder_depth=4, decoder_depth=4,
                                   num_heads=6, decoder_num_heads=6, buffer_size=4, num_classes=10)
-_FMNIST_TRAIN = TrainConfig(steps=40000, batch_size=256, blr=4e-4, warmup_steps=1000, ema=0.999,
+_FMNIST_TRAIN = TrainConfig(steps=40000, batch_size=256, blr=4e-4, warmup_steps=1000, ema=0.999, ema_warmup=True,
                             grad_clip=3.0, precision="bf16", ckpt_every=2000, log_every=100)
 
 FMNIST_EMIGM = RunConfig(
@@ -58,7 +58,7 @@ FMNIST_EMIGM_MINI = replace(
     backbone=replace(_FMNIST_BACKBONE, width=128, decoder_width=128, encoder_depth=3, decoder_depth=3,
                      num_heads=4, decoder_num_heads=4),
     head=HeadConfig(kind="diffusion", width=128, depth=2, batch_mul=4),
-    train=TrainConfig(steps=2400, batch_size=64, blr=4e-3, warmup_steps=200, ema=0.999, grad_clip=3.0,
+    train=TrainConfig(steps=2400, batch_size=64, blr=4e-3, warmup_steps=200, ema=0.999, ema_warmup=True, grad_clip=3.0,
                       precision="fp32", ckpt_every=200, log_every=50, keep_last=2),
 )
 

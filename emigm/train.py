@@ -44,7 +44,7 @@ from .checkpoint import (ASSETS_DIR, CheckpointError, atomic_torch_save, atomic_
 from .config import RunConfig, apply_overrides, to_dict, to_json
 from .masking import draw_mask
 from .model import MaskedGenerator
-from .optim import base_lr, build_optimizer, ema_init, ema_update, lr_at
+from .optim import base_lr, build_optimizer, ema_decay, ema_init, ema_update, lr_at
 
 Tensor = torch.Tensor
 
@@ -477,7 +477,7 @@ def _train(cfg: RunConfig, run_dir: Path, max_steps: int | None, dev: torch.devi
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        ema_update(ema, raw, t.ema)
+        ema_update(ema, raw, ema_decay(t.ema, step, t.ema_warmup))
         step, win_steps = step + 1, win_steps + 1
         bar.update(1)
         if step == start_step + 1:

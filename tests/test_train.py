@@ -287,3 +287,11 @@ def test_export_from_a_checkpoint_before_the_end(tmp_path):
     model, got, meta = load_export(tmp_path / "exp")
     assert got == cfg and meta["steps"] == 2 and meta["planned_steps"] == 6
     assert main(["export", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_ema_warmup_decay():
+    from emigm.optim import ema_decay
+
+    assert ema_decay(0.999, 5, False) == 0.999
+    warm = [ema_decay(0.999, s, True) for s in (0, 10, 100, 10000)]
+    assert warm[0] == pytest.approx(0.1) and warm == sorted(warm) and warm[-1] == 0.999
