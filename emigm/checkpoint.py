@@ -24,6 +24,21 @@ class CheckpointError(ValueError):
     """A checkpoint or export that is missing, corrupt or does not fit the model."""
 
 
+def command_line() -> str:
+    """The command that launched this process, as a user would type it: `python -m module args` for
+    modules (no interpreter path), `python script args` otherwise."""
+    import shlex
+    import sys
+
+    argv = list(sys.argv)
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        argv = ["python", "-m", spec.name.removesuffix(".__main__"), *argv[1:]]
+    else:
+        argv = ["python", *argv]
+    return shlex.join(argv)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to a temp file in the same folder, then rename over `path`."""
     path = Path(path)

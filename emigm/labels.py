@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 from .config import RunConfig
-
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                         "Sneaker", "Bag", "Ankle boot"]
+from .data import FASHION_MNIST_CLASSES
 
 
 def class_names(cfg: RunConfig) -> list[str]:

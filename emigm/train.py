@@ -28,7 +28,6 @@ import json
 import math
 import os
 import re
-import shlex
 import sys
 import time
 import warnings
@@ -39,7 +38,7 @@ import torch
 from torch import nn
 
 from . import distributed as dist
-from .checkpoint import (ASSETS_DIR, CheckpointError, atomic_torch_save, atomic_write_bytes, load_state_dict_strict,
+from .checkpoint import (ASSETS_DIR, CheckpointError, command_line, atomic_torch_save, atomic_write_bytes, load_state_dict_strict,
                          load_torch, save_export)
 from .config import RunConfig, apply_overrides, to_dict, to_json
 from .masking import draw_mask
@@ -341,7 +340,7 @@ def train(cfg: RunConfig, out_dir: str | os.PathLike | None = None, max_steps: i
     info = dist.init_from_env(dev.type)
     try:
         return _train(cfg, Path(out_dir) if out_dir else default_run_dir(cfg), max_steps, dev, info,
-                      command if command is not None else shlex.join(sys.argv), progress)
+                      command if command is not None else command_line(), progress)
     finally:
         if owns_group:
             dist.cleanup()

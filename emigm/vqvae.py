@@ -15,18 +15,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import shlex
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from .checkpoint import command_line
 
 Tensor = torch.Tensor
 
@@ -292,18 +291,6 @@ def load_vqvae(path: str, device: torch.device | str = "cpu") -> VQVAE:
 # ----------------------------------------------------------------------------- training
 
 
-def _command_line() -> str:
-    """The command that launched this process, with `python -m module` restored for modules."""
-    argv = list(sys.argv)
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    if spec is not None and spec.name:
-        name = spec.name.removesuffix(".__main__")
-        argv = ["python", "-m", name, *argv[1:]]
-    else:
-        argv = ["python", *argv]
-    return " ".join(shlex.quote(a) for a in argv)
-
-
 @torch.no_grad()
 def evaluate_vqvae(model: VQVAE, images: Tensor, batch_size: int = 500) -> dict[str, float]:
     """Mean PSNR (dB) over `images` (N, C, H, W) in [-1, 1], fraction of codes used, perplexity."""
@@ -383,7 +370,7 @@ def train_vqvae(data_root: str, out_dir: str, steps: int = 3000, batch_size: int
     save_vqvae(model, os.path.join(out_dir, "vq.safetensors"), metrics)
     record = {"config": asdict(cfg), "metrics": metrics, "data_root": data_root or "default (Debian dataset-fashion-mnist)",
               "eval_images": int(test.shape[0]),
-              "command": _command_line(),
+              "command": command_line(),
               "torch": torch.__version__}
 
     def write_json(tmp: str) -> None:

@@ -1,0 +1,51 @@
+"""eMIGM Explorer: `python app.py [--model NAME ...] [--device auto|cpu|cuda] [--host H] [--port P] [--share]`.
+
+Offers the shipped models (assets/<name>/) or, when none is shipped, random-init presets with a banner.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python app.py", description="eMIGM Explorer: watch a masked image generator reveal an image token by token.")
+    p.add_argument("--model", action="append", default=None, metavar="NAME",
+                   help="model to offer (repeatable): a shipped export or a preset (random init); "
+                        "default: every shipped model, else fmnist-emigm and fmnist-emigm-fakecfg")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads while sampling on CPU (default 1: the per-token ops are tiny and extra "
+                        "threads only contend on a small shared CPU; 0 leaves torch's default)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="also serve through a public Gradio share link")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from emigm.cli import CliError, resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except CliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from app.engine import Engine
+    from app.ui import build_demo, launch_kwargs
+
+    try:
+        engine = Engine(args.model, device=device,
+                        num_threads=(args.threads or None) if device.type == "cpu" else None)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    engine.load(engine.names[0])  # the preset run on page load should not wait for it
+    demo = build_demo(engine)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_kwargs())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The eMIGM Explorer (Gradio): `build_demo(Engine(...))`. Importing this package loads no model."""

@@ -1,0 +1,107 @@
+"""Model-free figures: the mask schedules, the expected reveals and passes of a setting (from
+emigm.steps.step_table), and the measured FD-vs-NFE results."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+from emigm.schedules import SCHEDULES
+from emigm.steps import StepTable
+
+from .plots import CFG_FILL, FONT
+
+# Okabe-Ito colours, one per schedule
+SCHEDULE_COLORS = {"linear": "#009E73", "cosine": "#CC79A7", "exp": "#0072B2"}
+
+
+def schedule_figure(chosen: str, interval: tuple[float, float] | None) -> go.Figure:
+    """gamma(t) for every schedule and the MDM weight gamma'(t)/gamma(t); the CFG interval shaded."""
+    t = torch.linspace(0.0, 1.0, 201, dtype=torch.float64)
+    tw = torch.linspace(0.01, 1.0, 200, dtype=torch.float64)
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=("gamma(t): fraction still masked at time t", "MDM weight gamma'(t) / gamma(t)"))
+    for name, sched in SCHEDULES.items():
+        width = 4 if name == chosen else 1.8
+        color = SCHEDULE_COLORS.get(name)
+        fig.add_trace(go.Scatter(x=t.numpy(), y=sched.gamma(t).numpy(), name=f"{name}: {sched.formula}",
+                                 line=dict(width=width, color=color), legendgroup=name,
+                                 hovertemplate=f"{name}<br>t %{{x:.3f}}<br>gamma %{{y:.3f}}<extra></extra>"),
+                      row=1, col=1)
+        fig.add_trace(go.Scatter(x=tw.numpy(), y=sched.mdm_weight(tw).numpy(), name=name, showlegend=False,
+                                 line=dict(width=width, color=color), legendgroup=name,
+                                 hovertemplate=f"{name}<br>t %{{x:.3f}}<br>weight %{{y:.3g}}<extra></extra>"),
+                      row=1, col=2)
+    if interval is not None:
+        for col in (1, 2):
+            fig.add_vrect(x0=interval[0], x1=interval[1], fillcolor=CFG_FILL, line_width=0, layer="below",
+                          row=1, col=col)
+        fig.add_annotation(x=(interval[0] + interval[1]) / 2, y=1.02, text="CFG interval", showarrow=False,
+                           xref="x", yref="y", font=dict(size=11))
+    fig.update_xaxes(title_text="t (sampling runs from 1 to 0)", range=[1, 0])
+    fig.update_yaxes(range=[0, 1.05], row=1, col=1)
+    fig.update_yaxes(type="log", row=1, col=2)
+    fig.update_layout(height=360, margin=dict(l=40, r=20, t=60, b=40), font=FONT,
+                      legend=dict(orientation="h", y=-0.22))
+    return fig
+
+
+def steps_figure(tables: dict[str, StepTable], chosen: str) -> go.Figure:
+    """Expected tokens revealed per step (bars: the chosen schedule, lines: the others) and the
+    cumulative fraction; the CFG steps of the setting shaded."""
+    table = tables[chosen]
+    S, L = len(table.rows), table.num_tokens
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    x = [r.step for r in table.rows]
+    for name, tab in tables.items():
+        y = [r.expected_revealed for r in tab.rows]
+        hover = [f"{name}<br>step {r.step} of {S}<br>t {r.t:.3f} → s {r.s:.3f}<br>E[revealed] {r.expected_revealed:.1f}"
+                 f"<br>{r.passes} pass{'es' if r.passes > 1 else ''}" for r in tab.rows]
+        color = SCHEDULE_COLORS.get(name)
+        if name == chosen:
+            fig.add_trace(go.Bar(x=x, y=y, name=f"{name}: E[revealed]", marker_color=color, hovertext=hover,
+                                 hoverinfo="text"))
+        else:
+            fig.add_trace(go.Scatter(x=x, y=y, name=f"{name}: E[revealed]", mode="lines+markers",
+                                     line=dict(color=color, width=1.5), hovertext=hover, hoverinfo="text"))
+        cum = 1.0 - np.array([r.expected_masked_after for r in tab.rows]) / L
+        fig.add_trace(go.Scatter(x=x, y=cum, name=f"{name}: cumulative", mode="lines",
+                                 line=dict(color=color, dash="dot", width=3 if name == chosen else 1.2),
+                                 hovertemplate=f"{name}<br>step %{{x}} of {S}<br>revealed %{{y:.1%}}<extra></extra>"),
+                      secondary_y=True)
+    fig.add_trace(go.Bar(x=[None], y=[None], name="CFG step (2 passes)", marker_color=CFG_FILL))
+    for r in table.rows:
+        if r.cfg:
+            fig.add_vrect(x0=r.step - 0.5, x1=r.step + 0.5, fillcolor=CFG_FILL, line_width=0, layer="below")
+    fig.update_xaxes(title_text=f"step (of {S})", dtick=1 if S <= 32 else None)
+    fig.update_yaxes(title_text=f"expected tokens revealed (of {L})", rangemode="tozero")
+    fig.update_yaxes(title_text="cumulative", tickformat=".0%", range=[0, 1.05], secondary_y=True)
+    fig.update_layout(height=380, margin=dict(l=40, r=20, t=50, b=40), font=FONT, bargap=0.2,
+                      title=dict(text=f"<b>{chosen}</b>, {S} steps, {L} tokens · NFE {table.passes} = {S} x "
+                                      f"{table.nfe_per_step:.3g} ({table.cfg_steps} CFG steps)", x=0.01,
+                                 font=dict(size=14)),
+                      legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def results_figure(points: Sequence[dict[str, Any]]) -> go.Figure:
+    """FD against NFE, one line per setting (points: {setting, nfe, fd})."""
+    fig = go.Figure()
+    by_setting: dict[str, list[dict[str, Any]]] = {}
+    for p in points:
+        by_setting.setdefault(str(p["setting"]), []).append(p)
+    palette = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+    for i, (setting, pts) in enumerate(by_setting.items()):
+        pts = sorted(pts, key=lambda p: p["nfe"])
+        fig.add_trace(go.Scatter(x=[p["nfe"] for p in pts], y=[p["fd"] for p in pts], name=setting,
+                                 mode="lines+markers", line=dict(color=palette[i % len(palette)]),
+                                 hovertemplate=f"{setting}<br>NFE %{{x}}<br>FD %{{y:.3f}}<extra></extra>"))
+    fig.update_xaxes(title_text="transformer passes (NFE)")
+    fig.update_yaxes(title_text="FD (lower is better)")
+    fig.update_layout(height=380, margin=dict(l=40, r=20, t=40, b=40), font=FONT,
+                      title=dict(text="FD vs NFE per setting", x=0.01))
+    return fig
+

@@ -1,0 +1,44 @@
+"""User errors as gr.Error: bad input (out-of-range values, unknown names, missing assets) reaches the
+user as one line, never a stack trace, and the app keeps serving."""
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+
+import gradio as gr
+
+log = logging.getLogger("emigm.app")
+USER_ERRORS = (ValueError, KeyError, OSError)  # CheckpointError is a ValueError
+
+
+def _message(e: Exception) -> str:
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def user_errors(fn):
+    """Wrap a handler (plain or generator) so USER_ERRORS become gr.Error with their message.
+    functools.wraps keeps the signature, so API parameter names and gr.Request injection still work."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except USER_ERRORS as e:
+                log.info("user error in %s: %s", fn.__name__, e)
+                raise gr.Error(_message(e), print_exception=False) from None
+        return gen
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except USER_ERRORS as e:
+            log.info("user error in %s: %s", fn.__name__, e)
+            raise gr.Error(_message(e), print_exception=False) from None
+    return call

@@ -1,0 +1,192 @@
+"""Pictures of a trajectory as uint8 arrays and files: the canvas (masked tokens flat grey, tokens
+revealed at this step outlined), the draft, the mask/image strip, the GIF and a token's history.
+
+All upscaling is nearest-neighbour; colours are Okabe-Ito (colour-blind safe).
+"""
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from emigm.imaging import upscale
+
+from .engine import Frame, Trajectory
+
+GREY = (128, 128, 128)  # a masked token
+ORANGE = (230, 159, 0)  # revealed at this step
+SKY = (86, 180, 233)  # a draft prediction, not committed yet
+PURPLE = (204, 121, 167)  # the picked token
+MASK_DARK, MASK_LIGHT = 60, 235
+TARGET_PX = 224
+
+
+def display_scale(image_size: int, target: int = TARGET_PX) -> int:
+    """Integer nearest-neighbour factor that brings an image to about `target` pixels."""
+    return max(1, round(target / image_size))
+
+
+def rgb(image: np.ndarray) -> np.ndarray:
+    """(H, W, 1 or 3) uint8 -> (H, W, 3)."""
+    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+
+
+def _token_pixels(flags: np.ndarray, grid: int, cell: int) -> np.ndarray:
+    """(L,) bool per token -> (grid cell, grid cell) bool per pixel."""
+    return flags.reshape(grid, grid).repeat(cell, 0).repeat(cell, 1)
+
+
+def _border(grid: int, cell: int, width: int) -> np.ndarray:
+    """(grid cell, grid cell) bool: the outline of every token cell."""
+    b = np.zeros((cell, cell), bool)
+    b[:width], b[-width:], b[:, :width], b[:, -width:] = True, True, True, True
+    return np.tile(b, (grid, grid))
+
+
+def _outline(arr: np.ndarray, flags: np.ndarray, grid: int, color, width: int) -> None:
+    cell = arr.shape[0] // grid
+    sel = _token_pixels(flags, grid, cell) & _border(grid, cell, max(1, min(width, cell // 3)))
+    arr[sel] = color
+
+
+def canvas(image: np.ndarray, mask_after: np.ndarray, revealed: np.ndarray, grid: int, scale: int) -> np.ndarray:
+    """Committed image after a step: still-masked tokens flat grey, this step's reveals outlined."""
+    arr = upscale(rgb(image), scale).copy()
+    cell = arr.shape[0] // grid
+    arr[_token_pixels(mask_after, grid, cell)] = GREY
+    _outline(arr, revealed, grid, ORANGE, max(2, cell // 8))
+    return arr
+
+
+def draft(image: np.ndarray, mask_after: np.ndarray, grid: int, scale: int) -> np.ndarray:
+    """Committed tokens plus the model's current guess at every still-masked token (outlined)."""
+    arr = upscale(rgb(image), scale).copy()
+    _outline(arr, mask_after, grid, SKY, max(1, arr.shape[0] // grid // 12))
+    return arr
+
+
+def mask_image(mask_after: np.ndarray, revealed: np.ndarray, grid: int, cell: int) -> np.ndarray:
+    """Token-level mask: masked dark, revealed earlier light, revealed at this step orange."""
+    arr = np.full((grid * cell, grid * cell, 3), MASK_LIGHT, np.uint8)
+    arr[_token_pixels(mask_after, grid, cell)] = MASK_DARK
+    arr[_token_pixels(revealed, grid, cell)] = ORANGE
+    return arr
+
+
+def tile(arrays: list[np.ndarray], cols: int | None = None, pad: int = 4, fill: int = 255) -> np.ndarray:
+    """Equal-size (H, W, 3) arrays -> one grid with `pad` pixels of `fill` between tiles."""
+    if len(arrays) == 1:
+        return arrays[0]
+    cols = cols or int(np.ceil(np.sqrt(len(arrays))))
+    rows = -(-len(arrays) // cols)
+    H, W = arrays[0].shape[:2]
+    out = np.full((rows * (H + pad) - pad, cols * (W + pad) - pad, 3), fill, np.uint8)
+    for i, a in enumerate(arrays):
+        r, c = divmod(i, cols)
+        out[r * (H + pad): r * (H + pad) + H, c * (W + pad): c * (W + pad) + W] = a
+    return out
+
+
+def frame_canvas(frame: Frame, grid: int, scale: int) -> np.ndarray:
+    """The canvas of every sample in the batch, tiled."""
+    s = frame.state
+    return tile([canvas(frame.image[b], s.mask_after[b].numpy(), s.revealed[b].numpy(), grid, scale)
+                 for b in range(frame.image.shape[0])])
+
+
+def frame_draft(frame: Frame, grid: int, scale: int) -> np.ndarray:
+    s = frame.state
+    return tile([draft(frame.draft[b], s.mask_after[b].numpy(), grid, scale) for b in range(frame.draft.shape[0])])
+
+
+def labelled(arr: np.ndarray, text: str, height: int = 16) -> np.ndarray:
+    """`arr` under a white bar holding `text`."""
+    bar = Image.new("RGB", (arr.shape[1], height), (255, 255, 255))
+    ImageDraw.Draw(bar).text((4, 2), text, fill=(0, 0, 0))
+    return np.concatenate([np.asarray(bar), arr], axis=0)
+
+
+def side_by_side(*arrays: np.ndarray, pad: int = 6) -> np.ndarray:
+    return tile(list(arrays), cols=len(arrays), pad=pad)
+
+
+def frame_pair(frame: Frame, grid: int, scale: int) -> np.ndarray:
+    """Canvas | draft of one frame, captioned "step k of N"."""
+    s = frame.state
+    pair = side_by_side(frame_canvas(frame, grid, scale), frame_draft(frame, grid, scale))
+    return labelled(pair, f"step {s.step + 1} of {s.num_steps}   canvas | draft")
+
+
+def live_view(traj: Trajectory, scale: int) -> np.ndarray:
+    """The newest frame's canvas | draft."""
+    return frame_pair(traj.frames[-1], traj.grid, scale)
+
+
+def pick_view(traj: Trajectory, scale: int, token: tuple[int, int] | None = None) -> np.ndarray:
+    """The newest committed image (sample 0), token grid visible, the picked token outlined."""
+    f = traj.frames[-1]
+    s = f.state
+    arr = canvas(f.image[0], s.mask_after[0].numpy(), np.zeros_like(s.revealed[0].numpy()), traj.grid, scale)
+    if token is not None:
+        flags = np.zeros(traj.grid * traj.grid, bool)
+        flags[token[0] * traj.grid + token[1]] = True
+        _outline(arr, flags, traj.grid, PURPLE, max(2, arr.shape[0] // traj.grid // 6))
+    return arr
+
+
+def strip(traj: Trajectory, max_columns: int = 16, height: int = 96) -> np.ndarray:
+    """MaskGIT-figure strip for sample 0: the mask after each step over the canvas at that step."""
+    n = len(traj.frames)
+    idx = sorted(set(np.linspace(0, n - 1, min(n, max_columns)).round().astype(int).tolist()))
+    scale = max(1, round(height / traj.image_size))
+    cell = traj.image_size * scale // traj.grid
+    cols = []
+    for i in idx:
+        f = traj.frames[i]
+        s = f.state
+        top = mask_image(s.mask_after[0].numpy(), s.revealed[0].numpy(), traj.grid, cell)
+        bottom = canvas(f.image[0], s.mask_after[0].numpy(), s.revealed[0].numpy(), traj.grid, scale)
+        col = tile([top, bottom], cols=1, pad=4)
+        cols.append(labelled(col, f"{s.step + 1}/{s.num_steps}"))
+    return tile(cols, cols=len(cols), pad=4)
+
+
+def gif_bytes(traj: Trajectory, scale: int, ms_per_frame: int = 350) -> bytes:
+    """Animated GIF of canvas | draft per step; the last frame holds longer."""
+    images = [Image.fromarray(frame_pair(f, traj.grid, scale)) for f in traj.frames]
+    durations = [ms_per_frame] * (len(images) - 1) + [1500]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
+    return buf.getvalue()
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_uri(arr: np.ndarray) -> str:
+    """PNG data URI, for images inside plotly figures."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(arr)).decode()
+
+
+def token_history(traj: Trajectory, row: int, col: int, size: int = 96) -> list[tuple[np.ndarray, str]]:
+    """Sample 0's token (row, col): its draft at each step until it was committed, as
+    (upscaled patch, caption) pairs; the committed one is outlined orange."""
+    g, px = traj.grid, traj.image_size // traj.grid
+    i = row * g + col
+    scale = max(1, round(size / px))
+    out = []
+    for f in traj.frames:
+        s = f.state
+        if not bool(s.mask_before[0, i]):
+            break
+        patch = upscale(rgb(f.draft[0, row * px:(row + 1) * px, col * px:(col + 1) * px]), scale).copy()
+        committed = bool(s.revealed[0, i])
+        if committed:
+            _outline(patch, np.ones(1, bool), 1, ORANGE, max(2, patch.shape[0] // 12))
+        out.append((patch, f"step {s.step + 1} of {s.num_steps}" + (" · committed" if committed else " · draft")))
+    return out

@@ -1,0 +1,82 @@
+"""The explorer's words: banners and the short guided explanations shown in each tab."""
+from __future__ import annotations
+
+TITLE = "eMIGM Explorer"
+SUBTITLE = ("Watch a masked image generator reveal an image token by token: pick a class and a seed, "
+            "press **Run**, then scrub through the steps. Everything below the run is computed once and "
+            "replayed in your browser.")
+
+
+def model_banner(name: str, random_init: bool) -> str:
+    if not random_init:
+        return f"Model **{name}**: shipped weights (assets/{name}/)."
+    return (f"⚠️ **Random weights.** No trained **{name}** is shipped yet (assets/{name}/ is missing), so the "
+            "images are noise. The mechanics are real: reveal order, mask schedules, the CFG interval and the "
+            "pass counts are exactly what a trained model would do.")
+
+
+MASK_SCHEDULE = """
+**What a mask schedule is.** A masked generator starts from an image whose tokens are all hidden
+("masked") and reveals some of them at every step. Time runs from t = 1 (all masked) to t = 0 (all
+revealed); the schedule gamma(t) is the fraction of tokens still masked at time t. With S steps on the
+grid t_k = 1 - k/S, each masked token is revealed at step k with probability 1 - gamma(t_{k+1})/gamma(t_k)
+(the *binomial* count rule; MaskGIT's *exact* rule reveals a fixed number instead).
+`linear` reveals evenly, `cosine` and `exp` keep most tokens masked early and reveal many late — the
+model commits to a few tokens first and fills in details once the layout is fixed.
+"""
+
+INTERVAL_CFG = """
+**Why classifier-free guidance in an interval saves passes.** CFG runs the network twice per step — once
+with the class, once with a *null* class — and moves the prediction away from the unconditional one:
+guide(cond, uncond, w) = uncond + w (cond − uncond). That doubles the cost of a step. eMIGM applies it only
+at steps whose time after the step, s, lies in an interval (t_lo, t_hi]: early steps (large t) decide
+little detail, and the last steps have almost nothing left to guide. With 16 steps and (0.1, 0.3] only 3
+steps pay double: 16 + 3 = 19 passes, the paper's "16 × 1.2 NFE". The null class is either the mask
+token itself (*CFG with mask*) or a learned *fake class* vector.
+"""
+
+SELF_GUIDANCE = """
+**What self-guidance does.** Instead of a second pass with a null class, self-guidance compares the
+model's prediction with a *smoothed* version of it made by a small extra module, and extrapolates:
+(1 + s) · normal − s · smooth. It sharpens samples without class labels. It needs that module to be
+trained and shipped; none is shipped yet, so its panel is shown as unavailable.
+"""
+
+UNMASKING_HELP = f"""
+**Reading this tab.** *Canvas*: the image after step k — grey squares are still masked, orange outlines
+are the tokens revealed at this step. *Draft*: what the model currently predicts for every masked token
+(blue outlines); only the revealed ones are kept. *When*: every token coloured by the step it was revealed
+at. *Counts*: tokens revealed per step, the cumulative fraction, and the CFG steps shaded (2 passes each).
+Labels say "step k of N": a frame at step 8 of 16 is not an 8-step result. **Branch** re-runs from the
+state after step k with new settings — the first k steps stay identical. Click a token on the canvas to
+see its drafts until it was committed.
+{MASK_SCHEDULE}
+{INTERVAL_CFG}
+"""
+
+SCHEDULES_HELP = f"""
+No model runs here: everything is the schedule arithmetic that the sampler uses.
+{MASK_SCHEDULE}
+The **MDM weight** gamma'(t)/gamma(t) is the training-loss weight of masked diffusion models; it is large
+where the schedule changes fast relative to how much is masked.
+{INTERVAL_CFG}
+"""
+
+COMPARE_HELP = f"""
+Every panel uses the **same seed and the same reveal order** (the sampler draws *where* and *what* from
+separate random streams), so differences come from guidance alone. The difference map shows where two
+panels disagree and the step at which they first diverge: with interval CFG the panels are identical
+until the first CFG step. Grid mode shows several seeds per panel (seed, seed + 1, ...).
+{INTERVAL_CFG}
+{SELF_GUIDANCE}
+"""
+
+RESULTS_HELP = """
+Measured results come from `assets/results/claims.json`, written by the evaluation runs: Fréchet distance
+(FD, computed with a Fashion-MNIST classifier; lower is better) against transformer passes (NFE) for each
+sampler setting, and whether each claim of the paper holds on our models.
+"""
+
+RESULTS_MISSING = ("**Measured results are not shipped yet.** They need trained models (a GPU run); once "
+                   "`assets/results/claims.json` exists this tab plots FD against NFE for each setting and "
+                   "lists which claims hold.")
