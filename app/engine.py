@@ -54,26 +54,11 @@ def preset_config(name: str) -> RunConfig:
     return get_preset(name)
 
 
-def _unpatchify(tokens: torch.Tensor, cfg: RunConfig) -> torch.Tensor:
-    """Patch tokens (B, L, c p p) -> images (B, c, H, W), MAR's row-major (c, p, q) layout."""
-    tk = cfg.tokenizer
-    B, g, p, c = tokens.shape[0], tk.grid, tk.patch_size, tk.channels
-    x = tokens.reshape(B, g, g, c, p, p).permute(0, 3, 1, 4, 2, 5)
-    return x.reshape(B, c, g * p, g * p)
-
-
 def build_decoder(cfg: RunConfig, root: str, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """tokens -> images in [-1, 1] through emigm.tokenizers; while that module is not there yet,
-    patch tokens are decoded here (the only kind that needs no weights)."""
-    try:
-        from emigm.tokenizers import build_tokenizer
-    except ImportError:
-        if cfg.tokenizer.kind != "patch":
-            raise ValueError(f"tokenizer kind {cfg.tokenizer.kind!r} needs emigm.tokenizers, which is "
-                             "not installed") from None
-        return lambda tokens: _unpatchify(tokens, cfg)
-    tokenizer = build_tokenizer(cfg.tokenizer, root).to(device).eval()
-    return tokenizer.decode
+    """tokens -> images in [-1, 1] through the model's tokenizer."""
+    from emigm.tokenizers import build_tokenizer
+
+    return build_tokenizer(cfg.tokenizer, root).to(device).eval().decode
 
 
 def _wake_zero_layers(model: torch.nn.Module, std: float = 0.02) -> None:

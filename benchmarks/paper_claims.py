@@ -132,20 +132,22 @@ def main() -> None:
             cache[name] = (model, build_tokenizer(cfg.tokenizer, root=root).to(device).eval())
         model, tok = cache[name]
         r = evaluate_generator(model, tok, a.num_samples, sampler, guidance, batch_size=a.batch_size, floor=False)
-        row = {"claim": claim, "label": label, "model": name, "sampler": to_dict(sampler), "guidance": to_dict(guidance),
+        row = {"claim": claim, "label": label, "setting": f"{claim}: {label}", "model": name, "nfe": r["passes"],
+               "sampler": to_dict(sampler), "guidance": to_dict(guidance),
                **{k: r[k] for k in ("fd", "class_accuracy", "precision", "recall", "passes", "head_evals", "images_per_s")}}
         results.append(row)
         print(f"{claim:<9} {label:<28} {row['passes']:>6} {row['fd']:>9.3f} {row['class_accuracy']:>6.3f} "
               f"{row['precision']:>6.3f} {row['recall']:>6.3f} {row['images_per_s']:>7.1f}", flush=True)
+    claims = [dict(v, evidence=json.dumps(v["numbers"])) for v in verdicts(results)]
     doc = {"num_samples": a.num_samples, "device": str(device), "random_init": a.random_init,
-           "date": time.strftime("%Y-%m-%d"), "results": results, "verdicts": verdicts(results)}
+           "date": time.strftime("%Y-%m-%d"), "points": results, "claims": claims}
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "claims.json").write_text(json.dumps(doc, indent=2))
     lines = ["# The paper's claims on our models", "",
              f"{a.num_samples} samples per point, device {device}" + (", RANDOM WEIGHTS (pipeline test)" if a.random_init else ""), "",
              "| claim | holds here? | numbers |", "|---|---|---|"]
-    for v in doc["verdicts"]:
+    for v in doc["claims"]:
         lines.append(f"| {v['claim']} | {'holds' if v['holds'] else 'does not hold here'} | {json.dumps(v['numbers'])} |")
     (out / "claims.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'claims.json'} and {out / 'claims.md'}")

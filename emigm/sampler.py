@@ -260,13 +260,15 @@ def sample_steps(model, labels, seeds, sampler: SamplerConfig = SamplerConfig(),
     counts = plan_counts(seeds, L, sampler, mask.sum(1), start)
     host_counts = counts.cpu()  # one sync before the loop: shapes of the gathers below
     masked_host = mask.sum(1).cpu()
-    cond = model.condition(labels)
-    null_cond = model.condition(labels, torch.ones_like(labels, dtype=torch.bool), null_mode)
+    with torch.inference_mode():
+        cond = model.condition(labels)
+        null_cond = model.condition(labels, torch.ones_like(labels, dtype=torch.bool), null_mode)
     head_kwargs = dict(temperature=sampler.temperature, solver=sampler.head_solver, steps=sampler.head_steps)
     predict_all = sampler.draft or sampler.order == "confidence"
 
-    with torch.inference_mode():
-        for k in range(start, S):
+    for k in range(start, S):
+        # inference mode only around the step's work: a suspended generator must not leave it on
+        with torch.inference_mode():
             t, s = grid[k], grid[k + 1]
             count, count_host = counts[k - start], host_counts[k - start]
             num_visible = int((L - masked_host).max())
@@ -318,14 +320,15 @@ def sample_steps(model, labels, seeds, sampler: SamplerConfig = SamplerConfig(),
             new_mask = mask & ~revealed
             passes += 2 if use_cfg else 1
             head_evals += head.evals(sampler.head_solver, sampler.head_steps) * (2 if use_cfg else 1)
-            yield StepState(
+            state = StepState(
                 step=k, num_steps=S, t=t, s=s, mask_before=mask, mask_after=new_mask, revealed=revealed,
                 tokens=new_tokens, draft=pred if sampler.draft else None, cfg_active=use_cfg,
                 cfg_scale=scale, sg_scale=guidance.sg_scale, passes=passes, head_evals=head_evals,
                 seeds=seeds, labels=labels, sampler=sampler, guidance=guidance,
             )
-            tokens, mask = new_tokens, new_mask
-            masked_host = masked_host - count_host
+        yield state
+        tokens, mask = new_tokens, new_mask
+        masked_host = masked_host - count_host
 
 
 def sample(model, labels, seeds, sampler: SamplerConfig = SamplerConfig(),

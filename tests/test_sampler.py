@@ -265,3 +265,10 @@ def test_tiny_model_loss_falls_on_toy_problem():
             opt.step()
             losses.append(loss.item())
         assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:10]) / 10, (preset, losses[:3], losses[-3:])
+
+
+def test_a_suspended_sampler_leaves_grad_mode_alone(tiny):
+    gen = sample_steps(tiny, [1], [0], SamplerConfig(num_steps=4))
+    next(gen)
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    gen.close()
