@@ -64,9 +64,13 @@ def _status(pg, selector: str = "#run-status") -> str:
     return pg.locator(selector).inner_text()
 
 
-def test_preset_run_on_load_from_permalink(page):
+def _wait_done(page) -> None:
     page.wait_for_selector("#scrubber .js-plotly-plot")
     page.wait_for_function("() => document.querySelector('#run-status')?.innerText?.includes('Done')")
+
+
+def test_preset_run_on_load_from_permalink(page):
+    _wait_done(page)
     assert "step 6 of 6" in _status(page) and "Bag" in _status(page) and "seed 3" in _status(page)
     assert "seed=3" in page.locator("#permalink textarea").input_value()
     assert "Random weights" in page.locator("#banner").inner_text()
@@ -75,6 +79,7 @@ def test_preset_run_on_load_from_permalink(page):
 
 def test_scrubber_runs_in_the_browser(page):
     calls = []
+    _wait_done(page)
     page.on("request", lambda r: calls.append(r.url) if "/gradio_api/" in r.url else None)
     before = page.evaluate(SCRUBBER_STATE)
     assert before["active"] == 5 and before["n"] == 6 and "step 6 of 6" in before["title"]
@@ -82,7 +87,9 @@ def test_scrubber_runs_in_the_browser(page):
     rail_el.scroll_into_view_if_needed()
     rail = rail_el.bounding_box()
     page.mouse.click(rail["x"] + 3, rail["y"] + rail["height"] / 2)
-    page.wait_for_function("() => document.querySelector('#scrubber .js-plotly-plot').layout.sliders[0].active === 0")
+    # the slider's `active` and the restyle/relayout it triggers land in separate updates: wait for both
+    page.wait_for_function("() => { const gd = document.querySelector('#scrubber .js-plotly-plot');"
+                           " return gd.layout.sliders[0].active === 0 && gd.layout.title.text.includes('step 1 of'); }")
     after = page.evaluate(SCRUBBER_STATE)
     assert "step 1 of 6" in after["title"] and after["visible"] != before["visible"]
     page.screenshot(path=str(SHOTS / "scrubbed-step1.png"), full_page=True)
