@@ -198,6 +198,15 @@ class Engine:
             raise ValueError(f"unknown model {name!r}: not a shipped export ({', '.join(sorted(self._shipped)) or 'none shipped'}) "
                              f"nor a preset ({', '.join(PRESETS)})") from None
 
+    def banner(self, name: str) -> str:
+        """The banner text for a model: shipped (with its export's note) or random init."""
+        from . import text
+
+        if not self.is_shipped(name):
+            return text.model_banner(name, True)
+        _, meta = read_export_config(resolve_export(name))
+        return text.model_banner(name, False, str(meta.get("note", "")))
+
     def class_names(self, name: str) -> list[str]:
         return class_names(self.config(self.check_name(name)))
 

@@ -7,7 +7,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import gradio as gr
 
-from . import controls, text
+from . import controls
 
 NUMERIC = {"seed", "num_steps", "order_temperature", "temperature", "head_steps", "cfg_scale",
            "cfg_interval_lo", "cfg_interval_hi"}
@@ -88,7 +88,7 @@ class Permalinks:
                for f in controls.RUN_FIELDS]
         base = page_url(dict(request.headers) if request is not None else None)
         note = ("Some link settings were not understood and use defaults: " + "; ".join(problems)) if problems else ""
-        return (*out, link(base, values), text.model_banner(model, not self.engine.is_shipped(model)), note)
+        return (*out, link(base, values), self.engine.banner(model), note)
 
     def link(self, model: str, class_name: str, seed: float, num_steps: float, schedule: str, count_rule: str,
              order: str, order_temperature: float, order_anneal: str, temperature: float, head_solver: str,

@@ -7,9 +7,10 @@ SUBTITLE = ("Watch a masked image generator reveal an image token by token: pick
             "replayed in your browser.")
 
 
-def model_banner(name: str, random_init: bool) -> str:
+def model_banner(name: str, random_init: bool, note: str = "") -> str:
+    """The banner above the tabs; `note` is the export's own description (meta "note"), if any."""
     if not random_init:
-        return f"Model **{name}**: shipped weights (assets/{name}/)."
+        return f"Model **{name}**: shipped weights (assets/{name}/)." + (f" {note}" if note else "")
     return (f"⚠️ **Random weights.** No trained **{name}** is shipped yet (assets/{name}/ is missing), so the "
             "images are noise. The mechanics are real: reveal order, mask schedules, the CFG interval and the "
             "pass counts are exactly what a trained model would do.")

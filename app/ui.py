@@ -230,7 +230,7 @@ def build_demo(engine: Engine) -> gr.Blocks:
     unmasking, compare, links = Unmasking(engine), Compare(engine), Permalinks(engine)
     with gr.Blocks(title=text.TITLE) as demo:
         gr.Markdown(f"# {text.TITLE}\n{text.SUBTITLE}")
-        banner = gr.Markdown(text.model_banner(engine.names[0], not engine.is_shipped(engine.names[0])),
+        banner = gr.Markdown(engine.banner(engine.names[0]),
                              elem_classes=["banner"], elem_id="banner", label="banner", show_label=False)
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("Unmasking", id="unmasking", elem_id="tab-unmasking"):

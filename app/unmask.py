@@ -19,7 +19,7 @@ import numpy as np
 
 from emigm.trace import trace_dict
 
-from . import controls, plots, render, text
+from . import controls, plots, render
 from .engine import Engine, Trajectory
 from .errors import user_errors
 
@@ -108,7 +108,7 @@ class Unmasking:
     def model_info(self, model: str):
         """Class choices and the banner for a model."""
         names = self.engine.class_names(model)
-        return gr.update(choices=names, value=names[0]), text.model_banner(model, not self.engine.is_shipped(model))
+        return gr.update(choices=names, value=names[0]), self.engine.banner(model)
 
     def randomise_seed(self) -> int:
         return random.SystemRandom().randrange(0, int(controls.RANGES["seed"][1]) + 1)
