@@ -63,7 +63,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dtype", default="", help="fp32 or bf16 (default: fp32 on CPU, bf16 on CUDA)")
     p.add_argument("--cfg-interval", nargs=2, type=float, default=(0.1, 0.3))
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device cuda requested but CUDA is not available")
