@@ -47,21 +47,22 @@ def load(name: str, random_init: bool, device):
     return model, cfg, str(resolve_export(name))
 
 
-def suite(available: set[str]) -> list[tuple[str, str, str, SamplerConfig, GuidanceConfig]]:
-    """(claim, label, model, sampler, guidance) rows."""
+def suite(available: set[str], emigm: str = "fmnist-emigm", steps_list: tuple[int, ...] = (4, 8, 16, 32),
+          head_steps: tuple[int, ...] = (4, 8, 14)) -> list[tuple[str, str, str, SamplerConfig, GuidanceConfig]]:
+    """(claim, label, model, sampler, guidance) rows; `emigm` names the continuous model."""
     rows = []
     for sched in ("linear", "cosine", "exp"):
-        for steps in (4, 8, 16, 32):
-            rows.append(("schedule", f"{sched} S={steps}", "fmnist-emigm", replace(BASE, schedule=sched, num_steps=steps),
+        for steps in steps_list:
+            rows.append(("schedule", f"{sched} S={steps}", emigm, replace(BASE, schedule=sched, num_steps=steps),
                          GuidanceConfig()))
-    for hs in (4, 8, 14):
-        rows.append(("solver", f"dpm head={hs}", "fmnist-emigm", replace(BASE, head_steps=hs), GuidanceConfig()))
-    rows.append(("solver", "ddpm head=100", "fmnist-emigm", replace(BASE, head_solver="ddpm", head_steps=100),
+    for hs in head_steps:
+        rows.append(("solver", f"dpm head={hs}", emigm, replace(BASE, head_steps=hs), GuidanceConfig()))
+    rows.append(("solver", "ddpm head=100", emigm, replace(BASE, head_solver="ddpm", head_steps=100),
                  GuidanceConfig()))
-    rows.append(("cfg", "no CFG", "fmnist-emigm", BASE, GuidanceConfig()))
-    rows.append(("cfg", "CFG every step", "fmnist-emigm", BASE, GuidanceConfig(cfg_scale=CFG)))
+    rows.append(("cfg", "no CFG", emigm, BASE, GuidanceConfig()))
+    rows.append(("cfg", "CFG every step", emigm, BASE, GuidanceConfig(cfg_scale=CFG)))
     for lo, hi in ((0.1, 0.3), (0.0, 0.3), (0.1, 0.5), (0.2, 0.6)):
-        rows.append(("cfg", f"CFG in ({lo}, {hi}]", "fmnist-emigm", BASE, GuidanceConfig(cfg_scale=CFG, cfg_interval=(lo, hi))))
+        rows.append(("cfg", f"CFG in ({lo}, {hi}]", emigm, BASE, GuidanceConfig(cfg_scale=CFG, cfg_interval=(lo, hi))))
     if "fmnist-emigm-fakecfg" in available:
         for scale in (1.5, 2.0, 3.0, 4.0):
             for model in ("fmnist-emigm", "fmnist-emigm-fakecfg"):
@@ -71,7 +72,7 @@ def suite(available: set[str]) -> list[tuple[str, str, str, SamplerConfig, Guida
             rows.append(("discrete", f"maskgit S={steps}", "fmnist-maskgit",
                          SamplerConfig(num_steps=steps, schedule="cosine", count_rule="exact", order="confidence",
                                        draft=False), GuidanceConfig()))
-            rows.append(("discrete", f"emigm S={steps}", "fmnist-emigm", replace(BASE, num_steps=steps), GuidanceConfig()))
+            rows.append(("discrete", f"emigm S={steps}", emigm, replace(BASE, num_steps=steps), GuidanceConfig()))
     return rows
 
 
@@ -97,7 +98,7 @@ def verdicts(results: list[dict]) -> list[dict]:
                     "holds": inter["fd"] <= 1.1 * every["fd"] and inter["passes"] < every["passes"],
                     "numbers": {"every": [round(every["fd"], 3), every["passes"]],
                                 "interval": [round(inter["fd"], 3), inter["passes"]]}})
-    mask = [r for r in results if r["claim"] == "null" and r["model"] == "fmnist-emigm"]
+    mask = [r for r in results if r["claim"] == "null" and r["model"] != "fmnist-emigm-fakecfg"]
     fake = [r for r in results if r["claim"] == "null" and r["model"] == "fmnist-emigm-fakecfg"]
     if mask and fake:
         out.append({"claim": "CFG with mask beats fake class (best FD over scales)",
@@ -113,14 +114,19 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--random-init", action="store_true", help="random-weight presets: tests the pipeline only")
     p.add_argument("--out-dir", default=str(ASSETS_DIR / "results"))
+    p.add_argument("--emigm", default="fmnist-emigm", help="the continuous eMIGM model to measure")
+    p.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16, 32], help="sampling steps for the schedule scan")
+    p.add_argument("--head-steps", type=int, nargs="+", default=[4, 8, 14], help="DPM-Solver++ head steps")
     p.add_argument("--only", default="", help="comma-separated claim groups: schedule,solver,cfg,null,discrete")
     a = p.parse_args()
     device = torch.device(a.device)
-    names = ("fmnist-emigm", "fmnist-emigm-fakecfg", "fmnist-maskgit")
+    names = (a.emigm, "fmnist-emigm-fakecfg", "fmnist-maskgit")
     available = set(names) if a.random_init else {n for n in names if (ASSETS_DIR / n / "config.json").is_file()}
-    if "fmnist-emigm" not in available:
-        sys.exit("error: fmnist-emigm is not shipped in assets/; train it first (see README) or pass --random-init")
-    rows = suite(available)
+    if a.emigm not in available:
+        sys.exit(f"error: {a.emigm} is not shipped in assets/; train it first (see README) or pass --random-init")
+    if a.emigm != "fmnist-emigm":  # the fake-class comparison needs the matching fmnist-emigm pair
+        available.discard("fmnist-emigm-fakecfg")
+    rows = suite(available, a.emigm, tuple(a.steps), tuple(a.head_steps))
     if a.only:
         rows = [r for r in rows if r[0] in a.only.split(",")]
     cache: dict[str, tuple] = {}
@@ -139,13 +145,14 @@ def main() -> None:
         print(f"{claim:<9} {label:<28} {row['passes']:>6} {row['fd']:>9.3f} {row['class_accuracy']:>6.3f} "
               f"{row['precision']:>6.3f} {row['recall']:>6.3f} {row['images_per_s']:>7.1f}", flush=True)
     claims = [dict(v, evidence=json.dumps(v["numbers"])) for v in verdicts(results)]
-    doc = {"num_samples": a.num_samples, "device": str(device), "random_init": a.random_init,
+    doc = {"model": a.emigm, "num_samples": a.num_samples, "device": str(device), "random_init": a.random_init,
            "date": time.strftime("%Y-%m-%d"), "points": results, "claims": claims}
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "claims.json").write_text(json.dumps(doc, indent=2))
     lines = ["# The paper's claims on our models", "",
-             f"{a.num_samples} samples per point, device {device}" + (", RANDOM WEIGHTS (pipeline test)" if a.random_init else ""), "",
+             f"Model {a.emigm}; {a.num_samples} samples per point; device {device}"
+             + (", RANDOM WEIGHTS (pipeline test)" if a.random_init else ""), "",
              "| claim | holds here? | numbers |", "|---|---|---|"]
     for v in doc["claims"]:
         lines.append(f"| {v['claim']} | {'holds' if v['holds'] else 'does not hold here'} | {json.dumps(v['numbers'])} |")

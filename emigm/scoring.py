@@ -44,6 +44,9 @@ def evaluate_generator(model, tokenizer, num_samples: int, sampler: SamplerConfi
                        batch_size: int = 250, seed: int = 0, floor: bool = True) -> dict[str, Any]:
     """FD, class accuracy, precision, recall of N samples vs the test set; NFE; images/s; and the
     real-data floor (N training images vs the test set) at the same N."""
+    if (tokenizer.channels, tokenizer.image_size) != (1, 28):
+        raise ValueError(f"the Fashion-MNIST classifier scores 1 x 28 x 28 images; this model makes "
+                         f"{tokenizer.channels} x {tokenizer.image_size} x {tokenizer.image_size}")
     classifier = load_classifier(classifier_path or ASSETS_DIR / "classifier")
     ref, _ = dataset_features(classifier, data_root, "test", min(num_samples, 10000))
     images, labels, cost = generate(model, tokenizer, num_samples, sampler, guidance, batch_size, seed)

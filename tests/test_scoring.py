@@ -1,0 +1,84 @@
+"""Scoring generators with the shipped classifier: the evaluate command and the claims benchmark."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from emigm.checkpoint import ASSETS_DIR
+from emigm.data import DEFAULT_FASHION_MNIST
+from emigm.model import MaskedGenerator
+from emigm.presets import get_preset
+from emigm.sampler import GuidanceConfig, SamplerConfig
+from emigm.tokenizers import build_tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+needs_data = pytest.mark.skipif(
+    not (os.path.isdir(DEFAULT_FASHION_MNIST) and (ASSETS_DIR / "classifier").is_dir()),
+    reason="needs Fashion-MNIST (apt-get install dataset-fashion-mnist) and assets/classifier")
+
+
+@pytest.fixture(scope="module")
+def mini():
+    torch.manual_seed(0)
+    cfg = get_preset("fmnist-emigm-mini")
+    return MaskedGenerator(cfg).eval(), build_tokenizer(cfg.tokenizer)
+
+
+def test_generate_is_batch_size_invariant(mini):
+    from emigm.scoring import generate
+
+    model, tok = mini
+    cfg = SamplerConfig(num_steps=4, head_steps=2)
+    a, la, cost = generate(model, tok, 6, cfg, GuidanceConfig(), batch_size=6)
+    b, lb, _ = generate(model, tok, 6, cfg, GuidanceConfig(), batch_size=4)
+    assert la.tolist() == [0, 1, 2, 3, 4, 5] and torch.equal(la, lb)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert cost["passes"] == 4 and a.shape == (6, 1, 28, 28)
+
+
+@needs_data
+def test_evaluate_generator_reports_metrics_and_floor(mini):
+    from emigm.scoring import evaluate_generator
+
+    model, tok = mini
+    r = evaluate_generator(model, tok, 20, SamplerConfig(num_steps=4, head_steps=2),
+                           GuidanceConfig(cfg_scale=2.0, cfg_interval=(0.0, 0.5)), batch_size=10)
+    for key in ("fd", "class_accuracy", "precision", "recall", "passes", "head_evals", "images_per_s"):
+        assert key in r
+    assert r["passes"] == 4 + 2  # CFG at the two steps with s <= 0.5
+    assert r["floor"]["fd"] < r["fd"]  # random weights are far from real data
+    assert 0.0 <= r["class_accuracy"] <= 1.0
+
+
+def test_evaluate_refuses_images_the_classifier_cannot_score():
+    from emigm.scoring import evaluate_generator
+
+    cfg = get_preset("test-tiny")
+    with pytest.raises(ValueError, match="1 x 28 x 28"):
+        evaluate_generator(MaskedGenerator(cfg), build_tokenizer(cfg.tokenizer), 4, SamplerConfig(), GuidanceConfig())
+
+
+@needs_data
+def test_evaluate_cli_json(capsys):
+    from emigm.cli import main
+
+    assert main(["evaluate", "--preset", "fmnist-emigm-mini", "--random-init", "--num-samples", "10",
+                 "--steps", "3", "--head-steps", "2", "--device", "cpu", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["passes"] == 3 and "floor" in doc and doc["sampler"]["num_steps"] == 3
+
+
+@needs_data
+def test_claims_benchmark_pipeline(tmp_path):
+    r = subprocess.run([sys.executable, "benchmarks/paper_claims.py", "--random-init", "--emigm", "fmnist-emigm-mini",
+                        "--num-samples", "10", "--batch-size", "10", "--only", "schedule", "--steps", "2",
+                        "--out-dir", str(tmp_path), "--device", "cpu"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "claims.json").read_text())
+    assert [p["setting"] for p in doc["points"]] == ["schedule: linear S=2", "schedule: cosine S=2", "schedule: exp S=2"]
+    assert doc["random_init"] and "RANDOM WEIGHTS" in (tmp_path / "claims.md").read_text()
