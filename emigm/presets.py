@@ -88,6 +88,8 @@ PRESETS: dict[str, RunConfig] = {
     ),
     "fmnist-emigm": FMNIST_EMIGM,
     "fmnist-emigm-mini": FMNIST_EMIGM_MINI,
+    "fmnist-emigm-mini-fakecfg": replace(FMNIST_EMIGM_MINI, name="fmnist-emigm-mini-fakecfg",
+                                         backbone=replace(FMNIST_EMIGM_MINI.backbone, null_mode="fake")),
     "fmnist-emigm-fakecfg": replace(FMNIST_EMIGM, name="fmnist-emigm-fakecfg",
                                     backbone=replace(_FMNIST_BACKBONE, null_mode="fake")),
     "fmnist-maskgit": RunConfig(
