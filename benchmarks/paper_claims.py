@@ -63,9 +63,9 @@ def suite(available: set[str], emigm: str = "fmnist-emigm", steps_list: tuple[in
     rows.append(("cfg", "CFG every step", emigm, BASE, GuidanceConfig(cfg_scale=CFG)))
     for lo, hi in ((0.1, 0.3), (0.0, 0.3), (0.1, 0.5), (0.2, 0.6)):
         rows.append(("cfg", f"CFG in ({lo}, {hi}]", emigm, BASE, GuidanceConfig(cfg_scale=CFG, cfg_interval=(lo, hi))))
-    if "fmnist-emigm-fakecfg" in available:
+    if emigm + "-fakecfg" in available:
         for scale in (1.5, 2.0, 3.0, 4.0):
-            for model in ("fmnist-emigm", "fmnist-emigm-fakecfg"):
+            for model in (emigm, emigm + "-fakecfg"):
                 rows.append(("null", f"{model} w={scale}", model, BASE, GuidanceConfig(cfg_scale=scale)))
     if "fmnist-maskgit" in available:
         for steps in (8, 16):
@@ -98,8 +98,8 @@ def verdicts(results: list[dict]) -> list[dict]:
                     "holds": inter["fd"] <= 1.1 * every["fd"] and inter["passes"] < every["passes"],
                     "numbers": {"every": [round(every["fd"], 3), every["passes"]],
                                 "interval": [round(inter["fd"], 3), inter["passes"]]}})
-    mask = [r for r in results if r["claim"] == "null" and r["model"] != "fmnist-emigm-fakecfg"]
-    fake = [r for r in results if r["claim"] == "null" and r["model"] == "fmnist-emigm-fakecfg"]
+    mask = [r for r in results if r["claim"] == "null" and not r["model"].endswith("-fakecfg")]
+    fake = [r for r in results if r["claim"] == "null" and r["model"].endswith("-fakecfg")]
     if mask and fake:
         out.append({"claim": "CFG with mask beats fake class (best FD over scales)",
                     "holds": min(r["fd"] for r in mask) < min(r["fd"] for r in fake),
@@ -117,15 +117,21 @@ def main() -> None:
     p.add_argument("--emigm", default="fmnist-emigm", help="the continuous eMIGM model to measure")
     p.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16, 32], help="sampling steps for the schedule scan")
     p.add_argument("--head-steps", type=int, nargs="+", default=[4, 8, 14], help="DPM-Solver++ head steps")
+    p.add_argument("--merge", nargs="+", default=None, metavar="DIR",
+                   help="instead of measuring, merge the claims.json of runs made with --only into --out-dir")
     p.add_argument("--only", default="", help="comma-separated claim groups: schedule,solver,cfg,null,discrete")
     a = p.parse_args()
+    if a.merge:
+        docs = [json.loads((Path(d) / "claims.json").read_text()) for d in a.merge]
+        first = docs[0]
+        write(Path(a.out_dir), first["model"], first["num_samples"], first["device"], first["random_init"],
+              [pt for d in docs for pt in d["points"]])
+        return
     device = torch.device(a.device)
-    names = (a.emigm, "fmnist-emigm-fakecfg", "fmnist-maskgit")
+    names = (a.emigm, a.emigm + "-fakecfg", "fmnist-maskgit")
     available = set(names) if a.random_init else {n for n in names if (ASSETS_DIR / n / "config.json").is_file()}
     if a.emigm not in available:
         sys.exit(f"error: {a.emigm} is not shipped in assets/; train it first (see README) or pass --random-init")
-    if a.emigm != "fmnist-emigm":  # the fake-class comparison needs the matching fmnist-emigm pair
-        available.discard("fmnist-emigm-fakecfg")
     rows = suite(available, a.emigm, tuple(a.steps), tuple(a.head_steps))
     if a.only:
         rows = [r for r in rows if r[0] in a.only.split(",")]
@@ -144,18 +150,26 @@ def main() -> None:
         results.append(row)
         print(f"{claim:<9} {label:<28} {row['passes']:>6} {row['fd']:>9.3f} {row['class_accuracy']:>6.3f} "
               f"{row['precision']:>6.3f} {row['recall']:>6.3f} {row['images_per_s']:>7.1f}", flush=True)
+    write(Path(a.out_dir), a.emigm, a.num_samples, str(device), a.random_init, results)
+
+
+def write(out: Path, model: str, num_samples: int, device: str, random_init: bool, results: list[dict]) -> None:
+    """claims.json (points + verdicts, the format the explorer's Results tab reads) and claims.md."""
     claims = [dict(v, evidence=json.dumps(v["numbers"])) for v in verdicts(results)]
-    doc = {"model": a.emigm, "num_samples": a.num_samples, "device": str(device), "random_init": a.random_init,
+    doc = {"model": model, "num_samples": num_samples, "device": device, "random_init": random_init,
            "date": time.strftime("%Y-%m-%d"), "points": results, "claims": claims}
-    out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "claims.json").write_text(json.dumps(doc, indent=2))
     lines = ["# The paper's claims on our models", "",
-             f"Model {a.emigm}; {a.num_samples} samples per point; device {device}"
-             + (", RANDOM WEIGHTS (pipeline test)" if a.random_init else ""), "",
+             f"Model {model}; {num_samples} samples per point; device {device}"
+             + (", RANDOM WEIGHTS (pipeline test)" if random_init else ""), "",
              "| claim | holds here? | numbers |", "|---|---|---|"]
     for v in doc["claims"]:
         lines.append(f"| {v['claim']} | {'holds' if v['holds'] else 'does not hold here'} | {json.dumps(v['numbers'])} |")
+    lines += ["", "| group | setting | model | passes | FD | class acc | precision | recall |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['claim']} | {r['label']} | {r['model']} | {r['passes']} | {r['fd']:.3f} | "
+                     f"{r['class_accuracy']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} |")
     (out / "claims.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'claims.json'} and {out / 'claims.md'}")
 
