@@ -82,3 +82,23 @@ def test_claims_benchmark_pipeline(tmp_path):
     doc = json.loads((tmp_path / "claims.json").read_text())
     assert [p["setting"] for p in doc["points"]] == ["schedule: linear S=2", "schedule: cosine S=2", "schedule: exp S=2"]
     assert doc["random_init"] and "RANDOM WEIGHTS" in (tmp_path / "claims.md").read_text()
+
+
+def test_claims_merge_recomputes_verdicts(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paper_claims", ROOT / "benchmarks" / "paper_claims.py")
+    pc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pc)
+    pts = [{"claim": "schedule", "label": f"{s} S=4", "model": "m", "passes": 4, "fd": fd, "class_accuracy": 0.5,
+            "precision": 0.5, "recall": 0.5} for s, fd in (("linear", 3.0), ("cosine", 2.0), ("exp", 1.0))]
+    pc.write(tmp_path / "a", "m", 10, "cpu", False, pts[:2])
+    pc.write(tmp_path / "b", "m", 10, "cpu", False, pts[2:])
+    monkeypatch.setattr(sys, "argv", ["paper_claims.py", "--merge", str(tmp_path / "a"), str(tmp_path / "b"),
+                                      "--out-dir", str(tmp_path / "all")])
+    pc.main()
+    doc = json.loads((tmp_path / "all" / "claims.json").read_text())
+    assert len(doc["points"]) == 3
+    assert doc["claims"] == [{"claim": "exp schedule is best at few steps (S=4)", "holds": True,
+                              "numbers": {"linear": 3.0, "cosine": 2.0, "exp": 1.0},
+                              "evidence": json.dumps({"linear": 3.0, "cosine": 2.0, "exp": 1.0})}]
