@@ -20,7 +20,7 @@ from app.compare import Compare  # noqa: E402
 from app.engine import Engine  # noqa: E402
 from app.unmask import Unmasking  # noqa: E402
 
-MODELS = ["fmnist-emigm", "fmnist-emigm-fakecfg"]
+MODELS = ["fmnist-emigm", "fmnist-emigm-fakecfg"]  # --model NAME replaces them by NAME and NAME-fakecfg
 
 
 def run_values(**over):
@@ -47,7 +47,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch threads while sampling (the app's default: 1; "
                                                           "0: torch's default)")
+    p.add_argument("--model", default="fmnist-emigm", help="a shipped model or preset; its -fakecfg twin is the "
+                                                           "fake-class panel")
     a = p.parse_args()
+    MODELS[:] = [a.model, a.model + "-fakecfg"]
     engine = Engine(MODELS, num_threads=a.threads or None)
     weights = "shipped weights" if engine.is_shipped(MODELS[0]) else "random init"
     t = time.perf_counter()
@@ -83,7 +86,7 @@ def main() -> None:
                      f"{med(times):.2f} s"))
 
     load = os.getloadavg()
-    print(f"fmnist-emigm ({weights}) on CPU, {a.threads or 'default'} torch thread(s) of {os.cpu_count()} cores, "
+    print(f"{MODELS[0]} ({weights}) on CPU, {a.threads or 'default'} torch thread(s) of {os.cpu_count()} cores, "
           f"load average {load[0]:.1f}; both models loaded in {load_s:.2f} s; median of {a.repeats} runs")
     width = max(len(r[0]) for r in rows)
     print(f"{'measurement':<{width}}  time")
