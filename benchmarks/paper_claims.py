@@ -90,7 +90,7 @@ def verdicts(results: list[dict]) -> list[dict]:
                     "numbers": {k: round(v, 3) for k, v in few.items()}})
     d8, ddpm = fd("dpm head=8"), fd("ddpm head=100")
     if d8 is not None and ddpm is not None:
-        out.append({"claim": "DPM-Solver++ with 8 head steps matches DDPM-100 (FD within 10%)",
+        out.append({"claim": "DPM-Solver++ with 8 head steps is no worse than DDPM-100 (FD at most 10% higher)",
                     "holds": d8 <= 1.1 * ddpm, "numbers": {"dpm-8": round(d8, 3), "ddpm-100": round(ddpm, 3)}})
     every, inter = by.get("CFG every step"), by.get("CFG in (0.1, 0.3]")
     if every and inter:
