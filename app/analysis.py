@@ -83,7 +83,11 @@ def read_claims(path: Path = CLAIMS_PATH) -> dict[str, Any] | None:
         verdict = "holds" if holds is True else "does not hold" if holds is False else "not measured"
         claims.append([str(_first(c, "claim", "name", "id") or "?"), verdict,
                        str(_first(c, "evidence", "detail", "value") or "")])
-    return {"points": points, "claims": claims, "claims_file": str(path)}
+    try:
+        shown = str(path.relative_to(ASSETS_DIR.parent))
+    except ValueError:
+        shown = str(path)
+    return {"points": points, "claims": claims, "claims_file": shown, "note": str(raw.get("note") or "")}
 
 
 @user_errors
@@ -92,9 +96,9 @@ def results():
     doc = read_claims()
     if doc is None:
         hidden = gr.update(value=None, visible=False)
-        return text.RESULTS_MISSING, hidden, hidden, {"available": False, "claims_file": str(CLAIMS_PATH)}
+        return text.RESULTS_MISSING, hidden, hidden, {"available": False, "claims_file": "assets/results/claims.json"}
     fig = charts.results_figure(doc["points"]) if doc["points"] else gr.update(value=None, visible=False)
     held = sum(row[1] == "holds" for row in doc["claims"])
     msg = (f"Read `{doc['claims_file']}`: {len(doc['points'])} measurements, {len(doc['claims'])} claims "
-           f"({held} hold).")
+           f"({held} hold)." + (f"\n\n{doc['note']}" if doc["note"] else ""))
     return msg, fig, gr.update(value=doc["claims"], visible=True), {"available": True, **doc}

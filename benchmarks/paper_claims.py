@@ -119,13 +119,14 @@ def main() -> None:
     p.add_argument("--head-steps", type=int, nargs="+", default=[4, 8, 14], help="DPM-Solver++ head steps")
     p.add_argument("--merge", nargs="+", default=None, metavar="DIR",
                    help="instead of measuring, merge the claims.json of runs made with --only into --out-dir")
+    p.add_argument("--note", default="", help="a paragraph stored with the results (context for readers)")
     p.add_argument("--only", default="", help="comma-separated claim groups: schedule,solver,cfg,null,discrete")
     a = p.parse_args()
     if a.merge:
         docs = [json.loads((Path(d) / "claims.json").read_text()) for d in a.merge]
         first = docs[0]
         write(Path(a.out_dir), first["model"], first["num_samples"], first["device"], first["random_init"],
-              [pt for d in docs for pt in d["points"]])
+              [pt for d in docs for pt in d["points"]], a.note)
         return
     device = torch.device(a.device)
     names = (a.emigm, a.emigm + "-fakecfg", "fmnist-maskgit")
@@ -144,25 +145,42 @@ def main() -> None:
             cache[name] = (model, build_tokenizer(cfg.tokenizer, root=root).to(device).eval())
         model, tok = cache[name]
         r = evaluate_generator(model, tok, a.num_samples, sampler, guidance, batch_size=a.batch_size, floor=False)
-        row = {"claim": claim, "label": label, "setting": f"{claim}: {label}", "model": name, "nfe": r["passes"],
+        row = {"claim": claim, "label": label, "model": name, "nfe": r["passes"],
                "sampler": to_dict(sampler), "guidance": to_dict(guidance),
                **{k: r[k] for k in ("fd", "class_accuracy", "precision", "recall", "passes", "head_evals", "images_per_s")}}
         results.append(row)
         print(f"{claim:<9} {label:<28} {row['passes']:>6} {row['fd']:>9.3f} {row['class_accuracy']:>6.3f} "
               f"{row['precision']:>6.3f} {row['recall']:>6.3f} {row['images_per_s']:>7.1f}", flush=True)
-    write(Path(a.out_dir), a.emigm, a.num_samples, str(device), a.random_init, results)
+    write(Path(a.out_dir), a.emigm, a.num_samples, str(device), a.random_init, results, a.note)
 
 
-def write(out: Path, model: str, num_samples: int, device: str, random_init: bool, results: list[dict]) -> None:
+def series(point: dict) -> str:
+    """The curve a point belongs to in the explorer's FD-against-NFE plot."""
+    claim, sampler = point["claim"], point["sampler"]
+    if claim == "schedule":
+        return f"schedule {sampler['schedule']}"
+    if claim == "solver":
+        return f"head solver {sampler['head_solver']}"
+    if claim == "cfg":
+        return "CFG: none, every step, intervals"
+    if claim == "null":
+        return "CFG with fake class" if point["model"].endswith("-fakecfg") else "CFG with mask"
+    return point["model"]
+
+
+def write(out: Path, model: str, num_samples: int, device: str, random_init: bool, results: list[dict],
+          note: str = "") -> None:
     """claims.json (points + verdicts, the format the explorer's Results tab reads) and claims.md."""
+    results = [dict(r, setting=series(r)) for r in results]
     claims = [dict(v, evidence=json.dumps(v["numbers"])) for v in verdicts(results)]
     doc = {"model": model, "num_samples": num_samples, "device": device, "random_init": random_init,
-           "date": time.strftime("%Y-%m-%d"), "points": results, "claims": claims}
+           "date": time.strftime("%Y-%m-%d"), "note": note, "points": results, "claims": claims}
     out.mkdir(parents=True, exist_ok=True)
     (out / "claims.json").write_text(json.dumps(doc, indent=2))
     lines = ["# The paper's claims on our models", "",
              f"Model {model}; {num_samples} samples per point; device {device}"
              + (", RANDOM WEIGHTS (pipeline test)" if random_init else ""), "",
+             *([note, ""] if note else []),
              "| claim | holds here? | numbers |", "|---|---|---|"]
     for v in doc["claims"]:
         lines.append(f"| {v['claim']} | {'holds' if v['holds'] else 'does not hold here'} | {json.dumps(v['numbers'])} |")

@@ -80,7 +80,8 @@ def test_claims_benchmark_pipeline(tmp_path):
                        timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr
     doc = json.loads((tmp_path / "claims.json").read_text())
-    assert [p["setting"] for p in doc["points"]] == ["schedule: linear S=2", "schedule: cosine S=2", "schedule: exp S=2"]
+    assert [p["label"] for p in doc["points"]] == ["linear S=2", "cosine S=2", "exp S=2"]
+    assert [p["setting"] for p in doc["points"]] == ["schedule linear", "schedule cosine", "schedule exp"]
     assert doc["random_init"] and "RANDOM WEIGHTS" in (tmp_path / "claims.md").read_text()
 
 
@@ -91,7 +92,7 @@ def test_claims_merge_recomputes_verdicts(tmp_path, monkeypatch):
     pc = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pc)
     pts = [{"claim": "schedule", "label": f"{s} S=4", "model": "m", "passes": 4, "fd": fd, "class_accuracy": 0.5,
-            "precision": 0.5, "recall": 0.5} for s, fd in (("linear", 3.0), ("cosine", 2.0), ("exp", 1.0))]
+            "precision": 0.5, "recall": 0.5, "sampler": {"schedule": s}} for s, fd in (("linear", 3.0), ("cosine", 2.0), ("exp", 1.0))]
     pc.write(tmp_path / "a", "m", 10, "cpu", False, pts[:2])
     pc.write(tmp_path / "b", "m", 10, "cpu", False, pts[2:])
     monkeypatch.setattr(sys, "argv", ["paper_claims.py", "--merge", str(tmp_path / "a"), str(tmp_path / "b"),
