@@ -76,6 +76,17 @@ def load_for_sampling(a: argparse.Namespace, device):
     from .model import MaskedGenerator
     from .presets import get_preset
 
+    if a.checkpoint and Path(a.checkpoint).suffix in (".pth", ".pt") and Path(a.checkpoint).is_file():
+        from dataclasses import replace
+
+        from .official import load_official
+
+        model, cfg = load_official(a.checkpoint, device)
+        if getattr(a, "vae", ""):
+            cfg = replace(cfg, tokenizer=replace(cfg.tokenizer, path=str(Path(a.vae).resolve())))
+        elif cfg.tokenizer.kind == "kl16":
+            raise CliError(f"{a.checkpoint} makes KL-16 latents: give the VAE with --vae PATH/kl16.ckpt")
+        return model, cfg, str(a.checkpoint)
     if a.checkpoint:
         model, cfg, _ = load_export(a.checkpoint, device)
         return model, cfg, str(a.checkpoint)
@@ -208,7 +219,10 @@ def cmd_train_classifier(a: argparse.Namespace) -> None:
 def _export_root(a: argparse.Namespace):
     from .checkpoint import ASSETS_DIR, resolve_export
 
-    return str(resolve_export(a.checkpoint)) if getattr(a, "checkpoint", None) else str(ASSETS_DIR)
+    if not getattr(a, "checkpoint", None):
+        return str(ASSETS_DIR)
+    path = Path(a.checkpoint)
+    return str(path.parent) if path.is_file() and path.suffix in (".pth", ".pt") else str(resolve_export(path))
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -227,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_schedule)
 
     s = sub.add_parser("sample", help="sample images and write a grid PNG (+ a JSON trace)")
-    s.add_argument("--checkpoint", default="", help="an export folder or a shipped model name")
+    s.add_argument("--checkpoint", default="", help="an export folder, a shipped model name, or an official "
+                                                     "eMIGM / MAR .pth checkpoint")
+    s.add_argument("--vae", default="", help="the KL-16 VAE (kl16.ckpt) for official ImageNet checkpoints")
     s.add_argument("--preset", default="", help=f"with --random-init: {', '.join(PRESETS)}")
     s.add_argument("--random-init", action="store_true")
     s.add_argument("--class", dest="class_", default="0", help="class id or name")
