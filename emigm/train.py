@@ -1,7 +1,8 @@
 """Training: one entry point for a single process (CPU or GPU) and torchrun (DDP).
 
-Owns the training loop of the eMIGM recipe (spec sec. 3), the run folder and its resumable
-checkpoints, the deterministic data order, and the `train` CLI command.
+Owns the training loop of the eMIGM recipe (spec sec. 3), writing and resuming checkpoints, the
+deterministic data order, and the `train` / `export` CLI commands. Reading a run folder's
+checkpoints and exporting from them live in emigm/runs.py.
 
 Run folder (`out_dir`, default `{train.out_dir}/{name}`):
     config.json       the RunConfig, written at start
@@ -27,7 +28,6 @@ import contextlib
 import json
 import math
 import os
-import re
 import sys
 import time
 import warnings
@@ -38,21 +38,17 @@ import torch
 from torch import nn
 
 from . import distributed as dist
-from .checkpoint import (ASSETS_DIR, CheckpointError, command_line, atomic_torch_save, atomic_write_bytes, load_state_dict_strict,
-                         load_torch, save_export)
+from .checkpoint import (ASSETS_DIR, atomic_torch_save, atomic_write_bytes, command_line, load_state_dict_strict,
+                         save_export)
 from .config import RunConfig, apply_overrides, to_dict, to_json
 from .masking import draw_mask
 from .model import MaskedGenerator
 from .optim import base_lr, build_optimizer, ema_decay, ema_init, ema_update, lr_at
+from .runs import (CKPT_FORMAT, CKPT_VERSION, CONFIG_FILE, EXPORT_DIR, METRICS_FILE, _latest_checkpoint,
+                   check_resume_config, default_run_dir, export_checkpoint, list_checkpoints)
 
 Tensor = torch.Tensor
 
-CKPT_FORMAT, CKPT_VERSION = "emigm-train-state", 1
-CKPT_PATTERN = re.compile(r"^ckpt-(\d{7,})\.pt$")
-CONFIG_FILE, METRICS_FILE, EXPORT_DIR = "config.json", "metrics.jsonl", "export"
-# Keys that may differ on resume: they change bookkeeping, not the trajectory (train.steps: upwards).
-RESUMABLE_KEYS = frozenset({"train.steps", "train.log_every", "train.ckpt_every", "train.keep_last",
-                            "train.out_dir", "train.compile", "data.num_workers", "data.path"})
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _M64 = (1 << 64) - 1
 _STREAM_INIT, _STREAM_DATA, _STREAM_TRAIN = 1, 2, 3
@@ -92,94 +88,6 @@ def micro_batch_size(cfg: RunConfig, world_size: int) -> int:
         raise ValueError(f"train.batch_size {t.batch_size} is not divisible by world size {world_size} x "
                          f"grad_accum {t.grad_accum} = {split}")
     return t.batch_size // split
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
-def config_diff(saved: dict[str, Any], requested: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Dotted key -> (saved value, requested value) for every leaf that differs."""
-    a, b = _flatten(saved), _flatten(requested)
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
-
-
-def check_resume_config(saved: dict[str, Any], requested: dict[str, Any], step: int, source: str) -> None:
-    """Refuse to resume `source` (saved config, at `step`) with a different requested config."""
-    diff = config_diff(saved, requested)
-    bad = {k: v for k, v in diff.items() if k not in RESUMABLE_KEYS}
-    if bad:
-        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in bad.items())
-        raise ValueError(f"{source} was written with a different config ({listed}); use the saved "
-                         "values or another --out-dir (only train.steps may grow on resume)")
-    if requested["train"]["steps"] < step:
-        raise ValueError(f"{source} is at step {step}, past the requested train.steps "
-                         f"{requested['train']['steps']}")
-
-
-# ----------------------------------------------------------------------------- run folder
-
-
-def default_run_dir(cfg: RunConfig) -> Path:
-    return Path(cfg.train.out_dir) / cfg.name
-
-
-def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """[(step, path)] of the run's checkpoints, oldest first."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), run_dir / m.group(0)) for m in map(CKPT_PATTERN.match, os.listdir(run_dir)) if m]
-    return sorted(found)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a training checkpoint; CheckpointError naming the file if it is unreadable or foreign."""
-    ck = load_torch(path)
-    if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
-        raise CheckpointError(f"{path} is not an emigm training checkpoint")
-    if ck.get("version") != CKPT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {ck.get('version')} is not {CKPT_VERSION}")
-    return ck
-
-
-def _latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    ckpts = list_checkpoints(run_dir)
-    if not ckpts:
-        return None
-    path = ckpts[-1][1]
-    try:
-        return path, load_checkpoint(path)
-    except CheckpointError as e:
-        hint = f"; move it away to resume from {ckpts[-2][1].name}" if len(ckpts) > 1 else ""
-        raise CheckpointError(f"{e}{hint}") from None
-
-
-def export_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Write an inference export (EMA weights + config) from a training checkpoint, or from the
-    newest checkpoint of a run folder: for exporting a run before it reaches train.steps."""
-    from .config import from_dict
-
-    src = Path(source)
-    if src.is_dir():
-        found = _latest_checkpoint(src)
-        if found is None:
-            raise CheckpointError(f"no checkpoints (ckpt-*.pt) in {src}")
-        path, ck = found
-    else:
-        path, ck = src, load_checkpoint(src)
-    cfg = from_dict(RunConfig, ck["config"]).validate()
-    model = MaskedGenerator(cfg)
-    load_state_dict_strict(model, ck["ema"], f"{path} (EMA)")
-    meta = {"steps": ck["step"], "planned_steps": cfg.train.steps, "seconds": round(ck.get("elapsed", 0.0), 3),
-            "final_loss": ck.get("loss"), "exported_from": path.name}
-    return save_export(model, cfg, out_dir, meta=meta, state=ck["ema"])
 
 
 # ----------------------------------------------------------------------------- data order
