@@ -17,6 +17,14 @@ def _message(e: Exception) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def _as_gr_error(fn, e: Exception) -> gr.Error:
+    """A gr.Error carrying the user error's message (a gr.Error passes through unchanged)."""
+    if isinstance(e, gr.Error):
+        return e
+    log.info("user error in %s: %s", fn.__name__, e)
+    return gr.Error(_message(e), print_exception=False)
+
+
 def user_errors(fn):
     """Wrap a handler (plain or generator) so USER_ERRORS become gr.Error with their message.
     functools.wraps keeps the signature, so API parameter names and gr.Request injection still work."""
@@ -25,20 +33,14 @@ def user_errors(fn):
         def gen(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
-            except gr.Error:
-                raise
             except USER_ERRORS as e:
-                log.info("user error in %s: %s", fn.__name__, e)
-                raise gr.Error(_message(e), print_exception=False) from None
+                raise _as_gr_error(fn, e) from None
         return gen
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
         except USER_ERRORS as e:
-            log.info("user error in %s: %s", fn.__name__, e)
-            raise gr.Error(_message(e), print_exception=False) from None
+            raise _as_gr_error(fn, e) from None
     return call

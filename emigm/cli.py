@@ -46,6 +46,18 @@ def add_sampler_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cfg-schedule", default="constant", help="constant or linear")
 
 
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """Which model to load: --checkpoint (export, shipped name or official .pth [+ --vae]) or
+    --preset NAME --random-init."""
+    from .presets import PRESETS
+
+    p.add_argument("--checkpoint", default="", help="an export folder, a shipped model name, or an official "
+                                                     "eMIGM / MAR .pth checkpoint")
+    p.add_argument("--vae", default="", help="the KL-16 VAE (kl16.ckpt) for official ImageNet checkpoints")
+    p.add_argument("--preset", default="", help=f"with --random-init: {', '.join(PRESETS)}")
+    p.add_argument("--random-init", action="store_true")
+
+
 def sampler_configs(a: argparse.Namespace, draft: bool = False):
     from .sampler import GuidanceConfig, SamplerConfig
 
@@ -229,8 +241,6 @@ def _export_root(a: argparse.Namespace):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .presets import PRESETS
-
     p = _Parser(prog="python -m emigm", description="eMIGM: masked image generation")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -241,11 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_schedule)
 
     s = sub.add_parser("sample", help="sample images and write a grid PNG (+ a JSON trace)")
-    s.add_argument("--checkpoint", default="", help="an export folder, a shipped model name, or an official "
-                                                     "eMIGM / MAR .pth checkpoint")
-    s.add_argument("--vae", default="", help="the KL-16 VAE (kl16.ckpt) for official ImageNet checkpoints")
-    s.add_argument("--preset", default="", help=f"with --random-init: {', '.join(PRESETS)}")
-    s.add_argument("--random-init", action="store_true")
+    add_model_args(s)
     s.add_argument("--class", dest="class_", default="0", help="class id or name")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--num-images", type=int, default=4)
@@ -256,9 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("evaluate", help="FD / class accuracy / precision / recall of N samples")
-    s.add_argument("--checkpoint", default="", help="an export folder or a shipped model name")
-    s.add_argument("--preset", default="", help="with --random-init (a smoke test of the pipeline)")
-    s.add_argument("--random-init", action="store_true")
+    add_model_args(s)
     s.add_argument("--num-samples", type=int, default=10000)
     s.add_argument("--batch-size", type=int, default=250)
     s.add_argument("--seed", type=int, default=0)
