@@ -207,15 +207,22 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
 
 def cmd_train_tokenizer(a: argparse.Namespace) -> None:
-    from .vqvae import train_vqvae
+    from .tokenizer_train import TokenizerTrainConfig, train_tokenizer
 
-    for name in ("steps", "batch_size", "codebook_size"):
-        if getattr(a, name) < 1:
-            raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
-    m = train_vqvae(a.data_path or None, a.out, steps=a.steps, batch_size=a.batch_size,
-                    codebook_size=a.codebook_size, seed=a.seed, device=resolve_device(a.device))
-    print(f"wrote {a.out}: test PSNR {m['psnr']:.2f} dB, codebook use {m['codebook_used']:.1%}, "
-          f"perplexity {m['perplexity']:.0f}")
+    defaults = {"kl": dict(steps=3600, lr=2e-3), "vq": dict(steps=1700, lr=2e-3)}[a.kind] if a.kind in ("kl", "vq") else {}
+    cfg = TokenizerTrainConfig(kind=a.kind, steps=a.steps or defaults.get("steps", 1),
+                               batch_size=a.batch_size, lr=a.lr or defaults.get("lr", 1.0), seed=a.seed,
+                               latent_channels=a.latent_channels, kl_weight=a.kl_weight,
+                               codebook_size=a.codebook_size)
+    run_dir = a.run_dir or str(Path("runs") / f"tokenizer-{Path(a.out).name}")
+    m = train_tokenizer(cfg, a.out, run_dir, a.data_path or None, device=resolve_device(a.device),
+                        max_steps=a.max_steps)
+    if not m:
+        print(f"stopped at step {a.max_steps} of {cfg.steps}; re-run the same command to continue ({run_dir})")
+        return
+    extra = (f", codebook use {m['codebook_used']:.1%}, perplexity {m['perplexity']:.0f}" if a.kind == "vq" else "")
+    print(f"wrote {a.out}: test PSNR {m['psnr']:.2f} dB, seam ratio {m['seam_ratio']:.3f} "
+          f"(data {m['seam_ratio_data']:.3f}){extra}, {m['train_seconds']:.0f} s")
 
 
 def cmd_train_classifier(a: argparse.Namespace) -> None:
@@ -273,12 +280,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampler_args(s)
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("train-tokenizer", help="train the small VQ-VAE for 28x28 images")
+    s = sub.add_parser("train-tokenizer", help="train a small tokenizer for 28x28 images: the KL "
+                                               "autoencoder (continuous latents) or the VQ-VAE (codes)")
+    s.add_argument("--kind", default="kl", help="kl (continuous, fmnist-kl) or vq (discrete, fmnist-vq)")
     s.add_argument("--data.path", dest="data_path", default="", help="Fashion-MNIST folder")
-    s.add_argument("--out", default="assets/fmnist-vq")
-    s.add_argument("--steps", type=int, default=3000)
-    s.add_argument("--batch-size", type=int, default=128)
-    s.add_argument("--codebook-size", type=int, default=512)
+    s.add_argument("--out", default="assets/fmnist-kl", help="export folder")
+    s.add_argument("--run-dir", default="", help="training state for resuming (default runs/tokenizer-NAME)")
+    s.add_argument("--steps", type=int, default=0, help="optimiser steps (default: kl 3600, vq 1700)")
+    s.add_argument("--max-steps", type=int, default=None, help="stop early at this step (resumable)")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--lr", type=float, default=0.0, help="peak learning rate (default 2e-3)")
+    s.add_argument("--latent-channels", type=int, default=4, help="kl: channels per latent token")
+    s.add_argument("--kl-weight", type=float, default=1e-4, help="kl: weight of the KL term")
+    s.add_argument("--codebook-size", type=int, default=512, help="vq: number of codes")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_train_tokenizer)

@@ -19,15 +19,16 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class TokenizerConfig:
     """How images become tokens. kind: patch (continuous p x p patches), vq (discrete codes from a
-    trained VQ-VAE), kl16 (continuous LDM KL-16 latents), dcae (continuous DC-AE latents)."""
+    trained VQ-VAE), kl (continuous latents of the small KL autoencoder), kl16 (continuous LDM KL-16
+    latents), dcae (continuous DC-AE latents)."""
 
-    kind: Literal["patch", "vq", "kl16", "dcae"] = "patch"
+    kind: Literal["patch", "vq", "kl", "kl16", "dcae"] = "patch"
     image_size: int = 28
     channels: int = 1
     patch_size: int = 4
     codebook_size: int = 0  # vq only
-    latent_channels: int = 0  # kl16 / dcae only
-    stride: int = 0  # kl16 / dcae / vq: pixels per token side
+    latent_channels: int = 0  # kl / kl16 / dcae only
+    stride: int = 0  # kl / kl16 / dcae / vq: pixels per token side
     path: str = ""  # vq / kl16 / dcae weights
 
     @property
@@ -68,6 +69,8 @@ class BackboneConfig:
     num_classes: int = 10
     null_mode: Literal["mask", "fake"] = "mask"  # "mask": null class == mask token (CFG with mask)
     mae: bool = True  # encoder sees only visible tokens
+    attn_drop: float = 0.0  # attention-probability dropout in training (reference: 0.1)
+    proj_drop: float = 0.0  # dropout after the attention projection and the MLP (reference: 0.1)
     grad_checkpointing: bool = False
 
 

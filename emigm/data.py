@@ -26,6 +26,7 @@ from PIL import Image
 from .config import DataConfig, TokenizerConfig
 
 Tensor = torch.Tensor
+EncodeFn = Callable[[Tensor], tuple[Tensor, Tensor]]  # images -> (mean, logvar), each (B, c, h, w)
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -256,6 +257,29 @@ class SyntheticDataset(torch.utils.data.Dataset):
         return self.images[index], self.labels[index]
 
 
+class EncodedDataset(torch.utils.data.Dataset):
+    """A dataset encoded once, in memory: item i is (moments (2, c, h, w) = [mean, logvar], label).
+    Training samples a latent from the moments per step (emigm.train), as MAR does with KL-16; used
+    for the small `kl` tokenizer, whose encoder is cheap enough to run over the whole set at start."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, encode_fn: EncodeFn, batch_size: int = 500,
+                 device: torch.device | str = "cpu") -> None:
+        moments, labels = [], []
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+        with torch.inference_mode():
+            for x, y in loader:
+                mean, logvar = encode_fn(x.to(device))
+                moments.append(torch.stack([mean, logvar], 1).float().cpu())
+                labels.append(torch.as_tensor(y, dtype=torch.int64))
+        self.moments, self.labels = torch.cat(moments), torch.cat(labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.moments[index], self.labels[index]
+
+
 DATASETS = ("fashion-mnist", "imagefolder", "synthetic")
 
 
@@ -293,7 +317,6 @@ def build_dataset(data_cfg: DataConfig, tok_cfg: TokenizerConfig, split: Literal
 # ----------------------------------------------------------------------------- latent cache
 
 CACHE_FORMAT, CACHE_VERSION = "emigm-latent-cache", 1
-EncodeFn = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:

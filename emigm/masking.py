@@ -48,6 +48,26 @@ def truncated_normal_ratio(batch: int, generator: torch.Generator | None, device
     return (_MAR_MODE + _MAR_SCALE * torch.special.ndtri(u)).clamp(_MAR_LOW, 1.0).float()
 
 
+REDRAWS = 32  # candidate (t, count) draws per batch for the shared-count rejection rule
+
+
+def _shared_count_draw(cfg: MaskingConfig, schedule, L: int, generator: torch.Generator | None,
+                       device) -> tuple[Tensor, Tensor]:
+    """One (t, count) for the batch, as the reference draws it: t ~ U(0, 1) clamped at t_min,
+    count ~ Binomial(L, gamma(0.999 t + 0.001)), both drawn again while count < 2 (when L >= 2).
+
+    Rejection sampling without a host sync: REDRAWS candidates are drawn at once and the first one
+    with count >= 2 is taken, which is the same distribution unless all of them fail (then the last
+    candidate's count is raised to 2; with L >= 16 and t_min = 0 the chance is below 1e-30)."""
+    t = _rand((REDRAWS,), generator, device).clamp(min=cfg.t_min)
+    ratio = schedule.mask_ratio(0.999 * t + 0.001)
+    counts = (_rand((REDRAWS, L), generator, device) < ratio.unsqueeze(1)).sum(1)
+    need = min(2, L)
+    ok = counts >= need
+    first = torch.where(ok.any(), ok.to(torch.int8).argmax(), torch.tensor(REDRAWS - 1, device=ok.device))
+    return t[first].reshape(1), counts[first].clamp(min=need)
+
+
 def draw_mask(cfg: MaskingConfig, batch: int, num_tokens: int,
               generator: torch.Generator | None = None, device=None) -> MaskDraw:
     """Draw training masks for a batch.
@@ -57,7 +77,8 @@ def draw_mask(cfg: MaskingConfig, batch: int, num_tokens: int,
       K ~ Binomial(L, gamma(p)) serve the whole batch, positions differ per sample.
     - exact: per-sample t, exactly ceil(L gamma(p)) tokens masked uniformly without replacement.
     - mar: one ratio r per batch from MAR's truncated normal, exactly ceil(L r) tokens masked.
-    At least one token is always masked (two for bernoulli, as the reference does, when L >= 2).
+    At least one token is always masked; with a shared count, t and the count are drawn again until
+    at least two are (as the reference does, when L >= 2).
     """
     if cfg.distribution not in DISTRIBUTIONS:
         raise ValueError(f"unknown masking distribution {cfg.distribution!r}; valid: {', '.join(DISTRIBUTIONS)}")
@@ -65,15 +86,17 @@ def draw_mask(cfg: MaskingConfig, batch: int, num_tokens: int,
         raise ValueError(f"unknown weighting {cfg.weighting!r}; valid: {', '.join(WEIGHTINGS)}")
     schedule = get_schedule(cfg.schedule)
     L = num_tokens
-    shared = cfg.distribution == "mar" or (cfg.distribution == "bernoulli" and cfg.shared_count)
-    t = _rand((1 if shared else batch,), generator, device).clamp(min=cfg.t_min).expand(batch)
+    if cfg.distribution == "bernoulli" and cfg.shared_count:
+        t, count = _shared_count_draw(cfg, schedule, L, generator, device)
+        t = t.expand(batch)
+    else:
+        shared = cfg.distribution == "mar"
+        t = _rand((1 if shared else batch,), generator, device).clamp(min=cfg.t_min).expand(batch)
     p = 0.999 * t + 0.001
     ratio = schedule.mask_ratio(p)
     keys = _rand((batch, L), generator, device)
     if cfg.distribution == "bernoulli":
-        min_masked = min(2, L)
         if cfg.shared_count:
-            count = (_rand((L,), generator, device) < ratio[0]).sum().clamp(min=min_masked)
             mask = _first_k(keys, count.expand(batch))
         else:
             mask = keys < ratio.unsqueeze(1)

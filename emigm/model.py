@@ -47,11 +47,11 @@ class MaskedGenerator(nn.Module):
             self.z_proj = nn.Linear(tk.token_dim, De, bias=True)
         self.z_proj_ln = nn.LayerNorm(De, eps=1e-6)
         self.encoder_pos_embed_learned = nn.Parameter(torch.zeros(1, L + Bf, De))
-        self.encoder_blocks = nn.ModuleList(Block(De, bb.num_heads, bb.mlp_ratio) for _ in range(bb.encoder_depth))
+        self.encoder_blocks = nn.ModuleList(Block(De, bb.num_heads, bb.mlp_ratio, bb.attn_drop, bb.proj_drop) for _ in range(bb.encoder_depth))
         self.encoder_norm = nn.LayerNorm(De, eps=1e-6)
         self.decoder_embed = nn.Linear(De, Dd, bias=True)
         self.decoder_pos_embed_learned = nn.Parameter(torch.zeros(1, L + Bf, Dd))
-        self.decoder_blocks = nn.ModuleList(Block(Dd, bb.decoder_num_heads, bb.mlp_ratio) for _ in range(bb.decoder_depth))
+        self.decoder_blocks = nn.ModuleList(Block(Dd, bb.decoder_num_heads, bb.mlp_ratio, bb.attn_drop, bb.proj_drop) for _ in range(bb.decoder_depth))
         self.decoder_norm = nn.LayerNorm(Dd, eps=1e-6)
         self.diffusion_pos_embed_learned = nn.Parameter(torch.zeros(1, L, Dd))
         self._init_weights()
@@ -124,11 +124,13 @@ class MaskedGenerator(nn.Module):
         B, L = mask.shape
         Bf = self.buffer_size
         x = self._embed(tokens)
-        if not self.mae:
-            x = torch.where(mask.unsqueeze(-1), self.mask_token.view(1, 1, -1).to(x.dtype), x)
         x = torch.cat([cond.unsqueeze(1).expand(B, Bf, -1).to(x.dtype), x], dim=1)
         x = self.z_proj_ln(x + self.encoder_pos_embed_learned)
         masked = torch.cat([mask.new_zeros(B, Bf), mask], dim=1)  # (B, Bf + L)
+        if not self.mae:
+            # as the reference's use_mae=False: masked positions carry the raw mask token, put in
+            # after the position embedding and the LayerNorm
+            x = torch.where(masked.unsqueeze(-1), self.mask_token.view(1, 1, -1).to(x.dtype), x)
 
         if self.mae:
             counts = (~masked).sum(1)

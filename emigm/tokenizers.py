@@ -1,6 +1,6 @@
 """Images <-> tokens: one interface over pixel patches, VQ codes and VAE latents.
 
-Owns the `Tokenizer` interface, its four implementations and `build_tokenizer`, the only place a
+Owns the `Tokenizer` interface, its five implementations and `build_tokenizer`, the only place a
 tokenizer kind name is turned into an object. Images are (B, C, H, W) floats in [-1, 1]; tokens are
 in row-major order: (B, L, token_dim) floats for continuous tokenizers, (B, L) int64 code ids for
 discrete ones. Latent scales are constants on the tokenizer classes.
@@ -14,6 +14,7 @@ from einops import rearrange
 from torch import nn
 
 from .config import TokenizerConfig
+from .klvae import KLVAE, load_klvae
 from .vae import AutoencoderKL16, KL16Config, load_kl16
 from .vqvae import VQVAE, load_vqvae
 
@@ -104,6 +105,34 @@ class VQTokenizer(Tokenizer):
     def embed_codes(self, ids: Tensor) -> Tensor:
         """(B, L) int64 -> (B, L, D) codebook vectors (D = the VQ-VAE's codebook_dim)."""
         return self.model.quantizer.embed(ids.long())
+
+
+class KLTokenizer(Tokenizer):
+    """Continuous tokens from the small KL autoencoder (`emigm.klvae`, shipped as `fmnist-kl`):
+    (B, (H/4) ** 2, latent_channels) posterior means, normalised per channel by the autoencoder's own
+    (shift, scale). Pass a torch.Generator to `encode` to draw a posterior sample instead."""
+
+    def __init__(self, model: KLVAE) -> None:
+        super().__init__()
+        cfg = model.cfg
+        self.model = model.eval().requires_grad_(False)
+        self.stride = cfg.stride
+        self._set_shape(cfg.image_size, cfg.channels, cfg.image_size // cfg.stride, cfg.latent_channels)
+
+    @torch.no_grad()
+    def encode(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        self._check_images(images)
+        mean, logvar = self.model.moments(images)
+        z = mean
+        if generator is not None:
+            noise = torch.randn(mean.shape, generator=generator, device=generator.device)
+            z = mean + (0.5 * logvar).exp() * noise.to(mean.device, mean.dtype)
+        return rearrange(self.model.normalize(z), "b c h w -> b (h w) c")
+
+    @torch.no_grad()
+    def decode(self, tokens: Tensor) -> Tensor:
+        z = rearrange(tokens, "b (h w) c -> b c h w", h=self.grid)
+        return self.model.decode(self.model.denormalize(z)).clamp(-1.0, 1.0)
 
 
 class KL16Tokenizer(Tokenizer):
@@ -207,6 +236,15 @@ def _build_vq(cfg: TokenizerConfig, root: str | None) -> Tokenizer:
     return tok
 
 
+def _build_kl(cfg: TokenizerConfig, root: str | None) -> Tokenizer:
+    tok = KLTokenizer(load_klvae(_resolve(cfg, root, "kl.safetensors", "KL autoencoder weights (kl.safetensors)")))
+    _check(cfg, "latent_channels", cfg.latent_channels, tok.token_dim)
+    _check(cfg, "stride", cfg.stride, tok.stride)
+    _check(cfg, "image_size", cfg.image_size, tok.image_size)
+    _check(cfg, "channels", cfg.channels, tok.channels)
+    return tok
+
+
 def _build_kl16(cfg: TokenizerConfig, root: str | None) -> Tokenizer:
     path = _resolve(cfg, root, "kl16.ckpt", "KL-16 VAE checkpoint (kl16.ckpt)")
     vae_cfg = KL16Config()
@@ -224,7 +262,7 @@ def _build_dcae(cfg: TokenizerConfig, root: str | None) -> Tokenizer:
     return DCAETokenizer(path, cfg.image_size)
 
 
-TOKENIZERS = {"patch": _build_patch, "vq": _build_vq, "kl16": _build_kl16, "dcae": _build_dcae}
+TOKENIZERS = {"patch": _build_patch, "vq": _build_vq, "kl": _build_kl, "kl16": _build_kl16, "dcae": _build_dcae}
 
 
 def build_tokenizer(cfg: TokenizerConfig, root: str | None = None) -> Tokenizer:

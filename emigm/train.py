@@ -199,6 +199,18 @@ def _token_source(cfg: RunConfig, device: torch.device) -> tuple[torch.utils.dat
         return dataset, lambda x, g: (x * scale).flatten(2).transpose(1, 2)  # (b, c, h, w) -> (b, hw, c)
     tokenizer = build_tokenizer(tk, root=str(ASSETS_DIR)).to(device).eval().requires_grad_(False)
     dataset = build_dataset(cfg.data, tk, "train", num_classes=cfg.backbone.num_classes, seed=cfg.train.seed)
+    if tk.kind == "kl":  # encode once; sample each step's latents from the stored posterior moments
+        from .data import EncodedDataset
+
+        dataset = EncodedDataset(dataset, tokenizer.model.moments, device=device)
+
+        def sample_latents(moments: Tensor, g: torch.Generator) -> Tensor:
+            mean, logvar = moments.unbind(1)
+            noise = torch.randn(mean.shape, generator=g, device=g.device).to(mean.device)
+            z = tokenizer.model.normalize(mean + (0.5 * logvar).exp() * noise)
+            return z.flatten(2).transpose(1, 2)  # (b, c, h, w) -> (b, hw, c)
+
+        return dataset, sample_latents
     if tk.kind == "kl16":  # MAR trains on posterior samples
         return dataset, lambda x, g: tokenizer.encode(x, generator=g)
     return dataset, lambda x, g: tokenizer.encode(x)

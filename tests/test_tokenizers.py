@@ -354,7 +354,7 @@ def test_unknown_kind_lists_valid_ones() -> None:
         build_tokenizer(TokenizerConfig(kind="vqgan"))  # type: ignore[arg-type]
     for kind in TOKENIZERS:
         assert kind in str(err.value)
-    assert set(TOKENIZERS) == {"patch", "vq", "kl16", "dcae"}
+    assert set(TOKENIZERS) == {"patch", "vq", "kl", "kl16", "dcae"}
 
 
 def test_dcae_without_diffusers_says_how_to_install(tmp_path) -> None:

@@ -1,0 +1,137 @@
+"""Option fields: the one description of every user-facing config field.
+
+A field declared with `option(...)` carries its help text, its valid choices (a registry dict or a
+tuple) or numeric range, and how the CLI spells it. From that one description:
+- `check_fields(cfg)` validates a dataclass at construction (its `__post_init__`): numbers must be
+  finite and in range, integers whole, choices known; errors are one line naming the field, the value
+  and what is allowed;
+- `emigm.cli` generates its arguments (`add_field_args`) and `app.controls` its widgets from the same
+  fields, so no name, default, choice list or range is written twice.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+Choices = Mapping[str, Any] | tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a field accepts. low / high: inclusive bounds (None: unbounded); choices: a registry (its
+    keys are the valid names) or a tuple of names; cli: the option's CLI spelling (default
+    --field-name); labels: short descriptions of the choices for menus."""
+
+    help: str
+    low: float | None = None
+    high: float | None = None
+    choices: Choices | None = None
+    cli: str = ""
+    labels: Mapping[str, str] | None = None
+    nargs: int = 0  # tuple fields: number of values
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.choices) if self.choices is not None else ()
+
+
+def option(default: Any, help: str, *, low: float | None = None, high: float | None = None,
+           choices: Choices | None = None, cli: str = "", labels: Mapping[str, str] | None = None) -> Any:
+    """A dataclass field with a Spec in its metadata."""
+    nargs = len(default) if isinstance(default, tuple) else 0
+    spec = Spec(help, low, high, choices, cli, labels, nargs)
+    return field(default=default, metadata={"spec": spec})
+
+
+def spec_of(f: dataclasses.Field) -> Spec | None:
+    return f.metadata.get("spec")
+
+
+def option_fields(cls_or_obj: Any) -> list[tuple[dataclasses.Field, Spec]]:
+    """(field, spec) for every option field of a dataclass, in declaration order."""
+    return [(f, s) for f in dataclasses.fields(cls_or_obj) if (s := spec_of(f)) is not None]
+
+
+def _number(name: str, value: Any, integer: bool, spec: Spec) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if integer and not float(value).is_integer():
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    lo, hi = spec.low, spec.high
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ValueError(f"{name} must be in [{_fmt(lo)}, {_fmt(hi)}], got {value!r}")
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "inf"
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def check_value(name: str, value: Any, tp: Any, spec: Spec) -> None:
+    """Raise ValueError (one line) unless `value` fits the field's type and spec."""
+    if spec.choices is not None:
+        if value not in spec.names():
+            raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(repr(n) if n == '' else n for n in spec.names())}")
+        return
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if not isinstance(value, tuple) or len(value) != spec.nargs:
+            raise ValueError(f"{name} must be {spec.nargs} numbers, got {value!r}")
+        for v in value:
+            _number(name, v, False, spec)
+        return
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        return
+    if tp in (int, float):
+        _number(name, value, tp is int, spec)
+
+
+def check_fields(obj: Any, extra: Callable[[Any], None] | None = None) -> None:
+    """Validate every option field of the dataclass instance `obj` (call from __post_init__)."""
+    hints = typing.get_type_hints(type(obj))
+    for f, spec in option_fields(obj):
+        check_value(f.name, getattr(obj, f.name), hints[f.name], spec)
+    if extra is not None:
+        extra(obj)
+
+
+def coerce_tuples(obj: Any) -> None:
+    """Turn list values of tuple-typed fields into tuples (JSON gives lists); for frozen dataclasses."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if typing.get_origin(hints[f.name]) is tuple and isinstance(v, list):
+            object.__setattr__(obj, f.name, tuple(v))
+
+
+def field_names(*classes: Any) -> tuple[str, ...]:
+    return tuple(f.name for cls in classes for f, _ in option_fields(cls))
+
+
+def interval_check(name: str) -> Callable[[Any], None]:
+    """An `extra` check for a (t_lo, t_hi) field: 0 <= t_lo < t_hi <= 1."""
+    def check(obj: Any) -> None:
+        lo, hi = getattr(obj, name)
+        if not lo < hi:
+            raise ValueError(f"{name} needs t_lo < t_hi, got ({lo}, {hi})")
+    return check
+
+
+def all_of(*checks: Callable[[Any], None]) -> Callable[[Any], None]:
+    def run(obj: Any) -> None:
+        for check in checks:
+            check(obj)
+    return run
+
+
+def describe(cls: Any) -> Iterable[tuple[str, Any, Spec]]:
+    """(name, default, spec) per option field: for help texts and generated controls."""
+    for f, spec in option_fields(cls):
+        yield f.name, f.default, spec

@@ -1,0 +1,242 @@
+"""Training the small Fashion-MNIST tokenizers: the KL autoencoder (`fmnist-kl`) and the VQ-VAE
+(`fmnist-vq`), with one resumable loop.
+
+Run folder (`run_dir`): `state.pt` (model, optimiser, generator, step; written atomically every
+`ckpt_every` steps) and `metrics.jsonl`. Re-running the same command continues from `state.pt`
+exactly; a different setting is refused with the differing keys listed. At the end the tokenizer is
+evaluated on the test split and exported to `out_dir` (weights + a JSON record), atomically.
+
+Batches are drawn with replacement from a torch.Generator (its state is checkpointed), so a resumed
+run sees the same batches as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import CheckpointError, atomic_torch_save, atomic_write_bytes, command_line, load_torch
+
+Tensor = torch.Tensor
+TOKENIZER_KINDS = ("kl", "vq")
+STATE_FILE, METRICS_FILE = "state.pt", "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class TokenizerTrainConfig:
+    kind: str = "kl"
+    steps: int = 6000
+    batch_size: int = 64
+    lr: float = 2e-3
+    seed: int = 0
+    latent_channels: int = 4  # kl
+    widths: tuple[int, int, int] = (32, 64, 128)  # kl
+    num_res_blocks: int = 1  # kl
+    kl_weight: float = 1e-4  # kl: weight of the per-element KL against the per-pixel MSE
+    codebook_size: int = 512  # vq
+    beta: float = 0.25  # vq commitment
+    ckpt_every: int = 250
+    log_every: int = 100
+
+    def __post_init__(self) -> None:
+        if self.kind not in TOKENIZER_KINDS:
+            raise ValueError(f"unknown tokenizer kind {self.kind!r}; valid: {', '.join(TOKENIZER_KINDS)}")
+        for name in ("steps", "batch_size", "latent_channels", "codebook_size", "ckpt_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "kl_weight", "beta"):
+            v = getattr(self, name)
+            if not math.isfinite(v) or v < 0 or (name == "lr" and v == 0):
+                raise ValueError(f"{name} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {v}")
+
+
+def build_autoencoder(cfg: TokenizerTrainConfig):
+    from .klvae import KLVAE, KLVAEConfig
+    from .vqvae import VQVAE, VQVAEConfig
+
+    if cfg.kind == "kl":
+        return KLVAE(KLVAEConfig(latent_channels=cfg.latent_channels, widths=tuple(cfg.widths),
+                                 num_res_blocks=cfg.num_res_blocks))
+    return VQVAE(VQVAEConfig(codebook_size=cfg.codebook_size))
+
+
+def _lr_at(cfg: TokenizerTrainConfig, step: int) -> float:
+    """Linear warm-up over min(100, steps/10) steps, then cosine decay to 10 % of the peak."""
+    warmup = max(1, min(100, cfg.steps // 10))
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    frac = (step - warmup) / max(1, cfg.steps - warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def _loss(model, cfg: TokenizerTrainConfig, x: Tensor, gen: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+    if cfg.kind == "kl":
+        return model.training_loss(x, gen, cfg.kl_weight)
+    recon, ids, commit, z = model(x)
+    rec = F.mse_loss(recon, x)
+    flat = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    restarts = model.quantizer.ema_update(flat, ids, gen)  # EMA codebook: no optimiser involved
+    return rec + cfg.beta * commit, {"rec": rec.detach(), "commit": commit.detach(),
+                                     "restarts": torch.tensor(float(restarts))}
+
+
+def seam_ratio(images: Tensor, period: int = 4) -> float:
+    """Mean |pixel step| across the borders of a `period` x `period` token grid divided by the mean
+    |pixel step| inside tokens, over horizontal and vertical neighbours. ~1 for images without token
+    seams; > 1 when token borders show. images (N, C, H, W)."""
+    dx = (images[..., :, 1:] - images[..., :, :-1]).abs()
+    dy = (images[..., 1:, :] - images[..., :-1, :]).abs()
+    border = (torch.arange(dx.shape[-1], device=images.device) % period) == period - 1
+    across = torch.cat([dx[..., :, border].flatten(), dy[..., border, :].flatten()]).mean()
+    inside = torch.cat([dx[..., :, ~border].flatten(), dy[..., ~border, :].flatten()]).mean()
+    return float(across / inside.clamp_min(1e-12))
+
+
+@torch.no_grad()
+def evaluate_autoencoder(model, images: Tensor, batch_size: int = 500) -> dict[str, float]:
+    """Test PSNR (dB) and the seam ratio of reconstructions (and of the inputs, for reference); for a
+    VQ-VAE also codebook use and perplexity."""
+    from .vqvae import psnr
+
+    model.eval()
+    device = next(model.parameters()).device
+    total, recons = 0.0, []
+    discrete = hasattr(model, "quantizer")
+    counts = torch.zeros(model.cfg.codebook_size, dtype=torch.float64) if discrete else None
+    for chunk in images.split(batch_size):
+        x = chunk.to(device)
+        if discrete:
+            ids = model.encode(x)
+            rec = model.decode_codes(ids)
+            counts += torch.bincount(ids.flatten().cpu(), minlength=model.cfg.codebook_size).double()
+        else:
+            rec = model.reconstruct(x)
+        total += float(psnr(rec, x).sum())
+        recons.append(rec.clamp(-1, 1).cpu())
+    recon = torch.cat(recons)
+    out = {"psnr": total / images.shape[0], "seam_ratio": seam_ratio(recon), "seam_ratio_data": seam_ratio(images)}
+    if discrete:
+        p = counts / counts.sum()
+        out["codebook_used"] = float((counts > 0).double().mean())
+        out["perplexity"] = float((-(p[p > 0] * p[p > 0].log()).sum()).exp())
+    return out
+
+
+@torch.no_grad()
+def fit_latent_normalisation(model, images: Tensor, batch_size: int = 1000) -> None:
+    """Set the KL autoencoder's (shift, scale) from the posterior means of `images`: per-channel mean
+    and standard deviation, so normalised latents are ~N(0, 1) per channel."""
+    means = torch.cat([model.moments(c.to(model.shift.device))[0].cpu() for c in images.split(batch_size)])
+    flat = means.transpose(0, 1).reshape(means.shape[1], -1).double()
+    model.shift.copy_(flat.mean(1).float())
+    model.scale.copy_(flat.std(1).clamp_min(1e-6).float())
+
+
+def _settings(cfg: TokenizerTrainConfig) -> dict[str, Any]:
+    doc = json.loads(json.dumps(asdict(cfg)))
+    for key in ("ckpt_every", "log_every"):  # bookkeeping: may change on resume
+        doc.pop(key)
+    return doc
+
+
+def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | os.PathLike, run_dir: str | os.PathLike,
+                    data_root: str | None = None, device: str | torch.device = "cpu", limit: int = 0,
+                    max_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) a tokenizer; at `cfg.steps` evaluate it on the test split and export it to
+    `out_dir`. `limit` > 0 uses only the first `limit` images of each split (tests); `max_steps` stops
+    early with a checkpoint and no export. Returns the metrics (empty before the end)."""
+    from .klvae import KLVAE
+    from .vqvae import load_fmnist_images
+
+    device = torch.device(device)
+    out_dir, run_dir = Path(out_dir), Path(run_dir)
+    train = load_fmnist_images(data_root or "", "train")
+    test = load_fmnist_images(data_root or "", "test")
+    if limit:
+        train, test = train[:limit], test[:limit]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = build_autoencoder(cfg)
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step, elapsed = 0, 0.0
+    state_path = run_dir / STATE_FILE
+    if state_path.exists():
+        ck = load_torch(state_path)
+        if not isinstance(ck, dict) or ck.get("format") != "emigm-tokenizer-train":
+            raise CheckpointError(f"{state_path} is not a tokenizer training state")
+        if ck["settings"] != _settings(cfg):
+            diff = {k: (ck["settings"].get(k), v) for k, v in _settings(cfg).items() if ck["settings"].get(k) != v}
+            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(f"{state_path} was written with different settings ({listed}); use the saved "
+                             "values or another --run-dir")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        gen.set_state(ck["generator"])
+        step, elapsed = ck["step"], ck["elapsed"]
+        print(f"resuming {run_dir} at step {step}", flush=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stop = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
+    t0 = time.perf_counter()
+
+    def save_state() -> None:
+        atomic_torch_save({"format": "emigm-tokenizer-train", "settings": _settings(cfg), "step": step,
+                           "model": model.state_dict(), "optimizer": opt.state_dict(),
+                           "generator": gen.get_state(), "elapsed": elapsed + time.perf_counter() - t0},
+                          state_path)
+
+    model.train()
+    with open(run_dir / METRICS_FILE, "a") as metrics:
+        while step < stop:
+            idx = torch.randint(0, train.shape[0], (cfg.batch_size,), generator=gen)
+            x = train[idx].to(device)
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(cfg, step)
+            loss, logs = _loss(model, cfg, x, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if step % cfg.log_every == 0 or step == stop:
+                rec = {"step": step, "loss": float(loss.detach()), **{k: float(v) for k, v in logs.items()},
+                       "elapsed": round(elapsed + time.perf_counter() - t0, 2)}
+                metrics.write(json.dumps(rec) + "\n")
+                metrics.flush()
+                if progress:
+                    print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()),
+                          flush=True)
+            if step % cfg.ckpt_every == 0 or step == stop:
+                save_state()
+    elapsed += time.perf_counter() - t0
+    if step < cfg.steps:
+        return {}
+    model.eval()
+    if isinstance(model, KLVAE):
+        fit_latent_normalisation(model, train)
+    result = evaluate_autoencoder(model, test)
+    result.update(train_seconds=round(elapsed, 1), steps=cfg.steps, batch_size=cfg.batch_size,
+                  parameters=sum(p.numel() for p in model.parameters()))
+    export_tokenizer(model, out_dir, cfg, result)
+    return result
+
+
+def export_tokenizer(model, out_dir: str | os.PathLike, cfg: TokenizerTrainConfig, metrics: dict[str, Any]) -> None:
+    """Write `<kind>.safetensors` (weights + the architecture in the metadata) and `<kind>.json`."""
+    from safetensors.torch import save
+
+    out_dir = Path(out_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    arch = json.dumps(asdict(model.cfg))
+    atomic_write_bytes(out_dir / f"{cfg.kind}.safetensors",
+                       save(state, metadata={"config": arch, "metrics": json.dumps(metrics)}))
+    record = {"config": asdict(model.cfg), "training": asdict(cfg), "metrics": metrics,
+              "command": command_line(), "torch": torch.__version__}
+    atomic_write_bytes(out_dir / f"{cfg.kind}.json", (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
