@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from emigm.guidance import CFG_SCHEDULES
-from emigm.sampler import ANNEALS, COUNT_RULES, HEAD_SOLVERS, ORDERS, GuidanceConfig, SamplerConfig
-from emigm.schedules import SCHEDULES
+from emigm.fields import option_fields
+from emigm.guidance import CFG_MODES, GuidanceConfig
+from emigm.sampler import SamplerConfig
 
 SAMPLER_FIELDS = ("num_steps", "schedule", "count_rule", "order", "order_temperature", "order_anneal",
                   "temperature", "head_solver", "head_steps")
@@ -19,10 +19,7 @@ SAMPLER_FIELDS = ("num_steps", "schedule", "count_rule", "order", "order_tempera
 GUIDANCE_FIELDS = ("cfg_scale", "cfg_mode", "cfg_interval_lo", "cfg_interval_hi", "cfg_schedule")
 RUN_FIELDS = ("model", "class_name", "seed") + SAMPLER_FIELDS + GUIDANCE_FIELDS
 
-SCHEDULE_NAMES = tuple(SCHEDULES)
-CFG_MODES = ("", "mask", "fake")
-CFG_MODE_LABELS = {"": "the model's own", "mask": "mask (null class = mask token)",
-                   "fake": "fake class (learned null vector)"}
+CFG_MODE_LABELS = dict(CFG_MODES)
 
 # (min, max) per numeric control; sliders and API calls share them
 RANGES: dict[str, tuple[float, float]] = {
@@ -53,15 +50,10 @@ DEFAULTS: dict[str, Any] = {
     "num_seeds": 1,
     "num_tokens": 256,
 }
-CHOICES: dict[str, tuple[str, ...]] = {
-    "schedule": SCHEDULE_NAMES,
-    "count_rule": COUNT_RULES,
-    "order": ORDERS,
-    "order_anneal": ANNEALS,
-    "head_solver": HEAD_SOLVERS,
-    "cfg_mode": CFG_MODES,
-    "cfg_schedule": CFG_SCHEDULES,
-}
+# choices come from the config fields' registries (emigm.fields)
+CHOICES: dict[str, tuple[str, ...]] = {f.name: spec.names() for cls in (SamplerConfig, GuidanceConfig)
+                                       for f, spec in option_fields(cls) if spec.choices is not None}
+SCHEDULE_NAMES = CHOICES["schedule"]
 
 
 def as_number(name: str, value: Any) -> float | int:
@@ -103,7 +95,7 @@ def sampler_config(num_steps, schedule, count_rule, order, order_temperature, or
         order_anneal=as_choice("order_anneal", order_anneal),
         temperature=as_number("temperature", temperature), head_solver=as_choice("head_solver", head_solver),
         head_steps=as_number("head_steps", head_steps), draft=True,
-    ).validate()
+    )
 
 
 def guidance_config(cfg_scale, cfg_mode, cfg_interval_lo, cfg_interval_hi, cfg_schedule) -> GuidanceConfig:
@@ -113,7 +105,7 @@ def guidance_config(cfg_scale, cfg_mode, cfg_interval_lo, cfg_interval_hi, cfg_s
         raise ValueError(f"the CFG interval needs t_lo < t_hi, got ({lo}, {hi})")
     return GuidanceConfig(cfg_scale=as_number("cfg_scale", cfg_scale), cfg_mode=as_choice("cfg_mode", cfg_mode),
                           cfg_interval=(float(lo), float(hi)),
-                          cfg_schedule=as_choice("cfg_schedule", cfg_schedule)).validate()
+                          cfg_schedule=as_choice("cfg_schedule", cfg_schedule))
 
 
 def split_run_values(values: dict[str, Any]) -> tuple[SamplerConfig, GuidanceConfig]:

@@ -1,16 +1,16 @@
 """Categorical per-token head over a codebook (MaskGIT / MDM rows of the paper's Table 1).
 
 z (M, D) -> logits (M, K). Owns its loss (cross-entropy with label smoothing) and its per-token
-sampling (temperature, CFG on the logits through `guide`)."""
+sampling (temperature; guidance on the logits through `emigm.guidance.combine`)."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .guidance import guide
+from .guidance import Term, combine
 
 Tensor = torch.Tensor
 
@@ -36,14 +36,13 @@ class CategoricalHead(nn.Module):
         return F.cross_entropy(self.logits(z), target.long(), reduction="none",
                                label_smoothing=self.label_smoothing)
 
-    def guided_logits(self, z: Tensor, z_uncond: Tensor | None = None,
-                      cfg_scale: Tensor | float | None = None) -> Tensor:
-        """Logits, CFG-guided when z_uncond is given (both branches in one batched call)."""
-        if z_uncond is None:
+    def guided_logits(self, z: Tensor, guides: Sequence[Term] = ()) -> Tensor:
+        """Logits combined with the guides' reference logits (emigm.guidance.combine); the conditional
+        and every reference condition go through the network in one batched call."""
+        if not guides:
             return self.logits(z)
-        both = self.logits(torch.cat([z, z_uncond]))
-        cond, uncond = both.chunk(2)
-        return guide(cond, uncond, 1.0 if cfg_scale is None else cfg_scale)
+        cond, *refs = self.logits(torch.cat([z, *(g.z for g in guides)])).chunk(1 + len(guides))
+        return combine(cond, refs, [g.weight for g in guides])
 
     def evals(self, solver: str = "", steps: int = 0) -> int:
         return 1
@@ -65,8 +64,8 @@ class CategoricalHead(nn.Module):
         return codes, logp.gather(1, codes[:, None]).squeeze(1)
 
     @torch.no_grad()
-    def sample(self, z: Tensor, uniform: Callable[[int], Tensor], *, z_uncond: Tensor | None = None,
-               cfg_scale: Tensor | float | None = None, temperature: float = 1.0,
-               solver: str = "", steps: int = 0) -> tuple[Tensor, Tensor]:
-        """Guided logits then `sample_logits`. Returns (codes (M,), log-prob (M,))."""
-        return self.sample_logits(self.guided_logits(z, z_uncond, cfg_scale), uniform, temperature)
+    def sample(self, z: Tensor, uniform: Callable[[int], Tensor], *, guides: Sequence[Term] = (),
+               temperature: float = 1.0, solver: str = "", steps: int = 0) -> tuple[Tensor, Tensor]:
+        """Guided logits then `sample_logits`: the guided distribution gives both the token and its
+        confidence. Returns (codes (M,), log-prob (M,))."""
+        return self.sample_logits(self.guided_logits(z, guides), uniform, temperature)

@@ -143,7 +143,7 @@ def read_export_config(folder: Path) -> tuple[RunConfig, dict[str, Any]]:
     path = folder / CONFIG_FILE
     try:
         doc = json.loads(path.read_text())
-        return from_dict(RunConfig, doc["config"]).validate(), doc.get("meta", {})
+        return from_dict(RunConfig, doc["config"]), doc.get("meta", {})
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"bad model config {path}: {e}") from None
 

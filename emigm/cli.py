@@ -24,26 +24,35 @@ class _Parser(argparse.ArgumentParser):
 # ----------------------------------------------------------------------------- shared options
 
 
-def add_sampler_args(p: argparse.ArgumentParser) -> None:
-    from .sampler import ANNEALS, COUNT_RULES, HEAD_SOLVERS, ORDERS
-    from .schedules import SCHEDULES
+def add_field_args(p: argparse.ArgumentParser, cls, title: str) -> None:
+    """One option per option field of the dataclass `cls` (emigm.fields): its CLI spelling, type,
+    default and help, with the valid choices or range in the help text."""
+    import typing
 
-    g = p.add_argument_group("sampler")
-    g.add_argument("--steps", dest="num_steps", type=int, default=16, help="sampling steps S")
-    g.add_argument("--schedule", default="exp", help=f"mask schedule: {', '.join(SCHEDULES)}")
-    g.add_argument("--count-rule", default="binomial", help=f"{', '.join(COUNT_RULES)}")
-    g.add_argument("--order", default="random", help=f"reveal order: {', '.join(ORDERS)}")
-    g.add_argument("--order-temperature", type=float, default=4.5, help="Gumbel temperature of the confidence order")
-    g.add_argument("--order-anneal", default="linear", help=f"{', '.join(ANNEALS)}")
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--head-solver", default="dpm", help=f"{', '.join(HEAD_SOLVERS)}")
-    g.add_argument("--head-steps", type=int, default=8)
-    g = p.add_argument_group("guidance")
-    g.add_argument("--cfg", dest="cfg_scale", type=float, default=1.0, help="CFG scale (1 = off)")
-    g.add_argument("--cfg-mode", default="", help="null class: mask or fake (default: the model's)")
-    g.add_argument("--cfg-interval", nargs=2, type=float, default=(0.0, 1.0), metavar=("T_LO", "T_HI"),
-                   help="CFG only at steps with T_LO < s <= T_HI (s: time after the step)")
-    g.add_argument("--cfg-schedule", default="constant", help="constant or linear")
+    from .fields import describe
+
+    g = p.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    for name, default, spec in describe(cls):
+        flag = spec.cli or "--" + name.replace("_", "-")
+        tp = hints[name]
+        extra = f" ({', '.join(repr(n) if n == '' else n for n in spec.names())})" if spec.choices is not None \
+            else f" {spec.range_text()}" if spec.low is not None or spec.high is not None else ""
+        kw = dict(dest=name, default=default, help=f"{spec.help}{extra}; default {default!r}")
+        if typing.get_origin(tp) is tuple:
+            g.add_argument(flag, nargs=spec.nargs, type=float, metavar=("T_LO", "T_HI")[:spec.nargs], **kw)
+        elif tp in (int, float):
+            g.add_argument(flag, type=tp, **kw)
+        else:
+            g.add_argument(flag, **kw)
+
+
+def add_sampler_args(p: argparse.ArgumentParser) -> None:
+    from .guidance import GuidanceConfig
+    from .sampler import SamplerConfig
+
+    add_field_args(p, SamplerConfig, "sampler")
+    add_field_args(p, GuidanceConfig, "guidance")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -59,14 +68,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def sampler_configs(a: argparse.Namespace, draft: bool = False):
-    from .sampler import GuidanceConfig, SamplerConfig
+    """(SamplerConfig, GuidanceConfig) from the parsed option fields."""
+    from .fields import field_names
+    from .guidance import GuidanceConfig
+    from .sampler import SamplerConfig
 
-    sampler = SamplerConfig(num_steps=a.num_steps, schedule=a.schedule, count_rule=a.count_rule,
-                            order=a.order, order_temperature=a.order_temperature, order_anneal=a.order_anneal,
-                            temperature=a.temperature, head_solver=a.head_solver, head_steps=a.head_steps,
-                            draft=draft).validate()
-    guidance = GuidanceConfig(cfg_scale=a.cfg_scale, cfg_mode=a.cfg_mode,
-                              cfg_interval=tuple(a.cfg_interval), cfg_schedule=a.cfg_schedule).validate()
+    sampler = SamplerConfig(**{n: getattr(a, n) for n in field_names(SamplerConfig)}, draft=draft)
+    guidance = GuidanceConfig(**{n: (tuple(v) if isinstance(v := getattr(a, n), list) else v)
+                                 for n in field_names(GuidanceConfig)})
     return sampler, guidance
 
 
@@ -83,34 +92,16 @@ def resolve_device(name: str):
 
 
 def load_for_sampling(a: argparse.Namespace, device):
-    """--checkpoint NAME_OR_PATH, or --preset NAME --random-init -> (model, cfg, label)."""
-    from .checkpoint import load_export
-    from .model import MaskedGenerator
-    from .presets import get_preset
+    """--checkpoint SOURCE [--vae kl16.ckpt], or --preset NAME --random-init -> emigm.loading.Generator."""
+    from .loading import load_generator, random_generator
 
-    if a.checkpoint and Path(a.checkpoint).suffix in (".pth", ".pt") and Path(a.checkpoint).is_file():
-        from dataclasses import replace
-
-        from .official import load_official
-
-        model, cfg = load_official(a.checkpoint, device)
-        if getattr(a, "vae", ""):
-            cfg = replace(cfg, tokenizer=replace(cfg.tokenizer, path=str(Path(a.vae).resolve())))
-        elif cfg.tokenizer.kind == "kl16":
-            raise CliError(f"{a.checkpoint} makes KL-16 latents: give the VAE with --vae PATH/kl16.ckpt")
-        return model, cfg, str(a.checkpoint)
     if a.checkpoint:
-        model, cfg, _ = load_export(a.checkpoint, device)
-        return model, cfg, str(a.checkpoint)
+        return load_generator(a.checkpoint, device, vae=getattr(a, "vae", ""))
     if not a.preset:
         raise CliError("give --checkpoint NAME_OR_PATH, or --preset NAME --random-init")
     if not a.random_init:
         raise CliError(f"--preset {a.preset} has no trained weights here: add --random-init, or use --checkpoint")
-    import torch
-
-    cfg = get_preset(a.preset)
-    torch.manual_seed(a.seed)  # weights only; sampling randomness is addressed by seed (emigm.rng)
-    return MaskedGenerator(cfg).to(device).eval(), cfg, f"{a.preset} (random init)"
+    return random_generator(a.preset, device, seed=a.seed)
 
 
 def parse_class(value: str, names: list[str]) -> int:
@@ -137,42 +128,40 @@ def cmd_schedule(a: argparse.Namespace) -> None:
     if a.json:
         print(json.dumps(table.as_dict(), indent=2))
         return
-    cfg_on = guidance.cfg_scale != 1.0
+    g = guidance
     print(f"schedule {sampler.schedule}, {sampler.num_steps} steps, {a.tokens} tokens, count rule {sampler.count_rule}"
-          + (f", CFG {guidance.cfg_scale} in ({guidance.cfg_interval[0]}, {guidance.cfg_interval[1]}]" if cfg_on else ", no CFG"))
-    print(f"{'step':>4} {'t':>8} {'s':>8} {'E[revealed]':>12} {'E[masked]':>10} {'cfg':>4} {'passes':>6} {'total':>6}")
+          + (f", CFG {g.cfg_scale} in ({g.cfg_interval[0]}, {g.cfg_interval[1]}]" if g.cfg_scale != 1.0 else ", no CFG")
+          + (f", self-guidance {g.sg_scale} in ({g.sg_interval[0]}, {g.sg_interval[1]}]" if g.sg_scale > 0 else ""))
+    print(f"{'step':>4} {'t':>8} {'s':>8} {'E[revealed]':>12} {'E[masked]':>10} {'cfg':>4} {'sg':>4} {'passes':>6} {'total':>6}")
     for r in table.rows:
         print(f"{r.step:>4} {r.t:>8.4f} {r.s:>8.4f} {r.expected_revealed:>12.1f} {r.expected_masked_after:>10.1f} "
-              f"{'yes' if r.cfg else '':>4} {r.passes:>6} {r.cumulative_passes:>6}")
-    print(f"CFG steps: {table.cfg_steps}; transformer passes: {table.passes} "
-          f"({sampler.num_steps} x {table.nfe_per_step:.3g})")
+              f"{'yes' if r.cfg else '':>4} {'yes' if r.sg else '':>4} {r.passes:>6} {r.cumulative_passes:>6}")
+    print(f"CFG steps: {table.cfg_steps}; self-guidance steps: {table.sg_steps}; transformer passes: "
+          f"{table.passes} ({sampler.num_steps} x {table.nfe_per_step:.3g})")
 
 
 def cmd_sample(a: argparse.Namespace) -> None:
     import torch
 
     from .imaging import save_grid
-    from .labels import class_names
     from .sampler import sample_steps
-    from .tokenizers import build_tokenizer
     from .trace import trace_dict
 
     if a.num_images < 1:
         raise CliError(f"--num-images must be >= 1, got {a.num_images}")
     device = resolve_device(a.device)
     sampler, guidance = sampler_configs(a)
-    model, cfg, label = load_for_sampling(a, device)
-    names = class_names(cfg)
+    gen = load_for_sampling(a, device)
+    names, label = gen.class_names, gen.label
     cls = parse_class(str(a.class_), names)
-    tokenizer = build_tokenizer(cfg.tokenizer, root=_export_root(a)).to(device).eval()
     labels = torch.full((a.num_images,), cls, dtype=torch.long)
     seeds = [a.seed + i for i in range(a.num_images)]
     start = time.perf_counter()
-    states = list(s.to("cpu") for s in sample_steps(model, labels, seeds, sampler, guidance))
+    states = list(s.to("cpu") for s in sample_steps(gen.model, labels, seeds, sampler, guidance,
+                                                      smoother=gen.smoother))
     elapsed = time.perf_counter() - start
     last = states[-1]
-    with torch.inference_mode():
-        images = tokenizer.decode(last.tokens.to(device)).cpu()
+    images = gen.decode(last.tokens).cpu()
     save_grid(images, a.out)
     print(f"wrote {a.out}: {a.num_images} image(s) of class {cls} ({names[cls]}) from {label}; "
           f"{last.passes} transformer passes, {last.head_evals} head evaluations, {elapsed:.2f} s")
@@ -186,14 +175,13 @@ def cmd_sample(a: argparse.Namespace) -> None:
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from .config import to_dict
     from .scoring import evaluate_generator
-    from .tokenizers import build_tokenizer
 
     device = resolve_device(a.device)
     sampler, guidance = sampler_configs(a)
-    model, cfg, label = load_for_sampling(a, device)
-    tokenizer = build_tokenizer(cfg.tokenizer, root=_export_root(a)).to(device).eval()
-    r = evaluate_generator(model, tokenizer, a.num_samples, sampler, guidance, a.data_path or None,
-                           a.classifier or None, a.batch_size, a.seed)
+    gen = load_for_sampling(a, device)
+    label = gen.label
+    r = evaluate_generator(gen.model, gen.tokenizer, a.num_samples, sampler, guidance, a.data_path or None,
+                           a.classifier or None, a.batch_size, a.seed, smoother=gen.smoother)
     r = {"model": label, "sampler": to_dict(sampler), "guidance": to_dict(guidance), **r}
     if a.json:
         print(json.dumps(r, indent=2))
@@ -233,15 +221,6 @@ def cmd_train_classifier(a: argparse.Namespace) -> None:
     r = train_classifier(a.data_path or None, a.out, epochs=a.epochs, batch_size=a.batch_size, seed=a.seed,
                          device=resolve_device(a.device))
     print(f"wrote {a.out}: test accuracy {r['test_accuracy']:.4f}")
-
-
-def _export_root(a: argparse.Namespace):
-    from .checkpoint import ASSETS_DIR, resolve_export
-
-    if not getattr(a, "checkpoint", None):
-        return str(ASSETS_DIR)
-    path = Path(a.checkpoint)
-    return str(path.parent) if path.is_file() and path.suffix in (".pth", ".pt") else str(resolve_export(path))
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -1,8 +1,9 @@
 """Frozen configuration dataclasses, one per concern, and their JSON / dotted-override plumbing.
 
 A run is described by `RunConfig` (tokenizer, backbone, head, masking, data, train); it is saved as
-JSON in every run folder, checkpoint and export. Sampling options live in `emigm.sampler`
-(`SamplerConfig`, `GuidanceConfig`) and use the same helpers.
+JSON in every run folder, checkpoint and export. Every field is an `emigm.fields.option` and every
+config is validated when it is built, so an invalid config cannot exist. Sampling options live in
+`emigm.sampler.SamplerConfig` and `emigm.guidance.GuidanceConfig` and use the same helpers.
 """
 from __future__ import annotations
 
@@ -13,7 +14,52 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from .fields import check_fields, coerce_tuples, option
+
 T = TypeVar("T")
+
+
+def _tokenizer_kinds():
+    from .tokenizers import TOKENIZERS
+    return TOKENIZERS
+
+
+def _head_kinds():
+    from .model import HEAD_KINDS
+    return HEAD_KINDS
+
+
+def _null_modes():
+    from .model import NULL_MODES
+    return NULL_MODES
+
+
+def _schedules():
+    from .schedules import SCHEDULES
+    return SCHEDULES
+
+
+def _distributions():
+    from .masking import DISTRIBUTIONS
+    return DISTRIBUTIONS
+
+
+def _weightings():
+    from .masking import WEIGHTINGS
+    return WEIGHTINGS
+
+
+def _datasets():
+    from .data import DATASETS
+    return DATASETS
+
+
+def _lr_schedules():
+    from .optim import LR_SCHEDULES
+    return LR_SCHEDULES
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")  # bf16 / fp16 autocast apply on CUDA only
 
 
 @dataclass(frozen=True)
@@ -22,14 +68,23 @@ class TokenizerConfig:
     trained VQ-VAE), kl (continuous latents of the small KL autoencoder), kl16 (continuous LDM KL-16
     latents), dcae (continuous DC-AE latents)."""
 
-    kind: Literal["patch", "vq", "kl", "kl16", "dcae"] = "patch"
-    image_size: int = 28
-    channels: int = 1
-    patch_size: int = 4
-    codebook_size: int = 0  # vq only
-    latent_channels: int = 0  # kl / kl16 / dcae only
-    stride: int = 0  # kl / kl16 / dcae / vq: pixels per token side
-    path: str = ""  # vq / kl16 / dcae weights
+    kind: str = option("patch", "tokenizer kind", choices=_tokenizer_kinds)
+    image_size: int = option(28, "image side in pixels", low=1, high=4096)
+    channels: int = option(1, "image channels", low=1, high=16)
+    patch_size: int = option(4, "patch: pixels per token side", low=1, high=4096)
+    codebook_size: int = option(0, "vq: number of codes", low=0, high=1 << 20)
+    latent_channels: int = option(0, "kl / kl16 / dcae: channels per latent token", low=0, high=4096)
+    stride: int = option(0, "kl / kl16 / dcae / vq: pixels per token side", low=0, high=4096)
+    path: str = ""  # vq / kl / kl16 / dcae weights
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        step = self.patch_size if self.kind == "patch" else self.stride
+        if step < 1 or self.image_size % step:
+            raise ValueError(f"tokenizer.image_size {self.image_size} is not a positive multiple of the "
+                             f"token stride {step}")
+        if self.kind == "vq" and self.codebook_size < 2:
+            raise ValueError(f"tokenizer.codebook_size must be >= 2 for vq, got {self.codebook_size}")
 
     @property
     def grid(self) -> int:
@@ -58,78 +113,104 @@ class TokenizerConfig:
 class BackboneConfig:
     """MAE-style encoder-decoder (eMIGM / MAR). Widths: encoder De, decoder Dd."""
 
-    width: int = 192
-    decoder_width: int = 192
-    encoder_depth: int = 4
-    decoder_depth: int = 4
-    num_heads: int = 6
-    decoder_num_heads: int = 6
-    mlp_ratio: float = 4.0
-    buffer_size: int = 4  # class-token slots (64 in the paper)
-    num_classes: int = 10
-    null_mode: Literal["mask", "fake"] = "mask"  # "mask": null class == mask token (CFG with mask)
+    width: int = option(192, "encoder width De", low=1, high=16384)
+    decoder_width: int = option(192, "decoder width Dd", low=1, high=16384)
+    encoder_depth: int = option(4, "encoder blocks", low=0, high=512)
+    decoder_depth: int = option(4, "decoder blocks", low=1, high=512)
+    num_heads: int = option(6, "encoder attention heads", low=1, high=1024)
+    decoder_num_heads: int = option(6, "decoder attention heads", low=1, high=1024)
+    mlp_ratio: float = option(4.0, "MLP hidden width / width", low=0.0, high=64.0, open_low=True)
+    buffer_size: int = option(4, "class-token slots (64 in the paper)", low=1, high=4096)
+    num_classes: int = option(10, "classes", low=1, high=1 << 20)
+    null_mode: str = option("mask", "mask: the null class is the mask token (CFG with mask); fake: a "
+                                    "separate learned null vector", choices=_null_modes)
     mae: bool = True  # encoder sees only visible tokens
-    attn_drop: float = 0.0  # attention-probability dropout in training (reference: 0.1)
-    proj_drop: float = 0.0  # dropout after the attention projection and the MLP (reference: 0.1)
+    attn_drop: float = option(0.0, "attention-probability dropout in training (reference: 0.1)",
+                              low=0.0, high=1.0, open_high=True)
+    proj_drop: float = option(0.0, "dropout after the attention projection and the MLP layers "
+                                    "(reference: 0.1)", low=0.0, high=1.0, open_high=True)
     grad_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        for name, width, heads in (("width", self.width, self.num_heads),
+                                   ("decoder_width", self.decoder_width, self.decoder_num_heads)):
+            if width % heads:
+                raise ValueError(f"backbone.{name} {width} is not divisible by its {heads} heads")
+        if (self.null_mode == "mask" or not self.mae) and self.width != self.decoder_width:
+            raise ValueError("null_mode 'mask' and mae=false use the mask token in the encoder: "
+                             "backbone.width and decoder_width must be equal")
 
 
 @dataclass(frozen=True)
 class HeadConfig:
     """Per-token head. diffusion: MAR's AdaLN MLP + Gaussian diffusion; categorical: logits over codes."""
 
-    kind: Literal["diffusion", "categorical"] = "diffusion"
-    width: int = 256
-    depth: int = 3
-    num_timesteps: int = 1000
-    batch_mul: int = 4  # diffusion_batch_mul: noise draws per token in training
-    label_smoothing: float = 0.1  # categorical only
+    kind: str = option("diffusion", "per-token head", choices=_head_kinds)
+    width: int = option(256, "diffusion head width", low=1, high=16384)
+    depth: int = option(3, "diffusion head residual blocks", low=1, high=256)
+    num_timesteps: int = option(1000, "diffusion steps of the head's training schedule", low=2, high=100000)
+    batch_mul: int = option(4, "noise draws per token in training (diffusion_batch_mul)", low=1, high=64)
+    label_smoothing: float = option(0.1, "categorical: label smoothing", low=0.0, high=1.0, open_high=True)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
 class MaskingConfig:
     """Training-time masking (paper Table 1 and Sec. 3)."""
 
-    schedule: Literal["linear", "cosine", "exp"] = "exp"
-    distribution: Literal["bernoulli", "exact", "mar"] = "bernoulli"
+    schedule: str = option("exp", "mask schedule gamma(t)", choices=_schedules)
+    distribution: str = option("bernoulli", "masking distribution q(x_t | x_0)", choices=_distributions)
     shared_count: bool = True  # bernoulli: one count per batch (reference behaviour)
-    t_min: float = 0.2  # time truncation
-    weighting: Literal["one", "mdm"] = "one"  # w(t) = 1 or gamma'(t)/gamma(t)
-    label_drop: float = 0.1  # probability of training a sample with the null class
+    t_min: float = option(0.2, "time truncation: t is clamped below at t_min", low=0.0, high=1.0, open_high=True)
+    weighting: str = option("one", "loss weight w(t): one, or mdm gamma'(t)/gamma(t)", choices=_weightings)
+    label_drop: float = option(0.1, "probability of training a sample with the null class", low=0.0, high=1.0)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: Literal["fashion-mnist", "imagefolder", "synthetic"] = "fashion-mnist"
+    name: str = option("fashion-mnist", "dataset", choices=_datasets)
     path: str = ""  # empty: the dataset's default location
-    image_size: int = 28
+    image_size: int = option(28, "image side in pixels", low=1, high=4096)
     flip: bool = False
     cache_latents: str = ""  # folder for cached VAE latents (kl16 / dcae)
-    limit: int = 0  # use only the first N images (0: all)
-    num_workers: int = 0
+    limit: int = option(0, "use only the first N images (0: all)", low=0, high=1 << 40)
+    num_workers: int = option(0, "DataLoader worker processes", low=0, high=256)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 20000
-    batch_size: int = 256  # global batch across all ranks and accumulation steps
-    grad_accum: int = 1
-    blr: float = 1e-4  # lr = blr * batch_size / 256
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    warmup_steps: int = 1000
-    min_lr: float = 0.0
-    weight_decay: float = 0.02
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 3.0
-    ema: float = 0.9999
+    steps: int = option(20000, "optimiser steps", low=1, high=1 << 40)
+    batch_size: int = option(256, "global batch across all ranks and accumulation steps", low=1, high=1 << 24)
+    grad_accum: int = option(1, "gradient accumulation steps", low=1, high=4096)
+    blr: float = option(1e-4, "base learning rate: lr = blr * batch_size / 256", low=0.0, high=10.0, open_low=True)
+    lr_schedule: str = option("constant", "after warm-up: constant or cosine", choices=_lr_schedules)
+    warmup_steps: int = option(1000, "linear warm-up steps", low=0, high=1 << 40)
+    min_lr: float = option(0.0, "final learning rate of the cosine schedule", low=0.0, high=10.0)
+    weight_decay: float = option(0.02, "AdamW weight decay", low=0.0, high=10.0)
+    betas: tuple[float, float] = option((0.9, 0.95), "AdamW betas", low=0.0, high=1.0, open_high=True)
+    grad_clip: float = option(3.0, "gradient norm clip (0 = off)", low=0.0, high=1e6)
+    ema: float = option(0.9999, "EMA decay of the weights", low=0.0, high=1.0, open_high=True)
     ema_warmup: bool = False  # decay min(ema, (1 + step) / (10 + step)): for short runs
-    precision: Literal["fp32", "bf16", "fp16"] = "bf16"  # bf16/fp16 apply on CUDA only
+    precision: str = option("bf16", "bf16 / fp16 autocast on CUDA; fp32 everywhere else", choices=PRECISIONS)
     compile: bool = False
-    seed: int = 0
-    log_every: int = 50
-    ckpt_every: int = 1000
-    keep_last: int = 2
+    seed: int = option(0, "seed of initial weights, data order and training draws", low=0, high=(1 << 63) - 1)
+    log_every: int = option(50, "steps per metrics line", low=1, high=1 << 40)
+    ckpt_every: int = option(1000, "steps per checkpoint", low=1, high=1 << 40)
+    keep_last: int = option(2, "checkpoints kept", low=1, high=1 << 20)
     out_dir: str = "runs"
+
+    def __post_init__(self) -> None:
+        coerce_tuples(self)
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -142,25 +223,15 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    def validate(self) -> "RunConfig":
-        tk, bb, hd = self.tokenizer, self.backbone, self.head
+    def __post_init__(self) -> None:
+        tk, hd = self.tokenizer, self.head
         if tk.discrete != (hd.kind == "categorical"):
             raise ValueError(
                 f"head {hd.kind!r} does not fit tokenizer {tk.kind!r}: discrete tokens need the "
                 "categorical head, continuous tokens the diffusion head"
             )
-        if tk.grid < 1 or tk.image_size % (tk.patch_size if tk.kind == "patch" else tk.stride or 1):
-            raise ValueError(f"image_size {tk.image_size} is not a multiple of the token stride")
-        if (bb.null_mode == "mask" or not bb.mae) and bb.width != bb.decoder_width:
-            raise ValueError("null_mode 'mask' and mae=false use the mask token in the encoder: "
-                             "width and decoder_width must be equal")
-        for name, width, heads in (("width", bb.width, bb.num_heads),
-                                   ("decoder_width", bb.decoder_width, bb.decoder_num_heads)):
-            if width % heads:
-                raise ValueError(f"backbone.{name} {width} is not divisible by its {heads} heads")
-        if not 0.0 <= self.masking.t_min < 1.0:
-            raise ValueError(f"masking.t_min must be in [0, 1), got {self.masking.t_min}")
-        return self
+        if tk.kind in ("kl", "kl16", "dcae") and tk.latent_channels < 1:
+            raise ValueError(f"tokenizer.latent_channels must be >= 1 for {tk.kind}, got {tk.latent_channels}")
 
 
 # ----------------------------------------------------------------------------- JSON plumbing
@@ -221,6 +292,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Plain dict -> dataclass, checking names and types. Unknown keys raise ValueError."""
+    where = f"{where}." if where and not where.endswith(".") else where
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
@@ -230,7 +302,20 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
             f"valid: {', '.join(sorted(names))}"
         )
     kwargs = {k: _coerce(hints[k], v, f"{where}{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        msg = str(e)
+        if not where:
+            raise
+        first = msg.split(" ", 1)[0]
+        if first in names:  # "num_heads must be ..." -> "backbone.num_heads must be ..."
+            raise ValueError(f"{where}{msg}") from None
+        if first == "unknown" and msg.split(" ", 2)[1] in names:
+            raise ValueError(msg.replace(" ", f" {where}", 1)) from None
+        if msg.startswith(where):
+            raise
+        raise ValueError(f"{where.rstrip('.')}: {msg}") from None
 
 
 def from_json(cls: type[T], text: str) -> T:
@@ -240,22 +325,29 @@ def from_json(cls: type[T], text: str) -> T:
 def override(cfg: T, key: str, value: Any) -> T:
     """Return cfg with the dotted `key` (e.g. "train.blr") set to `value` (strings are parsed by the
     field's type)."""
-    head, _, rest = key.partition(".")
-    names = {f.name: f for f in dataclasses.fields(cfg)}
-    if head not in names:
-        raise ValueError(f"unknown config key {key!r}; valid at this level: {', '.join(names)}")
-    current = getattr(cfg, head)
-    if rest:
-        if not dataclasses.is_dataclass(current):
-            raise ValueError(f"config key {key!r}: {head!r} has no sub-keys")
-        return dataclasses.replace(cfg, **{head: override(current, rest, value)})
-    tp = typing.get_type_hints(type(cfg))[head]
-    if isinstance(value, str) and typing.get_origin(tp) is tuple:
-        value = [v for v in value.replace(",", " ").split()]
-    return dataclasses.replace(cfg, **{head: _coerce(tp, value, key)})
+    return apply_overrides(cfg, [(key, value)])
 
 
 def apply_overrides(cfg: T, pairs: list[tuple[str, Any]]) -> T:
+    """Return cfg with every dotted (key, value) pair set, validated once at the end (so fields that
+    must agree, such as width and decoder_width, can be changed together)."""
+    doc = to_dict(cfg)
     for key, value in pairs:
-        cfg = override(cfg, key, value)
-    return cfg
+        cls, node, parts = type(cfg), doc, key.split(".")
+        for i, part in enumerate(parts):
+            names = {f.name for f in dataclasses.fields(cls)}
+            if part not in names:
+                where = ".".join(parts[:i]) or "the top level"
+                raise ValueError(f"unknown config key {key!r}; valid at {where}: {', '.join(sorted(names))}")
+            tp = typing.get_type_hints(cls)[part]
+            if i < len(parts) - 1:
+                if not dataclasses.is_dataclass(tp):
+                    raise ValueError(f"config key {key!r}: {part!r} has no sub-keys")
+                cls, node = tp, node[part]
+            else:
+                if dataclasses.is_dataclass(tp):
+                    raise ValueError(f"config key {key!r} names a section; set one of its keys")
+                if isinstance(value, str) and typing.get_origin(tp) is tuple:
+                    value = value.replace(",", " ").split()
+                node[part] = _coerce(tp, value, key)
+    return from_dict(type(cfg), doc)

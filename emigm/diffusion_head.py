@@ -2,19 +2,19 @@
 
 The network is MAR's AdaLN MLP; parameter names match the released checkpoints (`diffloss.net.*`
 there, `net.*` here). The Gaussian diffusion math and the solvers live in `emigm.diffusion`; this
-file only builds the `model(x, t)` closure for them, with classifier-free guidance applied to the
-noise prediction through `emigm.guidance.guide` in one batched network call.
+file only builds the `model(x, t)` closure for them, with the guides (classifier-free guidance,
+self-guidance) combined on the noise prediction through `emigm.guidance.combine` in one batched call.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from emigm.diffusion import GaussianDiffusion, get_solver, solver_evals
-from emigm.guidance import guide
+from emigm.guidance import Term, combine
 
 Tensor = torch.Tensor
 TIME_FEATURES = 256
@@ -144,35 +144,33 @@ class DiffusionHead(nn.Module):
         return loss.view(k, M).mean(0)
 
     @torch.no_grad()
-    def sample(self, z: Tensor, noise: Callable[[int], Tensor], *, z_uncond: Tensor | None = None,
-               cfg_scale: Tensor | float | None = None, temperature: float = 1.0,
-               solver: str = "dpm", steps: int = 8) -> Tensor:
+    def sample(self, z: Tensor, noise: Callable[[int], Tensor], *, guides: Sequence[Term] = (),
+               temperature: float = 1.0, solver: str = "dpm", steps: int = 8) -> Tensor:
         """One token (M, token_dim) per condition z (M, cond_dim).
 
         noise(i): the i-th standard normal draw (M, token_dim) of this call; noise(0) is x_T, DDPM
-        asks for noise(1..steps-1). With z_uncond (M, cond_dim), every network call runs once on
-        [x, x] with [z, z_uncond] and the noise prediction becomes guide(eps_c, eps_u, cfg_scale)
-        (cfg_scale: float or per-row (M,)); DDPM's variance comes from the conditional half.
-        cfg_scale is ignored without z_uncond. temperature scales DDPM's injected noise only."""
+        asks for noise(1..steps-1). With guides, every network call runs once on [x] * (1 + n) with
+        [z, z_ref_1, ..., z_ref_n] and the noise prediction becomes
+        combine(eps, [eps_ref_i], [weight_i]) (emigm.guidance); DDPM's variance comes from the
+        conditional rows. temperature scales DDPM's injected noise only."""
         run = get_solver(solver)
+        for g in guides:
+            if g.z.shape != z.shape:
+                raise ValueError(f"guide {g.name!r} has conditions of shape {tuple(g.z.shape)}, expected {tuple(z.shape)}")
         # The solvers give every row the same step: embed it once, and embed z once per call.
-        if z_uncond is None:
-            c = self.net.cond_embed(z)
-            model = lambda x, t: self.net.forward_embedded(x, t[:1], c)  # noqa: E731
-        else:
-            if cfg_scale is None:
-                raise ValueError("cfg_scale is required when z_uncond is given")
-            if z_uncond.shape != z.shape:
-                raise ValueError(f"z_uncond shape {tuple(z_uncond.shape)} != z shape {tuple(z.shape)}")
-            c_both = self.net.cond_embed(torch.cat([z, z_uncond]))
+        n, C = 1 + len(guides), self.token_dim
+        c = self.net.cond_embed(torch.cat([z, *(g.z for g in guides)]) if guides else z)
+        weights = [g.weight for g in guides]
 
-            def model(x: Tensor, t: Tensor) -> Tensor:
-                out_c, out_u = self.net.forward_embedded(torch.cat([x, x]), t[:1], c_both).chunk(2)
-                eps = guide(out_c[:, : self.token_dim], out_u[:, : self.token_dim], cfg_scale)
-                return torch.cat([eps, out_c[:, self.token_dim:]], dim=-1)
+        def model(x: Tensor, t: Tensor) -> Tensor:
+            if n == 1:
+                return self.net.forward_embedded(x, t[:1], c)
+            cond, *refs = self.net.forward_embedded(x.repeat(n, 1), t[:1], c).chunk(n)
+            eps = combine(cond[:, :C], [r[:, :C] for r in refs], weights)
+            return torch.cat([eps, cond[:, C:]], dim=-1)
 
         return run(self.diffusion, model, noise(0), noise, steps=steps, temperature=temperature)
 
     def evals(self, solver: str, steps: int) -> int:
-        """Network calls one `sample` makes (a CFG call counts once though it runs a doubled batch)."""
+        """Network calls one `sample` makes (a guided call counts once though it runs a larger batch)."""
         return solver_evals(solver, steps)

@@ -16,13 +16,13 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-Choices = Mapping[str, Any] | tuple[str, ...]
+Choices = Mapping[str, Any] | tuple[str, ...] | Callable[[], Iterable[str]]
 
 
 @dataclass(frozen=True)
 class Spec:
     """What a field accepts. low / high: inclusive bounds (None: unbounded); choices: a registry (its
-    keys are the valid names) or a tuple of names; cli: the option's CLI spelling (default
+    keys are the valid names), a tuple of names, or a callable returning either; cli: the option's CLI spelling (default
     --field-name); labels: short descriptions of the choices for menus."""
 
     help: str
@@ -32,16 +32,29 @@ class Spec:
     cli: str = ""
     labels: Mapping[str, str] | None = None
     nargs: int = 0  # tuple fields: number of values
+    open_low: bool = False  # low itself is not allowed
+    open_high: bool = False  # high itself is not allowed
+
+    def range_text(self) -> str:
+        """The allowed range as an interval, e.g. [1, 49] or (0, inf)."""
+        left = "(" if self.open_low or self.low is None else "["
+        right = ")" if self.open_high or self.high is None else "]"
+        return f"{left}{_fmt(self.low, '-inf')}, {_fmt(self.high)}{right}"
 
     def names(self) -> tuple[str, ...]:
-        return tuple(self.choices) if self.choices is not None else ()
+        """The valid choices; a callable `choices` is resolved here (lazy registries that would
+        otherwise be circular imports)."""
+        if self.choices is None:
+            return ()
+        return tuple(self.choices() if callable(self.choices) else self.choices)
 
 
 def option(default: Any, help: str, *, low: float | None = None, high: float | None = None,
-           choices: Choices | None = None, cli: str = "", labels: Mapping[str, str] | None = None) -> Any:
+           choices: Choices | None = None, cli: str = "", labels: Mapping[str, str] | None = None,
+           open_low: bool = False, open_high: bool = False) -> Any:
     """A dataclass field with a Spec in its metadata."""
     nargs = len(default) if isinstance(default, tuple) else 0
-    spec = Spec(help, low, high, choices, cli, labels, nargs)
+    spec = Spec(help, low, high, choices, cli, labels, nargs, open_low, open_high)
     return field(default=default, metadata={"spec": spec})
 
 
@@ -59,16 +72,18 @@ def _number(name: str, value: Any, integer: bool, spec: Spec) -> None:
         raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if integer and not float(value).is_integer():
+    if integer and not isinstance(value, int):
         raise ValueError(f"{name} must be a whole number, got {value!r}")
     lo, hi = spec.low, spec.high
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ValueError(f"{name} must be in [{_fmt(lo)}, {_fmt(hi)}], got {value!r}")
+    below = lo is not None and (value <= lo if spec.open_low else value < lo)
+    above = hi is not None and (value >= hi if spec.open_high else value > hi)
+    if below or above:
+        raise ValueError(f"{name} must be in {spec.range_text()}, got {value!r}")
 
 
-def _fmt(x: float | None) -> str:
+def _fmt(x: float | None, none: str = "inf") -> str:
     if x is None:
-        return "inf"
+        return none
     return str(int(x)) if float(x).is_integer() else str(x)
 
 

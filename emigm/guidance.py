@@ -1,38 +1,116 @@
-"""Guidance, in one place: the combinator, the CFG time interval and the CFG scale schedule.
+"""Guidance, in one place: the guidance settings, when each guide is on, and how guides combine.
 
-guide(pred, ref, scale) = ref + scale * (pred - ref):
-- classifier-free guidance: guide(cond, uncond, w) (eMIGM Sec. 3; applied to the head's noise
-  prediction or to the logits);
-- self-guidance: guide(normal, smooth, 1 + s) = (1 + s) normal - s smooth (Hur et al., Eq. 5).
+A guide is a reference prediction the sample is pushed away from. Each step the sampler collects the
+active guides as `Term`s, each a reference condition z_ref for the head and a weight lambda, and the
+head combines its predictions by one function:
+
+    out = cond + sum_i lambda_i (cond - ref_i)                                        (`combine`)
+
+With one guide this is the familiar guide(cond, ref, 1 + lambda) = ref + (1 + lambda)(cond - ref):
+- classifier-free guidance (eMIGM Sec. 3): ref = the null-class prediction, lambda = w - 1, so
+  eps = eps_u + w (eps_c - eps_u) on the diffusion head's noise, or on the logits;
+- self-guidance (Hur et al. 2024, Eq. 5): ref = the smoothed prediction of the self-guidance module,
+  lambda = s, so logits = (1 + s) normal - s smooth; on the continuous head (our extension)
+  eps = eps_bar + (1 + s)(eps - eps_bar).
+Both may be on at once, each in its own time interval; a new guide is one more Term.
+
+Cost: CFG's null branch is batched with the conditional pass (one extra row block, counted as one
+extra transformer pass); self-guidance needs the conditional pass's hidden states, so its pass is a
+second, sequential one.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Sequence
+
 import torch
+
+from .fields import all_of, check_fields, coerce_tuples, interval_check, option
 
 Tensor = torch.Tensor
 
-CFG_SCHEDULES = ("constant", "linear")
+
+def _constant(scale: float, frac_revealed: Tensor | float) -> Tensor | float:
+    return scale
+
+
+def _linear(scale: float, frac_revealed: Tensor | float) -> Tensor | float:
+    return 1.0 + (scale - 1.0) * frac_revealed
+
+
+# CFG scale schedules: constant w, or MAR's linear 1 + (w - 1) * fraction of tokens revealed after the step
+CFG_SCHEDULES = {"constant": _constant, "linear": _linear}
+CFG_MODES = {"": "the model's own null class", "mask": "mask (null class = mask token)",
+             "fake": "fake class (a learned null vector)"}
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """Which guides run, how strongly, and when. Intervals are (t_lo, t_hi]: a guide runs at a step whose
+    time AFTER the step, s, satisfies t_lo < s <= t_hi."""
+
+    cfg_scale: float = option(1.0, "classifier-free guidance scale w (1 = off)", low=0.0, high=50.0,
+                              cli="--cfg")
+    cfg_mode: str = option("", "null class of CFG: the model's own, mask or fake", choices=CFG_MODES,
+                           labels=CFG_MODES)
+    cfg_interval: tuple[float, float] = option((0.0, 1.0), "CFG only at steps with t_lo < s <= t_hi",
+                                               low=0.0, high=1.0)
+    cfg_schedule: str = option("constant", "CFG scale schedule: constant w, or linear 1 + (w - 1) x "
+                                           "fraction revealed", choices=CFG_SCHEDULES)
+    sg_scale: float = option(0.0, "self-guidance scale s (0 = off; needs a self-guidance module)",
+                             low=0.0, high=20.0, cli="--sg")
+    sg_interval: tuple[float, float] = option((0.0, 1.0), "self-guidance only at steps with "
+                                                          "t_lo < s <= t_hi", low=0.0, high=1.0)
+
+    def __post_init__(self) -> None:
+        coerce_tuples(self)
+        check_fields(self, all_of(interval_check("cfg_interval"), interval_check("sg_interval")))
+
+    def cfg_active(self, s: float) -> bool:
+        return self.cfg_scale != 1.0 and in_interval(s, self.cfg_interval)
+
+    def sg_active(self, s: float) -> bool:
+        return self.sg_scale > 0.0 and in_interval(s, self.sg_interval)
+
+    def passes(self, s: float) -> int:
+        """Transformer passes of a step ending at time s: 1, +1 for CFG, +1 for self-guidance."""
+        return 1 + int(self.cfg_active(s)) + int(self.sg_active(s))
+
+
+@dataclass(frozen=True)
+class Term:
+    """One active guide for the selected tokens: reference conditions z (M, D) and weights (M,)."""
+
+    name: str
+    z: Tensor
+    weight: Tensor
+
+
+def combine(cond: Tensor, refs: Sequence[Tensor], weights: Sequence[Tensor | float]) -> Tensor:
+    """cond + sum_i weights_i * (cond - refs_i). A weight is a float or (M,), one per row of cond."""
+    out = cond
+    for ref, w in zip(refs, weights):
+        if isinstance(w, Tensor) and w.dim() == 1 and cond.dim() > 1:
+            w = w.view(-1, *([1] * (cond.dim() - 1)))
+        out = out + w * (cond - ref)
+    return out
 
 
 def guide(pred: Tensor, ref: Tensor, scale: Tensor | float) -> Tensor:
-    """ref + scale * (pred - ref). `scale` is a float or a tensor broadcastable against pred's leading
-    dimension (one scale per row)."""
-    if isinstance(scale, Tensor) and scale.dim() == 1 and pred.dim() > 1:
-        scale = scale.view(-1, *([1] * (pred.dim() - 1)))
-    return ref + scale * (pred - ref)
+    """ref + scale * (pred - ref), the paper form of one guide: combine(pred, [ref], [scale - 1])."""
+    return combine(pred, [ref], [scale - 1.0])
 
 
 def in_interval(s: float, interval: tuple[float, float]) -> bool:
-    """CFG runs at a step whose time AFTER the step, s, lies in (t_min, t_max] (eMIGM Sec. 3)."""
+    """A guide runs at a step whose time AFTER the step, s, lies in (t_lo, t_hi] (eMIGM Sec. 3)."""
     lo, hi = interval
     return lo < s <= hi
 
 
 def cfg_scale_at(scale: float, schedule: str, frac_revealed: Tensor | float) -> Tensor | float:
-    """Scale for one step. constant: w; linear: 1 + (w - 1) * fraction of tokens revealed after the
-    step (MAR's rule)."""
-    if schedule == "constant":
-        return scale
-    if schedule == "linear":
-        return 1.0 + (scale - 1.0) * frac_revealed
-    raise ValueError(f"unknown cfg schedule {schedule!r}; valid: {', '.join(CFG_SCHEDULES)}")
+    """The CFG scale w of one step under `schedule` (a CFG_SCHEDULES name)."""
+    try:
+        rule = CFG_SCHEDULES[schedule]
+    except KeyError:
+        raise ValueError(f"unknown cfg_schedule {schedule!r}; valid: {', '.join(CFG_SCHEDULES)}") from None
+    return rule(scale, frac_revealed)

@@ -7,6 +7,8 @@ model never runs a sampling loop (see emigm.sampler).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -17,12 +19,21 @@ from .diffusion_head import DiffusionHead
 
 Tensor = torch.Tensor
 NULL_MODES = ("mask", "fake")
+HEAD_KINDS = ("diffusion", "categorical")
+
+
+@dataclass(frozen=True)
+class Features:
+    """hidden: (B, Bf + L, Dd) after the decoder's final norm; layer_io: per layer (input, output) when
+    recorded (encoder layers in the MAE layout: visible positions only)."""
+
+    hidden: Tensor
+    layer_io: list[tuple[Tensor, Tensor]] | None = None
 
 
 class MaskedGenerator(nn.Module):
     def __init__(self, cfg: RunConfig):
         super().__init__()
-        cfg.validate()
         self.cfg = cfg
         tk, bb, hd = cfg.tokenizer, cfg.backbone, cfg.head
         De, Dd, Bf, L = bb.width, bb.decoder_width, bb.buffer_size, tk.num_tokens
@@ -104,52 +115,77 @@ class MaskedGenerator(nn.Module):
     def _embed(self, tokens: Tensor) -> Tensor:
         return self.token_embed(tokens.long()) if self.discrete else self.z_proj(tokens)
 
-    def _run(self, blocks: nn.ModuleList, x: Tensor, keep: Tensor | None) -> Tensor:
-        for block in blocks:
+    @property
+    def layers(self) -> list[nn.Module]:
+        """Every transformer block, bottom to top: the encoder's, then the decoder's."""
+        return [*self.encoder_blocks, *self.decoder_blocks]
+
+    def _run(self, blocks: nn.ModuleList, x: Tensor, keep: Tensor | None, td: list[Tensor] | None,
+             record: list | None) -> Tensor:
+        for i, block in enumerate(blocks):
+            signal = None if td is None else td[i]
+            x_in = x
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, keep, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, keep, signal, use_reentrant=False)
             else:
-                x = block(x, keep)
+                x = block(x, keep, signal)
+            if record is not None:
+                record.append((x_in, x))
         return x
 
-    def forward(self, tokens: Tensor, mask: Tensor, cond: Tensor, num_visible: int | None = None) -> Tensor:
-        """Per-token condition z (B, L, Dd).
+    def features(self, tokens: Tensor, mask: Tensor, cond: Tensor, num_visible: int | None = None,
+                 td: list[Tensor] | None = None, record: bool = False) -> Features:
+        """Hidden states of every position (buffer slots first), after the decoder's final norm.
 
         tokens: (B, L, C) float or (B, L) int64 codes (values at masked positions are ignored);
         mask: (B, L) bool, True = masked; cond: (B, De) from `condition`.
         num_visible: max visible tokens over the batch, if the caller knows it (saves a host sync).
+        td: top-down signals for self-guidance, one (B, Bf + L, D) tensor per layer of `layers`
+        (added to that layer's attention values; in the MAE encoder only the visible positions'
+        rows are used). record: also return every layer's (input, output).
         With MAE on, the encoder sees only the buffer slots and the visible tokens; rows with fewer
         visible tokens than the longest are padded and the padding is hidden from attention.
         """
         B, L = mask.shape
-        Bf = self.buffer_size
+        Bf, n_enc = self.buffer_size, len(self.encoder_blocks)
         x = self._embed(tokens)
         x = torch.cat([cond.unsqueeze(1).expand(B, Bf, -1).to(x.dtype), x], dim=1)
         x = self.z_proj_ln(x + self.encoder_pos_embed_learned)
         masked = torch.cat([mask.new_zeros(B, Bf), mask], dim=1)  # (B, Bf + L)
+        td_enc, td_dec = (None, None) if td is None else (td[:n_enc], td[n_enc:])
+        io: list | None = [] if record else None
         if not self.mae:
             # as the reference's use_mae=False: masked positions carry the raw mask token, put in
             # after the position embedding and the LayerNorm
             x = torch.where(masked.unsqueeze(-1), self.mask_token.view(1, 1, -1).to(x.dtype), x)
-
-        if self.mae:
+            x = self.decoder_embed(self.encoder_norm(self._run(self.encoder_blocks, x, None, td_enc, io)))
+        else:
             counts = (~masked).sum(1)
             n = int(counts.max()) if num_visible is None else num_visible + Bf
             order = masked.to(torch.int8).argsort(dim=1, stable=True)[:, :n]  # visible positions first
             keep = torch.arange(n, device=x.device).unsqueeze(0) < counts.unsqueeze(1)
             keep_mask = None if bool(num_visible is None and (counts == n).all()) else keep
-            x = x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-            x = self.encoder_norm(self._run(self.encoder_blocks, x, keep_mask))
+            gather = lambda v: v.gather(1, order.unsqueeze(-1).expand(-1, -1, v.shape[-1]))  # noqa: E731
+            x = gather(x)
+            if td_enc is not None:
+                td_enc = [gather(v) for v in td_enc]
+            x = self.encoder_norm(self._run(self.encoder_blocks, x, keep_mask, td_enc, io))
             x = self.decoder_embed(x)
             fill = self.mask_token.view(1, 1, -1).to(x.dtype)
             x = torch.where(keep.unsqueeze(-1), x, fill)  # padding carries the mask token, harmlessly
             full = fill.expand(B, Bf + L, -1).clone()
             x = full.scatter(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)
-        else:
-            x = self.decoder_embed(self.encoder_norm(self._run(self.encoder_blocks, x, None)))
         x = x + self.decoder_pos_embed_learned
-        x = self.decoder_norm(self._run(self.decoder_blocks, x, None))
-        return x[:, Bf:] + self.diffusion_pos_embed_learned
+        x = self.decoder_norm(self._run(self.decoder_blocks, x, None, td_dec, io))
+        return Features(x, io)
+
+    def to_z(self, hidden: Tensor) -> Tensor:
+        """Per-token conditions z (B, L, Dd) from the hidden states of `features`."""
+        return hidden[:, self.buffer_size:] + self.diffusion_pos_embed_learned
+
+    def forward(self, tokens: Tensor, mask: Tensor, cond: Tensor, num_visible: int | None = None) -> Tensor:
+        """Per-token condition z (B, L, Dd); see `features` for the arguments."""
+        return self.to_z(self.features(tokens, mask, cond, num_visible).hidden)
 
     # ------------------------------------------------------------------ training loss
 

@@ -76,7 +76,7 @@ def infer_config(state: dict[str, Tensor], source: str = "checkpoint") -> RunCon
                          num_classes=classes, null_mode=null_mode),
         head=replace(base.head, width=state["diffloss.net.input_proj.weight"].shape[0],
                      depth=_count(state, "diffloss.net.res_blocks")),
-    ).validate()
+    )
 
 
 def load_official(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MaskedGenerator, RunConfig]:

@@ -104,7 +104,7 @@ def export_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike) -> 
         path, ck = found
     else:
         path, ck = src, load_checkpoint(src)
-    cfg = from_dict(RunConfig, ck["config"]).validate()
+    cfg = from_dict(RunConfig, ck["config"])
     model = MaskedGenerator(cfg)
     load_state_dict_strict(model, ck["ema"], f"{path} (EMA)")
     meta = {"steps": ck["step"], "planned_steps": cfg.train.steps, "seconds": round(ck.get("elapsed", 0.0), 3),

@@ -7,8 +7,8 @@ at step k (t = t_k -> s = t_{k+1}) some still-masked tokens are revealed:
   u = 1 - (k+1)/S, clamped so one is revealed and one stays until the last step);
 - which: `random` (uniform among masked), `confidence` (MaskGIT: log p of the sampled token plus
   annealed Gumbel noise), or `fixed` (a given permutation);
-- what: the head's sample given the backbone's z, with classifier-free guidance when the scale is
-  not 1 and s lies in the CFG interval (t_lo, t_hi].
+- what: the head's sample given the backbone's z, pushed by the active guides (emigm.guidance):
+  classifier-free guidance and self-guidance, each on in its own time interval (t_lo, t_hi].
 
 Randomness is addressed by (sample seed, stream, step, position) through emigm.rng: the "where"
 stream decides counts and positions, the "what" stream the token values, so image k is the same at
@@ -20,86 +20,67 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Iterator, Literal
+from typing import Iterator
 
 import torch
 
 from . import rng
-from .guidance import CFG_SCHEDULES, cfg_scale_at, in_interval
+from .diffusion import SOLVERS
+from .fields import check_fields, option
+from .guidance import GuidanceConfig, Term, cfg_scale_at
 from .schedules import SCHEDULES, get_schedule, time_grid
 
 Tensor = torch.Tensor
 
-COUNT_RULES = ("binomial", "exact")
-ORDERS = ("random", "confidence", "fixed")
-ANNEALS = ("linear", "compound")
-HEAD_SOLVERS = ("dpm", "dpm2m", "ddpm")
+COUNT_RULES = {"binomial": "each masked token revealed with p = 1 - gamma(s)/gamma(t), at least one (eMIGM)",
+               "exact": "floor(L gamma(u)/gamma(1)) stay masked (MaskGIT / MAR)"}
+ORDERS = {"random": "uniform among the masked tokens (eMIGM, MAR)",
+          "confidence": "most confident first, with annealed Gumbel noise (MaskGIT; categorical heads)",
+          "fixed": "a given permutation (raster order by default)"}
+
+
+def _anneal_linear(tau0: float, k: int, num_steps: int) -> float:
+    return tau0 * (1.0 - (k + 1) / num_steps)
+
+
+def _anneal_compound(tau0: float, k: int, num_steps: int) -> float:
+    return tau0 * math.prod(1.0 - j / num_steps for j in range(1, k + 2))
+
+
+# Gumbel temperature of the confidence order at step k (0-based) of S: MaskGIT's linear
+# tau0 (1 - (k+1)/S), or the compounding tau0 prod_{j=1}^{k+1} (1 - j/S) of the self-guidance public code
+ANNEALS = {"linear": _anneal_linear, "compound": _anneal_compound}
+MAX_STEPS, MAX_HEAD_STEPS = 1024, 250
 
 # sub-keys inside the "where" stream
 _KEY_COUNT, _KEY_POS = 1, 2
 
 
-def _choice(kind: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise ValueError(f"unknown {kind} {value!r}; valid: {', '.join(valid)}")
-
-
 @dataclass(frozen=True)
 class SamplerConfig:
-    num_steps: int = 16
-    schedule: Literal["linear", "cosine", "exp"] = "exp"
-    count_rule: Literal["binomial", "exact"] = "binomial"
-    order: Literal["random", "confidence", "fixed"] = "random"
-    order_temperature: float = 4.5  # Gumbel temperature tau_0 of the confidence order
-    order_anneal: Literal["linear", "compound"] = "linear"
-    temperature: float = 1.0  # token temperature (DDPM noise / categorical logits)
-    head_solver: Literal["dpm", "dpm2m", "ddpm"] = "dpm"
-    head_steps: int = 8
+    """How the sampler reveals tokens and samples them; validated at construction."""
+
+    num_steps: int = option(16, "sampling steps S (at most the model's token count)", low=1, high=MAX_STEPS,
+                            cli="--steps")
+    schedule: str = option("exp", "mask schedule gamma(t)", choices=SCHEDULES)
+    count_rule: str = option("binomial", "how many tokens each step reveals", choices=COUNT_RULES,
+                             labels=COUNT_RULES)
+    order: str = option("random", "which masked tokens each step reveals", choices=ORDERS, labels=ORDERS)
+    order_temperature: float = option(4.5, "Gumbel temperature tau_0 of the confidence order", low=0.0,
+                                      high=100.0)
+    order_anneal: str = option("linear", "annealing of the confidence order's temperature", choices=ANNEALS)
+    temperature: float = option(1.0, "token temperature (DDPM noise / categorical logits; 0 = argmax)",
+                                low=0.0, high=10.0)
+    head_solver: str = option("dpm", "diffusion head solver: dpm (DPM-Solver++ 3S), dpm2m, ddpm",
+                              choices=SOLVERS)
+    head_steps: int = option(8, "diffusion head solver steps", low=1, high=MAX_HEAD_STEPS)
     draft: bool = True  # predict every still-masked token each step (the "draft" view)
     t_end: float = 1e-5
 
-    def validate(self) -> "SamplerConfig":
-        if self.num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
-        if self.head_steps < 1:
-            raise ValueError(f"head_steps must be >= 1, got {self.head_steps}")
-        _choice("schedule", self.schedule, tuple(SCHEDULES))
-        _choice("count rule", self.count_rule, COUNT_RULES)
-        _choice("order", self.order, ORDERS)
-        _choice("order anneal", self.order_anneal, ANNEALS)
-        _choice("head solver", self.head_solver, HEAD_SOLVERS)
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.order_temperature < 0:
-            raise ValueError(f"order_temperature must be >= 0, got {self.order_temperature}")
-        if not 0.0 < self.t_end < 1.0:
-            raise ValueError(f"t_end must be in (0, 1), got {self.t_end}")
-        return self
-
-
-@dataclass(frozen=True)
-class GuidanceConfig:
-    cfg_scale: float = 1.0  # 1 = no classifier-free guidance
-    cfg_mode: Literal["", "mask", "fake"] = ""  # "" = the model's own null mode
-    cfg_interval: tuple[float, float] = (0.0, 1.0)  # CFG at steps with t_lo < s <= t_hi
-    cfg_schedule: Literal["constant", "linear"] = "constant"
-    sg_scale: float = 0.0  # self-guidance scale s (0 = off)
-
-    def validate(self) -> "GuidanceConfig":
-        if self.cfg_scale < 0:
-            raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
-        lo, hi = self.cfg_interval
-        if not (0.0 <= lo < hi <= 1.0):
-            raise ValueError(f"cfg_interval must satisfy 0 <= t_lo < t_hi <= 1, got ({lo}, {hi})")
-        _choice("cfg schedule", self.cfg_schedule, CFG_SCHEDULES)
-        if self.cfg_mode not in ("", "mask", "fake"):
-            raise ValueError(f"unknown cfg mode {self.cfg_mode!r}; valid: mask, fake")
-        if self.sg_scale < 0:
-            raise ValueError(f"sg_scale must be >= 0, got {self.sg_scale}")
-        return self
-
-    def cfg_active(self, s: float) -> bool:
-        return self.cfg_scale != 1.0 and in_interval(s, self.cfg_interval)
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not (isinstance(self.t_end, float) and 0.0 < self.t_end < 1.0):
+            raise ValueError(f"t_end must be in (0, 1), got {self.t_end!r}")
 
 
 @dataclass(frozen=True)
@@ -111,6 +92,7 @@ class StepState:
     draft: committed tokens plus the model's current prediction at every position that was masked
     before this step (None when the sampler runs without drafts);
     cfg_scale: (B,) guidance scale used at this step (1 where CFG did not run);
+    sg_active / sg_scale: whether self-guidance ran at this step, and its scale s;
     passes / head_evals: cumulative transformer passes and head network evaluations.
     """
 
@@ -125,6 +107,7 @@ class StepState:
     draft: Tensor | None
     cfg_active: bool
     cfg_scale: Tensor
+    sg_active: bool
     sg_scale: float
     passes: int
     head_evals: int
@@ -152,7 +135,6 @@ def plan_counts(seeds: Tensor, num_tokens: int, cfg: SamplerConfig, masked: Tens
 
     masked: (B,) tokens still masked before step `start` (default: all). Uses only the "where"
     stream, so it is the same for every guidance setting."""
-    cfg.validate()
     S, L, B = cfg.num_steps, num_tokens, seeds.shape[0]
     schedule = get_schedule(cfg.schedule)
     grid = time_grid(S, cfg.t_end)
@@ -178,12 +160,8 @@ def plan_counts(seeds: Tensor, num_tokens: int, cfg: SamplerConfig, masked: Tens
 
 
 def anneal(cfg: SamplerConfig, k: int) -> float:
-    """Gumbel temperature of the confidence order at step k: linear tau0 (1 - (k+1)/S) (MaskGIT) or
-    the compounding tau0 prod_{j=1}^{k+1} (1 - j/S) of the self-guidance public code."""
-    S = cfg.num_steps
-    if cfg.order_anneal == "linear":
-        return cfg.order_temperature * (1.0 - (k + 1) / S)
-    return cfg.order_temperature * math.prod(1.0 - j / S for j in range(1, k + 2))
+    """Gumbel temperature of the confidence order at step k under cfg.order_anneal (see ANNEALS)."""
+    return ANNEALS[cfg.order_anneal](cfg.order_temperature, k, cfg.num_steps)
 
 
 def _smallest(keys: Tensor, count: Tensor) -> Tensor:
@@ -209,17 +187,18 @@ def _as_seeds(seeds, batch: int | None, device) -> Tensor:
 
 
 def sample_steps(model, labels, seeds, sampler: SamplerConfig = SamplerConfig(),
-                 guidance: GuidanceConfig = GuidanceConfig(), *, init: StepState | None = None,
+                 guidance: GuidanceConfig = GuidanceConfig(), *, smoother=None, init: StepState | None = None,
                  fixed_order: Tensor | None = None) -> Iterator[StepState]:
     """Yield a StepState after every step.
 
     model: a MaskedGenerator (its device decides where everything runs); labels: (B,) class ids;
-    seeds: (B,) per-sample seeds, or one int (sample i gets seed + i); init: a state to branch from
-    (the loop resumes at init.step + 1 with the given configs); fixed_order: (L,) or (B, L) reveal
-    priority for order "fixed" (lower = earlier).
+    seeds: (B,) per-sample seeds, or one int (sample i gets seed + i); smoother: the model's
+    self-guidance module (emigm.self_guidance), needed when guidance.sg_scale > 0; init: a state to
+    branch from (the loop resumes at init.step + 1 with the given configs); fixed_order: (L,) or (B, L)
+    reveal priority for order "fixed" (lower = earlier; default raster order).
     """
-    sampler.validate()
-    guidance.validate()
+    from .capabilities import check_capabilities
+
     device = next(model.parameters()).device
     labels = torch.as_tensor(labels, dtype=torch.long, device=device).reshape(-1)
     B, L = labels.shape[0], model.num_tokens
@@ -228,19 +207,12 @@ def sample_steps(model, labels, seeds, sampler: SamplerConfig = SamplerConfig(),
         raise ValueError(f"got {seeds.shape[0]} seeds for {B} labels")
     if B and (int(labels.min()) < 0 or int(labels.max()) >= model.num_classes):
         raise ValueError(f"class ids must be in [0, {model.num_classes - 1}], got {labels.tolist()}")
+    check_capabilities(model, sampler, guidance, smoother)
     head = model.head
-    if sampler.order == "confidence" and not head.discrete:
-        raise ValueError("order 'confidence' needs a categorical head (a diffusion head has no "
-                         "token probabilities); use 'random' or 'fixed'")
-    if guidance.sg_scale > 0:
-        raise ValueError("sg_scale > 0 needs a self-guidance module; none is available for this model")
     if sampler.order == "fixed":
-        if fixed_order is None:
-            raise ValueError("order 'fixed' needs fixed_order, a permutation of the token positions")
-        fixed_order = torch.as_tensor(fixed_order, device=device).float().expand(B, L)
+        order = torch.arange(L, device=device) if fixed_order is None else torch.as_tensor(fixed_order, device=device)
+        fixed_order = order.float().expand(B, L)
     null_mode = guidance.cfg_mode or None
-    if guidance.cfg_scale != 1.0:
-        model.null_vector(null_mode)  # fail early if this model lacks the requested null vector
 
     S = sampler.num_steps
     grid = time_grid(S, sampler.t_end).tolist()
@@ -272,7 +244,7 @@ def sample_steps(model, labels, seeds, sampler: SamplerConfig = SamplerConfig(),
             t, s = grid[k], grid[k + 1]
             count, count_host = counts[k - start], host_counts[k - start]
             num_visible = int((L - masked_host).max())
-            use_cfg = guidance.cfg_active(s)
+            use_cfg, use_sg = guidance.cfg_active(s), guidance.sg_active(s)
             n_after = mask.sum(1) - count
             frac = (1.0 - n_after.float() / L)
             scale = torch.as_tensor(cfg_scale_at(guidance.cfg_scale, guidance.cfg_schedule, frac),
@@ -286,24 +258,32 @@ def sample_steps(model, labels, seeds, sampler: SamplerConfig = SamplerConfig(),
             elif sampler.order == "fixed":
                 revealed = _smallest(torch.where(mask, fixed_order, float("inf")), count) & mask
 
-            # the network
+            # the network: the conditional pass with CFG's null branch batched into it, then
+            # self-guidance's smoothed pass (it needs the conditional pass's hidden states)
             if use_cfg:
-                z2 = model(torch.cat([tokens, tokens]), torch.cat([mask, mask]), torch.cat([cond, null_cond]),
-                           num_visible=num_visible)
-                z, z_u = z2.chunk(2)
+                hidden = model.features(torch.cat([tokens, tokens]), torch.cat([mask, mask]),
+                                        torch.cat([cond, null_cond]), num_visible=num_visible).hidden
             else:
-                z, z_u = model(tokens, mask, cond, num_visible=num_visible), None
+                hidden = model.features(tokens, mask, cond, num_visible=num_visible).hidden
+            z_all = model.to_z(hidden)
+            z = z_all[:B]
+            refs: list[tuple[str, Tensor, Tensor]] = []
+            if use_cfg:
+                refs.append(("cfg", z_all[B:], scale - 1.0))
+            if use_sg:
+                z_smooth = smoother.smooth_z(model, hidden[:B], labels)
+                refs.append(("sg", z_smooth, torch.full((B,), guidance.sg_scale, device=device)))
 
             # what
             sel = mask if predict_all else revealed
             m = int(masked_host.sum()) if predict_all else int(count_host.sum())
             rows, cols = _flat_select(sel, m)
-            zu_sel = None if z_u is None else z_u[rows, cols]
             if head.discrete:
                 noise = lambda i: rng.uniform(seeds[rows], rng.STREAM_WHAT, k, cols, i, tail=(head.codebook_size,))
             else:
                 noise = lambda i: rng.normal(seeds[rows], rng.STREAM_WHAT, k, cols, i, tail=(token_dim,))
-            out = head.sample(z[rows, cols], noise, z_uncond=zu_sel, cfg_scale=scale[rows], **head_kwargs)
+            terms = [Term(name, zr[rows, cols], w[rows]) for name, zr, w in refs]
+            out = head.sample(z[rows, cols], noise, guides=terms, **head_kwargs)
             values, logp = out if head.discrete else (out, None)
 
             pred = tokens.clone()
@@ -318,13 +298,13 @@ def sample_steps(model, labels, seeds, sampler: SamplerConfig = SamplerConfig(),
             sel_dims = revealed if head.discrete else revealed.unsqueeze(-1)
             new_tokens = torch.where(sel_dims, pred, tokens)
             new_mask = mask & ~revealed
-            passes += 2 if use_cfg else 1
-            head_evals += head.evals(sampler.head_solver, sampler.head_steps) * (2 if use_cfg else 1)
+            passes += guidance.passes(s)
+            head_evals += head.evals(sampler.head_solver, sampler.head_steps) * (1 + len(terms))
             state = StepState(
                 step=k, num_steps=S, t=t, s=s, mask_before=mask, mask_after=new_mask, revealed=revealed,
                 tokens=new_tokens, draft=pred if sampler.draft else None, cfg_active=use_cfg,
-                cfg_scale=scale, sg_scale=guidance.sg_scale, passes=passes, head_evals=head_evals,
-                seeds=seeds, labels=labels, sampler=sampler, guidance=guidance,
+                cfg_scale=scale, sg_active=use_sg, sg_scale=guidance.sg_scale, passes=passes,
+                head_evals=head_evals, seeds=seeds, labels=labels, sampler=sampler, guidance=guidance,
             )
         yield state
         tokens, mask = new_tokens, new_mask

@@ -4,17 +4,19 @@ beside the real-data floor at the same N. Backs `python -m emigm evaluate` and t
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from .evaluation import evaluate_images, load_classifier, dataset_features, real_data_floor
-from .sampler import GuidanceConfig, SamplerConfig, sample
+from .guidance import GuidanceConfig
+from .sampler import SamplerConfig, sample
 from .checkpoint import ASSETS_DIR
 
 
 def generate(model, tokenizer, num_samples: int, sampler: SamplerConfig, guidance: GuidanceConfig,
-             batch_size: int = 250, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+             batch_size: int = 250, seed: int = 0, smoother=None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Class-balanced samples: image i has class i % classes and seed seed + i (so any batch size
     gives the same images). Returns images (N, C, H, W) on the CPU, labels (N,), and cost figures."""
     if num_samples < 1:
@@ -24,11 +26,12 @@ def generate(model, tokenizer, num_samples: int, sampler: SamplerConfig, guidanc
     device = next(model.parameters()).device
     labels = torch.arange(num_samples) % model.num_classes
     images, passes, head_evals = [], 0, 0
-    sampler = sampler if not sampler.draft else SamplerConfig(**{**sampler.__dict__, "draft": False})
+    sampler = replace(sampler, draft=False)
     start = time.perf_counter()
     for lo in range(0, num_samples, batch_size):
         hi = min(num_samples, lo + batch_size)
-        state = sample(model, labels[lo:hi], [seed + i for i in range(lo, hi)], sampler, guidance)
+        state = sample(model, labels[lo:hi], [seed + i for i in range(lo, hi)], sampler, guidance,
+                       smoother=smoother)
         with torch.inference_mode():
             images.append(tokenizer.decode(state.tokens).float().cpu())
         passes, head_evals = state.passes, state.head_evals
@@ -41,7 +44,7 @@ def generate(model, tokenizer, num_samples: int, sampler: SamplerConfig, guidanc
 
 def evaluate_generator(model, tokenizer, num_samples: int, sampler: SamplerConfig, guidance: GuidanceConfig,
                        data_root: str | None = None, classifier_path: str | None = None,
-                       batch_size: int = 250, seed: int = 0, floor: bool = True) -> dict[str, Any]:
+                       batch_size: int = 250, seed: int = 0, floor: bool = True, smoother=None) -> dict[str, Any]:
     """FD, class accuracy, precision, recall of N samples vs the test set; NFE; images/s; and the
     real-data floor (N training images vs the test set) at the same N."""
     if (tokenizer.channels, tokenizer.image_size) != (1, 28):
@@ -49,7 +52,7 @@ def evaluate_generator(model, tokenizer, num_samples: int, sampler: SamplerConfi
                          f"{tokenizer.channels} x {tokenizer.image_size} x {tokenizer.image_size}")
     classifier = load_classifier(classifier_path or ASSETS_DIR / "classifier")
     ref, _ = dataset_features(classifier, data_root, "test", min(num_samples, 10000))
-    images, labels, cost = generate(model, tokenizer, num_samples, sampler, guidance, batch_size, seed)
+    images, labels, cost = generate(model, tokenizer, num_samples, sampler, guidance, batch_size, seed, smoother)
     result = {**evaluate_images(images, labels, classifier, ref), **cost}
     if floor:
         fl = real_data_floor(classifier, data_root, min(num_samples, 10000))

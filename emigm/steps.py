@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .sampler import GuidanceConfig, SamplerConfig, plan_counts
+from .guidance import GuidanceConfig
+from .sampler import SamplerConfig, plan_counts
 from .schedules import get_schedule, time_grid
 
 
@@ -18,6 +19,7 @@ class StepRow:
     expected_revealed: float
     expected_masked_after: float
     cfg: bool
+    sg: bool
     passes: int
     cumulative_passes: int
 
@@ -27,6 +29,7 @@ class StepTable:
     rows: list[StepRow]
     num_tokens: int
     cfg_steps: int
+    sg_steps: int
     passes: int
 
     @property
@@ -38,6 +41,7 @@ class StepTable:
             "num_tokens": self.num_tokens,
             "num_steps": len(self.rows),
             "cfg_steps": self.cfg_steps,
+            "sg_steps": self.sg_steps,
             "passes": self.passes,
             "nfe": f"{len(self.rows)} x {self.nfe_per_step:.3g}",
             "steps": [r.__dict__ for r in self.rows],
@@ -49,11 +53,13 @@ def step_table(sampler: SamplerConfig, guidance: GuidanceConfig, num_tokens: int
 
     binomial rule: E[masked after step k] = L gamma(s_k) / gamma(1) (the transfer probabilities
     telescope); the at-least-one rule is ignored in the expectation. exact rule: the deterministic
-    counts. A step with CFG costs 2 passes (two branches batched), others 1."""
-    sampler.validate()
-    guidance.validate()
+    counts. A step costs 1 pass, +1 with CFG (its null branch, batched), +1 with self-guidance
+    (its sequential smoothed pass)."""
     if num_tokens < 1:
         raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
+    if sampler.num_steps > num_tokens:
+        raise ValueError(f"num_steps {sampler.num_steps} exceeds the {num_tokens} tokens: every step reveals "
+                         "at least one token")
     S, L = sampler.num_steps, num_tokens
     sched = get_schedule(sampler.schedule)
     grid = time_grid(S, sampler.t_end)
@@ -65,13 +71,11 @@ def step_table(sampler: SamplerConfig, guidance: GuidanceConfig, num_tokens: int
         masked_after = L * sched.gamma(grid[1:]) / g1
         masked_after[-1] = 0.0
     masked_before = torch.cat([torch.tensor([float(L)], dtype=torch.float64), masked_after[:-1]])
-    rows, cum, cfg_steps = [], 0, 0
+    rows, cum = [], 0
     for k in range(S):
         s = float(grid[k + 1])
-        cfg = guidance.cfg_active(s)
-        passes = 2 if cfg else 1
+        passes = guidance.passes(s)
         cum += passes
-        cfg_steps += int(cfg)
         rows.append(StepRow(k + 1, float(grid[k]), s, float(masked_before[k] - masked_after[k]),
-                            float(masked_after[k]), cfg, passes, cum))
-    return StepTable(rows, L, cfg_steps, cum)
+                            float(masked_after[k]), guidance.cfg_active(s), guidance.sg_active(s), passes, cum))
+    return StepTable(rows, L, sum(r.cfg for r in rows), sum(r.sg for r in rows), cum)

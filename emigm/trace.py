@@ -16,6 +16,8 @@ def step_record(state: StepState) -> dict[str, Any]:
         "s": state.s,
         "cfg_active": state.cfg_active,
         "cfg_scale": [round(float(x), 6) for x in state.cfg_scale.cpu()],
+        "sg_active": state.sg_active,
+        "sg_scale": state.sg_scale,
         "revealed": [row.nonzero().flatten().tolist() for row in revealed],
         "passes": state.passes,
         "head_evals": state.head_evals,

@@ -253,7 +253,6 @@ def train(cfg: RunConfig, out_dir: str | os.PathLike | None = None, max_steps: i
     last log window, all ranks), images_per_s and ms_per_step (this invocation, after its first step),
     seconds, device, world_size, resumed_from, export_dir, plus `model` (the trained module) and
     `ema` (its EMA state dict, float32)."""
-    cfg.validate()
     info = dist.info_from_env()
     dev = resolve_device(device, info.local_rank)
     owns_group = info.world_size > 1 and not dist.is_active()
@@ -490,7 +489,6 @@ def cmd_train(args: argparse.Namespace) -> None:
             cfg = apply_overrides(cfg, [(key, value)])
         except ValueError as e:
             raise ValueError(f"--{key} {value}: {e}") from None
-    cfg.validate()
     if args.dry_run:
         micro_batch_size(cfg, dist.info_from_env().world_size)
         print(to_json(cfg))

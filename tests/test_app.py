@@ -168,7 +168,7 @@ def test_compare_panels_share_reveal_order(engine):
     ({"model": "nope"}, "unknown model"),
     ({"class_name": "Giraffe"}, "unknown class"),
     ({"schedule": "quadratic"}, "unknown schedule"),
-    ({"order": "confidence"}, "categorical head"),
+    ({"order": "confidence"}, "needs token probabilities"),
     ({"seed": -3}, "seed"),
 ])
 def test_bad_input_is_a_gr_error(unmasking, over, match):

@@ -35,7 +35,7 @@ def test_schedule_table_is_readable():
     (["schedule", "--steps", "0"], "num_steps"),
     (["schedule", "--cfg-interval", "0.4", "0.2"], "cfg_interval"),
     (["schedule", "--cfg", "-1"], "cfg_scale"),
-    (["schedule", "--head-solver", "euler"], "dpm, dpm2m, ddpm"),
+    (["schedule", "--head-solver", "euler"], "ddpm, dpm, dpm2m"),
     (["sample", "--checkpoint", "no-such-model"], "no model export"),
     (["sample", "--preset", "nope", "--random-init"], "unknown preset"),
     (["sample", "--preset", "test-tiny", "--random-init", "--class", "12"], "out of range"),

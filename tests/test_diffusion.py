@@ -10,7 +10,7 @@ import torch
 from emigm.diffusion import (SOLVERS, GaussianDiffusion, cosine_alpha_bar, dpm_orders, get_solver,
                              solver_evals, space_timesteps)
 from emigm.diffusion_head import DiffusionHead, timestep_embedding
-from emigm.guidance import guide
+from emigm.guidance import Term, guide
 
 T = 1000
 DIFF = GaussianDiffusion.cosine(T)
@@ -270,7 +270,7 @@ def test_cfg_scale_one_equals_no_cfg(solver, steps):
     z, zu = torch.randn(M, 5, generator=g), torch.randn(M, 5, generator=g)
     noise = _noise_fn(M, 3, seed=4)
     plain = head.sample(z, noise, solver=solver, steps=steps)
-    cfg1 = head.sample(z, noise, z_uncond=zu, cfg_scale=1.0, solver=solver, steps=steps)
+    cfg1 = head.sample(z, noise, guides=[Term("cfg", zu, torch.zeros(M))], solver=solver, steps=steps)
     torch.testing.assert_close(cfg1, plain, rtol=1e-4, atol=1e-4)
     assert plain.shape == (M, 3)
 
@@ -289,7 +289,7 @@ def test_cfg_batched_equals_two_passes(solver, steps):
 
     with torch.no_grad():
         ref = get_solver(solver)(head.diffusion, two_pass, noise(0), noise, steps=steps)
-    got = head.sample(z, noise, z_uncond=zu, cfg_scale=scale, solver=solver, steps=steps)
+    got = head.sample(z, noise, guides=[Term("cfg", zu, scale - 1.0)], solver=solver, steps=steps)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
     plain = head.sample(z, noise, solver=solver, steps=steps)
     assert (got - plain).abs().max() > 1e-3  # guidance changed something
@@ -307,7 +307,8 @@ def test_evals_counts_network_calls_and_noise_use(solver, steps):
         asked.append(i)
         return base(i)
 
-    head.sample(torch.zeros(M, 5), noise, z_uncond=torch.ones(M, 5), cfg_scale=2.0, solver=solver, steps=steps)
+    head.sample(torch.zeros(M, 5), noise, guides=[Term("cfg", torch.ones(M, 5), torch.ones(M))], solver=solver,
+                steps=steps)
     hook.remove()
     assert len(calls) == head.evals(solver, steps) == steps
     assert asked == ([0, *range(1, steps)] if solver == "ddpm" else [0])
@@ -335,7 +336,7 @@ def test_head_bad_arguments():
         head.sample(z, noise, steps=0)
     with pytest.raises(ValueError, match="temperature"):
         head.sample(z, noise, solver="ddpm", temperature=-0.5)
-    with pytest.raises(ValueError, match="cfg_scale"):
-        head.sample(z, noise, z_uncond=z)
+    with pytest.raises(ValueError, match="guide 'cfg' has conditions of shape"):
+        head.sample(z, noise, guides=[Term("cfg", torch.zeros(3, 5), torch.ones(3))])
     with pytest.raises(ValueError, match="width"):
         DiffusionHead(token_dim=3, cond_dim=5, width=0, depth=2)

@@ -39,7 +39,7 @@ def test_streams_uncorrelated():
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_presets_round_trip_json(name):
-    cfg = get_preset(name).validate()
+    cfg = get_preset(name)
     assert from_json(RunConfig, to_json(cfg)) == cfg
 
 
@@ -70,4 +70,4 @@ def test_head_must_fit_tokenizer():
     from dataclasses import replace
     cfg = get_preset("test-tiny")
     with pytest.raises(ValueError, match="categorical"):
-        replace(cfg, head=replace(cfg.head, kind="categorical")).validate()
+        replace(cfg, head=replace(cfg.head, kind="categorical"))

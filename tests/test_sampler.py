@@ -6,7 +6,8 @@ import torch
 
 from emigm.model import MaskedGenerator
 from emigm.presets import get_preset
-from emigm.sampler import GuidanceConfig, SamplerConfig, plan_counts, sample, sample_steps
+from emigm.guidance import GuidanceConfig, Term
+from emigm.sampler import SamplerConfig, plan_counts, sample, sample_steps
 
 
 def make(preset="test-tiny", seed=0, **backbone):
@@ -36,7 +37,7 @@ CASES = [
     ("test-tiny", SamplerConfig(num_steps=5, schedule="linear", count_rule="exact", head_solver="ddpm", head_steps=5)),
     ("test-tiny", SamplerConfig(num_steps=16, schedule="cosine", head_solver="dpm2m", head_steps=4, draft=False)),
     ("test-tiny-vq", SamplerConfig(num_steps=6, order="confidence", count_rule="exact", schedule="cosine")),
-    ("test-tiny-vq", SamplerConfig(num_steps=20, order="confidence", order_anneal="compound", order_temperature=25)),
+    ("test-tiny-vq", SamplerConfig(num_steps=16, order="confidence", order_anneal="compound", order_temperature=25)),
     ("test-tiny-vq", SamplerConfig(num_steps=4, temperature=0.0)),
 ]
 
@@ -179,7 +180,7 @@ def test_scale_one_equals_no_guidance_in_the_head(tiny):
     z = torch.randn(5, 32)
     noise = lambda i: torch.randn(5, 4, generator=torch.Generator().manual_seed(i))
     plain = head.sample(z, noise, steps=4)
-    guided = head.sample(z, noise, z_uncond=torch.randn(5, 32), cfg_scale=1.0, steps=4)
+    guided = head.sample(z, noise, guides=[Term("cfg", torch.randn(5, 32), torch.zeros(5))], steps=4)
     torch.testing.assert_close(plain, guided, atol=1e-5, rtol=1e-5)
 
 
@@ -221,18 +222,31 @@ def test_null_mode_mismatch_is_refused(tiny):
         sample(tiny, [1], [0], SamplerConfig(num_steps=2), GuidanceConfig(cfg_scale=2.0, cfg_mode="fake"))
 
 
-@pytest.mark.parametrize("sampler,guidance,match", [
-    (SamplerConfig(num_steps=0), GuidanceConfig(), "num_steps"),
-    (SamplerConfig(schedule="sigmoid"), GuidanceConfig(), "linear, cosine, exp"),
-    (SamplerConfig(order="spiral"), GuidanceConfig(), "random, confidence, fixed"),
-    (SamplerConfig(head_solver="euler"), GuidanceConfig(), "dpm, dpm2m, ddpm"),
-    (SamplerConfig(temperature=-1), GuidanceConfig(), "temperature"),
-    (SamplerConfig(), GuidanceConfig(cfg_scale=-1), "cfg_scale"),
-    (SamplerConfig(), GuidanceConfig(cfg_interval=(0.5, 0.3)), "cfg_interval"),
-    (SamplerConfig(), GuidanceConfig(cfg_interval=(0.0, 1.5)), "cfg_interval"),
-    (SamplerConfig(order="confidence"), GuidanceConfig(), "categorical head"),
+@pytest.mark.parametrize("cls,kwargs,match", [
+    (SamplerConfig, dict(num_steps=0), r"num_steps must be in \[1, 1024\], got 0"),
+    (SamplerConfig, dict(schedule="sigmoid"), "valid: linear, cosine, exp"),
+    (SamplerConfig, dict(order="spiral"), "valid: random, confidence, fixed"),
+    (SamplerConfig, dict(head_solver="euler"), "valid: ddpm, dpm, dpm2m"),
+    (SamplerConfig, dict(temperature=-1), "temperature"),
+    (SamplerConfig, dict(temperature=float("nan")), "temperature must be a finite number"),
+    (SamplerConfig, dict(head_steps=100000), r"head_steps must be in \[1, 250\]"),
+    (GuidanceConfig, dict(cfg_scale=-1), "cfg_scale"),
+    (GuidanceConfig, dict(cfg_scale=float("inf")), "cfg_scale must be a finite number"),
+    (GuidanceConfig, dict(cfg_interval=(0.5, 0.3)), "cfg_interval"),
+    (GuidanceConfig, dict(cfg_interval=(0.0, 1.5)), "cfg_interval"),
+    (GuidanceConfig, dict(sg_interval=(0.3, 0.3)), "sg_interval"),
 ])
-def test_bad_settings_raise_clear_errors(tiny, sampler, guidance, match):
+def test_bad_settings_raise_clear_errors(cls, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cls(**kwargs)
+
+
+@pytest.mark.parametrize("sampler,guidance,match", [
+    (SamplerConfig(order="confidence"), GuidanceConfig(), "needs token probabilities"),
+    (SamplerConfig(num_steps=17), GuidanceConfig(), "at most 16 steps"),
+    (SamplerConfig(), GuidanceConfig(sg_scale=1.0), "self-guidance module"),
+])
+def test_settings_the_model_cannot_run_are_refused(tiny, sampler, guidance, match):
     with pytest.raises(ValueError, match=match):
         sample(tiny, [1], [0], sampler, guidance)
 

@@ -148,13 +148,13 @@ def test_vq_export_round_trip_and_build(tmp_path) -> None:
         tok = build_tokenizer(cfg, root=str(tmp_path))
         assert torch.equal(tok.encode(x), VQTokenizer(model).encode(x))
     with pytest.raises(ValueError, match="codebook_size"):
-        build_tokenizer(TokenizerConfig(kind="vq", codebook_size=512, path="vq"), root=str(tmp_path))
+        build_tokenizer(TokenizerConfig(kind="vq", codebook_size=512, stride=4, path="vq"), root=str(tmp_path))
     loaded = load_vqvae(str(tmp_path / "vq" / "vq.safetensors"))
     assert torch.equal(loaded.quantizer.ema_sum, loaded.quantizer.codebook)  # EMA restarts cleanly
 
 
 def test_missing_vq_weights_name_the_path(tmp_path) -> None:
-    cfg = TokenizerConfig(kind="vq", path="nowhere/vq.safetensors")
+    cfg = TokenizerConfig(kind="vq", codebook_size=512, stride=4, path="nowhere/vq.safetensors")
     with pytest.raises(FileNotFoundError, match=r"VQ-VAE weights.*nowhere"):
         build_tokenizer(cfg, root=str(tmp_path))
 
