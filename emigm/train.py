@@ -483,12 +483,7 @@ def _accept_overrides(parser: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from .presets import get_preset
 
-    cfg = get_preset(args.preset)
-    for key, value in getattr(args, "overrides", []):
-        try:
-            cfg = apply_overrides(cfg, [(key, value)])
-        except ValueError as e:
-            raise ValueError(f"--{key} {value}: {e}") from None
+    cfg = apply_overrides(get_preset(args.preset), getattr(args, "overrides", []))
     if args.dry_run:
         micro_batch_size(cfg, dist.info_from_env().world_size)
         print(to_json(cfg))
