@@ -83,6 +83,9 @@ class HeadConfig:
     depth: int = 3
     num_timesteps: int = 1000
     batch_mul: int = 4  # diffusion_batch_mul: noise draws per token in training
+    # DPM-Solver time label: "interp" the step matching the noise level (ours), "reference" the
+    # reference's (t - 1/N) x 1000 (official checkpoints); see emigm.diffusion
+    time_label: Literal["interp", "reference"] = "interp"
     label_smoothing: float = 0.1  # categorical only
 
 
