@@ -6,8 +6,10 @@ An export is a folder holding `model.safetensors` (EMA weights) and `config.json
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -72,15 +74,35 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         raise
 
 
+# The one non-tensor class the reference training code pickles into its checkpoints ("args").
+SAFE_GLOBALS = (argparse.Namespace,)
+
+
+def _reason(e: Exception) -> str:
+    """One line saying why torch.load failed: the refused global or the cause of a weights-only failure,
+    else the exception type and the first non-empty line of its message (an empty file gives none)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    m = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", text, flags=re.IGNORECASE)
+    if m:
+        return f"refused by the weights-only loader (global {m.group(1)} is not allowed)"
+    m = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)  # torch's explanation precedes the cause
+    if m:
+        return f"refused by the weights-only loader ({m.group(1).strip()[:200]})"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else f"{type(e).__name__} (empty or truncated file?)"
+
+
 def load_torch(path: str | os.PathLike) -> Any:
-    """torch.load with weights_only=True; a missing or corrupt file raises CheckpointError naming it."""
+    """torch.load with weights_only=True, allowing `argparse.Namespace` (the reference's saved "args")
+    and nothing else; a missing, corrupt or foreign file raises a one-line CheckpointError naming it."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated / foreign files
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {_reason(e)}") from None
 
 
 def check_keys(expected: set[str], got: set[str], source: str) -> None:

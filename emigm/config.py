@@ -34,6 +34,11 @@ def _null_modes():
     return NULL_MODES
 
 
+def _time_labels():
+    from .diffusion import TIME_LABELS
+    return TIME_LABELS
+
+
 def _schedules():
     from .schedules import SCHEDULES
     return SCHEDULES
@@ -151,6 +156,9 @@ class HeadConfig:
     depth: int = option(3, "diffusion head residual blocks", low=1, high=256)
     num_timesteps: int = option(1000, "diffusion steps of the head's training schedule", low=2, high=100000)
     batch_mul: int = option(4, "noise draws per token in training (diffusion_batch_mul)", low=1, high=64)
+    time_label: str = option("interp", "DPM-Solver time label: interp, the step matching the noise level "
+                                       "(ours); reference, the reference's (t - 1/N) x 1000 (official "
+                                       "checkpoints); see emigm.diffusion", choices=_time_labels)
     label_smoothing: float = option(0.1, "categorical: label smoothing", low=0.0, high=1.0, open_high=True)
 
     def __post_init__(self) -> None:

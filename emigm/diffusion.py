@@ -11,13 +11,18 @@ whose output is [eps, v]: the noise prediction and the "learned range" variance 
 Design choices (differences from the MAR / eMIGM reference are deliberate and listed here):
 - Tables are float64 on the CPU; per-step sampler coefficients are Python floats (no host syncs),
   per-row training coefficients are gathered on the input's device in the input's dtype.
-- Training loss at t = 0: the reference uses the discretized 8-bit-pixel decoder NLL; our tokens are
-  continuous latents, so we use the continuous Gaussian NLL of x0 under the model posterior (bits).
+- Training loss at t = 0: the reference uses the discretised decoder NLL (8-bit pixel bins); our tokens
+  are continuous latents, so we use the continuous Gaussian NLL of x0 under the model posterior (bits).
+  This does not change how the mean is trained: the variational term is built from a stop-gradient eps,
+  so it trains only the variance output v, and the step-0 variance is never used in sampling (DDPM's
+  last step adds no noise; DPM-Solver++ uses eps only).
 - DPM-Solver++ views the discrete schedule in continuous time as DPM-Solver does: the steps kept after
-  clipping logSNR < -5.1 (996 of 1000 for the cosine schedule) sit at t_n = (n + 1) / N, log alpha is
-  linear between them. The model's time label is the matching fractional step n = N t - 1; the
-  reference feeds (t - 1/N) * 1000, which after clipping (N = 996) labels the noisiest points up to
-  four steps higher than their noise level. We keep label and noise level consistent.
+  clipping logSNR < -5.1 (N = 996 of K = 1000 for the cosine schedule) sit at t_n = (n + 1) / N, log
+  alpha is linear between them. The model's time label (`time_label`, HeadConfig.time_label):
+  "interp" (our default): the matching fractional step n = N t - 1, so label and noise level agree
+  (the noisiest point is labelled 995); "reference": as the reference, (t - 1/N) * K = n K / N, the
+  solver's time scaled to the full K-step label range (the noisiest point is labelled 998.996, up to
+  about four steps higher than its noise level). Official checkpoints use "reference".
 - DPM-Solver++(2M) uses the same logSNR-uniform grid and DPM-Solver's lower-order final step when
   steps < 10.
 """
@@ -35,6 +40,7 @@ ModelFn = Callable[[Tensor, Tensor], Tensor]
 NoiseFn = Callable[[int], Tensor]
 
 LOGSNR_CLIP = -5.1  # DPM-Solver drops the noisiest steps whose half-logSNR lambda is below this
+TIME_LABELS = ("interp", "reference")  # how DPM-Solver's continuous time becomes the model's label
 
 
 def cosine_alpha_bar(u: float) -> float:
@@ -78,18 +84,21 @@ def _mean_flat(x: Tensor) -> Tensor:
 class LogSNRSchedule:
     """Continuous-time view of a discrete schedule for DPM-Solver (see the module docstring).
 
-    log_alpha: float64 (N,), 0.5 log alpha_bar of the kept steps, decreasing. `labels` (N,) maps a kept
-    step to the model's time label (the original step; differs only for respaced diffusions)."""
+    log_alpha: float64 (N,), 0.5 log alpha_bar of the kept steps, decreasing. `labels` (K,) maps each of
+    the K steps before clipping to the model's time label (the original step; differs only for respaced
+    diffusions). time_label: one of TIME_LABELS (module docstring)."""
 
     log_alpha: np.ndarray
     labels: np.ndarray
+    time_label: str = "interp"
 
     @classmethod
-    def from_alpha_bar(cls, alpha_bar: Tensor, labels: Tensor, clip: float = LOGSNR_CLIP) -> "LogSNRSchedule":
+    def from_alpha_bar(cls, alpha_bar: Tensor, labels: Tensor, clip: float = LOGSNR_CLIP,
+                       time_label: str = "interp") -> "LogSNRSchedule":
         log_alpha = 0.5 * np.log(alpha_bar.numpy())
         lam = log_alpha - 0.5 * np.log1p(-np.exp(2 * log_alpha))
         keep = int((lam >= clip).sum())  # lambda decreases with the step, so this keeps a prefix
-        return cls(log_alpha[:keep], labels.numpy()[:keep].astype(np.float64))
+        return cls(log_alpha[:keep], labels.numpy().astype(np.float64), time_label)
 
     @property
     def num_steps(self) -> int:
@@ -102,24 +111,31 @@ class LogSNRSchedule:
         return float(lam[0]), float(lam[1])
 
     def label(self, lam: float) -> float:
-        """Model time label of the (fractional) step whose interpolated log alpha has half-logSNR lam."""
+        """Model time label at half-logSNR lam. n: the fractional kept step whose interpolated log alpha
+        has that lam (t = (n + 1) / N); "interp" labels it n, "reference" (t - 1/N) K = n K / N."""
         log_alpha = -0.5 * np.logaddexp(0.0, -2.0 * lam)
         n = np.interp(log_alpha, self.log_alpha[::-1], np.arange(self.num_steps, dtype=np.float64)[::-1])
-        return float(np.interp(n, np.arange(self.num_steps), self.labels))
+        if self.time_label == "reference":
+            n = n * len(self.labels) / self.num_steps
+        return float(np.interp(n, np.arange(len(self.labels)), self.labels))
 
 
 @dataclass(frozen=True, eq=False)
 class GaussianDiffusion:
     """Discrete Gaussian diffusion with `betas` (float64 (K,)); `timesteps` (int64 (K,)) gives each
-    step's label on the training scale (arange(K) unless respaced). __post_init__ derives float64 (K,)
-    tables: alpha_bar, sqrt_ab, sqrt_1m_ab, sqrt_recip_ab, sqrt_recipm1_ab, post_coef_x0,
-    post_coef_xt, post_logvar (clipped), log_betas; and `logsnr`, the DPM-Solver view."""
+    step's label on the training scale (arange(K) unless respaced); `time_label` (one of TIME_LABELS)
+    how the DPM solvers label continuous time. __post_init__ derives float64 (K,) tables: alpha_bar,
+    sqrt_ab, sqrt_1m_ab, sqrt_recip_ab, sqrt_recipm1_ab, post_coef_x0, post_coef_xt, post_logvar
+    (clipped), log_betas; and `logsnr`, the DPM-Solver view."""
 
     betas: Tensor
     timesteps: Tensor
+    time_label: str = "interp"
     _respaced: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.time_label not in TIME_LABELS:
+            raise ValueError(f"unknown time_label {self.time_label!r}; valid: {', '.join(TIME_LABELS)}")
         b = self.betas.to(torch.float64)
         if b.dim() != 1 or not bool(((b > 0) & (b < 1)).all()):
             raise ValueError("betas must be a 1-D tensor with values in (0, 1)")
@@ -139,14 +155,15 @@ class GaussianDiffusion:
         )
         for k, v in tables.items():
             object.__setattr__(self, k, v)
-        object.__setattr__(self, "logsnr", LogSNRSchedule.from_alpha_bar(ab, self.timesteps))
+        object.__setattr__(self, "logsnr", LogSNRSchedule.from_alpha_bar(ab, self.timesteps,
+                                                                        time_label=self.time_label))
 
     @classmethod
-    def cosine(cls, num_timesteps: int = 1000) -> "GaussianDiffusion":
+    def cosine(cls, num_timesteps: int = 1000, time_label: str = "interp") -> "GaussianDiffusion":
         if num_timesteps < 2:
             raise ValueError(f"num_timesteps must be >= 2, got {num_timesteps}")
         with torch.device("cpu"):  # tables stay on the CPU even inside a meta / cuda device context
-            return cls(cosine_betas(num_timesteps), torch.arange(num_timesteps))
+            return cls(cosine_betas(num_timesteps), torch.arange(num_timesteps), time_label)
 
     @property
     def num_steps(self) -> int:
@@ -159,7 +176,7 @@ class GaussianDiffusion:
             keep = torch.tensor(space_timesteps(self.num_steps, steps), device="cpu")
             ab = self.alpha_bar[keep]
             betas = 1 - ab / torch.cat([ab.new_ones(1), ab[:-1]])
-            self._respaced[steps] = GaussianDiffusion(betas, self.timesteps[keep])
+            self._respaced[steps] = GaussianDiffusion(betas, self.timesteps[keep], self.time_label)
         return self._respaced[steps]
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:

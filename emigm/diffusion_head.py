@@ -115,12 +115,14 @@ class DiffusionHead(nn.Module):
     """Per-token diffusion head: a token of `token_dim` channels conditioned on z of `cond_dim`.
 
     Training uses the full `num_timesteps` cosine diffusion; sampling runs one of
-    `emigm.diffusion.SOLVERS` ("ddpm" respaced to `steps`, "dpm" singlestep DPM-Solver++-3, "dpm2m")."""
+    `emigm.diffusion.SOLVERS` ("ddpm" respaced to `steps`, "dpm" singlestep DPM-Solver++-3, "dpm2m").
+    time_label: how the DPM solvers label continuous time ("interp" or "reference", emigm.diffusion);
+    it is kept on the diffusion object, which the solvers read."""
 
     discrete = False
 
     def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int,
-                 num_timesteps: int = 1000, batch_mul: int = 4) -> None:
+                 num_timesteps: int = 1000, batch_mul: int = 4, time_label: str = "interp") -> None:
         super().__init__()
         for name, val in (("token_dim", token_dim), ("cond_dim", cond_dim), ("width", width),
                           ("depth", depth), ("batch_mul", batch_mul)):
@@ -128,7 +130,13 @@ class DiffusionHead(nn.Module):
                 raise ValueError(f"{name} must be >= 1, got {val}")
         self.token_dim, self.batch_mul = token_dim, batch_mul
         self.net = AdaLNMLP(token_dim, cond_dim, width, depth)
-        self.diffusion = GaussianDiffusion.cosine(num_timesteps)  # plain tensors: not in state_dict
+        # plain tensors: not in state_dict
+        self.diffusion = GaussianDiffusion.cosine(num_timesteps, time_label=time_label)
+
+    @property
+    def time_label(self) -> str:
+        """How the DPM solvers label continuous time, as held by the diffusion they read it from."""
+        return self.diffusion.time_label
 
     def loss(self, z: Tensor, target: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Per-token loss (M,) for conditions z (M, cond_dim) and targets (M, token_dim), averaged over

@@ -67,7 +67,8 @@ class MaskedGenerator(nn.Module):
         self.diffusion_pos_embed_learned = nn.Parameter(torch.zeros(1, L, Dd))
         self._init_weights()
         if hd.kind == "diffusion":
-            self.diffloss = DiffusionHead(tk.token_dim, Dd, hd.width, hd.depth, hd.num_timesteps, hd.batch_mul)
+            self.diffloss = DiffusionHead(tk.token_dim, Dd, hd.width, hd.depth, hd.num_timesteps, hd.batch_mul,
+                                          time_label=hd.time_label)
         else:
             self.token_head = CategoricalHead(Dd, tk.codebook_size, hd.label_smoothing)
 

@@ -7,13 +7,19 @@ Our parameter names are the checkpoints' (spec sec. 6), so a state dict loads as
   `mask_token` key (shape (1, width)), and a `fake_latent` copy of it, if present, is dropped.
 The architecture is read off the tensor shapes (widths, depths, head size, buffer slots, classes);
 the attention head count, which shapes do not show, comes from the paper preset of the same width.
+Whether the encoder is MAE-style comes from the reference's saved `args.use_mae` (an argparse.Namespace,
+present in files written by its training code); a file without it (the released plain state dicts) is
+taken as MAE, as every released model is. The head labels DPM-Solver times as the reference does
+(`head.time_label = "reference"`, see emigm.diffusion).
 """
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -28,9 +34,11 @@ _NAME_TO_PRESET = {"xsmall": "in256-xs", "small": "in256-s", "base": "in256-b", 
                    "huge": "in256-h"}
 
 
-def official_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """The model weights of an official checkpoint: "model_ema", else "model", else the plain dict."""
+def official_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], Any]:
+    """(model weights, saved args or None) of an official checkpoint. Weights: "model_ema", else
+    "model", else the plain dict; args: the reference's argparse.Namespace under "args", if any."""
     ck = load_torch(path)
+    args = ck.get("args") if isinstance(ck, dict) else None
     if isinstance(ck, dict):
         for key in ("model_ema", "model"):
             if isinstance(ck.get(key), dict):
@@ -38,7 +46,22 @@ def official_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
                 break
     if not isinstance(ck, dict) or not ck or not all(isinstance(v, Tensor) for v in ck.values()):
         raise CheckpointError(f"{path}: expected a state dict of tensors (plain or under 'model' / 'model_ema')")
-    return dict(ck)
+    return dict(ck), args
+
+
+def official_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The model weights of an official checkpoint: "model_ema", else "model", else the plain dict."""
+    return official_checkpoint(path)[0]
+
+
+def saved_use_mae(args: Any, source: str = "checkpoint") -> bool:
+    """The reference's `args.use_mae` when the file saved it, else True (MAE, as every released model)."""
+    mae = getattr(args, "use_mae", None) if isinstance(args, argparse.Namespace) else None
+    if mae is None:
+        return True
+    if not isinstance(mae, bool):
+        raise CheckpointError(f"{source}: args.use_mae should be true or false, got {mae!r}")
+    return mae
 
 
 def _count(state: dict[str, Tensor], prefix: str) -> int:
@@ -46,8 +69,9 @@ def _count(state: dict[str, Tensor], prefix: str) -> int:
     return max(idx) + 1 if idx else 0
 
 
-def infer_config(state: dict[str, Tensor], source: str = "checkpoint") -> RunConfig:
-    """A RunConfig whose model matches the state dict's shapes (KL-16 latents at 16 px per token)."""
+def infer_config(state: dict[str, Tensor], source: str = "checkpoint", mae: bool = True) -> RunConfig:
+    """A RunConfig whose model matches the state dict's shapes (KL-16 latents at 16 px per token), with
+    the MAE encoder or not (`mae`) and the reference's DPM-Solver time labels."""
     need = ("class_emb.weight", "z_proj.weight", "mask_token", "encoder_pos_embed_learned",
             "diffusion_pos_embed_learned", "decoder_embed.weight", "diffloss.net.input_proj.weight")
     missing = [k for k in need if k not in state]
@@ -73,17 +97,17 @@ def infer_config(state: dict[str, Tensor], source: str = "checkpoint") -> RunCon
                          encoder_depth=_count(state, "encoder_blocks"), decoder_depth=_count(state, "decoder_blocks"),
                          num_heads=heads, decoder_num_heads=dec_heads,
                          buffer_size=state["encoder_pos_embed_learned"].shape[1] - tokens,
-                         num_classes=classes, null_mode=null_mode),
+                         num_classes=classes, null_mode=null_mode, mae=mae),
         head=replace(base.head, width=state["diffloss.net.input_proj.weight"].shape[0],
-                     depth=_count(state, "diffloss.net.res_blocks")),
+                     depth=_count(state, "diffloss.net.res_blocks"), time_label="reference"),
     )
 
 
 def load_official(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MaskedGenerator, RunConfig]:
     """An official eMIGM / MAR checkpoint -> (model in eval mode, its inferred RunConfig). Missing or
     unexpected keys and shape mismatches raise CheckpointError naming the file."""
-    state = official_state_dict(path)
-    cfg = infer_config(state, str(path))
+    state, args = official_checkpoint(path)
+    cfg = infer_config(state, str(path), mae=saved_use_mae(args, str(path)))
     if cfg.backbone.null_mode == "mask":
         shared = state.pop("fake_latent", None)
         if shared is not None and shared.shape != state["mask_token"].shape:

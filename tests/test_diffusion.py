@@ -340,3 +340,47 @@ def test_head_bad_arguments():
         head.sample(z, noise, guides=[Term("cfg", torch.zeros(3, 5), torch.ones(3))])
     with pytest.raises(ValueError, match="width"):
         DiffusionHead(token_dim=3, cond_dim=5, width=0, depth=2)
+
+
+# ----------------------------------------------------------------------------- DPM-Solver time labels
+
+
+def _kept_steps() -> int:
+    """N: the steps DPM-Solver keeps, those with half-logSNR >= -5.1, from the closed-form schedule."""
+    ab = np.cumprod([1 - min(1 - cosine_alpha_bar((i + 1) / T) / cosine_alpha_bar(i / T), 0.999) for i in range(T)])
+    return int((0.5 * np.log(ab / (1 - ab)) >= -5.1).sum())
+
+
+def _labels_fed(time_label: str, solver: str, steps: int) -> list[float]:
+    """The time labels a DiffusionHead(time_label=...) feeds its network during one sample()."""
+    head, seen = _random_head(time_label=time_label), []
+    hook = head.net.time_embed.register_forward_hook(lambda m, inp, out: seen.append(float(inp[0][0])))
+    head.sample(torch.zeros(2, 5), _noise_fn(2, 3, seed=10), solver=solver, steps=steps)
+    hook.remove()
+    return seen
+
+
+@pytest.mark.parametrize("solver,steps", [("dpm", 8), ("dpm", 14), ("dpm2m", 8)])
+def test_dpm_time_labels_interp_and_reference(solver, steps):
+    """The noisiest point (t = 1 in DPM-Solver's time) is labelled N - 1 = 995 by ours and
+    (1 - 1/N) * 1000 = 998.996 by the reference; every reference label is (t - 1/N) * 1000 with
+    t = (n + 1) / N, n our fractional step. The labels reach the network as float32."""
+    N = _kept_steps()
+    assert N == 996
+    for time_label, want in (("interp", N - 1.0), ("reference", (1 - 1 / N) * 1000)):
+        d = GaussianDiffusion.cosine(T, time_label=time_label)
+        lam_T, lam_0 = d.logsnr.lambda_range()
+        assert d.logsnr.label(lam_T) == pytest.approx(want, abs=1e-9)
+        assert d.logsnr.label(lam_0) == pytest.approx(0.0, abs=1e-9)
+    ours, ref = _labels_fed("interp", solver, steps), _labels_fed("reference", solver, steps)
+    assert len(ours) == len(ref) == steps
+    assert ours[0] == pytest.approx(995.0, abs=1e-4) and ref[0] == pytest.approx(998.99598, abs=1e-4)
+    for n, label in zip(ours, ref):
+        assert label == pytest.approx(((n + 1) / N - 1 / N) * 1000, abs=2e-4)
+
+
+def test_time_label_leaves_ddpm_alone_and_rejects_unknown_names():
+    assert _labels_fed("interp", "ddpm", 10) == _labels_fed("reference", "ddpm", 10)
+    assert GaussianDiffusion.cosine(T, time_label="reference").respace(10).time_label == "reference"
+    with pytest.raises(ValueError, match="interp, reference"):
+        DiffusionHead(token_dim=3, cond_dim=5, width=16, depth=2, time_label="exact")

@@ -1,3 +1,6 @@
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -75,3 +78,55 @@ def test_masked_mean():
     mask = torch.tensor([[True, False], [True, True]])
     assert float(masked_mean(loss, mask)) == pytest.approx(8 / 3)
     assert float(masked_mean(loss, mask, torch.tensor([2.0, 0.0]))) == pytest.approx(2 / 3)
+
+
+# ----------------------------------------------------------------------------- shared count at t_min = 0
+
+_GAMMA = {"linear": lambda p: p, "exp": lambda p: 1 - np.exp(-5 * p)}  # written out, not imported
+
+
+def _count_law(schedule: str, L: int) -> tuple[np.ndarray, float]:
+    """Exact law of the shared count at t_min = 0 before any rule: P(k) = int_0^1 Binomial(k; L, g(t)) dt,
+    g(t) = gamma(0.999 t + 0.001), by Simpson's rule on 20001 points (error far below 1e-9); and
+    E[t | count >= 2]."""
+    t = np.linspace(0.0, 1.0, 20001)
+    w = np.ones_like(t)
+    w[1:-1:2], w[2:-1:2] = 4, 2
+    w /= 3 * (len(t) - 1)
+    g = _GAMMA[schedule](0.999 * t + 0.001)
+    dens = np.stack([math.comb(L, k) * g**k * (1 - g) ** (L - k) for k in range(L + 1)])
+    p_ge2 = dens[2:].sum(0)
+    return dens @ w, float((t * p_ge2) @ w / (p_ge2 @ w))
+
+
+@pytest.mark.parametrize("schedule", ["linear", "exp"])
+def test_shared_count_is_redrawn_not_clamped(schedule):
+    """At t_min = 0 with 4 tokens, draws with fewer than 2 masked are common (about 40% for linear,
+    12% for exp). Redrawing gives P(k) / P(>= 2) for k = 2..4; clamping would pile P(0) + P(1) onto
+    k = 2 (linear: 0.60 instead of 0.33; exp: 0.22 instead of 0.11) and leave E[t] = 1/2."""
+    L, n = 4, 4000
+    law, mean_t = _count_law(schedule, L)
+    redraw = law[2:] / law[2:].sum()
+    clamp = np.concatenate([[law[:3].sum()], law[3:]])
+    g = gen(11)
+    cfg = MaskingConfig(schedule=schedule, distribution="bernoulli", shared_count=True, t_min=0.0)
+    draws = [draw_mask(cfg, 2, L, g) for _ in range(n)]
+    counts = np.array([int(d.mask[0].sum()) for d in draws])
+    assert all(bool((d.mask.sum(1) == d.mask[0].sum()).all()) for d in draws[:50])
+    freq = np.bincount(counts, minlength=L + 1)[2:] / n
+    sd = np.sqrt(redraw * (1 - redraw) / n)
+    assert np.all(np.abs(freq - redraw) < 4.5 * sd), (freq, redraw)
+    assert abs(freq[0] - clamp[0]) > 10 * sd[0]  # the clamping law is far off
+    ts = np.array([float(d.t[0]) for d in draws])
+    assert abs(ts.mean() - mean_t) < 4.5 * ts.std() / np.sqrt(n), (ts.mean(), mean_t)
+
+
+def test_shared_count_draw_is_reproducible_per_seed():
+    cfg = MaskingConfig(schedule="linear", distribution="bernoulli", shared_count=True, t_min=0.0)
+    draws = []
+    for seed in range(20):  # with 4 tokens about 40% of first candidates are rejected
+        a, b = draw_mask(cfg, 3, 4, gen(seed)), draw_mask(cfg, 3, 4, gen(seed))
+        assert torch.equal(a.mask, b.mask) and torch.equal(a.t, b.t) and torch.equal(a.weight, b.weight)
+        assert int(a.mask[0].sum()) >= 2
+        draws.append((tuple(a.mask.flatten().tolist()), float(a.t[0])))
+    assert len(set(draws)) == 20
