@@ -17,6 +17,7 @@ import json
 import math
 import os
 import time
+import warnings
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -165,6 +166,12 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | os.PathLike, run_d
         return _train_tokenizer(cfg, out_dir, run_dir, data_root, device, limit, max_steps, progress, stack)
 
 
+def _extra_buffers(model: torch.nn.Module) -> dict[str, Tensor]:
+    """Buffers outside the state dict (the VQ codebook's EMA statistics): training state all the same."""
+    persistent = set(model.state_dict())
+    return {k: v for k, v in model.named_buffers() if k not in persistent}
+
+
 def _resume_state(state_path: Path, cfg: TokenizerTrainConfig) -> dict[str, Any]:
     ck = load_torch(state_path)
     if not isinstance(ck, dict) or ck.get("format") != "emigm-tokenizer-train":
@@ -199,6 +206,14 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, out_dir: Path, run_dir: Path, da
     step, elapsed = 0, 0.0
     if ck is not None:
         model.load_state_dict(ck["model"])
+        extra = _extra_buffers(model)
+        if "buffers" in ck:
+            with torch.no_grad():
+                for k, v in ck["buffers"].items():
+                    extra[k].copy_(v)
+        elif extra:
+            warnings.warn(f"{state_path} predates saving {', '.join(extra)}; they restart, so this run "
+                          "will not match an uninterrupted one exactly")
         opt.load_state_dict(ck["optimizer"])
         gen.set_state(ck["generator"])
         step, elapsed = ck["step"], ck["elapsed"]
@@ -209,7 +224,7 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, out_dir: Path, run_dir: Path, da
 
     def save_state() -> None:
         torch_save({"format": "emigm-tokenizer-train", "settings": _settings(cfg), "step": step,
-                    "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "model": model.state_dict(), "buffers": _extra_buffers(model), "optimizer": opt.state_dict(),
                     "generator": gen.get_state(), "elapsed": elapsed + time.perf_counter() - t0}, state_path)
 
     model.train()

@@ -167,7 +167,7 @@ def test_corrupt_vq_file_is_a_clear_error(tmp_path) -> None:
 
 @pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed")
 def test_train_vq_tokenizer_smoke_and_resume(tmp_path) -> None:
-    """The VQ-VAE trains through emigm.tokenizer_train (kind vq) and resumes."""
+    """The VQ-VAE trains through emigm.tokenizer_train (kind vq); 1 + 1 steps equal 2 steps."""
     from emigm.tokenizer_train import TokenizerTrainConfig, train_tokenizer
 
     cfg = TokenizerTrainConfig(kind="vq", steps=2, batch_size=8, codebook_size=16, log_every=1)
@@ -179,6 +179,8 @@ def test_train_vq_tokenizer_smoke_and_resume(tmp_path) -> None:
     assert load_vqvae(str(tmp_path / "out" / "vq.safetensors")).cfg.codebook_size == 16
     assert train_tokenizer(cfg, tmp_path / "out2", tmp_path / "split", limit=64, max_steps=1, progress=False) == {}
     train_tokenizer(cfg, tmp_path / "out2", tmp_path / "split", limit=64, progress=False)
+    a, b = (torch.load(tmp_path / d / "state.pt") for d in ("run", "split"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert [json.loads(x)["step"] for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
