@@ -223,7 +223,7 @@ def test_shipped_vq_reconstructs_fashion_mnist() -> None:
 
 
 def _expected_kl16_shapes() -> dict[str, tuple[int, ...]]:
-    """The LDM / MAR kl16.ckpt layout, written out level by level from spec section 7."""
+    """The LDM / MAR kl16.ckpt layout (the KL-16 VAE of Li et al. 2024, MAR), written out level by level."""
     shapes: dict[str, tuple[int, ...]] = {}
 
     def conv(name: str, cin: int, cout: int, k: int) -> None:
