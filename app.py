@@ -25,11 +25,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from emigm.cli import CliError, resolve_device
+    from emigm.devices import resolve_device
 
     try:
         device = resolve_device(args.device)
-    except CliError as e:
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from app.engine import Engine

@@ -1,4 +1,4 @@
-"""Saving and loading: inference exports (safetensors + JSON) and atomic file writes.
+"""Saving and loading: inference exports (safetensors + JSON), checkpoint reading and key checks.
 
 An export is a folder holding `model.safetensors` (EMA weights) and `config.json` (the RunConfig under
 "config" plus metadata such as the training command, steps and final loss). Shipped models live in
@@ -10,13 +10,13 @@ import argparse
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .config import RunConfig, from_dict, to_dict
+from .fileio import write_bytes
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
@@ -39,39 +39,6 @@ def command_line() -> str:
     else:
         argv = ["python", *argv]
     return shlex.join(argv)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to a temp file in the same folder, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; exports are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # The one non-tensor class the reference training code pickles into its checkpoints ("args").
@@ -133,9 +100,9 @@ def save_export(model: torch.nn.Module, cfg: RunConfig, out_dir: str | os.PathLi
 
     out = Path(out_dir)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in (state or model.state_dict()).items()}
-    atomic_write_bytes(out / WEIGHTS_FILE, save(tensors))
+    write_bytes(out / WEIGHTS_FILE, save(tensors))
     doc = {"config": to_dict(cfg), "meta": meta or {}}
-    atomic_write_bytes(out / CONFIG_FILE, json.dumps(doc, indent=2, sort_keys=True).encode())
+    write_bytes(out / CONFIG_FILE, json.dumps(doc, indent=2, sort_keys=True).encode())
     return out
 
 

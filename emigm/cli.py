@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 from .checkpoint import CheckpointError
+from .devices import resolve_device
+from .fileio import WriteError
 
 EXIT_USAGE = 2
 
@@ -16,8 +18,10 @@ class CliError(Exception):
     """A user error: printed as one line, exit code 2."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2, no usage dump
+class ArgParser(argparse.ArgumentParser):
+    """argparse with one-line errors: a bad argument raises CliError (exit 2, no usage dump)."""
+
+    def error(self, message: str):
         raise CliError(message)
 
 
@@ -77,18 +81,6 @@ def sampler_configs(a: argparse.Namespace, draft: bool = False):
     guidance = GuidanceConfig(**{n: (tuple(v) if isinstance(v := getattr(a, n), list) else v)
                                  for n in field_names(GuidanceConfig)})
     return sampler, guidance
-
-
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CliError("--device cuda was requested but no CUDA device is available; use --device cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise CliError(f"unknown device {name!r}; valid: auto, cpu, cuda")
-    return torch.device(name)
 
 
 def load_for_sampling(a: argparse.Namespace, device):
@@ -197,6 +189,8 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 def cmd_train_tokenizer(a: argparse.Namespace) -> None:
     from .tokenizer_train import TokenizerTrainConfig, train_tokenizer
 
+    if a.max_steps is not None and a.max_steps < 1:
+        raise CliError(f"--max-steps must be >= 1, got {a.max_steps}")
     defaults = {"kl": dict(steps=3600, lr=2e-3), "vq": dict(steps=1700, lr=2e-3)}[a.kind] if a.kind in ("kl", "vq") else {}
     cfg = TokenizerTrainConfig(kind=a.kind, steps=a.steps or defaults.get("steps", 1),
                                batch_size=a.batch_size, lr=a.lr or defaults.get("lr", 1.0), seed=a.seed,
@@ -227,8 +221,8 @@ def cmd_train_classifier(a: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m emigm", description="eMIGM: masked image generation")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = ArgParser(prog="python -m emigm", description="eMIGM: masked image generation")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgParser)
 
     s = sub.add_parser("schedule", help="per-step reveal counts and transformer passes (no model)")
     add_sampler_args(s)
@@ -285,9 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_train_classifier)
 
-    from .train import register_cli as register_train
+    from .cli_train import register as register_training
 
-    register_train(sub)
+    register_training(sub)
     return p
 
 
@@ -296,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         args.func(args)
-    except (CliError, ValueError, FileNotFoundError, CheckpointError) as e:
+    except (CliError, ValueError, FileNotFoundError, CheckpointError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

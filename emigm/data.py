@@ -24,6 +24,8 @@ import torch
 from PIL import Image
 
 from .config import DataConfig, TokenizerConfig
+from .fileio import atomic_write, write_text
+from .seeds import STREAM_AUGMENT, mix_seed
 
 Tensor = torch.Tensor
 EncodeFn = Callable[[Tensor], tuple[Tensor, Tensor]]  # images -> (mean, logvar), each (B, c, h, w)
@@ -121,8 +123,7 @@ def to_unit_range(images_u8: np.ndarray | Tensor) -> Tensor:
 
 def _index_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     """A generator addressed by (seed, epoch, index): items are reproducible in any worker."""
-    mixed = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB)
-    return torch.Generator().manual_seed(mixed % (1 << 63))
+    return torch.Generator().manual_seed(mix_seed(seed, STREAM_AUGMENT, epoch, index))
 
 
 class _Augmented(torch.utils.data.Dataset):
@@ -320,10 +321,7 @@ CACHE_FORMAT, CACHE_VERSION = "emigm-latent-cache", 1
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.save(f, array))
 
 
 def cache_latents(dataset: torch.utils.data.Dataset, encode_fn: EncodeFn, out_dir: str | os.PathLike,
@@ -381,9 +379,7 @@ def cache_latents(dataset: torch.utils.data.Dataset, encode_fn: EncodeFn, out_di
         shards.append({"moments": mom_path.name, "labels": lab_path.name, "count": count})
     index = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "num_images": n, "shard_size": shard_size,
              "latent_shape": latent_shape, "dtype": str(np.dtype(dtype)), "shards": shards}
-    tmp = out / "index.json.tmp"
-    tmp.write_text(json.dumps(index, indent=2))
-    os.replace(tmp, out / "index.json")
+    write_text(out / "index.json", json.dumps(index, indent=2))
     return out
 
 

@@ -8,6 +8,7 @@ gives the value real images reach at the same n, through the same code path).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -22,6 +23,8 @@ import torch.nn.functional as F
 from .checkpoint import command_line
 from .config import from_dict
 from .data import load_fashion_mnist, to_unit_range
+from .fileio import ensure_writable_dir, write_bytes
+from .optim import lr_at, one_cycle
 
 Tensor = torch.Tensor
 CLASSIFIER_NAME = "fmnist-classifier"
@@ -95,20 +98,15 @@ def _augment(x: Tensor, generator: torch.Generator, max_shift: int = 0) -> Tenso
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.chmod(tmp, 0o644)  # safetensors creates files owner-only
-    os.replace(tmp, path)
-
-
 def train_classifier(root: str | None, out_dir: str | os.PathLike = "assets/classifier", epochs: int = 6,
                      batch_size: int = 256, seed: int = 0, device: str | torch.device = "cpu",
                      lr: float = 3e-3, max_shift: int = 0, progress: bool = True) -> dict:
-    """Train the Fashion-MNIST classifier (Adam, one-cycle cosine LR, flip + optional shift augmentation),
+    """Train the Fashion-MNIST classifier (Adam with a one-cycle schedule of the learning rate and of
+    beta1, as torch's OneCycleLR; flip + optional shift augmentation),
     measure test accuracy, and write out_dir/fmnist-classifier.safetensors and .json atomically.
     Returns the JSON record (config, test_accuracy, epochs, command, seconds, ...)."""
     start = time.time()
+    ensure_writable_dir(out_dir, "output folder")  # before minutes of training, not after
     device = torch.device(device)
     g = torch.Generator().manual_seed(seed)
     train_x, train_y = load_fashion_mnist(root, "train")
@@ -119,7 +117,10 @@ def train_classifier(root: str | None, out_dir: str | os.PathLike = "assets/clas
     model.to(device)
     steps_per_epoch = len(x_all) // batch_size
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    lr_sched = one_cycle(lr, epochs * steps_per_epoch)
+    # beta1 runs the same cycle the other way, 0.95 -> 0.85 -> 0.95 (OneCycleLR's cycle_momentum)
+    beta1_sched = dataclasses.replace(lr_sched, initial=0.95, peak=0.85, final=0.95)
+    step = 0
     log: list[dict] = []
     for epoch in range(epochs):
         model.train()
@@ -137,8 +138,11 @@ def train_classifier(root: str | None, out_dir: str | os.PathLike = "assets/clas
             loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, lr_sched)
+                group["betas"] = (lr_at(step, beta1_sched), group["betas"][1])
             opt.step()
-            sched.step()
+            step += 1
             total += len(y)
             correct += int((logits.argmax(1) == y).sum())
             loss_sum += float(loss.detach()) * len(y)
@@ -167,17 +171,16 @@ def train_classifier(root: str | None, out_dir: str | os.PathLike = "assets/clas
 
 def save_classifier(model: Classifier, out_dir: str | os.PathLike, record: dict | None = None) -> Path:
     """Write out_dir/fmnist-classifier.safetensors (weights) and .json (`record` plus the config),
-    each atomically (temp file + os.replace). Returns the weights path."""
-    from safetensors.torch import save_file
+    each atomically (emigm.fileio). Returns the weights path."""
+    from safetensors.torch import save
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     record = {"format": "emigm-fmnist-classifier", "version": 1, **(record or {}),
               "config": json.loads(json.dumps(asdict(model.cfg)))}
     weights = out / f"{CLASSIFIER_NAME}.safetensors"
-    _atomic_write(weights, lambda p: save_file(state, str(p)))
-    _atomic_write(out / f"{CLASSIFIER_NAME}.json", lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
+    write_bytes(weights, save(state))
+    write_bytes(out / f"{CLASSIFIER_NAME}.json", (json.dumps(record, indent=2) + "\n").encode())
     return weights
 
 

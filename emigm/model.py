@@ -1,7 +1,7 @@
 """The masked generative network: (tokens, mask, condition) -> per-token condition z.
 
 MAE-style encoder-decoder of MAR / eMIGM with buffer (class) slots. Parameter names and shapes follow
-the official checkpoints (spec sec. 6) so they load without renaming. The per-token head is attached
+the official eMIGM / MAR checkpoints so they load without renaming. The per-token head is attached
 as `diffloss` (continuous tokens, name from the checkpoints) or `token_head` (discrete tokens); the
 model never runs a sampling loop (see emigm.sampler).
 """

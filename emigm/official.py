@@ -1,7 +1,7 @@
 """Loading the published eMIGM and MAR checkpoints (GSAI-ML/eMIGM `eMIGM_*_256_checkpoint.pth`, MAR
 `checkpoint-last.pth`) into our model, with no renaming beyond what the layout needs.
 
-Our parameter names are the checkpoints' (spec sec. 6), so a state dict loads as it is. Two details:
+Our parameter names are the checkpoints', so a state dict loads as it is. Two details:
 - the state dict may be plain or under "model" / "model_ema" (the EMA weights are preferred);
 - under "CFG with mask" the null class and the mask token are one vector: it is read from the
   `mask_token` key (shape (1, width)), and a `fake_latent` copy of it, if present, is dropped.

@@ -1,8 +1,12 @@
-"""Optimisation pieces of the eMIGM recipe (spec sec. 3): AdamW parameter groups, the learning-rate
-schedule and the EMA of weights. Pure functions of the config; the loop lives in emigm.train."""
+"""Optimisation pieces: AdamW parameter groups (eMIGM / MAR recipe: no weight decay on 1-D
+parameters, biases and the per-token head) and the one learning-rate schedule function, `lr_at`,
+which every training loop here uses (generator, tokenizers, classifier). The EMA of weights is in
+emigm.ema; the loop in emigm.trainer.
+"""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -11,9 +15,10 @@ from .config import TrainConfig
 
 Tensor = torch.Tensor
 
-# Parameters of the per-token head (both kinds) get no weight decay (spec sec. 3).
+# Parameters of the per-token head (both kinds) get no weight decay, as in MAR.
 HEAD_PREFIXES = ("diffloss.", "token_head.")
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine")  # TrainConfig.lr_schedule: the decay shape after warm-up
+WARMUP_SHAPES = ("linear", "cosine")
 
 
 def no_decay(name: str, param: Tensor) -> bool:
@@ -42,47 +47,89 @@ def base_lr(cfg: TrainConfig) -> float:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.AdamW:
-    """AdamW with the config's betas over `param_groups`; lr is set each step by `lr_at`."""
+    """AdamW with the config's betas over `param_groups`; lr is set each step from `lr_at`."""
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=base_lr(cfg),
                              betas=tuple(cfg.betas), fused=fused or None)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate for 0-based optimiser step `step`: linear warm-up to base_lr over warmup_steps
-    (reaching it at step warmup_steps - 1), then constant, or cosine decay to min_lr at cfg.steps."""
-    if cfg.lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
-    peak = base_lr(cfg)
-    if step < cfg.warmup_steps:
-        return peak * (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "constant":
-        return peak
-    span = max(1, cfg.steps - cfg.warmup_steps)
-    frac = min(1.0, (step - cfg.warmup_steps) / span)
-    return cfg.min_lr + (peak - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * frac))
+# ----------------------------------------------------------------------------- learning rate
 
 
-def ema_init(model: nn.Module) -> dict[str, Tensor]:
-    """A float32 copy of the model's state dict (same keys), on the model's device."""
-    return {k: v.detach().to(torch.float32 if v.is_floating_point() else v.dtype, copy=True)
-            for k, v in model.state_dict().items()}
+@dataclass(frozen=True)
+class LRSchedule:
+    """A warm-up and a decay that meet at `peak`, over 0-based optimiser steps:
+
+        warm-up  `initial` at step warmup_start -> `peak` at step warmup_end  (shape: linear / cosine)
+        hold     `peak` until decay_start
+        decay    `peak` at decay_start -> `final` at decay_end, then held     (shape: constant / cosine)
+
+    Steps may be fractional (one-cycle places its turn at 0.3 * steps - 1). Build one with
+    `warmup_then_decay` (the trainer's and the tokenizers' schedules) or `one_cycle` (the
+    classifier's, torch's OneCycleLR)."""
+
+    peak: float
+    warmup_end: float = -1.0
+    decay_start: float = 0.0
+    decay_end: float = 1.0
+    decay: str = "constant"
+    final: float = 0.0
+    warmup: str = "linear"
+    initial: float = 0.0
+    warmup_start: float = -1.0
+
+    def __post_init__(self) -> None:
+        if self.decay not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.decay!r}; valid: {', '.join(LR_SCHEDULES)}")
+        if self.warmup not in WARMUP_SHAPES:
+            raise ValueError(f"unknown warm-up shape {self.warmup!r}; valid: {', '.join(WARMUP_SHAPES)}")
+        for name in ("peak", "final", "initial"):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ValueError(f"learning rate {name} must be finite, got {value}")
+        if not self.warmup_start <= self.warmup_end <= self.decay_start < self.decay_end:
+            raise ValueError("LRSchedule needs warmup_start <= warmup_end <= decay_start < decay_end, got "
+                             f"{self.warmup_start}, {self.warmup_end}, {self.decay_start}, {self.decay_end}")
 
 
-@torch.no_grad()
-def ema_decay(cfg_decay: float, step: int, warmup: bool) -> float:
-    """EMA decay at optimizer step `step` (1-based). With warm-up, min(decay, (1 + step) / (10 + step)):
-    early weights are forgotten quickly, so a short run's EMA is not dominated by its initialisation."""
-    return min(cfg_decay, (1.0 + step) / (10.0 + step)) if warmup else cfg_decay
+def _anneal(start: float, end: float, pct: float, shape: str) -> float:
+    """From `start` (pct 0) to `end` (pct 1): linear, or half a cosine (as torch's OneCycleLR)."""
+    if shape == "linear":
+        return start + (end - start) * pct
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * pct))
 
 
-def ema_update(ema: dict[str, Tensor], model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * weights for floating tensors; others are copied."""
-    floats_e, floats_m = [], []
-    for k, v in model.state_dict().items():
-        if v.is_floating_point():
-            floats_e.append(ema[k])
-            floats_m.append(v.detach().float())
-        else:
-            ema[k].copy_(v)
-    if floats_e:
-        torch._foreach_lerp_(floats_e, floats_m, 1.0 - decay)
+def lr_at(step: int, schedule: LRSchedule) -> float:
+    """The learning rate for 0-based optimiser step `step`."""
+    s = schedule
+    if step <= s.warmup_end:
+        if s.warmup == "linear":  # written out so the trainer's numbers stay bit-identical
+            return s.initial + (s.peak - s.initial) * (step - s.warmup_start) / (s.warmup_end - s.warmup_start)
+        return _anneal(s.initial, s.peak, (step - s.warmup_start) / (s.warmup_end - s.warmup_start), "cosine")
+    if step < s.decay_start or s.decay == "constant":
+        return s.peak
+    pct = min(1.0, (step - s.decay_start) / (s.decay_end - s.decay_start))
+    return _anneal(s.peak, s.final, pct, s.decay)
+
+
+def warmup_then_decay(peak: float, warmup_steps: int, steps: int, decay: str = "constant",
+                      final: float = 0.0) -> LRSchedule:
+    """Linear warm-up from 0 reaching `peak` at step warmup_steps - 1, then constant, or a cosine
+    from `peak` at step warmup_steps down to `final` at step `steps`."""
+    return LRSchedule(peak=peak, warmup_start=-1, warmup_end=warmup_steps - 1, decay_start=warmup_steps,
+                      decay_end=warmup_steps + max(1, steps - warmup_steps), decay=decay, final=final)
+
+
+def one_cycle(peak: float, steps: int, pct_start: float = 0.3, div_factor: float = 25.0,
+              final_div_factor: float = 1e4) -> LRSchedule:
+    """torch's OneCycleLR (two phases, cosine): from peak / div_factor up to `peak` at step
+    pct_start * steps - 1, then down to peak / div_factor / final_div_factor at step steps - 1."""
+    initial = peak / div_factor
+    turn = float(pct_start * steps) - 1
+    return LRSchedule(peak=peak, warmup_start=0.0, warmup_end=turn, decay_start=turn, decay_end=steps - 1,
+                      decay="cosine", final=initial / final_div_factor, warmup="cosine", initial=initial)
+
+
+def training_schedule(cfg: TrainConfig) -> LRSchedule:
+    """The trainer's schedule: lr = blr * batch / 256 after `warmup_steps` of linear warm-up, then
+    constant or cosine to `min_lr` at `steps` (TrainConfig.lr_schedule)."""
+    return warmup_then_decay(base_lr(cfg), cfg.warmup_steps, cfg.steps, cfg.lr_schedule, cfg.min_lr)

@@ -135,7 +135,7 @@ PRESETS: dict[str, RunConfig] = {
     "fmnist-maskgit-gpu": FMNIST_MASKGIT_GPU,
     "fmnist-emigm-mini": FMNIST_EMIGM_MINI,
     "fmnist-emigm-mini-fakecfg": _fakecfg(FMNIST_EMIGM_MINI),
-    # The paper's ImageNet recipes (spec sec. 6): width / depth / heads / head depth / head width.
+    # The paper's ImageNet recipes (You et al. 2025, eMIGM): width / depth / heads / head depth / head width.
     "in256-xs": _imagenet("in256-xs", 448, 10, 8, 3, 1024, 1024),
     "in256-s": _imagenet("in256-s", 512, 12, 8, 3, 1024, 1024),
     "in256-b": _imagenet("in256-b", 768, 12, 12, 6, 1024, 2048),

@@ -200,14 +200,14 @@ def save_smoother(smoother: Smoother, out_dir: str | os.PathLike, base_cfg: dict
     """Write model.safetensors + config.json ({"config", "base", "meta"}) into out_dir."""
     from safetensors.torch import save
 
-    from .checkpoint import atomic_write_bytes
     from .config import to_dict
+    from .fileio import write_bytes
 
     out = Path(out_dir)
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in (state or smoother.state_dict()).items()}
-    atomic_write_bytes(out / WEIGHTS_FILE, save(tensors))
+    write_bytes(out / WEIGHTS_FILE, save(tensors))
     doc = {"config": to_dict(smoother.cfg), "base": base_cfg, "meta": meta or {}}
-    atomic_write_bytes(out / CONFIG_FILE, json.dumps(doc, indent=2, sort_keys=True).encode())
+    write_bytes(out / CONFIG_FILE, json.dumps(doc, indent=2, sort_keys=True).encode())
     return out
 
 

@@ -2,9 +2,11 @@
 (`fmnist-vq`), with one resumable loop.
 
 Run folder (`run_dir`): `state.pt` (model, optimiser, generator, step; written atomically every
-`ckpt_every` steps) and `metrics.jsonl`. Re-running the same command continues from `state.pt`
-exactly; a different setting is refused with the differing keys listed. At the end the tokenizer is
-evaluated on the test split and exported to `out_dir` (weights + a JSON record), atomically.
+`ckpt_every` steps), `metrics.jsonl` and `.lock` (held while training: a second trainer on the same
+folder stops with a message naming the first one's pid). Re-running the same command continues from
+`state.pt` exactly; a different setting is refused with the differing keys listed (settings added
+to the code later are accepted at their defaults). At the end the tokenizer is evaluated on the test
+split and exported to `out_dir` (weights + a JSON record), atomically.
 
 Batches are drawn with replacement from a torch.Generator (its state is checkpointed), so a resumed
 run sees the same batches as an uninterrupted one.
@@ -15,6 +17,8 @@ import json
 import math
 import os
 import time
+import warnings
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointError, atomic_torch_save, atomic_write_bytes, command_line, load_torch
+from .checkpoint import CheckpointError, command_line, load_torch
+from .fileio import ensure_writable_dir, torch_save, write_bytes
+from .optim import LRSchedule, lr_at, warmup_then_decay
+from .runs import MetricsLog, RunLock, config_diff, trim_metrics
 
 Tensor = torch.Tensor
 TOKENIZER_KINDS = ("kl", "vq")
@@ -67,13 +74,9 @@ def build_autoencoder(cfg: TokenizerTrainConfig):
     return VQVAE(VQVAEConfig(codebook_size=cfg.codebook_size))
 
 
-def _lr_at(cfg: TokenizerTrainConfig, step: int) -> float:
+def lr_schedule(cfg: TokenizerTrainConfig) -> LRSchedule:
     """Linear warm-up over min(100, steps/10) steps, then cosine decay to 10 % of the peak."""
-    warmup = max(1, min(100, cfg.steps // 10))
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    frac = (step - warmup) / max(1, cfg.steps - warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+    return warmup_then_decay(cfg.lr, max(1, min(100, cfg.steps // 10)), cfg.steps, "cosine", final=0.1 * cfg.lr)
 
 
 def _loss(model, cfg: TokenizerTrainConfig, x: Tensor, gen: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
@@ -150,13 +153,45 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | os.PathLike, run_d
                     data_root: str | None = None, device: str | torch.device = "cpu", limit: int = 0,
                     max_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a tokenizer; at `cfg.steps` evaluate it on the test split and export it to
-    `out_dir`. `limit` > 0 uses only the first `limit` images of each split (tests); `max_steps` stops
-    early with a checkpoint and no export. Returns the metrics (empty before the end)."""
+    `out_dir`. `limit` > 0 uses only the first `limit` images of each split (tests); `max_steps` >= 1
+    stops early with a checkpoint and no export. Returns the metrics (empty before the end)."""
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1 (or None: train to steps), got {max_steps}")
+    device = torch.device(device)
+    out_dir, run_dir = Path(out_dir), Path(run_dir)
+    ensure_writable_dir(run_dir, "run folder")  # before any work; the export folder too
+    ensure_writable_dir(out_dir, "export folder")
+    with ExitStack() as stack:
+        stack.enter_context(RunLock(run_dir))
+        return _train_tokenizer(cfg, out_dir, run_dir, data_root, device, limit, max_steps, progress, stack)
+
+
+def _extra_buffers(model: torch.nn.Module) -> dict[str, Tensor]:
+    """Buffers outside the state dict (the VQ codebook's EMA statistics): training state all the same."""
+    persistent = set(model.state_dict())
+    return {k: v for k, v in model.named_buffers() if k not in persistent}
+
+
+def _resume_state(state_path: Path, cfg: TokenizerTrainConfig) -> dict[str, Any]:
+    ck = load_torch(state_path)
+    if not isinstance(ck, dict) or ck.get("format") != "emigm-tokenizer-train":
+        raise CheckpointError(f"{state_path} is not a tokenizer training state")
+    diff = config_diff(ck["settings"], _settings(cfg), _settings(TokenizerTrainConfig()))
+    if diff:
+        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"{state_path} was written with different settings ({listed}); use the saved "
+                         "values or another --run-dir")
+    return ck
+
+
+def _train_tokenizer(cfg: TokenizerTrainConfig, out_dir: Path, run_dir: Path, data_root: str | None,
+                     device: torch.device, limit: int, max_steps: int | None, progress: bool,
+                     stack: ExitStack) -> dict[str, Any]:
     from .klvae import KLVAE
     from .vqvae import load_fmnist_images
 
-    device = torch.device(device)
-    out_dir, run_dir = Path(out_dir), Path(run_dir)
+    state_path = run_dir / STATE_FILE
+    ck = _resume_state(state_path, cfg) if state_path.exists() else None
     train = load_fmnist_images(data_root or "", "train")
     test = load_fmnist_images(data_root or "", "test")
     if limit:
@@ -167,54 +202,52 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | os.PathLike, run_d
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
+    schedule = lr_schedule(cfg)
     step, elapsed = 0, 0.0
-    state_path = run_dir / STATE_FILE
-    if state_path.exists():
-        ck = load_torch(state_path)
-        if not isinstance(ck, dict) or ck.get("format") != "emigm-tokenizer-train":
-            raise CheckpointError(f"{state_path} is not a tokenizer training state")
-        if ck["settings"] != _settings(cfg):
-            diff = {k: (ck["settings"].get(k), v) for k, v in _settings(cfg).items() if ck["settings"].get(k) != v}
-            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-            raise ValueError(f"{state_path} was written with different settings ({listed}); use the saved "
-                             "values or another --run-dir")
+    if ck is not None:
         model.load_state_dict(ck["model"])
+        extra = _extra_buffers(model)
+        if "buffers" in ck:
+            with torch.no_grad():
+                for k, v in ck["buffers"].items():
+                    extra[k].copy_(v)
+        elif extra:
+            warnings.warn(f"{state_path} predates saving {', '.join(extra)}; they restart, so this run "
+                          "will not match an uninterrupted one exactly")
         opt.load_state_dict(ck["optimizer"])
         gen.set_state(ck["generator"])
         step, elapsed = ck["step"], ck["elapsed"]
         print(f"resuming {run_dir} at step {step}", flush=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    trim_metrics(run_dir / METRICS_FILE, step)
     stop = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
     t0 = time.perf_counter()
 
     def save_state() -> None:
-        atomic_torch_save({"format": "emigm-tokenizer-train", "settings": _settings(cfg), "step": step,
-                           "model": model.state_dict(), "optimizer": opt.state_dict(),
-                           "generator": gen.get_state(), "elapsed": elapsed + time.perf_counter() - t0},
-                          state_path)
+        torch_save({"format": "emigm-tokenizer-train", "settings": _settings(cfg), "step": step,
+                    "model": model.state_dict(), "buffers": _extra_buffers(model), "optimizer": opt.state_dict(),
+                    "generator": gen.get_state(), "elapsed": elapsed + time.perf_counter() - t0}, state_path)
 
     model.train()
-    with open(run_dir / METRICS_FILE, "a") as metrics:
-        while step < stop:
-            idx = torch.randint(0, train.shape[0], (cfg.batch_size,), generator=gen)
-            x = train[idx].to(device)
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(cfg, step)
-            loss, logs = _loss(model, cfg, x, gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            if step % cfg.log_every == 0 or step == stop:
-                rec = {"step": step, "loss": float(loss.detach()), **{k: float(v) for k, v in logs.items()},
-                       "elapsed": round(elapsed + time.perf_counter() - t0, 2)}
-                metrics.write(json.dumps(rec) + "\n")
-                metrics.flush()
-                if progress:
-                    print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()),
-                          flush=True)
-            if step % cfg.ckpt_every == 0 or step == stop:
-                save_state()
+    metrics = stack.enter_context(MetricsLog(run_dir / METRICS_FILE))
+    while step < stop:
+        idx = torch.randint(0, train.shape[0], (cfg.batch_size,), generator=gen)
+        x = train[idx].to(device)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, schedule)
+        loss, logs = _loss(model, cfg, x, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % cfg.log_every == 0 or step == stop:
+            rec = {"step": step, "loss": float(loss.detach()), **{k: float(v) for k, v in logs.items()},
+                   "elapsed": round(elapsed + time.perf_counter() - t0, 2)}
+            metrics.write(rec)
+            if progress:
+                print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()),
+                      flush=True)
+        if step % cfg.ckpt_every == 0 or step == stop:
+            save_state()
     elapsed += time.perf_counter() - t0
     if step < cfg.steps:
         return {}
@@ -235,8 +268,8 @@ def export_tokenizer(model, out_dir: str | os.PathLike, cfg: TokenizerTrainConfi
     out_dir = Path(out_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     arch = json.dumps(asdict(model.cfg))
-    atomic_write_bytes(out_dir / f"{cfg.kind}.safetensors",
+    write_bytes(out_dir / f"{cfg.kind}.safetensors",
                        save(state, metadata={"config": arch, "metrics": json.dumps(metrics)}))
     record = {"config": asdict(model.cfg), "training": asdict(cfg), "metrics": metrics,
               "command": command_line(), "torch": torch.__version__}
-    atomic_write_bytes(out_dir / f"{cfg.kind}.json", (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    write_bytes(out_dir / f"{cfg.kind}.json", (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())

@@ -1,8 +1,8 @@
-"""A small VQ-VAE for 28 x 28 (or 32 x 32) grey images, and its training loop.
+"""A small VQ-VAE for 28 x 28 (or 32 x 32) grey images.
 
 Owns: the conv encoder / decoder (stride 4: 7 x 7 tokens at 28 px, 8 x 8 at 32 px), the vector
-quantiser, `train_vqvae` (Fashion-MNIST from its IDX files), and the safetensors export that
-`emigm.tokenizers.VQTokenizer` loads.
+quantiser, the Fashion-MNIST image loader its training uses, and the safetensors export that
+`emigm.tokenizers.VQTokenizer` loads. Training: emigm.tokenizer_train (kind "vq").
 
 Codebook learning: EMA k-means updates (van den Oord et al. 2017, appendix; decay 0.99, Laplace
 smoothing) with a straight-through estimator and a commitment loss (beta = 0.25) for the encoder.
@@ -13,22 +13,18 @@ the current batch, and the codebook is initialised from the first batch, so code
 from __future__ import annotations
 
 import json
-import math
 import os
-import tempfile
-import time
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
-from .checkpoint import command_line
+from .fileio import write_bytes
 
 Tensor = torch.Tensor
-
 
 
 @dataclass(frozen=True)
@@ -234,23 +230,6 @@ def load_fmnist_images(root: str, split: str, image_size: int = 28) -> Tensor:
 # ----------------------------------------------------------------------------- save / load
 
 
-def _atomic_write(path: str, write) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_vqvae(model: VQVAE, path: str, extra: dict | None = None) -> None:
     """Write inference weights (encoder, decoder, codebook) as safetensors; the architecture config
     is stored in the file's metadata under "config" so the file loads on its own."""
@@ -258,7 +237,7 @@ def save_vqvae(model: VQVAE, path: str, extra: dict | None = None) -> None:
     meta = {"config": json.dumps(asdict(model.cfg))}
     if extra:
         meta["metrics"] = json.dumps(extra)
-    _atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+    write_bytes(path, save(state, metadata=meta))
 
 
 def load_vqvae(path: str, device: torch.device | str = "cpu") -> VQVAE:
@@ -286,97 +265,3 @@ def load_vqvae(path: str, device: torch.device | str = "cpu") -> VQVAE:
     q.ema_sum.copy_(q.codebook * q.dead_threshold)
     q.initialised.fill_(True)
     return model.eval()
-
-
-# ----------------------------------------------------------------------------- training
-
-
-@torch.no_grad()
-def evaluate_vqvae(model: VQVAE, images: Tensor, batch_size: int = 500) -> dict[str, float]:
-    """Mean PSNR (dB) over `images` (N, C, H, W) in [-1, 1], fraction of codes used, perplexity."""
-    device = next(model.parameters()).device
-    model.eval()
-    total_psnr, counts = 0.0, torch.zeros(model.cfg.codebook_size, dtype=torch.float64)
-    for i in range(0, images.shape[0], batch_size):
-        x = images[i:i + batch_size].to(device)
-        ids = model.encode(x)
-        total_psnr += float(psnr(model.decode_codes(ids), x).sum())
-        counts += torch.bincount(ids.flatten().cpu(), minlength=model.cfg.codebook_size).double()
-    p = counts / counts.sum()
-    entropy = -(p[p > 0] * p[p > 0].log()).sum()
-    return {"psnr": total_psnr / images.shape[0], "codebook_used": float((counts > 0).double().mean()),
-            "perplexity": float(entropy.exp())}
-
-
-def train_vqvae(data_root: str, out_dir: str, steps: int = 3000, batch_size: int = 128,
-                codebook_size: int = 512, seed: int = 0, device: str | torch.device = "cpu",
-                lr: float = 2e-3, image_size: int = 28, hidden: int = 64, codebook_dim: int = 32,
-                beta: float = 0.25, log_every: int = 100, limit: int = 0) -> dict[str, float]:
-    """Train the VQ-VAE on Fashion-MNIST train images; evaluate on the test split; write
-    `out_dir/vq.safetensors` (weights + config metadata) and `out_dir/vq.json` (config, metrics and
-    the command line), both atomically. Returns the metrics. `limit` > 0 uses only the first
-    `limit` images of each split (smoke tests).
-
-    Deterministic for a given seed and device: parameters are initialised under a forked, seeded RNG
-    and batches / code restarts draw from a torch.Generator.
-    """
-    device = torch.device(device)
-    cfg = VQVAEConfig(image_size=image_size, channels=1, hidden=hidden, codebook_size=codebook_size,
-                      codebook_dim=codebook_dim)
-    train = load_fmnist_images(data_root, "train", image_size)
-    test = load_fmnist_images(data_root, "test", image_size)
-    if limit:
-        train, test = train[:limit], test[:limit]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = VQVAE(cfg)
-    model.to(device).train()
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    warmup = max(1, min(100, steps // 10))
-
-    def lr_at(step: int) -> float:  # linear warm-up, cosine decay to 10 %
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        frac = (step - warmup) / max(1, steps - warmup)
-        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-
-    start = time.time()
-    restarted = 0
-    for step in range(steps):
-        idx = torch.randint(0, train.shape[0], (batch_size,), generator=gen)
-        x = train[idx].to(device)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        recon, ids, commit, z = model(x)
-        rec = F.mse_loss(recon, x)
-        loss = rec + beta * commit
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        flat = z.detach().permute(0, 2, 3, 1).reshape(-1, cfg.codebook_dim)
-        restarted += model.quantizer.ema_update(flat, ids, gen)
-        if log_every and (step % log_every == 0 or step == steps - 1):
-            used = int((model.quantizer.ema_count > model.quantizer.dead_threshold).sum())
-            print(f"step {step:5d}  rec {rec.item():.4f}  commit {commit.item():.4f}  "
-                  f"live codes {used}  restarts {restarted}  {time.time() - start:.0f}s", flush=True)
-            restarted = 0
-    train_seconds = time.time() - start
-    metrics = evaluate_vqvae(model, test)
-    metrics.update(train_seconds=round(train_seconds, 1), steps=steps, batch_size=batch_size,
-                   seed=seed, lr=lr, beta=beta)
-    print(f"test PSNR {metrics['psnr']:.2f} dB  codebook used {metrics['codebook_used']:.3f}  "
-          f"perplexity {metrics['perplexity']:.1f}", flush=True)
-    save_vqvae(model, os.path.join(out_dir, "vq.safetensors"), metrics)
-    record = {"config": asdict(cfg), "metrics": metrics, "data_root": data_root or "default (Debian dataset-fashion-mnist)",
-              "eval_images": int(test.shape[0]),
-              "command": command_line(),
-              "torch": torch.__version__}
-
-    def write_json(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(record, f, indent=2, sort_keys=True)
-            f.write("\n")
-
-    _atomic_write(os.path.join(out_dir, "vq.json"), write_json)
-    return metrics

@@ -76,7 +76,7 @@ def test_cosine_schedule_endpoints_and_monotone():
     assert DIFF.betas.max() == 0.999 and DIFF.betas[-1] == 0.999
     assert math.isclose(DIFF.betas[0].item(), 1 - cosine_alpha_bar(1 / T) / cosine_alpha_bar(0.0))
     assert DIFF.betas.dtype == torch.float64
-    assert DIFF.logsnr.num_steps == 996  # DPM-Solver clips lambda < -5.1: 996 of 1000 steps (spec)
+    assert DIFF.logsnr.num_steps == 996  # DPM-Solver clips lambda < -5.1: 996 of 1000 steps
 
 
 def test_respacing():

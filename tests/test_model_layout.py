@@ -1,4 +1,4 @@
-"""The backbone's parameter names and shapes follow the official eMIGM / MAR checkpoints (spec sec. 6)."""
+"""The backbone's parameter names and shapes follow the official eMIGM / MAR checkpoints."""
 from dataclasses import replace
 
 import pytest

@@ -13,8 +13,7 @@ from emigm.tokenizers import (TOKENIZERS, DCAETokenizer, KL16Tokenizer, PatchTok
                               build_tokenizer)
 from emigm.vae import AutoencoderKL16, KL16Config, load_kl16
 from emigm.data import DEFAULT_FASHION_MNIST as DEFAULT_FMNIST
-from emigm.vqvae import (VQVAE, VQVAEConfig, VectorQuantizer, load_fmnist_images,
-                         load_vqvae, psnr, save_vqvae, train_vqvae)
+from emigm.vqvae import VQVAE, VQVAEConfig, VectorQuantizer, load_fmnist_images, load_vqvae, psnr, save_vqvae
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 SHIPPED_VQ = os.path.join(ASSETS, "fmnist-vq", "vq.safetensors")
@@ -167,14 +166,44 @@ def test_corrupt_vq_file_is_a_clear_error(tmp_path) -> None:
 
 
 @pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed")
-def test_train_vqvae_smoke(tmp_path) -> None:
-    metrics = train_vqvae("", str(tmp_path), steps=2, batch_size=8, codebook_size=16, hidden=16,
-                          codebook_dim=4, log_every=0, limit=64)
-    record = json.loads((tmp_path / "vq.json").read_text())
+def test_train_vq_tokenizer_smoke_and_resume(tmp_path) -> None:
+    """The VQ-VAE trains through emigm.tokenizer_train (kind vq); 1 + 1 steps equal 2 steps."""
+    from emigm.tokenizer_train import TokenizerTrainConfig, train_tokenizer
+
+    cfg = TokenizerTrainConfig(kind="vq", steps=2, batch_size=8, codebook_size=16, log_every=1)
+    metrics = train_tokenizer(cfg, tmp_path / "out", tmp_path / "run", limit=64, progress=False)
+    record = json.loads((tmp_path / "out" / "vq.json").read_text())
     assert record["metrics"]["steps"] == 2 and "command" in record
-    assert record["config"]["codebook_size"] == 16
+    assert record["config"]["codebook_size"] == 16 and record["training"]["kind"] == "vq"
     assert 0.0 < metrics["codebook_used"] <= 1.0 and metrics["psnr"] > 0
-    assert load_vqvae(str(tmp_path / "vq.safetensors")).cfg.hidden == 16
+    assert load_vqvae(str(tmp_path / "out" / "vq.safetensors")).cfg.codebook_size == 16
+    assert train_tokenizer(cfg, tmp_path / "out2", tmp_path / "split", limit=64, max_steps=1, progress=False) == {}
+    train_tokenizer(cfg, tmp_path / "out2", tmp_path / "split", limit=64, progress=False)
+    a, b = (torch.load(tmp_path / d / "state.pt") for d in ("run", "split"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert [json.loads(x)["step"] for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed")
+def test_tokenizer_training_faults(tmp_path) -> None:
+    """A second trainer on the run folder, a bad max_steps, settings added to the code later."""
+    from emigm.runs import RunLock, RunLockedError
+    from emigm.tokenizer_train import TokenizerTrainConfig, train_tokenizer
+
+    cfg = TokenizerTrainConfig(kind="vq", steps=2, batch_size=8, codebook_size=16)
+    with RunLock(tmp_path / "run"):
+        with pytest.raises(RunLockedError, match=f"pid {os.getpid()}"):
+            train_tokenizer(cfg, tmp_path / "out", tmp_path / "run", limit=64, progress=False)
+    with pytest.raises(ValueError, match="max_steps must be >= 1"):
+        train_tokenizer(cfg, tmp_path / "out", tmp_path / "run", limit=64, max_steps=0, progress=False)
+    train_tokenizer(cfg, tmp_path / "out", tmp_path / "run", limit=64, max_steps=1, progress=False)
+    state = torch.load(tmp_path / "run" / "state.pt")
+    del state["settings"]["beta"]  # a state written before `beta` was a setting (its default: 0.25)
+    torch.save(state, tmp_path / "run" / "state.pt")
+    with pytest.raises(ValueError, match=r"beta: \(absent\) -> 0\.5"):
+        train_tokenizer(dataclasses.replace(cfg, beta=0.5), tmp_path / "out", tmp_path / "run", limit=64,
+                        progress=False)
+    assert train_tokenizer(cfg, tmp_path / "out", tmp_path / "run", limit=64, progress=False)["steps"] == 2
 
 
 @pytest.mark.skipif(not (HAVE_FMNIST and os.path.exists(SHIPPED_VQ)), reason="shipped VQ-VAE or data missing")
@@ -194,7 +223,7 @@ def test_shipped_vq_reconstructs_fashion_mnist() -> None:
 
 
 def _expected_kl16_shapes() -> dict[str, tuple[int, ...]]:
-    """The LDM / MAR kl16.ckpt layout, written out level by level from spec section 7."""
+    """The LDM / MAR kl16.ckpt layout (the KL-16 VAE of Li et al. 2024, MAR), written out level by level."""
     shapes: dict[str, tuple[int, ...]] = {}
 
     def conv(name: str, cin: int, cout: int, k: int) -> None:

@@ -12,14 +12,15 @@ import torch
 import torch.multiprocessing as mp
 
 from emigm import cli
-from emigm import train as train_mod
 from emigm.checkpoint import CheckpointError, load_export, load_torch
 from emigm.config import RunConfig, apply_overrides
+from emigm.datastream import DataStream
 from emigm.model import MaskedGenerator
-from emigm.optim import lr_at, param_groups
+from emigm.optim import lr_at, param_groups, training_schedule
 from emigm.presets import get_preset
+from emigm.runs import list_checkpoints
 from emigm.sampler import SamplerConfig, sample
-from emigm.train import DataStream, list_checkpoints, train
+from emigm.train import train
 from emigm.vqvae import VQVAE, VQVAEConfig, save_vqvae
 
 
@@ -95,7 +96,7 @@ def test_loss_falls_and_run_folder(trained: dict) -> None:
     first, last = [r["loss"] for r in rows[:8]], [r["loss"] for r in rows[-8:]]
     assert sum(last) / 8 < 0.7 * sum(first) / 8, (first, last)
     names = sorted(os.listdir(trained["run_dir"]))
-    assert names == ["ckpt-0000020.pt", "ckpt-0000040.pt", "config.json", "export", "metrics.jsonl"]
+    assert names == [".lock", "ckpt-0000020.pt", "ckpt-0000040.pt", "config.json", "export", "metrics.jsonl"]
     assert json.loads(open(os.path.join(trained["run_dir"], "config.json")).read())["train"]["steps"] == 40
 
 
@@ -197,7 +198,7 @@ def test_ddp_two_processes_keep_replicas_identical(tmp_path) -> None:
     s0, s1 = (torch.load(tmp_path / f"state{r}.pt") for r in (0, 1))
     assert_same_tree(s0, s1)
     assert not (tmp_path / "rank1-run").exists()
-    assert sorted(os.listdir(tmp_path / "run")) == ["ckpt-0000002.pt", "ckpt-0000003.pt", "config.json",
+    assert sorted(os.listdir(tmp_path / "run")) == [".lock", "ckpt-0000002.pt", "ckpt-0000003.pt", "config.json",
                                                     "export", "metrics.jsonl"]
     ck = load_torch(tmp_path / "run" / "ckpt-0000003.pt")
     assert_same_tree(ck["model"], s0["model"])
@@ -227,25 +228,23 @@ def test_ranks_split_each_global_batch() -> None:
 # ----------------------------------------------------------------------------- pieces
 
 
-def _cli(argv: list[str]) -> int:
-    """Through the project CLI when it registers `train`, else the module's own entry point."""
-    parser = cli.build_parser()
-    commands = next(a for a in parser._actions if a.dest == "command").choices
-    return cli.main(argv) if "train" in commands else train_mod.main(argv[1:])
+def test_cli_registers_train_and_export() -> None:
+    commands = next(a for a in cli.build_parser()._actions if a.dest == "command").choices
+    assert {"train", "export"} <= set(commands)
 
 
 def test_dry_run_prints_the_resolved_config(capsys) -> None:
-    code = _cli(["train", "--preset", "test-tiny", "--dry-run", "--train.steps", "7", "--data.limit=5",
-                 "--masking.label-drop", "0.2"])
+    code = cli.main(["train", "--preset", "test-tiny", "--dry-run", "--train.steps", "7", "--data.limit=5",
+                     "--masking.label-drop", "0.2"])
     assert code == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["train"]["steps"] == 7 and doc["data"]["limit"] == 5 and doc["masking"]["label_drop"] == 0.2
     assert doc["name"] == "test-tiny"
-    assert _cli(["train", "--preset", "test-tiny", "--dry-run", "--train.nope", "1"]) == 2
+    assert cli.main(["train", "--preset", "test-tiny", "--dry-run", "--train.nope", "1"]) == 2
     assert "train.nope" in capsys.readouterr().err
-    assert _cli(["train", "--preset", "test-tiny", "--dry-run", "stray"]) == 2
-    assert _cli(["train", "--preset", "test-tiny", "--dry-run", "--train.batch_size", "7",
-                 "--train.grad_accum", "2"]) == 2
+    assert cli.main(["train", "--preset", "test-tiny", "--dry-run", "stray"]) == 2
+    assert cli.main(["train", "--preset", "test-tiny", "--dry-run", "--train.batch_size", "7",
+                        "--train.grad_accum", "2"]) == 2
 
 
 @pytest.mark.parametrize("preset", ["test-tiny", "test-tiny-vq"])
@@ -268,13 +267,14 @@ def test_weight_decay_groups(preset: str) -> None:
 def test_lr_schedule() -> None:
     t = get_preset("test-tiny").train  # blr 1e-3, batch 8, warm-up 2, 20 steps
     peak = 1e-3 * 8 / 256
-    assert lr_at(0, t) == pytest.approx(peak / 2) and lr_at(1, t) == pytest.approx(peak)
-    assert lr_at(19, t) == pytest.approx(peak)
-    cos = apply_overrides(t, [("lr_schedule", "cosine"), ("min_lr", 1e-6)])
+    s = training_schedule(t)
+    assert lr_at(0, s) == pytest.approx(peak / 2) and lr_at(1, s) == pytest.approx(peak)
+    assert lr_at(19, s) == pytest.approx(peak)
+    cos = training_schedule(apply_overrides(t, [("lr_schedule", "cosine"), ("min_lr", 1e-6)]))
     assert lr_at(2, cos) == pytest.approx(peak) and lr_at(11, cos) == pytest.approx((peak + 1e-6) / 2)
     assert lr_at(20, cos) == pytest.approx(1e-6)
     with pytest.raises(ValueError, match="lr_schedule"):
-        lr_at(0, dataclasses.replace(t, lr_schedule="linear"))
+        training_schedule(dataclasses.replace(t, lr_schedule="linear"))
 
 
 def test_export_from_a_checkpoint_before_the_end(tmp_path):
@@ -287,11 +287,3 @@ def test_export_from_a_checkpoint_before_the_end(tmp_path):
     model, got, meta = load_export(tmp_path / "exp")
     assert got == cfg and meta["steps"] == 2 and meta["planned_steps"] == 6
     assert main(["export", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "x")]) == 2
-
-
-def test_ema_warmup_decay():
-    from emigm.optim import ema_decay
-
-    assert ema_decay(0.999, 5, False) == 0.999
-    warm = [ema_decay(0.999, s, True) for s in (0, 10, 100, 10000)]
-    assert warm[0] == pytest.approx(0.1) and warm == sorted(warm) and warm[-1] == 0.999
