@@ -62,6 +62,33 @@ def cmd_train(args: argparse.Namespace) -> None:
           f"{out['images_per_s']:.1f} images/s on {out['device']}{export}")
 
 
+def cmd_train_sg(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from .config import apply_overrides, to_json
+    from .devices import resolve_device
+    from .loading import load_generator
+    from .sg_train import sg_run_config, train_sg
+
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
+    device = resolve_device(args.device)
+    gen = load_generator(args.base, device)
+    run = apply_overrides(sg_run_config(gen), getattr(args, "overrides", []))
+    if args.dry_run:
+        print(to_json(run))
+        return
+    run_dir = args.out_dir or f"{run.train.out_dir}/{run.name}"
+    out = train_sg(gen, run, run_dir, device=device, max_steps=args.max_steps, progress=not args.no_progress)
+    export = f", export {out['export_dir']} (copy it to <base export>/self-guidance/ to use it)" \
+        if out["export_dir"] else ""
+    if out["steps_run"] == 0:
+        print(f"{out['run_dir']}: already at step {out['step']} of {run.train.steps}; nothing to train{export}")
+        return
+    print(f"{out['run_dir']}: step {out['step']}, loss {out['final_loss']:.4f}, "
+          f"{out['images_per_s']:.1f} images/s on {out['device']}{export}")
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from .runs import export_checkpoint
 
@@ -90,4 +117,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="stop at this step (>= 1; checkpointed; resumable) without changing train.steps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train, overrides=[])
+    accept_overrides(p)
+
+    p = subparsers.add_parser("train-sg", help="train a self-guidance module on a frozen base model",
+                              description="Train the self-guidance module of a base export with the "
+                                          "error-token task; --smoother.KEY / --train.KEY VALUE override "
+                                          "the run. Re-running the same command resumes.")
+    p.add_argument("--base", required=True, help="the base model: a shipped name or an export folder")
+    p.add_argument("--out-dir", default="", help="run folder (default: {train.out_dir}/BASE-sg)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved run config as JSON and exit")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--max-steps", type=int, default=None, help="stop at this step (>= 1; resumable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train_sg, overrides=[])
     accept_overrides(p)
