@@ -74,11 +74,11 @@ FMNIST_MASKGIT = RunConfig(
     name="fmnist-maskgit",
     tokenizer=_FMNIST_VQ,
     # MaskGIT is a plain bidirectional transformer: every layer sees every position (no MAE)
-    backbone=_backbone(192, 3, 6, mae=False),
+    backbone=_backbone(128, 4, 4, mae=False),
     head=HeadConfig(kind="categorical", label_smoothing=0.1),
     masking=_MASKGIT_MASKING,
     data=_FMNIST_DATA,
-    train=replace(_CPU_TRAIN, steps=4000, blr=2e-3),
+    train=replace(_CPU_TRAIN, steps=4000),
 )
 FMNIST_MASKGIT_GPU = replace(FMNIST_MASKGIT, name="fmnist-maskgit-gpu", backbone=_backbone(384, 6, 6, mae=False),
                              train=_GPU_TRAIN)
