@@ -9,7 +9,10 @@ Settings (each point: N class-balanced samples scored by the shipped classifier,
 - head solver DDPM-100 vs DPM-Solver++ at 4, 8, 14 head steps;
 - no CFG, CFG at every step, CFG in intervals, with pass counts;
 - CFG with mask (fmnist-emigm) vs fake class (fmnist-emigm-fakecfg) over scales;
-- continuous eMIGM vs discrete MaskGIT (fmnist-maskgit) at equal NFE.
+- continuous eMIGM vs discrete MaskGIT (fmnist-maskgit) at equal NFE;
+- self-guidance on MaskGIT (its module shipped in assets/fmnist-maskgit/self-guidance): plain vs guided
+  at the same steps and at equal NFE, the scale s in {0, 0.5, 1, 2, 3}, and FD / accuracy / precision /
+  recall over the Gumbel temperature of the confidence order with and without it.
 Each claim is then stated as "holds" or "does not hold here" from the numbers, with no tuning.
 """
 from __future__ import annotations
@@ -26,25 +29,28 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from emigm.checkpoint import ASSETS_DIR, load_export, resolve_export  # noqa: E402
+from emigm.checkpoint import ASSETS_DIR  # noqa: E402
 from emigm.config import to_dict  # noqa: E402
-from emigm.model import MaskedGenerator  # noqa: E402
-from emigm.presets import get_preset  # noqa: E402
-from emigm.sampler import GuidanceConfig, SamplerConfig  # noqa: E402
+from emigm.guidance import GuidanceConfig  # noqa: E402
+from emigm.loading import load_generator, random_generator  # noqa: E402
+from emigm.sampler import SamplerConfig  # noqa: E402
 from emigm.scoring import evaluate_generator  # noqa: E402
-from emigm.tokenizers import build_tokenizer  # noqa: E402
 
 BASE = SamplerConfig(num_steps=16, schedule="exp", draft=False)
 CFG = 3.0
+# MaskGIT's sampler: cosine schedule, exact counts, most confident first with linearly annealed Gumbel noise
+MASKGIT = SamplerConfig(num_steps=16, schedule="cosine", count_rule="exact", order="confidence", draft=False)
+MASKGIT_NAME = "fmnist-maskgit"
 
 
 def load(name: str, random_init: bool, device):
     if random_init:
-        torch.manual_seed(0)
-        cfg = get_preset(name)
-        return MaskedGenerator(cfg).to(device).eval(), cfg, str(ASSETS_DIR)
-    model, cfg, meta = load_export(name, device)
-    return model, cfg, str(resolve_export(name))
+        gen = random_generator(name, device)
+        if name == MASKGIT_NAME:  # an untrained module, for the pipeline test
+            from emigm.self_guidance import Smoother, config_for
+            gen.smoother = Smoother(config_for(gen.model)).to(device).eval()
+        return gen
+    return load_generator(name, device)
 
 
 def suite(available: set[str], emigm: str = "fmnist-emigm", steps_list: tuple[int, ...] = (4, 8, 16, 32),
@@ -67,12 +73,22 @@ def suite(available: set[str], emigm: str = "fmnist-emigm", steps_list: tuple[in
         for scale in (1.5, 2.0, 3.0, 4.0):
             for model in (emigm, emigm + "-fakecfg"):
                 rows.append(("null", f"{model} w={scale}", model, BASE, GuidanceConfig(cfg_scale=scale)))
-    if "fmnist-maskgit" in available:
+    if MASKGIT_NAME in available:
         for steps in (8, 16):
-            rows.append(("discrete", f"maskgit S={steps}", "fmnist-maskgit",
-                         SamplerConfig(num_steps=steps, schedule="cosine", count_rule="exact", order="confidence",
-                                       draft=False), GuidanceConfig()))
+            rows.append(("discrete", f"maskgit S={steps}", MASKGIT_NAME, replace(MASKGIT, num_steps=steps),
+                         GuidanceConfig()))
             rows.append(("discrete", f"emigm S={steps}", emigm, replace(BASE, num_steps=steps), GuidanceConfig()))
+    if MASKGIT_NAME + "+sg" in available:
+        for steps in (8, 16):
+            for s in (0.0, 1.0):
+                rows.append(("sg", f"maskgit S={steps} s={s:g}", MASKGIT_NAME, replace(MASKGIT, num_steps=steps),
+                             GuidanceConfig(sg_scale=s)))
+        for s in (0.5, 2.0, 3.0):
+            rows.append(("sg-scale", f"maskgit S=16 s={s:g}", MASKGIT_NAME, MASKGIT, GuidanceConfig(sg_scale=s)))
+        for tau in (1.0, 4.5, 10.0, 25.0):
+            for s in (0.0, 1.0):
+                rows.append(("sg-tau", f"maskgit S=16 tau={tau:g} s={s:g}", MASKGIT_NAME,
+                             replace(MASKGIT, order_temperature=tau), GuidanceConfig(sg_scale=s)))
     return rows
 
 
@@ -98,6 +114,28 @@ def verdicts(results: list[dict]) -> list[dict]:
                     "holds": inter["fd"] <= 1.1 * every["fd"] and inter["passes"] < every["passes"],
                     "numbers": {"every": [round(every["fd"], 3), every["passes"]],
                                 "interval": [round(inter["fd"], 3), inter["passes"]]}})
+    sg = {k: fd(f"maskgit S={k[0]} s={k[1]}") for k in ((8, "0"), (8, "1"), (16, "0"), (16, "1"))}
+    if all(v is not None for v in sg.values()):
+        out.append({"claim": "self-guidance (s = 1) improves FD over plain MaskGIT at the same steps (8 and 16)",
+                    "holds": sg[(8, "1")] < sg[(8, "0")] and sg[(16, "1")] < sg[(16, "0")],
+                    "numbers": {"S=8 plain": round(sg[(8, "0")], 3), "S=8 guided": round(sg[(8, "1")], 3),
+                                "S=16 plain": round(sg[(16, "0")], 3), "S=16 guided": round(sg[(16, "1")], 3)}})
+        out.append({"claim": "self-guidance improves FD at equal NFE (guided 8 steps = 16 passes vs plain 16 steps)",
+                    "holds": sg[(8, "1")] < sg[(16, "0")],
+                    "numbers": {"guided S=8 (16 passes)": round(sg[(8, "1")], 3),
+                                "plain S=16 (16 passes)": round(sg[(16, "0")], 3)}})
+        scales = {s_: fd(f"maskgit S=16 s={s_}") for s_ in ("0", "0.5", "1", "2", "3")}
+        if all(v is not None for v in scales.values()):
+            best = min(scales, key=scales.get)
+            out.append({"claim": "the self-guidance scale s = 1 is best of {0, 0.5, 1, 2, 3}", "holds": best == "1",
+                        "numbers": {f"s={k}": round(v, 3) for k, v in scales.items()}})
+    taus = sorted({r["sampler"]["order_temperature"] for r in results if r["claim"] == "sg-tau"})
+    if taus:
+        pairs = {t: (fd(f"maskgit S=16 tau={t:g} s=0"), fd(f"maskgit S=16 tau={t:g} s=1")) for t in taus}
+        better = [t for t, (p, g) in pairs.items() if p is not None and g is not None and g < p]
+        out.append({"claim": "self-guidance lowers FD at every Gumbel temperature of the confidence order",
+                    "holds": len(better) == len(pairs),
+                    "numbers": {f"tau={t:g}": [round(p, 3), round(g, 3)] for t, (p, g) in pairs.items()}})
     mask = [r for r in results if r["claim"] == "null" and not r["model"].endswith("-fakecfg")]
     fake = [r for r in results if r["claim"] == "null" and r["model"].endswith("-fakecfg")]
     if mask and fake:
@@ -120,7 +158,8 @@ def main() -> None:
     p.add_argument("--merge", nargs="+", default=None, metavar="DIR",
                    help="instead of measuring, merge the claims.json of runs made with --only into --out-dir")
     p.add_argument("--note", default="", help="a paragraph stored with the results (context for readers)")
-    p.add_argument("--only", default="", help="comma-separated claim groups: schedule,solver,cfg,null,discrete")
+    p.add_argument("--only", default="", help="comma-separated claim groups: schedule,solver,cfg,null,discrete,"
+                                              "sg,sg-scale,sg-tau")
     a = p.parse_args()
     if a.merge:
         docs = [json.loads((Path(d) / "claims.json").read_text()) for d in a.merge]
@@ -129,8 +168,10 @@ def main() -> None:
               [pt for d in docs for pt in d["points"]], a.note)
         return
     device = torch.device(a.device)
-    names = (a.emigm, a.emigm + "-fakecfg", "fmnist-maskgit")
+    names = (a.emigm, a.emigm + "-fakecfg", MASKGIT_NAME)
     available = set(names) if a.random_init else {n for n in names if (ASSETS_DIR / n / "config.json").is_file()}
+    if a.random_init or (ASSETS_DIR / MASKGIT_NAME / "self-guidance" / "config.json").is_file():
+        available.add(MASKGIT_NAME + "+sg")
     if a.emigm not in available:
         sys.exit(f"error: {a.emigm} is not shipped in assets/; train it first (see README) or pass --random-init")
     rows = suite(available, a.emigm, tuple(a.steps), tuple(a.head_steps))
@@ -141,10 +182,10 @@ def main() -> None:
     print(f"{'claim':<9} {'setting':<28} {'passes':>6} {'FD':>9} {'acc':>6} {'prec':>6} {'rec':>6} {'img/s':>7}")
     for claim, label, name, sampler, guidance in rows:
         if name not in cache:
-            model, cfg, root = load(name, a.random_init, device)
-            cache[name] = (model, build_tokenizer(cfg.tokenizer, root=root).to(device).eval())
-        model, tok = cache[name]
-        r = evaluate_generator(model, tok, a.num_samples, sampler, guidance, batch_size=a.batch_size, floor=False)
+            cache[name] = load(name, a.random_init, device)
+        gen = cache[name]
+        r = evaluate_generator(gen.model, gen.tokenizer, a.num_samples, sampler, guidance, batch_size=a.batch_size,
+                               floor=False, smoother=gen.smoother)
         row = {"claim": claim, "label": label, "model": name, "nfe": r["passes"],
                "sampler": to_dict(sampler), "guidance": to_dict(guidance),
                **{k: r[k] for k in ("fd", "class_accuracy", "precision", "recall", "passes", "head_evals", "images_per_s")}}
@@ -165,6 +206,8 @@ def series(point: dict) -> str:
         return "CFG: none, every step, intervals"
     if claim == "null":
         return "CFG with fake class" if point["model"].endswith("-fakecfg") else "CFG with mask"
+    if claim in ("sg", "sg-scale", "sg-tau"):
+        return f"MaskGIT, self-guidance s={point['guidance']['sg_scale']:g}"
     return point["model"]
 
 

@@ -261,10 +261,21 @@ class SyntheticDataset(torch.utils.data.Dataset):
 class EncodedDataset(torch.utils.data.Dataset):
     """A dataset encoded once, in memory: item i is (moments (2, c, h, w) = [mean, logvar], label).
     Training samples a latent from the moments per step (emigm.train), as MAR does with KL-16; used
-    for the small `kl` tokenizer, whose encoder is cheap enough to run over the whole set at start."""
+    for the small `kl` tokenizer. With `cache` (a file path) the moments are read from it when present
+    and written to it (atomically) otherwise, so runs on the same data and tokenizer encode once."""
 
     def __init__(self, dataset: torch.utils.data.Dataset, encode_fn: EncodeFn, batch_size: int = 500,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", cache: str | os.PathLike | None = None) -> None:
+        if cache is not None and Path(cache).is_file():
+            from .checkpoint import CheckpointError, load_torch
+
+            try:
+                doc = load_torch(cache)
+                self.moments, self.labels = doc["moments"], doc["labels"]
+                if len(self.labels) == len(dataset) and self.moments.shape[0] == len(dataset):
+                    return
+            except (CheckpointError, KeyError, TypeError, AttributeError):
+                pass  # unreadable or stale: encode again and replace it
         moments, labels = [], []
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
         with torch.inference_mode():
@@ -273,6 +284,10 @@ class EncodedDataset(torch.utils.data.Dataset):
                 moments.append(torch.stack([mean, logvar], 1).float().cpu())
                 labels.append(torch.as_tensor(y, dtype=torch.int64))
         self.moments, self.labels = torch.cat(moments), torch.cat(labels)
+        if cache is not None:
+            from .fileio import torch_save
+
+            torch_save({"moments": self.moments, "labels": self.labels}, cache)
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -228,7 +228,7 @@ def _build_patch(cfg: TokenizerConfig, root: str | None) -> Tokenizer:
 
 
 def _build_vq(cfg: TokenizerConfig, root: str | None) -> Tokenizer:
-    tok = VQTokenizer(load_vqvae(_resolve(cfg, root, "vq.safetensors", "VQ-VAE weights (vq.safetensors)")))
+    tok = VQTokenizer(load_vqvae(resolve_weights(cfg, root)))
     _check(cfg, "codebook_size", cfg.codebook_size, tok.codebook_size)
     _check(cfg, "stride", cfg.stride, tok.stride)
     _check(cfg, "image_size", cfg.image_size, tok.image_size)
@@ -236,8 +236,20 @@ def _build_vq(cfg: TokenizerConfig, root: str | None) -> Tokenizer:
     return tok
 
 
+_WEIGHTS = {"vq": ("vq.safetensors", "VQ-VAE weights (vq.safetensors)"),
+            "kl": ("kl.safetensors", "KL autoencoder weights (kl.safetensors)"),
+            "kl16": ("kl16.ckpt", "KL-16 VAE checkpoint (kl16.ckpt)")}
+
+
+def resolve_weights(cfg: TokenizerConfig, root: str | None = None) -> str:
+    """The weights file of a vq / kl / kl16 tokenizer (FileNotFoundError naming it when missing)."""
+    if cfg.kind not in _WEIGHTS:
+        raise ValueError(f"the {cfg.kind} tokenizer has no weights file")
+    return _resolve(cfg, root, *_WEIGHTS[cfg.kind])
+
+
 def _build_kl(cfg: TokenizerConfig, root: str | None) -> Tokenizer:
-    tok = KLTokenizer(load_klvae(_resolve(cfg, root, "kl.safetensors", "KL autoencoder weights (kl.safetensors)")))
+    tok = KLTokenizer(load_klvae(resolve_weights(cfg, root)))
     _check(cfg, "latent_channels", cfg.latent_channels, tok.token_dim)
     _check(cfg, "stride", cfg.stride, tok.stride)
     _check(cfg, "image_size", cfg.image_size, tok.image_size)
@@ -246,7 +258,7 @@ def _build_kl(cfg: TokenizerConfig, root: str | None) -> Tokenizer:
 
 
 def _build_kl16(cfg: TokenizerConfig, root: str | None) -> Tokenizer:
-    path = _resolve(cfg, root, "kl16.ckpt", "KL-16 VAE checkpoint (kl16.ckpt)")
+    path = resolve_weights(cfg, root)
     vae_cfg = KL16Config()
     _check(cfg, "latent_channels", cfg.latent_channels, vae_cfg.embed_dim)
     _check(cfg, "stride", cfg.stride, vae_cfg.stride)

@@ -37,6 +37,20 @@ def build_model(cfg: RunConfig) -> MaskedGenerator:
         return MaskedGenerator(cfg)
 
 
+def _encoded_cache(cfg: RunConfig) -> Path:
+    """Where the encoded training set of a `kl` tokenizer is cached: {train.out_dir}/.cache/, keyed by
+    the tokenizer's weights and the data settings."""
+    import hashlib
+
+    from .tokenizers import resolve_weights
+
+    weights = resolve_weights(cfg.tokenizer, str(ASSETS_DIR))
+    h = hashlib.sha256(Path(weights).read_bytes())
+    d = cfg.data
+    h.update(f"{d.name}|{d.path}|{d.image_size}|{d.limit}|{cfg.tokenizer.image_size}".encode())
+    return Path(cfg.train.out_dir) / ".cache" / f"encoded-{cfg.tokenizer.kind}-{h.hexdigest()[:16]}.pt"
+
+
 def token_source(cfg: RunConfig, device: torch.device) -> tuple[torch.utils.data.Dataset, Callable]:
     """(dataset, to_tokens): to_tokens(x on device, generator) -> tokens (b, L, C) float / (b, L) int64."""
     from .data import CachedLatents, build_dataset
@@ -58,7 +72,7 @@ def token_source(cfg: RunConfig, device: torch.device) -> tuple[torch.utils.data
     if tk.kind == "kl":  # encode once; sample each step's latents from the stored posterior moments
         from .data import EncodedDataset
 
-        dataset = EncodedDataset(dataset, tokenizer.model.moments, device=device)
+        dataset = EncodedDataset(dataset, tokenizer.model.moments, device=device, cache=_encoded_cache(cfg))
 
         def sample_latents(moments: Tensor, g: torch.Generator) -> Tensor:
             mean, logvar = moments.unbind(1)
