@@ -419,13 +419,16 @@ def sample_steps(model, labels, seeds, sampler: SamplerConfig = SamplerConfig(),
     """
     from .devices import memory_guard
 
-    run, start, tokens, mask, passes, head_evals = _start(model, labels, seeds, sampler, guidance, smoother, init,
-                                                          fixed_order, precision, graphs=False)
-    predict_all = sampler.draft or sampler.order == "confidence"
-    plan = _make_plan(run.seeds, mask, sampler, start, predict_all)
+    device = next(model.parameters()).device
+    batch = torch.as_tensor(labels).numel()  # for the out-of-memory message
+    with memory_guard(batch, device, "sampling"):
+        run, start, tokens, mask, passes, head_evals = _start(model, labels, seeds, sampler, guidance, smoother, init,
+                                                              fixed_order, precision, graphs=False)
+        predict_all = sampler.draft or sampler.order == "confidence"
+        plan = _make_plan(run.seeds, mask, sampler, start, predict_all)
     for i, k in enumerate(range(start, sampler.num_steps)):
         # inference mode only around the step's work: a suspended generator must not leave it on
-        with torch.inference_mode(), memory_guard(mask.shape[0], mask.device, "sampling"):
+        with torch.inference_mode(), memory_guard(batch, device, "sampling"):
             out = _step(run, k, tokens, mask, plan.counts[i], plan.num_visible[i], plan.head_rows[i], predict_all)
         dp, dh = _cost(run, k, out)
         passes, head_evals = passes + dp, head_evals + dh
@@ -462,18 +465,22 @@ def _sample_fast(model, labels, seeds, sampler: SamplerConfig, guidance: Guidanc
                  graphs: bool = False) -> StepState:
     from .devices import memory_guard
 
-    run, start, tokens, mask, passes, head_evals = _start(model, labels, seeds, sampler, guidance, smoother, init,
-                                                          fixed_order, precision, graphs)
-    predict_all = sampler.order == "confidence"
-    plan = _make_plan(run.seeds, mask, sampler, start, predict_all)
+    device = next(model.parameters()).device
+    batch = torch.as_tensor(labels).numel()  # for the out-of-memory message
     last = None
-    with torch.inference_mode(), memory_guard(mask.shape[0], mask.device, "sampling"):
-        for i, k in enumerate(range(start, sampler.num_steps)):
-            out = _step(run, k, tokens, mask, plan.counts[i], plan.num_visible[i], plan.head_rows[i], predict_all)
-            dp, dh = _cost(run, k, out)
-            passes, head_evals = passes + dp, head_evals + dh
-            last = (k, mask, out)
-            tokens, mask = out.tokens, out.mask
+    with memory_guard(batch, device, "sampling"):
+        run, start, tokens, mask, passes, head_evals = _start(model, labels, seeds, sampler, guidance, smoother, init,
+                                                              fixed_order, precision, graphs)
+        predict_all = sampler.order == "confidence"
+        plan = _make_plan(run.seeds, mask, sampler, start, predict_all)
+        with torch.inference_mode():
+            for i, k in enumerate(range(start, sampler.num_steps)):
+                out = _step(run, k, tokens, mask, plan.counts[i], plan.num_visible[i], plan.head_rows[i],
+                            predict_all)
+                dp, dh = _cost(run, k, out)
+                passes, head_evals = passes + dp, head_evals + dh
+                last = (k, mask, out)
+                tokens, mask = out.tokens, out.mask
     if last is None:
         raise ValueError("nothing to sample: the branch state is already complete")
     k, mask_before, out = last
