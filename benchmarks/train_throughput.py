@@ -7,10 +7,12 @@ reported as skipped.
     python benchmarks/train_throughput.py                       # fmnist-emigm, fmnist-maskgit
     python benchmarks/train_throughput.py --steps 20 --device cuda --presets fmnist-emigm
     python benchmarks/train_throughput.py --override train.batch_size 128 --override train.precision fp32
+    python benchmarks/train_throughput.py --presets in256-b --latents synthetic --device cuda  # no data set needed
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -24,9 +26,28 @@ from emigm.presets import get_preset  # noqa: E402
 from emigm.train import train  # noqa: E402
 
 
-def measure(preset: str, steps: int, device: str, overrides: list[tuple[str, str]]) -> dict:
+def synthetic_latents(folder: str, cfg, n: int = 0) -> str:
+    """A latent cache of random encoder moments shaped for cfg's tokenizer (kl16 / dcae), so that the
+    ImageNet presets' training speed can be measured without ImageNet or the VAE."""
+    from emigm.data import SyntheticDataset, cache_latents
+
+    tk = cfg.tokenizer
+    shape = (tk.latent_channels, tk.grid, tk.grid)
+    gen = torch.Generator().manual_seed(0)
+
+    def encode(x):
+        mean = torch.randn(x.shape[0], *shape, generator=gen)
+        return mean, torch.full_like(mean, -4.0)
+
+    return str(cache_latents(SyntheticDataset(n or 2 * cfg.train.batch_size, 8, 3), encode, folder, batch_size=64))
+
+
+def measure(preset: str, steps: int, device: str, overrides: list[tuple[str, str]], latents: str = "") -> dict:
     cfg = apply_overrides(get_preset(preset), [("train.steps", steps), ("train.log_every", steps),
                                                ("train.ckpt_every", steps), *overrides])
+    if latents == "synthetic":
+        folder = tempfile.mkdtemp(prefix="latents-")
+        cfg = apply_overrides(cfg, [("data.cache_latents", synthetic_latents(folder, cfg))])
     with tempfile.TemporaryDirectory() as tmp:
         out = train(cfg, os.path.join(tmp, "run"), device=device, command="benchmark", progress=False)
     return {"preset": preset, "device": out["device"], "batch": cfg.train.batch_size,
@@ -41,13 +62,16 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--override", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
+    p.add_argument("--latents", default="", choices=["", "synthetic"],
+                   help="synthetic: random KL-16 / DC-AE latents for the ImageNet presets (speed only)")
+    p.add_argument("--json", default="", help="also write the rows here")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     rows = []
     for preset in a.presets:
         try:
-            rows.append(measure(preset, a.steps, a.device, [tuple(o) for o in a.override]))
+            rows.append(measure(preset, a.steps, a.device, [tuple(o) for o in a.override], a.latents))
         except (FileNotFoundError, ValueError) as e:
             print(f"skipped {preset}: {e}", file=sys.stderr)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {a.steps} steps per preset")
@@ -55,6 +79,9 @@ def main() -> None:
     for r in rows:
         print(f"{r['preset']:<16} {r['device']:<28} {r['batch']:>5} {r['precision']:>5} "
               f"{r['images_per_s']:>9.1f} {r['ms_per_step']:>9.1f}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=2)
 
 
 if __name__ == "__main__":

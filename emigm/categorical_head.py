@@ -47,6 +47,10 @@ class CategoricalHead(nn.Module):
     def evals(self, solver: str = "", steps: int = 0) -> int:
         return 1
 
+    def noise_draws(self, solver: str = "", steps: int = 0) -> int:
+        """One uniform(0) draw of (M, K) per `sample`."""
+        return 1
+
     @torch.no_grad()
     def sample_logits(self, logits: Tensor, uniform: Callable[[int], Tensor],
                       temperature: float = 1.0) -> tuple[Tensor, Tensor]:

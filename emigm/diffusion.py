@@ -328,6 +328,12 @@ def dpm2m_sample(diffusion: GaussianDiffusion, model: ModelFn, x: Tensor, noise:
     return x
 
 
+def solver_noise_draws(name: str, steps: int) -> int:
+    """How many noise(i) draws one sample asks for (i = 0 .. n-1): x_T, plus DDPM's injected noise."""
+    get_solver(name)
+    return steps if name == "ddpm" else 1
+
+
 Solver = Callable[..., Tensor]
 SOLVERS: dict[str, Solver] = {"ddpm": ddpm_sample, "dpm": dpm_sample, "dpm2m": dpm2m_sample}
 

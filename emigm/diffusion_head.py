@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from emigm.diffusion import GaussianDiffusion, get_solver, solver_evals
+from emigm.diffusion import GaussianDiffusion, get_solver, solver_evals, solver_noise_draws
 from emigm.guidance import Term, combine
 
 Tensor = torch.Tensor
@@ -170,10 +170,12 @@ class DiffusionHead(nn.Module):
         c = self.net.cond_embed(torch.cat([z, *(g.z for g in guides)]) if guides else z)
         weights = [g.weight for g in guides]
 
+        # float(): under autocast the network runs in bf16 / fp16; the guidance combination and the
+        # solver's arithmetic stay in float32
         def model(x: Tensor, t: Tensor) -> Tensor:
             if n == 1:
-                return self.net.forward_embedded(x, t[:1], c)
-            cond, *refs = self.net.forward_embedded(x.repeat(n, 1), t[:1], c).chunk(n)
+                return self.net.forward_embedded(x, t[:1], c).float()
+            cond, *refs = self.net.forward_embedded(x.repeat(n, 1), t[:1], c).float().chunk(n)
             eps = combine(cond[:, :C], [r[:, :C] for r in refs], weights)
             return torch.cat([eps, cond[:, C:]], dim=-1)
 
@@ -182,3 +184,7 @@ class DiffusionHead(nn.Module):
     def evals(self, solver: str, steps: int) -> int:
         """Network calls one `sample` makes (a guided call counts once though it runs a larger batch)."""
         return solver_evals(solver, steps)
+
+    def noise_draws(self, solver: str, steps: int) -> int:
+        """How many noise(i) draws one `sample` makes (i = 0 .. n-1)."""
+        return solver_noise_draws(solver, steps)

@@ -34,8 +34,24 @@ def _fmix(x: Tensor) -> Tensor:
     return x
 
 
+def _fmix_int(x: int) -> int:
+    """_fmix of a Python int: the same 32-bit result, computed on the host (no device tensor, so no
+    host-to-device copy, which on CUDA would wait for the stream)."""
+    x &= _M32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _M32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
+
+
 def _mix(h: Tensor, key: Tensor | int) -> Tensor:
-    return _fmix(h ^ _fmix(torch.as_tensor(key, dtype=torch.int64, device=h.device) + 0x9E3779B9))
+    if isinstance(key, int):
+        return _fmix(h ^ _fmix_int(key + 0x9E3779B9))
+    key = key.to(torch.int64)
+    if key.device != h.device:
+        key = key.to(h.device)
+    return _fmix(h ^ _fmix(key + 0x9E3779B9))
 
 
 def hash_bits(seeds: Tensor, *keys: Tensor | int, tail: tuple[int, ...] = ()) -> Tensor:

@@ -13,14 +13,20 @@ at step k (t = t_k -> s = t_{k+1}) some still-masked tokens are revealed:
 Randomness is addressed by (sample seed, stream, step, position) through emigm.rng: the "where"
 stream decides counts and positions, the "what" stream the token values, so image k is the same at
 any batch size and two guidance settings with the same seed reveal the same positions (for the
-random and fixed orders). Counts are planned before the loop; the loop itself never syncs with the
-host except to build the yielded state.
+random and fixed orders).
+
+Two loops share ONE step function (`_step`): `sample_steps`, the generator the explorer streams
+(drafts, an immutable state per step), and `sample`, the fast path (no drafts: the head samples only
+the tokens a step reveals, or every masked token under the confidence order; bf16 autocast on CUDA;
+optional CUDA-graph replay, emigm.graphs). Counts are planned from the seeds before either loop, with
+one host sync; every shape inside a step (the MAE encoder's length, the head's rows) follows from the
+plan and reaches `_step` as a Python int, so the steps never wait for the device.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -171,13 +177,14 @@ def _smallest(keys: Tensor, count: Tensor) -> Tensor:
 
 
 def _flat_select(sel: Tensor, m: int) -> tuple[Tensor, Tensor]:
-    """Row and column indices of the m True entries of sel (B, L), without a host sync."""
+    """Row and column indices of the True entries of sel (B, L), m of them, without a host sync. An m
+    above the number of True entries pads with False entries (callers discard their results)."""
     L = sel.shape[1]
     idx = (~sel).reshape(-1).to(torch.int8).argsort(stable=True)[:m]
     return idx // L, idx % L
 
 
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- one run, one step
 
 
 def _as_seeds(seeds, batch: int | None, device) -> Tensor:
@@ -186,18 +193,141 @@ def _as_seeds(seeds, batch: int | None, device) -> Tensor:
     return torch.as_tensor(seeds, dtype=torch.int64, device=device).reshape(-1)
 
 
-def sample_steps(model, labels, seeds, sampler: SamplerConfig = SamplerConfig(),
-                 guidance: GuidanceConfig = GuidanceConfig(), *, smoother=None, init: StepState | None = None,
-                 fixed_order: Tensor | None = None) -> Iterator[StepState]:
-    """Yield a StepState after every step.
+@dataclass(frozen=True)
+class _Plan:
+    """Host-side facts of the steps start..S-1, known before the loop (one host sync builds them).
 
-    model: a MaskedGenerator (its device decides where everything runs); labels: (B,) class ids;
-    seeds: (B,) per-sample seeds, or one int (sample i gets seed + i); smoother: the model's
-    self-guidance module (emigm.self_guidance), needed when guidance.sg_scale > 0; init: a state to
-    branch from (the loop resumes at init.step + 1 with the given configs); fixed_order: (L,) or (B, L)
-    reveal priority for order "fixed" (lower = earlier; default raster order).
-    """
+    counts: (S - start, B) tokens revealed per step and sample, on the device; num_visible[i]: the
+    most visible tokens of any row before step start + i (the MAE encoder's length); head_rows[i]:
+    rows the head samples at that step (every masked token with drafts or the confidence order, else
+    the revealed ones)."""
+
+    counts: Tensor
+    num_visible: list[int]
+    head_rows: list[int]
+
+
+def _make_plan(seeds: Tensor, mask: Tensor, cfg: SamplerConfig, start: int, predict_all: bool) -> _Plan:
+    L = mask.shape[1]
+    counts = plan_counts(seeds, L, cfg, mask.sum(1), start)
+    host = counts.cpu()  # the one sync: every shape of the loop follows from it
+    masked = mask.sum(1).cpu() - torch.cat([torch.zeros_like(host[:1]), host.cumsum(0)[:-1]])
+    visible = (L - masked).amax(1) if len(host) else host.new_zeros(0)
+    rows = masked.sum(1) if predict_all else host.sum(1)
+    return _Plan(counts, visible.tolist(), rows.tolist())
+
+
+@dataclass
+class _Run:
+    """What stays fixed for a whole run: the model, the configs, the per-sample inputs, and the two
+    pieces of network work of a step as callables (eager, or replayed as CUDA graphs)."""
+
+    model: object
+    smoother: object
+    sampler: SamplerConfig
+    guidance: GuidanceConfig
+    seeds: Tensor
+    labels: Tensor
+    cond: Tensor
+    null_cond: Tensor
+    fixed_keys: Tensor | None
+    grid: list[float]
+    network: Callable
+    head: Callable
+    pad: Callable[[int, int], int]  # (size, cap) -> padded size (identity unless replaying graphs)
+
+
+@dataclass(frozen=True)
+class _StepOut:
+    tokens: Tensor
+    mask: Tensor
+    revealed: Tensor
+    pred: Tensor
+    scale: Tensor
+    use_cfg: bool
+    use_sg: bool
+
+
+def network_pass(model, smoother, tokens: Tensor, mask: Tensor, cond: Tensor, null_cond: Tensor, labels: Tensor,
+                 *, num_visible: int, use_cfg: bool, use_sg: bool) -> tuple[Tensor, ...]:
+    """The transformer work of one step: z (B, L, Dd) of the conditional pass, then z of CFG's null
+    branch (batched into the same pass) and z of self-guidance's smoothed pass (a second, sequential
+    pass: it needs the conditional pass's hidden states), each only when active."""
+    B = tokens.shape[0]
+    if use_cfg:
+        hidden = model.features(torch.cat([tokens, tokens]), torch.cat([mask, mask]), torch.cat([cond, null_cond]),
+                                num_visible=num_visible).hidden
+    else:
+        hidden = model.features(tokens, mask, cond, num_visible=num_visible).hidden
+    z_all = model.to_z(hidden)
+    out = [z_all[:B]]
+    if use_cfg:
+        out.append(z_all[B:])
+    if use_sg:
+        out.append(smoother.smooth_z(model, hidden[:B], labels))
+    return tuple(out)
+
+
+def head_pass(head, z: Tensor, refs: tuple[Tensor, ...], weights: tuple[Tensor, ...], noise: Callable[[int], Tensor],
+              *, temperature: float, solver: str, steps: int) -> tuple[Tensor, ...]:
+    """The head's sample for the selected rows: values (M, C) or codes (M,), and, for a categorical
+    head, the log-probability of each code (the confidence order's score)."""
+    terms = [Term(f"guide {i}", r, w) for i, (r, w) in enumerate(zip(refs, weights))]
+    out = head.sample(z, noise, guides=terms, temperature=temperature, solver=solver, steps=steps)
+    return tuple(out) if head.discrete else (out,)
+
+
+def _step(run: _Run, k: int, tokens: Tensor, mask: Tensor, count: Tensor, num_visible: int, head_rows: int,
+          predict_all: bool) -> _StepOut:
+    """One step, t_k -> t_{k+1}: where, the network, what. Host values (k, num_visible, head_rows)
+    arrive as Python ints, so nothing here waits for the device."""
+    model, sampler, guidance, seeds = run.model, run.sampler, run.guidance, run.seeds
+    head = model.head
+    B, L = mask.shape
+    s = run.grid[k + 1]
+    use_cfg, use_sg = guidance.cfg_active(s), guidance.sg_active(s)
+    scale = torch.ones(B, device=mask.device)
+    if use_cfg:  # a Python float (constant) or (B,) tensor; never a host value copied to the device
+        frac = 1.0 - (mask.sum(1) - count).float() / L
+        scale = scale * cfg_scale_at(guidance.cfg_scale, guidance.cfg_schedule, frac)
+
+    # where (random / fixed orders do not depend on the prediction)
+    revealed = None
+    if sampler.order == "random":
+        keys = rng.uniform(seeds, rng.STREAM_WHERE, k, _KEY_POS, tail=(L,))
+        revealed = _smallest(torch.where(mask, keys, 2.0), count) & mask
+    elif sampler.order == "fixed":
+        revealed = _smallest(torch.where(mask, run.fixed_keys, float("inf")), count) & mask
+
+    z, *refs = run.network(tokens, mask, num_visible=run.pad(num_visible, L), use_cfg=use_cfg, use_sg=use_sg)
+    weights = ([scale - 1.0] if use_cfg else []) + ([torch.full((B,), guidance.sg_scale, device=mask.device)]
+                                                     if use_sg else [])
+
+    # what: the head on the selected rows (padded rows, when graphs pad, are discarded below)
+    sel = mask if predict_all else revealed
+    rows, cols = _flat_select(sel, run.pad(head_rows, B * L))
+    if head.discrete:
+        noise = lambda i: rng.uniform(seeds[rows], rng.STREAM_WHAT, k, cols, i, tail=(head.codebook_size,))  # noqa: E731
+    else:
+        token_dim = tokens.shape[-1]
+        noise = lambda i: rng.normal(seeds[rows], rng.STREAM_WHAT, k, cols, i, tail=(token_dim,))  # noqa: E731
+    values, *logp = run.head(z[rows, cols], tuple(r[rows, cols] for r in refs), tuple(w[rows] for w in weights), noise)
+    pred = tokens.index_put((rows, cols), values.to(tokens.dtype))
+    if sampler.order == "confidence":
+        conf = torch.full((B, L), float("-inf"), device=mask.device).index_put((rows, cols), logp[0].float())
+        score = conf + anneal(sampler, k) * rng.gumbel(seeds, rng.STREAM_WHERE, k, _KEY_POS, tail=(L,))
+        revealed = _smallest(torch.where(mask, -score, float("inf")), count) & mask
+
+    new_tokens = torch.where(revealed if head.discrete else revealed.unsqueeze(-1), pred, tokens)
+    return _StepOut(new_tokens, mask & ~revealed, revealed, pred, scale, use_cfg, use_sg)
+
+
+def _start(model, labels, seeds, sampler: SamplerConfig, guidance: GuidanceConfig, smoother, init: StepState | None,
+           fixed_order, precision: str, graphs: bool):
+    """Checks, the initial state and the run's fixed parts. Returns (run, start, tokens, mask, passes,
+    head_evals)."""
     from .capabilities import check_capabilities
+    from .devices import autocast, resolve_precision
 
     device = next(model.parameters()).device
     labels = torch.as_tensor(labels, dtype=torch.long, device=device).reshape(-1)
@@ -208,20 +338,19 @@ def sample_steps(model, labels, seeds, sampler: SamplerConfig = SamplerConfig(),
     if B and (int(labels.min()) < 0 or int(labels.max()) >= model.num_classes):
         raise ValueError(f"class ids must be in [0, {model.num_classes - 1}], got {labels.tolist()}")
     check_capabilities(model, sampler, guidance, smoother)
-    head = model.head
+    dtype = resolve_precision(device, precision)
+    fixed_keys = None
     if sampler.order == "fixed":
         order = torch.arange(L, device=device) if fixed_order is None else torch.as_tensor(fixed_order, device=device)
-        fixed_order = order.float().expand(B, L)
-    null_mode = guidance.cfg_mode or None
+        fixed_keys = order.float().expand(B, L)
 
     S = sampler.num_steps
-    grid = time_grid(S, sampler.t_end).tolist()
-    token_dim = model.cfg.tokenizer.token_dim
+    head = model.head
     if init is None:
         start, passes, head_evals = 0, 0, 0
         mask = torch.ones(B, L, dtype=torch.bool, device=device)
         tokens = (torch.zeros(B, L, dtype=torch.long, device=device) if head.discrete
-                  else torch.zeros(B, L, token_dim, device=device))
+                  else torch.zeros(B, L, model.cfg.tokenizer.token_dim, device=device))
     else:
         start, passes, head_evals = init.step + 1, init.passes, init.head_evals
         if start >= S:
@@ -229,94 +358,130 @@ def sample_steps(model, labels, seeds, sampler: SamplerConfig = SamplerConfig(),
         mask, tokens = init.mask_after.to(device), init.tokens.to(device)
         if mask.shape != (B, L):
             raise ValueError(f"branch state has shape {tuple(mask.shape)}, expected {(B, L)}")
-    counts = plan_counts(seeds, L, sampler, mask.sum(1), start)
-    host_counts = counts.cpu()  # one sync before the loop: shapes of the gathers below
-    masked_host = mask.sum(1).cpu()
     with torch.inference_mode():
         cond = model.condition(labels)
-        null_cond = model.condition(labels, torch.ones_like(labels, dtype=torch.bool), null_mode)
-    head_kwargs = dict(temperature=sampler.temperature, solver=sampler.head_solver, steps=sampler.head_steps)
-    predict_all = sampler.draft or sampler.order == "confidence"
+        null_cond = model.condition(labels, torch.ones_like(labels, dtype=torch.bool), guidance.cfg_mode or None)
 
-    for k in range(start, S):
+    head_kw = dict(temperature=sampler.temperature, solver=sampler.head_solver, steps=sampler.head_steps)
+
+    def network(tokens, mask, **kw):
+        with autocast(device, dtype):
+            return network_pass(model, smoother, tokens, mask, cond, null_cond, labels, **kw)
+
+    def head_fn(z, refs, weights, noise):
+        with autocast(device, dtype):
+            return head_pass(head, z, refs, weights, noise, **head_kw)
+
+    pad = _no_pad
+    if graphs:
+        from .graphs import replayed
+
+        network, head_fn, pad = replayed(model, smoother, cond, null_cond, labels, dtype, head_kw)
+    run = _Run(model, smoother, sampler, guidance, seeds, labels, cond, null_cond, fixed_keys,
+               time_grid(S, sampler.t_end).tolist(), network, head_fn, pad)
+    return run, start, tokens, mask, passes, head_evals
+
+
+def _no_pad(size: int, cap: int) -> int:
+    return size
+
+
+def _cost(run: _Run, k: int, out: _StepOut) -> tuple[int, int]:
+    """(transformer passes, head network evaluations) of step k."""
+    g, sampler = run.guidance, run.sampler
+    n_terms = int(out.use_cfg) + int(out.use_sg)
+    return g.passes(run.grid[k + 1]), run.model.head.evals(sampler.head_solver, sampler.head_steps) * (1 + n_terms)
+
+
+def _state(run: _Run, k: int, mask: Tensor, out: _StepOut, passes: int, head_evals: int, draft: bool) -> StepState:
+    return StepState(
+        step=k, num_steps=run.sampler.num_steps, t=run.grid[k], s=run.grid[k + 1], mask_before=mask,
+        mask_after=out.mask, revealed=out.revealed, tokens=out.tokens, draft=out.pred if draft else None,
+        cfg_active=out.use_cfg, cfg_scale=out.scale, sg_active=out.use_sg, sg_scale=run.guidance.sg_scale,
+        passes=passes, head_evals=head_evals, seeds=run.seeds, labels=run.labels, sampler=run.sampler,
+        guidance=run.guidance)
+
+
+# ----------------------------------------------------------------------------- the two loops
+
+
+def sample_steps(model, labels, seeds, sampler: SamplerConfig = SamplerConfig(),
+                 guidance: GuidanceConfig = GuidanceConfig(), *, smoother=None, init: StepState | None = None,
+                 fixed_order: Tensor | None = None, precision: str = "fp32") -> Iterator[StepState]:
+    """Yield a StepState after every step.
+
+    model: a MaskedGenerator (its device decides where everything runs); labels: (B,) class ids;
+    seeds: (B,) per-sample seeds, or one int (sample i gets seed + i); smoother: the model's
+    self-guidance module (emigm.self_guidance), needed when guidance.sg_scale > 0; init: a state to
+    branch from (the loop resumes at init.step + 1 with the given configs); fixed_order: (L,) or (B, L)
+    reveal priority for order "fixed" (lower = earlier; default raster order); precision: fp32, or
+    bf16 / fp16 autocast of the networks (CUDA only; "auto" = bf16 on CUDA, emigm.devices).
+    """
+    from .devices import memory_guard
+
+    device = next(model.parameters()).device
+    batch = torch.as_tensor(labels).numel()  # for the out-of-memory message
+    with memory_guard(batch, device, "sampling"):
+        run, start, tokens, mask, passes, head_evals = _start(model, labels, seeds, sampler, guidance, smoother, init,
+                                                              fixed_order, precision, graphs=False)
+        predict_all = sampler.draft or sampler.order == "confidence"
+        plan = _make_plan(run.seeds, mask, sampler, start, predict_all)
+    for i, k in enumerate(range(start, sampler.num_steps)):
         # inference mode only around the step's work: a suspended generator must not leave it on
-        with torch.inference_mode():
-            t, s = grid[k], grid[k + 1]
-            count, count_host = counts[k - start], host_counts[k - start]
-            num_visible = int((L - masked_host).max())
-            use_cfg, use_sg = guidance.cfg_active(s), guidance.sg_active(s)
-            n_after = mask.sum(1) - count
-            frac = (1.0 - n_after.float() / L)
-            scale = torch.as_tensor(cfg_scale_at(guidance.cfg_scale, guidance.cfg_schedule, frac),
-                                    dtype=torch.float32, device=device).expand(B)
-            scale = scale if use_cfg else torch.ones(B, device=device)
-
-            # where (random / fixed orders do not depend on the prediction)
-            if sampler.order == "random":
-                keys = rng.uniform(seeds, rng.STREAM_WHERE, k, _KEY_POS, tail=(L,))
-                revealed = _smallest(torch.where(mask, keys, 2.0), count) & mask
-            elif sampler.order == "fixed":
-                revealed = _smallest(torch.where(mask, fixed_order, float("inf")), count) & mask
-
-            # the network: the conditional pass with CFG's null branch batched into it, then
-            # self-guidance's smoothed pass (it needs the conditional pass's hidden states)
-            if use_cfg:
-                hidden = model.features(torch.cat([tokens, tokens]), torch.cat([mask, mask]),
-                                        torch.cat([cond, null_cond]), num_visible=num_visible).hidden
-            else:
-                hidden = model.features(tokens, mask, cond, num_visible=num_visible).hidden
-            z_all = model.to_z(hidden)
-            z = z_all[:B]
-            refs: list[tuple[str, Tensor, Tensor]] = []
-            if use_cfg:
-                refs.append(("cfg", z_all[B:], scale - 1.0))
-            if use_sg:
-                z_smooth = smoother.smooth_z(model, hidden[:B], labels)
-                refs.append(("sg", z_smooth, torch.full((B,), guidance.sg_scale, device=device)))
-
-            # what
-            sel = mask if predict_all else revealed
-            m = int(masked_host.sum()) if predict_all else int(count_host.sum())
-            rows, cols = _flat_select(sel, m)
-            if head.discrete:
-                noise = lambda i: rng.uniform(seeds[rows], rng.STREAM_WHAT, k, cols, i, tail=(head.codebook_size,))
-            else:
-                noise = lambda i: rng.normal(seeds[rows], rng.STREAM_WHAT, k, cols, i, tail=(token_dim,))
-            terms = [Term(name, zr[rows, cols], w[rows]) for name, zr, w in refs]
-            out = head.sample(z[rows, cols], noise, guides=terms, **head_kwargs)
-            values, logp = out if head.discrete else (out, None)
-
-            pred = tokens.clone()
-            pred[rows, cols] = values.to(pred.dtype)
-            if sampler.order == "confidence":
-                conf = torch.full((B, L), float("-inf"), device=device)
-                conf[rows, cols] = logp.float()
-                gum = rng.gumbel(seeds, rng.STREAM_WHERE, k, _KEY_POS, tail=(L,))
-                score = conf + anneal(sampler, k) * gum
-                revealed = _smallest(torch.where(mask, -score, float("inf")), count) & mask
-
-            sel_dims = revealed if head.discrete else revealed.unsqueeze(-1)
-            new_tokens = torch.where(sel_dims, pred, tokens)
-            new_mask = mask & ~revealed
-            passes += guidance.passes(s)
-            head_evals += head.evals(sampler.head_solver, sampler.head_steps) * (1 + len(terms))
-            state = StepState(
-                step=k, num_steps=S, t=t, s=s, mask_before=mask, mask_after=new_mask, revealed=revealed,
-                tokens=new_tokens, draft=pred if sampler.draft else None, cfg_active=use_cfg,
-                cfg_scale=scale, sg_active=use_sg, sg_scale=guidance.sg_scale, passes=passes,
-                head_evals=head_evals, seeds=seeds, labels=labels, sampler=sampler, guidance=guidance,
-            )
-        yield state
-        tokens, mask = new_tokens, new_mask
-        masked_host = masked_host - count_host
+        with torch.inference_mode(), memory_guard(batch, device, "sampling"):
+            out = _step(run, k, tokens, mask, plan.counts[i], plan.num_visible[i], plan.head_rows[i], predict_all)
+        dp, dh = _cost(run, k, out)
+        passes, head_evals = passes + dp, head_evals + dh
+        yield _state(run, k, mask, out, passes, head_evals, sampler.draft)
+        tokens, mask = out.tokens, out.mask
 
 
 def sample(model, labels, seeds, sampler: SamplerConfig = SamplerConfig(),
-           guidance: GuidanceConfig = GuidanceConfig(), **kwargs) -> StepState:
-    """Run the sampler to the end and return the last state."""
-    state = None
-    for state in sample_steps(model, labels, seeds, sampler, guidance, **kwargs):
-        pass
-    if state is None:
+           guidance: GuidanceConfig = GuidanceConfig(), *, fast: bool = True, precision: str = "auto",
+           graphs: bool = False, **kwargs) -> StepState:
+    """Run the sampler to the end and return the last step's state (arguments as `sample_steps`).
+
+    fast (default): the same `_step` as `sample_steps` in a plain loop: no drafts (the head samples
+    only the tokens revealed at a step, or every masked token under the confidence order), no
+    per-step state, no host sync after the plan; precision "auto" is bf16 autocast on CUDA and fp32
+    elsewhere. graphs: replay the network and the head as CUDA graphs, one per padded shape
+    (emigm.graphs). fast=False drains `sample_steps` (drafts as sampler.draft; precision fp32 unless
+    given)."""
+    if not fast:
+        if graphs:
+            raise ValueError("graphs=True needs the fast path (fast=True)")
+        state = None
+        for state in sample_steps(model, labels, seeds, sampler, guidance,
+                                  precision="fp32" if precision == "auto" else precision, **kwargs):
+            pass
+        if state is None:
+            raise ValueError("nothing to sample: the branch state is already complete")
+        return state
+    return _sample_fast(model, labels, seeds, sampler, guidance, precision=precision, graphs=graphs, **kwargs)
+
+
+def _sample_fast(model, labels, seeds, sampler: SamplerConfig, guidance: GuidanceConfig, *, smoother=None,
+                 init: StepState | None = None, fixed_order: Tensor | None = None, precision: str = "auto",
+                 graphs: bool = False) -> StepState:
+    from .devices import memory_guard
+
+    device = next(model.parameters()).device
+    batch = torch.as_tensor(labels).numel()  # for the out-of-memory message
+    last = None
+    with memory_guard(batch, device, "sampling"):
+        run, start, tokens, mask, passes, head_evals = _start(model, labels, seeds, sampler, guidance, smoother, init,
+                                                              fixed_order, precision, graphs)
+        predict_all = sampler.order == "confidence"
+        plan = _make_plan(run.seeds, mask, sampler, start, predict_all)
+        with torch.inference_mode():
+            for i, k in enumerate(range(start, sampler.num_steps)):
+                out = _step(run, k, tokens, mask, plan.counts[i], plan.num_visible[i], plan.head_rows[i],
+                            predict_all)
+                dp, dh = _cost(run, k, out)
+                passes, head_evals = passes + dp, head_evals + dh
+                last = (k, mask, out)
+                tokens, mask = out.tokens, out.mask
+    if last is None:
         raise ValueError("nothing to sample: the branch state is already complete")
-    return state
+    k, mask_before, out = last
+    return _state(run, k, mask_before, out, passes, head_evals, draft=False)

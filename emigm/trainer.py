@@ -36,7 +36,7 @@ from . import distributed as dist
 from .checkpoint import command_line, load_state_dict_strict
 from .config import TrainConfig, to_dict
 from .datastream import DataStream
-from .devices import resolve_device
+from .devices import memory_guard, resolve_device
 from .ema import EMA
 from .fileio import ensure_writable_dir, torch_save, write_text
 from .optim import base_lr, build_optimizer, lr_at, training_schedule
@@ -320,8 +320,12 @@ class _Loop:
         win_loss, win_gn = torch.zeros((), device=dev), torch.zeros((), device=dev)
         win_steps, win_t, ckpt_seconds = 0, t_start, 0.0
         self.task.trainable.train()
+        micro = micro_batch_size(t, info.world_size)
+        hint = (f"use a smaller --train.batch_size or a larger --train.grad_accum (micro-batch {micro} per "
+                f"process now)")
         while self.step < stop_at:
-            lr = self.train_step(win_loss, win_gn)
+            with memory_guard(t.batch_size, dev, "training", hint):
+                lr = self.train_step(win_loss, win_gn)
             win_steps += 1
             bar.update(1)
             step = self.step
