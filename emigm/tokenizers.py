@@ -218,9 +218,9 @@ def _resolve(cfg: TokenizerConfig, root: str | None, default_file: str, what: st
     return path
 
 
-def _check(cfg: TokenizerConfig, name: str, want: int, got: int) -> None:
+def _check(cfg: TokenizerConfig, name: str, want: int, got: int, path: str) -> None:
     if want and want != got:
-        raise ValueError(f"tokenizer.{name} is {want} but the {cfg.kind} weights have {got}")
+        raise ValueError(f"{path}: the model expects tokenizer.{name} {want}; these {cfg.kind} weights have {got}")
 
 
 def _build_patch(cfg: TokenizerConfig, root: str | None) -> Tokenizer:
@@ -228,37 +228,39 @@ def _build_patch(cfg: TokenizerConfig, root: str | None) -> Tokenizer:
 
 
 def _build_vq(cfg: TokenizerConfig, root: str | None) -> Tokenizer:
-    tok = VQTokenizer(load_vqvae(_resolve(cfg, root, "vq.safetensors", "VQ-VAE weights (vq.safetensors)")))
-    _check(cfg, "codebook_size", cfg.codebook_size, tok.codebook_size)
-    _check(cfg, "stride", cfg.stride, tok.stride)
-    _check(cfg, "image_size", cfg.image_size, tok.image_size)
-    _check(cfg, "channels", cfg.channels, tok.channels)
+    path = _resolve(cfg, root, "vq.safetensors", "VQ-VAE weights (vq.safetensors)")
+    tok = VQTokenizer(load_vqvae(path))
+    _check(cfg, "codebook_size", cfg.codebook_size, tok.codebook_size, path)
+    _check(cfg, "stride", cfg.stride, tok.stride, path)
+    _check(cfg, "image_size", cfg.image_size, tok.image_size, path)
+    _check(cfg, "channels", cfg.channels, tok.channels, path)
     return tok
 
 
 def _build_kl(cfg: TokenizerConfig, root: str | None) -> Tokenizer:
-    tok = KLTokenizer(load_klvae(_resolve(cfg, root, "kl.safetensors", "KL autoencoder weights (kl.safetensors)")))
-    _check(cfg, "latent_channels", cfg.latent_channels, tok.token_dim)
-    _check(cfg, "stride", cfg.stride, tok.stride)
-    _check(cfg, "image_size", cfg.image_size, tok.image_size)
-    _check(cfg, "channels", cfg.channels, tok.channels)
+    path = _resolve(cfg, root, "kl.safetensors", "KL autoencoder weights (kl.safetensors)")
+    tok = KLTokenizer(load_klvae(path))
+    _check(cfg, "latent_channels", cfg.latent_channels, tok.token_dim, path)
+    _check(cfg, "stride", cfg.stride, tok.stride, path)
+    _check(cfg, "image_size", cfg.image_size, tok.image_size, path)
+    _check(cfg, "channels", cfg.channels, tok.channels, path)
     return tok
 
 
 def _build_kl16(cfg: TokenizerConfig, root: str | None) -> Tokenizer:
     path = _resolve(cfg, root, "kl16.ckpt", "KL-16 VAE checkpoint (kl16.ckpt)")
     vae_cfg = KL16Config()
-    _check(cfg, "latent_channels", cfg.latent_channels, vae_cfg.embed_dim)
-    _check(cfg, "stride", cfg.stride, vae_cfg.stride)
-    _check(cfg, "channels", cfg.channels, vae_cfg.in_channels)
+    _check(cfg, "latent_channels", cfg.latent_channels, vae_cfg.embed_dim, path)
+    _check(cfg, "stride", cfg.stride, vae_cfg.stride, path)
+    _check(cfg, "channels", cfg.channels, vae_cfg.in_channels, path)
     return KL16Tokenizer(load_kl16(path, vae_cfg), cfg.image_size)
 
 
 def _build_dcae(cfg: TokenizerConfig, root: str | None) -> Tokenizer:
-    _check(cfg, "latent_channels", cfg.latent_channels, DCAETokenizer.latent_channels)
-    _check(cfg, "stride", cfg.stride, DCAETokenizer.stride)
-    _check(cfg, "channels", cfg.channels, 3)
     path = _resolve(cfg, root, "", "DC-AE model folder (diffusers AutoencoderDC)", folder_ok=True)
+    _check(cfg, "latent_channels", cfg.latent_channels, DCAETokenizer.latent_channels, path)
+    _check(cfg, "stride", cfg.stride, DCAETokenizer.stride, path)
+    _check(cfg, "channels", cfg.channels, 3, path)
     return DCAETokenizer(path, cfg.image_size)
 
 
