@@ -54,9 +54,12 @@ def _reason(e: Exception) -> str:
         return f"refused by the weights-only loader (global {m.group(1)} is not allowed)"
     m = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)  # torch's explanation precedes the cause
     if m:
-        return f"refused by the weights-only loader ({m.group(1).strip()[:200]})"
+        return f"not a torch checkpoint, or one the weights-only loader refuses ({m.group(1).strip()[:200]})"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return f"{type(e).__name__}: {lines[0][:200]}" if lines else f"{type(e).__name__} (empty or truncated file?)"
+    if not lines:
+        return f"{type(e).__name__} (empty or truncated file?)"
+    first = re.split(r"(?<=[a-z0-9)])\. (?=[A-Z])", lines[0])[0]  # the first sentence: torch appends advice
+    return f"{type(e).__name__}: {first[:200]}"
 
 
 def load_torch(path: str | os.PathLike) -> Any:
@@ -83,13 +86,47 @@ def check_keys(expected: set[str], got: set[str], source: str) -> None:
         raise CheckpointError(f"{source} does not fit this model: " + "; ".join(parts))
 
 
-def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load with exact key and shape checks and a one-line error naming the source."""
-    own = model.state_dict()
-    check_keys(set(own), set(state), source)
-    bad = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if state[k].shape != v.shape]
+Spec = dict[str, tuple[tuple[int, ...], torch.dtype]]
+
+
+def spec_of(module: torch.nn.Module) -> Spec:
+    """{key: (shape, dtype)} of a module's state dict."""
+    return {k: (tuple(v.shape), v.dtype) for k, v in module.state_dict().items()}
+
+
+def check_state_dict(expected: Spec, state: Any, source: str, finite: bool = True) -> None:
+    """Check a state dict read from a file against what a model expects, BEFORE anything is built from
+    it: a dict of tensors, the same keys, the same shapes (so the same ranks), floating-point values
+    where the model has floating-point tensors, and (when `finite`) no NaN or infinite value.
+    CheckpointError (one line naming `source` and the first offending keys) otherwise."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source}: expected a state dict of tensors, got {type(state).__name__}")
+    odd = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if odd:
+        raise CheckpointError(f"{source}: expected a state dict of tensors; not a tensor: {', '.join(odd[:3])}")
+    check_keys(set(expected), set(state), source)
+    bad = [f"{k} {tuple(state[k].shape)} in the file, {shape} in the model" for k, (shape, _) in expected.items()
+           if tuple(state[k].shape) != shape]
     if bad:
-        raise CheckpointError(f"{source} does not fit this model: shape mismatch in {', '.join(bad[:3])}")
+        raise CheckpointError(f"{source} does not fit this model: shape mismatch in {', '.join(bad[:3])}"
+                              f"{f' (and {len(bad) - 3} more)' if len(bad) > 3 else ''}")
+    wrong = [f"{k} ({str(state[k].dtype).removeprefix('torch.')})" for k, (_, dtype) in expected.items()
+             if dtype.is_floating_point and not state[k].is_floating_point()]
+    if wrong:
+        raise CheckpointError(f"{source}: expected floating-point weights; {', '.join(wrong[:3])} "
+                              f"{'is' if len(wrong) == 1 else 'are'} not")
+    if finite:
+        nonfinite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if nonfinite:
+            raise CheckpointError(f"{source}: weights contain NaN or infinite values "
+                                  f"({', '.join(nonfinite[:3])}{', ...' if len(nonfinite) > 3 else ''})")
+
+
+def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
+                           finite: bool = True) -> None:
+    """Load with the checks of `check_state_dict` (keys, shapes, dtypes, finite values) and a one-line
+    error naming the source."""
+    check_state_dict(spec_of(model), state, source, finite)
     model.load_state_dict(state)
 
 
@@ -129,31 +166,46 @@ def resolve_export(name_or_path: str | os.PathLike) -> Path:
 
 
 def read_export_config(folder: Path) -> tuple[RunConfig, dict[str, Any]]:
+    """The RunConfig and meta of an export's config.json; CheckpointError (one line) when the file is
+    unreadable, not JSON, lacks the "config" object or holds an invalid config."""
     path = folder / CONFIG_FILE
     try:
         doc = json.loads(path.read_text())
-        return from_dict(RunConfig, doc["config"]), doc.get("meta", {})
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"bad model config {path}: {e}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+            raise ValueError('expected a JSON object with a "config" object (the RunConfig) and "meta"')
+        meta = doc.get("meta", {})
+        return from_dict(RunConfig, doc["config"]), meta if isinstance(meta, dict) else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError, RecursionError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"bad model config {path}: {reason}") from None
+
+
+def read_safetensors(path: Path, what: str = "model weights") -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors (on the CPU); CheckpointError (one line) when missing or unreadable."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises several types (SafetensorError, OSError, ValueError) for damaged files
+        raise CheckpointError(f"cannot read {what} {path}: {_reason(e)}") from None
 
 
 def load_export(name_or_path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Load an export -> (MaskedGenerator in eval mode, RunConfig, meta)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+    """Load an export -> (MaskedGenerator in eval mode, RunConfig, meta). The config is validated, the
+    size estimated and the weights checked (keys, shapes, dtypes, finite values) before the model is
+    built."""
+    from .budget import check_size, model_spec
     from .model import MaskedGenerator
 
     folder = resolve_export(name_or_path)
     cfg, meta = read_export_config(folder)
+    check_size(cfg, folder.name, device)
     weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
-        raise CheckpointError(f"model weights not found: {weights}")
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read model weights {weights}: {e}") from None
+    state = read_safetensors(weights)
+    check_state_dict(model_spec(cfg), state, str(weights))
     model = MaskedGenerator(cfg)
-    load_state_dict_strict(model, state, str(weights))
+    model.load_state_dict(state)
     meta = dict(meta, export_dir=str(folder))
     return model.to(device).eval(), cfg, meta

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from .checkpoint import CheckpointError
 from .devices import resolve_device
-from .fileio import WriteError
 
 EXIT_USAGE = 2
 
@@ -87,6 +86,10 @@ def load_for_sampling(a: argparse.Namespace, device):
     """--checkpoint SOURCE [--vae kl16.ckpt], or --preset NAME --random-init -> emigm.loading.Generator."""
     from .loading import load_generator, random_generator
 
+    if a.checkpoint and (a.preset or a.random_init):
+        raise CliError("give either --checkpoint or --preset NAME --random-init, not both")
+    if a.vae and not a.checkpoint:
+        raise CliError("--vae goes with an official ImageNet checkpoint: --checkpoint FILE.pth --vae kl16.ckpt")
     if a.checkpoint:
         return load_generator(a.checkpoint, device, vae=getattr(a, "vae", ""))
     if not a.preset:
@@ -113,8 +116,11 @@ def parse_class(value: str, names: list[str]) -> int:
 
 
 def cmd_schedule(a: argparse.Namespace) -> None:
+    from .config import MAX_TOKENS
+    from .fields import check_number
     from .steps import step_table
 
+    check_number("--tokens", a.tokens, 1, MAX_TOKENS, integer=True)
     sampler, guidance = sampler_configs(a)
     table = step_table(sampler, guidance, a.tokens)
     if a.json:
@@ -135,17 +141,30 @@ def cmd_schedule(a: argparse.Namespace) -> None:
 def cmd_sample(a: argparse.Namespace) -> None:
     import torch
 
+    from .budget import MAX_IMAGES, check_sampling_size
+    from .capabilities import check_capabilities
+    from .fields import check_number
+    from .fileio import check_output_file, write_text
     from .imaging import save_grid
     from .sampler import sample_steps
+    from .seeds import check_seed
     from .trace import trace_dict
 
-    if a.num_images < 1:
-        raise CliError(f"--num-images must be >= 1, got {a.num_images}")
-    device = resolve_device(a.device)
+    # everything that needs no model is checked first, and the outputs before the work
+    check_number("--num-images", a.num_images, 1, MAX_IMAGES, integer=True)
+    check_seed("--seed", a.seed, a.num_images)
     sampler, guidance = sampler_configs(a)
+    device = resolve_device(a.device)
+    out = check_output_file(a.out, "--out", (".png",))
+    if a.trace:
+        trace = check_output_file(a.trace, "--trace")
+        if trace.resolve() == out.resolve():
+            raise CliError(f"--out and --trace are the same file ({a.out}); give two names")
     gen = load_for_sampling(a, device)
     names, label = gen.class_names, gen.label
     cls = parse_class(str(a.class_), names)
+    check_capabilities(gen.model, sampler, guidance, gen.smoother)
+    check_sampling_size(gen.cfg, a.num_images, sampler, guidance, device, f"--num-images {a.num_images}")
     labels = torch.full((a.num_images,), cls, dtype=torch.long)
     seeds = [a.seed + i for i in range(a.num_images)]
     start = time.perf_counter()
@@ -153,25 +172,33 @@ def cmd_sample(a: argparse.Namespace) -> None:
                                                       smoother=gen.smoother))
     elapsed = time.perf_counter() - start
     last = states[-1]
-    images = gen.decode(last.tokens).cpu()
-    save_grid(images, a.out)
+    chunk = 256  # decode in chunks: a decoder's activations for thousands of images at once do not fit
+    images = torch.cat([gen.decode(last.tokens[i:i + chunk]).cpu() for i in range(0, a.num_images, chunk)])
+    save_grid(images, out)
     print(f"wrote {a.out}: {a.num_images} image(s) of class {cls} ({names[cls]}) from {label}; "
           f"{last.passes} transformer passes, {last.head_evals} head evaluations, {elapsed:.2f} s")
     if a.trace:
         doc = trace_dict(states, label, {"class_name": names[cls], "seconds": round(elapsed, 4)})
-        Path(a.trace).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.trace).write_text(json.dumps(doc))
+        write_text(trace, json.dumps(doc))
         print(f"wrote {a.trace}")
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
+    from .budget import MAX_IMAGES, MAX_SAMPLES
     from .config import to_dict
-    from .scoring import evaluate_generator
+    from .fields import check_number
+    from .scoring import check_request, evaluate_generator
+    from .seeds import check_seed
 
+    check_number("--num-samples", a.num_samples, 1, MAX_SAMPLES, integer=True)
+    check_number("--batch-size", a.batch_size, 1, MAX_IMAGES, integer=True)
+    check_seed("--seed", a.seed, a.num_samples)
     device = resolve_device(a.device)
     sampler, guidance = sampler_configs(a)
     gen = load_for_sampling(a, device)
     label = gen.label
+    check_request(gen.model, a.num_samples, sampler, guidance, a.batch_size, a.seed,
+                  ("--num-samples", "--batch-size", "--seed"))
     r = evaluate_generator(gen.model, gen.tokenizer, a.num_samples, sampler, guidance, a.data_path or None,
                            a.classifier or None, a.batch_size, a.seed, smoother=gen.smoother)
     r = {"model": label, "sampler": to_dict(sampler), "guidance": to_dict(guidance), **r}
@@ -210,8 +237,6 @@ def cmd_train_tokenizer(a: argparse.Namespace) -> None:
 def cmd_train_classifier(a: argparse.Namespace) -> None:
     from .evaluation import train_classifier
 
-    if a.epochs < 1:
-        raise CliError(f"--epochs must be >= 1, got {a.epochs}")
     r = train_classifier(a.data_path or None, a.out, epochs=a.epochs, batch_size=a.batch_size, seed=a.seed,
                          device=resolve_device(a.device))
     print(f"wrote {a.out}: test accuracy {r['test_accuracy']:.4f}")
@@ -285,15 +310,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _os_message(e: OSError) -> str:
+    """An OSError as one line: our own (WriteError, FileNotFoundError with a message) as they are,
+    the system's as "PATH: reason"."""
+    if e.strerror and e.filename is not None:
+        return f"{e.filename}: {e.strerror}"
+    return str(e)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or \
+        "can't allocate memory" in text or "out of memory" in text.lower()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
         args.func(args)
-    except (CliError, ValueError, FileNotFoundError, CheckpointError, WriteError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    except (CliError, ValueError, CheckpointError) as e:
+        return _fail(str(e))
+    except OSError as e:  # WriteError and FileNotFoundError included
+        return _fail(_os_message(e))
+    except (MemoryError, RuntimeError) as e:  # a last net: the size checks should have refused first
+        if not _out_of_memory(e):
+            raise
+        return _fail(f"out of memory: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}; use a "
+                     "smaller model, batch or image count")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _fail(message: str) -> int:
+    """Print `message` as one line `error: ...` on stderr; the exit code for bad input."""
+    text = " ".join(line.strip() for line in message.splitlines() if line.strip()) or "invalid input"
+    print(f"error: {text}", file=sys.stderr)
+    return EXIT_USAGE

@@ -75,6 +75,9 @@ def cmd_train_sg(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     gen = load_generator(args.base, device)
     run = apply_overrides(sg_run_config(gen), getattr(args, "overrides", []))
+    from .self_guidance import check_base
+
+    check_base(gen.model, run.smoother, "the self-guidance module")  # overrides must still fit the base
     if args.dry_run:
         print(to_json(run))
         return
@@ -92,6 +95,8 @@ def cmd_train_sg(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from .runs import export_checkpoint
 
+    if not args.out.strip():
+        raise ValueError("--out is empty: give the export folder")
     out = export_checkpoint(args.source, args.out)
     print(f"wrote {out}")
 

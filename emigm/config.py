@@ -65,6 +65,9 @@ def _lr_schedules():
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # bf16 / fp16 autocast apply on CUDA only
+# Tokens per image: a 256 x 256 grid at most (the paper's models use 256; attention over more is
+# beyond any machine this code runs on, and shapes past it only come from typos or hostile files).
+MAX_TOKENS = 256 * 256
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,9 @@ class TokenizerConfig:
         if step < 1 or self.image_size % step:
             raise ValueError(f"tokenizer.image_size {self.image_size} is not a positive multiple of the "
                              f"token stride {step}")
+        if self.num_tokens > MAX_TOKENS:
+            raise ValueError(f"tokenizer.image_size {self.image_size} at stride {step} gives {self.grid} x "
+                             f"{self.grid} = {self.num_tokens} tokens; at most {MAX_TOKENS} (256 x 256)")
         if self.kind == "vq" and self.codebook_size < 2:
             raise ValueError(f"tokenizer.codebook_size must be >= 2 for vq, got {self.codebook_size}")
 

@@ -44,6 +44,17 @@ class ClassifierConfig:
     feature_dim: int = 128
     num_classes: int = 10
 
+    def __post_init__(self) -> None:
+        from .fields import check_number
+
+        if not isinstance(self.widths, (tuple, list)) or len(self.widths) != 3:
+            raise ValueError(f"widths must be 3 whole numbers, got {self.widths!r}")
+        for w in self.widths:
+            check_number("widths", w, 1, 4096, integer=True)
+        check_number("convs", self.convs, 1, 16, integer=True)
+        check_number("feature_dim", self.feature_dim, 1, 8192, integer=True)
+        check_number("num_classes", self.num_classes, 1, 100000, integer=True)
+
 
 class Classifier(nn.Module):
     """x float32 (B, 1, 28, 28) in [-1, 1] -> logits (B, num_classes); `features` gives the
@@ -105,6 +116,14 @@ def train_classifier(root: str | None, out_dir: str | os.PathLike = "assets/clas
     beta1, as torch's OneCycleLR; flip + optional shift augmentation),
     measure test accuracy, and write out_dir/fmnist-classifier.safetensors and .json atomically.
     Returns the JSON record (config, test_accuracy, epochs, command, seconds, ...)."""
+    from .fields import check_number
+    from .seeds import check_seed
+
+    check_number("epochs", epochs, 1, 1000, integer=True)
+    check_number("batch_size", batch_size, 1, 10000, integer=True)
+    check_number("lr", lr, 0.0, 10.0, open_low=True)
+    check_number("max_shift", max_shift, 0, 14, integer=True)
+    check_seed("seed", seed)
     start = time.time()
     ensure_writable_dir(out_dir, "output folder")  # before minutes of training, not after
     device = torch.device(device)
@@ -206,12 +225,18 @@ def load_classifier(path_or_dir: str | os.PathLike = "assets/classifier",
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{weights}: corrupt classifier weights ({e})") from None
-    model = Classifier(cfg)
+        raise ValueError(f"{weights}: corrupt classifier weights ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    from .checkpoint import check_state_dict, spec_of
+
+    with torch.device("meta"):  # shapes only: the file is checked before anything is allocated
+        expected = spec_of(Classifier(cfg))
     try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"{weights}: weights do not match the config in {meta.name} ({e})") from None
+        check_state_dict(expected, state, str(weights))
+    except ValueError as e:
+        raise ValueError(str(e).replace(" does not fit this model: ",
+                                        f": weights do not match the config in {meta.name}: ", 1)) from None
+    model = Classifier(cfg)
+    model.load_state_dict(state)
     return model.to(device).eval()
 
 

@@ -67,10 +67,19 @@ def option_fields(cls_or_obj: Any) -> list[tuple[dataclasses.Field, Spec]]:
     return [(f, s) for f in dataclasses.fields(cls_or_obj) if (s := spec_of(f)) is not None]
 
 
+def show(value: Any) -> str:
+    """A value for an error message: repr, with very long integers shortened (1e300 parsed as an int
+    would otherwise fill the terminal)."""
+    text = repr(value)
+    if isinstance(value, int) and not isinstance(value, bool) and len(text) > 24:
+        return f"{'-' if value < 0 else ''}a {len(text.lstrip('-'))}-digit number"
+    return text
+
+
 def _number(name: str, value: Any, integer: bool, spec: Spec) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
-    if not math.isfinite(value):
+        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {show(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if integer and not isinstance(value, int):
         raise ValueError(f"{name} must be a whole number, got {value!r}")
@@ -78,7 +87,14 @@ def _number(name: str, value: Any, integer: bool, spec: Spec) -> None:
     below = lo is not None and (value <= lo if spec.open_low else value < lo)
     above = hi is not None and (value >= hi if spec.open_high else value > hi)
     if below or above:
-        raise ValueError(f"{name} must be in {spec.range_text()}, got {value!r}")
+        raise ValueError(f"{name} must be in {spec.range_text()}, got {show(value)}")
+
+
+def check_number(name: str, value: Any, low: float | None = None, high: float | None = None, *,
+                 integer: bool = False, open_low: bool = False, open_high: bool = False) -> None:
+    """Validate one number outside a dataclass (a CLI option such as --num-images, a library argument),
+    with the same one-line message as the option fields: finite, whole when `integer`, in range."""
+    _number(name, value, integer, Spec("", low, high, open_low=open_low, open_high=open_high))
 
 
 def _fmt(x: float | None, none: str = "inf") -> str:

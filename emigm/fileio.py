@@ -140,3 +140,32 @@ def ensure_writable_dir(folder: str | os.PathLike, what: str = "folder") -> Path
             except OSError:
                 pass
     return folder
+
+
+def check_output_file(path: str | os.PathLike, option: str = "output", suffixes: tuple[str, ...] = ()) -> Path:
+    """Check, before any work, that a file can be written at `path` (named `option` in errors, e.g.
+    "--out"): a file name is given (with one of `suffixes`, when given), it is not a folder, no file
+    stands where a folder of its path should be, and the nearest existing folder takes a small file
+    (read-only and full disks are refused here). Missing folders are created when the file is
+    written. WriteError or ValueError, one line naming `option` and the path."""
+    text = os.fspath(path)
+    if not text.strip():
+        raise ValueError(f"{option} is empty: give a file name")
+    p = Path(text).expanduser()
+    if p.is_dir() or text.endswith(("/", os.sep)):
+        raise ValueError(f"{option} {text} is a folder; give a file name inside it")
+    if suffixes and p.suffix.lower() not in suffixes:
+        raise ValueError(f"{option} must be a {' or '.join(suffixes)} file, got {text}")
+    folder = p.parent
+    while not folder.exists():
+        if folder == folder.parent:
+            break
+        folder = folder.parent
+    if not folder.is_dir():
+        raise WriteError(errno.ENOTDIR, f"cannot write {option} {text}: {folder} is a file, not a folder")
+    try:
+        ensure_writable_dir(folder, "folder")
+    except WriteError as e:
+        reason = str(e).removeprefix(f"cannot use folder {folder}: ")
+        raise WriteError(e.errno, f"cannot write {option} {text}: {reason}") from None
+    return p

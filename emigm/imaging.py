@@ -36,8 +36,11 @@ def upscale(arr: np.ndarray, factor: int) -> np.ndarray:
 
 
 def save_grid(images: torch.Tensor, path: str | Path, scale: int = 4) -> None:
+    """Write the images as one PNG grid, atomically (emigm.fileio: the old file or the new, never a torn one)."""
+    from .fileio import atomic_write
+
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"output must be a .png file, got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(upscale(grid(images), scale)).save(path)
+    picture = Image.fromarray(upscale(grid(images), scale))
+    atomic_write(path, lambda f: picture.save(f, format="PNG"))

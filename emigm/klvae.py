@@ -37,6 +37,15 @@ class KLVAEConfig:
     stride: int = 4
 
     def __post_init__(self) -> None:
+        from .fields import check_number
+
+        for name, low, high in (("image_size", 4, 4096), ("channels", 1, 16), ("latent_channels", 1, 4096),
+                                ("num_res_blocks", 0, 64), ("stride", 1, 4096)):
+            check_number(name, getattr(self, name), low, high, integer=True)
+        if not isinstance(self.widths, tuple) or len(self.widths) != 3:
+            raise ValueError(f"widths must have 3 entries (full, 1/2, 1/4 resolution), got {self.widths!r}")
+        for w in self.widths:
+            check_number("widths", w, 1, 4096, integer=True)
         if self.stride != 4:
             raise ValueError("this KL autoencoder has a fixed stride of 4")
         if self.image_size % self.stride:
@@ -175,20 +184,18 @@ def load_klvae(path: str, device: torch.device | str = "cpu") -> KLVAE:
             meta = f.metadata() or {}
         state = load_file(path, device=str(device))
     except Exception as e:  # safetensors raises several types for a damaged header
-        raise ValueError(f"{path}: not a readable KL autoencoder safetensors file ({e})") from None
+        raise ValueError(f"{path}: not a readable KL autoencoder safetensors file "
+                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     try:
         arch = json.loads(meta["config"])
         cfg = KLVAEConfig(**{**arch, "widths": tuple(arch["widths"])})
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: missing or invalid architecture metadata ({e})") from None
+    from .checkpoint import check_state_dict, spec_of
+
+    with torch.device("meta"):  # shapes only: the file is checked before anything is allocated
+        model = KLVAE(cfg)
+    check_state_dict(spec_of(model), state, path)
     model = KLVAE(cfg)
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    bad = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or bad:
-        raise ValueError(f"{path}: weights do not match the architecture in its metadata (missing "
-                         f"{missing[:3]}, unexpected {unexpected[:3]}, wrong shape {bad[:3]})")
-    if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
-        raise ValueError(f"{path}: weights contain NaN or infinite values")
     model.load_state_dict(state)
     return model.to(device).eval()

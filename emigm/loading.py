@@ -17,12 +17,14 @@ from typing import Any
 
 import torch
 
-from .checkpoint import ASSETS_DIR, CheckpointError, load_export, load_torch, resolve_export
+from .budget import check_size, model_spec
+from .checkpoint import (ASSETS_DIR, CheckpointError, check_state_dict, load_export, load_torch,
+                         resolve_export)
 from .config import RunConfig
 from .labels import class_names
 from .model import MaskedGenerator
-
-TRAIN_CHECKPOINT_FORMAT = "emigm-train-state"
+from .runs import CKPT_FORMAT as TRAIN_CHECKPOINT_FORMAT
+from .runs import CKPT_VERSION
 
 
 @dataclass
@@ -50,29 +52,6 @@ class Generator:
         """Tokens -> images (B, C, H, W) in [-1, 1]."""
         with torch.inference_mode():
             return self.tokenizer.decode(tokens.to(self.device))
-
-
-def estimate_bytes(cfg: RunConfig) -> int:
-    """fp32 bytes of the model's parameters, counted without allocating them (meta device)."""
-    with torch.device("meta"):
-        model = MaskedGenerator(cfg)
-    return 4 * sum(p.numel() for p in model.parameters())
-
-
-def memory_limit() -> int:
-    """Bytes a model may take here: half of the machine's physical memory."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
-    except (ValueError, OSError, AttributeError):
-        return 8 << 30
-
-
-def check_size(cfg: RunConfig, source: str) -> None:
-    """Refuse a config whose weights alone would not fit, before building it."""
-    need, limit = estimate_bytes(cfg), memory_limit()
-    if need > limit:
-        raise ValueError(f"{source}: the model needs about {need / 2**30:.1f} GiB for its weights; this "
-                         f"machine allows {limit / 2**30:.1f} GiB")
 
 
 def _tokenizer_roots(folder: Path | None) -> list[Path]:
@@ -103,59 +82,82 @@ def _load_smoother(folder: Path, model: MaskedGenerator, device):
     return load_smoother(sg, model, device) if sg.is_dir() else None
 
 
-def is_training_checkpoint(path: Path) -> bool:
-    """True for our training state files (by content: a dict with format emigm-train-state)."""
-    try:
-        ck = load_torch(path)
-    except CheckpointError:
-        return False
+def is_training_state(ck: Any) -> bool:
+    """True for the contents of our training checkpoints (a dict with format emigm-train-state)."""
     return isinstance(ck, dict) and ck.get("format") == TRAIN_CHECKPOINT_FORMAT
+
+
+def read_training_checkpoint(path: Path, ck: Any, device: torch.device | str | None = None):
+    """(RunConfig, EMA state dict, step) of a generator training checkpoint's contents `ck`, checked
+    before anything is built: the version, the config (valid, and a size that fits), the EMA weights
+    (keys, shapes, dtypes, finite values). Errors are one line naming the file."""
+    from .config import from_dict
+
+    name = path.name
+    if ck.get("version") != CKPT_VERSION:
+        raise CheckpointError(f"{name}: training checkpoint version {ck.get('version')!r} is not {CKPT_VERSION}")
+    if not isinstance(ck.get("config"), dict):
+        raise CheckpointError(f"{name}: not a usable training checkpoint (no 'config' object)")
+    if "ema" not in ck:
+        raise CheckpointError(f"{name}: not a usable training checkpoint (no 'ema' weights)")
+    try:
+        cfg = from_dict(RunConfig, ck["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{name}: not a usable training checkpoint ({e})") from None
+    check_size(cfg, name, device)
+    check_state_dict(model_spec(cfg), ck["ema"], f"{name} (EMA)")
+    step = ck.get("step")
+    return cfg, ck["ema"], step if isinstance(step, int) else None
 
 
 def load_generator(source: str | os.PathLike, device: str | torch.device = "cpu", vae: str = "") -> Generator:
     """Load a generator from an export folder or shipped name, a training checkpoint or an official
-    checkpoint (see the module docstring). Errors are one line naming the file."""
+    checkpoint (see the module docstring). `vae`: the KL-16 VAE of an official ImageNet checkpoint
+    (given for any other model, it is an error). Errors are one line naming the file."""
     path = Path(os.path.expanduser(str(source)))
     device = torch.device(device)
     if path.is_file() and path.name not in ("config.json", "model.safetensors"):
-        if is_training_checkpoint(path):
-            return _from_training_checkpoint(path, device)
-        return _from_official(path, device, vae)
-    folder = resolve_export(source)
-    from .checkpoint import read_export_config
+        if path.suffix == ".safetensors":
+            raise CheckpointError(f"{path.name}: a safetensors file alone is not a model; give the export "
+                                  "folder that holds it with config.json")
+        ck = load_torch(path)  # one read: our training checkpoints are recognised by content
+        if not is_training_state(ck):
+            return _from_official(path, ck, device, vae)
+        _no_vae(vae, path.name)
+        return _from_training_checkpoint(path, ck, device)
+    _no_vae(vae, Path(str(source)).name)
+    return _from_export(source, device)
 
-    cfg, _ = read_export_config(folder)
-    check_size(cfg, str(folder.name))
+
+def _no_vae(vae: str, name: str) -> None:
+    if vae:
+        raise ValueError(f"--vae is for official ImageNet checkpoints (KL-16 latents); {name} brings its own "
+                         "tokenizer: leave --vae out")
+
+
+def _from_export(source: str | os.PathLike, device) -> Generator:
+    folder = resolve_export(source)
     model, cfg, meta = load_export(folder, device)
     tokenizer = build_model_tokenizer(cfg, folder, device)
     return Generator(model, tokenizer, cfg, _load_smoother(folder, model, device), label=folder.name,
                      meta=meta, source="export")
 
 
-def _from_training_checkpoint(path: Path, device) -> Generator:
-    from .checkpoint import load_state_dict_strict
-    from .config import from_dict
-
-    ck = load_torch(path)
-    try:
-        cfg = from_dict(RunConfig, ck["config"])
-        ema = ck["ema"]
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path.name}: not a usable training checkpoint ({e})") from None
-    check_size(cfg, path.name)
+def _from_training_checkpoint(path: Path, ck: dict, device) -> Generator:
+    cfg, ema, step = read_training_checkpoint(path, ck, device)
     model = MaskedGenerator(cfg)
-    load_state_dict_strict(model, ema, f"{path.name} (EMA)")
+    model.load_state_dict(ema)
     model = model.to(device).eval()
     tokenizer = build_model_tokenizer(cfg, path.parent, device)
-    meta = {"steps": ck.get("step"), "exported_from": path.name}
-    return Generator(model, tokenizer, cfg, None, label=f"{path.name} (EMA, step {ck.get('step')})",
+    meta = {"steps": step, "exported_from": path.name}
+    return Generator(model, tokenizer, cfg, None, label=f"{path.name} (EMA, step {step})",
                      meta=meta, source="checkpoint")
 
 
-def _from_official(path: Path, device, vae: str) -> Generator:
+def _from_official(path: Path, ck: Any, device, vae: str) -> Generator:
     from .official import load_official
 
-    model, cfg = load_official(path, device)
+    model, cfg = load_official(path, device, ck=ck)
     if cfg.tokenizer.kind == "kl16":
         if not vae:
             raise ValueError(f"{path.name} makes KL-16 latents: give the VAE with --vae PATH/kl16.ckpt")
@@ -169,7 +171,7 @@ def random_generator(preset: str, device: str | torch.device = "cpu", seed: int 
     from .presets import get_preset
 
     cfg = get_preset(preset)
-    check_size(cfg, preset)
+    check_size(cfg, preset, device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MaskedGenerator(cfg)

@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, load_state_dict_strict, load_torch
+from .budget import check_size, model_spec
+from .checkpoint import CheckpointError, check_state_dict, load_torch
 from .config import RunConfig, TokenizerConfig
 from .model import MaskedGenerator
 from .presets import PRESETS
@@ -34,10 +35,11 @@ _NAME_TO_PRESET = {"xsmall": "in256-xs", "small": "in256-s", "base": "in256-b", 
                    "huge": "in256-h"}
 
 
-def official_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], Any]:
-    """(model weights, saved args or None) of an official checkpoint. Weights: "model_ema", else
-    "model", else the plain dict; args: the reference's argparse.Namespace under "args", if any."""
-    ck = load_torch(path)
+def official_checkpoint(path: str | os.PathLike, ck: Any = None) -> tuple[dict[str, Tensor], Any]:
+    """(model weights, saved args or None) of an official checkpoint (`ck`: its contents, when already
+    read). Weights: "model_ema", else "model", else the plain dict; args: the reference's
+    argparse.Namespace under "args", if any."""
+    ck = load_torch(path) if ck is None else ck
     args = ck.get("args") if isinstance(ck, dict) else None
     if isinstance(ck, dict):
         for key in ("model_ema", "model"):
@@ -77,6 +79,22 @@ def infer_config(state: dict[str, Tensor], source: str = "checkpoint", mae: bool
     missing = [k for k in need if k not in state]
     if missing:
         raise CheckpointError(f"{source} is not an eMIGM / MAR checkpoint: missing {', '.join(missing)}")
+    # the architecture is read off these shapes: check their ranks before indexing them
+    ranks = {k: (2,) for k in need} | {"mask_token": (2, 3), "encoder_pos_embed_learned": (3,),
+                                       "diffusion_pos_embed_learned": (3,)}
+    wrong = [f"{k} {tuple(state[k].shape)} (expected {' or '.join(f'{r}-d' for r in ranks[k])})"
+             for k in need if state[k].dim() not in ranks[k]]
+    if wrong:
+        raise CheckpointError(f"{source} is not an eMIGM / MAR checkpoint: wrong rank of {', '.join(wrong[:3])}")
+    try:
+        return _config_from_shapes(state, source, mae)
+    except CheckpointError:
+        raise
+    except ValueError as e:
+        raise CheckpointError(f"{source}: its tensor shapes do not describe a valid model ({e})") from None
+
+
+def _config_from_shapes(state: dict[str, Tensor], source: str, mae: bool) -> RunConfig:
     classes, width = state["class_emb.weight"].shape
     token_dim = state["z_proj.weight"].shape[1]
     tokens = state["diffusion_pos_embed_learned"].shape[1]
@@ -103,16 +121,20 @@ def infer_config(state: dict[str, Tensor], source: str = "checkpoint", mae: bool
     )
 
 
-def load_official(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MaskedGenerator, RunConfig]:
-    """An official eMIGM / MAR checkpoint -> (model in eval mode, its inferred RunConfig). Missing or
-    unexpected keys and shape mismatches raise CheckpointError naming the file."""
-    state, args = official_checkpoint(path)
+def load_official(path: str | os.PathLike, device: str | torch.device = "cpu",
+                  ck: Any = None) -> tuple[MaskedGenerator, RunConfig]:
+    """An official eMIGM / MAR checkpoint -> (model in eval mode, its inferred RunConfig); `ck`: the
+    file's contents when already read. The inferred size is checked, and the weights (keys, shapes,
+    dtypes, finite values), before the model is built; errors are a CheckpointError naming the file."""
+    state, args = official_checkpoint(path, ck)
     cfg = infer_config(state, str(path), mae=saved_use_mae(args, str(path)))
     if cfg.backbone.null_mode == "mask":
         shared = state.pop("fake_latent", None)
         if shared is not None and shared.shape != state["mask_token"].shape:
             raise CheckpointError(f"{path}: fake_latent {tuple(shared.shape)} and mask_token "
                                   f"{tuple(state['mask_token'].shape)} should be one vector under CFG with mask")
+    check_size(cfg, Path(path).name, device)
+    check_state_dict(model_spec(cfg), state, str(path))  # before the model is built
     model = MaskedGenerator(cfg)
-    load_state_dict_strict(model, state, str(path))
+    model.load_state_dict(state)
     return model.to(device).eval(), cfg

@@ -70,7 +70,7 @@ FMNIST_EMIGM = RunConfig(
     head=HeadConfig(kind="diffusion", width=128, depth=2, batch_mul=2),
     masking=_EMIGM_MASKING,
     data=_FMNIST_DATA,
-    train=replace(_CPU_TRAIN, steps=3000),
+    train=replace(_CPU_TRAIN, steps=6000),
 )
 FMNIST_EMIGM_GPU = replace(FMNIST_EMIGM, name="fmnist-emigm-gpu", train=_GPU_TRAIN)
 FMNIST_MASKGIT = RunConfig(

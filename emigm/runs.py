@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CheckpointError, load_state_dict_strict, load_torch, save_export
+from .checkpoint import CheckpointError, load_torch, save_export
 from .config import RunConfig
 from .fileio import write_error, write_text
 
@@ -245,11 +245,16 @@ class RunLock:
 
 def export_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Write an inference export (EMA weights + config) from a generator training checkpoint, or
-    from the newest checkpoint of a run folder: for exporting a run before it reaches train.steps."""
-    from .config import from_dict
+    from the newest checkpoint of a run folder: for exporting a run before it reaches train.steps.
+    The output folder is checked first, the checkpoint (config, size, EMA weights) before the model
+    is built."""
+    from .fileio import ensure_writable_dir
+    from .loading import read_training_checkpoint
     from .model import MaskedGenerator
 
     src = Path(source)
+    if not str(out_dir).strip():
+        raise ValueError("the export folder is empty: give --out DIR")
     if src.is_dir():
         found = latest_checkpoint(src)
         if found is None:
@@ -257,9 +262,15 @@ def export_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike) -> 
         path, ck = found
     else:
         path, ck = src, load_checkpoint(src)
-    cfg = from_dict(RunConfig, ck["config"])
+    ensure_writable_dir(out_dir, "export folder")
+    cfg, ema, step = read_training_checkpoint(path, ck)
     model = MaskedGenerator(cfg)
-    load_state_dict_strict(model, ck["ema"], f"{path} (EMA)")
-    meta = {"steps": ck["step"], "planned_steps": cfg.train.steps, "seconds": round(ck.get("elapsed", 0.0), 3),
-            "final_loss": ck.get("loss"), "exported_from": path.name}
-    return save_export(model, cfg, out_dir, meta=meta, state=ck["ema"])
+    model.load_state_dict(ema)
+    def number(v):
+        return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    elapsed = number(ck.get("elapsed"))
+    meta = {"steps": step, "planned_steps": cfg.train.steps,
+            "seconds": round(elapsed if elapsed is not None else 0.0, 3),
+            "final_loss": number(ck.get("loss")), "exported_from": path.name}
+    return save_export(model, cfg, out_dir, meta=meta, state=ema)

@@ -25,6 +25,7 @@ plan and reaches `_step` as a Python int, so the steps never wait for the device
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
@@ -188,9 +189,29 @@ def _flat_select(sel: Tensor, m: int) -> tuple[Tensor, Tensor]:
 
 
 def _as_seeds(seeds, batch: int | None, device) -> Tensor:
-    if isinstance(seeds, int):
-        seeds = [seeds + i for i in range(batch or 1)]
-    return torch.as_tensor(seeds, dtype=torch.int64, device=device).reshape(-1)
+    """Per-sample seeds as an int64 tensor: an int (sample i gets seed + i), a sequence of ints or an
+    integer tensor; whole numbers in [0, 2^63 - 1] (a one-line ValueError otherwise)."""
+    from .seeds import MAX_SEED, check_seed
+
+    if isinstance(seeds, Tensor):
+        if seeds.is_floating_point() or seeds.is_complex() or seeds.dtype == torch.bool or \
+                (seeds.numel() and int(seeds.min()) < 0):
+            raise ValueError(f"seeds must be whole numbers in [0, {MAX_SEED}]")
+        return seeds.to(device=device, dtype=torch.int64).reshape(-1)
+    if not isinstance(seeds, (str, bytes)) and hasattr(seeds, "__iter__"):
+        values = list(seeds)
+    else:
+        values = [seeds]
+    try:
+        values = [operator.index(v) for v in values]
+    except TypeError:
+        raise ValueError(f"seeds must be whole numbers in [0, {MAX_SEED}], got {values[:4]!r}") from None
+    if len(values) == 1 and not hasattr(seeds, "__iter__"):
+        check_seed("seed", values[0], batch or 1)
+        values = [values[0] + i for i in range(batch or 1)]
+    for v in values:
+        check_seed("seed", v)
+    return torch.as_tensor(values, dtype=torch.int64, device=device).reshape(-1)
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,7 @@ def generate(model, tokenizer, num_samples: int, sampler: SamplerConfig, guidanc
              batch_size: int = 250, seed: int = 0, smoother=None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Class-balanced samples: image i has class i % classes and seed seed + i (so any batch size
     gives the same images). Returns images (N, C, H, W) on the CPU, labels (N,), and cost figures."""
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_request(model, num_samples, sampler, guidance, batch_size, seed)
     device = next(model.parameters()).device
     labels = torch.arange(num_samples) % model.num_classes
     images, passes, head_evals = [], 0, 0
@@ -42,11 +39,28 @@ def generate(model, tokenizer, num_samples: int, sampler: SamplerConfig, guidanc
                                        "images_per_s": num_samples / seconds}
 
 
+def check_request(model, num_samples: int, sampler: SamplerConfig, guidance: GuidanceConfig, batch_size: int,
+                  seed: int, names: tuple[str, str, str] = ("num_samples", "batch_size", "seed")) -> None:
+    """Refuse, before any work, a sample count, batch size or seed out of range, or a batch whose
+    memory estimate does not fit (emigm.budget). `names`: how the caller spells the three."""
+    from .budget import MAX_IMAGES, MAX_SAMPLES, check_sampling_size
+    from .fields import check_number
+    from .seeds import check_seed
+
+    check_number(names[0], num_samples, 1, MAX_SAMPLES, integer=True)
+    check_number(names[1], batch_size, 1, MAX_IMAGES, integer=True)
+    check_seed(names[2], seed, num_samples)
+    batch = min(batch_size, num_samples)
+    check_sampling_size(model.cfg, batch, replace(sampler, draft=False), guidance, next(model.parameters()).device,
+                        f"{names[1]} {batch}", keep_steps=False)
+
+
 def evaluate_generator(model, tokenizer, num_samples: int, sampler: SamplerConfig, guidance: GuidanceConfig,
                        data_root: str | None = None, classifier_path: str | None = None,
                        batch_size: int = 250, seed: int = 0, floor: bool = True, smoother=None) -> dict[str, Any]:
     """FD, class accuracy, precision, recall of N samples vs the test set; NFE; images/s; and the
     real-data floor (N training images vs the test set) at the same N."""
+    check_request(model, num_samples, sampler, guidance, batch_size, seed)
     if (tokenizer.channels, tokenizer.image_size) != (1, 28):
         raise ValueError(f"the Fashion-MNIST classifier scores 1 x 28 x 28 images; this model makes "
                          f"{tokenizer.channels} x {tokenizer.image_size} x {tokenizer.image_size}")

@@ -11,6 +11,18 @@ every number by (sample seed, stream, step, position) and needs no generator sta
 from __future__ import annotations
 
 _M64 = (1 << 64) - 1
+MAX_SEED = (1 << 63) - 1  # seeds are int64 tensors in the sampler; negative seeds are refused
+
+
+def check_seed(name: str, seed, count: int = 1) -> None:
+    """Refuse a seed outside [0, MAX_SEED] and, when `count` images get seeds seed .. seed + count - 1,
+    a seed whose last one would pass MAX_SEED. One line naming `name` (e.g. "--seed")."""
+    from .fields import check_number
+
+    check_number(name, seed, 0, MAX_SEED, integer=True)
+    if seed + count - 1 > MAX_SEED:
+        raise ValueError(f"{name} {seed} with {count} images needs seeds up to {seed + count - 1}, past the "
+                         f"largest seed {MAX_SEED}; use a seed of at most {MAX_SEED - count + 1}")
 
 STREAM_INIT, STREAM_DATA, STREAM_TRAIN, STREAM_AUGMENT = 1, 2, 3, 4
 

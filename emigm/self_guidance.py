@@ -216,7 +216,7 @@ def load_smoother(folder: str | os.PathLike, model, device: str | torch.device =
     tokens, codebook). Errors are one line naming the file."""
     from safetensors.torch import load_file
 
-    from .checkpoint import CheckpointError, load_state_dict_strict
+    from .checkpoint import CheckpointError, check_state_dict, spec_of
     from .config import from_dict
 
     folder = Path(folder)
@@ -241,8 +241,9 @@ def load_smoother(folder: str | os.PathLike, model, device: str | torch.device =
         state = load_file(str(weights))
     except Exception as e:  # safetensors raises several types for damaged files
         raise CheckpointError(f"cannot read {folder.name}/{WEIGHTS_FILE}: {type(e).__name__}") from None
-    if not all(torch.isfinite(v).all() for v in state.values()):
-        raise CheckpointError(f"{folder.name}/{WEIGHTS_FILE}: weights contain NaN or infinite values")
+    with torch.device("meta"):  # shapes only: the file is checked before anything is allocated
+        expected = spec_of(Smoother(cfg))
+    check_state_dict(expected, state, f"{folder.name}/{WEIGHTS_FILE}")
     smoother = Smoother(cfg)
-    load_state_dict_strict(smoother, state, f"{folder.name}/{WEIGHTS_FILE}")
+    smoother.load_state_dict(state)
     return smoother.to(device).eval().requires_grad_(False)

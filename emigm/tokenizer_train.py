@@ -14,7 +14,6 @@ run sees the same batches as an uninterrupted one.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import warnings
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import CheckpointError, command_line, load_torch
+from .fields import check_fields, coerce_tuples, option
 from .fileio import ensure_writable_dir, torch_save, write_bytes
 from .optim import LRSchedule, lr_at, warmup_then_decay
 from .runs import MetricsLog, RunLock, config_diff, trim_metrics
@@ -38,30 +38,28 @@ STATE_FILE, METRICS_FILE = "state.pt", "metrics.jsonl"
 
 @dataclass(frozen=True)
 class TokenizerTrainConfig:
-    kind: str = "kl"
-    steps: int = 6000
-    batch_size: int = 64
-    lr: float = 2e-3
-    seed: int = 0
-    latent_channels: int = 4  # kl
+    """A tokenizer training run; validated at construction (emigm.fields)."""
+
+    kind: str = option("kl", "tokenizer to train: kl (continuous latents) or vq (codes)", choices=TOKENIZER_KINDS)
+    steps: int = option(6000, "optimiser steps", low=1, high=1 << 40)
+    batch_size: int = option(64, "images per step", low=1, high=1024)
+    lr: float = option(2e-3, "peak learning rate", low=0.0, high=10.0, open_low=True)
+    seed: int = option(0, "seed of the weights, batches and noise", low=0, high=(1 << 63) - 1)
+    latent_channels: int = option(4, "kl: channels per latent token", low=1, high=64)
     widths: tuple[int, int, int] = (32, 64, 128)  # kl
-    num_res_blocks: int = 1  # kl
-    kl_weight: float = 1e-4  # kl: weight of the per-element KL against the per-pixel MSE
-    codebook_size: int = 512  # vq
-    beta: float = 0.25  # vq commitment
-    ckpt_every: int = 250
-    log_every: int = 100
+    num_res_blocks: int = option(1, "kl: residual blocks per resolution", low=0, high=16)
+    kl_weight: float = option(1e-4, "kl: weight of the per-element KL against the per-pixel MSE", low=0.0,
+                              high=1e3)
+    codebook_size: int = option(512, "vq: number of codes", low=2, high=65536)
+    beta: float = option(0.25, "vq: commitment weight", low=0.0, high=100.0)
+    ckpt_every: int = option(250, "steps per checkpoint", low=1, high=1 << 40)
+    log_every: int = option(100, "steps per metrics line", low=1, high=1 << 40)
 
     def __post_init__(self) -> None:
-        if self.kind not in TOKENIZER_KINDS:
-            raise ValueError(f"unknown tokenizer kind {self.kind!r}; valid: {', '.join(TOKENIZER_KINDS)}")
-        for name in ("steps", "batch_size", "latent_channels", "codebook_size", "ckpt_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "kl_weight", "beta"):
-            v = getattr(self, name)
-            if not math.isfinite(v) or v < 0 or (name == "lr" and v == 0):
-                raise ValueError(f"{name} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {v}")
+        coerce_tuples(self)
+        check_fields(self)
+        if len(self.widths) != 3 or not all(isinstance(w, int) and 1 <= w <= 1024 for w in self.widths):
+            raise ValueError(f"widths must be 3 whole numbers in [1, 1024], got {self.widths!r}")
 
 
 def build_autoencoder(cfg: TokenizerTrainConfig):
@@ -96,9 +94,10 @@ def seam_ratio(images: Tensor, period: int = 4) -> float:
     seams; > 1 when token borders show. images (N, C, H, W)."""
     dx = (images[..., :, 1:] - images[..., :, :-1]).abs()
     dy = (images[..., 1:, :] - images[..., :-1, :]).abs()
-    border = (torch.arange(dx.shape[-1], device=images.device) % period) == period - 1
-    across = torch.cat([dx[..., :, border].flatten(), dy[..., border, :].flatten()]).mean()
-    inside = torch.cat([dx[..., :, ~border].flatten(), dy[..., ~border, :].flatten()]).mean()
+    bx = (torch.arange(dx.shape[-1], device=images.device) % period) == period - 1  # column steps
+    by = (torch.arange(dy.shape[-2], device=images.device) % period) == period - 1  # row steps
+    across = torch.cat([dx[..., :, bx].flatten(), dy[..., by, :].flatten()]).mean()
+    inside = torch.cat([dx[..., :, ~bx].flatten(), dy[..., ~by, :].flatten()]).mean()
     return float(across / inside.clamp_min(1e-12))
 
 

@@ -218,9 +218,9 @@ def _resolve(cfg: TokenizerConfig, root: str | None, default_file: str, what: st
     return path
 
 
-def _check(cfg: TokenizerConfig, name: str, want: int, got: int) -> None:
+def _check(cfg: TokenizerConfig, name: str, want: int, got: int, path: str) -> None:
     if want and want != got:
-        raise ValueError(f"tokenizer.{name} is {want} but the {cfg.kind} weights have {got}")
+        raise ValueError(f"{path}: the model expects tokenizer.{name} {want}; these {cfg.kind} weights have {got}")
 
 
 def _build_patch(cfg: TokenizerConfig, root: str | None) -> Tokenizer:
@@ -228,11 +228,12 @@ def _build_patch(cfg: TokenizerConfig, root: str | None) -> Tokenizer:
 
 
 def _build_vq(cfg: TokenizerConfig, root: str | None) -> Tokenizer:
-    tok = VQTokenizer(load_vqvae(resolve_weights(cfg, root)))
-    _check(cfg, "codebook_size", cfg.codebook_size, tok.codebook_size)
-    _check(cfg, "stride", cfg.stride, tok.stride)
-    _check(cfg, "image_size", cfg.image_size, tok.image_size)
-    _check(cfg, "channels", cfg.channels, tok.channels)
+    path = resolve_weights(cfg, root)
+    tok = VQTokenizer(load_vqvae(path))
+    _check(cfg, "codebook_size", cfg.codebook_size, tok.codebook_size, path)
+    _check(cfg, "stride", cfg.stride, tok.stride, path)
+    _check(cfg, "image_size", cfg.image_size, tok.image_size, path)
+    _check(cfg, "channels", cfg.channels, tok.channels, path)
     return tok
 
 
@@ -249,28 +250,29 @@ def resolve_weights(cfg: TokenizerConfig, root: str | None = None) -> str:
 
 
 def _build_kl(cfg: TokenizerConfig, root: str | None) -> Tokenizer:
-    tok = KLTokenizer(load_klvae(resolve_weights(cfg, root)))
-    _check(cfg, "latent_channels", cfg.latent_channels, tok.token_dim)
-    _check(cfg, "stride", cfg.stride, tok.stride)
-    _check(cfg, "image_size", cfg.image_size, tok.image_size)
-    _check(cfg, "channels", cfg.channels, tok.channels)
+    path = resolve_weights(cfg, root)
+    tok = KLTokenizer(load_klvae(path))
+    _check(cfg, "latent_channels", cfg.latent_channels, tok.token_dim, path)
+    _check(cfg, "stride", cfg.stride, tok.stride, path)
+    _check(cfg, "image_size", cfg.image_size, tok.image_size, path)
+    _check(cfg, "channels", cfg.channels, tok.channels, path)
     return tok
 
 
 def _build_kl16(cfg: TokenizerConfig, root: str | None) -> Tokenizer:
     path = resolve_weights(cfg, root)
     vae_cfg = KL16Config()
-    _check(cfg, "latent_channels", cfg.latent_channels, vae_cfg.embed_dim)
-    _check(cfg, "stride", cfg.stride, vae_cfg.stride)
-    _check(cfg, "channels", cfg.channels, vae_cfg.in_channels)
+    _check(cfg, "latent_channels", cfg.latent_channels, vae_cfg.embed_dim, path)
+    _check(cfg, "stride", cfg.stride, vae_cfg.stride, path)
+    _check(cfg, "channels", cfg.channels, vae_cfg.in_channels, path)
     return KL16Tokenizer(load_kl16(path, vae_cfg), cfg.image_size)
 
 
 def _build_dcae(cfg: TokenizerConfig, root: str | None) -> Tokenizer:
-    _check(cfg, "latent_channels", cfg.latent_channels, DCAETokenizer.latent_channels)
-    _check(cfg, "stride", cfg.stride, DCAETokenizer.stride)
-    _check(cfg, "channels", cfg.channels, 3)
     path = _resolve(cfg, root, "", "DC-AE model folder (diffusers AutoencoderDC)", folder_ok=True)
+    _check(cfg, "latent_channels", cfg.latent_channels, DCAETokenizer.latent_channels, path)
+    _check(cfg, "stride", cfg.stride, DCAETokenizer.stride, path)
+    _check(cfg, "channels", cfg.channels, 3, path)
     return DCAETokenizer(path, cfg.image_size)
 
 

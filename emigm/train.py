@@ -130,11 +130,16 @@ def train(cfg: RunConfig, out_dir: str | os.PathLike | None = None, max_steps: i
           device: str = "auto", command: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) the generator run described by `cfg` in `out_dir` (default
     `{train.out_dir}/{name}`) on `device` (auto, cpu, cuda, cuda:N; under torchrun "cuda" is the
-    process's local GPU). max_steps >= 1 stops there with a checkpoint and no export. See
+    process's local GPU). max_steps >= 1 stops there with a checkpoint and no export. A config whose
+    weights, optimizer state and activations cannot fit on the device is refused before anything is
+    built (emigm.budget). See
     emigm.trainer.fit for the run folder, resume rules and the returned summary."""
+    from .budget import check_training_size
+
     check_max_steps(max_steps)
-    micro_batch_size(cfg.train, dist.info_from_env().world_size)  # fail fast, before building the model
+    micro = micro_batch_size(cfg.train, dist.info_from_env().world_size)  # fail fast, before building the model
     dev = resolve_device(device, dist.info_from_env().local_rank)
+    check_training_size(cfg, cfg.name, dev, micro)  # from the config: nothing is allocated yet
     task = GeneratorTask(cfg, dev)
     return fit(task, cfg.train, Path(out_dir) if out_dir else default_run_dir(cfg), device=dev,
                max_steps=max_steps, num_workers=cfg.data.num_workers, command=command, progress=progress,

@@ -12,8 +12,6 @@ norm, q, k, v, proj_out (all 1x1 convs).
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from dataclasses import dataclass
 
 import torch
@@ -232,14 +230,13 @@ def load_kl16(path: str, cfg: KL16Config = KL16Config(),
     model in eval mode on `device`."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"KL-16 VAE checkpoint not found: {path}")
+    from .checkpoint import CheckpointError, load_torch
+
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"{path}: cannot read the KL-16 VAE checkpoint: not a torch file, truncated "
-                         f"or corrupt, or it holds Python objects that weights_only loading refuses "
-                         f"(re-save only the state dict): {e}") from e
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise ValueError(f"{path}: cannot read the KL-16 VAE checkpoint (truncated or corrupt?): {e}") from e
+        ckpt = load_torch(path)
+    except CheckpointError as e:  # one line: "cannot read checkpoint PATH: reason"
+        reason = str(e).removeprefix(f"cannot read checkpoint {path}: ")
+        raise ValueError(f"{path}: cannot read the KL-16 VAE checkpoint (truncated or corrupt?): {reason}") from None
     if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
         ckpt = ckpt["model"]
     elif isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
@@ -263,6 +260,12 @@ def load_kl16(path: str, cfg: KL16Config = KL16Config(),
              if state[k].shape != v.shape]
     if wrong:
         raise ValueError(f"{path}: KL-16 VAE shape mismatch: {_describe(wrong, 3)}")
+    odd = [k for k in expected if not state[k].is_floating_point()]
+    if odd:
+        raise ValueError(f"{path}: expected floating-point weights; {_describe(odd, 3)} are not")
+    nonfinite = [k for k in expected if not bool(torch.isfinite(state[k]).all())]
+    if nonfinite:
+        raise ValueError(f"{path}: weights contain NaN or infinite values ({_describe(nonfinite, 3)})")
     model = model.to_empty(device=device)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.eval()

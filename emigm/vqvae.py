@@ -43,12 +43,16 @@ class VQVAEConfig:
     stride: int = 4
 
     def __post_init__(self) -> None:
-        if self.image_size % self.stride:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of stride {self.stride}")
+        from .fields import check_number
+
+        for name, low, high in (("image_size", 4, 4096), ("channels", 1, 16), ("hidden", 1, 4096),
+                                ("res_hidden", 1, 4096), ("num_res_blocks", 0, 64), ("codebook_size", 2, 1 << 20),
+                                ("codebook_dim", 1, 4096), ("stride", 1, 4096)):
+            check_number(name, getattr(self, name), low, high, integer=True)
         if self.stride != 4:
             raise ValueError("this VQ-VAE has a fixed stride of 4")
-        if self.codebook_size < 2 or self.codebook_dim < 1:
-            raise ValueError("codebook_size must be >= 2 and codebook_dim >= 1")
+        if self.image_size % self.stride:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of stride {self.stride}")
 
 
 class _ResBlock(nn.Module):
@@ -249,17 +253,23 @@ def load_vqvae(path: str, device: torch.device | str = "cpu") -> VQVAE:
             meta = f.metadata() or {}
         state = load_file(path, device=str(device))
     except Exception as e:  # safetensors raises several types for a damaged header
-        raise ValueError(f"{path}: not a readable VQ-VAE safetensors file ({e})") from e
+        raise ValueError(f"{path}: not a readable VQ-VAE safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     if "config" not in meta:
         raise ValueError(f"{path}: no 'config' metadata; was it written by emigm.vqvae.save_vqvae?")
-    cfg = VQVAEConfig(**json.loads(meta["config"]))
-    with torch.device("meta"):
+    try:
+        arch = json.loads(meta["config"])
+        if not isinstance(arch, dict):
+            raise ValueError("not a JSON object")
+        cfg = VQVAEConfig(**arch)
+    except (TypeError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{path}: invalid architecture metadata ({e})") from None
+    from .checkpoint import check_state_dict, spec_of
+
+    with torch.device("meta"):  # shapes only: the file is checked before anything is allocated
         model = VQVAE(cfg)
+    check_state_dict(spec_of(model), state, path)
     model = model.to_empty(device=device)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path}: VQ-VAE weights do not match its config; missing {missing[:4]}, "
-                         f"unexpected {unexpected[:4]}")
+    model.load_state_dict(state)
     q = model.quantizer  # EMA statistics are not exported: restart them from the codebook
     q.ema_count.fill_(q.dead_threshold)
     q.ema_sum.copy_(q.codebook * q.dead_threshold)

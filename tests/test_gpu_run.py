@@ -47,7 +47,7 @@ def tiny_fmnist(tmp_path_factory) -> Path:
 def test_gpu_presets_fit_what_comes_back():
     """The three Fashion-MNIST GPU presets and the self-guidance module, in fp32, fit the budget the
     packer keeps for models (so they travel exactly, without bf16 rounding)."""
-    from emigm.loading import estimate_bytes
+    from emigm.budget import weight_bytes as estimate_bytes
     from emigm.presets import get_preset
     from emigm.self_guidance import Smoother, config_for
     from emigm.model import MaskedGenerator
