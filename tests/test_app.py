@@ -176,6 +176,27 @@ def test_bad_input_is_a_gr_error(unmasking, over, match):
         list(unmasking.run(**run_values(**over)))
 
 
+def test_randomise_seed_covers_the_seed_range(unmasking, monkeypatch):
+    """The dice draws from the whole seed control range, randrange(0, 2**31) (both ends reachable), and
+    the largest seed it can draw is one a run accepts."""
+    import random
+    lo, hi = controls.RANGES["seed"]
+    assert (lo, hi) == (0, 2**31 - 1)
+    calls = []
+
+    def fake(self, start, stop):
+        calls.append((start, stop))
+        return stop - 1 if len(calls) == 1 else start
+    monkeypatch.setattr(random.SystemRandom, "randrange", fake)
+    top, bottom = unmasking.randomise_seed(), unmasking.randomise_seed()
+    assert calls == [(0, 2**31)] * 2 and (top, bottom) == (hi, lo)
+    monkeypatch.undo()
+    final = list(unmasking.run(**run_values(seed=top, num_steps=2)))[-1]
+    assert f"seed {hi}" in final[1]
+    draws = {unmasking.randomise_seed() for _ in range(20)}
+    assert len(draws) > 1 and all(isinstance(x, int) and lo <= x <= hi for x in draws)
+
+
 def test_bad_input_elsewhere_is_a_gr_error(unmasking, engine, traj):
     with pytest.raises(gr.Error, match="Run the sampler first"):
         list(unmasking.branch(None, 3, **step_values(run_values())))
@@ -321,4 +342,6 @@ def test_client_compare_and_results(client):
     assert doc["same_reveal_order"] and diff["a"] == "none" and diff["b"] == "mask"
     msg, _, _, res = client.predict(api_name="/results")
     assert res["available"] == analysis.CLAIMS_PATH.is_file()
-    assert client.predict(api_name="/randomise_seed") >= 0
+    seeds = [client.predict(api_name="/randomise_seed") for _ in range(3)]
+    lo, hi = controls.RANGES["seed"]
+    assert all(float(x).is_integer() and lo <= x <= hi for x in seeds) and len(set(seeds)) > 1, seeds

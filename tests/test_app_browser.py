@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# A real chromium: seconds to start and to drive; the default run keeps these, `-m "not slow"` skips them
+# (the explorer's handlers and its API stay in the fast subset through tests/test_app.py).
+pytestmark = pytest.mark.slow
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = "/usr/bin/chromium"
 if not os.path.exists(CHROMIUM):

@@ -14,20 +14,29 @@ def run(*args, timeout=300):
                           timeout=timeout)
 
 
-def test_schedule_json_gives_the_papers_pass_count():
-    r = run("schedule", "--schedule", "exp", "--steps", "16", "--tokens", "256", "--cfg", "4",
-            "--cfg-interval", "0.1", "0.3", "--json")
-    assert r.returncode == 0, r.stderr
-    doc = json.loads(r.stdout)
+def main_out(capsys, *args) -> tuple[int, str, str]:
+    """The CLI in this process (the real process is tested once, below): exit code, stdout, stderr."""
+    from emigm.cli import main
+
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_schedule_json_gives_the_papers_pass_count(capsys):
+    code, out, err = main_out(capsys, "schedule", "--schedule", "exp", "--steps", "16", "--tokens", "256", "--cfg",
+                              "4", "--cfg-interval", "0.1", "0.3", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
     assert doc["cfg_steps"] == 3 and doc["passes"] == 19
     reveals = [round(s["expected_revealed"], 1) for s in doc["steps"]]
     assert reveals[:4] == [0.6, 0.9, 1.2, 1.6] and reveals[-1] == 69.2
     assert [s["step"] for s in doc["steps"] if s["cfg"]] == [12, 13, 14]
 
 
-def test_schedule_table_is_readable():
-    r = run("schedule", "--steps", "4", "--tokens", "16")
-    assert r.returncode == 0 and "transformer passes: 4" in r.stdout
+def test_schedule_table_is_readable(capsys):
+    code, out, _ = main_out(capsys, "schedule", "--steps", "4", "--tokens", "16")
+    assert code == 0 and "transformer passes: 4" in out
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -51,6 +60,7 @@ def test_bad_input_is_one_line_exit_2(args, needle, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_process_exit_code_is_2_without_traceback():
     r = run("schedule", "--schedule", "sigmoid")
     assert r.returncode == 2 and r.stderr.startswith("error: unknown schedule") and "Traceback" not in r.stderr
@@ -69,12 +79,12 @@ def test_corrupt_checkpoint_is_refused(tmp_path, capsys):
     assert "cannot read model weights" in capsys.readouterr().err
 
 
-def test_sample_writes_grid_and_trace(tmp_path):
+def test_sample_writes_grid_and_trace(tmp_path, capsys):
     out, trace = tmp_path / "grid.png", tmp_path / "trace.json"
-    r = run("sample", "--preset", "test-tiny", "--random-init", "--class", "Dress", "--seed", "3", "--steps", "6",
-            "--cfg", "4.0", "--cfg-interval", "0.1", "0.5", "--head-steps", "4", "--num-images", "3",
-            "--out", str(out), "--trace", str(trace), "--device", "cpu")
-    assert r.returncode == 0, r.stderr
+    code, _, err = main_out(capsys, "sample", "--preset", "test-tiny", "--random-init", "--class", "Dress", "--seed",
+                            "3", "--steps", "6", "--cfg", "4.0", "--cfg-interval", "0.1", "0.5", "--head-steps", "4",
+                            "--num-images", "3", "--out", str(out), "--trace", str(trace), "--device", "cpu")
+    assert code == 0, err
     from PIL import Image
     assert Image.open(out).format == "PNG"
     doc = json.loads(trace.read_text())

@@ -142,6 +142,7 @@ def test_save_load_round_trip_and_errors(tmp_path):
         load_classifier(tmp_path)
 
 
+@pytest.mark.slow  # the shipped classifier on the real test set
 @pytest.mark.skipif(not (HAVE_ASSET and HAVE_FMNIST), reason="needs assets/classifier and Fashion-MNIST")
 def test_shipped_classifier_accuracy():
     model = load_classifier(ASSET)

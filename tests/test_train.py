@@ -193,6 +193,7 @@ def _ddp_worker(rank: int, world: int, port: int, root: str) -> None:
                os.path.join(root, f"state{rank}.pt"))
 
 
+@pytest.mark.slow  # two spawned processes: ~10 s; the default run keeps it
 def test_ddp_two_processes_keep_replicas_identical(tmp_path) -> None:
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     s0, s1 = (torch.load(tmp_path / f"state{r}.pt") for r in (0, 1))

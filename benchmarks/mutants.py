@@ -1,0 +1,417 @@
+"""Mutation check: plant one-line bugs in emigm/ and see whether the fast test suite notices.
+
+    python benchmarks/mutants.py                                   # default files, 40 mutants, seed 0
+    python benchmarks/mutants.py --files emigm/schedules.py emigm/guidance.py --limit 40 --seed 0
+    python benchmarks/mutants.py --list                            # every candidate mutation, no runs
+    python benchmarks/mutants.py --tests tests/test_pure_values.py tests/test_guidance.py   # quicker
+    python benchmarks/mutants.py --at emigm/sampler.py:208                # recheck one line's mutants
+
+Mutations (one token on one line, found with `tokenize`, so strings, docstrings and comments are never
+touched): comparisons `<` <-> `<=`, `>` <-> `>=`, `==` <-> `!=`; arithmetic `+` <-> `-`, `*` <-> `/`
+(also `+=` / `-=`); numeric constants (an int n -> n + 1 and n - 1, a float x -> 1.1 x and x - 1, or
+x / 2 below 1; zero -> 1 / 0.1); the names `min` <-> `max` (also `minimum` <-> `maximum`, and the
+`min=` / `max=` keywords of clamp). Mutants that do not compile, or compile to the same code, are
+dropped before sampling.
+
+Each mutant runs in a temporary copy of the tree (the working tree is never written): the copy's
+mutated file is replaced, the tests run as `pytest -q -x -m "not slow"` with a timeout, and the file is
+put back. Two stages: the fast value tests (--tests, the ones for the mutated file first), then, only
+if they all pass, the rest of the fast suite (--then). A mutant is "caught" when a test fails or
+collection fails, "timeout" when it hangs, "survived" when every test passes. Byte-code caching is off
+in the copy, so a same-size mutation can never reuse a stale .pyc. By default each pytest runs in a
+fork of this process, which has torch imported once (--no-fork: a fresh interpreter each time).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import io
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tokenize
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Files made of pure functions (schedules, guidance, counts, annealing, masking, optimiser, diffusion math,
+# option validation, step arithmetic): the default targets.
+DEFAULT_FILES = ["emigm/schedules.py", "emigm/guidance.py", "emigm/sampler.py", "emigm/masking.py",
+                 "emigm/optim.py", "emigm/diffusion.py", "emigm/categorical_head.py", "emigm/fields.py",
+                 "emigm/steps.py", "emigm/ema.py"]
+# Stage 1: the fast value tests, so that most mutants are caught within seconds (-x stops at the first
+# failure); stage 2, only when stage 1 passes: the rest of the fast suite.
+DEFAULT_TESTS = ["tests/test_pure_values.py", "tests/test_guidance.py", "tests/test_fields.py",
+                 "tests/test_optim_values.py", "tests/test_schedules.py", "tests/test_masking.py",
+                 "tests/test_sampler.py", "tests/test_diffusion.py"]
+DEFAULT_THEN = "tests"
+# Stage-1 files that go first for a mutant of a given source file (the rest of stage 1 follows): with
+# -x a caught mutant then costs one small file, not the whole stage.
+FIRST = {"emigm/guidance.py": ["tests/test_guidance.py"], "emigm/fields.py": ["tests/test_fields.py"],
+         "emigm/optim.py": ["tests/test_optim_values.py"], "emigm/ema.py": ["tests/test_optim_values.py"],
+         "emigm/masking.py": ["tests/test_pure_values.py", "tests/test_masking.py"],
+         "emigm/schedules.py": ["tests/test_pure_values.py", "tests/test_schedules.py"],
+         "emigm/diffusion.py": ["tests/test_pure_values.py", "tests/test_diffusion.py"]}
+
+SWAPS = {"<": "<=", "<=": "<", ">": ">=", ">=": ">", "==": "!=", "!=": "==", "+": "-", "-": "+",
+         "*": "/", "/": "*", "+=": "-=", "-=": "+=", "min": "max", "max": "min",
+         "minimum": "maximum", "maximum": "minimum"}
+
+
+@dataclass(frozen=True)
+class Mutant:
+    path: str  # relative to the repository root
+    line: int  # 1-based
+    col: int
+    old: str
+    new: str
+
+    def apply(self, source: str) -> str:
+        lines = source.splitlines(keepends=True)
+        text = lines[self.line - 1]
+        assert text[self.col:self.col + len(self.old)] == self.old, (self, text)
+        lines[self.line - 1] = text[:self.col] + self.new + text[self.col + len(self.old):]
+        return "".join(lines)
+
+    @property
+    def label(self) -> str:
+        return f"{self.old} -> {self.new}"
+
+
+def _number_variants(text: str) -> list[str]:
+    clean = text.replace("_", "")
+    if clean.lower().startswith(("0x", "0o", "0b")) or clean.lower().endswith("j"):
+        return []
+    try:
+        value = int(clean)
+    except ValueError:
+        value = float(clean)
+        if value == 0.0:
+            return ["0.1"]
+        out = [repr(round(value * 1.1, 12))]
+        out.append(repr(value - 1.0) if abs(value) >= 1.0 else repr(value / 2))
+        return out
+    return ["1"] if value == 0 else [str(value + 1), str(value - 1)]
+
+
+def candidates(path: str) -> list[Mutant]:
+    """Every compilable one-token mutation of a file (see the module docstring)."""
+    source = (ROOT / path).read_text()
+    original = compile(source, path, "exec", dont_inherit=True)
+    out: list[Mutant] = []
+    prev = ""
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        (row, col), text = tok.start, tok.string
+        after, prev = prev, (text if tok.type not in (tokenize.NL, tokenize.COMMENT) else prev)
+        if tok.type == tokenize.OP and text == "*" and after in ("(", ",", "["):
+            continue  # a star in an argument list (unpacking, keyword-only marker), not a product
+        if tok.type == tokenize.OP and text in SWAPS:
+            news = [SWAPS[text]]
+        elif tok.type == tokenize.NAME and text in SWAPS:
+            news = [SWAPS[text]]
+        elif tok.type == tokenize.NUMBER:
+            news = _number_variants(text)
+        else:
+            continue
+        for new in news:
+            m = Mutant(path, row, col, text, new)
+            try:
+                code = compile(m.apply(source), path, "exec", dont_inherit=True)
+            except SyntaxError:
+                continue
+            if _same_code(code, original):
+                continue
+            out.append(m)
+    return out
+
+
+def unused_default_spans(source: str) -> list[tuple[int, int, int, int]]:
+    """(line, col, end_line, end_col) of default values of parameters that their function never reads:
+    mutating those changes nothing a test can see (an equivalent mutant), so survivors there are
+    labelled as such."""
+    spans = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        body = node.body if isinstance(node.body, list) else [node.body]
+        used = {n.id for stmt in body for n in ast.walk(stmt) if isinstance(n, ast.Name)}
+        a = node.args
+        positional = a.posonlyargs + a.args
+        pairs = list(zip(positional[len(positional) - len(a.defaults):], a.defaults))
+        pairs += [(arg, d) for arg, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None]
+        for arg, default in pairs:
+            if arg.arg not in used:
+                spans.append((default.lineno, default.col_offset, default.end_lineno, default.end_col_offset))
+    return spans
+
+
+def is_unused_default(m: Mutant) -> bool:
+    spans = unused_default_spans((ROOT / m.path).read_text())
+    return any((l0, c0) <= (m.line, m.col) < (l1, c1) for l0, c0, l1, c1 in spans)
+
+
+def _same_code(a, b) -> bool:
+    if a.co_code != b.co_code or len(a.co_consts) != len(b.co_consts) or a.co_names != b.co_names:
+        return False
+    for x, y in zip(a.co_consts, b.co_consts):
+        if hasattr(x, "co_code") and hasattr(y, "co_code"):
+            if not _same_code(x, y):
+                return False
+        elif type(x) is not type(y) or x != y:
+            return False
+    return True
+
+
+def sample_mutants(per_file: dict[str, list[Mutant]], limit: int, seed: int) -> list[Mutant]:
+    """`limit` mutants (0: all), spread over the files round-robin so a large file does not crowd out
+    the small ones; the order within each file is a seeded shuffle."""
+    rnd = random.Random(seed)
+    queues = {f: rnd.sample(ms, len(ms)) for f, ms in per_file.items() if ms}
+    total = sum(len(q) for q in queues.values())
+    limit = total if limit <= 0 else min(limit, total)
+    out: list[Mutant] = []
+    while len(out) < limit:
+        for q in queues.values():
+            if q and len(out) < limit:
+                out.append(q.pop())
+    return out
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def make_copy(dest: Path) -> Path:
+    """A copy of the tree without .git, caches and run outputs; assets/ is linked (read only)."""
+    skip = {".git", "runs", "artifacts", ".venv", ".data", "logs", "assets"}
+    for entry in ROOT.iterdir():
+        if entry.name in skip:
+            continue
+        target = dest / entry.name
+        if entry.is_dir():
+            shutil.copytree(entry, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache"))
+        else:
+            shutil.copy2(entry, target)
+    if (ROOT / "assets").exists():
+        (dest / "assets").symlink_to(ROOT / "assets", target_is_directory=True)
+    return dest
+
+
+FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)
+
+
+def run_stages(tree: Path, stages: list[list[str]], timeout: float, fork: bool) -> tuple[str, str, float]:
+    """Run the stages in order, stopping at the first that fails; the timeout covers them all."""
+    total, status, note = 0.0, "survived", ""
+    for args in stages:
+        status, note, secs = run_tests(tree, args, timeout - total, fork)
+        total += secs
+        if status != "survived":
+            break
+    return status, note, total
+
+
+ENV = {"OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}
+PYTEST_ARGS = ["-q", "-x", "-m", "not slow", "-p", "no:cacheprovider", "-p", "no:benchmark", "--no-header", "-rfE"]
+
+
+def run_tests(tree: Path, tests: list[str], timeout: float, fork: bool) -> tuple[str, str, float]:
+    """(status, first failing test or note, seconds) for the tests in `tree`."""
+    if timeout <= 0:
+        return "timeout", "no time left", 0.0
+    start = time.perf_counter()
+    run = _pytest_forked if fork else _pytest_subprocess
+    code, out = run(tree, [*PYTEST_ARGS, *tests], timeout)
+    secs = time.perf_counter() - start
+    if code is None:
+        return "timeout", f"no result after {timeout:.0f} s", secs
+    if code == 0:
+        return "survived", "", secs
+    if code not in (1, 2):  # 1: a test failed; 2: collection failed (e.g. an import error)
+        return "error", f"pytest exit code {code}", secs
+    found = FAILED.search(out)
+    note = found.group(1) if found else (out.strip().splitlines() or ["?"])[-1][:80]
+    return "caught", note, secs
+
+
+def _pytest_subprocess(tree: Path, args: list[str], timeout: float) -> tuple[int | None, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | ENV
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pytest", *args], cwd=tree, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, ""
+    return proc.returncode, proc.stdout
+
+
+def _pytest_forked(tree: Path, args: list[str], timeout: float) -> tuple[int | None, str]:
+    """pytest.main in a forked child of this process, which has torch imported already: saves the
+    interpreter start and the torch import (seconds per mutant on a busy machine). emigm itself is
+    never imported here, so the child imports the mutated copy."""
+    with tempfile.NamedTemporaryFile("w+", suffix=".log") as log:
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            code = 3
+            try:
+                os.setpgrp()  # its own process group, so a timeout also ends what it spawned
+                os.dup2(log.fileno(), 1)
+                os.dup2(log.fileno(), 2)
+                os.chdir(tree)
+                os.environ.update(ENV)
+                os.environ.pop("PYTHONPATH", None)
+                sys.dont_write_bytecode = True
+                sys.path.insert(0, str(tree))
+                import pytest
+                code = int(pytest.main(args))
+            except BaseException:  # noqa: BLE001 - report anything as an internal error
+                import traceback
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        deadline = time.monotonic() + timeout
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                code = os.waitstatus_to_exitcode(status)
+                break
+            if time.monotonic() > deadline:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                os.waitpid(pid, 0)
+                code = None
+                break
+            time.sleep(0.05)
+        log.seek(0)
+        return code, log.read()
+
+
+def run_mutant(tree: Path, m: Mutant, stages: list[list[str]], timeout: float,
+               fork: bool) -> tuple[str, str, float]:
+    target = tree / m.path
+    original = target.read_text()
+    first = [t for t in FIRST.get(m.path, []) if t in stages[0]]
+    stages = [first + [t for t in stages[0] if t not in first], *stages[1:]] if first else stages
+    try:
+        target.write_text(m.apply(original))
+        return run_stages(tree, stages, timeout, fork)
+    finally:
+        target.write_text(original)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--files", nargs="+", default=None, help="source files to mutate (default: the pure ones)")
+    ap.add_argument("--tests", nargs="+", default=DEFAULT_TESTS,
+                    help="stage 1: test files / folders run first (default: the fast value tests)")
+    ap.add_argument("--then", default=DEFAULT_THEN,
+                    help="stage 2, run when stage 1 passes: a folder, minus the stage-1 files ('' to skip)")
+    ap.add_argument("--limit", type=int, default=40, help="mutants to run, sampled (0: all)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    ap.add_argument("--timeout", type=float, default=900.0,
+                    help="seconds per mutant; a mutant still running then is reported as 'timeout' (a hang)")
+    ap.add_argument("--jobs", type=int, default=1, help="mutants run at once (one tree copy each; no forking)")
+    ap.add_argument("--no-fork", action="store_true",
+                    help="run each pytest as a new interpreter instead of a fork of this one (slower)")
+    ap.add_argument("--at", nargs="+", default=[], metavar="FILE:LINE",
+                    help="only the mutations on these lines (e.g. emigm/sampler.py:208), to recheck survivors")
+    ap.add_argument("--list", action="store_true", help="print the candidate mutations and stop")
+    ap.add_argument("--baseline", action="store_true", help="also run the unmutated tests first (must pass)")
+    args = ap.parse_args(argv)
+
+    def repo_path(f: str) -> str:
+        """f relative to the repository (only the tree copies are ever written), or an error."""
+        path = (Path.cwd() / f).resolve() if not (ROOT / f).is_file() else (ROOT / f).resolve()
+        if not path.is_file() or ROOT not in path.parents or path.suffix != ".py":
+            ap.error(f"not a Python file of this repository: {f}")
+        return path.relative_to(ROOT).as_posix()
+
+    files = [repo_path(f) for f in args.files or [f for f in DEFAULT_FILES if (ROOT / f).is_file()]]
+    # test paths relative to the repository, so that pytest runs the copy's tests against the copy
+    rel = lambda t: os.path.relpath(t, ROOT) if os.path.isabs(t) else t  # noqa: E731
+    args.tests = [rel(t) for t in args.tests]
+    args.then = rel(args.then) if args.then else args.then
+    tests = [t for t in args.tests if (ROOT / t.split("::")[0]).exists()]
+    if len(tests) < len(args.tests):
+        print(f"note: skipping missing test paths {sorted(set(args.tests) - set(tests))}", file=sys.stderr)
+    args.tests = tests
+    stages = [tests] if tests else []
+    if args.then:
+        stages.append([args.then, *(f"--ignore={t}" for t in tests if t.endswith(".py"))])
+    if not stages:
+        ap.error("no tests to run")
+    at = {(repo_path(x.rsplit(":", 1)[0]), x.rsplit(":", 1)[-1]) for x in args.at}
+    if at:
+        files = sorted({f for f, _ in at})
+    per_file = {f: [m for m in candidates(f) if not at or (m.path, str(m.line)) in at] for f in files}
+    pool = [m for f in files for m in per_file[f]]
+    chosen = sample_mutants(per_file, args.limit, args.seed)
+    chosen.sort(key=lambda m: (m.path, m.line, m.col, m.new))
+    if args.list:
+        for m in chosen:
+            line = (ROOT / m.path).read_text().splitlines()[m.line - 1].strip()
+            print(f"{m.path}:{m.line}:{m.col}  {m.label:<14}  {line[:90]}")
+        print(f"{len(chosen)} of {len(pool)} candidates in {len(files)} files")
+        return 0
+
+    fork = not args.no_fork and args.jobs <= 1 and hasattr(os, "fork")
+    if fork:  # import the heavy dependencies once; every forked pytest inherits them
+        os.environ.update(ENV)
+        import numpy  # noqa: F401
+        import torch  # noqa: F401
+    with tempfile.TemporaryDirectory(prefix="emigm-mutants-") as tmp:
+        trees = []
+        for i in range(max(1, args.jobs)):
+            (Path(tmp) / f"tree{i}").mkdir()
+            trees.append(make_copy(Path(tmp) / f"tree{i}"))
+        if args.baseline:
+            status, note, secs = run_stages(trees[0], stages, args.timeout, fork)
+            print(f"baseline: {'pass' if status == 'survived' else 'FAIL ' + note} ({secs:.0f} s)", flush=True)
+            if status != "survived":
+                return 1
+        print(f"{len(chosen)} mutants of {len(pool)} candidates in {len(files)} files (seed {args.seed}); "
+              f"tests: {' | then '.join(' '.join(a) for a in stages)}", flush=True)
+        header = f"{'file':<28} {'line':>5}  {'mutation':<16} {'result':<9} {'s':>5}  first failure / source"
+        print(header + "\n" + "-" * len(header), flush=True)
+        free = list(trees)
+        results: list[tuple[Mutant, str, str, float]] = []
+
+        def work(m: Mutant):
+            tree = free.pop()
+            try:
+                return m, *run_mutant(tree, m, stages, args.timeout, fork)
+            finally:
+                free.append(tree)
+
+        with ThreadPoolExecutor(max_workers=len(trees)) as ex:
+            for m, status, note, secs in ex.map(work, chosen):
+                results.append((m, status, note, secs))
+                src = (ROOT / m.path).read_text().splitlines()[m.line - 1].strip()
+                detail = src[:70] if status == "survived" else note
+                print(f"{m.path:<28} {m.line:>5}  {m.label:<16} {status:<9} {secs:>5.0f}  {detail}", flush=True)
+
+    caught = sum(r[1] == "caught" for r in results)
+    hung = sum(r[1] == "timeout" for r in results)
+    survived = [r for r in results if r[1] == "survived"]
+    errors = sum(r[1] == "error" for r in results)
+    print(f"\ntried {len(results)}, caught {caught + hung}" + (f" ({hung} by timeout)" if hung else "")
+          + f", survived {len(survived)}" + (f", errors {errors}" if errors else ""))
+    for m, _, _, _ in survived:
+        src = (ROOT / m.path).read_text().splitlines()[m.line - 1].strip()
+        tag = "  [equivalent: default of a parameter the function never reads]" if is_unused_default(m) else ""
+        print(f"  survived: {m.path}:{m.line}  {m.label}  | {src}{tag}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
