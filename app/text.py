@@ -7,13 +7,24 @@ SUBTITLE = ("Watch a masked image generator reveal an image token by token: pick
             "replayed in your browser.")
 
 
-def model_banner(name: str, random_init: bool, note: str = "") -> str:
-    """The banner above the tabs; `note` is the export's own description (meta "note"), if any."""
-    if not random_init:
-        return f"Model **{name}**: shipped weights (assets/{name}/)." + (f" {note}" if note else "")
-    return (f"⚠️ **Random weights.** No trained **{name}** is shipped yet (assets/{name}/ is missing), so the "
-            "images are noise. The mechanics are real: reveal order, mask schedules, the CFG interval and the "
-            "pass counts are exactly what a trained model would do.")
+def model_banner(name: str, gen, device: str = "cpu") -> str:
+    """The banner above the tabs for a loaded emigm.loading.Generator: where it comes from, its export's
+    own note, what it can do; random weights and official checkpoints on a CPU get a warning."""
+    cfg = gen.cfg
+    tk = cfg.tokenizer
+    what = (f"{tk.grid}x{tk.grid} {tk.kind} tokens, {cfg.head.kind} head, null class '{cfg.backbone.null_mode}', "
+            f"self-guidance {'module included' if gen.smoother is not None else 'not available (no module)'}")
+    if gen.source == "random":
+        return (f"⚠ **Random weights.** No trained **{name}** is shipped (assets/{name}/ is missing), so the "
+                "images are noise. The mechanics are real: reveal order, mask schedules, the CFG interval and the "
+                f"pass counts are exactly what a trained model would do. ({what})")
+    note = str(gen.meta.get("note", "")) if gen.meta else ""
+    where = {"export": "export", "checkpoint": "training checkpoint", "official": "official checkpoint"}[gen.source]
+    text = f"Model **{name}** ({where}): {what}." + (f" {note}" if note else "")
+    if gen.source == "official" and device == "cpu":
+        text = ("⚠ **An official ImageNet checkpoint on a CPU**: every step runs the full network, so a run takes "
+                "minutes; a GPU (`--device cuda`) is needed for useful speed. ") + text
+    return text
 
 
 MASK_SCHEDULE = """
