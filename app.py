@@ -29,8 +29,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def private_temp_dir() -> None:
+    """Gradio's cache in a folder of this process (unless GRADIO_TEMP_DIR is set), removed at exit, also
+    on SIGTERM: temp files never outlive the app."""
+    import atexit
+    import os
+    import shutil
+    import signal
+    import tempfile
+
+    if "GRADIO_TEMP_DIR" not in os.environ:
+        os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="emigm-explorer-cache-")
+        atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    private_temp_dir()
     from emigm.cli import CliError, resolve_device
 
     try:

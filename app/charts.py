@@ -117,7 +117,8 @@ def results_figure(points: Sequence[dict[str, Any]]) -> go.Figure:
         log = min(fds) > 0 and max(fds) / min(fds) > 5
         fig.update_yaxes(type="log" if log else "linear", title_text="FD (log)" if log else "FD", row=r, col=c)
         fig.update_xaxes(title_text="NFE", row=r, col=c)
-    fig.update_layout(height=330 * rows, margin=dict(l=40, r=20, t=50, b=40), font=FONT,
-                      title=dict(text="FD (lower is better) against transformer passes, per claim", x=0.01),
-                      legend=dict(orientation="h", y=-0.18, font=dict(size=10)))
+    fig.update_layout(height=300 * rows + 90, margin=dict(l=40, r=20, t=60, b=20), font=FONT,
+                      title=dict(text="FD (lower is better) against transformer passes, one panel per claim; "
+                                      "a log axis where one setting is far off", x=0.01, font=dict(size=14)),
+                      legend=dict(orientation="h", yanchor="top", y=-0.3 / rows, font=dict(size=10)))
     return fig

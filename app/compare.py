@@ -10,6 +10,7 @@ reveals the same positions at the same steps and differences come from guidance.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -28,6 +29,7 @@ from .unmask import class_index
 PANEL_TITLES = {"none": "no guidance", "cfg": "CFG", "fake": "CFG, fake class", "mask": "CFG, mask",
                 "interval": "CFG in an interval", "self": "self-guidance", "both": "CFG + self-guidance"}
 PANEL_KEYS = tuple(PANEL_TITLES)
+STATUS_EVERY_S = 0.25  # progress messages at most this often
 NO_COMPARISON = "Run the comparison first: there are no panels in this session yet."
 OUTPUTS = ("status", "player", "doc", "state", "diff", "diff_doc")
 # controls of this tab: the model's sampler fields but the order (random or confidence only) and guidance scales
@@ -36,7 +38,13 @@ FIELDS = ("num_steps", "schedule", "count_rule", "order", "temperature", "head_s
 CONTROLS = ("model", "class_name", "seed", "num_seeds") + controls.control_names(FIELDS) + ("panel_a", "panel_b")
 
 
-def _keep_views(self, message: str):
+def compare_view(view: controls.ModelView) -> controls.ModelView:
+    """The Compare tab offers the random and confidence reveal rules only."""
+    return view.refusing("order", {"fixed": "the comparison reveals by the random or the confidence rule "
+                                            "(a fixed raster order would hide what guidance changes)"})
+
+
+def keep_views(self, message: str):
     return (stepper.status("error", message),) + (gr.skip(),) * (len(OUTPUTS) - 1)
 
 
@@ -170,11 +178,10 @@ class Compare:
         base = self.engine.check_name(values["model"])
         panel_a, panel_b = check_panel_name(values["panel_a"]), check_panel_name(values["panel_b"])
         gen = self.engine.load(base)
-        view = controls.ModelView(gen.model, gen.smoother)
+        view = compare_view(controls.ModelView(gen.model, gen.smoother))
         order = values["order"]
-        if order == "fixed":
-            raise ValueError("order 'fixed' is not offered here: the comparison reveals by the random or the "
-                             "confidence rule")
+        if order in view.reasons.get("order", {}):
+            raise ValueError(f"order {order!r} is not available: {view.reasons['order'][order]}")
         fixed = {f: controls.SPECS[f][0] for f in ("head_solver", "head_steps") if f in view.unused}
         sampler, guidance = controls.configs({**values, "cfg_mode": "", "order_temperature": 4.5,
                                               "order_anneal": "linear"}, **fixed)
@@ -192,6 +199,7 @@ class Compare:
         todo = [p for p in specs if p.model is not None]
         done: list[Panel] = []
         run = stepper.new_run_id()
+        last = 0.0
         for p in specs:
             if p.model is None:
                 done.append(p)
@@ -199,6 +207,9 @@ class Compare:
             traj = None
             for traj in self.engine.stream(p.model, [label] * n, seeds, sampler, p.guidance):
                 s = traj.last
+                if time.perf_counter() - last < STATUS_EVERY_S:
+                    continue
+                last = time.perf_counter()
                 msg = (f"**Panel {todo.index(p) + 1} of {len(todo)} ({p.title}): "
                        f"{plots.steps_label(s.step + 1, s.num_steps)}**")
                 yield (stepper.status("running", msg, run),) + (gr.skip(),) * 5
@@ -214,7 +225,7 @@ class Compare:
         status = stepper.status("done", f"**{len(todo)} panels**, seeds {seeds[0]}..{seeds[-1]}; NFE: {nfe}", run)
         yield status, player, doc, cmp, diff_fig, diff_doc
 
-    compare = user_errors(controls.keyword_handler(CONTROLS, _compare, lead=("self",)), on_error=_keep_views)
+    compare = user_errors(controls.keyword_handler(CONTROLS, _compare, lead=("self",)), on_error=keep_views)
 
     def _diff(self, comparison: Comparison, panel_a: str, panel_b: str):
         a, b = comparison.panel(panel_a), comparison.panel(panel_b)

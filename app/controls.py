@@ -152,6 +152,14 @@ class ModelView:
         self.has_sg = smoother is not None
         self.num_tokens = model.num_tokens
 
+    def refusing(self, field: str, reasons: Mapping[str, str]) -> "ModelView":
+        """This view with more choices of `field` disabled (a tab that cannot use them), with reasons."""
+        import copy
+
+        out = copy.copy(self)
+        out.reasons = {**self.reasons, field: {**self.reasons.get(field, {}), **reasons}}
+        return out
+
     def high(self, name: str) -> float | None:
         spec = SPECS[name][2]
         model_cap = None if name in self.unused else self.limits.get(name, (None, None))[1]
@@ -236,7 +244,7 @@ def widget(name: str, view: ModelView | None = None, value: Any = None, label: s
     interactive = not (view and field in view.unused)
     label = label or (name if field == name else f"{field} t_{name.rsplit('_', 1)[1]}")
     kw.setdefault("elem_id", f"ctl-{name}")
-    common = dict(label=label, info=_info(field, view), interactive=interactive, **kw)
+    common = dict(label=label, info=_info(field, view), interactive=interactive, visible=interactive, **kw)
     if spec.choices is not None:
         return LenientRadio(_choices(field, view), value=value, **common)
     lo = spec.low if spec.low is not None else 0
@@ -249,7 +257,7 @@ def widget_update(name: str, view: ModelView, value: Any = None):
     field = name if name in SPECS else name.rsplit("_", 1)[0]
     spec = SPECS[field][2]
     interactive = field not in view.unused
-    kw: dict[str, Any] = dict(info=_info(field, view), interactive=interactive)
+    kw: dict[str, Any] = dict(info=_info(field, view), interactive=interactive, visible=interactive)
     if spec.choices is not None:
         kw["choices"] = _choices(field, view)
         if value is not None:

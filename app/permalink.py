@@ -91,7 +91,7 @@ def decode(query: Mapping[str, str], models: list[str], class_names_of, view_of=
         for name, (lo, hi) in view.limits.items():
             if name in values and name not in view.unused and not lo <= values[name] <= hi:
                 problems.append(f"{name}: {view.limit_reasons[name]}")
-                values[name] = min(max(controls.DEFAULTS[name], lo), hi)
+                values[name] = type(values[name])(min(max(values[name], lo), hi))
     return values, problems
 
 

@@ -47,7 +47,7 @@ def _outline(arr: np.ndarray, flags: np.ndarray, grid: int, color, width: int) -
 
 
 def canvas(image: np.ndarray, mask_after: np.ndarray, revealed: np.ndarray, grid: int, scale: int) -> np.ndarray:
-    """Committed image after a step: still-masked tokens flat grey, this step's reveals outlined."""
+    """The decoded draft after a step with still-masked tokens flat grey and this step's reveals outlined."""
     arr = upscale(rgb(image), scale).copy()
     cell = arr.shape[0] // grid
     arr[_token_pixels(mask_after, grid, cell)] = GREY

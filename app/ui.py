@@ -15,11 +15,11 @@ from typing import Any
 import gradio as gr
 
 from . import analysis, controls, stepper, text
-from .compare import CONTROLS as COMPARE_CONTROLS, PANEL_TITLES, Compare
+from .compare import CONTROLS as COMPARE_CONTROLS, PANEL_TITLES, Compare, compare_view
 from .engine import Engine
 from .errors import message, user_errors
 from .permalink import Permalinks
-from .unmask import Unmasking, _keep_views
+from .unmask import Unmasking, keep_views
 
 SAMPLER = dict(concurrency_id="sampler", concurrency_limit=1, show_progress="hidden")
 INSTANT = dict(concurrency_id="instant", concurrency_limit=8)
@@ -101,21 +101,22 @@ def _unmasking_tab(engine: Engine, h: Unmasking, links: Permalinks, banner, init
                 gr.Markdown("Keep the first k steps of this run and re-run the rest with the settings above "
                             "(model, class and seed stay).")
                 branch_step = controls.LenientSlider(1, max(1, initial["steps"] - 1), value=max(1, initial["steps"] // 2),
-                                                     step=1, label="branch after step k", elem_id="branch-step")
+                                                     step=1, label="branch after step k", elem_id="branch-step",
+                                                     elem_classes=["quiet"])
                 branch_btn = gr.Button("Branch from step k", elem_id="branch-btn")
             link = gr.Textbox(label="link to these settings", buttons=["copy"], interactive=False,
                               elem_id="permalink", lines=2, max_lines=3)
             note = gr.Markdown(elem_id="link-note")
         with gr.Column(scale=4):
-            status = Status(initial.get("status"), elem_id="run-status")
-            player = Player(initial.get("player"), elem_id="player")
+            status = Status(initial.get("status"), elem_id="run-status", elem_classes=["quiet"])
+            player = Player(initial.get("player"), elem_id="player", elem_classes=["quiet"])
             with gr.Row(elem_classes=["exports"]):
                 gif = gr.DownloadButton("⬇ GIF of the unmasking", elem_id="dl-gif", size="sm")
                 strip = gr.DownloadButton("⬇ PNG strip (mask over image)", elem_id="dl-strip", size="sm")
                 trace = gr.DownloadButton("⬇ JSON trace with settings", elem_id="dl-trace", size="sm")
             with gr.Accordion("Timing and run data", open=False):
-                timing = gr.Markdown(initial.get("timing"), elem_id="timing")
-                run_json = gr.JSON(initial.get("run_json"), label="run", elem_id="run-json")
+                timing = gr.Markdown(initial.get("timing"), elem_id="timing", elem_classes=["quiet"])
+                run_json = gr.JSON(initial.get("run_json"), label="run", elem_id="run-json", elem_classes=["quiet"])
             with gr.Accordion("Token data (JSON)", open=False):
                 with gr.Row():
                     row = controls.LenientNumber(0, label="row", minimum=0, elem_id="tok-row")
@@ -200,7 +201,7 @@ def _schedules_tab():
 
 def _compare_tab(engine: Engine, h: Compare, hu: Unmasking):
     first = engine.names[0]
-    view = hu.view(first)
+    view = compare_view(hu.view(first))
     panel_choices = [(t, k) for k, t in PANEL_TITLES.items()]
     with gr.Row(equal_height=False):
         with gr.Column(scale=0, min_width=350, elem_classes=["sidebar"]):
@@ -226,13 +227,13 @@ def _compare_tab(engine: Engine, h: Compare, hu: Unmasking):
                                                         elem_id="cmp-panel_b")
         with gr.Column(scale=4):
             status = Status(stepper.status("", "Press **Compare** to run every panel with one seed."),
-                            elem_id="compare-status")
-            player = Player(None, elem_id="compare-player")
-            diff = gr.Plot(label="difference", elem_id="diff-plot")
+                            elem_id="compare-status", elem_classes=["quiet"])
+            player = Player(None, elem_id="compare-player", elem_classes=["quiet"])
+            diff = gr.Plot(label="difference", elem_id="diff-plot", elem_classes=["quiet"])
             with gr.Accordion("comparison data (JSON)", open=False):
                 with gr.Row():
-                    doc = gr.JSON(label="panels (JSON)")
-                    diff_doc = gr.JSON(label="difference (JSON)")
+                    doc = gr.JSON(label="panels (JSON)", elem_classes=["quiet"])
+                    diff_doc = gr.JSON(label="difference (JSON)", elem_classes=["quiet"])
             with gr.Accordion("What am I looking at?", open=False):
                 gr.Markdown(text.COMPARE_HELP)
     state = gr.State(None, time_to_live=SESSION_STATE_TTL)
@@ -240,7 +241,7 @@ def _compare_tab(engine: Engine, h: Compare, hu: Unmasking):
 
     def class_choices(values: dict[str, Any]):
         model = engine.check_name(values.pop("model"))
-        view = hu.view(model)
+        view = compare_view(hu.view(model))
         names = engine.class_names(model)
         updates = []
         for n in narrowed:
@@ -301,7 +302,7 @@ def build_demo(engine: Engine) -> gr.Blocks:
     unmasking, compare = Unmasking(engine), Compare(engine)
     links = Permalinks(engine, unmasking.view)
     initial = initial_run(engine, unmasking)
-    with gr.Blocks(title=text.TITLE, delete_cache=CACHE_CLEANUP) as demo:
+    with gr.Blocks(title=text.TITLE, delete_cache=CACHE_CLEANUP, fill_width=True) as demo:
         gr.Markdown(f"# {text.TITLE}\n{text.SUBTITLE}", elem_id="app-title")
         banner = gr.Markdown(engine.banner(engine.names[0]), elem_classes=["banner"], elem_id="banner")
         with gr.Tabs(elem_id="tabs"):
@@ -341,7 +342,7 @@ def build_demo(engine: Engine) -> gr.Blocks:
             yield from unmasking._run(values, request)
 
         preset_run = user_errors(controls.keyword_handler(controls.RUN_FIELDS, preset_run, request=True),
-                                 on_error=lambda _, msg: _keep_views(None, msg))
+                                 on_error=lambda _, msg: keep_views(None, msg))
         preset = demo.load(restore, None, [c[f] for f in controls.RUN_FIELDS] + [u["link"], banner, u["note"]],
                            api_name="restore", **INSTANT) \
             .then(preset_run, u["run_inputs"], u["outputs"], api_name="preset_run", **SAMPLER)

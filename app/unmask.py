@@ -15,6 +15,7 @@ import random
 import re
 import shutil
 import tempfile
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -32,9 +33,10 @@ from .plots import steps_label
 NO_RUN = "Run the sampler first: there is no trajectory in this session yet."
 OUTPUTS = ("status", "player", "timing", "run_json", "state", "branch_step")
 DISPLAY_SCALE_PX = 224
+LIVE_EVERY_S = 0.12  # at most one live frame per this many seconds: each costs a message and a redraw
 
 
-def _keep_views(self, message: str):
+def keep_views(self, message: str):
     """On a bad input: the status says what is wrong; every other view keeps what it showed."""
     return (stepper.status("error", message),) + (gr.skip(),) * (len(OUTPUTS) - 1)
 
@@ -144,11 +146,15 @@ class Unmasking:
         """Per step: the status and the player with the newest frame; at the end every view."""
         run = stepper.new_run_id()
         warn = (" · ⚠ " + "; ".join(warnings)) if warnings else ""
-        traj = None
+        traj, last = None, 0.0
         for traj in runs:
             s = traj.last
             if traj.stopped or s.done:
                 break
+            now = time.perf_counter()
+            if len(traj.frames) > traj.branched_from + 1 and now - last < LIVE_EVERY_S:
+                continue
+            last = now
             status = stepper.status("running", f"**Sampling… {steps_label(s.step + 1, s.num_steps)}** · NFE so far "
                                                f"{s.passes} · {traj.wall_s:.1f} s{warn}", run)
             # the state follows every step, so a page reload or Stop still has what was sampled so far
@@ -203,9 +209,9 @@ class Unmasking:
             self.engine.stops.end(session, stop)
 
     run = user_errors(controls.keyword_handler(controls.RUN_FIELDS, _run, lead=("self",), request=True),
-                      on_error=_keep_views)
+                      on_error=keep_views)
     branch = user_errors(controls.keyword_handler(("branch_step",) + controls.STEP_CONTROLS, _branch,
-                                                  lead=("self", "trajectory"), request=True), on_error=_keep_views)
+                                                  lead=("self", "trajectory"), request=True), on_error=keep_views)
 
     def stop(self, request: gr.Request) -> dict[str, Any]:
         """Ask this session's run to end after the step in progress (it then shows what was sampled)."""

@@ -3,6 +3,7 @@
    from their js_on_load. Scrubbing, play / pause, step buttons, arrow keys and a token's history all
    run here, with no server call. */
 (function () {
+  if (window.emigmPlayer) return; // the page may add its head twice
   const GREY = "#808080", ORANGE = "#E69F00", SKY = "#56B4E9", PURPLE = "#CC79A7", CFG_FILL = "rgba(230,159,0,0.22)";
   const VIRIDIS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b", "#fde725"];
   const drawn = (window.emigmDrawn = window.emigmDrawn || {});
@@ -39,9 +40,10 @@
   Player.prototype.set = async function (d) {
     if (!d || !d.sprite) { this.root.replaceChildren(); this.data = null; return; }
     const img = await loadImage(d.sprite);
-    const sameRun = this.data && this.data.run === d.run;
+    const sameRun = this.data && this.data.run === d.run, wasLive = this.data && this.data.live;
     this.data = d; this.img = img;
-    if (!sameRun || d.live) { this.pause(); this.k = d.n - 1; if (!sameRun) this.pick = null; }
+    // a new run, a live frame, or the end of a live run: show the newest step; a redraw keeps the step
+    if (!sameRun || d.live || wasLive) { this.pause(); this.k = d.n - 1; if (!sameRun) this.pick = null; }
     this.k = Math.min(this.k, d.n - 1);
     this.build();
     this.draw();
@@ -191,7 +193,7 @@
     } else {
       this.detail.textContent = "same seed and the same reveal rule in every panel";
       for (const [p, sub] of this.captions) {
-        if (!p.steps) { sub.textContent = "unavailable"; continue; }
+        if (!p.steps) { sub.textContent = ""; continue; }
         const s = p.steps[Math.min(k, p.steps.length - 1)];
         sub.textContent = `NFE ${s.nfe} of ${p.nfe} · ${p.ms} ms in all`;
       }
@@ -286,11 +288,13 @@
       if (!input) continue;
       const off = (label.textContent || "").includes("⊘");
       input.disabled = off; label.classList.toggle("emigm-off", off);
-      const info = label.closest(".block")?.querySelector("[data-testid=block-info]")?.textContent || "";
+      const info = label.closest(".block")?.querySelector(".info-text")?.textContent || "";
       if (off) label.title = info.split(" · ").filter(s => s.startsWith("⊘ " + input.value)).join(" ") || "unavailable for this model";
       else if (label.title) label.removeAttribute("title");
     }
   }
   const observer = new MutationObserver(() => disableMarked(document));
-  document.addEventListener("DOMContentLoaded", () => { observer.observe(document.body, { childList: true, subtree: true, characterData: true }); disableMarked(document); });
+  const watchPage = () => { observer.observe(document.body, { childList: true, subtree: true, characterData: true }); disableMarked(document); };
+  // Gradio may add this script after DOMContentLoaded
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", watchPage); else watchPage();
 })();
