@@ -108,7 +108,7 @@ def test_controls_show_what_the_model_can_do(engine, unmasking):
     steps = controls.widget("num_steps", view)
     assert steps.maximum == engine.load("test-tiny").model.num_tokens == 16 and "16 tokens" in steps.info
     sg = controls.widget("sg_scale", view)
-    assert not sg.interactive and "self-guidance module" in sg.info
+    assert not sg.interactive and not sg.visible and "self-guidance module" in sg.info
     mode = dict((v, label) for label, v in controls.widget("cfg_mode", view).choices)
     assert controls.UNAVAILABLE in mode["fake"] and controls.UNAVAILABLE not in mode["mask"]
 
@@ -122,8 +122,12 @@ def test_handlers_take_keyword_values(unmasking):
 # ----------------------------------------------------------------------------- handlers
 
 
-def test_run_streams_one_frame_per_step(run_outputs, traj):
+def test_run_streams_frames(unmasking, monkeypatch):
+    import app.unmask as um
+    monkeypatch.setattr(um, "LIVE_EVERY_S", 0.0)  # every step live (the page gets at most ~8 per second)
+    run_outputs = list(unmasking.run(**run_values()))
     live, final = run_outputs[:-1], run_outputs[-1]
+    traj = final[4]
     assert len(live) == 7 and len(traj.frames) == 8  # steps 1..7 live, step 8 with every view
     for k, out in enumerate(live, start=1):
         assert out[0]["phase"] == "running" and f"step {k} of 8" in out[0]["text"]
@@ -254,8 +258,8 @@ def test_compare_categorical_model_with_self_guidance(tmp_path):
     nfe = {p["key"]: p["nfe"] for p in doc["panels"]}
     assert nfe["none"] == 4 and nfe["cfg"] == 8 and nfe["self"] == 8 and nfe["both"] == nfe["interval"] + 4
     view = Unmasking(engine).view("tiny-maskgit")
-    assert not view.reasons.get("order") and controls.widget("sg_scale", view).interactive
-    assert not controls.widget("head_solver", view).interactive  # a categorical head has no solver
+    assert not view.reasons.get("order") and controls.widget("sg_scale", view).visible
+    assert not controls.widget("head_solver", view).visible  # a categorical head has no solver
 
 
 def test_a_broken_partner_breaks_only_its_panel(tmp_path, caplog):
@@ -395,7 +399,7 @@ def test_permalink_round_trip(unmasking):
     assert len(problems) == 4
     # what the model cannot take falls back, with its reason
     back, problems = permalink.decode({"order": "confidence", "num_steps": "40"}, MODELS, names, unmasking.view)
-    assert back["order"] == "random" and back["num_steps"] == 16 and len(problems) == 2
+    assert back["order"] == "random" and back["num_steps"] == 16 and len(problems) == 2  # capped at 16 tokens
 
 
 # ----------------------------------------------------------------------------- through the client
@@ -489,3 +493,27 @@ def test_client_compare_and_results(client):
     msg, _, _, _, res = client.predict(api_name="/results")
     assert res["available"] == analysis.CLAIMS_PATH.is_file()
     assert client.predict(api_name="/randomise_seed") >= 0
+
+
+def test_official_checkpoint_in_the_app(tmp_path):
+    """An official ImageNet checkpoint is offered by path; without its VAE it fails alone, in one line
+    naming what to add; loaded, its banner says a GPU is needed and its classes are ImageNet names."""
+    from types import SimpleNamespace
+
+    from test_official import small_official
+
+    from app import text
+    from emigm.labels import class_names
+    path = tmp_path / "eMIGM_small_test.pth"
+    torch.save(small_official("mask").state_dict(), path)
+    engine = Engine(["test-tiny", str(path)], num_threads=1)
+    assert engine.names == ["test-tiny", "eMIGM_small_test"]
+    with pytest.raises(ValueError, match="--vae") as e:
+        engine.load("eMIGM_small_test")
+    assert str(tmp_path) not in str(e.value) and "⚠" in engine.banner("eMIGM_small_test")
+    engine.load("test-tiny")  # the other model is unaffected
+    cfg = replace(preset_config("in256-b"))
+    gen = SimpleNamespace(cfg=cfg, smoother=None, source="official", meta={})
+    banner = text.model_banner("eMIGM_base", gen, "cpu")
+    assert "GPU" in banner and "official" in banner
+    assert class_names(cfg)[:2] == ["tench", "goldfish"] and len(class_names(cfg)) == 1000
