@@ -55,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from app.engine import Engine
+    from app.memory import limit_arenas
     from app.ui import build_demo, launch_kwargs
+
+    limit_arenas()
 
     try:
         engine = Engine((args.model or []) + (args.checkpoint or []), device=device,

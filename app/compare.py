@@ -21,7 +21,7 @@ from emigm.capabilities import unavailable
 from emigm.config import to_dict
 from emigm.guidance import GuidanceConfig
 
-from . import controls, plots, stepper
+from . import controls, memory, plots, stepper
 from .engine import Engine, Trajectory
 from .errors import user_errors
 from .unmask import class_index
@@ -212,7 +212,8 @@ class Compare:
                 last = time.perf_counter()
                 msg = (f"**Panel {todo.index(p) + 1} of {len(todo)} ({p.title}): "
                        f"{plots.steps_label(s.step + 1, s.num_steps)}**")
-                yield (stepper.status("running", msg, run),) + (gr.skip(),) * 5
+                # every output gets a value: gr.skip() would make Gradio build (and keep) a component each time
+                yield stepper.status("running", msg, run), None, None, None, None, None
             done.append(Panel(p.key, p.title, p.model, p.guidance, p.note, traj))
         cmp = Comparison(tuple(done), sampler.num_steps)
         player = stepper.compare_payload([(p.titled(), p.traj, p.note) for p in cmp.panels], run)
@@ -224,6 +225,7 @@ class Compare:
         nfe = ", ".join(f"{p.title} {p.traj.last.passes}" for p in cmp.panels if p.traj)
         status = stepper.status("done", f"**{len(todo)} panels**, seeds {seeds[0]}..{seeds[-1]}; NFE: {nfe}", run)
         yield status, player, doc, cmp, diff_fig, diff_doc
+        memory.release()
 
     compare = user_errors(controls.keyword_handler(CONTROLS, _compare, lead=("self",)), on_error=keep_views)
 

@@ -25,9 +25,12 @@ SAMPLER = dict(concurrency_id="sampler", concurrency_limit=1, show_progress="hid
 INSTANT = dict(concurrency_id="instant", concurrency_limit=8)
 QUEUE_SIZE = 16
 STATIC = Path(__file__).resolve().parent / "static"
-CACHE_CLEANUP = (600, 1800)  # every 10 minutes, delete Gradio cache files older than 30 minutes
+CACHE_CLEANUP = (300, 900)  # every 5 minutes, delete Gradio cache files older than 15 minutes
 SESSION_STATE_TTL = 3600  # per-user trajectories live an hour after their last use
 SESSION_CAPACITY = 200  # at most this many sessions keep state
+# the branch button's inputs: the step shown in the player (1-based) as branch_step
+BRANCH_FROM_PLAYER = ("(...args) => { const k = document.querySelector('#player .emigm-root')?.dataset.k; "
+                      "if (k !== undefined) args[1] = +k + 1; return args; }")
 
 
 class Player(gr.HTML):
@@ -98,12 +101,12 @@ def _unmasking_tab(engine: Engine, h: Unmasking, links: Permalinks, banner, init
             with gr.Accordion("Token sampling", open=False):
                 c.update(_widgets(("temperature", "head_solver", "head_steps"), view))
             with gr.Accordion("Branch from a step", open=False):
-                gr.Markdown("Keep the first k steps of this run and re-run the rest with the settings above "
-                            "(model, class and seed stay).")
-                branch_step = controls.LenientSlider(1, max(1, initial["steps"] - 1), value=max(1, initial["steps"] // 2),
-                                                     step=1, label="branch after step k", elem_id="branch-step",
-                                                     elem_classes=["quiet"])
-                branch_btn = gr.Button("Branch from step k", elem_id="branch-btn")
+                gr.Markdown("Scrub the player to step k, then keep the first k steps of this run and re-run the "
+                            "rest with the settings above (model, class and seed stay).")
+                # filled from the player's step by the button's js; an input of the /branch API
+                branch_step = controls.LenientNumber(1, label="branch after step k", elem_id="branch-step",
+                                                     visible=False)
+                branch_btn = gr.Button("Branch from the step shown", elem_id="branch-btn")
             link = gr.Textbox(label="link to these settings", buttons=["copy"], interactive=False,
                               elem_id="permalink", lines=2, max_lines=3)
             note = gr.Markdown(elem_id="link-note")
@@ -129,7 +132,7 @@ def _unmasking_tab(engine: Engine, h: Unmasking, links: Permalinks, banner, init
     state = gr.State(initial.get("traj"), time_to_live=SESSION_STATE_TTL)
     step_names = controls.STEP_CONTROLS
     run_inputs = [c[f] for f in controls.RUN_FIELDS]
-    outputs = [status, player, timing, run_json, state, branch_step]
+    outputs = [status, player, timing, run_json, state]
     files = [gif, strip, trace]
 
     def model_info(values: dict[str, Any]):
@@ -156,7 +159,7 @@ def _unmasking_tab(engine: Engine, h: Unmasking, links: Permalinks, banner, init
     gr.on([c[f].change for f in controls.RUN_FIELDS], links.link, run_inputs, [link], api_name="permalink",
           trigger_mode="always_last", show_progress="hidden", **INSTANT)
     branch_ev = branch_btn.click(h.branch, [state, branch_step] + [c[n] for n in step_names], outputs,
-                                 api_name="branch", **SAMPLER)
+                                 api_name="branch", js=BRANCH_FROM_PLAYER, **SAMPLER)
     branch_ev.then(h.export, [state], files, api_name="export_branch", **INSTANT)
     stop_btn.click(h.stop, None, None, api_name="stop", queue=False)
     redraw = gr.Button("redraw", visible=False)
@@ -293,7 +296,7 @@ def initial_run(engine: Engine, h: Unmasking) -> dict[str, Any]:
         traj = engine.run(values["model"], [0], [values["seed"]], sampler, guidance)
     except ValueError as e:
         return {"status": stepper.status("error", message(e)), "steps": controls.DEFAULTS["num_steps"]}
-    status, player, timing, run_json, traj, _ = h.views(traj)
+    status, player, timing, run_json, traj = h.views(traj)
     return dict(status=status, player=player, timing=timing, run_json=run_json, traj=traj, steps=traj.num_steps)
 
 

@@ -2,8 +2,9 @@
 
 Run handlers take the control values as one dict keyed by control name (controls.keyword_handler gives
 them their API parameters) and return, in this order, the outputs `OUTPUTS`:
-    status (dict), player (stepper payload), timing (markdown), run JSON, the trajectory (gr.State),
-    the branch slider.
+    status (dict), player (stepper payload), timing (markdown), run JSON, the trajectory (gr.State).
+Live yields give every output a value (a gr.skip() or gr.update() output makes Gradio build a new
+component each time, which it keeps: memory grows with every run).
 The per-user Trajectory travels in a gr.State; views are built from it, so scrubbing, a token's history
 and exports never re-sample. A bad input leaves every view as it was and puts the message in the status.
 """
@@ -25,13 +26,13 @@ import numpy as np
 
 from emigm.trace import trace_dict
 
-from . import controls, render, stepper
+from . import controls, memory, render, stepper
 from .engine import Engine, Trajectory
 from .errors import user_errors
 from .plots import steps_label
 
 NO_RUN = "Run the sampler first: there is no trajectory in this session yet."
-OUTPUTS = ("status", "player", "timing", "run_json", "state", "branch_step")
+OUTPUTS = ("status", "player", "timing", "run_json", "state")
 DISPLAY_SCALE_PX = 224
 LIVE_EVERY_S = 0.12  # at most one live frame per this many seconds: each costs a message and a redraw
 
@@ -149,19 +150,23 @@ class Unmasking:
         traj, last = None, 0.0
         for traj in runs:
             s = traj.last
-            if traj.stopped or s.done:
+            if traj.stopped:
                 break
+            if s.done:  # the views follow at once (a run may also end with steps that reveal nothing)
+                continue
             now = time.perf_counter()
             if len(traj.frames) > traj.branched_from + 1 and now - last < LIVE_EVERY_S:
                 continue
             last = now
             status = stepper.status("running", f"**Sampling… {steps_label(s.step + 1, s.num_steps)}** · NFE so far "
                                                f"{s.passes} · {traj.wall_s:.1f} s{warn}", run)
-            # the state follows every step, so a page reload or Stop still has what was sampled so far
-            yield status, stepper.unmask_payload(traj, run, live=True), gr.skip(), gr.skip(), traj, gr.skip()
+            # the state follows every step, so Stop still has what was sampled so far
+            yield (status, stepper.unmask_payload(traj, run, live=True), f"sampling… {steps_label(s.step + 1, s.num_steps)}",
+                   None, traj)
         if traj is None:
             raise ValueError("the sampler produced no steps")
         yield self.views(traj, run, warn)
+        memory.release()
 
     def views(self, traj: Trajectory | None, run: str | None = None, warn: str = ""):
         """Every output of a run from its trajectory (see OUTPUTS)."""
@@ -176,9 +181,7 @@ class Unmasking:
         else:
             status = stepper.status("stopped", f"**Stopped at {steps_label(done, s.num_steps)}** (scrub the "
                                                f"{done} sampled steps, or branch to finish){about}", run)
-        last_ok = max(1, done - (1 if traj.complete else 0))
-        branch = gr.update(maximum=last_ok, value=min(max(1, last_ok // 2), last_ok))
-        return (status, stepper.unmask_payload(traj, run), timing_markdown(traj), run_summary(traj), traj, branch)
+        return status, stepper.unmask_payload(traj, run), timing_markdown(traj), run_summary(traj), traj
 
     def _run(self, values: Mapping[str, Any], request: gr.Request | None = None):
         """Sample one image, streaming the player after every step."""

@@ -287,12 +287,19 @@
       const input = label.querySelector("input[type=radio]");
       if (!input) continue;
       const off = (label.textContent || "").includes("⊘");
-      input.disabled = off; label.classList.toggle("emigm-off", off);
+      if (input.disabled !== off) input.disabled = off;
+      label.classList.toggle("emigm-off", off); label.setAttribute("aria-disabled", off ? "true" : "false");
       const info = label.closest(".block")?.querySelector(".info-text")?.textContent || "";
       if (off) label.title = info.split(" · ").filter(s => s.startsWith("⊘ " + input.value)).join(" ") || "unavailable for this model";
       else if (label.title) label.removeAttribute("title");
     }
   }
+  // Svelte may re-enable the input when it redraws the radio group: a click on a marked option is
+  // stopped before it reaches it, whatever its disabled flag says
+  document.addEventListener("click", ev => {
+    const label = ev.target instanceof Element && ev.target.closest("label.emigm-off");
+    if (label) { ev.preventDefault(); ev.stopPropagation(); }
+  }, true);
   const observer = new MutationObserver(() => disableMarked(document));
   const watchPage = () => { observer.observe(document.body, { childList: true, subtree: true, characterData: true }); disableMarked(document); };
   // Gradio may add this script after DOMContentLoaded
