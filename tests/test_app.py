@@ -162,7 +162,7 @@ def test_stop_ends_the_run_after_the_step_in_progress(engine, unmasking):
             stop.set()
     partial = frames[-1]
     assert len(frames) == 4 and partial.stopped and not partial.complete and len(partial.frames) == 4
-    status, player, timing, doc, state, branch = unmasking.stopped(partial)
+    status, player, timing, doc, state = unmasking.stopped(partial)
     assert status["phase"] == "stopped" and "Stopped at step 4 of 8" in status["text"] and "stopped early" in timing
     assert player["n"] == 4 and not player["live"] and not doc["complete"] and doc["nfe"] is None
     assert sum(x == 0 for row in doc["when"] for x in row) == int(partial.last.mask_after.sum())

@@ -133,9 +133,14 @@ def test_disabled_choice_cannot_be_picked(page):
     page.get_by_text("Reveal order and count").click()  # a closed accordion
     conf = page.locator("#ctl-order label", has_text="confidence")
     conf.wait_for()
-    page.wait_for_function("() => [...document.querySelectorAll('#ctl-order input')].find(i => i.value === 'confidence')?.disabled",
-                           timeout=5000)
+    page.wait_for_function("() => document.querySelector('#ctl-order label.emigm-off')?.textContent.includes('confidence')",
+                           timeout=30_000)
     assert "token probabilities" in (conf.get_attribute("title") or "")
+    conf.click(force=True)
+    page.wait_for_timeout(300)
+    checked = page.evaluate("() => [...document.querySelectorAll('#ctl-order input')].filter(i => i.checked).map(i => i.value)")
+    assert checked == ["random"]
+    assert "order=random" in page.locator("#permalink textarea").input_value()
     page.screenshot(path=str(SHOTS / "disabled-choice.png"))
     page.get_by_text("Reveal order and count").click()
 
@@ -200,6 +205,16 @@ def test_stop_leaves_a_partial_scrubbable_run(page, monkeypatch):
     page.locator(f"{PLAYER} .emigm-btn").nth(0).click()  # scrubbable: to the first step
     assert _player(page)["k"] == "0"
     page.screenshot(path=str(SHOTS / "stopped.png"))
+    # branch from the step shown in the player: the first two steps stay, the rest is sampled anew
+    page.keyboard.press("ArrowRight")
+    stopped = _player(page)["run"]
+    page.get_by_text("Branch from a step").click()
+    page.locator("#branch-btn").click()
+    _wait_ready(page, other_than=stopped)
+    page.locator(f"{PLAYER} .emigm-btn").nth(0).click()
+    assert _player(page)["n"] == "16", (_status(page), _player(page))
+    assert "branched after step 2" in page.evaluate(
+        f"() => {{ const r = document.querySelector('{PLAYER}'); return r.querySelector('.emigm-detail').innerText; }}")
 
 
 @pytest.mark.parametrize("tab, ready", [
