@@ -133,9 +133,27 @@ def strip(traj: Trajectory, max_columns: int = 16, height: int = 96) -> np.ndarr
     return tile(cols, cols=len(cols), pad=4)
 
 
+def _gif_palette() -> Image.Image:
+    """One fixed palette for every frame: 240 greys and the overlay colours. Why: an adaptive palette
+    per frame made the GIF most of a run's export time, and these images are grey plus a few colours."""
+    pal = [round(i * 255 / 239) for i in range(240) for _ in range(3)]
+    for c in (ORANGE, SKY, GREY, (255, 255, 255), (0, 0, 0)):
+        pal += list(c)
+    img = Image.new("P", (1, 1))
+    img.putpalette(pal + [0] * (768 - len(pal)))
+    return img
+
+
+_PALETTE = _gif_palette()
+
+
 def gif_bytes(traj: Trajectory, scale: int, ms_per_frame: int = 350) -> bytes:
-    """Animated GIF of canvas | draft per step; the last frame holds longer."""
-    images = [Image.fromarray(frame_pair(f, traj.grid, scale)) for f in traj.frames]
+    """Animated GIF of canvas | draft per step; the last frame holds longer. Colour images (ImageNet)
+    keep an adaptive palette."""
+    rgb_frames = [frame_pair(f, traj.grid, scale) for f in traj.frames]
+    grey = traj.frames[0].draft.shape[-1] == 1
+    images = [Image.fromarray(a).quantize(palette=_PALETTE, dither=Image.Dither.NONE) if grey else Image.fromarray(a)
+              for a in rgb_frames]
     durations = [ms_per_frame] * (len(images) - 1) + [1500]
     buf = io.BytesIO()
     images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
