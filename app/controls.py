@@ -270,6 +270,18 @@ def widget_update(name: str, view: ModelView, value: Any = None):
     return gr.update(**kw)
 
 
+def narrowed(names: Iterable[str], view: ModelView, values: Mapping[str, Any]) -> list:
+    """gr.updates that narrow controls `names` to a newly chosen model, keeping each current value
+    the model can take (a choice it cannot take moves to the first it can; a number to its cap)."""
+    out = []
+    for n in names:
+        v = values.get(n)
+        if n in SPECS and SPECS[n][2].choices is not None:
+            v = first_available(n, view, v)
+        out.append(widget_update(n, view, v))
+    return out
+
+
 def setting_warnings(view: ModelView, sampler, guidance) -> list[str]:
     """The measured warnings that apply to this setting ("ddpm: FD 300 here ...")."""
     values = {**{f: getattr(sampler, f) for f in SAMPLER_FIELDS}, **{f: getattr(guidance, f) for f in GUIDANCE_FIELDS}}

@@ -142,13 +142,7 @@ def _unmasking_tab(engine: Engine, h: Unmasking, links: Permalinks, banner, init
         names = engine.class_names(model)
         current = values.get("class_name")
         cls = gr.update(choices=names, value=current if current in names else names[0])
-        updates = []
-        for n in step_names:
-            v = values.get(n)
-            if n in controls.SPECS and controls.SPECS[n][2].choices is not None:
-                v = controls.first_available(n, view, v)
-            updates.append(controls.widget_update(n, view, v))
-        return (cls, engine.banner(model), *updates)
+        return (cls, engine.banner(model), *controls.narrowed(step_names, view, values))
 
     model_info = user_errors(controls.keyword_handler(("model", "class_name") + step_names, model_info))
     c["model"].input(model_info, [c["model"], c["class_name"]] + [c[n] for n in step_names],
@@ -246,13 +240,7 @@ def _compare_tab(engine: Engine, h: Compare, hu: Unmasking):
         model = engine.check_name(values.pop("model"))
         view = compare_view(hu.view(model))
         names = engine.class_names(model)
-        updates = []
-        for n in narrowed:
-            v = values.get(n)
-            if n in controls.SPECS and controls.SPECS[n][2].choices is not None:
-                v = controls.first_available(n, view, v)
-            updates.append(controls.widget_update(n, view, v))
-        return (gr.update(choices=names, value=names[0]), *updates)
+        return (gr.update(choices=names, value=names[0]), *controls.narrowed(narrowed, view, values))
 
     class_choices = user_errors(controls.keyword_handler(("model",) + tuple(narrowed), class_choices))
     c["model"].input(class_choices, [c["model"]] + [c[n] for n in narrowed], [c["class_name"]] + [c[n] for n in narrowed],

@@ -216,10 +216,9 @@ class Unmasking:
     branch = user_errors(controls.keyword_handler(("branch_step",) + controls.STEP_CONTROLS, _branch,
                                                   lead=("self", "trajectory"), request=True), on_error=keep_views)
 
-    def stop(self, request: gr.Request) -> dict[str, Any]:
+    def stop(self, request: gr.Request) -> None:
         """Ask this session's run to end after the step in progress (it then shows what was sampled)."""
-        asked = self.engine.stops.stop(session_of(request))
-        return {"stopping": asked}
+        self.engine.stops.stop(session_of(request))
 
     @user_errors
     def stopped(self, trajectory: Trajectory | None):

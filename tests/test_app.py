@@ -517,3 +517,15 @@ def test_official_checkpoint_in_the_app(tmp_path):
     banner = text.model_banner("eMIGM_base", gen, "cpu")
     assert "GPU" in banner and "official" in banner
     assert class_names(cfg)[:2] == ["tench", "goldfish"] and len(class_names(cfg)) == 1000
+
+
+def test_client_model_change_narrows_the_controls(client):
+    v = run_values(cfg_mode="mask")
+    out = client.predict(**{**{k: v[k] for k in ("model", "class_name") + STEP}, "model": "test-tiny-fakecfg"},
+                         api_name="/model_info")
+    cls, banner, *updates = out
+    update = dict(zip(STEP, updates))
+    labels = {value: label for label, value in update["cfg_mode"]["choices"]}
+    assert controls.UNAVAILABLE in labels["mask"] and controls.UNAVAILABLE not in labels["fake"]
+    assert update["cfg_mode"]["value"] == "" and update["num_steps"]["maximum"] == 16
+    assert "test-tiny-fakecfg" in banner and cls["value"] == "Sneaker"
