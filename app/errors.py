@@ -44,10 +44,10 @@ def message(e: BaseException) -> str:
 def as_gr_error(fn_name: str, e: BaseException) -> gr.Error:
     """A gr.Error carrying the user error's message, logged as one line (no traceback)."""
     if isinstance(e, gr.Error):
-        return gr.Error(clean(str(e.message)), print_exception=False)
+        return gr.Error(clean(str(e.message)), duration=8, print_exception=False)
     msg = message(e)
     log.info("user error in %s: %s", fn_name, msg)
-    return gr.Error(msg, print_exception=False)
+    return gr.Error(msg, duration=8, print_exception=False)
 
 
 def user_errors(fn: Callable | None = None, *, on_error: Callable[[Any, str], Any] | None = None):

@@ -27,7 +27,7 @@ QUEUE_SIZE = 16
 STATIC = Path(__file__).resolve().parent / "static"
 CACHE_CLEANUP = (300, 900)  # every 5 minutes, delete Gradio cache files older than 15 minutes
 SESSION_STATE_TTL = 3600  # per-user trajectories live an hour after their last use
-SESSION_CAPACITY = 200  # at most this many sessions keep state
+SESSION_CAPACITY = 100  # at most this many sessions keep state (Gradio keeps ~3 MB per session)
 # the branch button's inputs: the step shown in the player (1-based) as branch_step
 BRANCH_FROM_PLAYER = ("(...args) => { const k = document.querySelector('#player .emigm-root')?.dataset.k; "
                       "if (k !== undefined) args[1] = +k + 1; return args; }")
