@@ -26,14 +26,19 @@ CLAIMS_PATH = ASSETS_DIR / "results" / "claims.json"
 TABLE_HEADERS = ["step", "t", "s", "E[revealed]", "E[masked after]", "CFG", "passes", "cumulative passes"]
 
 
-@user_errors
-def schedules(num_tokens: float, num_steps: float, schedule: str, count_rule: str, cfg_scale: float,
-              cfg_interval_lo: float, cfg_interval_hi: float):
+SCHEDULE_CONTROLS = ("num_tokens", "num_steps", "schedule", "count_rule", "cfg_scale", "cfg_interval_lo",
+                     "cfg_interval_hi")
+
+
+def _schedules(values: dict[str, Any]):
     """Schedules tab: gamma and MDM-weight figure, expected reveals figure, per-step table, JSON, summary."""
-    L = controls.as_number("num_tokens", num_tokens)
-    sampler = controls.sampler_config(num_steps, schedule, count_rule, "random", 4.5, "linear", 1.0, "dpm", 8)
-    guidance = controls.guidance_config(cfg_scale, "", cfg_interval_lo, cfg_interval_hi, "constant")
-    tables = {name: step_table(replace(sampler, schedule=name), guidance, L) for name in controls.SCHEDULE_NAMES}
+    L = controls.app_value("num_tokens", values["num_tokens"])
+    sampler, guidance = controls.configs({**controls.DEFAULTS, **values, "cfg_mode": "", "cfg_schedule": "constant"})
+    if sampler.num_steps > L:
+        raise ValueError(f"num_steps {sampler.num_steps} is not available: at most {L} steps for {L} tokens "
+                         "(every step reveals at least one)")
+    tables = {name: step_table(replace(sampler, schedule=name), guidance, L)
+              for name in controls.SPECS["schedule"][2].names()}
     table = tables[sampler.schedule]
     rows = [[r.step, round(r.t, 4), round(r.s, 4), round(r.expected_revealed, 2), round(r.expected_masked_after, 2),
              "yes" if r.cfg else "", r.passes, r.cumulative_passes] for r in table.rows]
@@ -53,6 +58,9 @@ def schedules(num_tokens: float, num_steps: float, schedule: str, count_rule: st
             rows, doc, summary)
 
 
+schedules = user_errors(controls.keyword_handler(SCHEDULE_CONTROLS, _schedules))
+
+
 def _first(d: dict[str, Any], *keys: str) -> Any:
     for k in keys:
         if k in d:
@@ -60,45 +68,107 @@ def _first(d: dict[str, Any], *keys: str) -> Any:
     return None
 
 
+POINT_HEADERS = ["group", "setting", "model", "NFE", "FD", "class acc", "precision", "recall"]
+CLAIM_HEADERS = ["claim", "verdict", "numbers"]
+
+
+def _number(x: Any) -> str:
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return f"{x:.4g}" if isinstance(x, float) else str(x)
+    if isinstance(x, (list, tuple)) and len(x) == 2 and all(isinstance(v, (int, float)) for v in x):
+        return f"FD {_number(x[0])} at NFE {_number(x[1])}"  # the claims file's [fd, nfe] pairs
+    return str(x)
+
+
+def evidence_text(c: dict[str, Any]) -> str:
+    """A claim's numbers as one readable line: "linear 29.48 · cosine 25.93 · exp 26.39"."""
+    numbers = c.get("numbers")
+    if isinstance(numbers, dict) and numbers:
+        return " · ".join(f"{k} {_number(v)}" for k, v in numbers.items())
+    raw = _first(c, "evidence", "detail", "value")
+    if isinstance(raw, str):
+        try:
+            parsed = json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+        if isinstance(parsed, dict):
+            return " · ".join(f"{k} {_number(v)}" for k, v in parsed.items())
+    return "" if raw is None else str(raw)
+
+
 def read_claims(path: Path = CLAIMS_PATH) -> dict[str, Any] | None:
     """The parsed claims file, normalised to {"points": [...], "claims": [...]}; None when absent."""
     if not path.is_file():
         return None
     try:
+        shown = str(path.relative_to(ASSETS_DIR.parent))
+    except ValueError:
+        shown = path.name
+    try:
         raw = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from None
+        raise ValueError(f"cannot read {shown}: {e}") from None
     if isinstance(raw, list):
         raw = {"claims": raw}
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected an object with 'points' and 'claims'")
+        raise ValueError(f"{shown}: expected an object with 'points' and 'claims'")
     points = []
     for p in _first(raw, "points", "measurements", "results") or []:
         setting, nfe, fd = _first(p, "setting", "name", "label"), _first(p, "nfe", "NFE"), _first(p, "fd", "FD", "fid")
         if setting is not None and nfe is not None and fd is not None:
-            points.append({"setting": str(setting), "nfe": float(nfe), "fd": float(fd)})
+            points.append({"group": str(p.get("claim") or ""), "setting": str(setting),
+                           "label": str(_first(p, "label", "name", "setting")), "model": str(p.get("model") or ""),
+                           "nfe": float(nfe), "fd": float(fd),
+                           **{k: p[k] for k in ("class_accuracy", "precision", "recall") if k in p}})
     claims = []
     for c in raw.get("claims") or []:
         holds = c.get("holds")
         verdict = "holds" if holds is True else "does not hold" if holds is False else "not measured"
-        claims.append([str(_first(c, "claim", "name", "id") or "?"), verdict,
-                       str(_first(c, "evidence", "detail", "value") or "")])
-    try:
-        shown = str(path.relative_to(ASSETS_DIR.parent))
-    except ValueError:
-        shown = str(path)
+        claims.append([str(_first(c, "claim", "name", "id") or "?"), verdict, evidence_text(c)])
     return {"points": points, "claims": claims, "claims_file": shown, "note": str(raw.get("note") or "")}
+
+
+def measured_warnings(model: str, path: Path = CLAIMS_PATH, factor: float = 3.0) -> dict[str, dict[str, str]]:
+    """{"head_solver": {solver: why}} for solvers whose best measured FD on `model` is more than `factor`
+    times the model's best FD (e.g. DDPM diverging on a briefly trained head): they run, but give noise."""
+    try:
+        raw = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+    pts = [p for p in (raw.get("points") or []) if isinstance(p, dict) and p.get("model") == model
+           and isinstance(p.get("fd"), (int, float)) and isinstance(p.get("sampler"), dict)]
+    if not pts:
+        return {}
+    best = min(p["fd"] for p in pts)
+    by_solver: dict[str, dict[str, Any]] = {}
+    for p in pts:
+        name = p["sampler"].get("head_solver")
+        if name and (name not in by_solver or p["fd"] < by_solver[name]["fd"]):
+            by_solver[name] = p
+    out = {name: (f"measured FD {p['fd']:.0f} on this model ({p.get('label', name)}) against {best:.1f} at best: "
+                  "it runs, but gives noise here (see Results)")
+           for name, p in by_solver.items() if p["fd"] > factor * best}
+    return {"head_solver": out} if out else {}
+
+
+def point_rows(points: list[dict[str, Any]]) -> list[list[Any]]:
+    def r(x, n=3):
+        return round(x, n) if isinstance(x, float) else x
+    return [[p["group"], p["label"], p["model"], int(p["nfe"]), r(p["fd"], 2), r(p.get("class_accuracy")),
+             r(p.get("precision")), r(p.get("recall"))] for p in points]
 
 
 @user_errors
 def results():
-    """Results tab: message, FD-vs-NFE figure (or None), claims table, parsed JSON."""
+    """Results tab: message, FD-vs-NFE figure (or None), claims table, measurements table, parsed JSON."""
     doc = read_claims()
     if doc is None:
         hidden = gr.update(value=None, visible=False)
-        return text.RESULTS_MISSING, hidden, hidden, {"available": False, "claims_file": "assets/results/claims.json"}
+        return (text.RESULTS_MISSING, hidden, hidden, hidden,
+                {"available": False, "claims_file": "assets/results/claims.json"})
     fig = charts.results_figure(doc["points"]) if doc["points"] else gr.update(value=None, visible=False)
     held = sum(row[1] == "holds" for row in doc["claims"])
     msg = (f"Read `{doc['claims_file']}`: {len(doc['points'])} measurements, {len(doc['claims'])} claims "
-           f"({held} hold)." + (f"\n\n{doc['note']}" if doc["note"] else ""))
-    return msg, fig, gr.update(value=doc["claims"], visible=True), {"available": True, **doc}
+           f"({held} hold here)." + (f"\n\n{doc['note']}" if doc["note"] else ""))
+    return (msg, fig, gr.update(value=doc["claims"], visible=True),
+            gr.update(value=point_rows(doc["points"]), visible=bool(doc["points"])), {"available": True, **doc})

@@ -88,20 +88,37 @@ def steps_figure(tables: dict[str, StepTable], chosen: str) -> go.Figure:
 
 
 def results_figure(points: Sequence[dict[str, Any]]) -> go.Figure:
-    """FD against NFE, one line per setting (points: {setting, nfe, fd})."""
-    fig = go.Figure()
-    by_setting: dict[str, list[dict[str, Any]]] = {}
+    """FD against NFE, one panel per claim group (one line per setting). A panel whose FDs span more
+    than 5x (an outlier such as a diverging solver) gets a log axis, so the other lines stay apart."""
+    groups: dict[str, list[dict[str, Any]]] = {}
     for p in points:
-        by_setting.setdefault(str(p["setting"]), []).append(p)
+        groups.setdefault(str(p.get("group") or "results"), []).append(p)
+    names = list(groups)
+    cols = min(len(names), 4)
+    rows = -(-len(names) // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=names, horizontal_spacing=0.07, vertical_spacing=0.2)
     palette = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
-    for i, (setting, pts) in enumerate(by_setting.items()):
-        pts = sorted(pts, key=lambda p: p["nfe"])
-        fig.add_trace(go.Scatter(x=[p["nfe"] for p in pts], y=[p["fd"] for p in pts], name=setting,
-                                 mode="lines+markers", line=dict(color=palette[i % len(palette)]),
-                                 hovertemplate=f"{setting}<br>NFE %{{x}}<br>FD %{{y:.3f}}<extra></extra>"))
-    fig.update_xaxes(title_text="transformer passes (NFE)")
-    fig.update_yaxes(title_text="FD (lower is better)")
-    fig.update_layout(height=380, margin=dict(l=40, r=20, t=40, b=40), font=FONT,
-                      title=dict(text="FD vs NFE per setting", x=0.01))
+    for gi, (group, pts) in enumerate(groups.items()):
+        r, c = gi // cols + 1, gi % cols + 1
+        by_setting: dict[str, list[dict[str, Any]]] = {}
+        for p in pts:
+            by_setting.setdefault(p["setting"], []).append(p)
+        for i, (setting, sp) in enumerate(by_setting.items()):
+            sp = sorted(sp, key=lambda p: p["nfe"])
+            line = len({p["nfe"] for p in sp}) > 1
+            fig.add_trace(go.Scatter(x=[p["nfe"] for p in sp], y=[p["fd"] for p in sp], name=setting,
+                                     mode="lines+markers" if line else "markers", legendgroup=group,
+                                     marker=dict(color=palette[(gi + i) % len(palette)], size=8),
+                                     line=dict(color=palette[(gi + i) % len(palette)]),
+                                     customdata=[[p.get("label", setting)] for p in sp],
+                                     hovertemplate=f"{group}<br>%{{customdata[0]}}<br>NFE %{{x}}<br>FD %{{y:.2f}}<extra></extra>"),
+                          row=r, col=c)
+        fds = [p["fd"] for p in pts]
+        log = min(fds) > 0 and max(fds) / min(fds) > 5
+        fig.update_yaxes(type="log" if log else "linear", title_text="FD (log)" if log else "FD", row=r, col=c)
+        fig.update_xaxes(title_text="NFE", row=r, col=c)
+    fig.update_layout(height=300 * rows + 90, margin=dict(l=40, r=20, t=60, b=20), font=FONT,
+                      title=dict(text="FD (lower is better) against transformer passes, one panel per claim; "
+                                      "a log axis where one setting is far off", x=0.01, font=dict(size=14)),
+                      legend=dict(orientation="h", yanchor="top", y=-0.3 / rows, font=dict(size=10)))
     return fig
-

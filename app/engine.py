@@ -1,9 +1,10 @@
-"""The explorer's engine: which models it offers, loading them once, and sampling runs kept as
-trajectories (every step's state plus its decoded images) so that views never re-sample.
+"""The explorer's engine: which models it offers, loading each once (emigm.loading), and sampling runs
+kept as trajectories (every step's state plus its decoded draft) so that views never re-sample.
 
-Models are shipped exports (assets/<name>/, `emigm.checkpoint.shipped_models`) when present; otherwise
-random-init presets (`fmnist-emigm`, `fmnist-emigm-fakecfg`) with deterministically seeded weights, so
-the mechanics (reveal order, schedules, CFG interval, passes) are real while the images are noise.
+Models: the shipped exports (assets/<name>/) that hold a generator, `fmnist-emigm` first when present;
+any export folder, training checkpoint or official checkpoint given on the command line; with none of
+those, random-init presets whose tokenizer is available. A model that fails to load fails alone: its
+error names the model, never another one's.
 """
 from __future__ import annotations
 
@@ -11,26 +12,27 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from emigm.checkpoint import (ASSETS_DIR, CheckpointError, load_export, read_export_config, resolve_export,
-                              shipped_models)
-from emigm.config import RunConfig
+from emigm.checkpoint import CheckpointError, read_export_config, resolve_export, shipped_models
 from emigm.imaging import to_uint8
-from emigm.labels import class_names
+from emigm.loading import Generator, build_model_tokenizer, check_size, load_generator
 from emigm.presets import PRESETS, get_preset
 from emigm.sampler import GuidanceConfig, SamplerConfig, StepState, sample_steps
 
-FALLBACK_MODELS = ("fmnist-emigm", "fmnist-emigm-fakecfg")
+PREFERRED = "fmnist-emigm"
+FALLBACK_PRESETS = ("fmnist-emigm", "fmnist-emigm-fakecfg", "fmnist-maskgit")
 FAKECFG_SUFFIX = "-fakecfg"
 WEIGHT_SEED = 0  # random-init weights: the same for every process
 
 
 def generator_exports() -> list[str]:
-    """Shipped exports that hold a masked generator (tokenizer exports in assets/ are skipped)."""
+    """Shipped exports that hold a masked generator (tokenizer exports in assets/ are skipped);
+    fmnist-emigm first when shipped."""
     names = []
     for name in shipped_models():
         try:
@@ -38,27 +40,15 @@ def generator_exports() -> list[str]:
         except CheckpointError:
             continue
         names.append(name)
-    return names
+    return sorted(names, key=lambda n: n != PREFERRED)
 
 
-def default_models() -> list[str]:
-    """Shipped generators if any, else the random-init fallbacks."""
-    return generator_exports() or list(FALLBACK_MODELS)
-
-
-def preset_config(name: str) -> RunConfig:
+def preset_config(name: str):
     """A preset, or `<preset>-fakecfg`: the preset trained with the fake-class null vector."""
     if name not in PRESETS and name.endswith(FAKECFG_SUFFIX) and name[: -len(FAKECFG_SUFFIX)] in PRESETS:
         base = PRESETS[name[: -len(FAKECFG_SUFFIX)]]
         return replace(base, name=name, backbone=replace(base.backbone, null_mode="fake"))
     return get_preset(name)
-
-
-def build_decoder(cfg: RunConfig, root: str, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """tokens -> images in [-1, 1] through the model's tokenizer."""
-    from emigm.tokenizers import build_tokenizer
-
-    return build_tokenizer(cfg.tokenizer, root).to(device).eval().decode
 
 
 def _wake_zero_layers(model: torch.nn.Module, std: float = 0.02) -> None:
@@ -70,30 +60,82 @@ def _wake_zero_layers(model: torch.nn.Module, std: float = 0.02) -> None:
             torch.nn.init.normal_(m.weight, std=std)
 
 
+def random_init(name: str, device: torch.device) -> Generator:
+    """A preset (or its -fakecfg twin) with seeded random weights and its shipped tokenizer."""
+    from emigm.model import MaskedGenerator
+
+    cfg = preset_config(name)
+    check_size(cfg, name)
+    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the global RNG state
+        torch.manual_seed(WEIGHT_SEED)
+        model = MaskedGenerator(cfg)
+        _wake_zero_layers(model)
+    model = model.to(device).eval()
+    tokenizer = build_model_tokenizer(cfg, None, device)
+    return Generator(model, tokenizer, cfg, None, label=f"{name} (random init)", source="random")
+
+
 @dataclass(frozen=True)
-class ModelHandle:
+class Source:
+    """Where an offered model comes from: a shipped name or export folder, a checkpoint file, or a
+    preset with random weights."""
+
     name: str
-    model: torch.nn.Module
-    cfg: RunConfig
-    decode: Callable[[torch.Tensor], torch.Tensor]
-    random_init: bool
-    source: str
+    path: str = ""  # export folder or checkpoint file; "" for a shipped name or a preset
+    vae: str = ""
+    preset: bool = False
 
     @property
-    def class_names(self) -> list[str]:
-        return class_names(self.cfg)
+    def shipped(self) -> bool:
+        return not self.preset and not self.path
 
-    @property
-    def grid(self) -> int:
-        return self.cfg.tokenizer.grid
+
+def sources_from(specs: Sequence[str], vae: str = "") -> list[Source]:
+    """Command-line model specs -> Sources: a shipped name, a path (export folder, ckpt-*.pt, official
+    .pth), or a preset name (random init). Names are unique (a clashing folder name gets its parent's)."""
+    shipped = set(generator_exports())
+    out: list[Source] = []
+    for spec in specs:
+        p = Path(spec).expanduser()
+        if spec in shipped:
+            src = Source(spec)
+        elif p.exists():
+            name = p.stem if p.is_file() else p.name
+            if any(s.name == name for s in out) or name in shipped:
+                name = f"{p.parent.name}/{name}"
+            src = Source(name, str(p.resolve()), vae if p.is_file() else "")
+        else:
+            try:
+                preset_config(spec)
+            except ValueError:
+                raise ValueError(f"unknown model {spec!r}: not a shipped model ({', '.join(sorted(shipped)) or 'none'}), "
+                                 f"not an existing path, nor a preset ({', '.join(PRESETS)})") from None
+            src = Source(spec, preset=True)
+        out.append(src)
+    return out
+
+
+def default_sources(device: torch.device) -> list[Source]:
+    """Shipped generators if any, else the fallback presets whose tokenizer is available."""
+    shipped = generator_exports()
+    if shipped:
+        return [Source(n) for n in shipped]
+    out = []
+    for name in FALLBACK_PRESETS:
+        try:
+            build_model_tokenizer(preset_config(name), None, "cpu")
+        except (OSError, ValueError):
+            continue
+        out.append(Source(name, preset=True))
+    return out
 
 
 @dataclass(frozen=True)
 class Frame:
-    """One sampler step with its decoded images (B, H, W, C) uint8 and timings."""
+    """One sampler step: its state and the decoded draft (B, H, W, C) uint8 (committed tokens plus the
+    prediction at every still-masked token), with timings."""
 
     state: StepState
-    image: np.ndarray
     draft: np.ndarray
     sample_s: float
     decode_s: float
@@ -109,9 +151,11 @@ class Trajectory:
     image_size: int
     class_names: tuple[str, ...]
     random_init: bool
+    tokenizer: str = "patch"
     branched_from: int = 0  # frames taken over from a parent run (0: a fresh run)
     first_frame_s: float = 0.0
     wall_s: float = 0.0
+    stopped: bool = False
 
     @property
     def states(self) -> list[StepState]:
@@ -160,103 +204,120 @@ def _num_threads(n: int | None):
         torch.set_num_threads(old)
 
 
+class Stops:
+    """Per-session stop requests: Stop sets the flag of the session's current run, which ends after the
+    step in progress."""
+
+    def __init__(self) -> None:
+        self._flags: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def begin(self, session: str | None) -> threading.Event:
+        flag = threading.Event()
+        if session:
+            with self._lock:
+                self._flags[session] = flag
+        return flag
+
+    def stop(self, session: str | None) -> bool:
+        with self._lock:
+            flag = self._flags.get(session or "")
+        if flag is None:
+            return False
+        flag.set()
+        return True
+
+    def end(self, session: str | None, flag: threading.Event) -> None:
+        with self._lock:
+            if session and self._flags.get(session) is flag:
+                del self._flags[session]
+
+
 class Engine:
-    """Offers a list of models, loads each once, and runs the sampler as a stream of Frames."""
+    """Offers a list of models, loads each once, and runs the sampler as a stream of Trajectories."""
 
     def __init__(self, models: Sequence[str] | None = None, device: str | torch.device = "cpu",
-                 num_threads: int | None = None) -> None:
-        self.names = list(models) if models else default_models()
-        if not self.names:
-            raise ValueError("no models to offer")
+                 num_threads: int | None = None, vae: str = "") -> None:
         self.device = torch.device(device)
+        sources = sources_from(models, vae) if models else default_sources(self.device)
+        if not sources:
+            raise ValueError("no models to offer: nothing shipped in assets/ and no preset tokenizer available")
+        self.sources = {s.name: s for s in sources}
+        self.names = list(self.sources)
         self.num_threads = num_threads
-        self._shipped = set(generator_exports())
-        self._cache: dict[str, ModelHandle] = {}
+        self.stops = Stops()
+        self._cache: dict[str, Generator] = {}
         self._lock = threading.Lock()
-        for name in self.names:
-            self.config(name)  # unknown names fail here, at start-up, not on first use
 
     # ------------------------------------------------------------------ models
 
     def check_name(self, name: str) -> str:
-        if name not in self.names:
+        if name not in self.sources:
             raise ValueError(f"unknown model {name!r}; this app offers: {', '.join(self.names)}")
         return name
 
     def is_shipped(self, name: str) -> bool:
-        return name in self._shipped
+        return self.sources[name].shipped
 
-    def config(self, name: str) -> RunConfig:
-        """The model's RunConfig without loading weights."""
-        if name in self._cache:
-            return self._cache[name].cfg
-        if self.is_shipped(name):
-            return read_export_config(resolve_export(name))[0]
-        try:
-            return preset_config(name)
-        except ValueError:
-            raise ValueError(f"unknown model {name!r}: not a shipped export ({', '.join(sorted(self._shipped)) or 'none shipped'}) "
-                             f"nor a preset ({', '.join(PRESETS)})") from None
+    def is_random(self, name: str) -> bool:
+        return self.sources[name].preset
 
-    def banner(self, name: str) -> str:
-        """The banner text for a model: shipped (with its export's note) or random init."""
-        from . import text
-
-        if not self.is_shipped(name):
-            return text.model_banner(name, True)
-        _, meta = read_export_config(resolve_export(name))
-        return text.model_banner(name, False, str(meta.get("note", "")))
-
-    def class_names(self, name: str) -> list[str]:
-        return class_names(self.config(self.check_name(name)))
-
-    def load(self, name: str) -> ModelHandle:
+    def load(self, name: str) -> Generator:
+        """The model's Generator, loaded once. A load error is a one-line ValueError naming the model."""
         self.check_name(name)
         with self._lock:
             if name not in self._cache:
-                self._cache[name] = self._load(name)
+                self._cache[name] = self._load(self.sources[name])
             return self._cache[name]
 
-    def _load(self, name: str) -> ModelHandle:
-        from emigm.model import MaskedGenerator
+    def _load(self, src: Source) -> Generator:
+        try:
+            with torch.inference_mode(False):
+                if src.preset:
+                    return random_init(src.name, self.device)
+                return load_generator(src.path or src.name, self.device, vae=src.vae)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ValueError(f"model {src.name!r} cannot be loaded: {first}") from None
 
-        with torch.inference_mode(False):
-            if self.is_shipped(name):
-                model, cfg, meta = load_export(name, self.device)
-                root, source, random_init = meta["export_dir"], f"shipped export {meta['export_dir']}", False
-            else:
-                cfg = preset_config(name)
-                with torch.random.fork_rng(devices=[]):  # seeded weights without touching global RNG state
-                    torch.manual_seed(WEIGHT_SEED)
-                    model = MaskedGenerator(cfg)
-                    _wake_zero_layers(model)
-                model = model.to(self.device).eval()
-                root, source, random_init = str(ASSETS_DIR), f"preset {name}, random init (seed {WEIGHT_SEED})", True
-        decode = build_decoder(cfg, root, self.device)
-        return ModelHandle(name, model, cfg, decode, random_init, source)
+    def class_names(self, name: str) -> list[str]:
+        return self.load(name).class_names
+
+    def banner(self, name: str) -> str:
+        from . import text
+
+        try:
+            gen = self.load(name)
+        except ValueError as e:
+            return f"⚠ {e}"
+        return text.model_banner(name, gen, self.device.type)
 
     def partner(self, name: str, null_mode: str) -> str | None:
-        """An offered model with the same tokenizer and classes as `name` trained with `null_mode`:
-        `name` itself, or its `-fakecfg` twin (or the base of a `-fakecfg` model)."""
-        cfg = self.config(name)
+        """An offered model like `name` (same tokenizer and classes) trained with `null_mode`: `name`
+        itself, or its `-fakecfg` twin (or the base of a `-fakecfg` model). Broken partners are skipped."""
         base = name[: -len(FAKECFG_SUFFIX)] if name.endswith(FAKECFG_SUFFIX) else name
+        cfg = self.load(name).cfg
         for cand in (name, base + FAKECFG_SUFFIX, base):
-            if cand in self.names:
-                c = self.config(cand)
-                if (c.backbone.null_mode == null_mode and c.tokenizer == cfg.tokenizer
-                        and c.backbone.num_classes == cfg.backbone.num_classes):
-                    return cand
+            if cand not in self.sources:
+                continue
+            try:
+                c = self.load(cand).cfg
+            except ValueError:
+                continue
+            if (c.backbone.null_mode == null_mode and c.tokenizer == cfg.tokenizer
+                    and c.backbone.num_classes == cfg.backbone.num_classes):
+                return cand
         return None
 
     # ------------------------------------------------------------------ runs
 
     def stream(self, name: str, labels: Sequence[int], seeds: Sequence[int], sampler: SamplerConfig,
-               guidance: GuidanceConfig) -> Iterator[Trajectory]:
-        """Sample, yielding the growing Trajectory after every step."""
-        return self._stream(name, labels, seeds, sampler, guidance, ())
+               guidance: GuidanceConfig, stop: threading.Event | None = None) -> Iterator[Trajectory]:
+        """Sample, yielding the growing Trajectory after every step; `stop` ends it after a step."""
+        return self._stream(name, labels, seeds, sampler, guidance, (), stop)
 
-    def branch(self, init: Trajectory, branch_step: int, sampler: SamplerConfig,
-               guidance: GuidanceConfig) -> Iterator[Trajectory]:
+    def branch(self, init: Trajectory, branch_step: int, sampler: SamplerConfig, guidance: GuidanceConfig,
+               stop: threading.Event | None = None) -> Iterator[Trajectory]:
         """Keep the first `branch_step` frames of `init` and resume from that state with new configs
         (same model, labels and seeds)."""
         last_ok = len(init.frames) - (1 if init.complete else 0)  # some token must still be masked
@@ -264,18 +325,21 @@ class Engine:
             raise ValueError(f"branch_step must be in [1, {last_ok}] for this run, got {branch_step}")
         state = init.frames[branch_step - 1].state
         return self._stream(init.model, state.labels.tolist(), state.seeds.tolist(), sampler, guidance,
-                            init.frames[:branch_step])
+                            init.frames[:branch_step], stop)
 
     def _stream(self, name: str, labels: Sequence[int], seeds: Sequence[int], sampler: SamplerConfig,
-                guidance: GuidanceConfig, kept: tuple[Frame, ...]) -> Iterator[Trajectory]:
-        handle = self.load(name)
+                guidance: GuidanceConfig, kept: tuple[Frame, ...],
+                stop: threading.Event | None) -> Iterator[Trajectory]:
+        gen = self.load(name)
         sampler = replace(sampler, draft=True)
-        fixed = torch.arange(handle.cfg.tokenizer.num_tokens) if sampler.order == "fixed" else None
-        traj = Trajectory(model=name, frames=kept, grid=handle.grid, image_size=handle.cfg.tokenizer.image_size,
-                          class_names=tuple(handle.class_names), random_init=handle.random_init,
-                          branched_from=len(kept))
+        tk = gen.cfg.tokenizer
+        traj = Trajectory(model=name, frames=kept, grid=tk.grid, image_size=tk.image_size,
+                          class_names=tuple(gen.class_names), random_init=gen.source == "random",
+                          tokenizer=tk.kind, branched_from=len(kept))
         init = kept[-1].state if kept else None
-        steps = sample_steps(handle.model, labels, seeds, sampler, guidance, init=init, fixed_order=fixed)
+        fixed = torch.arange(gen.model.num_tokens) if sampler.order == "fixed" else None
+        steps = sample_steps(gen.model, labels, seeds, sampler, guidance, smoother=gen.smoother, init=init,
+                             fixed_order=fixed)
         t0 = time.perf_counter()
         while True:
             t_step = time.perf_counter()
@@ -284,13 +348,16 @@ class Engine:
                 if state is None:
                     return
                 t_dec = time.perf_counter()
-                image = to_uint8(handle.decode(state.tokens))
-                draft = to_uint8(handle.decode(state.draft))
+                draft = to_uint8(gen.tokenizer.decode(state.draft))
             now = time.perf_counter()
-            frame = Frame(state.to("cpu"), image, draft, t_dec - t_step, now - t_dec)
-            traj = replace(traj, frames=traj.frames + (frame,), wall_s=now - t0,
+            frame = Frame(state.to("cpu"), draft, t_dec - t_step, now - t_dec)
+            stopping = stop is not None and stop.is_set() and not state.done
+            traj = replace(traj, frames=traj.frames + (frame,), wall_s=now - t0, stopped=stopping,
                            first_frame_s=traj.first_frame_s or now - t0)
             yield traj
+            if stopping:
+                steps.close()
+                return
 
     def run(self, *args, **kwargs) -> Trajectory:
         """`stream` drained: the finished Trajectory."""

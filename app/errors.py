@@ -1,46 +1,79 @@
 """User errors as gr.Error: bad input (out-of-range values, unknown names, missing assets) reaches the
-user as one line, never a stack trace, and the app keeps serving."""
+user as one line, never a stack trace and never a server path, and the app keeps serving.
+
+A handler wrapped with `user_errors(on_error=...)` first yields (or returns) `on_error(message)`, so the
+status line says what to change while every other view keeps what it showed, then raises the gr.Error
+that gradio_client reports."""
 from __future__ import annotations
 
 import functools
 import inspect
 import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable
 
 import gradio as gr
 
 log = logging.getLogger("emigm.app")
 USER_ERRORS = (ValueError, KeyError, OSError)  # CheckpointError is a ValueError
+ROOT = str(Path(__file__).resolve().parent.parent)
+_PATH = re.compile(r"(?<![\w.])(/[^\s'\"`:,;()]+)")
 
 
-def _message(e: Exception) -> str:
+def _short_path(match: re.Match) -> str:
+    p = match.group(1)
+    if p.startswith(ROOT + os.sep):
+        return os.path.relpath(p, ROOT)
+    parts = Path(p).parts
+    return os.path.join("…", *parts[-2:]) if len(parts) > 2 else p
+
+
+def clean(text: str) -> str:
+    """The first line of a message with absolute paths shortened (repository-relative, or …/dir/file)."""
+    first = text.splitlines()[0] if text else ""
+    return _PATH.sub(_short_path, first)
+
+
+def message(e: BaseException) -> str:
     text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-    return text.splitlines()[0] if text else type(e).__name__
+    return clean(text) or type(e).__name__
 
 
-def _as_gr_error(fn, e: Exception) -> gr.Error:
-    """A gr.Error carrying the user error's message (a gr.Error passes through unchanged)."""
+def as_gr_error(fn_name: str, e: BaseException) -> gr.Error:
+    """A gr.Error carrying the user error's message, logged as one line (no traceback)."""
     if isinstance(e, gr.Error):
-        return e
-    log.info("user error in %s: %s", fn.__name__, e)
-    return gr.Error(_message(e), print_exception=False)
+        return gr.Error(clean(str(e.message)), duration=8, print_exception=False)
+    msg = message(e)
+    log.info("user error in %s: %s", fn_name, msg)
+    return gr.Error(msg, duration=8, print_exception=False)
 
 
-def user_errors(fn):
-    """Wrap a handler (plain or generator) so USER_ERRORS become gr.Error with their message.
-    functools.wraps keeps the signature, so API parameter names and gr.Request injection still work."""
-    if inspect.isgeneratorfunction(fn):
+def user_errors(fn: Callable | None = None, *, on_error: Callable[[Any, str], Any] | None = None):
+    """Wrap a handler (plain or generator; a method when on_error takes self) so USER_ERRORS and gr.Error
+    become one clean gr.Error. on_error(self, message) -> the outputs to show first (a generator handler
+    yields them; keeps the previous views with gr.skip())."""
+    def wrap(fn):
+        name = fn.__name__
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def gen(*args, **kwargs):
+                try:
+                    yield from fn(*args, **kwargs)
+                except (*USER_ERRORS, gr.Error) as e:
+                    err = as_gr_error(name, e)
+                    if on_error is not None:
+                        yield on_error(args[0] if args else None, err.message)
+                    raise err from None
+            return gen
+
         @functools.wraps(fn)
-        def gen(*args, **kwargs):
+        def call(*args, **kwargs):
             try:
-                yield from fn(*args, **kwargs)
-            except USER_ERRORS as e:
-                raise _as_gr_error(fn, e) from None
-        return gen
+                return fn(*args, **kwargs)
+            except (*USER_ERRORS, gr.Error) as e:
+                raise as_gr_error(name, e) from None
+        return call
 
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except USER_ERRORS as e:
-            raise _as_gr_error(fn, e) from None
-    return call
+    return wrap(fn) if fn is not None else wrap

@@ -1,5 +1,6 @@
-"""Permalinks: the Unmasking settings in the URL query string (same names as the config fields), and
-back. A link with bad or unknown values still opens: those fields fall back to defaults, with a note."""
+"""Permalinks: the Unmasking settings in the URL query string (the control names, which are the config
+field names), and back. A link with bad or unknown values still opens: those fields fall back to
+defaults, with a note. The link follows the controls as they change."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -7,10 +8,9 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import gradio as gr
 
-from . import controls
+from emigm.fields import check_value
 
-NUMERIC = {"seed", "num_steps", "order_temperature", "temperature", "head_steps", "cfg_scale",
-           "cfg_interval_lo", "cfg_interval_hi"}
+from . import controls
 
 
 def _fmt(value: Any) -> str:
@@ -20,28 +20,49 @@ def _fmt(value: Any) -> str:
 
 
 def encode(values: Mapping[str, Any]) -> str:
-    """{field: value} for controls.RUN_FIELDS -> a query string (no leading '?')."""
-    return urlencode({k: _fmt(values[k]) for k in controls.RUN_FIELDS if k in values})
+    """{control: value} for controls.RUN_FIELDS -> a query string (no leading '?')."""
+    return urlencode({k: _fmt(values[k]) for k in controls.RUN_FIELDS if k in values and values[k] is not None})
 
 
-def decode(query: Mapping[str, str], models: list[str], class_names_of) -> tuple[dict[str, Any], list[str]]:
-    """Query parameters -> ({field: value} for every RUN_FIELD, problems).
+def parse(name: str, raw: str) -> Any:
+    """One query value -> the control's value, checked against its field's Spec (library messages)."""
+    if name == "seed":
+        try:
+            return controls.app_value("seed", float(raw))
+        except ValueError:
+            return controls.app_value("seed", raw)
+    field = name if name in controls.SPECS else name.rsplit("_", 1)[0]
+    _, tp, spec = controls.SPECS[field]
+    if spec.choices is not None:
+        check_value(field, raw, tp, spec)
+        return raw
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{field} must be a number, got {raw!r}") from None
+    tp = float if controls.is_tuple(field) else tp
+    value = controls.as_int(field, value) if tp is int else value
+    check_value(field, value, tp, spec)
+    return value
 
-    models: the offered model names (the first is the default); class_names_of(model) -> its classes."""
-    values = {"model": models[0], **{k: controls.DEFAULTS[k] for k in controls.RUN_FIELDS if k in controls.DEFAULTS}}
+
+def decode(query: Mapping[str, str], models: list[str], class_names_of, view_of=None) -> tuple[dict[str, Any], list[str]]:
+    """Query parameters -> ({control: value} for every RUN_FIELD, problems).
+
+    models: the offered model names (the first is the default); class_names_of(model) -> its classes;
+    view_of(model) -> its controls.ModelView (choices and caps it cannot take fall back, with a note)."""
+    values: dict[str, Any] = {"model": models[0], **controls.DEFAULTS}
     problems = []
     for key, raw in query.items():
-        if key not in controls.RUN_FIELDS:
+        if key not in controls.RUN_FIELDS or key == "class_name":
             continue
         try:
             if key == "model":
                 if raw not in models:
                     raise ValueError(f"unknown model {raw!r}")
                 values[key] = raw
-            elif key in NUMERIC:
-                values[key] = controls.as_number(key, raw)
-            elif key != "class_name":
-                values[key] = controls.as_choice(key, raw)
+            else:
+                values[key] = parse(key, raw)
         except ValueError as e:
             problems.append(f"{key}: {e}")
     names = class_names_of(values["model"])
@@ -53,10 +74,24 @@ def decode(query: Mapping[str, str], models: list[str], class_names_of) -> tuple
             values["class_name"] = match[0]
         else:
             problems.append(f"class_name: unknown class {raw_class!r}")
-    if not values["cfg_interval_lo"] < values["cfg_interval_hi"]:
-        problems.append("cfg_interval: t_lo must be below t_hi")
-        values["cfg_interval_lo"], values["cfg_interval_hi"] = (controls.DEFAULTS["cfg_interval_lo"],
-                                                                controls.DEFAULTS["cfg_interval_hi"])
+    try:
+        controls.configs(values)
+    except ValueError as e:  # a combination of values, e.g. t_lo >= t_hi: that field falls back
+        problems.append(str(e))
+        for f in controls.SPECS:
+            if controls.is_tuple(f):
+                for p in controls.TUPLE_PARTS:
+                    values[f"{f}_{p}"] = controls.DEFAULTS[f"{f}_{p}"]
+    if view_of is not None:
+        view = view_of(values["model"])
+        for name, bad in view.reasons.items():
+            if name in values and values[name] in bad:
+                problems.append(f"{name}: {bad[values[name]]}")
+                values[name] = controls.first_available(name, view, values[name])
+        for name, (lo, hi) in view.limits.items():
+            if name in values and name not in view.unused and not lo <= values[name] <= hi:
+                problems.append(f"{name}: {view.limit_reasons[name]}")
+                values[name] = type(values[name])(min(max(values[name], lo), hi))
     return values, problems
 
 
@@ -74,27 +109,18 @@ def link(base: str, values: Mapping[str, Any]) -> str:
 
 
 class Permalinks:
-    """Handlers: restore the settings from the page's URL on load, and show the link for the current ones."""
+    """Handlers: restore the settings from the page's URL on load, and the link of the current ones."""
 
-    def __init__(self, engine) -> None:
+    def __init__(self, engine, view_of) -> None:
         self.engine = engine
+        self.view_of = view_of
 
-    def restore(self, request: gr.Request):
-        """-> every RUN_FIELD value (class_name as a dropdown update), the link, the banner and a note."""
-        query = dict(request.query_params) if request is not None else {}
-        values, problems = decode(query, self.engine.names, self.engine.class_names)
-        model = values["model"]
-        out = [gr.update(choices=self.engine.class_names(model), value=values[f]) if f == "class_name" else values[f]
-               for f in controls.RUN_FIELDS]
-        base = page_url(dict(request.headers) if request is not None else None)
-        note = ("Some link settings were not understood and use defaults: " + "; ".join(problems)) if problems else ""
-        return (*out, link(base, values), self.engine.banner(model), note)
+    def decode(self, query: Mapping[str, str]):
+        return decode(query, self.engine.names, self.engine.class_names, self.view_of)
 
-    def link(self, model: str, class_name: str, seed: float, num_steps: float, schedule: str, count_rule: str,
-             order: str, order_temperature: float, order_anneal: str, temperature: float, head_solver: str,
-             head_steps: float, cfg_scale: float, cfg_mode: str, cfg_interval_lo: float, cfg_interval_hi: float,
-             cfg_schedule: str, request: gr.Request) -> str:
+    def _link(self, values: Mapping[str, Any], request: gr.Request | None = None) -> str:
         """The permalink of these settings."""
-        values = {k: v for k, v in locals().items() if k in controls.RUN_FIELDS}
         base = page_url(dict(request.headers) if request is not None else None)
         return link(base, values)
+
+    link = controls.keyword_handler(controls.RUN_FIELDS, _link, lead=("self",), request=True)

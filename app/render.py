@@ -1,11 +1,12 @@
-"""Pictures of a trajectory as uint8 arrays and files: the canvas (masked tokens flat grey, tokens
-revealed at this step outlined), the draft, the mask/image strip, the GIF and a token's history.
+"""Pictures of a trajectory as files: the canvas (masked tokens flat grey, tokens revealed at this step
+outlined), the draft, the mask/image strip and the GIF of the unmasking. The page draws the same views
+itself from a stepper payload (static/explorer.js); these are for downloads.
 
+The canvas is the decoded draft with still-masked tokens greyed (see app/stepper.py for why).
 All upscaling is nearest-neighbour; colours are Okabe-Ito (colour-blind safe).
 """
 from __future__ import annotations
 
-import base64
 import io
 
 import numpy as np
@@ -18,14 +19,8 @@ from .engine import Frame, Trajectory
 GREY = (128, 128, 128)  # a masked token
 ORANGE = (230, 159, 0)  # revealed at this step
 SKY = (86, 180, 233)  # a draft prediction, not committed yet
-PURPLE = (204, 121, 167)  # the picked token
 MASK_DARK, MASK_LIGHT = 60, 235
-TARGET_PX = 224
 
-
-def display_scale(image_size: int, target: int = TARGET_PX) -> int:
-    """Integer nearest-neighbour factor that brings an image to about `target` pixels."""
-    return max(1, round(target / image_size))
 
 
 def rgb(image: np.ndarray) -> np.ndarray:
@@ -52,7 +47,7 @@ def _outline(arr: np.ndarray, flags: np.ndarray, grid: int, color, width: int) -
 
 
 def canvas(image: np.ndarray, mask_after: np.ndarray, revealed: np.ndarray, grid: int, scale: int) -> np.ndarray:
-    """Committed image after a step: still-masked tokens flat grey, this step's reveals outlined."""
+    """The decoded draft after a step with still-masked tokens flat grey and this step's reveals outlined."""
     arr = upscale(rgb(image), scale).copy()
     cell = arr.shape[0] // grid
     arr[_token_pixels(mask_after, grid, cell)] = GREY
@@ -92,8 +87,8 @@ def tile(arrays: list[np.ndarray], cols: int | None = None, pad: int = 4, fill: 
 def frame_canvas(frame: Frame, grid: int, scale: int) -> np.ndarray:
     """The canvas of every sample in the batch, tiled."""
     s = frame.state
-    return tile([canvas(frame.image[b], s.mask_after[b].numpy(), s.revealed[b].numpy(), grid, scale)
-                 for b in range(frame.image.shape[0])])
+    return tile([canvas(frame.draft[b], s.mask_after[b].numpy(), s.revealed[b].numpy(), grid, scale)
+                 for b in range(frame.draft.shape[0])])
 
 
 def frame_draft(frame: Frame, grid: int, scale: int) -> np.ndarray:
@@ -119,21 +114,6 @@ def frame_pair(frame: Frame, grid: int, scale: int) -> np.ndarray:
     return labelled(pair, f"step {s.step + 1} of {s.num_steps}   canvas | draft")
 
 
-def live_view(traj: Trajectory, scale: int) -> np.ndarray:
-    """The newest frame's canvas | draft."""
-    return frame_pair(traj.frames[-1], traj.grid, scale)
-
-
-def pick_view(traj: Trajectory, scale: int, token: tuple[int, int] | None = None) -> np.ndarray:
-    """The newest committed image (sample 0), token grid visible, the picked token outlined."""
-    f = traj.frames[-1]
-    s = f.state
-    arr = canvas(f.image[0], s.mask_after[0].numpy(), np.zeros_like(s.revealed[0].numpy()), traj.grid, scale)
-    if token is not None:
-        flags = np.zeros(traj.grid * traj.grid, bool)
-        flags[token[0] * traj.grid + token[1]] = True
-        _outline(arr, flags, traj.grid, PURPLE, max(2, arr.shape[0] // traj.grid // 6))
-    return arr
 
 
 def strip(traj: Trajectory, max_columns: int = 16, height: int = 96) -> np.ndarray:
@@ -147,15 +127,33 @@ def strip(traj: Trajectory, max_columns: int = 16, height: int = 96) -> np.ndarr
         f = traj.frames[i]
         s = f.state
         top = mask_image(s.mask_after[0].numpy(), s.revealed[0].numpy(), traj.grid, cell)
-        bottom = canvas(f.image[0], s.mask_after[0].numpy(), s.revealed[0].numpy(), traj.grid, scale)
+        bottom = canvas(f.draft[0], s.mask_after[0].numpy(), s.revealed[0].numpy(), traj.grid, scale)
         col = tile([top, bottom], cols=1, pad=4)
         cols.append(labelled(col, f"{s.step + 1}/{s.num_steps}"))
     return tile(cols, cols=len(cols), pad=4)
 
 
+def _gif_palette() -> Image.Image:
+    """One fixed palette for every frame: 240 greys and the overlay colours. Why: an adaptive palette
+    per frame made the GIF most of a run's export time, and these images are grey plus a few colours."""
+    pal = [round(i * 255 / 239) for i in range(240) for _ in range(3)]
+    for c in (ORANGE, SKY, GREY, (255, 255, 255), (0, 0, 0)):
+        pal += list(c)
+    img = Image.new("P", (1, 1))
+    img.putpalette(pal + [0] * (768 - len(pal)))
+    return img
+
+
+_PALETTE = _gif_palette()
+
+
 def gif_bytes(traj: Trajectory, scale: int, ms_per_frame: int = 350) -> bytes:
-    """Animated GIF of canvas | draft per step; the last frame holds longer."""
-    images = [Image.fromarray(frame_pair(f, traj.grid, scale)) for f in traj.frames]
+    """Animated GIF of canvas | draft per step; the last frame holds longer. Colour images (ImageNet)
+    keep an adaptive palette."""
+    rgb_frames = [frame_pair(f, traj.grid, scale) for f in traj.frames]
+    grey = traj.frames[0].draft.shape[-1] == 1
+    images = [Image.fromarray(a).quantize(palette=_PALETTE, dither=Image.Dither.NONE) if grey else Image.fromarray(a)
+              for a in rgb_frames]
     durations = [ms_per_frame] * (len(images) - 1) + [1500]
     buf = io.BytesIO()
     images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
@@ -168,25 +166,3 @@ def png_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def data_uri(arr: np.ndarray) -> str:
-    """PNG data URI, for images inside plotly figures."""
-    return "data:image/png;base64," + base64.b64encode(png_bytes(arr)).decode()
-
-
-def token_history(traj: Trajectory, row: int, col: int, size: int = 96) -> list[tuple[np.ndarray, str]]:
-    """Sample 0's token (row, col): its draft at each step until it was committed, as
-    (upscaled patch, caption) pairs; the committed one is outlined orange."""
-    g, px = traj.grid, traj.image_size // traj.grid
-    i = row * g + col
-    scale = max(1, round(size / px))
-    out = []
-    for f in traj.frames:
-        s = f.state
-        if not bool(s.mask_before[0, i]):
-            break
-        patch = upscale(rgb(f.draft[0, row * px:(row + 1) * px, col * px:(col + 1) * px]), scale).copy()
-        committed = bool(s.revealed[0, i])
-        if committed:
-            _outline(patch, np.ones(1, bool), 1, ORANGE, max(2, patch.shape[0] // 12))
-        out.append((patch, f"step {s.step + 1} of {s.num_steps}" + (" · committed" if committed else " · draft")))
-    return out

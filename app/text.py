@@ -7,13 +7,24 @@ SUBTITLE = ("Watch a masked image generator reveal an image token by token: pick
             "replayed in your browser.")
 
 
-def model_banner(name: str, random_init: bool, note: str = "") -> str:
-    """The banner above the tabs; `note` is the export's own description (meta "note"), if any."""
-    if not random_init:
-        return f"Model **{name}**: shipped weights (assets/{name}/)." + (f" {note}" if note else "")
-    return (f"⚠️ **Random weights.** No trained **{name}** is shipped yet (assets/{name}/ is missing), so the "
-            "images are noise. The mechanics are real: reveal order, mask schedules, the CFG interval and the "
-            "pass counts are exactly what a trained model would do.")
+def model_banner(name: str, gen, device: str = "cpu") -> str:
+    """The banner above the tabs for a loaded emigm.loading.Generator: where it comes from, its export's
+    own note, what it can do; random weights and official checkpoints on a CPU get a warning."""
+    cfg = gen.cfg
+    tk = cfg.tokenizer
+    what = (f"{tk.grid}x{tk.grid} {tk.kind} tokens, {cfg.head.kind} head, null class '{cfg.backbone.null_mode}', "
+            f"self-guidance {'module included' if gen.smoother is not None else 'not available (no module)'}")
+    if gen.source == "random":
+        return (f"⚠ **Random weights.** No trained **{name}** is shipped (assets/{name}/ is missing), so the "
+                "images are noise. The mechanics are real: reveal order, mask schedules, the CFG interval and the "
+                f"pass counts are exactly what a trained model would do. ({what})")
+    note = str(gen.meta.get("note", "")) if gen.meta else ""
+    where = {"export": "export", "checkpoint": "training checkpoint", "official": "official checkpoint"}[gen.source]
+    text = f"Model **{name}** ({where}): {what}." + (f" {note}" if note else "")
+    if gen.source == "official" and device == "cpu":
+        text = ("⚠ **An official ImageNet checkpoint on a CPU**: every step runs the full network, so a run takes "
+                "minutes; a GPU (`--device cuda`) is needed for useful speed. ") + text
+    return text
 
 
 MASK_SCHEDULE = """
@@ -39,18 +50,31 @@ token itself (*CFG with mask*) or a learned *fake class* vector.
 SELF_GUIDANCE = """
 **What self-guidance does.** Instead of a second pass with a null class, self-guidance compares the
 model's prediction with a *smoothed* version of it made by a small extra module, and extrapolates:
-(1 + s) · normal − s · smooth. It sharpens samples without class labels. It needs that module to be
-trained and shipped; none is shipped yet, so its panel is shown as unavailable.
+(1 + s) · normal − s · smooth. It sharpens samples without class labels, at one extra (sequential) pass
+per step where it runs. It needs that module (an export's `self-guidance/` folder): for a model without
+one its panels say so.
 """
 
 UNMASKING_HELP = f"""
 **Reading this tab.** *Canvas*: the image after step k — grey squares are still masked, orange outlines
 are the tokens revealed at this step. *Draft*: what the model currently predicts for every masked token
 (blue outlines); only the revealed ones are kept. *When*: every token coloured by the step it was revealed
-at. *Counts*: tokens revealed per step, the cumulative fraction, and the CFG steps shaded (2 passes each).
-Labels say "step k of N": a frame at step 8 of 16 is not an 8-step result. **Branch** re-runs from the
-state after step k with new settings — the first k steps stay identical. Click a token on the canvas to
-see its drafts until it was committed.
+at. *Counts*: tokens revealed per step, the cumulative fraction, and the CFG steps shaded (2 passes each;
+self-guidance steps marked, +1 pass). Labels say "step k of N": a frame at step 8 of 16 is not an 8-step
+result. The player runs in your browser: the slider, |◀ ◀ play ▶ ▶| (play resumes where it paused), and
+the arrow keys, Home and End. Click a token on the canvas or the draft to see its draft at every step
+until it was committed. **Branch** re-runs from the state after step k with new settings — the first k
+steps stay identical. **Stop** ends the run after the step in progress and keeps the steps so far.
+
+**Which image the canvas shows.** The canvas is the decoded *draft* with the still-masked tokens greyed.
+For pixel-patch tokens (the CPU preview) a token is its own 4x4 pixels, so this is exactly the committed
+tokens. For latent tokens (the KL and VQ tokenizers) the decoder mixes neighbouring tokens: decoding the
+committed tokens next to empty ones smears zeros into them, so each committed token is shown decoded in
+the context of the current draft instead, which is what the model commits it next to.
+
+Choices this model cannot run are greyed out (⊘) with the reason under the control; steps are capped at
+the model's token count, since every step reveals at least one token; a choice marked ⚠ runs but was
+measured to fail on this model (see Results).
 {MASK_SCHEDULE}
 {INTERVAL_CFG}
 """
@@ -64,8 +88,12 @@ where the schedule changes fast relative to how much is masked.
 """
 
 COMPARE_HELP = f"""
-Every panel uses the **same seed and the same reveal order** (the sampler draws *where* and *what* from
-separate random streams), so differences come from guidance alone. The difference map shows where two
+Every panel uses the **same seed and the same reveal rule**; with the random order the positions are the
+same too (the sampler draws *where* and *what* from separate random streams), so differences come from
+guidance alone. With the confidence order (categorical models) each panel reveals its most confident
+tokens, so the positions may differ. A categorical (MaskGIT) model shows no guidance, CFG, CFG in an
+interval, self-guidance and both; an eMIGM model shows no guidance, CFG with the fake class (its
+`-fakecfg` twin), CFG with the mask, CFG in an interval and self-guidance. Each title gives the NFE. The difference map shows where two
 panels disagree and the step at which they first diverge: with interval CFG the panels are identical
 until the first CFG step. Grid mode shows several seeds per panel (seed, seed + 1, ...).
 {INTERVAL_CFG}

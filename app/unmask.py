@@ -1,42 +1,62 @@
-"""Handlers of the Unmasking tab: run (streamed), stop, branch from a step, pick a token, exports.
+"""Handlers of the Unmasking tab: run (streamed), stop, branch from a step, a token's history, exports.
 
-Each handler takes widget values named like the SamplerConfig / GuidanceConfig fields and returns
-plain values (arrays, figures, dicts); the per-user Trajectory travels in a gr.State. Views are
-built from the cached trajectory, so scrubbing, picking and exporting never re-sample.
+Run handlers take the control values as one dict keyed by control name (controls.keyword_handler gives
+them their API parameters) and return, in this order, the outputs `OUTPUTS`:
+    status (dict), player (stepper payload), timing (markdown), run JSON, the trajectory (gr.State).
+Live yields give every output a value (a gr.skip() or gr.update() output makes Gradio build a new
+component each time, which it keeps: memory grows with every run).
+The per-user Trajectory travels in a gr.State; views are built from it, so scrubbing, a token's history
+and exports never re-sample. A bad input leaves every view as it was and puts the message in the status.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import random
 import re
+import shutil
 import tempfile
+import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import gradio as gr
 import numpy as np
 
 from emigm.trace import trace_dict
 
-from . import controls, plots, render
+from . import controls, memory, render, stepper
 from .engine import Engine, Trajectory
 from .errors import user_errors
+from .plots import steps_label
 
 NO_RUN = "Run the sampler first: there is no trajectory in this session yet."
+OUTPUTS = ("status", "player", "timing", "run_json", "state")
+DISPLAY_SCALE_PX = 224
+LIVE_EVERY_S = 0.12  # at most one live frame per this many seconds: each costs a message and a redraw
+
+
+def keep_views(self, message: str):
+    """On a bad input: the status says what is wrong; every other view keeps what it showed."""
+    return (stepper.status("error", message),) + (gr.skip(),) * (len(OUTPUTS) - 1)
 
 
 class ExportDir:
-    """Files handed to gr.File, in one temp folder; the oldest are deleted beyond `keep`."""
+    """Files handed to the download buttons, in one temp folder removed at exit; the oldest are deleted
+    beyond `keep`."""
 
-    def __init__(self, keep: int = 90) -> None:
+    def __init__(self, keep: int = 60) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="emigm-explorer-"))
+        atexit.register(shutil.rmtree, self.root, True)
         self._files: deque[Path] = deque()
         self.keep = keep
 
     def write(self, name: str, data: bytes) -> str:
         path = self.root / re.sub(r"[^A-Za-z0-9._-]+", "-", name)
         path.write_bytes(data)
+        if path in self._files:
+            self._files.remove(path)
         self._files.append(path)
         while len(self._files) > self.keep:
             self._files.popleft().unlink(missing_ok=True)
@@ -45,14 +65,16 @@ class ExportDir:
 
 def class_index(names: list[str], class_name: Any) -> int:
     """A class given by name (case-insensitive) or by id."""
-    if isinstance(class_name, (int, np.integer)) or (isinstance(class_name, str) and class_name.strip().isdigit()):
+    if isinstance(class_name, (int, np.integer)) and not isinstance(class_name, bool) or \
+            (isinstance(class_name, str) and class_name.strip().isdigit()):
         idx = int(class_name)
         if not 0 <= idx < len(names):
             raise ValueError(f"class id {idx} out of range; valid: 0..{len(names) - 1}")
         return idx
     lowered = [n.lower() for n in names]
     if not isinstance(class_name, str) or class_name.strip().lower() not in lowered:
-        raise ValueError(f"unknown class {class_name!r}; valid: {', '.join(names)}")
+        shown = ", ".join(names) if len(names) <= 20 else ", ".join(names[:8]) + f", ... ({len(names)} classes)"
+        raise ValueError(f"unknown class {class_name!r}; valid: {shown}")
     return lowered.index(class_name.strip().lower())
 
 
@@ -67,6 +89,7 @@ def run_summary(traj: Trajectory) -> dict[str, Any]:
         "num_steps": N,
         "steps_done": len(frames),
         "complete": traj.complete,
+        "stopped": traj.stopped,
         "nfe": f"{N} x {traj.last.passes / N:.3g}" if traj.complete else None,
         "branched_from_step": traj.branched_from or None,
         "first_frame_s": round(traj.first_frame_s, 4),
@@ -74,7 +97,7 @@ def run_summary(traj: Trajectory) -> dict[str, Any]:
         "when": traj.when_map()[0].tolist(),
     })
     for rec, f in zip(doc["steps"], frames):
-        rec["label"] = plots.steps_label(rec["step"], N)
+        rec["label"] = steps_label(rec["step"], N)
         rec["num_revealed"] = [len(r) for r in rec["revealed"]]
         rec["masked_after"] = f.state.mask_after.sum(1).tolist()
         rec["ms"] = round(1000 * (f.sample_s + f.decode_s), 2)
@@ -97,6 +120,10 @@ def timing_markdown(traj: Trajectory) -> str:
     return "| timing | |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
 
 
+def session_of(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None) if request is not None else None
+
+
 class Unmasking:
     def __init__(self, engine: Engine, exports: ExportDir | None = None) -> None:
         self.engine = engine
@@ -104,117 +131,132 @@ class Unmasking:
 
     # ------------------------------------------------------------------ small controls
 
-    @user_errors
-    def model_info(self, model: str):
-        """Class choices and the banner for a model."""
-        names = self.engine.class_names(model)
-        return gr.update(choices=names, value=names[0]), self.engine.banner(model)
+    def view(self, model: str) -> controls.ModelView:
+        """What the controls may offer for `model`: capabilities, and warnings measured in Results."""
+        from .analysis import measured_warnings
+
+        gen = self.engine.load(model)
+        return controls.ModelView(gen.model, gen.smoother, measured_warnings(model))
 
     def randomise_seed(self) -> int:
-        return random.SystemRandom().randrange(0, int(controls.RANGES["seed"][1]) + 1)
+        return random.SystemRandom().randrange(0, int(controls.APP_SPECS["seed"][1].high) + 1)
 
     # ------------------------------------------------------------------ runs
 
-    def _scale(self, traj: Trajectory) -> int:
-        return render.display_scale(traj.image_size)
-
-    def _stream(self, runs: Iterator[Trajectory]):
-        """Per step: the live canvas | draft and a status line; at the end every view."""
-        traj = None
+    def _stream(self, runs: Iterator[Trajectory], warnings: list[str] = ()):
+        """Per step: the status and the player with the newest frame; at the end every view."""
+        run = stepper.new_run_id()
+        warn = (" · ⚠ " + "; ".join(warnings)) if warnings else ""
+        traj, last = None, 0.0
         for traj in runs:
             s = traj.last
-            status = (f"**Sampling… {plots.steps_label(s.step + 1, s.num_steps)}** · NFE so far {s.passes} · "
-                      f"{traj.wall_s:.1f} s")
-            # the state follows every step, so Stop can show what was sampled so far
-            yield (render.live_view(traj, self._scale(traj)), status) + (gr.skip(),) * 4 + (traj, gr.skip())
+            if traj.stopped:
+                break
+            if s.done:  # the views follow at once (a run may also end with steps that reveal nothing)
+                continue
+            now = time.perf_counter()
+            if len(traj.frames) > traj.branched_from + 1 and now - last < LIVE_EVERY_S:
+                continue
+            last = now
+            status = stepper.status("running", f"**Sampling… {steps_label(s.step + 1, s.num_steps)}** · NFE so far "
+                                               f"{s.passes} · {traj.wall_s:.1f} s{warn}", run)
+            # the state follows every step, so Stop still has what was sampled so far
+            yield (status, stepper.unmask_payload(traj, run, live=True), f"sampling… {steps_label(s.step + 1, s.num_steps)}",
+                   None, traj)
         if traj is None:
             raise ValueError("the sampler produced no steps")
-        yield self.views(traj)
+        yield self.views(traj, run, warn)
+        memory.release()
 
-    def views(self, traj: Trajectory | None):
-        """Every output of a run from its trajectory: live image, status, scrubber figure, timing,
-        pick image, run JSON, the state itself and the branch slider."""
+    def views(self, traj: Trajectory | None, run: str | None = None, warn: str = ""):
+        """Every output of a run from its trajectory (see OUTPUTS)."""
         if traj is None or not traj.frames:
-            raise gr.Error(NO_RUN)
-        scale = self._scale(traj)
+            raise ValueError(NO_RUN)
+        run = run or stepper.new_run_id()
         s = traj.last
-        status = (f"**Done: {plots.steps_label(len(traj.frames), s.num_steps)}**" if traj.complete else
-                  f"**Stopped at {plots.steps_label(len(traj.frames), s.num_steps)}**") + \
-            f" · {traj.model} · class {traj.label_names()[0]} · seed {int(s.seeds[0])} · NFE {s.passes}"
-        last_ok = max(1, len(traj.frames) - (1 if traj.complete else 0))
-        branch = gr.update(maximum=last_ok, value=min(max(1, last_ok // 2), last_ok))
-        return (render.live_view(traj, scale), status, plots.scrubber_figure(traj, scale), timing_markdown(traj),
-                render.pick_view(traj, scale), run_summary(traj), traj, branch)
+        done = len(traj.frames)
+        about = f" · {traj.model} · class {traj.label_names()[0]} · seed {int(s.seeds[0])} · NFE {s.passes}{warn}"
+        if traj.complete:
+            status = stepper.status("done", f"**{steps_label(done, s.num_steps)}**{about}", run)
+        else:
+            status = stepper.status("stopped", f"**Stopped at {steps_label(done, s.num_steps)}** (scrub the "
+                                               f"{done} sampled steps, or branch to finish){about}", run)
+        return status, stepper.unmask_payload(traj, run), timing_markdown(traj), run_summary(traj), traj
 
-    @user_errors
-    def run(self, model: str, class_name: str, seed: float, num_steps: float, schedule: str, count_rule: str,
-            order: str, order_temperature: float, order_anneal: str, temperature: float, head_solver: str,
-            head_steps: float, cfg_scale: float, cfg_mode: str, cfg_interval_lo: float, cfg_interval_hi: float,
-            cfg_schedule: str):
-        """Sample one image, streaming the canvas after every step."""
-        values = dict(locals())
-        sampler, guidance = controls.split_run_values(values)
-        label = class_index(self.engine.class_names(model), class_name)
-        seed = controls.as_number("seed", seed)
-        yield from self._stream(self.engine.stream(model, [label], [seed], sampler, guidance))
+    def _run(self, values: Mapping[str, Any], request: gr.Request | None = None):
+        """Sample one image, streaming the player after every step."""
+        model = self.engine.check_name(values["model"])
+        sampler, guidance = controls.configs(values)
+        label = class_index(self.engine.class_names(model), values["class_name"])
+        seed = controls.app_value("seed", values["seed"])
+        session = session_of(request)
+        warnings = controls.setting_warnings(self.view(model), sampler, guidance)
+        stop = self.engine.stops.begin(session)
+        try:
+            yield from self._stream(self.engine.stream(model, [label], [seed], sampler, guidance, stop=stop), warnings)
+        finally:
+            self.engine.stops.end(session, stop)
 
-    @user_errors
-    def branch(self, trajectory: Trajectory | None, branch_step: float, num_steps: float, schedule: str,
-               count_rule: str, order: str, order_temperature: float, order_anneal: str, temperature: float,
-               head_solver: str, head_steps: float, cfg_scale: float, cfg_mode: str, cfg_interval_lo: float,
-               cfg_interval_hi: float, cfg_schedule: str):
+    def _branch(self, trajectory: Trajectory | None, values: Mapping[str, Any], request: gr.Request | None = None):
         """Re-run from the state after `branch_step` of the current run with the given settings."""
         if trajectory is None:
-            raise gr.Error(NO_RUN)
-        values = dict(locals())
-        k = controls.as_number("branch_step", branch_step)
-        sampler, guidance = controls.split_run_values(values)
-        yield from self._stream(self.engine.branch(trajectory, k, sampler, guidance))
+            raise ValueError(NO_RUN)
+        k = controls.app_value("branch_step", values.pop("branch_step"))
+        sampler, guidance = controls.configs(values)
+        session = session_of(request)
+        warnings = controls.setting_warnings(self.view(trajectory.model), sampler, guidance)
+        stop = self.engine.stops.begin(session)
+        try:
+            yield from self._stream(self.engine.branch(trajectory, k, sampler, guidance, stop=stop), warnings)
+        finally:
+            self.engine.stops.end(session, stop)
+
+    run = user_errors(controls.keyword_handler(controls.RUN_FIELDS, _run, lead=("self",), request=True),
+                      on_error=keep_views)
+    branch = user_errors(controls.keyword_handler(("branch_step",) + controls.STEP_CONTROLS, _branch,
+                                                  lead=("self", "trajectory"), request=True), on_error=keep_views)
+
+    def stop(self, request: gr.Request) -> None:
+        """Ask this session's run to end after the step in progress (it then shows what was sampled)."""
+        self.engine.stops.stop(session_of(request))
 
     @user_errors
     def stopped(self, trajectory: Trajectory | None):
-        """Views of whatever was sampled before Stop."""
+        """Views of whatever was sampled (after a Stop, or to redraw the session's run)."""
         return self.views(trajectory)
 
     # ------------------------------------------------------------------ tokens
 
+    @user_errors
     def pick_token(self, trajectory: Trajectory | None, evt: gr.SelectData):
-        """A click on the canvas -> (row, col) of the token under it."""
+        """A click on the canvas (the page sends the token's row and column) -> (row, col)."""
         if trajectory is None:
-            raise gr.Error(NO_RUN)
-        x, y = evt.index
-        cell = trajectory.image_size * self._scale(trajectory) // trajectory.grid
-        g = trajectory.grid
-        return min(int(y) // cell, g - 1), min(int(x) // cell, g - 1)
+            raise ValueError(NO_RUN)
+        r, c = evt.index
+        return self._coord("row", r, trajectory.grid), self._coord("col", c, trajectory.grid)
 
     @user_errors
     def token_history(self, trajectory: Trajectory | None, row: float, col: float):
-        """A token's draft at each step until it was committed: gallery, JSON and the outlined canvas."""
+        """A token's draft at each step until it was committed, as JSON."""
         if trajectory is None:
-            raise gr.Error(NO_RUN)
+            raise ValueError(NO_RUN)
         g = trajectory.grid
-        r, c = (self._token_coord(name, v, g) for name, v in (("row", row), ("col", col)))
+        r, c = self._coord("row", row, g), self._coord("col", col, g)
         i = r * g + c
-        history = render.token_history(trajectory, r, c)
         when = int(trajectory.when_map()[0, r, c])
         steps = []
-        for f in trajectory.frames[: len(history)]:
+        for f in trajectory.frames:
             s = f.state
+            if not bool(s.mask_before[0, i]):
+                break
             steps.append({"step": s.step + 1, "committed": bool(s.revealed[0, i]),
                           "value": np.round(s.draft[0, i].float().numpy(), 4).reshape(-1).tolist()})
-        doc = {"token": [r, c], "index": i, "grid": g, "num_steps": trajectory.num_steps,
-               "revealed_at_step": when or None, "history": steps}
-        return history, doc, render.pick_view(trajectory, self._scale(trajectory), (r, c))
+        return {"token": [r, c], "index": i, "grid": g, "num_steps": trajectory.num_steps,
+                "revealed_at_step": when or None, "history": steps}
 
     @staticmethod
-    def _token_coord(name: str, value: Any, grid: int) -> int:
-        try:
-            x = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"token {name} must be a number, got {value!r}") from None
-        if not x.is_integer() or not 0 <= x < grid:
-            raise ValueError(f"token {name} must be a whole number in [0, {grid - 1}], got {value!r}")
-        return int(x)
+    def _coord(name: str, value: Any, grid: int) -> int:
+        return controls.app_value(name, value, high=grid - 1)
 
     # ------------------------------------------------------------------ exports
 
@@ -222,10 +264,12 @@ class Unmasking:
     def export(self, trajectory: Trajectory | None):
         """GIF of the unmasking, PNG strip (mask row over image row) and the JSON trace."""
         if trajectory is None:
-            raise gr.Error(NO_RUN)
+            raise ValueError(NO_RUN)
         s = trajectory.last
-        stem = f"{trajectory.model}-c{int(s.labels[0])}-seed{int(s.seeds[0])}-{s.sampler.schedule}{s.num_steps}-{id(trajectory):x}"
-        gif = self.exports.write(stem + ".gif", render.gif_bytes(trajectory, self._scale(trajectory)))
+        name = re.sub(r"[^A-Za-z0-9]+", "-", trajectory.label_names()[0]).strip("-").lower()
+        stem = f"{trajectory.model.split('/')[-1]}-{name}-seed{int(s.seeds[0])}-{len(trajectory.frames)}of{s.num_steps}"
+        scale = max(1, round(DISPLAY_SCALE_PX / trajectory.image_size))
+        gif = self.exports.write(stem + ".gif", render.gif_bytes(trajectory, scale))
         png = self.exports.write(stem + "-strip.png", render.png_bytes(render.strip(trajectory)))
         trace = self.exports.write(stem + "-trace.json", json.dumps(run_summary(trajectory), indent=1).encode())
         return gif, png, trace

@@ -1,8 +1,8 @@
 """Explorer speed on this machine: time to first frame, a full 16-step single-image run with interval
-CFG (sampling, then every view built), exports, and the guidance comparison, for fmnist-emigm (shipped
-weights if assets/fmnist-emigm/ exists, else random init; the cost is the same).
+CFG (sampling, then every view built), exports, and the guidance comparison, through the app's handlers,
+for the app's default model (fmnist-emigm when shipped) or --model NAME (and its -fakecfg twin).
 
-    python benchmarks/app_speed.py [--repeats 3] [--threads 1]
+    python benchmarks/app_speed.py [--repeats 3] [--threads 1] [--model NAME]
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app import controls  # noqa: E402
-from app.compare import Compare  # noqa: E402
+from app.compare import CONTROLS as COMPARE_CONTROLS, Compare  # noqa: E402
 from app.engine import Engine  # noqa: E402
 from app.unmask import Unmasking  # noqa: E402
 
@@ -24,8 +24,7 @@ MODELS = ["fmnist-emigm", "fmnist-emigm-fakecfg"]  # --model NAME replaces them 
 
 
 def run_values(**over):
-    values = {"model": MODELS[0], "class_name": "Sneaker",
-              **{k: controls.DEFAULTS[k] for k in controls.RUN_FIELDS if k in controls.DEFAULTS}}
+    values = {"model": MODELS[0], "class_name": "Sneaker", **controls.DEFAULTS}
     values.update(num_steps=16, cfg_scale=3.0, cfg_interval_lo=0.1, cfg_interval_hi=0.3)
     values.update(over)
     return values
@@ -38,8 +37,8 @@ def timed_run(h: Unmasking, values):
     stamps = []
     for outs in h.run(**values):
         stamps.append(time.perf_counter() - t0)
-    # one yield per step, then one with every view
-    return stamps[0], stamps[-2], stamps[-1], outs[6]
+    # live yields (at most one per LIVE_EVERY_S), then one with every view
+    return stamps[0], stamps[-2], stamps[-1], outs[4]
 
 
 def main() -> None:
@@ -47,12 +46,15 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch threads while sampling (the app's default: 1; "
                                                           "0: torch's default)")
-    p.add_argument("--model", default="fmnist-emigm", help="a shipped model or preset; its -fakecfg twin is the "
-                                                           "fake-class panel")
+    p.add_argument("--model", default="", help="a shipped model, export folder or preset; its -fakecfg "
+                                                           "twin is the fake-class panel")
     a = p.parse_args()
-    MODELS[:] = [a.model, a.model + "-fakecfg"]
-    engine = Engine(MODELS, num_threads=a.threads or None)
-    weights = "shipped weights" if engine.is_shipped(MODELS[0]) else "random init"
+    if a.model:
+        engine = Engine([a.model, a.model + "-fakecfg"], num_threads=a.threads or None)
+    else:  # what the app offers by default: fmnist-emigm when shipped, else the first shipped model
+        engine = Engine(num_threads=a.threads or None)
+    MODELS[:] = engine.names[:2]
+    weights = "random init" if engine.is_random(MODELS[0]) else "shipped weights"
     t = time.perf_counter()
     for m in MODELS:
         engine.load(m)
@@ -78,8 +80,9 @@ def main() -> None:
         times = []
         for i in range(a.repeats if n == 1 else 1):
             t = time.perf_counter()
-            out = list(cmp.compare(MODELS[0], "Sneaker", i, n, 16, "exp", "binomial", 1.0, "dpm", 8, 3.0, 0.1, 0.3,
-                                   "constant", "none", "interval"))
+            values = {**controls.DEFAULTS, "model": MODELS[0], "class_name": "Sneaker", "seed": i, "num_seeds": n,
+                      "panel_a": "none", "panel_b": "interval"}
+            out = list(cmp.compare(**{k: values[k] for k in COMPARE_CONTROLS}))
             times.append(time.perf_counter() - t)
         nfes = "+".join(str(p["nfe"]) for p in out[-1][2]["panels"] if p["available"])
         rows.append((f"compare: 4 panels x {n} seed{'s' if n > 1 else ''} (NFE {nfes}), views included",

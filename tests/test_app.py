@@ -1,9 +1,11 @@
-"""Explorer tests on the tiny random model: handlers called directly, then the named endpoints through
+"""Explorer tests on tiny random models: handlers called directly, then the named endpoints through
 gradio_client against a launched app."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
+from dataclasses import replace
 
 import gradio as gr
 import numpy as np
@@ -11,25 +13,55 @@ import pytest
 import torch
 from PIL import Image
 
-from app import analysis, controls, permalink
+from app import analysis, controls, permalink, stepper
 from app.compare import Compare, divergence
-from app.engine import Engine
+from app.engine import Engine, preset_config
 from app.unmask import Unmasking
+from emigm.capabilities import check_capabilities
 
 MODELS = ["test-tiny", "test-tiny-fakecfg"]
-STEP_FIELDS = controls.SAMPLER_FIELDS + controls.GUIDANCE_FIELDS
+STEP = controls.STEP_CONTROLS
 
 
 def run_values(**over):
-    values = {"model": "test-tiny", "class_name": "Sneaker",
-              **{k: controls.DEFAULTS[k] for k in controls.RUN_FIELDS if k in controls.DEFAULTS}}
-    values.update(num_steps=8, head_steps=2)
+    values = {"model": "test-tiny", "class_name": "Sneaker", **controls.DEFAULTS, "num_steps": 8, "head_steps": 2}
     values.update(over)
     return values
 
 
 def step_values(values):
-    return {k: values[k] for k in STEP_FIELDS}
+    return {k: values[k] for k in STEP}
+
+
+def compare_values(**over):
+    values = {"model": "test-tiny", "class_name": "Bag", "seed": 3, "num_seeds": 2, **controls.DEFAULTS,
+              "num_steps": 8, "head_steps": 2, "cfg_interval_hi": 0.5, "panel_a": "none", "panel_b": "interval"}
+    values.update(over)
+    from app.compare import CONTROLS
+    return {k: values[k] for k in CONTROLS}
+
+
+def make_export(folder, cfg, smoother: bool = False, seed: int = 1):
+    """A random-weight export of `cfg` (with a self-guidance module when asked)."""
+    import emigm.checkpoint as ckpt
+    from emigm.config import to_dict
+    from emigm.model import MaskedGenerator
+    from emigm.self_guidance import SG_DIR, Smoother, config_for, save_smoother
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MaskedGenerator(cfg)
+        ckpt.save_export(model, cfg, folder)
+        if smoother:
+            save_smoother(Smoother(config_for(model)), folder / SG_DIR, to_dict(cfg))
+    return folder
+
+
+def tiny_maskgit():
+    """fmnist-maskgit (VQ codes of the shipped fmnist-vq, categorical head) on a tiny backbone."""
+    base = preset_config("fmnist-maskgit")
+    tiny = preset_config("test-tiny").backbone
+    return replace(base, name="tiny-maskgit", backbone=replace(tiny, mae=False))
 
 
 @pytest.fixture(scope="module")
@@ -49,25 +81,63 @@ def run_outputs(unmasking):
 
 @pytest.fixture(scope="module")
 def traj(run_outputs):
-    return run_outputs[-1][6]
+    return run_outputs[-1][4]
+
+
+# ----------------------------------------------------------------------------- controls
+
+
+def test_controls_come_from_the_option_fields():
+    from emigm.fields import field_names
+    from emigm.guidance import GuidanceConfig
+    from emigm.sampler import SamplerConfig
+    assert controls.SAMPLER_FIELDS + controls.GUIDANCE_FIELDS == field_names(SamplerConfig, GuidanceConfig)
+    assert "cfg_interval_lo" in STEP and "sg_interval_hi" in STEP and "cfg_interval" not in STEP
+    w = controls.widget("schedule")
+    assert [v for _, v in w.choices] == list(controls.SPECS["schedule"][2].names())
+    sampler, guidance = controls.configs(run_values(num_steps=8.0, cfg_interval_lo=0.2, cfg_interval_hi=0.4))
+    assert sampler.num_steps == 8 and isinstance(sampler.num_steps, int) and guidance.cfg_interval == (0.2, 0.4)
+
+
+def test_controls_show_what_the_model_can_do(engine, unmasking):
+    view = unmasking.view("test-tiny")
+    order = controls.widget("order", view)
+    labels = dict((v, label) for label, v in order.choices)
+    assert controls.UNAVAILABLE in labels["confidence"] and controls.UNAVAILABLE not in labels["random"]
+    assert "needs token probabilities" in order.info
+    steps = controls.widget("num_steps", view)
+    assert steps.maximum == engine.load("test-tiny").model.num_tokens == 16 and "16 tokens" in steps.info
+    sg = controls.widget("sg_scale", view)
+    assert not sg.interactive and not sg.visible and "self-guidance module" in sg.info
+    mode = dict((v, label) for label, v in controls.widget("cfg_mode", view).choices)
+    assert controls.UNAVAILABLE in mode["fake"] and controls.UNAVAILABLE not in mode["mask"]
+
+
+def test_handlers_take_keyword_values(unmasking):
+    import inspect
+    assert list(inspect.signature(unmasking.run).parameters) == list(controls.RUN_FIELDS) + ["request"]
+    assert list(inspect.signature(unmasking.branch).parameters)[:2] == ["trajectory", "branch_step"]
 
 
 # ----------------------------------------------------------------------------- handlers
 
 
-def test_run_streams_one_frame_per_step(run_outputs, traj):
+def test_run_streams_frames(unmasking, monkeypatch):
+    import app.unmask as um
+    monkeypatch.setattr(um, "LIVE_EVERY_S", 0.0)  # every step live (the page gets at most ~8 per second)
+    run_outputs = list(unmasking.run(**run_values()))
     live, final = run_outputs[:-1], run_outputs[-1]
-    assert len(live) == 8 == len(traj.frames)
+    traj = final[4]
+    assert len(live) == 7 and len(traj.frames) == 8  # steps 1..7 live, step 8 with every view
     for k, out in enumerate(live, start=1):
-        assert out[0].dtype == np.uint8 and out[0].ndim == 3
-        assert f"step {k} of 8" in out[1]
-    fig, doc = final[2], final[5]
-    slider = fig.layout.sliders[0]
-    assert [s.label for s in slider.steps] == [str(k) for k in range(1, 9)] and slider.active == 7
-    assert slider.currentvalue.suffix == " of 8"
-    assert "step 1 of 8" in slider.steps[0].args[1]["title.text"]
-    assert [b.label for b in fig.layout.updatemenus[0].buttons] == ["▶ play", "❚❚ pause"]
-    assert not fig.frames  # gr.Plot drops frames: play passes them inline
+        assert out[0]["phase"] == "running" and f"step {k} of 8" in out[0]["text"]
+        assert out[1]["live"] and out[1]["n"] == k and out[1]["first"] == k - 1
+    status, player, timing, doc = final[:4]
+    assert status["phase"] == "done" and "step 8 of 8" in status["text"] and status["run"] == player["run"]
+    assert player["n"] == player["N"] == 8 and not player["live"] and player["first"] == 0
+    assert len(player["steps"]) == 8 and sum(s["revealed"] for s in player["steps"]) == 16
+    with Image.open(__import__("io").BytesIO(__import__("base64").b64decode(player["sprite"].split(",")[1]))) as im:
+        assert im.size == (8, 8 * 8)  # one column, one 8x8 frame per step at the image's own size
     assert doc["complete"] and doc["steps_done"] == 8 and doc["total_passes"] == traj.last.passes
     assert [s["label"] for s in doc["steps"]] == [f"step {k} of 8" for k in range(1, 9)]
 
@@ -81,49 +151,65 @@ def test_when_map_covers_every_token_once(traj):
         assert (when.reshape(-1)[f.state.revealed[0].numpy()] == f.state.step + 1).all()
 
 
-def test_stopped_run_shows_what_was_sampled(engine, unmasking):
-    sampler, guidance = controls.split_run_values(run_values())
-    stream = engine.stream("test-tiny", [1], [5], sampler, guidance)
-    partial = [next(stream) for _ in range(3)][-1]
-    live, status, fig, timing, pick, doc, state, branch = unmasking.stopped(partial)
-    assert "Stopped at step 3 of 8" in status and "stopped early" in timing
-    assert len(fig.layout.sliders[0].steps) == 3 and not doc["complete"] and doc["nfe"] is None
+def test_stop_ends_the_run_after_the_step_in_progress(engine, unmasking):
+    import threading
+    sampler, guidance = controls.configs(run_values())
+    stop = threading.Event()
+    frames = []
+    for traj in engine.stream("test-tiny", [1], [5], sampler, guidance, stop=stop):
+        frames.append(traj)
+        if len(frames) == 3:
+            stop.set()
+    partial = frames[-1]
+    assert len(frames) == 4 and partial.stopped and not partial.complete and len(partial.frames) == 4
+    status, player, timing, doc, state = unmasking.stopped(partial)
+    assert status["phase"] == "stopped" and "Stopped at step 4 of 8" in status["text"] and "stopped early" in timing
+    assert player["n"] == 4 and not player["live"] and not doc["complete"] and doc["nfe"] is None
     assert sum(x == 0 for row in doc["when"] for x in row) == int(partial.last.mask_after.sum())
-    resumed = list(unmasking.branch(partial, 3, **step_values(run_values())))[-1][6]
-    assert resumed.complete and resumed.frames[:3] == partial.frames
+    resumed = list(unmasking.branch(partial, 4, **step_values(run_values())))[-1][4]
+    assert resumed.complete and resumed.frames[:4] == partial.frames
 
 
 def test_canvas_marks_masked_tokens_grey(traj):
     from app import render
     f = traj.frames[2]
-    arr = render.canvas(f.image[0], f.state.mask_after[0].numpy(), f.state.revealed[0].numpy(), traj.grid, 4)
+    arr = render.canvas(f.draft[0], f.state.mask_after[0].numpy(), f.state.revealed[0].numpy(), traj.grid, 4)
     cell = arr.shape[0] // traj.grid
     for i in np.flatnonzero(f.state.mask_after[0].numpy()):
         r, c = divmod(int(i), traj.grid)
         assert (arr[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell] == render.GREY).all()
 
 
+def test_patch_canvas_is_the_committed_image(engine, traj):
+    """For pixel patches the draft's committed tokens decode to the committed image exactly."""
+    from emigm.imaging import to_uint8
+    tok = engine.load("test-tiny").tokenizer
+    f = traj.frames[3]
+    committed = to_uint8(tok.decode(f.state.tokens))[0]
+    keep = ~f.state.mask_after[0].numpy().reshape(traj.grid, traj.grid).repeat(2, 0).repeat(2, 1)
+    assert (committed[keep] == f.draft[0][keep]).all()
+
+
 def test_branch_reproduces_prefix(unmasking, traj):
     values = run_values()
-    same = list(unmasking.branch(traj, 3, **step_values(values)))[-1][6]
+    same = list(unmasking.branch(traj, 3, **step_values(values)))[-1][4]
     assert same.branched_from == 3 and same.frames[:3] == traj.frames[:3]
     # counter-based randomness: the same settings reproduce the rest of the run too
     for a, b in zip(traj.frames, same.frames):
         assert torch.equal(a.state.tokens, b.state.tokens) and torch.equal(a.state.revealed, b.state.revealed)
     other = list(unmasking.branch(traj, 3, **step_values(run_values(cfg_scale=6.0, cfg_interval_lo=0.0,
-                                                                    cfg_interval_hi=1.0))))[-1][6]
+                                                                    cfg_interval_hi=1.0))))[-1][4]
     assert all(torch.equal(a.state.tokens, b.state.tokens) for a, b in zip(traj.frames[:3], other.frames[:3]))
     assert not torch.equal(traj.last.tokens, other.last.tokens)
     assert other.last.passes > traj.last.passes
 
 
 def test_token_history_ends_at_commit(unmasking, traj):
-    gallery, doc, pick = unmasking.token_history(traj, 1, 2)
+    doc = unmasking.token_history(traj, 1, 2)
     when = int(traj.when_map()[0, 1, 2])
-    assert doc["revealed_at_step"] == when and len(gallery) == len(doc["history"]) == when
+    assert doc["revealed_at_step"] == when and len(doc["history"]) == when
     assert [h["committed"] for h in doc["history"]] == [False] * (when - 1) + [True]
     assert doc["history"][-1]["value"] == pytest.approx(traj.last.tokens[0, 1 * traj.grid + 2].tolist(), abs=1e-4)
-    assert pick.shape[0] == pick.shape[1]
 
 
 def test_exports(unmasking, traj):
@@ -135,32 +221,63 @@ def test_exports(unmasking, traj):
     doc = json.loads(open(trace).read())
     assert doc["sampler"]["num_steps"] == 8 and doc["guidance"]["cfg_interval"] == [0.1, 0.3]
     assert doc["model"] == "test-tiny" and len(doc["steps"]) == 8
+    assert gif.rsplit("/", 1)[1] == "test-tiny-sneaker-seed0-8of8.gif"
 
 
 def test_compare_panels_share_reveal_order(engine):
-    outs = list(Compare(engine).compare("test-tiny", "Bag", 3, 2, 8, "exp", "binomial", 1.0, "dpm", 2, 3.0, 0.1,
-                                        0.5, "constant", "none", "interval"))
-    status, fig, doc, cmp, diff_fig, diff_doc = outs[-1]
-    assert doc["same_reveal_order"]
+    outs = list(Compare(engine).compare(**compare_values()))
+    status, player, doc, cmp, diff_fig, diff_doc = outs[-1]
+    assert status["phase"] == "done" and doc["same_reveal_order"]
     live = [p for p in cmp.panels if p.traj is not None]
     assert [p.key for p in live] == ["none", "fake", "mask", "interval"]
     for p in live[1:]:
         for a, b in zip(live[0].traj.frames, p.traj.frames):
             assert torch.equal(a.state.revealed, b.state.revealed)
     unavailable = [p for p in doc["panels"] if not p["available"]]
-    assert [p["key"] for p in unavailable] == ["self"]
+    assert [p["key"] for p in unavailable] == ["self"] and "self-guidance module" in unavailable[0]["note"]
     nfe = {p["key"]: p["nfe"] for p in doc["panels"]}
     assert nfe["none"] == 8 and nfe["mask"] == 16 and 8 < nfe["interval"] < 16
-    # none vs interval: identical until the first CFG step
     first_cfg = next(f.state.step + 1 for f in cmp.panel("interval").traj.frames if f.state.cfg_active)
     assert diff_doc["diverge_step"] == first_cfg
     assert divergence(cmp.panel("none").traj, cmp.panel("none").traj)[1] is None
-    assert len(fig.layout.sliders[0].steps) == 8
+    assert player["n"] == 8 and [len(p["cols"]) for p in player["panels"]] == [2, 2, 2, 2, 0]
+    assert all(f"NFE {nfe[k]}" in p["title"] for k, p in zip(nfe, player["panels"]) if nfe[k])
+    assert player["view"] >= stepper.MIN_PX
+
+
+def test_compare_categorical_model_with_self_guidance(tmp_path):
+    """A MaskGIT-style export given by path, with a self-guidance module: its five panels, confidence order."""
+    make_export(tmp_path / "tiny-maskgit", tiny_maskgit(), smoother=True)
+    engine = Engine([str(tmp_path / "tiny-maskgit")], num_threads=1)
+    assert engine.names == ["tiny-maskgit"] and engine.load("tiny-maskgit").smoother is not None
+    values = compare_values(model="tiny-maskgit", num_seeds=1, num_steps=4, order="confidence",
+                            cfg_interval_lo=0.0, cfg_interval_hi=0.6, sg_scale=1.0, panel_b="self")
+    status, player, doc, cmp, diff_fig, diff_doc = list(Compare(engine).compare(**values))[-1]
+    assert [p["key"] for p in doc["panels"]] == ["none", "cfg", "interval", "self", "both"]
+    assert all(p["available"] for p in doc["panels"])
+    nfe = {p["key"]: p["nfe"] for p in doc["panels"]}
+    assert nfe["none"] == 4 and nfe["cfg"] == 8 and nfe["self"] == 8 and nfe["both"] == nfe["interval"] + 4
+    view = Unmasking(engine).view("tiny-maskgit")
+    assert not view.reasons.get("order") and controls.widget("sg_scale", view).visible
+    assert not controls.widget("head_solver", view).visible  # a categorical head has no solver
+
+
+def test_a_broken_partner_breaks_only_its_panel(tmp_path, caplog):
+    make_export(tmp_path / "tiny", preset_config("test-tiny"))
+    broken = make_export(tmp_path / "tiny-fakecfg", preset_config("test-tiny-fakecfg"))
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    engine = Engine([str(tmp_path / "tiny"), str(broken)], num_threads=1)
+    doc = list(Compare(engine).compare(**compare_values(model="tiny", num_seeds=1)))[-1][2]
+    panels = {p["key"]: p for p in doc["panels"]}
+    assert panels["none"]["available"] and panels["mask"]["available"] and not panels["fake"]["available"]
+    with pytest.raises(gr.Error) as e:
+        list(Unmasking(engine).run(**run_values(model="tiny-fakecfg")))
+    assert "tiny-fakecfg" in str(e.value) and str(tmp_path) not in str(e.value)
 
 
 @pytest.mark.parametrize("over, match", [
     ({"num_steps": 0}, "num_steps"),
-    ({"num_steps": 1000}, "num_steps"),
+    ({"num_steps": 1000}, "at most 16 steps"),
     ({"num_steps": 2.5}, "whole number"),
     ({"cfg_scale": -1}, "cfg_scale"),
     ({"cfg_scale": "lots"}, "number"),
@@ -169,18 +286,31 @@ def test_compare_panels_share_reveal_order(engine):
     ({"class_name": "Giraffe"}, "unknown class"),
     ({"schedule": "quadratic"}, "unknown schedule"),
     ({"order": "confidence"}, "needs token probabilities"),
+    ({"cfg_mode": "fake"}, "null mode"),
+    ({"sg_scale": 1.0}, "self-guidance module"),
     ({"seed": -3}, "seed"),
+    ({"seed": 1.5}, "seed must be a whole number"),
 ])
-def test_bad_input_is_a_gr_error(unmasking, over, match):
+def test_bad_input_is_a_gr_error_and_keeps_the_views(unmasking, over, match):
+    gen = unmasking.run(**run_values(**over))
+    first = next(gen)  # the status says what is wrong; every other view is skipped
+    assert first[0]["phase"] == "error" and all(x is gr.skip() or x == gr.skip() for x in first[1:])
     with pytest.raises(gr.Error, match=match):
-        list(unmasking.run(**run_values(**over)))
+        next(gen)
+
+
+def test_user_errors_log_no_traceback(unmasking, caplog):
+    with caplog.at_level(logging.INFO, logger="emigm.app"):
+        with pytest.raises(gr.Error, match="Run the sampler first"):
+            unmasking.token_history(None, 0, 0)
+    assert all(r.exc_info is None for r in caplog.records)
 
 
 def test_randomise_seed_covers_the_seed_range(unmasking, monkeypatch):
     """The dice draws from the whole seed control range, randrange(0, 2**31) (both ends reachable), and
     the largest seed it can draw is one a run accepts."""
     import random
-    lo, hi = controls.RANGES["seed"]
+    lo, hi = 0, int(controls.APP_SPECS["seed"][1].high)
     assert (lo, hi) == (0, 2**31 - 1)
     calls = []
 
@@ -192,7 +322,7 @@ def test_randomise_seed_covers_the_seed_range(unmasking, monkeypatch):
     assert calls == [(0, 2**31)] * 2 and (top, bottom) == (hi, lo)
     monkeypatch.undo()
     final = list(unmasking.run(**run_values(seed=top, num_steps=2)))[-1]
-    assert f"seed {hi}" in final[1]
+    assert final[1]["complete"], final[1]  # the largest seed runs
     draws = {unmasking.randomise_seed() for _ in range(20)}
     assert len(draws) > 1 and all(isinstance(x, int) and lo <= x <= hi for x in draws)
 
@@ -204,12 +334,15 @@ def test_bad_input_elsewhere_is_a_gr_error(unmasking, engine, traj):
         list(unmasking.branch(traj, 8, **step_values(run_values())))
     with pytest.raises(gr.Error, match="row"):
         unmasking.token_history(traj, 99, 0)
+    with pytest.raises(gr.Error, match="row must be a whole number"):
+        unmasking.token_history(traj, 1.5, 0)
     with pytest.raises(gr.Error, match="num_tokens"):
         analysis.schedules(0, 16, "exp", "binomial", 3.0, 0.1, 0.3)
+    # a bad difference panel is refused before any panel runs
+    gen = Compare(engine).compare(**compare_values(panel_b="sideways"))
+    assert next(gen)[0]["phase"] == "error"
     with pytest.raises(gr.Error, match="unknown panel"):
-        Compare(engine).diff(list(Compare(engine).compare(
-            "test-tiny", "Bag", 0, 1, 2, "exp", "binomial", 1.0, "dpm", 1, 3.0, 0.1, 0.5, "constant", "none",
-            "mask"))[-1][3], "none", "sideways")
+        next(gen)
 
 
 def test_missing_asset_is_a_gr_error():
@@ -217,27 +350,33 @@ def test_missing_asset_is_a_gr_error():
         Engine(["no-such-model"])
     # a VQ model needs tokenizer weights that are not shipped
     h = Unmasking(Engine(["test-tiny-vq"], num_threads=1))
-    with pytest.raises(gr.Error):
+    with pytest.raises(gr.Error, match="cannot be loaded"):
         list(h.run(**run_values(model="test-tiny-vq")))
 
 
 def test_a_shipped_model_just_shows_up(tmp_path, monkeypatch):
     import emigm.checkpoint as ckpt
-    from app.engine import preset_config
-    from emigm.model import MaskedGenerator
-    cfg = preset_config("test-tiny")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        ckpt.save_export(MaskedGenerator(cfg), cfg, tmp_path / "tiny-trained")
+    import app.engine as eng
+    make_export(tmp_path / "tiny-trained", preset_config("test-tiny"))
     (tmp_path / "some-tokenizer").mkdir()  # not a generator export: skipped
     monkeypatch.setattr(ckpt, "ASSETS_DIR", tmp_path)
     engine = Engine(num_threads=1)
     assert engine.names == ["tiny-trained"] and engine.is_shipped("tiny-trained")
-    h = Unmasking(engine)
-    _, banner = h.model_info("tiny-trained")
-    assert "Random weights" not in banner and "shipped" in banner
-    final = list(h.run(**run_values(model="tiny-trained", num_steps=3)))[-1]
-    assert final[5]["model"] == "tiny-trained" and not final[5]["random_init"]
+    assert "Random weights" not in engine.banner("tiny-trained") and "export" in engine.banner("tiny-trained")
+    final = list(Unmasking(engine).run(**run_values(model="tiny-trained", num_steps=3)))[-1]
+    assert final[3]["model"] == "tiny-trained" and not final[3]["random_init"]
+    make_export(tmp_path / eng.PREFERRED, preset_config("test-tiny"))
+    assert eng.generator_exports()[0] == eng.PREFERRED  # the preferred default comes first
+
+
+def test_measured_warning_for_a_solver(tmp_path):
+    path = tmp_path / "claims.json"
+    path.write_text(json.dumps({"points": [
+        {"model": "m", "fd": 20.0, "sampler": {"head_solver": "dpm"}, "label": "dpm"},
+        {"model": "m", "fd": 300.0, "sampler": {"head_solver": "ddpm"}, "label": "ddpm head=100"}]}))
+    warn = analysis.measured_warnings("m", path)
+    assert list(warn["head_solver"]) == ["ddpm"] and "FD 300" in warn["head_solver"]["ddpm"]
+    assert analysis.measured_warnings("other", path) == {}
 
 
 def test_schedules_arithmetic():
@@ -251,25 +390,37 @@ def test_schedules_arithmetic():
 def test_results_reader(tmp_path):
     assert analysis.read_claims(tmp_path / "missing.json") is None
     path = tmp_path / "claims.json"
-    path.write_text(json.dumps({"points": [{"setting": "interval", "nfe": 19, "fd": 3.0}],
-                                "claims": [{"claim": "interval CFG saves passes", "holds": True}, {"claim": "x"}]}))
+    path.write_text(json.dumps({"points": [{"setting": "interval", "nfe": 19, "fd": 3.0, "claim": "cfg"},
+                                           {"setting": "ddpm", "nfe": 16, "fd": 300.0, "claim": "solver"},
+                                           {"setting": "dpm", "nfe": 16, "fd": 20.0, "claim": "solver"}],
+                                "claims": [{"claim": "interval CFG saves passes", "holds": True,
+                                            "numbers": {"every": [18.2, 32], "interval": [20.6, 19]}},
+                                           {"claim": "x", "evidence": "{\"a\": 1.5}"}]}))
     doc = analysis.read_claims(path)
-    assert doc["points"] == [{"setting": "interval", "nfe": 19.0, "fd": 3.0}]
-    assert [c[1] for c in doc["claims"]] == ["holds", "not measured"]
+    assert [p["fd"] for p in doc["points"]] == [3.0, 300.0, 20.0]
+    assert doc["claims"][0] == ["interval CFG saves passes", "holds", "every FD 18.2 at NFE 32 · interval FD 20.6 at NFE 19"]
+    assert doc["claims"][1] == ["x", "not measured", "a 1.5"]  # no raw JSON in the table
     from app.charts import results_figure
-    assert results_figure(doc["points"]).data[0].name == "interval"
+    fig = results_figure(doc["points"])
+    assert [a.text for a in fig.layout.annotations] == ["cfg", "solver"]
+    assert fig.layout.yaxis2.type == "log" and fig.layout.yaxis.type == "linear"  # the outlier's panel is log
 
 
-def test_permalink_round_trip(engine):
+def test_permalink_round_trip(unmasking):
     names = lambda m: ["T-shirt/top", "Trouser", "Bag"]  # noqa: E731
     values = run_values(seed=42, schedule="cosine", cfg_scale=2.5, class_name="Bag")
     query = dict(x.split("=") for x in permalink.encode(values).split("&"))
     from urllib.parse import unquote_plus
     back, problems = permalink.decode({k: unquote_plus(v) for k, v in query.items()}, MODELS, names)
     assert not problems and {k: back[k] for k in values} == values
-    back, problems = permalink.decode({"num_steps": "9999", "model": "nope", "class_name": "Cat"}, MODELS, names)
+    back, problems = permalink.decode({"num_steps": "9999", "model": "nope", "class_name": "Cat",
+                                       "cfg_interval_lo": "0.9"}, MODELS, names)
     assert back["num_steps"] == controls.DEFAULTS["num_steps"] and back["model"] == MODELS[0]
-    assert len(problems) == 3
+    assert back["cfg_interval_lo"] == controls.DEFAULTS["cfg_interval_lo"]
+    assert len(problems) == 4
+    # what the model cannot take falls back, with its reason
+    back, problems = permalink.decode({"order": "confidence", "num_steps": "40"}, MODELS, names, unmasking.view)
+    assert back["order"] == "random" and back["num_steps"] == 16 and len(problems) == 2  # capped at 16 tokens
 
 
 # ----------------------------------------------------------------------------- through the client
@@ -295,53 +446,109 @@ def client(engine):
         demo.close()
 
 
-ENDPOINTS = {"/run", "/branch", "/stopped", "/export", "/token_history", "/pick_token", "/randomise_seed",
+ENDPOINTS = {"/run", "/branch", "/stop", "/stopped", "/export", "/token_history", "/pick_token", "/randomise_seed",
              "/model_info", "/permalink", "/restore", "/preset_run", "/schedules", "/compare", "/diff", "/results"}
 
 
 def test_named_endpoints(client):
-    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert ENDPOINTS <= names
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert ENDPOINTS <= set(api)
+    assert [p["parameter_name"] for p in api["/run"]["parameters"]] == list(controls.RUN_FIELDS)
 
 
 def test_client_run_branch_token(client):
     v = run_values(num_steps=6)
     out = client.predict(**{k: v[k] for k in controls.RUN_FIELDS}, api_name="/run")
-    doc = out[5]
+    status, player, doc = out[0], out[1], out[3]
+    assert status["phase"] == "done" and player["n"] == 6
     assert doc["num_steps"] == 6 and doc["complete"] and doc["model"] == "test-tiny"
     assert sorted(x for row in doc["when"] for x in row)[0] == 1
     # the same client session holds the trajectory: token history and branch need no re-run
-    gallery, tok, _ = client.predict(row=0, col=0, api_name="/token_history")
+    tok = client.predict(row=0, col=0, api_name="/token_history")
     assert tok["token"] == [0, 0] and len(tok["history"]) == tok["revealed_at_step"]
     out = client.predict(branch_step=2, **step_values(v), api_name="/branch")
-    assert out[5]["branched_from_step"] == 2
-    assert [s["revealed"] for s in out[5]["steps"][:2]] == [s["revealed"] for s in doc["steps"][:2]]
+    assert out[3]["branched_from_step"] == 2
+    assert [s["revealed"] for s in out[3]["steps"][:2]] == [s["revealed"] for s in doc["steps"][:2]]
     files = client.predict(api_name="/export")
     assert files[0].endswith(".gif") and files[2].endswith(".json")
 
 
+def _library_message(engine, **over) -> str:
+    """The one-line error the library gives for a setting."""
+    gen = engine.load("test-tiny")
+    sampler, guidance = controls.configs(run_values(**{k: v for k, v in over.items() if k in STEP}))
+    with pytest.raises(ValueError) as e:
+        check_capabilities(gen.model, sampler, guidance, gen.smoother)
+    return str(e.value)
+
+
+def test_a_disabled_choice_gets_the_library_error_through_the_api(client, engine):
+    v = {k: run_values()[k] for k in controls.RUN_FIELDS}
+    for over in ({"order": "confidence"}, {"num_steps": 40}, {"cfg_mode": "fake"}):
+        expected = _library_message(engine, **over)
+        with pytest.raises(Exception) as e:
+            client.predict(**{**v, **over}, api_name="/run")
+        assert expected in str(e.value)
+
+
 def test_client_bad_input_and_still_serving(client):
-    v = run_values()
-    with pytest.raises(Exception, match="maximum value 64|num_steps must be in"):
-        client.predict(**{**{k: v[k] for k in controls.RUN_FIELDS}, "num_steps": 500}, api_name="/run")
-    with pytest.raises(Exception, match="not in the list of choices|unknown model"):
-        client.predict(**{**{k: v[k] for k in controls.RUN_FIELDS}, "model": "nope"}, api_name="/run")
-    with pytest.raises(Exception, match="t_lo < t_hi"):
-        client.predict(**{**{k: v[k] for k in controls.RUN_FIELDS}, "cfg_interval_lo": 0.9}, api_name="/run")
-    with pytest.raises(Exception, match="Run the sampler first"):
-        fresh = type(client)(client.src, verbose=False)
-        fresh.predict(row=0, col=0, api_name="/token_history")
+    v = {k: run_values()[k] for k in controls.RUN_FIELDS}
+    for over, match in (({"num_steps": 500}, "num_steps 500 is not available"), ({"model": "nope"}, "unknown model"),
+                        ({"cfg_interval_lo": 0.9}, "t_lo < t_hi"), ({"cfg_scale": "lots"}, "cfg_scale must be a number"),
+                        ({"seed": 1.5}, "seed must be a whole number")):
+        with pytest.raises(Exception, match=match):
+            client.predict(**{**v, **over}, api_name="/run")
+    fresh = type(client)(client.src, verbose=False)
+    # a new session starts with the opening run (sampled once at start-up): its tokens are there at once
+    assert fresh.predict(row=0, col=0, api_name="/token_history")["num_steps"] == controls.DEFAULTS["num_steps"]
+    with pytest.raises(Exception, match="Run the comparison first"):
+        fresh.predict("none", "mask", api_name="/diff")
     out = client.predict(256, 16, "exp", "binomial", 3.0, 0.1, 0.3, api_name="/schedules")
     assert out[3]["exp"]["passes"] == 19
 
 
 def test_client_compare_and_results(client):
-    out = client.predict("test-tiny", "Bag", 1, 1, 4, "exp", "binomial", 1.0, "dpm", 1, 3.0, 0.0, 0.5, "constant",
-                         "none", "mask", api_name="/compare")
+    out = client.predict(**compare_values(num_seeds=1, num_steps=4, panel_b="mask"), api_name="/compare")
     doc, diff = out[2], out[4]  # gr.State outputs are not returned to clients
     assert doc["same_reveal_order"] and diff["a"] == "none" and diff["b"] == "mask"
-    msg, _, _, res = client.predict(api_name="/results")
+    msg, _, _, _, res = client.predict(api_name="/results")
     assert res["available"] == analysis.CLAIMS_PATH.is_file()
     seeds = [client.predict(api_name="/randomise_seed") for _ in range(3)]
-    lo, hi = controls.RANGES["seed"]
+    lo, hi = 0, int(controls.APP_SPECS["seed"][1].high)
     assert all(float(x).is_integer() and lo <= x <= hi for x in seeds) and len(set(seeds)) > 1, seeds
+
+
+def test_official_checkpoint_in_the_app(tmp_path):
+    """An official ImageNet checkpoint is offered by path; without its VAE it fails alone, in one line
+    naming what to add; loaded, its banner says a GPU is needed and its classes are ImageNet names."""
+    from types import SimpleNamespace
+
+    from test_official import small_official
+
+    from app import text
+    from emigm.labels import class_names
+    path = tmp_path / "eMIGM_small_test.pth"
+    torch.save(small_official("mask").state_dict(), path)
+    engine = Engine(["test-tiny", str(path)], num_threads=1)
+    assert engine.names == ["test-tiny", "eMIGM_small_test"]
+    with pytest.raises(ValueError, match="--vae") as e:
+        engine.load("eMIGM_small_test")
+    assert str(tmp_path) not in str(e.value) and "⚠" in engine.banner("eMIGM_small_test")
+    engine.load("test-tiny")  # the other model is unaffected
+    cfg = replace(preset_config("in256-b"))
+    gen = SimpleNamespace(cfg=cfg, smoother=None, source="official", meta={})
+    banner = text.model_banner("eMIGM_base", gen, "cpu")
+    assert "GPU" in banner and "official" in banner
+    assert class_names(cfg)[:2] == ["tench", "goldfish"] and len(class_names(cfg)) == 1000
+
+
+def test_client_model_change_narrows_the_controls(client):
+    v = run_values(cfg_mode="mask")
+    out = client.predict(**{**{k: v[k] for k in ("model", "class_name") + STEP}, "model": "test-tiny-fakecfg"},
+                         api_name="/model_info")
+    cls, banner, *updates = out
+    update = dict(zip(STEP, updates))
+    labels = {value: label for label, value in update["cfg_mode"]["choices"]}
+    assert controls.UNAVAILABLE in labels["mask"] and controls.UNAVAILABLE not in labels["fake"]
+    assert update["cfg_mode"]["value"] == "" and update["num_steps"]["maximum"] == 16
+    assert "test-tiny-fakecfg" in banner and cls["value"] == "Sneaker"

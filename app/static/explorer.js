@@ -1,0 +1,307 @@
+/* eMIGM Explorer, in the browser: the step player (Unmasking and Compare), the status line, and
+   disabled choices. Loaded once in the page head; gr.HTML components call emigmPlayer / emigmStatus
+   from their js_on_load. Scrubbing, play / pause, step buttons, arrow keys and a token's history all
+   run here, with no server call. */
+(function () {
+  if (window.emigmPlayer) return; // the page may add its head twice
+  const GREY = "#808080", ORANGE = "#E69F00", SKY = "#56B4E9", PURPLE = "#CC79A7", CFG_FILL = "rgba(230,159,0,0.22)";
+  const VIRIDIS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b", "#fde725"];
+  const drawn = (window.emigmDrawn = window.emigmDrawn || {});
+  let active = null; // the player the arrow keys drive
+
+  function viridis(x) { // x in [0, 1]
+    const p = Math.max(0, Math.min(1, x)) * (VIRIDIS.length - 1), i = Math.floor(p), f = p - i;
+    if (i >= VIRIDIS.length - 1) return VIRIDIS[VIRIDIS.length - 1];
+    const a = VIRIDIS[i], b = VIRIDIS[i + 1], h = (s, o) => parseInt(s.substr(o, 2), 16);
+    const c = [1, 3, 5].map(o => Math.round(h(a, o) + f * (h(b, o) - h(a, o))));
+    return `rgb(${c[0]},${c[1]},${c[2]})`;
+  }
+  function el(tag, attrs, ...kids) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (k === "style") e.style.cssText = v; else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+      else e.setAttribute(k, v);
+    }
+    for (const k of kids) if (k !== null && k !== undefined) e.append(k);
+    return e;
+  }
+  const svg = (tag, attrs) => { const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v); return e; };
+  const stepLabel = (k, N) => `step ${k} of ${N}`;
+
+  function loadImage(src) {
+    return new Promise((ok, fail) => { const im = new Image(); im.onload = () => ok(im); im.onerror = fail; im.src = src; });
+  }
+
+  function Player(root, trigger) {
+    this.root = root; this.trigger = trigger; this.k = 0; this.timer = null; this.data = null; this.pick = null;
+  }
+
+  Player.prototype.set = async function (d) {
+    if (!d || !d.sprite) { this.root.replaceChildren(); this.data = null; return; }
+    const img = await loadImage(d.sprite);
+    const sameRun = this.data && this.data.run === d.run, wasLive = this.data && this.data.live;
+    this.data = d; this.img = img;
+    // a new run, a live frame, or the end of a live run: show the newest step; a redraw keeps the step
+    if (!sameRun || d.live || wasLive) { this.pause(); this.k = d.n - 1; if (!sameRun) this.pick = null; }
+    this.k = Math.min(this.k, d.n - 1);
+    this.build();
+    this.draw();
+    this.root.dataset.run = d.run; this.root.dataset.n = d.n; this.root.dataset.live = d.live ? "1" : "0";
+    if (!d.live) {
+      drawn[d.run] = true;
+      document.dispatchEvent(new CustomEvent("emigm-drawn", { detail: d.run }));
+    }
+  };
+
+  Player.prototype.build = function () {
+    const d = this.data, V = d.view, self = this;
+    const canvas = (cls, title) => el("canvas", { width: V, height: V, class: "emigm-view " + cls, title: title || "" });
+    this.views = [];
+    const body = el("div", { class: "emigm-body" });
+    if (d.kind === "unmask") {
+      const p = d.panels[0];
+      const fig = (cv, cap) => el("figure", {}, cv, el("figcaption", {}, cap));
+      const cv = canvas("canvas", "click a token to see its history"), dr = canvas("draft", "click a token to see its history"), wh = canvas("when");
+      this.views.push({ cv, kind: "canvas", col: p.cols[0], when: p.when[0] }, { cv: dr, kind: "draft", col: p.cols[0], when: p.when[0] },
+        { cv: wh, kind: "when", col: p.cols[0], when: p.when[0] });
+      for (const c of [cv, dr]) c.addEventListener("click", ev => self.onPick(ev, c));
+      const bar = el("div", { class: "emigm-colorbar", style: `width:${V}px` },
+        el("span", {}, "1"), el("i", {}), el("span", {}, String(d.N)));
+      body.append(el("div", { class: "emigm-images" },
+        fig(cv, "canvas · grey = masked · orange = revealed now"), fig(dr, "draft · blue = not committed yet"),
+        fig(wh, bar), ));
+      this.chart = el("div", { class: "emigm-chart" });
+      body.append(this.chart);
+      this.history = el("div", { class: "emigm-history" }, el("span", { class: "emigm-hint" },
+        d.live ? "" : "Click a token on the canvas or the draft to see its draft at every step until it was committed."));
+      body.append(this.history);
+    } else {
+      const row = el("div", { class: "emigm-panels" });
+      this.captions = [];
+      d.panels.forEach((p, i) => {
+        const box = el("div", { class: "emigm-panel", style: `width:${V}px` });
+        const cap = el("div", { class: "emigm-ptitle" }, el("b", {}, p.title));
+        const sub = el("div", { class: "emigm-psub" });
+        box.append(cap, sub);
+        if (!p.cols.length) box.append(el("div", { class: "emigm-note", style: `height:${V}px` }, p.note));
+        p.cols.forEach((c, b) => { const cv = canvas("canvas"); box.append(cv); self.views.push({ cv, kind: "canvas", col: c, when: p.when[b] }); });
+        this.captions.push([p, sub]);
+        row.append(box);
+      });
+      body.append(row);
+    }
+    // controls: first, back, play / pause, forward, last, slider, label
+    const btn = (txt, title, fn) => el("button", { class: "emigm-btn", title, onclick: fn, type: "button" }, txt);
+    this.playBtn = btn("play", "play / pause (space)", () => self.toggle());
+    this.range = el("input", { type: "range", min: 1, max: d.n, step: 1, value: this.k + 1, class: "emigm-range",
+      "aria-label": "step" });
+    this.range.addEventListener("input", () => self.go(parseInt(self.range.value, 10) - 1));
+    this.label = el("span", { class: "emigm-label" });
+    this.detail = el("div", { class: "emigm-detail" });
+    const bar = el("div", { class: "emigm-bar" },
+      btn("|◀", "first step (Home)", () => self.go(0)), btn("◀", "step back (←)", () => self.go(self.k - 1)),
+      this.playBtn, btn("▶", "step forward (→)", () => self.go(self.k + 1)), btn("▶|", "last step (End)", () => self.go(d.n - 1)),
+      this.range, this.label);
+    if (d.live) for (const b of bar.querySelectorAll("button, input")) b.disabled = true;
+    this.root.replaceChildren(el("div", { class: "emigm-player", tabindex: 0 }, bar, this.detail, body));
+    this.root.firstChild.addEventListener("focusin", () => { active = self; });
+    this.root.firstChild.addEventListener("pointerdown", () => { active = self; });
+    if (d.kind === "unmask") this.buildChart();
+  };
+
+  Player.prototype.buildChart = function () {
+    const d = this.data, steps = d.steps, N = d.N, L = d.L, self = this;
+    const W = Math.max(360, Math.min(900, this.root.clientWidth || 640)), H = 150, l = 36, r = 44, t = 8, b = 24;
+    const x = s => l + (s - 0.5) * (W - l - r) / N, bw = Math.max(2, 0.7 * (W - l - r) / N);
+    const maxC = Math.max(1, ...steps.map(s => s.revealed));
+    const y = c => t + (H - t - b) * (1 - c / maxC), yf = f => t + (H - t - b) * (1 - f);
+    const g = svg("svg", { width: W, height: H, class: "emigm-svg" });
+    let cum = 0; const pts = [];
+    steps.forEach((s, i) => {
+      const k = i + 1; cum += s.revealed;
+      if (s.cfg) g.append(svg("rect", { x: x(k) - (W - l - r) / N / 2, y: t, width: (W - l - r) / N, height: H - t - b, fill: CFG_FILL }));
+      const rect = svg("rect", { x: x(k) - bw / 2, y: y(s.revealed), width: bw, height: H - b - y(s.revealed), fill: "#0072B2", class: "emigm-barstep" });
+      const tip = svg("title", {});
+      tip.textContent = `${stepLabel(k, N)}\nrevealed ${s.revealed} tokens (${Math.round(100 * cum / L)}% so far)\n${s.passes} pass${s.passes > 1 ? "es" : ""}` +
+        `${s.cfg ? ` (CFG ×${s.cfg})` : ""}${s.sg ? ` (self-guidance ${s.sg})` : ""}\n${Math.round(s.ms)} ms`;
+      rect.append(tip); rect.addEventListener("click", () => self.go(i - d.first >= 0 ? i : i));
+      g.append(rect);
+      if (s.sg) g.append(svg("circle", { cx: x(k), cy: t + 4, r: 3, fill: PURPLE }));
+      pts.push(`${x(k)},${yf(cum / L)}`);
+    });
+    g.append(svg("polyline", { points: pts.join(" "), fill: "none", stroke: "#D55E00", "stroke-width": 2 }));
+    const axis = (x1, y1, x2, y2) => g.append(svg("line", { x1, y1, x2, y2, stroke: "#888" }));
+    axis(l, H - b, W - r, H - b); axis(l, t, l, H - b); axis(W - r, t, W - r, H - b);
+    const text = (xx, yy, s, anchor, color) => { const e = svg("text", { x: xx, y: yy, "font-size": 11, "text-anchor": anchor || "middle", fill: color || "#444" }); e.textContent = s; g.append(e); };
+    text(l - 4, y(maxC) + 4, String(maxC), "end"); text(l - 4, H - b + 4, "0", "end");
+    text(W - r + 4, t + 8, "100%", "start", "#D55E00"); text(W - r + 4, H - b, "0%", "start", "#D55E00");
+    const every = Math.ceil(N / 16);
+    for (let k = 1; k <= N; k += every) text(x(k), H - b + 14, String(k));
+    this.cursor = svg("line", { y1: t, y2: H - b, stroke: "#000", "stroke-dasharray": "3,3", "stroke-width": 1.5 });
+    g.append(this.cursor);
+    this.xOf = x;
+    const nfe = steps.length ? steps[steps.length - 1].nfe : 0;
+    const legend = el("div", { class: "emigm-legend" },
+      el("span", { class: "sw", style: "background:#0072B2" }), "tokens revealed per step ",
+      el("span", { class: "sw", style: "background:#D55E00;height:3px" }), "cumulative fraction ",
+      el("span", { class: "sw", style: `background:${CFG_FILL}` }), "CFG step (+1 pass) ",
+      el("span", { class: "sw", style: `background:${PURPLE};border-radius:50%` }), "self-guidance (+1 pass) · ",
+      el("b", {}, d.complete ? `NFE ${nfe} = ${N} × ${(nfe / N).toPrecision(3)}` : `NFE ${nfe} so far`));
+    this.chart.replaceChildren(legend, g);
+  };
+
+  Player.prototype.drawView = function (v, k) {
+    const d = this.data, ctx = v.cv.getContext("2d"), V = d.view, g = d.grid, c = V / g, step = k + 1;
+    ctx.imageSmoothingEnabled = false;
+    if (v.kind === "when") {
+      ctx.fillStyle = "#f2f2f2"; ctx.fillRect(0, 0, V, V);
+      for (let i = 0; i < g * g; i++) {
+        const w = v.when[i];
+        if (w >= 1 && w <= step) { ctx.fillStyle = viridis(d.N > 1 ? (w - 1) / (d.N - 1) : 1); ctx.fillRect((i % g) * c + 0.5, Math.floor(i / g) * c + 0.5, c - 1, c - 1); }
+      }
+      return;
+    }
+    const row = k - d.first, px = d.px;
+    ctx.drawImage(this.img, v.col * px, row * px, px, px, 0, 0, V, V);
+    const lw = Math.max(2, Math.round(c / 8));
+    for (let i = 0; i < g * g; i++) {
+      const w = v.when[i], x = (i % g) * c, y = Math.floor(i / g) * c, masked = w === 0 || w > step;
+      if (v.kind === "canvas") {
+        if (masked) { ctx.fillStyle = GREY; ctx.fillRect(x, y, c, c); }
+        else if (w === step) { ctx.strokeStyle = ORANGE; ctx.lineWidth = lw; ctx.strokeRect(x + lw / 2, y + lw / 2, c - lw, c - lw); }
+      } else if (masked) { ctx.strokeStyle = SKY; ctx.lineWidth = Math.max(1, lw / 2); ctx.strokeRect(x + 0.5, y + 0.5, c - 1, c - 1); }
+    }
+    if (this.pick && v.kind !== "when" && this.data.kind === "unmask") {
+      const [r, cc] = this.pick; ctx.strokeStyle = PURPLE; ctx.lineWidth = lw; ctx.strokeRect(cc * c + lw / 2, r * c + lw / 2, c - lw, c - lw);
+    }
+  };
+
+  Player.prototype.draw = function () {
+    const d = this.data, k = this.k, N = d.N;
+    for (const v of this.views) this.drawView(v, k);
+    this.range.value = k + 1;
+    this.label.textContent = stepLabel(k + 1, N) + (d.live ? " · sampling…" : d.n < N ? ` (stopped: ${d.n} sampled)` : "");
+    this.root.dataset.k = k;
+    if (d.kind === "unmask") {
+      const s = d.steps[k], L = d.L;
+      let cum = 0; for (let i = 0; i <= k; i++) cum += d.steps[i].revealed;
+      const guide = [s.cfg ? `CFG ×${s.cfg}` : "no CFG", s.sg ? `self-guidance ${s.sg}` : ""].filter(Boolean).join(" + ");
+      this.detail.textContent = `t ${s.t.toFixed(3)} → s ${s.s.toFixed(3)} · ${guide} · revealed ${s.revealed} (${Math.round(100 * cum / L)}% of ${L} tokens) · NFE so far ${s.nfe} · ${Math.round(s.ms)} ms` +
+        (d.branched_from && k < d.branched_from ? ` · from the parent run (branched after step ${d.branched_from})` : "");
+      if (this.cursor) { const xx = this.xOf(k + 1); this.cursor.setAttribute("x1", xx); this.cursor.setAttribute("x2", xx); }
+    } else {
+      this.detail.textContent = "same seed and the same reveal rule in every panel";
+      for (const [p, sub] of this.captions) {
+        if (!p.steps) { sub.textContent = ""; continue; }
+        const s = p.steps[Math.min(k, p.steps.length - 1)];
+        sub.textContent = `NFE ${s.nfe} of ${p.nfe} · ${p.ms} ms in all`;
+      }
+    }
+  };
+
+  Player.prototype.go = function (k) {
+    if (!this.data || this.data.live) return;
+    this.k = Math.max(0, Math.min(this.data.n - 1, k));
+    this.draw();
+  };
+  Player.prototype.pause = function () { if (this.timer) clearInterval(this.timer); this.timer = null; if (this.playBtn) this.playBtn.textContent = "play"; };
+  Player.prototype.toggle = function () {
+    if (this.timer) return this.pause();
+    if (!this.data || this.data.live) return;
+    if (this.k >= this.data.n - 1) this.go(0); // at the end, play restarts; otherwise it resumes
+    const self = this, ms = Math.max(120, Math.min(450, 6000 / this.data.n));
+    this.playBtn.textContent = "pause";
+    this.timer = setInterval(() => { if (self.k >= self.data.n - 1) return self.pause(); self.go(self.k + 1); }, ms);
+  };
+
+  Player.prototype.onPick = function (ev, cv) {
+    const d = this.data; if (!d || d.live) return;
+    const rect = cv.getBoundingClientRect(), g = d.grid;
+    const c = Math.min(g - 1, Math.floor((ev.clientX - rect.left) / rect.width * g));
+    const r = Math.min(g - 1, Math.floor((ev.clientY - rect.top) / rect.height * g));
+    this.pick = [r, c]; this.draw(); this.showHistory(r, c);
+    if (this.trigger) this.trigger("select", { index: [r, c], value: null, selected: true });
+  };
+
+  Player.prototype.showHistory = function (r, c) {
+    const d = this.data, g = d.grid, px = d.px, cell = px / g, when = d.panels[0].when[0][r * g + c];
+    const last = when ? when - 1 : d.n - 1, S = 64, tiles = [];
+    for (let k = 0; k <= last; k++) {
+      const cv = el("canvas", { width: S, height: S }), ctx = cv.getContext("2d");
+      ctx.imageSmoothingEnabled = false;
+      ctx.drawImage(this.img, c * cell, (k - d.first) * px + r * cell, cell, cell, 0, 0, S, S);
+      const committed = when && k === last;
+      if (committed) { ctx.strokeStyle = ORANGE; ctx.lineWidth = 4; ctx.strokeRect(2, 2, S - 4, S - 4); }
+      tiles.push(el("figure", { class: "emigm-tile", onclick: () => this.go(k) }, cv,
+        el("figcaption", {}, `step ${k + 1}${committed ? " ✓" : ""}`)));
+    }
+    this.history.replaceChildren(
+      el("div", { class: "emigm-hint" }, `Token (${r}, ${c}): its draft at each step` +
+        (when ? `, committed at ${stepLabel(when, d.N)} (outlined).` : ", still masked when the run stopped.")),
+      el("div", { class: "emigm-tiles" }, ...tiles));
+  };
+
+  document.addEventListener("keydown", ev => {
+    const t = ev.target; if (!active || !active.data || !active.root.isConnected || active.root.offsetParent === null) return;
+    if (t && (t.tagName === "INPUT" && t.type !== "range" || t.tagName === "TEXTAREA" || t.isContentEditable)) return;
+    const keys = { ArrowLeft: () => active.go(active.k - 1), ArrowRight: () => active.go(active.k + 1), Home: () => active.go(0),
+      End: () => active.go(active.data.n - 1), " ": () => active.toggle() };
+    if (t && t.type === "range" && ev.key !== " ") return; // the slider moves itself
+    if (keys[ev.key]) { ev.preventDefault(); keys[ev.key](); }
+  });
+
+  window.emigmPlayer = function (element, props, trigger, watch) {
+    const root = element.querySelector(".emigm-root") || element;
+    const p = new Player(root, trigger);
+    if (!active) active = p;
+    p.set(props.value);
+    if (watch) watch("value", () => p.set(props.value));
+  };
+
+  window.emigmStatus = function (element, props, watch) {
+    const root = element.querySelector(".emigm-status") || element;
+    const show = () => {
+      const v = props.value || {}; let phase = v.phase || "", text = v.text || "";
+      if (phase === "done" || phase === "stopped") {
+        if (!drawn[v.run]) { phase = "rendering"; text = "Rendering… " + text; }
+        else text = (v.phase === "done" ? "Ready: " : "") + text;
+        if (v.phase === "done" && drawn[v.run]) phase = "ready";
+      }
+      root.dataset.phase = phase; root.className = "emigm-status phase-" + phase;
+      root.innerHTML = ""; root.append(el("span", { class: "dot" }), ...renderBold(text));
+    };
+    document.addEventListener("emigm-drawn", e => { if ((props.value || {}).run === e.detail) show(); });
+    show();
+    if (watch) watch("value", show);
+  };
+
+  function renderBold(text) { // **bold** spans only
+    return text.split(/(\*\*[^*]+\*\*)/).map(s => s.startsWith("**") ? el("b", {}, s.slice(2, -2)) : document.createTextNode(s));
+  }
+
+  // Disabled choices: a radio option whose label ends with ⊘ cannot be picked; its reason is in the
+  // control's info line and in the option's tooltip.
+  function disableMarked(scope) {
+    for (const label of scope.querySelectorAll("label")) {
+      const input = label.querySelector("input[type=radio]");
+      if (!input) continue;
+      const off = (label.textContent || "").includes("⊘");
+      if (input.disabled !== off) input.disabled = off;
+      label.classList.toggle("emigm-off", off); label.setAttribute("aria-disabled", off ? "true" : "false");
+      const info = label.closest(".block")?.querySelector(".info-text")?.textContent || "";
+      if (off) label.title = info.split(" · ").filter(s => s.startsWith("⊘ " + input.value)).join(" ") || "unavailable for this model";
+      else if (label.title) label.removeAttribute("title");
+    }
+  }
+  // Svelte may re-enable the input when it redraws the radio group: a click on a marked option is
+  // stopped before it reaches it, whatever its disabled flag says
+  document.addEventListener("click", ev => {
+    const label = ev.target instanceof Element && ev.target.closest("label.emigm-off");
+    if (label) { ev.preventDefault(); ev.stopPropagation(); }
+  }, true);
+  const observer = new MutationObserver(() => disableMarked(document));
+  const watchPage = () => { observer.observe(document.body, { childList: true, subtree: true, characterData: true }); disableMarked(document); };
+  // Gradio may add this script after DOMContentLoaded
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", watchPage); else watchPage();
+})();
