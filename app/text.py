@@ -67,7 +67,7 @@ until it was committed. **Branch** re-runs from the state after step k with new 
 steps stay identical. **Stop** ends the run after the step in progress and keeps the steps so far.
 
 **Which image the canvas shows.** The canvas is the decoded *draft* with the still-masked tokens greyed.
-For pixel-patch tokens (the CPU preview) a token is its own 4x4 pixels, so this is exactly the committed
+For pixel-patch tokens (`fmnist-emigm-mini`) a token is its own 4x4 pixels, so this is exactly the committed
 tokens. For latent tokens (the KL and VQ tokenizers) the decoder mixes neighbouring tokens: decoding the
 committed tokens next to empty ones smears zeros into them, so each committed token is shown decoded in
 the context of the current draft instead, which is what the model commits it next to.
@@ -106,6 +106,6 @@ Measured results come from `assets/results/claims.json`, written by the evaluati
 sampler setting, and whether each claim of the paper holds on our models.
 """
 
-RESULTS_MISSING = ("**Measured results are not shipped yet.** They need trained models (a GPU run); once "
-                   "`assets/results/claims.json` exists this tab plots FD against NFE for each setting and "
+RESULTS_MISSING = ("**No measured results here.** `assets/results/claims.json` is missing (it is written by "
+                   "`benchmarks/paper_claims.py`); once it exists this tab plots FD against NFE for each setting and "
                    "lists which claims hold.")

@@ -60,24 +60,33 @@ def main() -> None:
     p.add_argument("--presets", nargs="+", default=["fmnist-emigm", "fmnist-maskgit"])
     p.add_argument("--steps", type=int, default=20, help="steps per preset (the first is warm-up)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--threads", type=int, nargs="+", default=[0],
+                   help="torch intra-op threads, one row each (0: torch's default)")
+    p.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"],
+                   help="train.compile off / on (torch.compile of the backbone and the head), one row each")
     p.add_argument("--override", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
     p.add_argument("--latents", default="", choices=["", "synthetic"],
                    help="synthetic: random KL-16 / DC-AE latents for the ImageNet presets (speed only)")
     p.add_argument("--json", default="", help="also write the rows here")
     a = p.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
     rows = []
+    default_threads = torch.get_num_threads()
     for preset in a.presets:
-        try:
-            rows.append(measure(preset, a.steps, a.device, [tuple(o) for o in a.override], a.latents))
-        except (FileNotFoundError, ValueError) as e:
-            print(f"skipped {preset}: {e}", file=sys.stderr)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {a.steps} steps per preset")
-    print(f"{'preset':<16} {'device':<28} {'batch':>5} {'prec':>5} {'images/s':>9} {'ms/step':>9}")
+        for threads in a.threads:
+            for comp in a.compile:
+                torch.set_num_threads(threads or default_threads)
+                overrides = [tuple(o) for o in a.override] + [("train.compile", comp == "on")]
+                try:
+                    r = measure(preset, a.steps, a.device, overrides, a.latents)
+                except (FileNotFoundError, ValueError, RuntimeError) as e:
+                    print(f"skipped {preset} (threads {threads}, compile {comp}): {str(e).splitlines()[0]}",
+                          file=sys.stderr)
+                    continue
+                rows.append({**r, "threads": torch.get_num_threads(), "compile": comp})
+    print(f"torch {torch.__version__}, {a.steps} steps per row (the first is warm-up)")
+    print(f"{'preset':<16} {'device':<28} {'thr':>3} {'compile':>7} {'batch':>5} {'prec':>5} {'images/s':>9} {'ms/step':>9}")
     for r in rows:
-        print(f"{r['preset']:<16} {r['device']:<28} {r['batch']:>5} {r['precision']:>5} "
+        print(f"{r['preset']:<16} {r['device']:<28} {r['threads']:>3} {r['compile']:>7} {r['batch']:>5} {r['precision']:>5} "
               f"{r['images_per_s']:>9.1f} {r['ms_per_step']:>9.1f}")
     if a.json:
         with open(a.json, "w") as f:

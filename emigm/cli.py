@@ -162,23 +162,31 @@ def cmd_sample(a: argparse.Namespace) -> None:
             raise CliError(f"--out and --trace are the same file ({a.out}); give two names")
     gen = load_for_sampling(a, device)
     names, label = gen.class_names, gen.label
-    cls = parse_class(str(a.class_), names)
+    every = str(a.class_).lower() == "all"
+    classes = list(range(len(names))) if every else [parse_class(str(a.class_), names)]
+    total = a.num_images * len(classes)
+    if every:
+        check_number("--num-images x classes", total, 1, MAX_IMAGES, integer=True)
+        check_seed("--seed", a.seed, total)
     check_capabilities(gen.model, sampler, guidance, gen.smoother)
-    check_sampling_size(gen.cfg, a.num_images, sampler, guidance, device, f"--num-images {a.num_images}")
-    labels = torch.full((a.num_images,), cls, dtype=torch.long)
-    seeds = [a.seed + i for i in range(a.num_images)]
+    check_sampling_size(gen.cfg, total, sampler, guidance, device, f"--num-images {total}")
+    labels = torch.tensor([c for c in classes for _ in range(a.num_images)], dtype=torch.long)
+    seeds = [a.seed + i for i in range(total)]
     start = time.perf_counter()
     states = list(s.to("cpu") for s in sample_steps(gen.model, labels, seeds, sampler, guidance,
                                                       smoother=gen.smoother))
     elapsed = time.perf_counter() - start
     last = states[-1]
     chunk = 256  # decode in chunks: a decoder's activations for thousands of images at once do not fit
-    images = torch.cat([gen.decode(last.tokens[i:i + chunk]).cpu() for i in range(0, a.num_images, chunk)])
-    save_grid(images, out)
-    print(f"wrote {a.out}: {a.num_images} image(s) of class {cls} ({names[cls]}) from {label}; "
+    images = torch.cat([gen.decode(last.tokens[i:i + chunk]).cpu() for i in range(0, total, chunk)])
+    save_grid(images, out, cols=a.num_images if every else None)
+    what = (f"{a.num_images} per class, a row per class" if every
+            else f"{a.num_images} image(s) of class {classes[0]} ({names[classes[0]]})")
+    print(f"wrote {a.out}: {what} from {label}; "
           f"{last.passes} transformer passes, {last.head_evals} head evaluations, {elapsed:.2f} s")
     if a.trace:
-        doc = trace_dict(states, label, {"class_name": names[cls], "seconds": round(elapsed, 4)})
+        doc = trace_dict(states, label, {"class_name": "all" if every else names[classes[0]],
+                                         "seconds": round(elapsed, 4)})
         write_text(trace, json.dumps(doc))
         print(f"wrote {a.trace}")
 
@@ -208,9 +216,10 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     fl = r["floor"]
     print(f"{label}: {a.num_samples} samples, {r['passes']} passes ({sampler.num_steps} x "
           f"{r['passes'] / sampler.num_steps:.3g}), {r['head_evals']} head evals, {r['images_per_s']:.1f} img/s")
-    print(f"{'':<10} {'FD':>8} {'class acc':>10} {'precision':>10} {'recall':>8}")
-    print(f"{'samples':<10} {r['fd']:>8.3f} {r['class_accuracy']:>10.3f} {r['precision']:>10.3f} {r['recall']:>8.3f}")
-    print(f"{'real data':<10} {fl['fd']:>8.3f} {fl['class_accuracy']:>10.3f} {fl['precision']:>10.3f} {fl['recall']:>8.3f}")
+    print(f"{'':<10} {'FD':>8} {'class acc':>10} {'precision':>10} {'recall':>8} {'seam ratio':>11}")
+    for name, row in (("samples", r), ("real data", fl)):
+        print(f"{name:<10} {row['fd']:>8.3f} {row['class_accuracy']:>10.3f} {row['precision']:>10.3f} "
+              f"{row['recall']:>8.3f} {row['seam_ratio']:>11.3f}")
 
 
 def cmd_train_tokenizer(a: argparse.Namespace) -> None:
@@ -257,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="sample images and write a grid PNG (+ a JSON trace)")
     add_model_args(s)
-    s.add_argument("--class", dest="class_", default="0", help="class id or name")
+    s.add_argument("--class", dest="class_", default="0", help="class id or name, or all (--num-images per class, a row each)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--num-images", type=int, default=4)
     s.add_argument("--out", default="samples.png")

@@ -315,6 +315,19 @@ def knn_precision_recall(real_feats: np.ndarray | Tensor, fake_feats: np.ndarray
     return precision, recall
 
 
+def seam_ratio(images: Tensor, period: int = 4) -> float:
+    """Mean |pixel step| across the borders of a `period` x `period` token grid divided by the mean
+    |pixel step| inside tokens, over horizontal and vertical neighbours. ~1 for images without token
+    seams; > 1 when token borders show. images (N, C, H, W)."""
+    dx = (images[..., :, 1:] - images[..., :, :-1]).abs()
+    dy = (images[..., 1:, :] - images[..., :-1, :]).abs()
+    bx = (torch.arange(dx.shape[-1], device=images.device) % period) == period - 1  # column steps
+    by = (torch.arange(dy.shape[-2], device=images.device) % period) == period - 1  # row steps
+    across = torch.cat([dx[..., :, bx].flatten(), dy[..., by, :].flatten()]).mean()
+    inside = torch.cat([dx[..., :, ~bx].flatten(), dy[..., ~by, :].flatten()]).mean()
+    return float(across / inside.clamp_min(1e-12))
+
+
 def class_accuracy(logits: Tensor, labels: Tensor) -> float:
     """Share of rows whose argmax matches the label: logits (N, K), labels (N,) int."""
     if logits.shape[0] != labels.shape[0]:

@@ -100,13 +100,14 @@ def replayed(model, smoother, cond: Tensor, null_cond: Tensor, labels: Tensor, d
                                     num_visible=num_visible, use_cfg=use_cfg, use_sg=use_sg)
         return cache(("network", num_visible, use_cfg, use_sg, fixed), fn, (tokens, mask, cond, null_cond, labels))
 
-    def head_fn(z: Tensor, refs: tuple[Tensor, ...], weights: tuple[Tensor, ...], noise: Callable[[int], Tensor]):
+    def head_fn(z: Tensor, refs: tuple[Tensor, ...], weights: tuple[Tensor, ...], noise: Callable[[int], Tensor],
+                names: tuple[str, ...]):
         n = len(refs)
         stack = torch.stack([noise(i) for i in range(draws)])
 
         def fn(z, stack, *rest):
             with autocast(device, dtype, cache=False):
-                return head_pass(head, z, rest[:n], rest[n:], lambda i: stack[i], **head_kw)
-        return cache(("head", n, fixed), fn, (z, stack, *refs, *weights))
+                return head_pass(head, z, rest[:n], rest[n:], lambda i: stack[i], names, **head_kw)
+        return cache(("head", names, fixed), fn, (z, stack, *refs, *weights))
 
     return network, head_fn, bucket

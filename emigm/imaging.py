@@ -35,12 +35,12 @@ def upscale(arr: np.ndarray, factor: int) -> np.ndarray:
     return arr.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-def save_grid(images: torch.Tensor, path: str | Path, scale: int = 4) -> None:
+def save_grid(images: torch.Tensor, path: str | Path, scale: int = 4, cols: int | None = None) -> None:
     """Write the images as one PNG grid, atomically (emigm.fileio: the old file or the new, never a torn one)."""
     from .fileio import atomic_write
 
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"output must be a .png file, got {path}")
-    picture = Image.fromarray(upscale(grid(images), scale))
+    picture = Image.fromarray(upscale(grid(images, cols), scale))
     atomic_write(path, lambda f: picture.save(f, format="PNG"))

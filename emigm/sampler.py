@@ -290,10 +290,11 @@ def network_pass(model, smoother, tokens: Tensor, mask: Tensor, cond: Tensor, nu
 
 
 def head_pass(head, z: Tensor, refs: tuple[Tensor, ...], weights: tuple[Tensor, ...], noise: Callable[[int], Tensor],
-              *, temperature: float, solver: str, steps: int) -> tuple[Tensor, ...]:
+              names: tuple[str, ...], *, temperature: float, solver: str, steps: int) -> tuple[Tensor, ...]:
     """The head's sample for the selected rows: values (M, C) or codes (M,), and, for a categorical
-    head, the log-probability of each code (the confidence order's score)."""
-    terms = [Term(f"guide {i}", r, w) for i, (r, w) in enumerate(zip(refs, weights))]
+    head, the log-probability of each code (the confidence order's score). `names`: one per guide
+    ("cfg", "self-guidance"), in the order of `refs`."""
+    terms = [Term(n, r, w) for n, r, w in zip(names, refs, weights, strict=True)]
     out = head.sample(z, noise, guides=terms, temperature=temperature, solver=solver, steps=steps)
     return tuple(out) if head.discrete else (out,)
 
@@ -323,6 +324,7 @@ def _step(run: _Run, k: int, tokens: Tensor, mask: Tensor, count: Tensor, num_vi
     z, *refs = run.network(tokens, mask, num_visible=run.pad(num_visible, L), use_cfg=use_cfg, use_sg=use_sg)
     weights = ([scale - 1.0] if use_cfg else []) + ([torch.full((B,), guidance.sg_scale, device=mask.device)]
                                                      if use_sg else [])
+    names = (("cfg",) if use_cfg else ()) + (("self-guidance",) if use_sg else ())
 
     # what: the head on the selected rows (padded rows, when graphs pad, are discarded below)
     sel = mask if predict_all else revealed
@@ -332,7 +334,8 @@ def _step(run: _Run, k: int, tokens: Tensor, mask: Tensor, count: Tensor, num_vi
     else:
         token_dim = tokens.shape[-1]
         noise = lambda i: rng.normal(seeds[rows], rng.STREAM_WHAT, k, cols, i, tail=(token_dim,))  # noqa: E731
-    values, *logp = run.head(z[rows, cols], tuple(r[rows, cols] for r in refs), tuple(w[rows] for w in weights), noise)
+    values, *logp = run.head(z[rows, cols], tuple(r[rows, cols] for r in refs), tuple(w[rows] for w in weights), noise,
+                               names)
     pred = tokens.index_put((rows, cols), values.to(tokens.dtype))
     if sampler.order == "confidence":
         conf = torch.full((B, L), float("-inf"), device=mask.device).index_put((rows, cols), logp[0].float())
@@ -389,9 +392,9 @@ def _start(model, labels, seeds, sampler: SamplerConfig, guidance: GuidanceConfi
         with autocast(device, dtype):
             return network_pass(model, smoother, tokens, mask, cond, null_cond, labels, **kw)
 
-    def head_fn(z, refs, weights, noise):
+    def head_fn(z, refs, weights, noise, names):
         with autocast(device, dtype):
-            return head_pass(head, z, refs, weights, noise, **head_kw)
+            return head_pass(head, z, refs, weights, noise, names, **head_kw)
 
     pad = _no_pad
     if graphs:

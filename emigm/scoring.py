@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from .evaluation import evaluate_images, load_classifier, dataset_features, real_data_floor
+from .data import load_fashion_mnist, to_unit_range
+from .evaluation import dataset_features, evaluate_images, load_classifier, real_data_floor, seam_ratio
 from .guidance import GuidanceConfig
 from .sampler import SamplerConfig, sample
 from .checkpoint import ASSETS_DIR
@@ -67,8 +68,12 @@ def evaluate_generator(model, tokenizer, num_samples: int, sampler: SamplerConfi
     classifier = load_classifier(classifier_path or ASSETS_DIR / "classifier")
     ref, _ = dataset_features(classifier, data_root, "test", min(num_samples, 10000))
     images, labels, cost = generate(model, tokenizer, num_samples, sampler, guidance, batch_size, seed, smoother)
-    result = {**evaluate_images(images, labels, classifier, ref), **cost}
+    period = tokenizer.image_size // tokenizer.grid  # pixels per token side: where token seams would show
+    result = {**evaluate_images(images, labels, classifier, ref), **cost, "seam_ratio": seam_ratio(images, period)}
     if floor:
-        fl = real_data_floor(classifier, data_root, min(num_samples, 10000))
-        result["floor"] = {k: fl[k] for k in ("fd", "class_accuracy", "precision", "recall")}
+        n = min(num_samples, 10000)
+        fl = real_data_floor(classifier, data_root, n)
+        real = to_unit_range(load_fashion_mnist(data_root, "test")[0][:n])
+        result["floor"] = {**{k: fl[k] for k in ("fd", "class_accuracy", "precision", "recall")},
+                           "seam_ratio": seam_ratio(real, period)}
     return result

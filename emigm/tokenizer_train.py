@@ -31,6 +31,8 @@ from .fileio import ensure_writable_dir, torch_save, write_bytes
 from .optim import LRSchedule, lr_at, warmup_then_decay
 from .runs import MetricsLog, RunLock, config_diff, trim_metrics
 
+from .evaluation import seam_ratio
+
 Tensor = torch.Tensor
 TOKENIZER_KINDS = ("kl", "vq")
 STATE_FILE, METRICS_FILE = "state.pt", "metrics.jsonl"
@@ -86,19 +88,6 @@ def _loss(model, cfg: TokenizerTrainConfig, x: Tensor, gen: torch.Generator) -> 
     restarts = model.quantizer.ema_update(flat, ids, gen)  # EMA codebook: no optimiser involved
     return rec + cfg.beta * commit, {"rec": rec.detach(), "commit": commit.detach(),
                                      "restarts": torch.tensor(float(restarts))}
-
-
-def seam_ratio(images: Tensor, period: int = 4) -> float:
-    """Mean |pixel step| across the borders of a `period` x `period` token grid divided by the mean
-    |pixel step| inside tokens, over horizontal and vertical neighbours. ~1 for images without token
-    seams; > 1 when token borders show. images (N, C, H, W)."""
-    dx = (images[..., :, 1:] - images[..., :, :-1]).abs()
-    dy = (images[..., 1:, :] - images[..., :-1, :]).abs()
-    bx = (torch.arange(dx.shape[-1], device=images.device) % period) == period - 1  # column steps
-    by = (torch.arange(dy.shape[-2], device=images.device) % period) == period - 1  # row steps
-    across = torch.cat([dx[..., :, bx].flatten(), dy[..., by, :].flatten()]).mean()
-    inside = torch.cat([dx[..., :, ~bx].flatten(), dy[..., ~by, :].flatten()]).mean()
-    return float(across / inside.clamp_min(1e-12))
 
 
 @torch.no_grad()

@@ -13,5 +13,10 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "note: missing ${need[*]} (install with apt-get); tests that need them will skip" >&2
   fi
 fi
+# PyTorch's CPU build: on Linux the default wheel of torch==2.13.0 is the CUDA one (several GB)
+if ! python3 -c "import torch" 2>/dev/null; then
+  python3 -m pip install -q --disable-pip-version-check --timeout 30 --retries 1 torch==2.13.0 \
+      --index-url https://download.pytorch.org/whl/cpu || python3 -m pip install -q torch==2.13.0
+fi
 python3 -m pip install -q --disable-pip-version-check -r requirements-test.txt
 exec python3 -m pytest -q "$@"

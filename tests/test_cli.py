@@ -79,6 +79,22 @@ def test_corrupt_checkpoint_is_refused(tmp_path, capsys):
     assert "cannot read model weights" in capsys.readouterr().err
 
 
+def test_sample_class_all_gives_a_row_per_class(tmp_path, capsys):
+    """--class all: --num-images per class, class k on row k, seeds counting on across rows."""
+    out, trace = tmp_path / "all.png", tmp_path / "all.json"
+    code, stdout, err = main_out(capsys, "sample", "--preset", "test-tiny", "--random-init", "--class", "all",
+                                 "--seed", "5", "--steps", "4", "--head-steps", "2", "--num-images", "2",
+                                 "--out", str(out), "--trace", str(trace), "--device", "cpu")
+    assert code == 0, err
+    assert "2 per class, a row per class" in stdout
+    doc = json.loads(trace.read_text())
+    assert doc["labels"] == [c for c in range(10) for _ in range(2)] and doc["seeds"] == list(range(5, 25))
+    from PIL import Image
+    img = Image.open(out)
+    side = 8 * 4  # test-tiny: 8 x 8 images, upscaled 4x; 2 px (8 after upscaling) between tiles
+    assert img.size == (2 * side + 3 * 8, 10 * side + 11 * 8)
+
+
 def test_sample_writes_grid_and_trace(tmp_path, capsys):
     out, trace = tmp_path / "grid.png", tmp_path / "trace.json"
     code, _, err = main_out(capsys, "sample", "--preset", "test-tiny", "--random-init", "--class", "Dress", "--seed",

@@ -69,10 +69,12 @@ def test_steps_are_sized_from_the_measured_rate():
 
 @pytest.mark.slow
 def test_smoke_run_end_to_end_then_unpack(tiny_fmnist, tmp_path):
+    """The whole prepared run with tiny sizes. The budget is generous: on a loaded 2-core machine the
+    phases take minutes, and a deadline that cuts the self-guidance run short is not what this checks."""
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_run.sh"), "--smoke", "--data", str(tiny_fmnist),
-                           "--budget", "400"], env=env, capture_output=True, text=True, timeout=900)
+                           "--budget", "900"], env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     files = sorted(p for p in out.rglob("*") if p.is_file())
     assert 4 <= len(files) <= 8 and all(p.parent == out for p in files)

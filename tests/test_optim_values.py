@@ -2,8 +2,7 @@
 weight-decay groups (spec sec. 3: AdamW betas (0.9, 0.95), no decay on 1-D params, biases and the head,
 lr = blr x batch / 256).
 
-EMA is being moved out of emigm.optim (to emigm.ema); the tests reach it only through the three helpers
-below, one per concept, so retargeting them is a three-line change."""
+The tests reach the EMA (emigm.ema) only through the three helpers below, one per concept."""
 from __future__ import annotations
 
 import math
@@ -13,7 +12,8 @@ import torch
 from torch import nn
 
 from emigm.config import TrainConfig
-from emigm.optim import base_lr, build_optimizer, lr_at, no_decay, param_groups
+from emigm.ema import EMA, ema_decay
+from emigm.optim import base_lr, build_optimizer, lr_at as _lr_at, no_decay, param_groups, training_schedule
 
 
 # ----------------------------------------------------------------------------- EMA access (retarget here)
@@ -21,20 +21,23 @@ from emigm.optim import base_lr, build_optimizer, lr_at, no_decay, param_groups
 
 def ema_decay_at(decay: float, step: int, warmup: bool) -> float:
     """The decay used for the update at optimiser step `step`."""
-    from emigm.optim import ema_decay
     return ema_decay(decay, step, warmup)
 
 
-def ema_start(module: nn.Module) -> dict[str, torch.Tensor]:
+def ema_start(module: nn.Module) -> EMA:
     """A fresh EMA of `module`: its weights, float32."""
-    from emigm.optim import ema_init
-    return ema_init(module)
+    return EMA(module, decay=0.5)
 
 
-def ema_fold(shadow: dict[str, torch.Tensor], module: nn.Module, decay: float) -> None:
+def ema_fold(ema: EMA, module: nn.Module, decay: float) -> None:
     """One EMA update with an explicit decay, in place."""
-    from emigm.optim import ema_update
-    ema_update(shadow, module, decay)
+    ema.decay_at = lambda step: decay  # type: ignore[method-assign]
+    ema.update(module, step=0)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """The trainer's learning rate at 0-based optimiser step `step`."""
+    return _lr_at(step, training_schedule(cfg))
 
 
 # ----------------------------------------------------------------------------- learning rate
@@ -111,22 +114,24 @@ class _Tiny(nn.Module):
 
 def test_ema_update_direction_and_weights():
     """ema <- decay * ema + (1 - decay) * weights: decay 0.75 moves a quarter of the way."""
-    shadow = ema_start(_Tiny([1.0, 2.0], count=1))
+    ema = ema_start(_Tiny([1.0, 2.0], count=1))
+    shadow = ema.state_dict()
     assert shadow["w"].tolist() == [1.0, 2.0] and shadow["w"].dtype == torch.float32
-    ema_fold(shadow, _Tiny([3.0, 6.0], count=7), 0.75)
+    ema_fold(ema, _Tiny([3.0, 6.0], count=7), 0.75)
     assert shadow["w"].tolist() == [1.5, 3.0]  # 0.75 x 1 + 0.25 x 3, 0.75 x 2 + 0.25 x 6
     assert int(shadow["count"]) == 7 and shadow["count"].dtype == torch.int64  # integers are copied
-    ema_fold(shadow, _Tiny([3.0, 6.0]), 0.0)
+    ema_fold(ema, _Tiny([3.0, 6.0]), 0.0)
     assert shadow["w"].tolist() == [3.0, 6.0]  # decay 0: the weights themselves
-    ema_fold(shadow, _Tiny([100.0, 100.0]), 1.0)
+    ema_fold(ema, _Tiny([100.0, 100.0]), 1.0)
     assert shadow["w"].tolist() == [3.0, 6.0]  # decay 1: unchanged
 
 
 def test_ema_of_a_double_module_is_float32():
     m = _Tiny([0.5]).double()
-    shadow = ema_start(m)
+    ema = ema_start(m)
+    shadow = ema.state_dict()
     assert shadow["w"].dtype == torch.float32
-    ema_fold(shadow, _Tiny([1.5]).double(), 0.5)
+    ema_fold(ema, _Tiny([1.5]).double(), 0.5)
     assert shadow["w"].tolist() == [1.0]
     assert shadow["w"].data_ptr() != m.w.data_ptr()  # a copy, not the module's tensor
 

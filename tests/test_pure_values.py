@@ -1068,7 +1068,7 @@ def _ramp_blocks(size: int = 8) -> torch.Tensor:
 def test_seam_ratio_hand_example():
     """Horizontal steps: 1 inside, 7 across the border (8 rows); vertical steps: 0. Across: (8 x 7 +
     8 x 0) / 16 = 3.5; inside: (48 x 1 + 48 x 0) / 96 = 0.5; ratio 7."""
-    from emigm.tokenizer_train import seam_ratio
+    from emigm.evaluation import seam_ratio
     assert seam_ratio(_ramp_blocks()) == pytest.approx(7.0)
     # period 2: borders after columns 1, 3, 5 (steps 1, 7, 1): across (8 x 9) / 48 = 1.5, inside
     # (8 x 4 x 1) / 64 = 0.5: ratio 3
@@ -1078,7 +1078,7 @@ def test_seam_ratio_hand_example():
 
 
 def test_seam_ratio_smooth_and_blocky():
-    from emigm.tokenizer_train import seam_ratio
+    from emigm.evaluation import seam_ratio
     i = torch.arange(8.0)
     smooth = (i[:, None] + 2 * i[None, :]).reshape(1, 1, 8, 8)
     assert seam_ratio(smooth) == pytest.approx(1.0)  # every step the same: no seams
@@ -1092,9 +1092,9 @@ def test_seam_ratio_smooth_and_blocky():
     assert seam_ratio(check) == pytest.approx(1e12, rel=1e-6)
 
 
-@pytest.mark.xfail(strict=True, raises=IndexError,
-                   reason="seam_ratio builds the border mask from the width only: H != W images fail")
 def test_seam_ratio_non_square():
-    from emigm.tokenizer_train import seam_ratio
+    """A 4 x 16 image, rows 0 1 2 3 10 11 12 13 twice: horizontal border steps 7, 13, 7 (mean 9), inside
+    steps 1 (48 of them) and the 48 vertical steps 0 (no row border in 4 rows): 9 / 0.5 = 18."""
+    from emigm.evaluation import seam_ratio
     img = _ramp_blocks().repeat(1, 1, 1, 2)[..., :4, :]  # 4 x 16
-    assert seam_ratio(img) == pytest.approx(7.0)
+    assert seam_ratio(img) == pytest.approx(18.0)
