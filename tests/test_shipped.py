@@ -3,9 +3,9 @@ the requested class far above chance (a real check of the shipped weights, kept 
 import pytest
 import torch
 
-from emigm.checkpoint import ASSETS_DIR, CheckpointError, load_export, read_export_config, shipped_models
+from emigm.checkpoint import ASSETS_DIR, CheckpointError, read_export_config, shipped_models
+from emigm.loading import load_generator
 from emigm.sampler import GuidanceConfig, SamplerConfig, sample
-from emigm.tokenizers import build_tokenizer
 
 
 def _generators() -> list[str]:
@@ -27,14 +27,15 @@ GENERATORS = _generators()
 def test_shipped_model_samples_the_requested_class(name):
     from emigm.evaluation import classifier_outputs, load_classifier
 
-    model, cfg, meta = load_export(name)
-    tok = build_tokenizer(cfg.tokenizer, root=meta["export_dir"])
-    labels = torch.arange(cfg.backbone.num_classes).repeat(3)
-    order = "confidence" if cfg.tokenizer.discrete else "random"
-    state = sample(model, labels, 100, SamplerConfig(num_steps=8, order=order, draft=False),
-                   GuidanceConfig(cfg_scale=3.0, cfg_interval=(0.0, 0.5)))
+    gen = load_generator(name)
+    labels = torch.arange(gen.cfg.backbone.num_classes).repeat(3)
+    # MaskGIT's rule for a categorical model (cosine, exact counts, most confident first), eMIGM's otherwise
+    sampler = (SamplerConfig(num_steps=8, schedule="cosine", count_rule="exact", order="confidence", draft=False)
+               if gen.model.discrete else SamplerConfig(num_steps=8, draft=False))
+    state = sample(gen.model, labels, 100, sampler, GuidanceConfig(cfg_scale=3.0, cfg_interval=(0.0, 0.5)),
+                   smoother=gen.smoother)
     assert state.done
-    images = tok.decode(state.tokens)
+    images = gen.decode(state.tokens)
     assert images.shape == (len(labels), 1, 28, 28) and torch.isfinite(images).all()
     _, logits = classifier_outputs(load_classifier(ASSETS_DIR / "classifier"), images)
     accuracy = float((logits.argmax(1) == labels).float().mean())
