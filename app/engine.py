@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -282,6 +282,16 @@ class Engine:
 
     def class_names(self, name: str) -> list[str]:
         return self.load(name).class_names
+
+    def suggested(self, name: str) -> dict[str, Any]:
+        """The sampler rule `name` was trained for (emigm.capabilities.suggested_settings); {} for a
+        model that cannot be loaded (its own error is shown elsewhere)."""
+        from emigm.capabilities import suggested_settings
+
+        try:
+            return suggested_settings(self.load(name).model)
+        except ValueError:
+            return {}
 
     def banner(self, name: str) -> str:
         from . import text

@@ -46,11 +46,13 @@ def parse(name: str, raw: str) -> Any:
     return value
 
 
-def decode(query: Mapping[str, str], models: list[str], class_names_of, view_of=None) -> tuple[dict[str, Any], list[str]]:
+def decode(query: Mapping[str, str], models: list[str], class_names_of, view_of=None,
+           suggested_of=None) -> tuple[dict[str, Any], list[str]]:
     """Query parameters -> ({control: value} for every RUN_FIELD, problems).
 
     models: the offered model names (the first is the default); class_names_of(model) -> its classes;
-    view_of(model) -> its controls.ModelView (choices and caps it cannot take fall back, with a note)."""
+    view_of(model) -> its controls.ModelView (choices and caps it cannot take fall back, with a note);
+    suggested_of(model) -> the sampler rule it was trained for, used where the query says nothing."""
     values: dict[str, Any] = {"model": models[0], **controls.DEFAULTS}
     problems = []
     for key, raw in query.items():
@@ -65,6 +67,8 @@ def decode(query: Mapping[str, str], models: list[str], class_names_of, view_of=
                 values[key] = parse(key, raw)
         except ValueError as e:
             problems.append(f"{key}: {e}")
+    if suggested_of is not None:
+        values.update({k: v for k, v in suggested_of(values["model"]).items() if k not in query})
     names = class_names_of(values["model"])
     raw_class = query.get("class_name")
     values["class_name"] = names[0]
@@ -116,7 +120,7 @@ class Permalinks:
         self.view_of = view_of
 
     def decode(self, query: Mapping[str, str]):
-        return decode(query, self.engine.names, self.engine.class_names, self.view_of)
+        return decode(query, self.engine.names, self.engine.class_names, self.view_of, self.engine.suggested)
 
     def _link(self, values: Mapping[str, Any], request: gr.Request | None = None) -> str:
         """The permalink of these settings."""

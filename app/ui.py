@@ -80,6 +80,7 @@ def _widgets(names, view, values: dict[str, Any] | None = None, prefix: str = "c
 def _unmasking_tab(engine: Engine, h: Unmasking, links: Permalinks, banner, initial):
     first = engine.names[0]
     view = h.view(first)
+    suggested = engine.suggested(first)
     c: dict[str, gr.components.Component] = {}
     with gr.Row(equal_height=False):
         with gr.Column(scale=0, min_width=350, elem_classes=["sidebar"]):
@@ -93,11 +94,11 @@ def _unmasking_tab(engine: Engine, h: Unmasking, links: Permalinks, banner, init
                 c["seed"] = controls.LenientNumber(controls.DEFAULTS["seed"], label="seed", elem_id="ctl-seed",
                                                    minimum=0, min_width=90)
                 dice = gr.Button("random", elem_id="dice", min_width=60, scale=0, size="sm")
-            c.update(_widgets(("num_steps", "schedule"), view))
+            c.update(_widgets(("num_steps", "schedule"), view, suggested))
             with gr.Accordion("Guidance", open=True):
                 c.update(_widgets(controls.control_names(controls.GUIDANCE_FIELDS), view))
             with gr.Accordion("Reveal order and count", open=False):
-                c.update(_widgets(("count_rule", "order", "order_temperature", "order_anneal"), view))
+                c.update(_widgets(("count_rule", "order", "order_temperature", "order_anneal"), view, suggested))
             with gr.Accordion("Token sampling", open=False):
                 c.update(_widgets(("temperature", "head_solver", "head_steps"), view))
             with gr.Accordion("Branch from a step", open=False):
@@ -139,6 +140,7 @@ def _unmasking_tab(engine: Engine, h: Unmasking, links: Permalinks, banner, init
         """The model's classes, banner and every step control narrowed to what it can do."""
         model = engine.check_name(values.pop("model"))
         view = h.view(model)
+        values.update(engine.suggested(model))  # the sampler rule the model was trained for
         names = engine.class_names(model)
         current = values.get("class_name")
         cls = gr.update(choices=names, value=current if current in names else names[0])
@@ -199,6 +201,7 @@ def _schedules_tab():
 def _compare_tab(engine: Engine, h: Compare, hu: Unmasking):
     first = engine.names[0]
     view = compare_view(hu.view(first))
+    suggested = engine.suggested(first)
     panel_choices = [(t, k) for k, t in PANEL_TITLES.items()]
     with gr.Row(equal_height=False):
         with gr.Column(scale=0, min_width=350, elem_classes=["sidebar"]):
@@ -212,11 +215,12 @@ def _compare_tab(engine: Engine, h: Compare, hu: Unmasking):
             c["num_seeds"] = controls.LenientSlider(1, controls.APP_SPECS["num_seeds"][1].high, value=1, step=1,
                                                     label="num_seeds", info=controls.APP_SPECS["num_seeds"][1].help,
                                                     elem_id="cmp-num_seeds")
-            c.update(_widgets(("num_steps", "schedule", "order"), view, prefix="cmp-"))
+            c.update(_widgets(("num_steps", "schedule", "order"), view, suggested, prefix="cmp-"))
             c.update(_widgets(("cfg_scale", "cfg_interval_lo", "cfg_interval_hi", "cfg_schedule"), view, prefix="cmp-"))
             c.update(_widgets(("sg_scale", "sg_interval_lo", "sg_interval_hi"), view, {"sg_scale": 1.0}, prefix="cmp-"))
             with gr.Accordion("Token sampling", open=False):
-                c.update(_widgets(("count_rule", "temperature", "head_solver", "head_steps"), view, prefix="cmp-"))
+                c.update(_widgets(("count_rule", "temperature", "head_solver", "head_steps"), view, suggested,
+                                  prefix="cmp-"))
             with gr.Row():
                 c["panel_a"] = controls.LenientDropdown(panel_choices, value="none", label="difference: panel A",
                                                         elem_id="cmp-panel_a")
@@ -239,6 +243,7 @@ def _compare_tab(engine: Engine, h: Compare, hu: Unmasking):
     def class_choices(values: dict[str, Any]):
         model = engine.check_name(values.pop("model"))
         view = compare_view(hu.view(model))
+        values.update({k: v for k, v in engine.suggested(model).items() if k in values})
         names = engine.class_names(model)
         return (gr.update(choices=names, value=names[0]), *controls.narrowed(narrowed, view, values))
 
@@ -279,6 +284,7 @@ def initial_run(engine: Engine, h: Unmasking) -> dict[str, Any]:
     shows it with no server call. A model that cannot run leaves the views empty with its message."""
     values = {"model": engine.names[0], "class_name": None, **controls.DEFAULTS}
     try:
+        values.update(engine.suggested(values["model"]))
         values["class_name"] = engine.class_names(values["model"])[0]
         sampler, guidance = controls.configs(values)
         traj = engine.run(values["model"], [0], [values["seed"]], sampler, guidance)

@@ -63,3 +63,13 @@ def check_capabilities(model, sampler, guidance: GuidanceConfig, smoother=None) 
     reasons = unavailable(model, smoother, sampler, guidance)
     if reasons:
         raise ValueError(reasons[0])
+
+
+def suggested_settings(model) -> dict[str, Any]:
+    """The sampler rule a model was trained for, as option-field values: its training mask schedule,
+    and the reveal rule of its family: MaskGIT's for a categorical head (exact counts, most confident
+    first), eMIGM's otherwise (binomial counts, random order). The explorer applies these when a model
+    is chosen; they are suggestions, every field stays settable."""
+    if model.head.discrete:
+        return {"schedule": model.cfg.masking.schedule, "count_rule": "exact", "order": "confidence"}
+    return {"schedule": model.cfg.masking.schedule, "count_rule": "binomial", "order": "random"}

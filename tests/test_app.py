@@ -262,6 +262,32 @@ def test_compare_categorical_model_with_self_guidance(tmp_path):
     assert not controls.widget("head_solver", view).visible  # a categorical head has no solver
 
 
+def test_each_model_opens_with_the_rule_it_was_trained_for(tmp_path):
+    """A categorical model gets MaskGIT's rule (its cosine schedule, exact counts, most confident first)
+    in the opening run, the controls and a bare permalink; choosing an eMIGM model goes back to eMIGM's."""
+    from emigm.capabilities import suggested_settings
+    from app.permalink import decode
+    from app.ui import initial_run
+
+    make_export(tmp_path / "tiny-maskgit", tiny_maskgit())
+    make_export(tmp_path / "tiny", preset_config("test-tiny"))
+    engine = Engine([str(tmp_path / "tiny-maskgit"), str(tmp_path / "tiny")], num_threads=1)
+    mg = {"schedule": "cosine", "count_rule": "exact", "order": "confidence"}
+    assert suggested_settings(engine.load("tiny-maskgit").model) == mg == engine.suggested("tiny-maskgit")
+    assert engine.suggested("tiny") == {"schedule": preset_config("test-tiny").masking.schedule,
+                                        "count_rule": "binomial", "order": "random"}
+    seen, run = [], engine.run
+    engine.run = lambda model, labels, seeds, sampler, guidance, **kw: seen.append(sampler) or run(
+        model, labels, seeds, sampler, guidance, **kw)
+    assert initial_run(engine, Unmasking(engine))["traj"].complete
+    assert (seen[0].schedule, seen[0].count_rule, seen[0].order) == ("cosine", "exact", "confidence")
+    values, problems = decode({}, engine.names, engine.class_names, None, engine.suggested)
+    assert problems == [] and {k: values[k] for k in mg} == mg
+    values, _ = decode({"order": "random"}, engine.names, engine.class_names, None, engine.suggested)
+    assert values["order"] == "random" and values["count_rule"] == "exact"  # the link's own value wins
+    assert engine.suggested("no-such-model") == {}
+
+
 def test_a_broken_partner_breaks_only_its_panel(tmp_path, caplog):
     make_export(tmp_path / "tiny", preset_config("test-tiny"))
     broken = make_export(tmp_path / "tiny-fakecfg", preset_config("test-tiny-fakecfg"))
