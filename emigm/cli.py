@@ -27,9 +27,17 @@ class ArgParser(argparse.ArgumentParser):
 # ----------------------------------------------------------------------------- shared options
 
 
-def add_field_args(p: argparse.ArgumentParser, cls, title: str) -> None:
+# options whose default, where a model is loaded, is the rule that model was trained for
+# (emigm.capabilities.suggested_settings): what each default is, for the help text
+MODEL_RULE = {"schedule": "its training schedule: exp for eMIGM, cosine for MaskGIT",
+              "count_rule": "binomial for eMIGM, exact for MaskGIT",
+              "order": "random for eMIGM, confidence for MaskGIT"}
+
+
+def add_field_args(p: argparse.ArgumentParser, cls, title: str, model_rule: bool = False) -> None:
     """One option per option field of the dataclass `cls` (emigm.fields): its CLI spelling, type,
-    default and help, with the valid choices or range in the help text."""
+    default and help, with the valid choices or range in the help text. With `model_rule`, the
+    MODEL_RULE options default to None: "the loaded model's rule" (see sampler_configs)."""
     import typing
 
     from .fields import describe
@@ -41,7 +49,10 @@ def add_field_args(p: argparse.ArgumentParser, cls, title: str) -> None:
         tp = hints[name]
         extra = f" ({', '.join(repr(n) if n == '' else n for n in spec.names())})" if spec.choices is not None \
             else f" {spec.range_text()}" if spec.low is not None or spec.high is not None else ""
-        kw = dict(dest=name, default=default, help=f"{spec.help}{extra}; default {default!r}")
+        said = f"default {default!r}"
+        if model_rule and name in MODEL_RULE:
+            default, said = None, f"default: the rule the model was trained for ({MODEL_RULE[name]})"
+        kw = dict(dest=name, default=default, help=f"{spec.help}{extra}; {said}")
         if typing.get_origin(tp) is tuple:
             g.add_argument(flag, nargs=spec.nargs, type=float, metavar=("T_LO", "T_HI")[:spec.nargs], **kw)
         elif tp in (int, float):
@@ -50,11 +61,11 @@ def add_field_args(p: argparse.ArgumentParser, cls, title: str) -> None:
             g.add_argument(flag, **kw)
 
 
-def add_sampler_args(p: argparse.ArgumentParser) -> None:
+def add_sampler_args(p: argparse.ArgumentParser, model_rule: bool = False) -> None:
     from .guidance import GuidanceConfig
     from .sampler import SamplerConfig
 
-    add_field_args(p, SamplerConfig, "sampler")
+    add_field_args(p, SamplerConfig, "sampler", model_rule)
     add_field_args(p, GuidanceConfig, "guidance")
 
 
@@ -70,13 +81,22 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-init", action="store_true")
 
 
-def sampler_configs(a: argparse.Namespace, draft: bool = False):
-    """(SamplerConfig, GuidanceConfig) from the parsed option fields."""
+def sampler_configs(a: argparse.Namespace, draft: bool = False, model=None):
+    """(SamplerConfig, GuidanceConfig) from the parsed option fields. Options left unset (None: the
+    MODEL_RULE ones) take the rule `model` was trained for, or, before a model is loaded, the field
+    defaults (so that every given value is checked before anything is loaded)."""
+    import dataclasses
+
+    from .capabilities import suggested_settings
     from .fields import field_names
     from .guidance import GuidanceConfig
     from .sampler import SamplerConfig
 
-    sampler = SamplerConfig(**{n: getattr(a, n) for n in field_names(SamplerConfig)}, draft=draft)
+    rule = suggested_settings(model) if model is not None else {}
+    defaults = {f.name: f.default for f in dataclasses.fields(SamplerConfig)}
+    values = {n: getattr(a, n) for n in field_names(SamplerConfig)}
+    values = {n: (rule.get(n, defaults[n]) if v is None else v) for n, v in values.items()}
+    sampler = SamplerConfig(**values, draft=draft)
     guidance = GuidanceConfig(**{n: (tuple(v) if isinstance(v := getattr(a, n), list) else v)
                                  for n in field_names(GuidanceConfig)})
     return sampler, guidance
@@ -161,6 +181,7 @@ def cmd_sample(a: argparse.Namespace) -> None:
         if trace.resolve() == out.resolve():
             raise CliError(f"--out and --trace are the same file ({a.out}); give two names")
     gen = load_for_sampling(a, device)
+    sampler, guidance = sampler_configs(a, model=gen.model)
     names, label = gen.class_names, gen.label
     every = str(a.class_).lower() == "all"
     classes = list(range(len(names))) if every else [parse_class(str(a.class_), names)]
@@ -204,6 +225,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     device = resolve_device(a.device)
     sampler, guidance = sampler_configs(a)
     gen = load_for_sampling(a, device)
+    sampler, guidance = sampler_configs(a, model=gen.model)
     label = gen.label
     check_request(gen.model, a.num_samples, sampler, guidance, a.batch_size, a.seed,
                   ("--num-samples", "--batch-size", "--seed"))
@@ -272,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="samples.png")
     s.add_argument("--trace", default="")
     s.add_argument("--device", default="auto")
-    add_sampler_args(s)
+    add_sampler_args(s, model_rule=True)
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("evaluate", help="FD / class accuracy / precision / recall of N samples")
@@ -284,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--classifier", default="", help="classifier folder (default: assets/classifier)")
     s.add_argument("--device", default="auto")
     s.add_argument("--json", action="store_true")
-    add_sampler_args(s)
+    add_sampler_args(s, model_rule=True)
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("train-tokenizer", help="train a small tokenizer for 28x28 images: the KL "

@@ -95,6 +95,26 @@ def test_sample_class_all_gives_a_row_per_class(tmp_path, capsys):
     assert img.size == (2 * side + 3 * 8, 10 * side + 11 * 8)
 
 
+@pytest.mark.parametrize("preset, flags, rule", [
+    ("fmnist-maskgit", [], ("cosine", "exact", "confidence")),  # a categorical model: MaskGIT's rule
+    ("test-tiny", [], ("exp", "binomial", "random")),  # eMIGM's
+    ("fmnist-maskgit", ["--order", "random", "--schedule", "linear"], ("linear", "exact", "random")),  # given wins
+])
+def test_sample_defaults_to_the_rule_the_model_was_trained_for(tmp_path, capsys, preset, flags, rule):
+    trace = tmp_path / "t.json"
+    code, _, err = main_out(capsys, "sample", "--preset", preset, "--random-init", "--steps", "4", "--head-steps", "2",
+                            "--num-images", "1", "--out", str(tmp_path / "g.png"), "--trace", str(trace),
+                            "--device", "cpu", *flags)
+    assert code == 0, err
+    s = json.loads(trace.read_text())["sampler"]
+    assert (s["schedule"], s["count_rule"], s["order"]) == rule
+
+
+def test_a_bad_rule_value_is_refused_before_loading(capsys):
+    code, _, err = main_out(capsys, "sample", "--checkpoint", "no-such-model", "--order", "sideways")
+    assert code == 2 and "order" in err and "no-such-model" not in err
+
+
 def test_sample_writes_grid_and_trace(tmp_path, capsys):
     out, trace = tmp_path / "grid.png", tmp_path / "trace.json"
     code, _, err = main_out(capsys, "sample", "--preset", "test-tiny", "--random-init", "--class", "Dress", "--seed",
