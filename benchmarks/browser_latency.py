@@ -140,7 +140,9 @@ def main() -> None:
                 return out; }""")
             page.wait_for_timeout(300)
             rows.append(("one scrub step (click to next frame painted)", f"{med(scrub):.1f} ms (max {max(scrub):.1f} ms), "
-                                                                        f"{len(calls)} server calls"))
+                                                                        f"{len(calls)} server calls"
+                         + (f" ({', '.join(sorted({u.split('/gradio_api/')[1].split('?')[0] for u in calls}))})"
+                            if calls else "")))
             # Compare
             page.get_by_role("tab", name="Compare guidance").click()
             cmp_times = []
