@@ -98,21 +98,30 @@ def results_figure(points: Sequence[dict[str, Any]]) -> go.Figure:
     rows = -(-len(names) // cols)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=names, horizontal_spacing=0.07, vertical_spacing=0.2)
     palette = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+    symbols = ["circle", "square", "diamond", "triangle-up"]
+    style: dict[str, tuple[str, str]] = {}  # setting -> (colour, marker): the same in every panel
+    for p in points:
+        if p["setting"] not in style:
+            k = len(style)
+            style[p["setting"]] = (palette[k % len(palette)], symbols[k // len(palette) % len(symbols)])
+    shown: set[str] = set()
     for gi, (group, pts) in enumerate(groups.items()):
         r, c = gi // cols + 1, gi % cols + 1
         by_setting: dict[str, list[dict[str, Any]]] = {}
         for p in pts:
             by_setting.setdefault(p["setting"], []).append(p)
-        for i, (setting, sp) in enumerate(by_setting.items()):
+        for setting, sp in by_setting.items():
             sp = sorted(sp, key=lambda p: p["nfe"])
             line = len({p["nfe"] for p in sp}) > 1
+            color, symbol = style[setting]
             fig.add_trace(go.Scatter(x=[p["nfe"] for p in sp], y=[p["fd"] for p in sp], name=setting,
-                                     mode="lines+markers" if line else "markers", legendgroup=group,
-                                     marker=dict(color=palette[(gi + i) % len(palette)], size=8),
-                                     line=dict(color=palette[(gi + i) % len(palette)]),
+                                     mode="lines+markers" if line else "markers", legendgroup=setting,
+                                     showlegend=setting not in shown,
+                                     marker=dict(color=color, symbol=symbol, size=8), line=dict(color=color),
                                      customdata=[[p.get("label", setting)] for p in sp],
                                      hovertemplate=f"{group}<br>%{{customdata[0]}}<br>NFE %{{x}}<br>FD %{{y:.2f}}<extra></extra>"),
                           row=r, col=c)
+            shown.add(setting)
         fds = [p["fd"] for p in pts]
         log = min(fds) > 0 and max(fds) / min(fds) > 5
         fig.update_yaxes(type="log" if log else "linear", title_text="FD (log)" if log else "FD", row=r, col=c)

@@ -135,7 +135,8 @@ def verdicts(results: list[dict]) -> list[dict]:
         better = [t for t, (p, g) in pairs.items() if p is not None and g is not None and g < p]
         out.append({"claim": "self-guidance lowers FD at every Gumbel temperature of the confidence order",
                     "holds": len(better) == len(pairs),
-                    "numbers": {f"tau={t:g}": [round(p, 3), round(g, 3)] for t, (p, g) in pairs.items()}})
+                    "numbers": {f"tau={t:g} {k}": round(v, 3) for t, pg in pairs.items()
+                                for k, v in zip(("plain", "guided"), pg) if v is not None}})
     mask = [r for r in results if r["claim"] == "null" and not r["model"].endswith("-fakecfg")]
     fake = [r for r in results if r["claim"] == "null" and r["model"].endswith("-fakecfg")]
     if mask and fake:
