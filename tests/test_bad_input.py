@@ -619,6 +619,7 @@ def test_memory_estimates_refuse_before_allocating() -> None:
 # ----------------------------------------------------------------------------- real processes
 
 
+@pytest.mark.slow  # four real processes (about 2 s each); the same cases run in process above
 @pytest.mark.parametrize("argv,needle", [
     (["schedule", "--cfg", "nan"], "cfg_scale must be a finite number"),
     (["sample", "--checkpoint", "{empty_pth}", "--out", "{out}"], "empty or truncated file"),
