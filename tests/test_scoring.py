@@ -105,3 +105,23 @@ def test_claims_merge_recomputes_verdicts(tmp_path, monkeypatch):
     assert doc["claims"] == [{"claim": "exp schedule is best at few steps (S=4)", "holds": True,
                               "numbers": {"linear": 3.0, "cosine": 2.0, "exp": 1.0},
                               "evidence": json.dumps({"linear": 3.0, "cosine": 2.0, "exp": 1.0})}]
+
+
+def test_null_mode_verdict_is_per_model_pair():
+    """Mask vs fake class is judged within each pair (a model and its -fakecfg twin), best FD over scales;
+    two pairs are reported side by side and the claim holds only if it holds for both."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paper_claims", ROOT / "benchmarks" / "paper_claims.py")
+    pc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pc)
+
+    def pt(model, fd):
+        return {"claim": "null", "model": model, "fd": fd, "label": model, "sampler": {}}
+
+    one = pc.verdicts([pt("a", 5.0), pt("a", 4.0), pt("a-fakecfg", 4.5), pt("a-fakecfg", 6.0)])
+    assert one == [{"claim": "CFG with mask beats fake class (best FD over scales)", "holds": True,
+                    "numbers": {"mask": 4.0, "fake": 4.5}}]
+    two = pc.verdicts([pt("a", 4.0), pt("a-fakecfg", 4.5), pt("b", 9.0), pt("b-fakecfg", 8.0), pt("c", 1.0)])
+    assert two[0]["holds"] is False  # b's fake class wins; c has no twin and is left out
+    assert two[0]["numbers"] == {"a mask": 4.0, "a fake": 4.5, "b mask": 9.0, "b fake": 8.0}
