@@ -54,9 +54,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     out = train(cfg, args.out_dir or None, args.max_steps, device=args.device, progress=not args.no_progress)
     if not dist.info_from_env().is_main:
         return
-    export = f", export {out['export_dir']}" if out["export_dir"] else ""
+    _report(out, cfg.train.steps)
+
+
+def _report(out: dict, steps: int, export_hint: str = "") -> None:
+    """The one line a finished (or already finished) training run prints."""
+    export = f", export {out['export_dir']}{export_hint}" if out["export_dir"] else ""
     if out["steps_run"] == 0:
-        print(f"{out['run_dir']}: already at step {out['step']} of {cfg.train.steps}; nothing to train{export}")
+        print(f"{out['run_dir']}: already at step {out['step']} of {steps}; nothing to train{export}")
         return
     print(f"{out['run_dir']}: step {out['step']}, loss {out['final_loss']:.4f}, "
           f"{out['images_per_s']:.1f} images/s on {out['device']}{export}")
@@ -83,13 +88,7 @@ def cmd_train_sg(args: argparse.Namespace) -> None:
         return
     run_dir = args.out_dir or f"{run.train.out_dir}/{run.name}"
     out = train_sg(gen, run, run_dir, device=device, max_steps=args.max_steps, progress=not args.no_progress)
-    export = f", export {out['export_dir']} (copy it to <base export>/self-guidance/ to use it)" \
-        if out["export_dir"] else ""
-    if out["steps_run"] == 0:
-        print(f"{out['run_dir']}: already at step {out['step']} of {run.train.steps}; nothing to train{export}")
-        return
-    print(f"{out['run_dir']}: step {out['step']}, loss {out['final_loss']:.4f}, "
-          f"{out['images_per_s']:.1f} images/s on {out['device']}{export}")
+    _report(out, run.train.steps, " (copy it to <base export>/self-guidance/ to use it)")
 
 
 def cmd_export(args: argparse.Namespace) -> None:

@@ -227,14 +227,18 @@ def _build_patch(cfg: TokenizerConfig, root: str | None) -> Tokenizer:
     return PatchTokenizer(cfg.image_size, cfg.channels, cfg.patch_size)
 
 
+def _check_geometry(cfg: TokenizerConfig, tok, path: str) -> Tokenizer:
+    """The config's stride, image size and channels against the loaded autoencoder's; returns `tok`."""
+    for name in ("stride", "image_size", "channels"):
+        _check(cfg, name, getattr(cfg, name), getattr(tok, name), path)
+    return tok
+
+
 def _build_vq(cfg: TokenizerConfig, root: str | None) -> Tokenizer:
     path = resolve_weights(cfg, root)
     tok = VQTokenizer(load_vqvae(path))
     _check(cfg, "codebook_size", cfg.codebook_size, tok.codebook_size, path)
-    _check(cfg, "stride", cfg.stride, tok.stride, path)
-    _check(cfg, "image_size", cfg.image_size, tok.image_size, path)
-    _check(cfg, "channels", cfg.channels, tok.channels, path)
-    return tok
+    return _check_geometry(cfg, tok, path)
 
 
 _WEIGHTS = {"vq": ("vq.safetensors", "VQ-VAE weights (vq.safetensors)"),
@@ -253,10 +257,7 @@ def _build_kl(cfg: TokenizerConfig, root: str | None) -> Tokenizer:
     path = resolve_weights(cfg, root)
     tok = KLTokenizer(load_klvae(path))
     _check(cfg, "latent_channels", cfg.latent_channels, tok.token_dim, path)
-    _check(cfg, "stride", cfg.stride, tok.stride, path)
-    _check(cfg, "image_size", cfg.image_size, tok.image_size, path)
-    _check(cfg, "channels", cfg.channels, tok.channels, path)
-    return tok
+    return _check_geometry(cfg, tok, path)
 
 
 def _build_kl16(cfg: TokenizerConfig, root: str | None) -> Tokenizer:
