@@ -39,6 +39,11 @@ def _time_labels():
     return TIME_LABELS
 
 
+def _predictions():
+    from .diffusion import PREDICTIONS
+    return PREDICTIONS
+
+
 def _schedules():
     from .schedules import SCHEDULES
     return SCHEDULES
@@ -165,6 +170,11 @@ class HeadConfig:
     time_label: str = option("interp", "DPM-Solver time label: interp, the step matching the noise level "
                                        "(ours); reference, the reference's (t - 1/N) x 1000 (official "
                                        "checkpoints); see emigm.diffusion", choices=_time_labels)
+    prediction: str = option("eps", "what the diffusion head predicts: eps (MAR / eMIGM, official checkpoints) "
+                                    "or v = alpha eps - sigma x0 (well conditioned at high noise)",
+                             choices=_predictions)
+    x0_clip: float = option(0.0, "clamp the head's x0 prediction to [-x0_clip, x0_clip] when sampling "
+                                 "(0 = off)", low=0.0, high=1e6)
     label_smoothing: float = option(0.1, "categorical: label smoothing", low=0.0, high=1.0, open_high=True)
 
     def __post_init__(self) -> None:
@@ -221,6 +231,7 @@ class TrainConfig:
     ckpt_every: int = option(1000, "steps per checkpoint", low=1, high=1 << 40)
     keep_last: int = option(2, "checkpoints kept", low=1, high=1 << 20)
     out_dir: str = "runs"
+    init_from: str = ""  # fine-tune: an export folder or shipped name whose weights start the run (step 0 only)
 
     def __post_init__(self) -> None:
         coerce_tuples(self)

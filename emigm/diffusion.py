@@ -41,6 +41,9 @@ NoiseFn = Callable[[int], Tensor]
 
 LOGSNR_CLIP = -5.1  # DPM-Solver drops the noisiest steps whose half-logSNR lambda is below this
 TIME_LABELS = ("interp", "reference")  # how DPM-Solver's continuous time becomes the model's label
+# what the network's first half predicts: the noise eps (MAR / eMIGM), or v = alpha eps - sigma x0
+# (Salimans & Ho 2022), from which eps = alpha v + sigma x_t is well conditioned at every noise level
+PREDICTIONS = ("eps", "v")
 
 
 def cosine_alpha_bar(u: float) -> float:
@@ -131,11 +134,17 @@ class GaussianDiffusion:
     betas: Tensor
     timesteps: Tensor
     time_label: str = "interp"
+    prediction: str = "eps"
+    x0_clip: float = 0.0
     _respaced: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.time_label not in TIME_LABELS:
             raise ValueError(f"unknown time_label {self.time_label!r}; valid: {', '.join(TIME_LABELS)}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {self.prediction!r}; valid: {', '.join(PREDICTIONS)}")
+        if not (math.isfinite(self.x0_clip) and self.x0_clip >= 0):
+            raise ValueError(f"x0_clip must be a finite number >= 0 (0 = off), got {self.x0_clip!r}")
         b = self.betas.to(torch.float64)
         if b.dim() != 1 or not bool(((b > 0) & (b < 1)).all()):
             raise ValueError("betas must be a 1-D tensor with values in (0, 1)")
@@ -159,11 +168,12 @@ class GaussianDiffusion:
                                                                         time_label=self.time_label))
 
     @classmethod
-    def cosine(cls, num_timesteps: int = 1000, time_label: str = "interp") -> "GaussianDiffusion":
+    def cosine(cls, num_timesteps: int = 1000, time_label: str = "interp", prediction: str = "eps",
+               x0_clip: float = 0.0) -> "GaussianDiffusion":
         if num_timesteps < 2:
             raise ValueError(f"num_timesteps must be >= 2, got {num_timesteps}")
         with torch.device("cpu"):  # tables stay on the CPU even inside a meta / cuda device context
-            return cls(cosine_betas(num_timesteps), torch.arange(num_timesteps), time_label)
+            return cls(cosine_betas(num_timesteps), torch.arange(num_timesteps), time_label, prediction, x0_clip)
 
     @property
     def num_steps(self) -> int:
@@ -176,7 +186,8 @@ class GaussianDiffusion:
             keep = torch.tensor(space_timesteps(self.num_steps, steps), device="cpu")
             ab = self.alpha_bar[keep]
             betas = 1 - ab / torch.cat([ab.new_ones(1), ab[:-1]])
-            self._respaced[steps] = GaussianDiffusion(betas, self.timesteps[keep], self.time_label)
+            self._respaced[steps] = GaussianDiffusion(betas, self.timesteps[keep], self.time_label, self.prediction,
+                                                      self.x0_clip)
         return self._respaced[steps]
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
@@ -188,23 +199,39 @@ class GaussianDiffusion:
         mean = _at(self.post_coef_x0, t, xt) * x0 + _at(self.post_coef_xt, t, xt) * xt
         return mean, _at(self.post_logvar, t, xt)
 
+    def eps(self, out: Tensor, xt: Tensor, t: Tensor | int) -> Tensor:
+        """The noise prediction from the network's first half `out` at step t: out itself ("eps"), or
+        alpha out + sigma x_t ("v", with alpha = sqrt(ab_t), sigma = sqrt(1 - ab_t))."""
+        if self.prediction == "eps":
+            return out
+        return _at(self.sqrt_ab, t, xt) * out + _at(self.sqrt_1m_ab, t, xt) * xt
+
+    def clip(self, x0: Tensor) -> Tensor:
+        """x0 clamped to [-x0_clip, x0_clip] (improved-DDPM's clip_denoised for a token range; 0 = off)."""
+        return x0.clamp(-self.x0_clip, self.x0_clip) if self.x0_clip > 0 else x0
+
     def p_mean_logvar(self, eps: Tensor, v: Tensor, xt: Tensor, t: Tensor | int) -> tuple[Tensor, Tensor]:
-        """Model reverse step p(x_{t-1} | x_t): the posterior mean at x0 = (x_t - sqrt(1-ab) eps) / sqrt(ab),
-        log-variance interpolated by frac = (v + 1) / 2 between the clipped posterior log-variance and
-        log beta_t (learned range). All tensors (M, C); t int64 (M,) or one int for all rows."""
-        x0 = _at(self.sqrt_recip_ab, t, xt) * xt - _at(self.sqrt_recipm1_ab, t, xt) * eps
+        """Model reverse step p(x_{t-1} | x_t): the posterior mean at x0 = (x_t - sqrt(1-ab) eps) / sqrt(ab)
+        (clipped, see `clip`), log-variance interpolated by frac = (v + 1) / 2 between the clipped posterior
+        log-variance and log beta_t (learned range). All tensors (M, C); t int64 (M,) or one int for all rows."""
+        x0 = self.clip(_at(self.sqrt_recip_ab, t, xt) * xt - _at(self.sqrt_recipm1_ab, t, xt) * eps)
         mean, min_log = self.posterior(x0, xt, t)
         frac = (v + 1) / 2
         return mean, frac * _at(self.log_betas, t, xt) + (1 - frac) * min_log
 
     def training_loss(self, model: ModelFn, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """Per-sample loss (M,): MSE on eps + the variational bound term in bits, whose mean is built
-        from a stop-gradient eps so that it trains only the variance (improved-DDPM "hybrid" loss).
-        x0, noise: (M, C); t: int64 (M,) step indices of this diffusion."""
+        """Per-sample loss (M,): MSE on the prediction target (eps, or v = alpha eps - sigma x0) + the
+        variational bound term in bits, whose mean is built from a stop-gradient eps so that it trains
+        only the variance (improved-DDPM "hybrid" loss). x0, noise: (M, C); t: int64 (M,) step indices."""
         xt = self.q_sample(x0, t, noise)
         out = model(xt, self.timesteps.to(x0.device)[t].to(x0.dtype))
-        eps, v = out.to(x0.dtype).chunk(2, dim=-1)
-        mse = _mean_flat((noise - eps) ** 2)
+        pred, v = out.to(x0.dtype).chunk(2, dim=-1)
+        if self.prediction == "eps":
+            target = noise
+        else:
+            target = _at(self.sqrt_ab, t, x0) * noise - _at(self.sqrt_1m_ab, t, x0) * x0
+        mse = _mean_flat((target - pred) ** 2)
+        eps = self.eps(pred, xt, t)
         mean, logvar = self.p_mean_logvar(eps.detach(), v, xt, t)
         true_mean, true_logvar = self.posterior(x0, xt, t)
         kl = 0.5 * (-1 + logvar - true_logvar + torch.exp(true_logvar - logvar)
@@ -234,8 +261,8 @@ def ddpm_sample(diffusion: GaussianDiffusion, model: ModelFn, x: Tensor, noise: 
     for k in range(1, steps + 1):
         i = steps - k
         out = model(x, x.new_full((x.shape[0],), float(d.timesteps[i])))
-        eps, v = out.to(x.dtype).chunk(2, dim=-1)
-        mean, logvar = d.p_mean_logvar(eps, v, x, i)
+        pred, v = out.to(x.dtype).chunk(2, dim=-1)
+        mean, logvar = d.p_mean_logvar(d.eps(pred, x, i), v, x, i)
         x = mean + temperature * torch.exp(0.5 * logvar) * noise(k) if i > 0 else mean
     return x
 
@@ -249,12 +276,15 @@ def dpm_orders(steps: int) -> list[int]:
 
 
 def _data_pred(diffusion: GaussianDiffusion, model: ModelFn) -> Callable[[Tensor, float], Tensor]:
-    """x0 prediction (x - sigma eps) / alpha at half-logSNR lam, with alpha^2 = sigmoid(2 lam)."""
+    """x0 prediction at half-logSNR lam, with alpha^2 = sigmoid(2 lam): (x - sigma eps) / alpha from a
+    noise prediction, alpha x - sigma v from a v prediction; clipped as `GaussianDiffusion.clip`."""
     def x0(x: Tensor, lam: float) -> Tensor:
         alpha, sigma = _alpha(lam), _sigma(lam)
         t = x.new_full((x.shape[0],), diffusion.logsnr.label(lam))
-        eps = model(x, t).to(x.dtype).chunk(2, dim=-1)[0]
-        return (x - sigma * eps) / alpha
+        out = model(x, t).to(x.dtype).chunk(2, dim=-1)[0]
+        if diffusion.prediction == "v":
+            return diffusion.clip(alpha * x - sigma * out)
+        return diffusion.clip((x - sigma * out) / alpha)
     return x0
 
 

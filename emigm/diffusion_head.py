@@ -122,7 +122,8 @@ class DiffusionHead(nn.Module):
     discrete = False
 
     def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int,
-                 num_timesteps: int = 1000, batch_mul: int = 4, time_label: str = "interp") -> None:
+                 num_timesteps: int = 1000, batch_mul: int = 4, time_label: str = "interp",
+                 prediction: str = "eps", x0_clip: float = 0.0) -> None:
         super().__init__()
         for name, val in (("token_dim", token_dim), ("cond_dim", cond_dim), ("width", width),
                           ("depth", depth), ("batch_mul", batch_mul)):
@@ -131,7 +132,8 @@ class DiffusionHead(nn.Module):
         self.token_dim, self.batch_mul = token_dim, batch_mul
         self.net = AdaLNMLP(token_dim, cond_dim, width, depth)
         # plain tensors: not in state_dict
-        self.diffusion = GaussianDiffusion.cosine(num_timesteps, time_label=time_label)
+        self.diffusion = GaussianDiffusion.cosine(num_timesteps, time_label=time_label, prediction=prediction,
+                                                  x0_clip=x0_clip)
 
     @property
     def time_label(self) -> str:

@@ -68,7 +68,7 @@ class MaskedGenerator(nn.Module):
         self._init_weights()
         if hd.kind == "diffusion":
             self.diffloss = DiffusionHead(tk.token_dim, Dd, hd.width, hd.depth, hd.num_timesteps, hd.batch_mul,
-                                          time_label=hd.time_label)
+                                          time_label=hd.time_label, prediction=hd.prediction, x0_clip=hd.x0_clip)
         else:
             self.token_head = CategoricalHead(Dd, tk.codebook_size, hd.label_smoothing)
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from . import distributed as dist
-from .checkpoint import ASSETS_DIR, save_export
+from .checkpoint import ASSETS_DIR, load_state_dict_strict, save_export
 from .config import RunConfig, to_dict
 from .devices import resolve_device
 from .masking import draw_mask
@@ -86,6 +86,28 @@ def token_source(cfg: RunConfig, device: torch.device) -> tuple[torch.utils.data
     return dataset, lambda x, g: tokenizer.encode(x)
 
 
+def init_weights_from(model: MaskedGenerator, cfg: RunConfig, source: str) -> None:
+    """Fine-tuning: load the weights of the export `source` (a folder or shipped name) into `model`.
+    The export must have the same tokenizer and network shapes; head and masking settings that do
+    not change a weight's shape (prediction, t_min, ...) may differ. One-line errors name the field."""
+    from .checkpoint import WEIGHTS_FILE, read_export_config, read_safetensors, resolve_export
+
+    folder = resolve_export(source)
+    base, _ = read_export_config(folder)
+    for section in ("tokenizer", "backbone"):
+        a, b = to_dict(getattr(base, section)), to_dict(getattr(cfg, section))
+        diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        if diff:
+            k = diff[0]
+            raise ValueError(f"train.init_from {source}: its {section}.{k} is {a.get(k)!r}, this run's "
+                             f"{b.get(k)!r}; fine-tuning needs the same {section}")
+    for k in ("kind", "width", "depth"):
+        if getattr(base.head, k) != getattr(cfg.head, k):
+            raise ValueError(f"train.init_from {source}: its head.{k} is {getattr(base.head, k)!r}, this run's "
+                             f"{getattr(cfg.head, k)!r}; fine-tuning needs the same head shape")
+    load_state_dict_strict(model, read_safetensors(folder / WEIGHTS_FILE), str(folder))
+
+
 class GeneratorTask:
     """The masked generator as a TrainTask: the whole MaskedGenerator is trainable; a micro-batch of
     (images or latents, labels) becomes (tokens, mask, labels, label drops, loss weights)."""
@@ -93,6 +115,8 @@ class GeneratorTask:
     def __init__(self, cfg: RunConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
         self.model = build_model(cfg).to(device)
+        if cfg.train.init_from:  # a checkpoint to resume from, if any, replaces these weights later
+            init_weights_from(self.model, cfg, cfg.train.init_from)
         self.trainable: nn.Module = self.model
         self._to_tokens: Callable | None = None
         if cfg.train.compile:  # in place: state-dict keys stay; the head runs outside forward
