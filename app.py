@@ -47,7 +47,7 @@ def private_temp_dir() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     private_temp_dir()
-    from emigm.devices import resolve_device
+    from emigm.core.devices import resolve_device
 
     try:
         device = resolve_device(args.device)

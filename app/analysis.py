@@ -16,8 +16,8 @@ from typing import Any
 
 import gradio as gr
 
-from emigm.checkpoint import ASSETS_DIR
-from emigm.steps import step_table
+from emigm.core.fileio import ASSETS_DIR
+from emigm.sample.steps import step_table
 
 from . import charts, controls, text
 from .errors import user_errors

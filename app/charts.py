@@ -1,5 +1,5 @@
 """Model-free figures: the mask schedules, the expected reveals and passes of a setting (from
-emigm.steps.step_table), and the measured FD-vs-NFE results."""
+emigm.sample.steps.step_table), and the measured FD-vs-NFE results."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -9,8 +9,8 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from emigm.schedules import SCHEDULES
-from emigm.steps import StepTable
+from emigm.core.schedules import SCHEDULES
+from emigm.sample.steps import StepTable
 
 from .plots import CFG_FILL, FONT
 

@@ -4,7 +4,7 @@ The panels depend on the model (`panel_specs`):
 - a categorical (MaskGIT-style) model: no guidance, CFG, CFG in an interval, self-guidance, both;
 - a diffusion-head (eMIGM) model: no guidance, CFG with the fake class (its `-fakecfg` twin), CFG with
   the mask, CFG in an interval, and self-guidance when the model has a module.
-A panel the model cannot run shows why (emigm.capabilities' reason, or the missing partner). With the
+A panel the model cannot run shows why (emigm.sample.capabilities' reason, or the missing partner). With the
 random order, where tokens are revealed comes from the sampler's "where" stream alone, so every panel
 reveals the same positions at the same steps and differences come from guidance.
 """
@@ -14,12 +14,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-import gradio as gr
 import numpy as np
 
-from emigm.capabilities import unavailable
-from emigm.config import to_dict
-from emigm.guidance import GuidanceConfig
+from emigm.core.config import to_dict
+from emigm.core.guidance import GuidanceConfig
+from emigm.sample.capabilities import unavailable
 
 from . import controls, memory, plots, stepper
 from .engine import Engine, Trajectory
@@ -43,9 +42,6 @@ def compare_view(view: controls.ModelView) -> controls.ModelView:
     return view.refusing("order", {"fixed": "the comparison reveals by the random or the confidence rule "
                                             "(a fixed raster order would hide what guidance changes)"})
 
-
-def keep_views(self, message: str):
-    return (stepper.status("error", message),) + (gr.skip(),) * (len(OUTPUTS) - 1)
 
 
 @dataclass(frozen=True)
@@ -72,11 +68,11 @@ def panel_specs(engine: Engine, base: str, g: GuidanceConfig) -> list[Panel]:
     sg = gen.smoother is not None and s > 0
     full = (0.0, 1.0)
     lo, hi = interval
-    no_sg = "unavailable: self-guidance needs a self-guidance module; this model has none"
+    no_sg = "unavailable: self-guidance needs a self-guidance smoother; this model has none"
     out = [Panel("none", PANEL_TITLES["none"], base, GuidanceConfig(), "no guidance: 1 pass per step")]
 
     def add(key: str, model: str | None, guidance: GuidanceConfig | None, note: str, missing: str = "") -> None:
-        if key in ("self", "both"):  # the panels that need the model's self-guidance module
+        if key in ("self", "both"):  # the panels that need the model's self-guidance smoother
             if gen.smoother is None:
                 model, missing = None, no_sg
             elif s <= 0:
@@ -227,7 +223,7 @@ class Compare:
         yield status, player, doc, cmp, diff_fig, diff_doc
         memory.release()
 
-    compare = user_errors(controls.keyword_handler(CONTROLS, _compare, lead=("self",)), on_error=keep_views)
+    compare = user_errors(controls.keyword_handler(CONTROLS, _compare, lead=("self",)), on_error=stepper.keep_views(len(OUTPUTS)))
 
     def _diff(self, comparison: Comparison, panel_a: str, panel_b: str):
         a, b = comparison.panel(panel_a), comparison.panel(panel_b)

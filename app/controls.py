@@ -1,5 +1,5 @@
-"""The explorer's controls, generated from the option fields (emigm.fields) of SamplerConfig and
-GuidanceConfig and narrowed to what the loaded model can do (emigm.capabilities).
+"""The explorer's controls, generated from the option fields (emigm.core.fields) of SamplerConfig and
+GuidanceConfig and narrowed to what the loaded model can do (emigm.sample.capabilities).
 
 Nothing here repeats a library name, default, choice list or range: a control's kind, range, choices,
 labels and help come from the field's Spec. The app adds only
@@ -22,10 +22,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import gradio as gr
 
-from emigm.capabilities import choice_reasons, limit_reasons, limits
-from emigm.fields import Spec, check_value, describe
-from emigm.guidance import GuidanceConfig
-from emigm.sampler import SamplerConfig
+from emigm.core.fields import Spec, check_value, describe
+from emigm.core.guidance import GuidanceConfig
+from emigm.sample.capabilities import choice_reasons, limit_reasons, limits
+from emigm.sample.sampler import SamplerConfig
 
 CONFIG_CLASSES = (SamplerConfig, GuidanceConfig)
 TUPLE_PARTS = ("lo", "hi")
@@ -147,7 +147,7 @@ class ModelView:
             why = "a categorical head samples its logits directly; no diffusion solver"
             self.unused.update(head_solver=why, head_steps=why)
         if smoother is None:
-            why = self.limit_reasons.get("sg_scale", "no self-guidance module")
+            why = self.limit_reasons.get("sg_scale", "no self-guidance smoother")
             self.unused.update(sg_scale=why, sg_interval=why)
         self.has_sg = smoother is not None
         self.num_tokens = model.num_tokens

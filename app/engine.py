@@ -1,4 +1,4 @@
-"""The explorer's engine: which models it offers, loading each once (emigm.loading), and sampling runs
+"""The explorer's engine: which models it offers, loading each once (emigm.io.loading), and sampling runs
 kept as trajectories (every step's state plus its decoded draft) so that views never re-sample.
 
 Models: the shipped exports (assets/<name>/) that hold a generator, `fmnist-emigm` first when present;
@@ -18,11 +18,17 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from emigm.checkpoint import CheckpointError, read_export_config, resolve_export, shipped_models
-from emigm.imaging import to_uint8
-from emigm.loading import Generator, build_model_tokenizer, check_size, load_generator
-from emigm.presets import PRESETS, get_preset
-from emigm.sampler import GuidanceConfig, SamplerConfig, StepState, sample_steps
+from emigm.core.presets import PRESETS, get_preset
+from emigm.core.statedict import CheckpointError
+from emigm.io.exports import read_export_config, resolve_export, shipped_models
+from emigm.io.imaging import to_uint8
+from emigm.io.loading import (
+    Pipeline,
+    build_model_tokenizer,
+    check_size,
+    load_pipeline,
+)
+from emigm.sample.sampler import GuidanceConfig, SamplerConfig, StepState, sample_steps
 
 PREFERRED = "fmnist-emigm"
 FALLBACK_PRESETS = ("fmnist-emigm", "fmnist-emigm-fakecfg", "fmnist-maskgit")
@@ -60,9 +66,9 @@ def _wake_zero_layers(model: torch.nn.Module, std: float = 0.02) -> None:
             torch.nn.init.normal_(m.weight, std=std)
 
 
-def random_init(name: str, device: torch.device) -> Generator:
+def random_init(name: str, device: torch.device) -> Pipeline:
     """A preset (or its -fakecfg twin) with seeded random weights and its shipped tokenizer."""
-    from emigm.model import MaskedGenerator
+    from emigm.nn.model import MaskedGenerator
 
     cfg = preset_config(name)
     check_size(cfg, name)
@@ -72,7 +78,7 @@ def random_init(name: str, device: torch.device) -> Generator:
         _wake_zero_layers(model)
     model = model.to(device).eval()
     tokenizer = build_model_tokenizer(cfg, None, device)
-    return Generator(model, tokenizer, cfg, None, label=f"{name} (random init)", source="random")
+    return Pipeline(model, tokenizer, cfg, None, label=f"{name} (random init)", source="random")
 
 
 @dataclass(frozen=True)
@@ -246,7 +252,7 @@ class Engine:
         self.names = list(self.sources)
         self.num_threads = num_threads
         self.stops = Stops()
-        self._cache: dict[str, Generator] = {}
+        self._cache: dict[str, Pipeline] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ models
@@ -262,20 +268,20 @@ class Engine:
     def is_random(self, name: str) -> bool:
         return self.sources[name].preset
 
-    def load(self, name: str) -> Generator:
-        """The model's Generator, loaded once. A load error is a one-line ValueError naming the model."""
+    def load(self, name: str) -> Pipeline:
+        """The model's Pipeline, loaded once. A load error is a one-line ValueError naming the model."""
         self.check_name(name)
         with self._lock:
             if name not in self._cache:
                 self._cache[name] = self._load(self.sources[name])
             return self._cache[name]
 
-    def _load(self, src: Source) -> Generator:
+    def _load(self, src: Source) -> Pipeline:
         try:
             with torch.inference_mode(False):
                 if src.preset:
                     return random_init(src.name, self.device)
-                return load_generator(src.path or src.name, self.device, vae=src.vae)
+                return load_pipeline(src.path or src.name, self.device, vae=src.vae)
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ValueError(f"model {src.name!r} cannot be loaded: {first}") from None
@@ -284,9 +290,9 @@ class Engine:
         return self.load(name).class_names
 
     def suggested(self, name: str) -> dict[str, Any]:
-        """The sampler rule `name` was trained for (emigm.capabilities.suggested_settings); {} for a
+        """The sampler rule `name` was trained for (emigm.sample.capabilities.suggested_settings); {} for a
         model that cannot be loaded (its own error is shown elsewhere)."""
-        from emigm.capabilities import suggested_settings
+        from emigm.sample.capabilities import suggested_settings
 
         try:
             return suggested_settings(self.load(name).model)
@@ -348,7 +354,7 @@ class Engine:
                           tokenizer=tk.kind, branched_from=len(kept))
         init = kept[-1].state if kept else None
         fixed = torch.arange(gen.model.num_tokens) if sampler.order == "fixed" else None
-        steps = sample_steps(gen.model, labels, seeds, sampler, guidance, smoother=gen.smoother, init=init,
+        steps = sample_steps(gen, labels, seeds, sampler, guidance, init=init,
                              fixed_order=fixed)
         t0 = time.perf_counter()
         while True:

@@ -8,7 +8,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import gradio as gr
 
-from emigm.fields import check_value
+from emigm.core.fields import check_value
 
 from . import controls
 

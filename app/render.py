@@ -12,7 +12,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw
 
-from emigm.imaging import upscale
+from emigm.io.imaging import upscale
 
 from .engine import Frame, Trajectory
 

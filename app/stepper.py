@@ -20,6 +20,7 @@ import itertools
 import math
 from typing import Any, Sequence
 
+import gradio as gr
 import numpy as np
 from PIL import Image
 
@@ -100,6 +101,14 @@ def compare_payload(panels: Sequence[tuple[str, Trajectory | None, str]], run: s
     return {"kind": "compare", "run": run, "live": False, "n": n, "N": first.num_steps, "grid": first.grid,
             "px": first.image_size, "view": view_px(first.image_size, MIN_PX), "L": first.grid ** 2, "first": 0,
             "sprite": sprite(rows), "panels": out_panels, "complete": True}
+
+
+def keep_views(num_outputs: int):
+    """The on_error handler of a tab whose first of `num_outputs` outputs is its status: on a bad input
+    the status says what is wrong and every other view keeps what it showed."""
+    def on_error(_owner, message: str) -> tuple:
+        return (status("error", message),) + (gr.skip(),) * (num_outputs - 1)
+    return on_error
 
 
 def status(phase: str, text: str, run: str = "") -> dict[str, str]:

@@ -8,7 +8,7 @@ SUBTITLE = ("Watch a masked image generator reveal an image token by token: pick
 
 
 def model_banner(name: str, gen, device: str = "cpu") -> str:
-    """The banner above the tabs for a loaded emigm.loading.Generator: where it comes from, its export's
+    """The banner above the tabs for a loaded emigm.io.loading.Pipeline: where it comes from, its export's
     own note, what it can do; random weights and official checkpoints on a CPU get a warning."""
     cfg = gen.cfg
     tk = cfg.tokenizer

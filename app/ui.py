@@ -15,11 +15,13 @@ from typing import Any
 import gradio as gr
 
 from . import analysis, controls, stepper, text
-from .compare import CONTROLS as COMPARE_CONTROLS, PANEL_TITLES, Compare, compare_view
+from .compare import CONTROLS as COMPARE_CONTROLS
+from .compare import PANEL_TITLES, Compare, compare_view
 from .engine import Engine
 from .errors import message, user_errors
 from .permalink import Permalinks
-from .unmask import Unmasking, keep_views
+from .unmask import OUTPUTS as UNMASK_OUTPUTS
+from .unmask import Unmasking
 
 SAMPLER = dict(concurrency_id="sampler", concurrency_limit=1, show_progress="hidden")
 INSTANT = dict(concurrency_id="instant", concurrency_limit=8)
@@ -339,7 +341,7 @@ def build_demo(engine: Engine) -> gr.Blocks:
             yield from unmasking._run(values, request)
 
         preset_run = user_errors(controls.keyword_handler(controls.RUN_FIELDS, preset_run, request=True),
-                                 on_error=lambda _, msg: keep_views(None, msg))
+                                 on_error=stepper.keep_views(len(UNMASK_OUTPUTS)))
         preset = demo.load(restore, None, [c[f] for f in controls.RUN_FIELDS] + [u["link"], banner, u["note"]],
                            api_name="restore", **INSTANT) \
             .then(preset_run, u["run_inputs"], u["outputs"], api_name="preset_run", **SAMPLER)

@@ -24,7 +24,7 @@ from typing import Any, Iterator, Mapping
 import gradio as gr
 import numpy as np
 
-from emigm.trace import trace_dict
+from emigm.sample.trace import trace_dict
 
 from . import controls, memory, render, stepper
 from .engine import Engine, Trajectory
@@ -36,10 +36,6 @@ OUTPUTS = ("status", "player", "timing", "run_json", "state")
 DISPLAY_SCALE_PX = 224
 LIVE_EVERY_S = 0.12  # at most one live frame per this many seconds: each costs a message and a redraw
 
-
-def keep_views(self, message: str):
-    """On a bad input: the status says what is wrong; every other view keeps what it showed."""
-    return (stepper.status("error", message),) + (gr.skip(),) * (len(OUTPUTS) - 1)
 
 
 class ExportDir:
@@ -79,7 +75,7 @@ def class_index(names: list[str], class_name: Any) -> int:
 
 
 def run_summary(traj: Trajectory) -> dict[str, Any]:
-    """The run as JSON: emigm.trace's settings and per-step records plus labels, timings and the when map."""
+    """The run as JSON: emigm.sample.trace's settings and per-step records plus labels, timings and the when map."""
     frames = traj.frames
     N = traj.num_steps
     doc = trace_dict(traj.states, traj.model, {
@@ -212,9 +208,9 @@ class Unmasking:
             self.engine.stops.end(session, stop)
 
     run = user_errors(controls.keyword_handler(controls.RUN_FIELDS, _run, lead=("self",), request=True),
-                      on_error=keep_views)
+                      on_error=stepper.keep_views(len(OUTPUTS)))
     branch = user_errors(controls.keyword_handler(("branch_step",) + controls.STEP_CONTROLS, _branch,
-                                                  lead=("self", "trajectory"), request=True), on_error=keep_views)
+                                                  lead=("self", "trajectory"), request=True), on_error=stepper.keep_views(len(OUTPUTS)))
 
     def stop(self, request: gr.Request) -> None:
         """Ask this session's run to end after the step in progress (it then shows what was sampled)."""

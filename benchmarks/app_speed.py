@@ -16,7 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app import controls  # noqa: E402
-from app.compare import CONTROLS as COMPARE_CONTROLS, Compare  # noqa: E402
+from app.compare import CONTROLS as COMPARE_CONTROLS  # noqa: E402
+from app.compare import Compare
 from app.engine import Engine  # noqa: E402
 from app.unmask import Unmasking  # noqa: E402
 

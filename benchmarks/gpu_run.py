@@ -10,7 +10,7 @@ Phases (each a subprocess with its own time limit; a failed phase is reported an
 3. training throughput: in256-b in bf16 at batch 64 (synthetic latents) and each Fashion-MNIST GPU preset;
 4. the Fashion-MNIST GPU presets trained concurrently on the one GPU (train.steps sized from the measured
    throughput to end before the deadline; a run still going at the deadline is stopped and exported from
-   its newest checkpoint), then the self-guidance module of the MaskGIT model on its export;
+   its newest checkpoint), then the self-guidance smoother of the MaskGIT model on its export;
 5. packing: the exports in fp32 if they fit the transport budget, else in bf16 (unpack_gpu_run.py makes
    fp32 exports again), a tar.gz split into parts; summary.md, results.json and the full log beside them.
 The summary printed last can be pasted into the README.
@@ -115,10 +115,10 @@ def sg_cmd(base_export: Path, run_dir: Path, steps: int, device: str, smoke: boo
 
 
 def export_sg_checkpoint(run_dir: Path, out: Path) -> Path:
-    """The self-guidance module's export from its newest checkpoint (a run stopped before its end)."""
-    from emigm.config import from_dict
-    from emigm.runs import latest_checkpoint
-    from emigm.self_guidance import Smoother, SmootherConfig, save_smoother
+    """The self-guidance smoother's export from its newest checkpoint (a run stopped before its end)."""
+    from emigm.core.config import from_dict
+    from emigm.io.runs import latest_checkpoint
+    from emigm.nn.smoother import Smoother, SmootherConfig, save_smoother
 
     found = latest_checkpoint(run_dir)
     if found is None:
@@ -133,7 +133,7 @@ def export_sg_checkpoint(run_dir: Path, out: Path) -> Path:
 
 def train_models(args, runs: Path, rates: dict, deadline: float, log: Log) -> dict:
     """Phase 4: the Fashion-MNIST GPU presets concurrently, then self-guidance on the MaskGIT export."""
-    from emigm.presets import get_preset
+    from emigm.core.presets import get_preset
 
     window = deadline - time.monotonic()
     log(f"training: {window:.0f} s for {', '.join(FMNIST_PRESETS)} (+ self-guidance on {SG_BASE})")
@@ -186,7 +186,7 @@ def train_models(args, runs: Path, rates: dict, deadline: float, log: Log) -> di
 
 def collect_exports(runs: Path, info: dict, log: Log) -> dict:
     """name -> export folder (with self-guidance/ inside the MaskGIT one when trained)."""
-    from emigm.runs import export_checkpoint
+    from emigm.io.runs import export_checkpoint
 
     exports = {}
     for preset in FMNIST_PRESETS:
@@ -232,9 +232,8 @@ def describe_exports(exports: dict, runs: Path) -> list[dict]:
 
 
 def _weights_to(path: Path, dtype_name: str) -> bytes:
-    from safetensors.torch import load_file, save
-
     import torch
+    from safetensors.torch import load_file, save
 
     state = load_file(str(path))
     if dtype_name == "bf16":
@@ -344,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         args.device = "cpu"
     import torch
 
-    from emigm.devices import device_name, resolve_device
+    from emigm.core.devices import device_name, resolve_device
 
     try:
         device = resolve_device(args.device)

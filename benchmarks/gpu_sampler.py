@@ -24,17 +24,22 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from emigm.devices import device_name, memory_guard, resolve_device, resolve_precision  # noqa: E402
-from emigm.guidance import GuidanceConfig  # noqa: E402
-from emigm.model import MaskedGenerator  # noqa: E402
-from emigm.presets import get_preset  # noqa: E402
-from emigm.sampler import SamplerConfig, sample  # noqa: E402
+from emigm.core.devices import (  # noqa: E402
+    device_name,
+    memory_guard,
+    resolve_device,
+    resolve_precision,
+)
+from emigm.core.guidance import GuidanceConfig  # noqa: E402
+from emigm.core.presets import get_preset  # noqa: E402
+from emigm.nn.model import MaskedGenerator  # noqa: E402
+from emigm.sample.sampler import SamplerConfig, sample  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
 """Mutation check: plant one-line bugs in emigm/ and see whether the fast test suite notices.
 
     python benchmarks/mutants.py                                   # default files, 40 mutants, seed 0
-    python benchmarks/mutants.py --files emigm/schedules.py emigm/guidance.py --limit 40 --seed 0
+    python benchmarks/mutants.py --files emigm/core/schedules.py emigm/core/guidance.py --limit 40 --seed 0
     python benchmarks/mutants.py --list                            # every candidate mutation, no runs
     python benchmarks/mutants.py --tests tests/test_pure_values.py tests/test_guidance.py   # quicker
-    python benchmarks/mutants.py --at emigm/sampler.py:208                # recheck one line's mutants
+    python benchmarks/mutants.py --at emigm/sample/sampler.py:208                # recheck one line's mutants
 
 Mutations (one token on one line, found with `tokenize`, so strings, docstrings and comments are never
 touched): comparisons `<` <-> `<=`, `>` <-> `>=`, `==` <-> `!=`; arithmetic `+` <-> `-`, `*` <-> `/`
@@ -44,22 +44,24 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Files made of pure functions (schedules, guidance, counts, annealing, masking, optimiser, diffusion math,
 # option validation, step arithmetic): the default targets.
-DEFAULT_FILES = ["emigm/schedules.py", "emigm/guidance.py", "emigm/sampler.py", "emigm/masking.py",
-                 "emigm/optim.py", "emigm/diffusion.py", "emigm/categorical_head.py", "emigm/fields.py",
-                 "emigm/steps.py", "emigm/ema.py"]
+DEFAULT_FILES = ["emigm/core/schedules.py", "emigm/core/guidance.py", "emigm/sample/sampler.py",
+                 "emigm/core/masking.py", "emigm/train/optim.py", "emigm/nn/diffusion.py",
+                 "emigm/nn/categorical_head.py", "emigm/core/fields.py", "emigm/sample/steps.py", "emigm/train/ema.py",
+                 "emigm/tokenize/klvae.py", "emigm/sample/passes.py"]
 # Stage 1: the fast value tests, so that most mutants are caught within seconds (-x stops at the first
 # failure); stage 2, only when stage 1 passes: the rest of the fast suite.
-DEFAULT_TESTS = ["tests/test_pure_values.py", "tests/test_guidance.py", "tests/test_fields.py",
+DEFAULT_TESTS = ["tests/test_pure_values.py", "tests/test_guidance.py", "tests/test_fields.py", "tests/test_klvae.py",
                  "tests/test_optim_values.py", "tests/test_schedules.py", "tests/test_masking.py",
                  "tests/test_sampler.py", "tests/test_diffusion.py"]
 DEFAULT_THEN = "tests"
 # Stage-1 files that go first for a mutant of a given source file (the rest of stage 1 follows): with
 # -x a caught mutant then costs one small file, not the whole stage.
-FIRST = {"emigm/guidance.py": ["tests/test_guidance.py"], "emigm/fields.py": ["tests/test_fields.py"],
-         "emigm/optim.py": ["tests/test_optim_values.py"], "emigm/ema.py": ["tests/test_optim_values.py"],
-         "emigm/masking.py": ["tests/test_pure_values.py", "tests/test_masking.py"],
-         "emigm/schedules.py": ["tests/test_pure_values.py", "tests/test_schedules.py"],
-         "emigm/diffusion.py": ["tests/test_pure_values.py", "tests/test_diffusion.py"]}
+FIRST = {"emigm/core/guidance.py": ["tests/test_guidance.py"], "emigm/core/fields.py": ["tests/test_fields.py"],
+         "emigm/train/optim.py": ["tests/test_optim_values.py"], "emigm/train/ema.py": ["tests/test_optim_values.py"],
+         "emigm/tokenize/klvae.py": ["tests/test_klvae.py"], "emigm/nn/categorical_head.py": ["tests/test_guidance.py"],
+         "emigm/core/masking.py": ["tests/test_pure_values.py", "tests/test_masking.py"],
+         "emigm/core/schedules.py": ["tests/test_pure_values.py", "tests/test_schedules.py"],
+         "emigm/nn/diffusion.py": ["tests/test_pure_values.py", "tests/test_diffusion.py"]}
 
 SWAPS = {"<": "<=", "<=": "<", ">": ">=", ">=": ">", "==": "!=", "!=": "==", "+": "-", "-": "+",
          "*": "/", "/": "*", "+=": "-=", "-=": "+=", "min": "max", "max": "min",
@@ -324,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-fork", action="store_true",
                     help="run each pytest as a new interpreter instead of a fork of this one (slower)")
     ap.add_argument("--at", nargs="+", default=[], metavar="FILE:LINE",
-                    help="only the mutations on these lines (e.g. emigm/sampler.py:208), to recheck survivors")
+                    help="only the mutations on these lines (e.g. emigm/sample/sampler.py:208), to recheck survivors")
     ap.add_argument("--list", action="store_true", help="print the candidate mutations and stop")
     ap.add_argument("--baseline", action="store_true", help="also run the unmutated tests first (must pass)")
     args = ap.parse_args(argv)

@@ -4,7 +4,7 @@
                                                                                  # assets/results/claims.{json,md}
     python benchmarks/paper_claims.py --random-init --num-samples 50 --out-dir /tmp/claims   # pipeline smoke run
 
-Settings (each point: N class-balanced samples scored by the shipped classifier, see emigm.scoring):
+Settings (each point: N class-balanced samples scored by the shipped classifier, see emigm.eval.scoring):
 - sampling schedule linear / cosine / exp at 4, 8, 16, 32 steps (no CFG);
 - head solver DDPM-100 vs DPM-Solver++ at 4, 8, 14 head steps;
 - no CFG, CFG at every step, CFG in intervals, with pass counts;
@@ -29,12 +29,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from emigm.checkpoint import ASSETS_DIR  # noqa: E402
-from emigm.config import to_dict  # noqa: E402
-from emigm.guidance import GuidanceConfig  # noqa: E402
-from emigm.loading import load_generator, random_generator  # noqa: E402
-from emigm.sampler import SamplerConfig  # noqa: E402
-from emigm.scoring import evaluate_generator  # noqa: E402
+from emigm.core.config import to_dict  # noqa: E402
+from emigm.core.fileio import ASSETS_DIR  # noqa: E402
+from emigm.core.guidance import GuidanceConfig  # noqa: E402
+from emigm.eval.scoring import evaluate_generator  # noqa: E402
+from emigm.io.loading import load_pipeline, random_pipeline  # noqa: E402
+from emigm.sample.sampler import SamplerConfig  # noqa: E402
 
 BASE = SamplerConfig(num_steps=16, schedule="exp", draft=False)
 CFG = 3.0
@@ -45,12 +45,12 @@ MASKGIT_NAME = "fmnist-maskgit"
 
 def load(name: str, random_init: bool, device):
     if random_init:
-        gen = random_generator(name, device)
+        gen = random_pipeline(name, device)
         if name == MASKGIT_NAME:  # an untrained module, for the pipeline test
-            from emigm.self_guidance import Smoother, config_for
+            from emigm.nn.smoother import Smoother, config_for
             gen.smoother = Smoother(config_for(gen.model)).to(device).eval()
         return gen
-    return load_generator(name, device)
+    return load_pipeline(name, device)
 
 
 def suite(available: set[str], emigm: str = "fmnist-emigm", steps_list: tuple[int, ...] = (4, 8, 16, 32),
@@ -196,8 +196,8 @@ def main() -> None:
         if name not in cache:
             cache[name] = load(name, a.random_init, device)
         gen = cache[name]
-        r = evaluate_generator(gen.model, gen.tokenizer, a.num_samples, sampler, guidance, batch_size=a.batch_size,
-                               floor=False, smoother=gen.smoother)
+        r = evaluate_generator(gen, gen.tokenizer, a.num_samples, sampler, guidance, batch_size=a.batch_size,
+                               floor=False)
         row = {"claim": claim, "label": label, "model": name, "nfe": r["passes"],
                "sampler": to_dict(sampler), "guidance": to_dict(guidance),
                **{k: r[k] for k in ("fd", "class_accuracy", "precision", "recall", "passes", "head_evals", "images_per_s")}}

@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from emigm.model import MaskedGenerator  # noqa: E402
-from emigm.presets import get_preset  # noqa: E402
-from emigm.sampler import GuidanceConfig, SamplerConfig, sample  # noqa: E402
+from emigm.core.presets import get_preset  # noqa: E402
+from emigm.nn.model import MaskedGenerator  # noqa: E402
+from emigm.sample.sampler import GuidanceConfig, SamplerConfig, sample  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -1,4 +1,4 @@
-"""Training throughput: images/s and ms/step of `emigm.train.train` for a few presets.
+"""Training throughput: images/s and ms/step of `emigm.train.generator.train` for a few presets.
 
 Runs each preset for a few steps in a temporary run folder (checkpoint time excluded, the first step
 excluded as warm-up) and prints a table. Presets whose data or tokenizer weights are missing are
@@ -21,15 +21,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from emigm.config import apply_overrides  # noqa: E402
-from emigm.presets import get_preset  # noqa: E402
-from emigm.train import train  # noqa: E402
+from emigm.core.config import apply_overrides  # noqa: E402
+from emigm.core.presets import get_preset  # noqa: E402
+from emigm.train.generator import train  # noqa: E402
 
 
 def synthetic_latents(folder: str, cfg, n: int = 0) -> str:
     """A latent cache of random encoder moments shaped for cfg's tokenizer (kl16 / dcae), so that the
     ImageNet presets' training speed can be measured without ImageNet or the VAE."""
-    from emigm.data import SyntheticDataset, cache_latents
+    from emigm.data.datasets import SyntheticDataset, cache_latents
 
     tk = cfg.tokenizer
     shape = (tk.latent_channels, tk.grid, tk.grid)

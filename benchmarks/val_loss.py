@@ -18,13 +18,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from emigm.checkpoint import ASSETS_DIR, load_state_dict_strict  # noqa: E402
-from emigm.config import RunConfig, from_dict  # noqa: E402
-from emigm.data import build_dataset  # noqa: E402
-from emigm.model import MaskedGenerator  # noqa: E402
-from emigm.runs import list_checkpoints, load_checkpoint  # noqa: E402
-from emigm.schedules import get_schedule  # noqa: E402
-from emigm.tokenizers import build_tokenizer  # noqa: E402
+from emigm.core.config import RunConfig, from_dict  # noqa: E402
+from emigm.core.fileio import ASSETS_DIR
+from emigm.core.schedules import get_schedule  # noqa: E402
+from emigm.core.statedict import load_state_dict_strict  # noqa: E402
+from emigm.data.datasets import build_dataset  # noqa: E402
+from emigm.io.runs import list_checkpoints, load_checkpoint  # noqa: E402
+from emigm.nn.model import MaskedGenerator  # noqa: E402
+from emigm.tokenize.tokenizers import build_tokenizer  # noqa: E402
 
 TIMES = (0.3, 0.5, 0.7, 0.9)
 

@@ -17,7 +17,7 @@ from app import analysis, controls, permalink, stepper
 from app.compare import Compare, divergence
 from app.engine import Engine, preset_config
 from app.unmask import Unmasking
-from emigm.capabilities import check_capabilities
+from emigm.sample.capabilities import check_capabilities
 
 MODELS = ["test-tiny", "test-tiny-fakecfg"]
 STEP = controls.STEP_CONTROLS
@@ -42,18 +42,18 @@ def compare_values(**over):
 
 
 def make_export(folder, cfg, smoother: bool = False, seed: int = 1):
-    """A random-weight export of `cfg` (with a self-guidance module when asked)."""
-    import emigm.checkpoint as ckpt
-    from emigm.config import to_dict
-    from emigm.model import MaskedGenerator
-    from emigm.self_guidance import SG_DIR, Smoother, config_for, save_smoother
+    """A random-weight export of `cfg` (with a self-guidance smoother when asked)."""
+    import emigm.io.exports as ckpt
+    from emigm.core.config import to_dict
+    from emigm.nn.model import MaskedGenerator
+    from emigm.nn.smoother import SMOOTHER_DIR, Smoother, config_for, save_smoother
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MaskedGenerator(cfg)
         ckpt.save_export(model, cfg, folder)
         if smoother:
-            save_smoother(Smoother(config_for(model)), folder / SG_DIR, to_dict(cfg))
+            save_smoother(Smoother(config_for(model)), folder / SMOOTHER_DIR, to_dict(cfg))
     return folder
 
 
@@ -88,9 +88,9 @@ def traj(run_outputs):
 
 
 def test_controls_come_from_the_option_fields():
-    from emigm.fields import field_names
-    from emigm.guidance import GuidanceConfig
-    from emigm.sampler import SamplerConfig
+    from emigm.core.fields import field_names
+    from emigm.core.guidance import GuidanceConfig
+    from emigm.sample.sampler import SamplerConfig
     assert controls.SAMPLER_FIELDS + controls.GUIDANCE_FIELDS == field_names(SamplerConfig, GuidanceConfig)
     assert "cfg_interval_lo" in STEP and "sg_interval_hi" in STEP and "cfg_interval" not in STEP
     w = controls.widget("schedule")
@@ -108,7 +108,7 @@ def test_controls_show_what_the_model_can_do(engine, unmasking):
     steps = controls.widget("num_steps", view)
     assert steps.maximum == engine.load("test-tiny").model.num_tokens == 16 and "16 tokens" in steps.info
     sg = controls.widget("sg_scale", view)
-    assert not sg.interactive and not sg.visible and "self-guidance module" in sg.info
+    assert not sg.interactive and not sg.visible and "self-guidance smoother" in sg.info
     mode = dict((v, label) for label, v in controls.widget("cfg_mode", view).choices)
     assert controls.UNAVAILABLE in mode["fake"] and controls.UNAVAILABLE not in mode["mask"]
 
@@ -182,7 +182,7 @@ def test_canvas_marks_masked_tokens_grey(traj):
 
 def test_patch_canvas_is_the_committed_image(engine, traj):
     """For pixel patches the draft's committed tokens decode to the committed image exactly."""
-    from emigm.imaging import to_uint8
+    from emigm.io.imaging import to_uint8
     tok = engine.load("test-tiny").tokenizer
     f = traj.frames[3]
     committed = to_uint8(tok.decode(f.state.tokens))[0]
@@ -234,7 +234,7 @@ def test_compare_panels_share_reveal_order(engine):
         for a, b in zip(live[0].traj.frames, p.traj.frames):
             assert torch.equal(a.state.revealed, b.state.revealed)
     unavailable = [p for p in doc["panels"] if not p["available"]]
-    assert [p["key"] for p in unavailable] == ["self"] and "self-guidance module" in unavailable[0]["note"]
+    assert [p["key"] for p in unavailable] == ["self"] and "self-guidance smoother" in unavailable[0]["note"]
     nfe = {p["key"]: p["nfe"] for p in doc["panels"]}
     assert nfe["none"] == 8 and nfe["mask"] == 16 and 8 < nfe["interval"] < 16
     first_cfg = next(f.state.step + 1 for f in cmp.panel("interval").traj.frames if f.state.cfg_active)
@@ -246,7 +246,7 @@ def test_compare_panels_share_reveal_order(engine):
 
 
 def test_compare_categorical_model_with_self_guidance(tmp_path):
-    """A MaskGIT-style export given by path, with a self-guidance module: its five panels, confidence order."""
+    """A MaskGIT-style export given by path, with a self-guidance smoother: its five panels, confidence order."""
     make_export(tmp_path / "tiny-maskgit", tiny_maskgit(), smoother=True)
     engine = Engine([str(tmp_path / "tiny-maskgit")], num_threads=1)
     assert engine.names == ["tiny-maskgit"] and engine.load("tiny-maskgit").smoother is not None
@@ -265,9 +265,9 @@ def test_compare_categorical_model_with_self_guidance(tmp_path):
 def test_each_model_opens_with_the_rule_it_was_trained_for(tmp_path):
     """A categorical model gets MaskGIT's rule (its cosine schedule, exact counts, most confident first)
     in the opening run, the controls and a bare permalink; choosing an eMIGM model goes back to eMIGM's."""
-    from emigm.capabilities import suggested_settings
     from app.permalink import decode
     from app.ui import initial_run
+    from emigm.sample.capabilities import suggested_settings
 
     make_export(tmp_path / "tiny-maskgit", tiny_maskgit())
     make_export(tmp_path / "tiny", preset_config("test-tiny"))
@@ -313,7 +313,7 @@ def test_a_broken_partner_breaks_only_its_panel(tmp_path, caplog):
     ({"schedule": "quadratic"}, "unknown schedule"),
     ({"order": "confidence"}, "needs token probabilities"),
     ({"cfg_mode": "fake"}, "null mode"),
-    ({"sg_scale": 1.0}, "self-guidance module"),
+    ({"sg_scale": 1.0}, "self-guidance smoother"),
     ({"seed": -3}, "seed"),
     ({"seed": 1.5}, "seed must be a whole number"),
 ])
@@ -381,8 +381,8 @@ def test_missing_asset_is_a_gr_error():
 
 
 def test_a_shipped_model_just_shows_up(tmp_path, monkeypatch):
-    import emigm.checkpoint as ckpt
     import app.engine as eng
+    import emigm.io.exports as ckpt
     make_export(tmp_path / "tiny-trained", preset_config("test-tiny"))
     (tmp_path / "some-tokenizer").mkdir()  # not a generator export: skipped
     monkeypatch.setattr(ckpt, "ASSETS_DIR", tmp_path)
@@ -552,7 +552,7 @@ def test_official_checkpoint_in_the_app(tmp_path):
     from test_official import small_official
 
     from app import text
-    from emigm.labels import class_names
+    from emigm.core.labels import class_names
     path = tmp_path / "eMIGM_small_test.pth"
     torch.save(small_official("mask").state_dict(), path)
     engine = Engine(["test-tiny", str(path)], num_threads=1)

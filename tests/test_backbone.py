@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from emigm.blocks import Attention, Mlp
-from emigm.config import BackboneConfig
-from emigm.model import MaskedGenerator
-from emigm.presets import PRESETS, get_preset
+from emigm.core.config import BackboneConfig
+from emigm.core.presets import PRESETS, get_preset
+from emigm.nn.blocks import Attention, Mlp
+from emigm.nn.model import MaskedGenerator
 
 
 def random_model(seed: int = 0, **backbone) -> MaskedGenerator:

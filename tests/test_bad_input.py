@@ -20,9 +20,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from emigm import cli
-from emigm.config import apply_overrides, from_dict, to_dict, RunConfig
-from emigm.presets import get_preset
+from emigm.cli import main as cli
+from emigm.core.config import RunConfig, apply_overrides, from_dict, to_dict
+from emigm.core.presets import get_preset
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--preset", "test-tiny", "--random-init", "--device", "cpu"]
@@ -60,8 +60,8 @@ def files(tmp_path_factory) -> dict[str, str]:
     """A tiny trained run (checkpoints + export) and damaged copies of every kind of file we read."""
     from test_official import small_official
 
-    from emigm.train import train
-    from emigm.vqvae import VQVAE, VQVAEConfig, save_vqvae
+    from emigm.tokenize.vqvae import VQVAE, VQVAEConfig, save_vqvae
+    from emigm.train.generator import train
 
     tmp = tmp_path_factory.mktemp("bad")
     run = tmp / "run"
@@ -147,7 +147,7 @@ def files(tmp_path_factory) -> dict[str, str]:
     for name, kw in exports.items():
         _export(path(name), **kw)
     # exports whose tokenizer is missing, does not fit, or is damaged (VQ codes of a 16 px image)
-    from emigm.model import MaskedGenerator
+    from emigm.nn.model import MaskedGenerator
 
     vq_cfg = apply_overrides(get_preset("test-tiny-vq"), [("tokenizer.path", "vq-tok")])
     vq_state = MaskedGenerator(vq_cfg).state_dict()
@@ -200,10 +200,10 @@ def files(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture
 def fs_refuses(monkeypatch):
     """Make the file system refuse writes as a read-only mount (EROFS) or a full disk (ENOSPC) does;
-    root ignores chmod, so the kernel's answers are simulated at the temp-file step of emigm.fileio."""
+    root ignores chmod, so the kernel's answers are simulated at the temp-file step of emigm.core.fileio."""
     import tempfile
 
-    import emigm.fileio as fileio
+    import emigm.core.fileio as fileio
 
     real = tempfile.mkstemp
 
@@ -305,7 +305,7 @@ CASES = [
     Case("sample-class-unknown", SMP + ["--class", "Dresss"], "unknown class 'Dresss'"),
     Case("sample-class-empty", SMP + ["--class", ""], "unknown class ''"),
     Case("sample-confidence-on-diffusion", SMP + ["--order", "confidence"], "order 'confidence' is not available"),
-    Case("sample-sg-without-module", SMP + ["--sg", "1"], "self-guidance needs a self-guidance module"),
+    Case("sample-sg-without-module", SMP + ["--sg", "1"], "self-guidance needs a self-guidance smoother"),
     Case("sample-other-null-mode", SMP + ["--cfg-mode", "fake", "--cfg", "2"], "cfg_mode 'fake' is not available"),
     Case("sample-preset-unknown", ["sample", "--preset", "nope", "--random-init", "--out", "{out}"],
          "unknown preset 'nope'"),
@@ -502,13 +502,13 @@ CASES = [
     Case("tokfile-missing", ck("vq_missing"), "the vq tokenizer 'vq-tok' this model needs was not found"),
     Case("tokfile-mismatch", ck("vq_mismatch"), "the model expects tokenizer.codebook_size 16; these vq weights have 32"),
     Case("tokfile-nan", ck("vq_nan"), "weights contain NaN or infinite values (quantizer.codebook)"),
-    Case("tokfile-damaged", ck("vq_damaged"), "not a readable VQ-VAE safetensors file"),
+    Case("tokfile-damaged", ck("vq_damaged"), "cannot read VQ-VAE weights"),
     # --- the KL-16 VAE of an official checkpoint (--vae)
     Case("vae-missing", ck("official_pth") + ["--vae", "{tmp}/no-kl16.ckpt"], "KL-16 VAE checkpoint (kl16.ckpt) not found"),
     Case("vae-empty", ck("official_pth") + ["--vae", "{vae_empty_ckpt}"], "cannot read the KL-16 VAE checkpoint"),
     Case("vae-random", ck("official_pth") + ["--vae", "{vae_random_ckpt}"], "cannot read the KL-16 VAE checkpoint"),
     Case("vae-text", ck("official_pth") + ["--vae", "{vae_text_ckpt}"], "cannot read the KL-16 VAE checkpoint"),
-    Case("vae-layout", ck("official_pth") + ["--vae", "{vae_layout_ckpt}"], "not a KL-16 VAE checkpoint"),
+    Case("vae-layout", ck("official_pth") + ["--vae", "{vae_layout_ckpt}"], "(KL-16 VAE) does not fit this model"),
 ]
 
 
@@ -575,11 +575,12 @@ def test_fixed_order_runs_from_the_cli(files, tmp_path) -> None:
 
 
 def test_library_doors_refuse_with_the_same_messages(files) -> None:
-    from emigm.checkpoint import CheckpointError, load_export
-    from emigm.guidance import GuidanceConfig
-    from emigm.loading import load_generator
-    from emigm.model import MaskedGenerator
-    from emigm.sampler import SamplerConfig, sample
+    from emigm.core.guidance import GuidanceConfig
+    from emigm.core.statedict import CheckpointError
+    from emigm.io.exports import load_export
+    from emigm.io.loading import load_pipeline
+    from emigm.nn.model import MaskedGenerator
+    from emigm.sample.sampler import SamplerConfig, sample
 
     with pytest.raises(ValueError, match="cfg_scale must be a finite number, got nan"):
         GuidanceConfig(cfg_scale=float("nan"))
@@ -592,15 +593,20 @@ def test_library_doors_refuse_with_the_same_messages(files) -> None:
     with pytest.raises(CheckpointError, match="NaN or infinite"):
         load_export(files["x_nan"])
     with pytest.raises(CheckpointError, match=r"wrong rank of class_emb\.weight"):
-        load_generator(files["rank_cls_pth"])
+        load_pipeline(files["rank_cls_pth"])
     with pytest.raises(ValueError, match="at most 65536"):
         from_dict(RunConfig, {"tokenizer": {"image_size": 4096, "patch_size": 1}})
 
 
 def test_memory_estimates_refuse_before_allocating() -> None:
-    from emigm.budget import check_sampling_size, check_size, check_training_size, memory_limit
-    from emigm.guidance import GuidanceConfig
-    from emigm.sampler import SamplerConfig
+    from emigm.core.guidance import GuidanceConfig
+    from emigm.nn.budget import (
+        check_sampling_size,
+        check_size,
+        check_training_size,
+        memory_limit,
+    )
+    from emigm.sample.sampler import SamplerConfig
 
     huge = apply_overrides(get_preset("test-tiny"), list(HUGE.items()))
     with pytest.raises(ValueError, match=r"test-tiny: the model's weights would need about 600\.\d GiB"):

@@ -16,7 +16,7 @@ def run(*args, timeout=300):
 
 def main_out(capsys, *args) -> tuple[int, str, str]:
     """The CLI in this process (the real process is tested once, below): exit code, stdout, stderr."""
-    from emigm.cli import main
+    from emigm.cli.main import main
 
     code = main(list(args))
     out, err = capsys.readouterr()
@@ -52,7 +52,7 @@ def test_schedule_table_is_readable(capsys):
     (["bogus-command"], "invalid choice"),
 ])
 def test_bad_input_is_one_line_exit_2(args, needle, capsys):
-    from emigm.cli import main
+    from emigm.cli.main import main
 
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -69,11 +69,11 @@ def test_process_exit_code_is_2_without_traceback():
 def test_corrupt_checkpoint_is_refused(tmp_path, capsys):
     (tmp_path / "config.json").write_text("{not json")
     (tmp_path / "model.safetensors").write_bytes(b"\x00" * 10)
-    from emigm.cli import main
+    from emigm.cli.main import main
     assert main(["sample", "--checkpoint", str(tmp_path)]) == 2
     assert "bad model config" in capsys.readouterr().err
-    from emigm.config import to_dict
-    from emigm.presets import get_preset
+    from emigm.core.config import to_dict
+    from emigm.core.presets import get_preset
     (tmp_path / "config.json").write_text(json.dumps({"config": to_dict(get_preset("test-tiny"))}))
     assert main(["sample", "--checkpoint", str(tmp_path)]) == 2
     assert "cannot read model weights" in capsys.readouterr().err

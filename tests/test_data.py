@@ -1,4 +1,4 @@
-"""Tests for emigm.data: IDX reader, Fashion-MNIST loader, image folders, synthetic data, latent cache."""
+"""Tests for emigm.data.datasets: IDX reader, Fashion-MNIST loader, image folders, synthetic data, latent cache."""
 from __future__ import annotations
 
 import gzip
@@ -10,10 +10,19 @@ import pytest
 import torch
 from PIL import Image
 
-from emigm.config import DataConfig, TokenizerConfig
-from emigm.data import (
-    DEFAULT_FASHION_MNIST, FASHION_MNIST_CLASSES, CachedLatents, FashionMNIST, ImageFolderDataset,
-    SyntheticDataset, build_dataset, cache_latents, center_crop_adm, load_fashion_mnist, read_idx,
+from emigm.core.config import DataConfig, TokenizerConfig
+from emigm.core.names import FASHION_MNIST_CLASSES
+from emigm.data.datasets import (
+    DEFAULT_FASHION_MNIST,
+    CachedLatents,
+    FashionMNIST,
+    ImageFolderDataset,
+    SyntheticDataset,
+    build_dataset,
+    cache_latents,
+    center_crop_adm,
+    load_fashion_mnist,
+    read_idx,
 )
 
 IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D}

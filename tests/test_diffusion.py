@@ -7,10 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from emigm.diffusion import (SOLVERS, GaussianDiffusion, cosine_alpha_bar, dpm_orders, get_solver,
-                             solver_evals, space_timesteps)
-from emigm.diffusion_head import DiffusionHead, timestep_embedding
-from emigm.guidance import Term, guide
+from emigm.core.guidance import Term, guide
+from emigm.nn.diffusion import (
+    SOLVERS,
+    GaussianDiffusion,
+    cosine_alpha_bar,
+    dpm_orders,
+    get_solver,
+    solver_evals,
+    space_timesteps,
+)
+from emigm.nn.diffusion_head import DiffusionHead, timestep_embedding
 
 T = 1000
 DIFF = GaussianDiffusion.cosine(T)

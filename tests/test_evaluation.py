@@ -1,4 +1,4 @@
-"""Tests for emigm.evaluation: metrics (closed forms, toy point clouds), the classifier and its files."""
+"""Tests for emigm.eval.evaluation: metrics (closed forms, toy point clouds), the classifier and its files."""
 from __future__ import annotations
 
 import json
@@ -7,11 +7,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from emigm.data import DEFAULT_FASHION_MNIST, load_fashion_mnist, to_unit_range
-from emigm.evaluation import (
-    Classifier, ClassifierConfig, class_accuracy, classifier_outputs, evaluate_images, frechet_distance,
-    init_weights, knn_precision_recall, load_classifier, save_classifier,
+from emigm.data.datasets import DEFAULT_FASHION_MNIST, load_fashion_mnist, to_unit_range
+from emigm.eval.evaluation import (
+    Classifier,
+    ClassifierConfig,
+    class_accuracy,
+    classifier_outputs,
+    evaluate_images,
+    frechet_distance,
+    knn_precision_recall,
+    load_classifier,
+    save_classifier,
 )
+from emigm.train.classifier import init_weights
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "classifier"
 HAVE_FMNIST = (Path(DEFAULT_FASHION_MNIST) / "t10k-images-idx3-ubyte.gz").is_file()

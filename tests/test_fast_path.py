@@ -10,14 +10,15 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from emigm import sampler as sampler_mod
-from emigm.devices import DeviceMemoryError, resolve_precision
-from emigm.graphs import bucket, cache_for
-from emigm.guidance import GuidanceConfig
-from emigm.model import MaskedGenerator
-from emigm.presets import get_preset
-from emigm.sampler import SamplerConfig, sample, sample_steps
-from emigm.self_guidance import Smoother, config_for
+from emigm.core.devices import DeviceMemoryError, resolve_precision
+from emigm.core.guidance import GuidanceConfig
+from emigm.core.presets import get_preset
+from emigm.nn.model import MaskedGenerator
+from emigm.nn.smoother import Smoother, config_for
+from emigm.sample import sampler as sampler_mod
+from emigm.sample.graphs import bucket, cache_for
+from emigm.sample.passes import Networks
+from emigm.sample.sampler import SamplerConfig, sample, sample_steps
 
 
 def make(preset: str, seed: int = 0, **backbone) -> MaskedGenerator:
@@ -92,8 +93,8 @@ def test_fast_equals_generator_maskgit_like(maskgit_like, batch):
     model, sm = maskgit_like
     cfg, g = MASKGIT
     labels, seeds = _inputs(batch)
-    states = list(sample_steps(model, labels, seeds, cfg, g, smoother=sm))
-    fast = sample(model, labels, seeds, cfg, g, smoother=sm)
+    states = list(sample_steps(Networks(model, sm), labels, seeds, cfg, g))
+    fast = sample(Networks(model, sm), labels, seeds, cfg, g)
     assert torch.equal(fast.tokens, states[-1].tokens) and torch.equal(fast.mask_after, states[-1].mask_after)
     assert fast.passes == states[-1].passes and any(st.sg_active for st in states)
     # self-guidance acts: the same run without it differs
@@ -109,8 +110,8 @@ def test_fast_path_is_batch_invariant(emigm_like, maskgit_like):
         one = sample(emigm_like, labels[i:i + 1], seeds[i:i + 1], cfg, g)
         assert_tokens_close(one.tokens[0], big.tokens[i])
     model, sm = maskgit_like
-    big = sample(model, labels, seeds, *MASKGIT, smoother=sm)
-    one = sample(model, labels[2:3], seeds[2:3], *MASKGIT, smoother=sm)
+    big = sample(Networks(model, sm), labels, seeds, *MASKGIT)
+    one = sample(Networks(model, sm), labels[2:3], seeds[2:3], *MASKGIT)
     assert torch.equal(one.tokens[0], big.tokens[2])
 
 
@@ -170,7 +171,7 @@ def test_no_host_sync_after_the_plan(emigm_like, maskgit_like, monkeypatch, whic
     try:
         if which == "maskgit":
             model, sm = maskgit_like
-            sample(model, labels, seeds, *MASKGIT, smoother=sm)
+            sample(Networks(model, sm), labels, seeds, *MASKGIT)
         else:
             sample(emigm_like, labels, seeds, *EMIGM, graphs=which.endswith("graphs"))
     finally:
@@ -229,8 +230,8 @@ def test_graph_replay_equals_eager_with_padded_shapes(emigm_like, maskgit_like):
     assert 0 < cache.captures < 2 * 2 * cfg.num_steps  # shapes were shared across steps and runs
     model, sm = maskgit_like
     labels, seeds = _inputs(3)
-    eager = sample(model, labels, seeds, *MASKGIT, smoother=sm)
-    replay = sample(model, labels, seeds, *MASKGIT, smoother=sm, graphs=True)
+    eager = sample(Networks(model, sm), labels, seeds, *MASKGIT)
+    replay = sample(Networks(model, sm), labels, seeds, *MASKGIT, graphs=True)
     assert torch.equal(replay.tokens, eager.tokens)
     ddpm = replace(cfg, head_solver="ddpm", head_steps=3)  # more than one noise draw per head call
     assert_tokens_close(sample(emigm_like, [1], [3], ddpm, graphs=True).tokens, sample(emigm_like, [1], [3], ddpm).tokens)
@@ -261,3 +262,20 @@ def test_out_of_memory_is_one_line_naming_the_batch(emigm_like, monkeypatch):
         with pytest.raises(DeviceMemoryError) as e:
             run()
         assert str(e.value) == "sampling with batch 6 does not fit in the memory of cpu; use a smaller batch (e.g. 3)"
+
+
+@pytest.mark.parametrize("k", [0, 3])
+def test_fast_branch_equals_generator_branch(emigm_like, maskgit_like, k):
+    """Branching with the fast path from step k continues exactly as the generator does from that state,
+    and as the unbranched run (same settings): the fast path's init= handling, in the fast suite."""
+    model, sm = maskgit_like
+    for net, (cfg, g) in ((emigm_like, EMIGM), (Networks(model, sm), MASKGIT)):
+        labels, seeds = _inputs(3)
+        states = list(sample_steps(net, labels, seeds, cfg, g))
+        fast = sample(net, labels, seeds, cfg, g, init=states[k])
+        gen = list(sample_steps(net, labels, seeds, cfg, g, init=states[k]))
+        assert [st.step for st in gen] == list(range(k + 1, cfg.num_steps))
+        for want in (gen[-1], states[-1]):
+            assert torch.equal(fast.mask_before, want.mask_before) and torch.equal(fast.revealed, want.revealed)
+            assert_tokens_close(fast.tokens, want.tokens)
+            assert (fast.passes, fast.head_evals) == (want.passes, want.head_evals)

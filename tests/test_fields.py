@@ -1,4 +1,4 @@
-"""Option fields (emigm.fields): validation at construction pinned at its boundaries, and the ranges and
+"""Option fields (emigm.core.fields): validation at construction pinned at its boundaries, and the ranges and
 defaults of the user-facing sampler and guidance options (the CLI and the app read them from here)."""
 from __future__ import annotations
 
@@ -6,8 +6,18 @@ from dataclasses import dataclass
 
 import pytest
 
-from emigm.fields import (Spec, all_of, check_fields, check_value, coerce_tuples, describe, field_names,
-                          interval_check, option, option_fields)
+from emigm.core.fields import (
+    Spec,
+    all_of,
+    check_fields,
+    check_value,
+    coerce_tuples,
+    describe,
+    field_names,
+    interval_check,
+    option,
+    option_fields,
+)
 
 
 @dataclass(frozen=True)
@@ -112,7 +122,7 @@ def _ranges(cls) -> dict[str, str]:
 
 
 def test_sampler_option_ranges_and_defaults():
-    from emigm.sampler import SamplerConfig
+    from emigm.sample.sampler import SamplerConfig
     assert _ranges(SamplerConfig) == {"num_steps": "[1, 1024]", "order_temperature": "[0, 100]",
                                       "temperature": "[0, 10]", "head_steps": "[1, 250]"}
     c = SamplerConfig()
@@ -131,6 +141,6 @@ def test_sampler_option_ranges_and_defaults():
 
 
 def test_guidance_option_ranges():
-    from emigm.guidance import GuidanceConfig
+    from emigm.core.guidance import GuidanceConfig
     assert _ranges(GuidanceConfig) == {"cfg_scale": "[0, 50]", "cfg_interval": "[0, 1]", "sg_scale": "[0, 20]",
                                        "sg_interval": "[0, 1]"}

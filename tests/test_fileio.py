@@ -10,8 +10,15 @@ import tempfile
 import pytest
 import torch
 
-from emigm import fileio
-from emigm.fileio import WriteError, atomic_write, ensure_writable_dir, torch_save, write_bytes, write_text
+from emigm.core import fileio
+from emigm.core.fileio import (
+    WriteError,
+    atomic_write,
+    ensure_writable_dir,
+    torch_save,
+    write_bytes,
+    write_text,
+)
 
 
 def _leftovers(folder) -> list[str]:

@@ -14,11 +14,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emigm.capabilities import suggested_settings  # noqa: E402
-from emigm.checkpoint import shipped_models  # noqa: E402
-from emigm.guidance import GuidanceConfig  # noqa: E402
-from emigm.loading import load_generator  # noqa: E402
-from emigm.sampler import SamplerConfig, sample, sample_steps  # noqa: E402
+from emigm.core.guidance import GuidanceConfig  # noqa: E402
+from emigm.io.exports import shipped_models  # noqa: E402
+from emigm.io.loading import load_pipeline  # noqa: E402
+from emigm.sample.capabilities import suggested_settings  # noqa: E402
+from emigm.sample.sampler import SamplerConfig, sample, sample_steps  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden" / "shipped.safetensors"
 LABELS, SEEDS = [0, 7], [0, 1]
@@ -26,14 +26,14 @@ LABELS, SEEDS = [0, 7], [0, 1]
 
 def record(name: str) -> dict[str, torch.Tensor]:
     """The generator's last tokens, per-token reveal step and final draft, and the fast path's tokens."""
-    gen = load_generator(name)
+    gen = load_pipeline(name)
     sampler = SamplerConfig(num_steps=8, **suggested_settings(gen.model))
     guidance = GuidanceConfig(cfg_scale=3.0, cfg_interval=(0.0, 0.5),
                               sg_scale=1.0 if gen.smoother is not None else 0.0, sg_interval=(0.2, 1.0))
     when = torch.zeros(len(LABELS), gen.model.num_tokens, dtype=torch.long)
-    for state in sample_steps(gen.model, LABELS, SEEDS, sampler, guidance, smoother=gen.smoother):
+    for state in sample_steps(gen, LABELS, SEEDS, sampler, guidance):
         when[state.revealed] = state.step + 1
-    fast = sample(gen.model, LABELS, SEEDS, replace(sampler, draft=False), guidance, smoother=gen.smoother)
+    fast = sample(gen, LABELS, SEEDS, replace(sampler, draft=False), guidance)
     return {f"{name}/tokens": state.tokens, f"{name}/when": when, f"{name}/draft": state.draft,
             f"{name}/fast": fast.tokens}
 

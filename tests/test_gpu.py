@@ -4,13 +4,14 @@ after the plan); the device errors. benchmarks/gpu_run.py runs these first on a 
 import pytest
 import torch
 
-from emigm import sampler as sampler_mod
-from emigm.devices import DeviceMemoryError, resolve_precision
-from emigm.graphs import cache_for
-from emigm.model import MaskedGenerator
-from emigm.presets import get_preset
-from emigm.sampler import GuidanceConfig, SamplerConfig, sample, sample_steps
-from emigm.self_guidance import Smoother, config_for
+from emigm.core.devices import DeviceMemoryError, resolve_precision
+from emigm.core.presets import get_preset
+from emigm.nn.model import MaskedGenerator
+from emigm.nn.smoother import Smoother, config_for
+from emigm.sample import sampler as sampler_mod
+from emigm.sample.graphs import cache_for
+from emigm.sample.passes import Networks
+from emigm.sample.sampler import GuidanceConfig, SamplerConfig, sample, sample_steps
 
 pytestmark = pytest.mark.gpu
 DEV = "cuda"
@@ -78,10 +79,10 @@ def test_fast_path_on_cuda_matches_the_cpu_generator_maskgit_like():
     cpu = _model("test-tiny-vq", mae=False)
     gpu = _model("test-tiny-vq", mae=False).to(DEV)
     sm_cpu, sm_gpu = _smoother(cpu), _smoother(gpu).to(DEV)
-    ref = list(sample_steps(cpu, LABELS, SEEDS, *MASKGIT, smoother=sm_cpu))[-1]
-    st = sample(gpu, LABELS, SEEDS, *MASKGIT, smoother=sm_gpu, precision="fp32")
+    ref = list(sample_steps(Networks(cpu, sm_cpu), LABELS, SEEDS, *MASKGIT))[-1]
+    st = sample(Networks(gpu, sm_gpu), LABELS, SEEDS, *MASKGIT, precision="fp32")
     assert torch.equal(st.tokens.cpu(), ref.tokens) and torch.equal(st.mask_after.cpu(), ref.mask_after)
-    st = sample(gpu, LABELS, SEEDS, *MASKGIT, smoother=sm_gpu)  # bf16: a valid run, every token revealed
+    st = sample(Networks(gpu, sm_gpu), LABELS, SEEDS, *MASKGIT)  # bf16: a valid run, every token revealed
     assert not st.mask_after.any() and int(st.tokens.max()) < 16
 
 
@@ -96,8 +97,8 @@ def test_graph_replay_on_cuda_equals_eager():
     assert cache_for(gpu, torch.device(DEV, torch.cuda.current_device())).captures > 0
     vq = _model("test-tiny-vq", mae=False).to(DEV)
     sm = _smoother(vq).to(DEV)
-    eager = sample(vq, LABELS, SEEDS, *MASKGIT, smoother=sm, precision="fp32")
-    replay = sample(vq, LABELS, SEEDS, *MASKGIT, smoother=sm, precision="fp32", graphs=True)
+    eager = sample(Networks(vq, sm), LABELS, SEEDS, *MASKGIT, precision="fp32")
+    replay = sample(Networks(vq, sm), LABELS, SEEDS, *MASKGIT, precision="fp32", graphs=True)
     assert torch.equal(replay.tokens, eager.tokens)
 
 
@@ -107,7 +108,7 @@ def test_fast_path_has_no_host_sync_on_cuda(monkeypatch):
     vq = _model("test-tiny-vq", mae=False).to(DEV)
     sm = _smoother(vq).to(DEV)
     runs = [lambda graphs: sample(gpu, LABELS, SEEDS, *EMIGM, graphs=graphs),
-            lambda graphs: sample(vq, LABELS, SEEDS, *MASKGIT, smoother=sm, graphs=graphs)]
+            lambda graphs: sample(Networks(vq, sm), LABELS, SEEDS, *MASKGIT, graphs=graphs)]
     for run in runs:
         run(True)  # capture the graphs first (capture itself synchronises)
     plan = sampler_mod._make_plan
@@ -130,8 +131,8 @@ def test_fast_path_has_no_host_sync_on_cuda(monkeypatch):
 def test_training_runs_on_cuda(tmp_path):
     import math
 
-    from emigm.config import apply_overrides
-    from emigm.train import train
+    from emigm.core.config import apply_overrides
+    from emigm.train.generator import train
 
     cfg = apply_overrides(get_preset("test-tiny"), [("train.steps", 3), ("data.limit", 16), ("train.precision", "bf16")])
     out = train(cfg, tmp_path / "run", device="cuda", progress=False)

@@ -45,12 +45,12 @@ def tiny_fmnist(tmp_path_factory) -> Path:
 
 
 def test_gpu_presets_fit_what_comes_back():
-    """The three Fashion-MNIST GPU presets and the self-guidance module, in fp32, fit the budget the
+    """The three Fashion-MNIST GPU presets and the self-guidance smoother, in fp32, fit the budget the
     packer keeps for models (so they travel exactly, without bf16 rounding)."""
-    from emigm.budget import weight_bytes as estimate_bytes
-    from emigm.presets import get_preset
-    from emigm.self_guidance import Smoother, config_for
-    from emigm.model import MaskedGenerator
+    from emigm.core.presets import get_preset
+    from emigm.nn.budget import weight_bytes as estimate_bytes
+    from emigm.nn.model import MaskedGenerator
+    from emigm.nn.smoother import Smoother, config_for
 
     total = sum(estimate_bytes(get_preset(p)) for p in gpu_run.FMNIST_PRESETS)
     with torch.device("meta"):
@@ -91,18 +91,18 @@ def test_smoke_run_end_to_end_then_unpack(tiny_fmnist, tmp_path):
     assert {r["setting"] for r in res["sampler"]["rows"]} == {"16x1.2", "128"}
     assert gzip.decompress((out / "log.txt.gz").read_bytes()).count(b"exit 0") >= 5
 
-    from emigm.loading import load_generator
-    from emigm.sampler import GuidanceConfig, SamplerConfig, sample
+    from emigm.io.loading import load_pipeline
+    from emigm.sample.sampler import GuidanceConfig, SamplerConfig, sample
 
     written = unpack_gpu_run.unpack(out, tmp_path / "assets")
     assert sorted(w.name for w in written) == ["fmnist-emigm", "fmnist-emigm-fakecfg", "fmnist-maskgit"]
     for folder in written:
-        gen = load_generator(folder)
+        gen = load_pipeline(folder)
         cfg = SamplerConfig(num_steps=4, order="confidence", count_rule="exact") if gen.model.discrete \
             else SamplerConfig(num_steps=4)
         g = GuidanceConfig(cfg_scale=2.0, sg_scale=1.0 if gen.smoother is not None else 0.0,
                            cfg_mode="fake" if "fakecfg" in folder.name else "")
-        state = sample(gen.model, [1, 2], [0, 1], cfg, g, smoother=gen.smoother)
+        state = sample(gen, [1, 2], [0, 1], cfg, g)
         assert not state.mask_after.any() and gen.decode(state.tokens).shape == (2, 1, 28, 28)
         assert (gen.smoother is not None) == (folder.name == "fmnist-maskgit")
     with pytest.raises(FileExistsError, match="--overwrite"):
@@ -111,9 +111,9 @@ def test_smoke_run_end_to_end_then_unpack(tiny_fmnist, tmp_path):
 
 def test_bf16_transport_round_trip(tmp_path):
     """Past the budget the weights travel in bf16 and come back as fp32 exports holding the bf16 values."""
-    from emigm.checkpoint import load_export, save_export
-    from emigm.model import MaskedGenerator
-    from emigm.presets import get_preset
+    from emigm.core.presets import get_preset
+    from emigm.io.exports import load_export, save_export
+    from emigm.nn.model import MaskedGenerator
 
     torch.manual_seed(0)
     model = MaskedGenerator(get_preset("test-tiny"))

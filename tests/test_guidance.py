@@ -1,4 +1,4 @@
-"""emigm.guidance pinned by value: the combinator, the (t_lo, t_hi] interval, the CFG scale schedules,
+"""emigm.core.guidance pinned by value: the combinator, the (t_lo, t_hi] interval, the CFG scale schedules,
 which guides are on and what a step costs. Expected values are written out by hand or computed here
 from the spec's formulas (eMIGM Sec. 3; Hur et al. 2024, Eq. 5), never by calling the code under test."""
 from __future__ import annotations
@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emigm.guidance import CFG_MODES, CFG_SCHEDULES, GuidanceConfig, cfg_scale_at, combine, guide, in_interval
+from emigm.core.guidance import (
+    CFG_MODES,
+    CFG_SCHEDULES,
+    GuidanceConfig,
+    cfg_scale_at,
+    combine,
+    guide,
+    in_interval,
+)
 
 
 def _grid_after(S: int, t_end: float = 1e-5) -> list[float]:
@@ -163,8 +171,8 @@ def test_spec_pass_counts(S, interval, cfg_steps, passes, steps_on):
 
 
 def test_spec_pass_counts_through_step_table():
-    from emigm.sampler import SamplerConfig
-    from emigm.steps import step_table
+    from emigm.sample.sampler import SamplerConfig
+    from emigm.sample.steps import step_table
 
     t16 = step_table(SamplerConfig(num_steps=16), GuidanceConfig(cfg_scale=4.0, cfg_interval=(0.1, 0.3)), 256)
     assert (t16.cfg_steps, t16.passes, t16.sg_steps) == (3, 19, 0)
@@ -203,3 +211,27 @@ def test_range_ends_are_allowed():
                    dict(sg_interval=(0.999, 1.0)), dict(cfg_interval=[0.1, 0.3])):
         GuidanceConfig(**kwargs)
     assert GuidanceConfig(cfg_interval=[0.1, 0.3]).cfg_interval == (0.1, 0.3)  # JSON lists become tuples
+
+
+def test_guided_logits_exact_values():
+    """The categorical head's guided logits are, value by value, cond + (w - 1)(cond - null) for CFG and
+    (1 + s) cond - s smooth for self-guidance (both terms together: their sum), and the confidence it
+    returns is the guided log-probability of the sampled code."""
+    from emigm.core.guidance import Term
+    from emigm.nn.categorical_head import CategoricalHead
+
+    torch.manual_seed(0)
+    head = CategoricalHead(6, 5)
+    z, z_null, z_smooth = torch.randn(3, 4, 6).unbind(0)
+    cond, null, smooth = head.logits(z), head.logits(z_null), head.logits(z_smooth)
+    w, s = torch.tensor([3.0, 1.5, 4.0, 2.0]), 0.7
+    got = head.guided_logits(z, [Term("cfg", z_null, w - 1), Term("self-guidance", z_smooth, torch.full((4,), s))])
+    want = cond + (w - 1)[:, None] * (cond - null) + s * (cond - smooth)
+    assert torch.allclose(got, want, atol=1e-5)
+    only_sg = head.guided_logits(z, [Term("self-guidance", z_smooth, torch.full((4,), s))])
+    assert torch.allclose(only_sg, (1 + s) * cond - s * smooth, atol=1e-5)
+    u = torch.rand(4, 5, generator=torch.Generator().manual_seed(1))
+    codes, logp = head.sample(z, lambda i: u, guides=[Term("cfg", z_null, w - 1)], temperature=1.0)
+    guided = cond + (w - 1)[:, None] * (cond - null)
+    assert torch.equal(codes, (torch.log_softmax(guided, -1) - torch.log(-torch.log(u))).argmax(-1))
+    assert torch.allclose(logp, torch.log_softmax(guided, -1).gather(1, codes[:, None]).squeeze(1), atol=1e-5)

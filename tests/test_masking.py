@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from emigm.config import MaskingConfig
-from emigm.masking import draw_mask, masked_mean, truncated_normal_ratio
+from emigm.core.config import MaskingConfig
+from emigm.core.masking import draw_mask, masked_mean, truncated_normal_ratio
 
 
 def gen(seed=0):
@@ -39,7 +39,7 @@ def test_time_truncation_is_a_clamp():
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "exp"])
 def test_exact_count_is_ceil_l_gamma(schedule):
-    from emigm.schedules import get_schedule
+    from emigm.core.schedules import get_schedule
 
     cfg = MaskingConfig(distribution="exact", schedule=schedule, t_min=0.0)
     d = draw_mask(cfg, 256, 49, gen(3))
@@ -58,7 +58,7 @@ def test_mar_ratio_in_range_and_mode_near_one():
 
 
 def test_mdm_weight():
-    from emigm.schedules import get_schedule
+    from emigm.core.schedules import get_schedule
 
     d = draw_mask(MaskingConfig(distribution="bernoulli", shared_count=False, weighting="mdm", schedule="cosine"), 16, 8, gen(6))
     p = 0.999 * d.t + 0.001

@@ -4,8 +4,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from emigm.model import MaskedGenerator
-from emigm.presets import get_preset
+from emigm.core.presets import get_preset
+from emigm.nn.model import MaskedGenerator
 
 
 def meta_model(name, **backbone):

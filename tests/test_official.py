@@ -6,11 +6,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from emigm.checkpoint import CheckpointError, load_torch
-from emigm.config import TokenizerConfig
-from emigm.model import MaskedGenerator
-from emigm.official import infer_config, load_official
-from emigm.presets import get_preset
+from emigm.core.config import TokenizerConfig
+from emigm.core.presets import get_preset
+from emigm.core.statedict import CheckpointError, load_torch
+from emigm.io.official import infer_config, load_official
+from emigm.nn.model import MaskedGenerator
 
 
 def small_official(null_mode: str, mae: bool = True) -> MaskedGenerator:
@@ -82,7 +82,7 @@ def test_paper_presets_are_recognised_from_shapes():
 
 
 def test_cli_needs_the_vae_for_official_checkpoints(tmp_path, capsys):
-    from emigm.cli import main
+    from emigm.cli.main import main
 
     torch.save({"model_ema": small_official("mask").state_dict()}, tmp_path / "eMIGM_small_test.pth")
     assert main(["sample", "--checkpoint", str(tmp_path / "eMIGM_small_test.pth"), "--device", "cpu"]) == 2

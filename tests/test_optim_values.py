@@ -2,7 +2,7 @@
 weight-decay groups (spec sec. 3: AdamW betas (0.9, 0.95), no decay on 1-D params, biases and the head,
 lr = blr x batch / 256).
 
-The tests reach the EMA (emigm.ema) only through the three helpers below, one per concept."""
+The tests reach the EMA (emigm.train.ema) only through the three helpers below, one per concept."""
 from __future__ import annotations
 
 import math
@@ -11,10 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from emigm.config import TrainConfig
-from emigm.ema import EMA, ema_decay
-from emigm.optim import base_lr, build_optimizer, lr_at as _lr_at, no_decay, param_groups, training_schedule
-
+from emigm.core.config import TrainConfig
+from emigm.train.ema import EMA, ema_decay
+from emigm.train.optim import (
+    base_lr,
+    build_optimizer,
+    no_decay,
+    param_groups,
+    training_schedule,
+)
+from emigm.train.optim import lr_at as _lr_at
 
 # ----------------------------------------------------------------------------- EMA access (retarget here)
 

@@ -5,10 +5,9 @@ import math
 
 import pytest
 import torch
-
-from emigm.diffusion import SOLVERS, GaussianDiffusion
-
 from test_diffusion import MU, S, T, _gaussian_model, _log_alpha, _noise_fn
+
+from emigm.nn.diffusion import SOLVERS, GaussianDiffusion
 
 
 def _as_v(model):
@@ -86,10 +85,10 @@ def test_bad_prediction_and_clip():
 def test_init_from_loads_weights_and_refuses_other_shapes(tmp_path):
     from dataclasses import replace
 
-    from emigm.checkpoint import save_export
-    from emigm.config import apply_overrides
-    from emigm.presets import get_preset
-    from emigm.train import build_model, init_weights_from
+    from emigm.core.config import apply_overrides
+    from emigm.core.presets import get_preset
+    from emigm.io.exports import save_export
+    from emigm.train.generator import build_model, init_weights_from
 
     cfg = get_preset("test-tiny")
     src = build_model(replace(cfg, train=replace(cfg.train, seed=7)))

@@ -15,13 +15,13 @@ from statistics import NormalDist
 import pytest
 import torch
 
-from emigm import rng
-from emigm.config import MaskingConfig
-from emigm.schedules import SCHEDULES, get_schedule, time_grid
+from emigm.core import rng
+from emigm.core.config import MaskingConfig
+from emigm.core.schedules import SCHEDULES, get_schedule, time_grid
 
 F64 = torch.float64
 
-# The spec's schedules (sec. 2), written out independently of emigm.schedules.
+# The spec's schedules (sec. 2), written out independently of emigm.core.schedules.
 GAMMA = {
     "linear": lambda t: t,
     "cosine": lambda t: math.cos(math.pi / 2 * (1 - t)),
@@ -135,19 +135,19 @@ def test_schedule_registry():
 
 
 def _cfg(**kw):
-    from emigm.sampler import SamplerConfig
+    from emigm.sample.sampler import SamplerConfig
     return SamplerConfig(**kw)
 
 
 def test_anneal_linear_exact():
-    from emigm.sampler import anneal
+    from emigm.sample.sampler import anneal
     cfg = _cfg(num_steps=4, order_temperature=2.0, order_anneal="linear")
     # tau0 (1 - (k + 1) / S)
     assert [anneal(cfg, k) for k in range(4)] == [1.5, 1.0, 0.5, 0.0]
 
 
 def test_anneal_compound_exact():
-    from emigm.sampler import anneal
+    from emigm.sample.sampler import anneal
     cfg = _cfg(num_steps=4, order_temperature=2.0, order_anneal="compound")
     # tau0 prod_{j=1}^{k+1} (1 - j / S)
     expected = [2 * (3 / 4), 2 * (3 / 4) * (2 / 4), 2 * (3 / 4) * (2 / 4) * (1 / 4), 0.0]
@@ -157,7 +157,7 @@ def test_anneal_compound_exact():
 
 def test_anneal_self_guidance_setting():
     """tau0 = 25, T = 18 (Hur et al.): the compounding rule falls far faster than the linear one."""
-    from emigm.sampler import anneal
+    from emigm.sample.sampler import anneal
     lin = _cfg(num_steps=18, order_temperature=25.0, order_anneal="linear")
     comp = _cfg(num_steps=18, order_temperature=25.0, order_anneal="compound")
     for k in range(18):
@@ -196,7 +196,7 @@ def _exact_counts(L: int, S: int, name: str) -> list[int]:
     (2, 2, "linear", [1, 1]),  # two left before a middle step: keep one
 ])
 def test_plan_counts_exact_hand_values(L, S, name, expected):
-    from emigm.sampler import plan_counts
+    from emigm.sample.sampler import plan_counts
     counts = plan_counts(torch.arange(3), L, _cfg(num_steps=S, schedule=name, count_rule="exact"))
     assert counts.shape == (S, 3) and counts.dtype == torch.long
     for b in range(3):
@@ -207,14 +207,14 @@ def test_plan_counts_exact_hand_values(L, S, name, expected):
 @pytest.mark.parametrize("name", list(GAMMA))
 @pytest.mark.parametrize("L,S", [(256, 16), (256, 8), (49, 12), (16, 16), (7, 3), (100, 64)])
 def test_plan_counts_exact_formula(name, L, S):
-    from emigm.sampler import plan_counts
+    from emigm.sample.sampler import plan_counts
     counts = plan_counts(torch.tensor([0]), L, _cfg(num_steps=S, schedule=name, count_rule="exact"))
     assert counts[:, 0].tolist() == _exact_counts(L, S, name)
 
 
 def test_plan_counts_exact_clamps_to_one_per_step_and_leaves_one():
     """With the exp schedule gamma(u) / gamma(1) stays near 1 early, so the n - 1 clamp decides."""
-    from emigm.sampler import plan_counts
+    from emigm.sample.sampler import plan_counts
     counts = plan_counts(torch.tensor([0]), 8, _cfg(num_steps=8, schedule="exp", count_rule="exact"))[:, 0]
     assert counts.tolist() == [1] * 8
     counts = plan_counts(torch.tensor([0]), 3, _cfg(num_steps=2, schedule="linear", count_rule="exact"))[:, 0]
@@ -222,7 +222,7 @@ def test_plan_counts_exact_clamps_to_one_per_step_and_leaves_one():
 
 
 def test_plan_counts_exact_from_a_branch():
-    from emigm.sampler import plan_counts
+    from emigm.sample.sampler import plan_counts
     cfg = _cfg(num_steps=4, schedule="linear", count_rule="exact")
     # from step 2 with (5, 1) masked: keep min(floor(10 * 0.25) = 2, n - 1) -> reveal 3 / the last one
     counts = plan_counts(torch.arange(2), 10, cfg, masked=torch.tensor([5, 1]), start=2)
@@ -250,7 +250,7 @@ def _binomial_counts(seed: int, L: int, S: int, name: str, t_end: float = 1e-5) 
 @pytest.mark.parametrize("name", list(GAMMA))
 @pytest.mark.parametrize("L,S", [(256, 16), (64, 8), (16, 16), (49, 5)])
 def test_plan_counts_binomial_rule(name, L, S):
-    from emigm.sampler import plan_counts
+    from emigm.sample.sampler import plan_counts
     seeds = torch.tensor([0, 1, 7, 123456789])
     counts = plan_counts(seeds, L, _cfg(num_steps=S, schedule=name))
     for b, seed in enumerate(seeds.tolist()):
@@ -259,7 +259,7 @@ def test_plan_counts_binomial_rule(name, L, S):
 
 @pytest.mark.parametrize("name", list(GAMMA))
 def test_plan_counts_binomial_invariants(name):
-    from emigm.sampler import plan_counts
+    from emigm.sample.sampler import plan_counts
     S, L = 16, 40
     counts = plan_counts(torch.arange(300), L, _cfg(num_steps=S, schedule=name))
     assert torch.all(counts.sum(0) == L)
@@ -273,7 +273,7 @@ def test_plan_counts_binomial_invariants(name):
 
 def test_plan_counts_binomial_t_end_matters():
     """p of the next-to-last step depends on the grid's end t_end (gamma(s)/gamma(t) there)."""
-    from emigm.sampler import plan_counts
+    from emigm.sample.sampler import plan_counts
     seeds = torch.arange(64)
     a = plan_counts(seeds, 64, _cfg(num_steps=4, schedule="linear"))
     b = plan_counts(seeds, 64, _cfg(num_steps=4, schedule="linear", t_end=0.2))
@@ -285,7 +285,7 @@ def test_plan_counts_binomial_t_end_matters():
 def test_plan_counts_binomial_expected_value():
     """Mean over many seeds of step k's count = E[masked before] p_k (spec sec. 4, N = 256, S = 16,
     exp: ... 10.6, 14.5, 19.8, 27.1, 37.0, 50.6 for steps 10..15)."""
-    from emigm.sampler import plan_counts
+    from emigm.sample.sampler import plan_counts
     counts = plan_counts(torch.arange(4000), 256, _cfg(num_steps=16)).double().mean(1)
     spec = [10.6, 14.5, 19.8, 27.1, 37.0, 50.6, 69.2]
     for k, expected in zip(range(9, 16), spec):
@@ -293,7 +293,7 @@ def test_plan_counts_binomial_expected_value():
 
 
 def test_plan_counts_binomial_from_a_branch():
-    from emigm.sampler import plan_counts
+    from emigm.sample.sampler import plan_counts
     cfg = _cfg(num_steps=6, schedule="cosine")
     seeds = torch.tensor([3, 4])
     whole = plan_counts(seeds, 30, cfg)
@@ -306,7 +306,7 @@ def test_plan_counts_binomial_from_a_branch():
 
 
 def test_smallest_selects_the_lowest_keys():
-    from emigm.sampler import _smallest
+    from emigm.sample.sampler import _smallest
     keys = torch.tensor([[0.3, 0.1, 0.2, 0.4], [0.5, 0.5, 0.1, 0.5], [0.9, 0.8, 0.7, 0.6]])
     sel = _smallest(keys, torch.tensor([2, 2, 0]))
     assert sel.tolist() == [[False, True, True, False], [True, False, True, False], [False] * 4]
@@ -315,7 +315,7 @@ def test_smallest_selects_the_lowest_keys():
 
 
 def test_flat_select_row_major():
-    from emigm.sampler import _flat_select
+    from emigm.sample.sampler import _flat_select
     sel = torch.tensor([[False, True, False], [True, False, True]])
     rows, cols = _flat_select(sel, 3)
     assert rows.tolist() == [0, 1, 1] and cols.tolist() == [1, 0, 2]
@@ -324,7 +324,7 @@ def test_flat_select_row_major():
 
 
 def test_as_seeds():
-    from emigm.sampler import _as_seeds
+    from emigm.sample.sampler import _as_seeds
     assert _as_seeds(5, 3, "cpu").tolist() == [5, 6, 7]
     assert _as_seeds(5, None, "cpu").tolist() == [5]
     assert _as_seeds([9, 2], 2, "cpu").tolist() == [9, 2]
@@ -342,8 +342,8 @@ def test_sampler_config_t_end_bounds():
 
 @pytest.fixture(scope="module")
 def tiny():
-    from emigm.model import MaskedGenerator
-    from emigm.presets import get_preset
+    from emigm.core.presets import get_preset
+    from emigm.nn.model import MaskedGenerator
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return MaskedGenerator(get_preset("test-tiny")).eval()
@@ -352,8 +352,8 @@ def tiny():
 def test_loop_linear_cfg_scale_and_costs(tiny):
     """Each step's CFG scale is 1 + (w - 1) x (fraction revealed after the step) where CFG runs, 1
     elsewhere; passes add 1 + [CFG]; head evaluations add head_steps x (1 + guides)."""
-    from emigm.guidance import GuidanceConfig
-    from emigm.sampler import sample_steps
+    from emigm.core.guidance import GuidanceConfig
+    from emigm.sample.sampler import sample_steps
     g = GuidanceConfig(cfg_scale=3.0, cfg_schedule="linear", cfg_interval=(0.3, 1.0))
     states = list(sample_steps(tiny, [1, 2], [0, 1], _cfg(num_steps=4, head_steps=2), g))
     L = tiny.num_tokens
@@ -369,8 +369,8 @@ def test_loop_linear_cfg_scale_and_costs(tiny):
 
 
 def test_loop_constant_cfg_scale(tiny):
-    from emigm.guidance import GuidanceConfig
-    from emigm.sampler import sample_steps
+    from emigm.core.guidance import GuidanceConfig
+    from emigm.sample.sampler import sample_steps
     g = GuidanceConfig(cfg_scale=2.5, cfg_interval=(0.4, 0.8))
     states = list(sample_steps(tiny, [1], [0], _cfg(num_steps=4, head_steps=1), g))
     assert [st.cfg_scale.tolist() for st in states] == [[2.5], [2.5], [1.0], [1.0]]
@@ -389,8 +389,8 @@ def _record_head(model, monkeypatch) -> list:
 
 
 def _perturbed(preset: str):
-    from emigm.model import MaskedGenerator
-    from emigm.presets import get_preset
+    from emigm.core.presets import get_preset
+    from emigm.nn.model import MaskedGenerator
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
         model = MaskedGenerator(get_preset(preset)).eval()
@@ -403,8 +403,8 @@ def _perturbed(preset: str):
 def test_random_order_replayed(monkeypatch):
     """Random order: step k reveals, among the masked tokens, the `count` ones with the smallest
     addressed uniforms ("where" stream, sub-key 2). CFG's guide weight is w - 1 on every row."""
-    from emigm.guidance import GuidanceConfig
-    from emigm.sampler import sample_steps
+    from emigm.core.guidance import GuidanceConfig
+    from emigm.sample.sampler import sample_steps
     model = _perturbed("test-tiny")
     calls = _record_head(model, monkeypatch)
     seeds = torch.tensor([4, 9])
@@ -431,7 +431,7 @@ def test_confidence_order_replayed(monkeypatch, anneal_rule):
     """Confidence order (MaskGIT): score = log p(sampled token) + tau_k Gumbel ("where" stream, sub-key
     2), tau_k from the annealing rule; step k reveals the `count` masked tokens with the highest
     scores. The log p are those the head returned for the masked tokens, row-major."""
-    from emigm.sampler import sample_steps
+    from emigm.sample.sampler import sample_steps
     model = _perturbed("test-tiny-vq")
     calls = _record_head(model, monkeypatch)
     S, tau0, L = 4, 3.0, model.num_tokens
@@ -456,7 +456,7 @@ def test_confidence_order_replayed(monkeypatch, anneal_rule):
 
 
 def test_branch_past_the_end_is_refused(tiny):
-    from emigm.sampler import sample, sample_steps
+    from emigm.sample.sampler import sample, sample_steps
     states = list(sample_steps(tiny, [1], [0], _cfg(num_steps=3, head_steps=1)))
     with pytest.raises(ValueError, match="cannot branch after step 3"):
         list(sample_steps(tiny, [1], [0], _cfg(num_steps=3, head_steps=1), init=states[2]))
@@ -466,7 +466,7 @@ def test_branch_past_the_end_is_refused(tiny):
 
 
 def test_class_id_range(tiny):
-    from emigm.sampler import sample
+    from emigm.sample.sampler import sample
     sample(tiny, [0, tiny.num_classes - 1], [0, 1], _cfg(num_steps=2, head_steps=1))
     for bad in ([-1], [tiny.num_classes], [3, -1], [0, tiny.num_classes]):  # alone and beside a valid id
         with pytest.raises(ValueError, match=r"class ids must be in \[0, 9\]"):
@@ -494,7 +494,7 @@ def _ranks(keys: torch.Tensor) -> torch.Tensor:
 def test_exact_masks_replayed(name, t_min):
     """exact: per-sample t ~ U(0,1) clamped at t_min, p = 0.999 t + 0.001, exactly ceil(L gamma(p))
     tokens masked, the ones with the smallest keys. Replayed from the same generator."""
-    from emigm.masking import draw_mask
+    from emigm.core.masking import draw_mask
     B, L = 64, 49
     d = draw_mask(MaskingConfig(distribution="exact", schedule=name, t_min=t_min), B, L,
                   torch.Generator().manual_seed(11))
@@ -512,7 +512,7 @@ def test_exact_masks_replayed(name, t_min):
 
 def test_exact_count_hand_values():
     """ceil(L gamma(p)) at hand-picked t (via t_min: every U(0,1) draw below t_min becomes t_min)."""
-    from emigm.masking import draw_mask
+    from emigm.core.masking import draw_mask
     cases = [("linear", 0.5, 49, math.ceil(49 * (0.999 * 0.5 + 0.001))),  # ceil(24.5) = 25
              ("linear", 0.999999, 10, 10),
              ("cosine", 0.5, 16, math.ceil(16 * math.cos(math.pi / 2 * (1 - 0.5)))),  # ceil(11.31) = 12
@@ -527,7 +527,7 @@ def test_exact_count_hand_values():
 
 
 def test_exact_masks_at_least_one():
-    from emigm.masking import draw_mask
+    from emigm.core.masking import draw_mask
     d = draw_mask(MaskingConfig(distribution="exact", schedule="linear", t_min=0.0), 2000, 4,
                   torch.Generator().manual_seed(5))
     counts = d.mask.sum(1)
@@ -538,7 +538,7 @@ def test_exact_masks_at_least_one():
 def test_bernoulli_independent_masks_replayed(name):
     """bernoulli without a shared count: each token masked when its key < gamma(p); the smallest key is
     masked in any case (at least one per row)."""
-    from emigm.masking import draw_mask
+    from emigm.core.masking import draw_mask
     B, L = 200, 16
     d = draw_mask(MaskingConfig(distribution="bernoulli", shared_count=False, schedule=name, t_min=0.0,
                                 weighting="mdm"), B, L, torch.Generator().manual_seed(2))
@@ -560,7 +560,7 @@ def test_bernoulli_shared_count_replayed(t_min, L):
     K = #(uniform < gamma(p)) over L tokens; the first candidate with K >= 2 gives the batch its t and
     count; positions differ per sample. Replayed from the same generator (pins the draw layout, and
     so training reproducibility for a seed)."""
-    from emigm.masking import draw_mask
+    from emigm.core.masking import draw_mask
     B = 6
     for seed in range(12):
         d = draw_mask(MaskingConfig(distribution="bernoulli", shared_count=True, schedule="exp", t_min=t_min),
@@ -579,7 +579,7 @@ def test_bernoulli_shared_count_replayed(t_min, L):
 def test_bernoulli_shared_count_is_at_least_two():
     """Small L and t near 0: most candidates have K < 2; the drawn count is still >= 2 (never clamped
     from a lower draw when a candidate qualifies), and one token when L = 1."""
-    from emigm.masking import draw_mask
+    from emigm.core.masking import draw_mask
     cfg = MaskingConfig(distribution="bernoulli", shared_count=True, schedule="linear", t_min=0.0)
     seen = set()
     for seed in range(200):
@@ -593,7 +593,7 @@ def test_bernoulli_shared_count_is_at_least_two():
 def test_bernoulli_shared_count_fallback(monkeypatch):
     """When no candidate has K >= 2 the last candidate's t is used and its count raised to 2. Three
     candidates (patched) make that common enough to test: L = 2 tokens, linear schedule."""
-    from emigm import masking
+    from emigm.core import masking
     monkeypatch.setattr(masking, "REDRAWS", 3)
     cfg = MaskingConfig(distribution="bernoulli", shared_count=True, schedule="linear", t_min=0.0)
     fallbacks = 0
@@ -611,7 +611,7 @@ def test_bernoulli_shared_count_fallback(monkeypatch):
 def test_mar_ratio_replayed():
     """MAR: r = 1 + 0.25 Phi^-1(u), u uniform between Phi((0.7 - 1) / 0.25) and Phi(0): a normal with
     mode 1 and scale 0.25 truncated to [0.7, 1] (spec sec. 3)."""
-    from emigm.masking import truncated_normal_ratio
+    from emigm.core.masking import truncated_normal_ratio
     r = truncated_normal_ratio(2000, torch.Generator().manual_seed(4), None)
     v = torch.rand(2000, generator=torch.Generator().manual_seed(4)).double()
     nd = NormalDist(1.0, 0.25)
@@ -626,7 +626,7 @@ def test_mar_ratio_replayed():
 
 def test_mar_masks_replayed():
     """mar: one ratio per batch (reported as t), exactly ceil(L r) tokens masked in every sample."""
-    from emigm.masking import draw_mask
+    from emigm.core.masking import draw_mask
     B, L = 5, 100
     d = draw_mask(MaskingConfig(distribution="mar"), B, L, torch.Generator().manual_seed(9))
     g = torch.Generator().manual_seed(9)
@@ -648,7 +648,7 @@ def test_masking_defaults_follow_the_spec():
 
 
 def test_masked_mean_values():
-    from emigm.masking import masked_mean
+    from emigm.core.masking import masked_mean
     loss = torch.tensor([[1.0, 2.0, 4.0], [3.0, 5.0, 7.0]])
     mask = torch.tensor([[True, False, True], [False, True, False]])
     assert float(masked_mean(loss, mask)) == pytest.approx((1 + 4 + 5) / 3)
@@ -664,8 +664,8 @@ def test_masked_mean_values():
 
 
 def test_step_table_binomial_expected_reveals_match_the_spec():
-    from emigm.guidance import GuidanceConfig
-    from emigm.steps import step_table
+    from emigm.core.guidance import GuidanceConfig
+    from emigm.sample.steps import step_table
     rows = step_table(_cfg(num_steps=16), GuidanceConfig(), 256).rows
     spec = [0.6, 0.9, 1.2, 1.6, 2.2, 3.0, 4.2, 5.7, 7.8, 10.6, 14.5, 19.8, 27.1, 37.0, 50.6, 69.2]
     assert [r.expected_revealed for r in rows] == pytest.approx(spec, abs=0.051)
@@ -677,8 +677,8 @@ def test_step_table_binomial_expected_reveals_match_the_spec():
 
 
 def test_step_table_linear_and_exact():
-    from emigm.guidance import GuidanceConfig
-    from emigm.steps import step_table
+    from emigm.core.guidance import GuidanceConfig
+    from emigm.sample.steps import step_table
     lin = step_table(_cfg(num_steps=16, schedule="linear"), GuidanceConfig(), 256)
     # 256 (t - s) = 256 (1 - 1e-5) / 16 per step; the last reveals the 256 s_15 left
     expected = [256 * (1 - 1e-5) / 16] * 15 + [256 * (1 - 15 * (1 - 1e-5) / 16)]
@@ -691,8 +691,8 @@ def test_step_table_linear_and_exact():
 
 
 def test_step_table_limits():
-    from emigm.guidance import GuidanceConfig
-    from emigm.steps import step_table
+    from emigm.core.guidance import GuidanceConfig
+    from emigm.sample.steps import step_table
     assert len(step_table(_cfg(num_steps=16), GuidanceConfig(), 16).rows) == 16  # S == L is fine
     with pytest.raises(ValueError, match="num_steps 17 exceeds the 16 tokens"):
         step_table(_cfg(num_steps=17), GuidanceConfig(), 16)
@@ -709,7 +709,7 @@ def _alpha_bar(u: float) -> float:
 
 
 def test_cosine_alpha_bar_values():
-    from emigm.diffusion import cosine_alpha_bar
+    from emigm.nn.diffusion import cosine_alpha_bar
     assert cosine_alpha_bar(0.0) == pytest.approx(0.9998445910004082, rel=1e-14)
     assert cosine_alpha_bar(0.5) == pytest.approx(0.49376684270229254, rel=1e-14)
     assert cosine_alpha_bar(1.0) == pytest.approx(0.0, abs=1e-30)
@@ -718,7 +718,7 @@ def test_cosine_alpha_bar_values():
 
 
 def test_cosine_betas_values_and_clip():
-    from emigm.diffusion import cosine_betas
+    from emigm.nn.diffusion import cosine_betas
     b = cosine_betas(1000)
     for i in (0, 1, 500, 998):
         expected = min(1 - _alpha_bar((i + 1) / 1000) / _alpha_bar(i / 1000), 0.999)
@@ -729,7 +729,7 @@ def test_cosine_betas_values_and_clip():
 
 
 def _small_diffusion():
-    from emigm.diffusion import GaussianDiffusion
+    from emigm.nn.diffusion import GaussianDiffusion
     return GaussianDiffusion(torch.tensor([0.1, 0.2, 0.3], dtype=F64), torch.arange(3))
 
 
@@ -752,7 +752,7 @@ def test_diffusion_tables_by_hand():
 
 
 def test_diffusion_rejects_bad_betas():
-    from emigm.diffusion import GaussianDiffusion
+    from emigm.nn.diffusion import GaussianDiffusion
     for bad in ([0.1, 0.0], [0.1, 1.0], [0.5, -0.1]):
         with pytest.raises(ValueError, match=r"values in \(0, 1\)"):
             GaussianDiffusion(torch.tensor(bad, dtype=F64), torch.arange(2))
@@ -814,7 +814,7 @@ def test_training_loss_by_hand(v):
 
 
 def test_space_timesteps_values():
-    from emigm.diffusion import space_timesteps
+    from emigm.nn.diffusion import space_timesteps
 
     def accumulate(T, n):
         stride, cur, out = (T - 1) / (n - 1) if n > 1 else 1.0, 0.0, []
@@ -835,7 +835,7 @@ def test_space_timesteps_values():
 
 
 def test_respace_betas():
-    from emigm.diffusion import GaussianDiffusion
+    from emigm.nn.diffusion import GaussianDiffusion
     base = GaussianDiffusion.cosine(100)
     d = base.respace(4)  # steps 0, 33, 66, 99
     assert d.timesteps.tolist() == [0, 33, 66, 99]
@@ -851,7 +851,7 @@ def _half_logsnr(ab: float) -> float:
 def test_logsnr_clip_and_range():
     """DPM-Solver keeps the steps with half-logSNR >= -5.1: 996 of the 1000 cosine steps (spec sec. 5).
     Without the (last-step-only) beta clip, alpha_bar_i = f((i + 1) / T) / f(0)."""
-    from emigm.diffusion import LOGSNR_CLIP, GaussianDiffusion
+    from emigm.nn.diffusion import LOGSNR_CLIP, GaussianDiffusion
     assert LOGSNR_CLIP == -5.1
     d = GaussianDiffusion.cosine(1000)
     ab = [_alpha_bar((i + 1) / 1000) / _alpha_bar(0.0) for i in range(999)]
@@ -864,7 +864,7 @@ def test_logsnr_clip_and_range():
 
 
 def test_logsnr_label_maps_back_to_steps():
-    from emigm.diffusion import GaussianDiffusion
+    from emigm.nn.diffusion import GaussianDiffusion
     d = GaussianDiffusion.cosine(1000)
     for n in (0, 10, 500, 995):
         lam = _half_logsnr(float(d.alpha_bar[n]))
@@ -875,7 +875,7 @@ def test_logsnr_label_maps_back_to_steps():
 
 
 def test_dpm_orders_follow_the_spec_rule():
-    from emigm.diffusion import dpm_orders
+    from emigm.nn.diffusion import dpm_orders
 
     def spec(n):
         K = n // 3 + 1
@@ -893,7 +893,7 @@ def test_ddpm_recursion_and_temperature_by_hand():
     """Ancestral sampling with a zero network (eps = 0, v = 0: log-variance halfway between the clipped
     posterior one and log beta) on the 3-step diffusion, written out: noise(k) enters at k = 1, 2 scaled
     by the temperature; the last step adds none."""
-    from emigm.diffusion import ddpm_sample
+    from emigm.nn.diffusion import ddpm_sample
     d = _small_diffusion()
     xT = torch.tensor([[1.0, -0.5]], dtype=F64)
     draws = {1: torch.tensor([[0.3, -1.1]], dtype=F64), 2: torch.tensor([[-0.6, 0.4]], dtype=F64)}
@@ -926,7 +926,7 @@ def test_ddpm_recursion_and_temperature_by_hand():
 
 
 def test_dpm_solvers_ignore_temperature_and_noise():
-    from emigm.diffusion import GaussianDiffusion, dpm2m_sample, dpm_sample
+    from emigm.nn.diffusion import GaussianDiffusion, dpm2m_sample, dpm_sample
     d = GaussianDiffusion.cosine(1000)
     x = torch.tensor([[0.2, -1.0]], dtype=F64)
 
@@ -940,7 +940,7 @@ def test_dpm_solvers_ignore_temperature_and_noise():
 
 
 def test_solver_evals():
-    from emigm.diffusion import solver_evals
+    from emigm.nn.diffusion import solver_evals
     assert [solver_evals(s, 7) for s in ("ddpm", "dpm", "dpm2m")] == [7, 7, 7]
     assert solver_evals("dpm", 1) == 1
     with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
@@ -966,7 +966,7 @@ def _uniforms_for_gumbel(g: list[float]):
 
 
 def test_sample_logits_temperature_zero_is_argmax():
-    from emigm.categorical_head import CategoricalHead
+    from emigm.nn.categorical_head import CategoricalHead
     head = CategoricalHead(4, 3)
     codes, logp = head.sample_logits(_logits_147(), _uniforms_for_gumbel([5.0, 0.0, 0.0]), temperature=0.0)
     assert codes.tolist() == [2] and float(logp) == pytest.approx(math.log(4 / 7))
@@ -976,7 +976,7 @@ def test_sample_logits_temperature_divides_log_probs():
     """codes = argmax(log p / temperature + Gumbel). With Gumbel noise (3, 0, 0) and log p =
     log(1/7, 2/7, 4/7): temperature 1 picks code 0 (1.05 > -0.56); temperature 0.25 picks code 2
     (-2.24 > -4.78); the confidence is log p of the code under the untempered distribution."""
-    from emigm.categorical_head import CategoricalHead
+    from emigm.nn.categorical_head import CategoricalHead
     head = CategoricalHead(4, 3)
     noise = _uniforms_for_gumbel([3.0, 0.0, 0.0])
     codes, logp = head.sample_logits(_logits_147(), noise, temperature=1.0)
@@ -993,7 +993,7 @@ def test_sample_logits_temperature_divides_log_probs():
 
 def _fixed_logits_head():
     """A head whose logits are log(1/7, 2/7, 4/7) + const for any z (zero weights, bias only)."""
-    from emigm.categorical_head import CategoricalHead
+    from emigm.nn.categorical_head import CategoricalHead
     head = CategoricalHead(4, 3)
     with torch.no_grad():
         head.proj.weight.zero_()
@@ -1016,7 +1016,7 @@ def test_default_temperature_is_one():
 
 
 def test_sample_logits_shifted_logits_same_result():
-    from emigm.categorical_head import CategoricalHead
+    from emigm.nn.categorical_head import CategoricalHead
     head = CategoricalHead(4, 3)
     noise = _uniforms_for_gumbel([3.0, 0.0, 0.0])
     a = head.sample_logits(_logits_147(), noise, 0.25)
@@ -1025,8 +1025,8 @@ def test_sample_logits_shifted_logits_same_result():
 
 
 def test_head_guided_sampling_uses_the_guided_distribution():
-    from emigm.categorical_head import CategoricalHead
-    from emigm.guidance import Term
+    from emigm.core.guidance import Term
+    from emigm.nn.categorical_head import CategoricalHead
     torch.manual_seed(0)
     head = CategoricalHead(4, 5)
     z, zr = torch.randn(3, 4), torch.randn(3, 4)
@@ -1042,7 +1042,7 @@ def test_head_guided_sampling_uses_the_guided_distribution():
 
 
 def test_head_loss_label_smoothing():
-    from emigm.categorical_head import CategoricalHead
+    from emigm.nn.categorical_head import CategoricalHead
     torch.manual_seed(1)
     head = CategoricalHead(4, 6)
     assert head.label_smoothing == 0.1
@@ -1068,7 +1068,7 @@ def _ramp_blocks(size: int = 8) -> torch.Tensor:
 def test_seam_ratio_hand_example():
     """Horizontal steps: 1 inside, 7 across the border (8 rows); vertical steps: 0. Across: (8 x 7 +
     8 x 0) / 16 = 3.5; inside: (48 x 1 + 48 x 0) / 96 = 0.5; ratio 7."""
-    from emigm.evaluation import seam_ratio
+    from emigm.eval.evaluation import seam_ratio
     assert seam_ratio(_ramp_blocks()) == pytest.approx(7.0)
     # period 2: borders after columns 1, 3, 5 (steps 1, 7, 1): across (8 x 9) / 48 = 1.5, inside
     # (8 x 4 x 1) / 64 = 0.5: ratio 3
@@ -1078,7 +1078,7 @@ def test_seam_ratio_hand_example():
 
 
 def test_seam_ratio_smooth_and_blocky():
-    from emigm.evaluation import seam_ratio
+    from emigm.eval.evaluation import seam_ratio
     i = torch.arange(8.0)
     smooth = (i[:, None] + 2 * i[None, :]).reshape(1, 1, 8, 8)
     assert seam_ratio(smooth) == pytest.approx(1.0)  # every step the same: no seams
@@ -1095,6 +1095,6 @@ def test_seam_ratio_smooth_and_blocky():
 def test_seam_ratio_non_square():
     """A 4 x 16 image, rows 0 1 2 3 10 11 12 13 twice: horizontal border steps 7, 13, 7 (mean 9), inside
     steps 1 (48 of them) and the 48 vertical steps 0 (no row border in 4 rows): 9 / 0.5 = 18."""
-    from emigm.evaluation import seam_ratio
+    from emigm.eval.evaluation import seam_ratio
     img = _ramp_blocks().repeat(1, 1, 1, 2)[..., :4, :]  # 4 x 16
     assert seam_ratio(img) == pytest.approx(18.0)

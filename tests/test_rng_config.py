@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from emigm import rng
-from emigm.config import RunConfig, apply_overrides, from_dict, from_json, to_json
-from emigm.presets import PRESETS, get_preset
+from emigm.core import rng
+from emigm.core.config import RunConfig, apply_overrides, from_dict, from_json, to_json
+from emigm.core.presets import PRESETS, get_preset
 
 
 def test_uniform_and_normal_moments():

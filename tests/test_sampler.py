@@ -4,10 +4,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from emigm.model import MaskedGenerator
-from emigm.presets import get_preset
-from emigm.guidance import GuidanceConfig, Term
-from emigm.sampler import SamplerConfig, plan_counts, sample, sample_steps
+from emigm.core.guidance import GuidanceConfig, Term
+from emigm.core.presets import get_preset
+from emigm.nn.model import MaskedGenerator
+from emigm.sample.sampler import SamplerConfig, plan_counts, sample, sample_steps
 
 
 def make(preset="test-tiny", seed=0, **backbone):
@@ -77,7 +77,7 @@ def test_exact_count_rule_matches_maskgit_formula():
 
 
 def test_binomial_counts_mean_matches_expectation():
-    from emigm.steps import step_table
+    from emigm.sample.steps import step_table
     cfg = SamplerConfig(num_steps=16)
     counts = plan_counts(torch.arange(4000), 256, cfg).double().mean(1)
     expected = torch.tensor([r.expected_revealed for r in step_table(cfg, GuidanceConfig(), 256).rows])
@@ -249,7 +249,7 @@ def test_bad_settings_raise_clear_errors(cls, kwargs, match):
 @pytest.mark.parametrize("sampler,guidance,match", [
     (SamplerConfig(order="confidence"), GuidanceConfig(), "needs token probabilities"),
     (SamplerConfig(num_steps=17), GuidanceConfig(), "at most 16 steps"),
-    (SamplerConfig(), GuidanceConfig(sg_scale=1.0), "self-guidance module"),
+    (SamplerConfig(), GuidanceConfig(sg_scale=1.0), "self-guidance smoother"),
 ])
 def test_settings_the_model_cannot_run_are_refused(tiny, sampler, guidance, match):
     with pytest.raises(ValueError, match=match):
@@ -269,7 +269,7 @@ def test_tiny_model_loss_falls_on_toy_problem():
         model = make(preset).train()
         gen = torch.Generator().manual_seed(0)
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        from emigm.masking import draw_mask
+        from emigm.core.masking import draw_mask
         losses = []
         for step in range(60):
             labels = torch.randint(0, 10, (16,), generator=gen)

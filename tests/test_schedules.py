@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from emigm.schedules import SCHEDULES, get_schedule, time_grid
+from emigm.core.schedules import SCHEDULES, get_schedule, time_grid
 
 T = torch.linspace(0.01, 0.99, 99, dtype=torch.float64)
 

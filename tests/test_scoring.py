@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from emigm.checkpoint import ASSETS_DIR
-from emigm.data import DEFAULT_FASHION_MNIST
-from emigm.model import MaskedGenerator
-from emigm.presets import get_preset
-from emigm.sampler import GuidanceConfig, SamplerConfig
-from emigm.tokenizers import build_tokenizer
+from emigm.core.fileio import ASSETS_DIR
+from emigm.core.presets import get_preset
+from emigm.data.datasets import DEFAULT_FASHION_MNIST
+from emigm.nn.model import MaskedGenerator
+from emigm.sample.sampler import GuidanceConfig, SamplerConfig
+from emigm.tokenize.tokenizers import build_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_data = pytest.mark.skipif(
@@ -29,7 +29,7 @@ def mini():
 
 
 def test_generate_is_batch_size_invariant(mini):
-    from emigm.scoring import generate
+    from emigm.eval.scoring import generate
 
     model, tok = mini
     cfg = SamplerConfig(num_steps=4, head_steps=2)
@@ -42,7 +42,7 @@ def test_generate_is_batch_size_invariant(mini):
 
 @needs_data
 def test_evaluate_generator_reports_metrics_and_floor(mini):
-    from emigm.scoring import evaluate_generator
+    from emigm.eval.scoring import evaluate_generator
 
     model, tok = mini
     r = evaluate_generator(model, tok, 20, SamplerConfig(num_steps=4, head_steps=2),
@@ -56,7 +56,7 @@ def test_evaluate_generator_reports_metrics_and_floor(mini):
 
 
 def test_evaluate_refuses_images_the_classifier_cannot_score():
-    from emigm.scoring import evaluate_generator
+    from emigm.eval.scoring import evaluate_generator
 
     cfg = get_preset("test-tiny")
     with pytest.raises(ValueError, match="1 x 28 x 28"):
@@ -65,7 +65,7 @@ def test_evaluate_refuses_images_the_classifier_cannot_score():
 
 @needs_data
 def test_evaluate_cli_json(capsys):
-    from emigm.cli import main
+    from emigm.cli.main import main
 
     assert main(["evaluate", "--preset", "fmnist-emigm-mini", "--random-init", "--num-samples", "10",
                  "--steps", "3", "--head-steps", "2", "--device", "cpu", "--json"]) == 0

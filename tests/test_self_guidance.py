@@ -2,22 +2,32 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from emigm import cli
-from emigm.checkpoint import CheckpointError, save_export
-from emigm.guidance import GuidanceConfig
-from emigm.loading import load_generator
-from emigm.masking import draw_mask
-from emigm.model import MaskedGenerator
-from emigm.presets import get_preset
-from emigm.sampler import SamplerConfig, sample, sample_steps
-from emigm.self_guidance import (SG_DIR, Smoother, SmootherConfig, auxiliary_loss, check_base, config_for, corrupt,
-                                 load_smoother, save_smoother)
+from emigm.cli import main as cli
+from emigm.core.guidance import GuidanceConfig
+from emigm.core.masking import draw_mask
+from emigm.core.presets import get_preset
+from emigm.core.statedict import CheckpointError
+from emigm.io.exports import save_export
+from emigm.io.loading import load_pipeline
+from emigm.nn.model import MaskedGenerator
+from emigm.nn.smoother import (
+    SMOOTHER_DIR,
+    Smoother,
+    SmootherConfig,
+    auxiliary_loss,
+    check_base,
+    config_for,
+    corrupt,
+    load_smoother,
+    save_smoother,
+)
+from emigm.sample.passes import Networks
+from emigm.sample.sampler import SamplerConfig, sample, sample_steps
 
 
 def make(preset: str = "test-tiny-vq", seed: int = 0, **backbone) -> MaskedGenerator:
@@ -136,7 +146,7 @@ def test_scale_zero_equals_the_unguided_sampler_exactly():
     sm = smoother_for(model, trained=True)
     cfg = SamplerConfig(num_steps=6, order="confidence", count_rule="exact", schedule="cosine")
     plain = sample(model, [1, 7], [3, 4], cfg, GuidanceConfig(cfg_scale=2.0))
-    zero = sample(model, [1, 7], [3, 4], cfg, GuidanceConfig(cfg_scale=2.0, sg_scale=0.0), smoother=sm)
+    zero = sample(Networks(model, sm), [1, 7], [3, 4], cfg, GuidanceConfig(cfg_scale=2.0, sg_scale=0.0))
     assert torch.equal(plain.tokens, zero.tokens) and plain.passes == zero.passes
 
 
@@ -146,8 +156,8 @@ def test_guided_logits_follow_the_paper_formula():
     sm = smoother_for(model, trained=True)
     s = 1.5
     labels = torch.tensor([2])
-    states = list(sample_steps(model, labels, [0], SamplerConfig(num_steps=2, order="confidence"),
-                               GuidanceConfig(sg_scale=s), smoother=sm))
+    states = list(sample_steps(Networks(model, sm), labels, [0], SamplerConfig(num_steps=2, order="confidence"),
+                               GuidanceConfig(sg_scale=s)))
     with torch.no_grad():  # step 0 from the all-masked start, recomputed by hand
         tokens, mask = torch.zeros(1, 16, dtype=torch.long), torch.ones(1, 16, dtype=torch.bool)
         hidden = model.features(tokens, mask, model.condition(labels)).hidden
@@ -157,7 +167,7 @@ def test_guided_logits_follow_the_paper_formula():
     got = states[0].draft[0]  # the step-0 prediction for every token (drafts on)
     # temperature 1 sampling from `guided` with the sampler's own noise: recompute the argmax of
     # log_softmax(guided) + gumbel via the head to compare the chosen codes
-    from emigm import rng
+    from emigm.core import rng
     rows = torch.zeros(16, dtype=torch.long)
     cols = torch.arange(16)
     u = rng.uniform(torch.tensor([0])[rows], rng.STREAM_WHAT, 0, cols, 0, tail=(16,))
@@ -168,11 +178,10 @@ def test_guided_logits_follow_the_paper_formula():
 def test_self_guidance_costs_one_sequential_pass_per_step():
     model = make()
     sm = smoother_for(model)
-    st = sample(model, [1], [0], SamplerConfig(num_steps=8), GuidanceConfig(sg_scale=1.0, sg_interval=(0.0, 0.5)),
-                smoother=sm)
+    st = sample(Networks(model, sm), [1], [0], SamplerConfig(num_steps=8), GuidanceConfig(sg_scale=1.0, sg_interval=(0.0, 0.5)))
     # steps whose time after the step s is in (0, 0.5]: s = 0.375, 0.25, 0.125, ~0 -> 4 steps of 8
     assert st.passes == 8 + 4
-    st = sample(model, [1], [0], SamplerConfig(num_steps=8), GuidanceConfig(sg_scale=1.0, cfg_scale=2.0), smoother=sm)
+    st = sample(Networks(model, sm), [1], [0], SamplerConfig(num_steps=8), GuidanceConfig(sg_scale=1.0, cfg_scale=2.0))
     assert st.passes == 8 * 3
 
 
@@ -180,9 +189,9 @@ def test_batch_invariance_with_self_guidance():
     model = make()
     sm = smoother_for(model, trained=True)
     cfg, g = SamplerConfig(num_steps=5, order="confidence"), GuidanceConfig(sg_scale=1.0, cfg_scale=2.0)
-    batch = sample(model, [0, 3, 9], [5, 6, 7], cfg, g, smoother=sm)
+    batch = sample(Networks(model, sm), [0, 3, 9], [5, 6, 7], cfg, g)
     for i, (label, seed) in enumerate([(0, 5), (3, 6), (9, 7)]):
-        one = sample(model, [label], [seed], cfg, g, smoother=sm)
+        one = sample(Networks(model, sm), [label], [seed], cfg, g)
         assert torch.equal(one.tokens[0], batch.tokens[i])
 
 
@@ -190,8 +199,8 @@ def test_branching_with_self_guidance_reproduces_the_run():
     model = make()
     sm = smoother_for(model, trained=True)
     cfg, g = SamplerConfig(num_steps=6, order="confidence"), GuidanceConfig(sg_scale=2.0)
-    states = list(sample_steps(model, [4], [1], cfg, g, smoother=sm))
-    branch = sample(model, [4], [1], cfg, g, smoother=sm, init=states[2])
+    states = list(sample_steps(Networks(model, sm), [4], [1], cfg, g))
+    branch = sample(Networks(model, sm), [4], [1], cfg, g, init=states[2])
     assert torch.equal(branch.tokens, states[-1].tokens)
 
 
@@ -200,7 +209,7 @@ def test_continuous_head_extension_runs_and_changes_the_sample():
     sm = smoother_for(model, trained=True)
     cfg = SamplerConfig(num_steps=4, head_steps=4)
     plain = sample(model, [1], [0], cfg)
-    guided = sample(model, [1], [0], cfg, GuidanceConfig(sg_scale=1.0), smoother=sm)
+    guided = sample(Networks(model, sm), [1], [0], cfg, GuidanceConfig(sg_scale=1.0))
     assert torch.equal(plain.mask_after, guided.mask_after)
     assert (plain.tokens - guided.tokens).abs().max() > 1e-4
     assert guided.head_evals == 2 * plain.head_evals
@@ -226,9 +235,9 @@ def test_module_must_fit_its_base(tmp_path):
 
 def test_train_sg_end_to_end_then_sample(tmp_path, capsys):
     """A tiny base export, train-sg for a few steps (resumed once), the module next to the base,
-    then sampling with --sg through load_generator; the base weights never change."""
+    then sampling with --sg through load_pipeline; the base weights never change."""
     cfg = get_preset("test-tiny-vq")
-    from emigm.tokenizer_train import TokenizerTrainConfig, train_tokenizer
+    from emigm.train.tokenizer import TokenizerTrainConfig, train_tokenizer
     vq_dir = tmp_path / "vq"
     train_tokenizer(TokenizerTrainConfig(kind="vq", steps=2, batch_size=8, codebook_size=16), vq_dir,
                     tmp_path / "vq-run", limit=64, progress=False)
@@ -245,8 +254,8 @@ def test_train_sg_end_to_end_then_sample(tmp_path, capsys):
     assert cli.main(args + ["--max-steps", "2"]) == 0
     assert cli.main(args) == 0
     assert (export / "model.safetensors").read_bytes() == weights
-    (run / "export").rename(export / SG_DIR)
-    gen = load_generator(export)
+    (run / "export").rename(export / SMOOTHER_DIR)
+    gen = load_pipeline(export)
     assert gen.smoother is not None
     out = tmp_path / "grid.png"
     assert cli.main(["sample", "--checkpoint", str(export), "--sg", "1.0", "--order", "confidence", "--steps", "4",
@@ -257,7 +266,7 @@ def test_train_sg_end_to_end_then_sample(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,match", [
-    (["--sg", "1.0"], "self-guidance module"),
+    (["--sg", "1.0"], "self-guidance smoother"),
     (["--sg", "-1"], r"sg_scale must be in \[0, 20\]"),
     (["--sg", "nan"], "sg_scale must be a finite number"),
     (["--sg", "1", "--sg-interval", "0.5", "0.2"], "sg_interval needs t_lo < t_hi"),

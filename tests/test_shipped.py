@@ -3,9 +3,11 @@ the requested class far above chance (a real check of the shipped weights, kept 
 import pytest
 import torch
 
-from emigm.checkpoint import ASSETS_DIR, CheckpointError, read_export_config, shipped_models
-from emigm.loading import load_generator
-from emigm.sampler import GuidanceConfig, SamplerConfig, sample
+from emigm.core.fileio import ASSETS_DIR
+from emigm.core.statedict import CheckpointError
+from emigm.io.exports import read_export_config, shipped_models
+from emigm.io.loading import load_pipeline
+from emigm.sample.sampler import GuidanceConfig, SamplerConfig, sample
 
 
 def _generators() -> list[str]:
@@ -25,15 +27,14 @@ GENERATORS = _generators()
 @pytest.mark.skipif(not GENERATORS, reason="no generator shipped in assets/")
 @pytest.mark.parametrize("name", GENERATORS)
 def test_shipped_model_samples_the_requested_class(name):
-    from emigm.evaluation import classifier_outputs, load_classifier
+    from emigm.eval.evaluation import classifier_outputs, load_classifier
 
-    gen = load_generator(name)
+    gen = load_pipeline(name)
     labels = torch.arange(gen.cfg.backbone.num_classes).repeat(3)
     # MaskGIT's rule for a categorical model (cosine, exact counts, most confident first), eMIGM's otherwise
     sampler = (SamplerConfig(num_steps=8, schedule="cosine", count_rule="exact", order="confidence", draft=False)
                if gen.model.discrete else SamplerConfig(num_steps=8, draft=False))
-    state = sample(gen.model, labels, 100, sampler, GuidanceConfig(cfg_scale=3.0, cfg_interval=(0.0, 0.5)),
-                   smoother=gen.smoother)
+    state = sample(gen, labels, 100, sampler, GuidanceConfig(cfg_scale=3.0, cfg_interval=(0.0, 0.5)))
     assert state.done
     images = gen.decode(state.tokens)
     assert images.shape == (len(labels), 1, 28, 28) and torch.isfinite(images).all()

@@ -8,12 +8,26 @@ import os
 import pytest
 import torch
 
-from emigm.config import TokenizerConfig
-from emigm.tokenizers import (TOKENIZERS, DCAETokenizer, KL16Tokenizer, PatchTokenizer, VQTokenizer,
-                              build_tokenizer)
-from emigm.vae import AutoencoderKL16, KL16Config, load_kl16
-from emigm.data import DEFAULT_FASHION_MNIST as DEFAULT_FMNIST
-from emigm.vqvae import VQVAE, VQVAEConfig, VectorQuantizer, load_fmnist_images, load_vqvae, psnr, save_vqvae
+from emigm.core.config import TokenizerConfig
+from emigm.data.datasets import DEFAULT_FASHION_MNIST as DEFAULT_FMNIST
+from emigm.tokenize.kl16 import AutoencoderKL16, KL16Config, load_kl16
+from emigm.tokenize.tokenizers import (
+    TOKENIZERS,
+    DCAETokenizer,
+    KL16Tokenizer,
+    PatchTokenizer,
+    VQTokenizer,
+    build_tokenizer,
+)
+from emigm.tokenize.vqvae import (
+    VQVAE,
+    VectorQuantizer,
+    VQVAEConfig,
+    load_fmnist_images,
+    load_vqvae,
+    psnr,
+    save_vqvae,
+)
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 SHIPPED_VQ = os.path.join(ASSETS, "fmnist-vq", "vq.safetensors")
@@ -167,8 +181,8 @@ def test_corrupt_vq_file_is_a_clear_error(tmp_path) -> None:
 
 @pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed")
 def test_train_vq_tokenizer_smoke_and_resume(tmp_path) -> None:
-    """The VQ-VAE trains through emigm.tokenizer_train (kind vq); 1 + 1 steps equal 2 steps."""
-    from emigm.tokenizer_train import TokenizerTrainConfig, train_tokenizer
+    """The VQ-VAE trains through emigm.train.tokenizer (kind vq); 1 + 1 steps equal 2 steps."""
+    from emigm.train.tokenizer import TokenizerTrainConfig, train_tokenizer
 
     cfg = TokenizerTrainConfig(kind="vq", steps=2, batch_size=8, codebook_size=16, log_every=1)
     metrics = train_tokenizer(cfg, tmp_path / "out", tmp_path / "run", limit=64, progress=False)
@@ -187,8 +201,8 @@ def test_train_vq_tokenizer_smoke_and_resume(tmp_path) -> None:
 @pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed")
 def test_tokenizer_training_faults(tmp_path) -> None:
     """A second trainer on the run folder, a bad max_steps, settings added to the code later."""
-    from emigm.runs import RunLock, RunLockedError
-    from emigm.tokenizer_train import TokenizerTrainConfig, train_tokenizer
+    from emigm.io.runs import RunLock, RunLockedError
+    from emigm.train.tokenizer import TokenizerTrainConfig, train_tokenizer
 
     cfg = TokenizerTrainConfig(kind="vq", steps=2, batch_size=8, codebook_size=16)
     with RunLock(tmp_path / "run"):
@@ -343,8 +357,8 @@ def test_kl16_wrong_layout_lists_keys(tmp_path) -> None:
     state["encoder.conv_input.weight"] = state.pop("encoder.conv_in.weight")
     path = str(tmp_path / "other.ckpt")
     torch.save({"model": state}, path)
-    with pytest.raises(ValueError, match=r"other\.ckpt.*missing encoder\.conv_in\.weight.*"
-                                         r"unexpected encoder\.conv_input\.weight"):
+    with pytest.raises(ValueError, match=r"other\.ckpt.*missing key\(s\) \(encoder\.conv_in\.weight.*"
+                                         r"unexpected key\(s\) \(encoder\.conv_input\.weight"):
         load_kl16(path, TINY_KL16)
     wider = _init(AutoencoderKL16(dataclasses.replace(TINY_KL16, ch=64)))  # same names, other widths
     torch.save({"model": wider.state_dict()}, path)

@@ -11,17 +11,18 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from emigm import cli
-from emigm.checkpoint import CheckpointError, load_export, load_torch
-from emigm.config import RunConfig, apply_overrides
-from emigm.datastream import DataStream
-from emigm.model import MaskedGenerator
-from emigm.optim import lr_at, param_groups, training_schedule
-from emigm.presets import get_preset
-from emigm.runs import list_checkpoints
-from emigm.sampler import SamplerConfig, sample
-from emigm.train import train
-from emigm.vqvae import VQVAE, VQVAEConfig, save_vqvae
+from emigm.cli import main as cli
+from emigm.core.config import RunConfig, apply_overrides
+from emigm.core.presets import get_preset
+from emigm.core.statedict import CheckpointError, load_torch
+from emigm.data.stream import DataStream, Share
+from emigm.io.exports import load_export
+from emigm.io.runs import list_checkpoints
+from emigm.nn.model import MaskedGenerator
+from emigm.sample.sampler import SamplerConfig, sample
+from emigm.tokenize.vqvae import VQVAE, VQVAEConfig, save_vqvae
+from emigm.train.generator import train
+from emigm.train.optim import lr_at, param_groups, training_schedule
 
 
 def tiny(preset: str = "test-tiny", vq_path: str = "", **overrides) -> RunConfig:
@@ -211,16 +212,16 @@ def test_ddp_two_processes_keep_replicas_identical(tmp_path) -> None:
 
 def test_ranks_split_each_global_batch() -> None:
     data = [(torch.full((1,), float(i)), torch.tensor(i)) for i in range(20)]
-    one = DataStream(data, 8, 1, 0, 1, seed=3)
-    ranks = [DataStream(data, 8, 2, r, 2, seed=3) for r in range(2)]
+    one = DataStream(data, Share(8), seed=3)
+    ranks = [DataStream(data, Share(8, 2, r, 2), seed=3) for r in range(2)]
     for _ in range(5):  # crosses two epoch ends (20 // 8 = 2 steps per epoch)
         whole = one.next_step()[0][1]
         parts = [torch.cat([y for _, y in s.next_step()]) for s in ranks]
         assert sorted(torch.cat(parts).tolist()) == sorted(whole.tolist())
         assert torch.equal(parts[0], whole[0::2])
     assert one.position == ranks[0].position == {"epoch": 2, "index": 8}
-    resumed = DataStream(data, 8, 1, 0, 1, seed=3, epoch=2, index=8)
-    workers = DataStream(data, 8, 1, 0, 1, seed=3, epoch=2, index=8, num_workers=1)
+    resumed = DataStream(data, Share(8), seed=3, epoch=2, index=8)
+    workers = DataStream(data, Share(8), seed=3, epoch=2, index=8, num_workers=1)
     expected = one.next_step()[0][1]
     assert torch.equal(resumed.next_step()[0][1], expected)
     assert torch.equal(workers.next_step()[0][1], expected)  # loader workers see indices, no randomness
@@ -279,8 +280,8 @@ def test_lr_schedule() -> None:
 
 
 def test_export_from_a_checkpoint_before_the_end(tmp_path):
-    from emigm.checkpoint import load_export
-    from emigm.cli import main
+    from emigm.cli.main import main
+    from emigm.io.exports import load_export
 
     cfg = tiny(train__steps=6, train__ckpt_every=2)
     train(cfg, tmp_path / "run", max_steps=2, progress=False)

@@ -1,9 +1,8 @@
-"""The generic training loop (emigm.trainer) and the faults it guards against: a small add-on trained
+"""The generic training loop (emigm.train.trainer) and the faults it guards against: a small add-on trained
 on top of a frozen network, the run-folder lock, torn metrics, bad --max-steps and --out-dir,
 unwritable folders, and resuming runs whose config predates new fields. CPU, tiny models."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -15,17 +14,23 @@ import pytest
 import torch
 from torch import nn
 
-from emigm import cli
-from emigm.checkpoint import load_torch
-from emigm.config import RunConfig, TrainConfig, apply_overrides, to_dict
-from emigm.data import SyntheticDataset
-from emigm.fileio import WriteError, torch_save
-from emigm.model import MaskedGenerator
-from emigm.presets import get_preset
-from emigm.runs import RunLock, RunLockedError, check_resume_config, config_diff, latest_checkpoint
-from emigm.tokenizers import build_tokenizer
-from emigm.train import train
-from emigm.trainer import TrainTask, fit
+from emigm.cli import main as cli
+from emigm.core.config import RunConfig, TrainConfig, apply_overrides, to_dict
+from emigm.core.fileio import WriteError, torch_save
+from emigm.core.presets import get_preset
+from emigm.core.statedict import load_torch
+from emigm.data.datasets import SyntheticDataset
+from emigm.io.runs import (
+    RunLock,
+    RunLockedError,
+    check_resume_config,
+    config_diff,
+    latest_checkpoint,
+)
+from emigm.nn.model import MaskedGenerator
+from emigm.tokenize.tokenizers import build_tokenizer
+from emigm.train.generator import train
+from emigm.train.trainer import TrainTask, fit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,7 +63,7 @@ def same_tree(a, b, where: str = "") -> None:
 
 class AddOnTask:
     """A trainable Linear on top of a frozen tiny MaskedGenerator: it learns to predict the masked
-    tokens from the frozen network's per-token output z (the shape of a self-guidance module)."""
+    tokens from the frozen network's per-token output z (the shape of a self-guidance smoother)."""
 
     def __init__(self) -> None:
         self.cfg = get_preset("test-tiny")
@@ -178,7 +183,7 @@ def test_second_trainer_on_a_run_folder_is_refused(tmp_path, capsys) -> None:
 
 def test_lock_is_exclusive_across_processes(tmp_path) -> None:
     """A lock held by another process (here: a child holding it) names that process's pid."""
-    code = ("import sys, time; sys.path.insert(0, %r); from emigm.runs import RunLock; "
+    code = ("import sys, time; sys.path.insert(0, %r); from emigm.io.runs import RunLock; "
             "l = RunLock(%r).acquire(); print('locked', flush=True); time.sleep(60)") % (str(ROOT), str(tmp_path))
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
@@ -220,7 +225,7 @@ def test_out_dir_under_a_file_and_unwritable_folders(tmp_path, capsys, monkeypat
     assert code == 2 and "cannot use run folder" in err and "a file is in the way" in err
     assert str(blocker / "run") in err and len(err.strip().splitlines()) == 1
 
-    import emigm.fileio as fileio
+    import emigm.core.fileio as fileio
 
     def refuse(*args, **kwargs):  # a read-only mount (root ignores chmod, so simulate the kernel's answer)
         raise OSError(30, "Read-only file system")
@@ -242,8 +247,8 @@ def _dev_full_mkstemp(real):
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
 def test_full_disk_says_disk_full(tmp_path, capsys, monkeypatch) -> None:
-    import emigm.fileio as fileio
-    import emigm.trainer as trainer
+    import emigm.core.fileio as fileio
+    import emigm.train.trainer as trainer
 
     real = fileio.tempfile.mkstemp
     with monkeypatch.context() as m:  # full before the start: refused before any work

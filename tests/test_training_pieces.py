@@ -9,11 +9,17 @@ import pytest
 import torch
 from torch import nn
 
-from emigm.devices import resolve_device
-from emigm.ema import EMA, ema_decay
-from emigm.optim import LRSchedule, lr_at, one_cycle, training_schedule, warmup_then_decay
-from emigm.presets import get_preset
-from emigm.seeds import mix_seed
+from emigm.core.devices import resolve_device
+from emigm.core.presets import get_preset
+from emigm.core.seeds import mix_seed
+from emigm.train.ema import EMA, ema_decay
+from emigm.train.optim import (
+    LRSchedule,
+    lr_at,
+    one_cycle,
+    training_schedule,
+    warmup_then_decay,
+)
 
 # ----------------------------------------------------------------------------- seeds
 
@@ -119,7 +125,7 @@ def test_training_schedule_is_bit_identical_to_the_old_one(preset: str) -> None:
 
 
 def test_tokenizer_schedule_keeps_its_numbers() -> None:
-    from emigm.tokenizer_train import TokenizerTrainConfig, lr_schedule
+    from emigm.train.tokenizer import TokenizerTrainConfig, lr_schedule
 
     for steps in (12, 1700, 3600):
         cfg = TokenizerTrainConfig(steps=steps, lr=2e-3)

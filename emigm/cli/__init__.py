@@ -1,0 +1,1 @@
+"""The command line, `python -m emigm`: sampling, evaluation, schedules, training and exports."""

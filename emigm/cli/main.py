@@ -1,0 +1,365 @@
+"""Command line: `python -m emigm COMMAND ...`. Bad input prints one line and exits with code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from emigm.cli.train import register as register_training
+from emigm.core.config import MAX_TOKENS, to_dict
+from emigm.core.devices import resolve_device
+from emigm.core.fields import check_number, describe, field_names
+from emigm.core.fileio import check_output_file, write_text
+from emigm.core.guidance import GuidanceConfig
+from emigm.core.presets import PRESETS
+from emigm.core.seeds import check_seed
+from emigm.core.statedict import CheckpointError
+from emigm.eval.scoring import check_request, evaluate_generator
+from emigm.io.imaging import save_grid
+from emigm.io.loading import load_pipeline, random_pipeline
+from emigm.nn.budget import MAX_IMAGES, MAX_SAMPLES, check_sampling_size
+from emigm.sample.capabilities import check_capabilities, suggested_settings
+from emigm.sample.sampler import SamplerConfig, sample_steps
+from emigm.sample.steps import step_table
+from emigm.sample.trace import trace_dict
+from emigm.train.classifier import train_classifier
+from emigm.train.tokenizer import TokenizerTrainConfig, train_tokenizer
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse with one-line errors: a bad argument raises CliError (exit 2, no usage dump)."""
+
+    def error(self, message: str):
+        raise CliError(message)
+
+
+# ----------------------------------------------------------------------------- shared options
+
+
+# options whose default, where a model is loaded, is the rule that model was trained for
+# (emigm.sample.capabilities.suggested_settings): what each default is, for the help text
+MODEL_RULE = {"schedule": "its training schedule: exp for eMIGM, cosine for MaskGIT",
+              "count_rule": "binomial for eMIGM, exact for MaskGIT",
+              "order": "random for eMIGM, confidence for MaskGIT"}
+
+
+def add_field_args(p: argparse.ArgumentParser, cls, title: str, model_rule: bool = False) -> None:
+    """One option per option field of the dataclass `cls` (emigm.core.fields): its CLI spelling, type,
+    default and help, with the valid choices or range in the help text. With `model_rule`, the
+    MODEL_RULE options default to None: "the loaded model's rule" (see sampler_configs)."""
+    import typing
+
+
+    g = p.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    for name, default, spec in describe(cls):
+        flag = spec.cli or "--" + name.replace("_", "-")
+        tp = hints[name]
+        extra = f" ({', '.join(repr(n) if n == '' else n for n in spec.names())})" if spec.choices is not None \
+            else f" {spec.range_text()}" if spec.low is not None or spec.high is not None else ""
+        said = f"default {default!r}"
+        if model_rule and name in MODEL_RULE:
+            default, said = None, f"default: the rule the model was trained for ({MODEL_RULE[name]})"
+        kw = dict(dest=name, default=default, help=f"{spec.help}{extra}; {said}")
+        if typing.get_origin(tp) is tuple:
+            g.add_argument(flag, nargs=spec.nargs, type=float, metavar=("T_LO", "T_HI")[:spec.nargs], **kw)
+        elif tp in (int, float):
+            g.add_argument(flag, type=tp, **kw)
+        else:
+            g.add_argument(flag, **kw)
+
+
+def add_sampler_args(p: argparse.ArgumentParser, model_rule: bool = False) -> None:
+    add_field_args(p, SamplerConfig, "sampler", model_rule)
+    add_field_args(p, GuidanceConfig, "guidance")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """Which model to load: --checkpoint (export, shipped name or official .pth [+ --vae]) or
+    --preset NAME --random-init."""
+
+    p.add_argument("--checkpoint", default="", help="an export folder, a shipped model name, or an official "
+                                                     "eMIGM / MAR .pth checkpoint")
+    p.add_argument("--vae", default="", help="the KL-16 VAE (kl16.ckpt) for official ImageNet checkpoints")
+    p.add_argument("--preset", default="", help=f"with --random-init: {', '.join(PRESETS)}")
+    p.add_argument("--random-init", action="store_true")
+
+
+def sampler_configs(a: argparse.Namespace, draft: bool = False, model=None):
+    """(SamplerConfig, GuidanceConfig) from the parsed option fields. Options left unset (None: the
+    MODEL_RULE ones) take the rule `model` was trained for, or, before a model is loaded, the field
+    defaults (so that every given value is checked before anything is loaded)."""
+    import dataclasses
+
+
+    rule = suggested_settings(model) if model is not None else {}
+    defaults = {f.name: f.default for f in dataclasses.fields(SamplerConfig)}
+    values = {n: getattr(a, n) for n in field_names(SamplerConfig)}
+    values = {n: (rule.get(n, defaults[n]) if v is None else v) for n, v in values.items()}
+    sampler = SamplerConfig(**values, draft=draft)
+    guidance = GuidanceConfig(**{n: (tuple(v) if isinstance(v := getattr(a, n), list) else v)
+                                 for n in field_names(GuidanceConfig)})
+    return sampler, guidance
+
+
+def load_for_sampling(a: argparse.Namespace, device):
+    """--checkpoint SOURCE [--vae kl16.ckpt], or --preset NAME --random-init -> emigm.io.loading.Pipeline."""
+
+    if a.checkpoint and (a.preset or a.random_init):
+        raise CliError("give either --checkpoint or --preset NAME --random-init, not both")
+    if a.vae and not a.checkpoint:
+        raise CliError("--vae goes with an official ImageNet checkpoint: --checkpoint FILE.pth --vae kl16.ckpt")
+    if a.checkpoint:
+        return load_pipeline(a.checkpoint, device, vae=getattr(a, "vae", ""))
+    if not a.preset:
+        raise CliError("give --checkpoint NAME_OR_PATH, or --preset NAME --random-init")
+    if not a.random_init:
+        raise CliError(f"--preset {a.preset} has no trained weights here: add --random-init, or use --checkpoint")
+    return random_pipeline(a.preset, device, seed=a.seed)
+
+
+def parse_class(value: str, names: list[str]) -> int:
+    if value.lstrip("-").isdigit():
+        idx = int(value)
+    else:
+        lowered = [n.lower() for n in names]
+        if value.lower() not in lowered:
+            raise CliError(f"unknown class {value!r}; valid: 0..{len(names) - 1} or one of: {', '.join(names)}")
+        idx = lowered.index(value.lower())
+    if not 0 <= idx < len(names):
+        raise CliError(f"class id {idx} out of range; valid: 0..{len(names) - 1}")
+    return idx
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_schedule(a: argparse.Namespace) -> None:
+    check_number("--tokens", a.tokens, 1, MAX_TOKENS, integer=True)
+    sampler, guidance = sampler_configs(a)
+    table = step_table(sampler, guidance, a.tokens)
+    if a.json:
+        print(json.dumps(table.as_dict(), indent=2))
+        return
+    g = guidance
+    print(f"schedule {sampler.schedule}, {sampler.num_steps} steps, {a.tokens} tokens, count rule {sampler.count_rule}"
+          + (f", CFG {g.cfg_scale} in ({g.cfg_interval[0]}, {g.cfg_interval[1]}]" if g.cfg_scale != 1.0 else ", no CFG")
+          + (f", self-guidance {g.sg_scale} in ({g.sg_interval[0]}, {g.sg_interval[1]}]" if g.sg_scale > 0 else ""))
+    print(f"{'step':>4} {'t':>8} {'s':>8} {'E[revealed]':>12} {'E[masked]':>10} {'cfg':>4} {'sg':>4} {'passes':>6} {'total':>6}")
+    for r in table.rows:
+        print(f"{r.step:>4} {r.t:>8.4f} {r.s:>8.4f} {r.expected_revealed:>12.1f} {r.expected_masked_after:>10.1f} "
+              f"{'yes' if r.cfg else '':>4} {'yes' if r.sg else '':>4} {r.passes:>6} {r.cumulative_passes:>6}")
+    print(f"CFG steps: {table.cfg_steps}; self-guidance steps: {table.sg_steps}; transformer passes: "
+          f"{table.passes} ({sampler.num_steps} x {table.nfe_per_step:.3g})")
+
+
+def cmd_sample(a: argparse.Namespace) -> None:
+    import torch
+
+
+    # everything that needs no model is checked first, and the outputs before the work
+    check_number("--num-images", a.num_images, 1, MAX_IMAGES, integer=True)
+    check_seed("--seed", a.seed, a.num_images)
+    sampler, guidance = sampler_configs(a)
+    device = resolve_device(a.device)
+    out = check_output_file(a.out, "--out", (".png",))
+    if a.trace:
+        trace = check_output_file(a.trace, "--trace")
+        if trace.resolve() == out.resolve():
+            raise CliError(f"--out and --trace are the same file ({a.out}); give two names")
+    gen = load_for_sampling(a, device)
+    sampler, guidance = sampler_configs(a, model=gen.model)
+    names, label = gen.class_names, gen.label
+    every = str(a.class_).lower() == "all"
+    classes = list(range(len(names))) if every else [parse_class(str(a.class_), names)]
+    total = a.num_images * len(classes)
+    if every:
+        check_number("--num-images x classes", total, 1, MAX_IMAGES, integer=True)
+        check_seed("--seed", a.seed, total)
+    check_capabilities(gen.model, sampler, guidance, gen.smoother)
+    check_sampling_size(gen.cfg, total, sampler, guidance, device, f"--num-images {total}")
+    labels = torch.tensor([c for c in classes for _ in range(a.num_images)], dtype=torch.long)
+    seeds = [a.seed + i for i in range(total)]
+    start = time.perf_counter()
+    states = list(s.to("cpu") for s in sample_steps(gen, labels, seeds, sampler, guidance))
+    elapsed = time.perf_counter() - start
+    last = states[-1]
+    chunk = 256  # decode in chunks: a decoder's activations for thousands of images at once do not fit
+    images = torch.cat([gen.decode(last.tokens[i:i + chunk]).cpu() for i in range(0, total, chunk)])
+    save_grid(images, out, cols=a.num_images if every else None)
+    what = (f"{a.num_images} per class, a row per class" if every
+            else f"{a.num_images} image(s) of class {classes[0]} ({names[classes[0]]})")
+    print(f"wrote {a.out}: {what} from {label}; "
+          f"{last.passes} transformer passes, {last.head_evals} head evaluations, {elapsed:.2f} s")
+    if a.trace:
+        doc = trace_dict(states, label, {"class_name": "all" if every else names[classes[0]],
+                                         "seconds": round(elapsed, 4)})
+        write_text(trace, json.dumps(doc))
+        print(f"wrote {a.trace}")
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    check_number("--num-samples", a.num_samples, 1, MAX_SAMPLES, integer=True)
+    check_number("--batch-size", a.batch_size, 1, MAX_IMAGES, integer=True)
+    check_seed("--seed", a.seed, a.num_samples)
+    device = resolve_device(a.device)
+    sampler, guidance = sampler_configs(a)
+    gen = load_for_sampling(a, device)
+    sampler, guidance = sampler_configs(a, model=gen.model)
+    label = gen.label
+    check_request(gen.model, a.num_samples, sampler, guidance, a.batch_size, a.seed,
+                  ("--num-samples", "--batch-size", "--seed"))
+    r = evaluate_generator(gen, gen.tokenizer, a.num_samples, sampler, guidance, a.data_path or None,
+                           a.classifier or None, a.batch_size, a.seed)
+    r = {"model": label, "sampler": to_dict(sampler), "guidance": to_dict(guidance), **r}
+    if a.json:
+        print(json.dumps(r, indent=2))
+        return
+    fl = r["floor"]
+    print(f"{label}: {a.num_samples} samples, {r['passes']} passes ({sampler.num_steps} x "
+          f"{r['passes'] / sampler.num_steps:.3g}), {r['head_evals']} head evals, {r['images_per_s']:.1f} img/s")
+    print(f"{'':<10} {'FD':>8} {'class acc':>10} {'precision':>10} {'recall':>8} {'seam ratio':>11}")
+    for name, row in (("samples", r), ("real data", fl)):
+        print(f"{name:<10} {row['fd']:>8.3f} {row['class_accuracy']:>10.3f} {row['precision']:>10.3f} "
+              f"{row['recall']:>8.3f} {row['seam_ratio']:>11.3f}")
+
+
+def cmd_train_tokenizer(a: argparse.Namespace) -> None:
+    if a.max_steps is not None and a.max_steps < 1:
+        raise CliError(f"--max-steps must be >= 1, got {a.max_steps}")
+    defaults = {"kl": dict(steps=3600, lr=2e-3), "vq": dict(steps=1700, lr=2e-3)}[a.kind] if a.kind in ("kl", "vq") else {}
+    cfg = TokenizerTrainConfig(kind=a.kind, steps=a.steps or defaults.get("steps", 1),
+                               batch_size=a.batch_size, lr=a.lr or defaults.get("lr", 1.0), seed=a.seed,
+                               latent_channels=a.latent_channels, kl_weight=a.kl_weight,
+                               codebook_size=a.codebook_size)
+    run_dir = a.run_dir or str(Path("runs") / f"tokenizer-{Path(a.out).name}")
+    m = train_tokenizer(cfg, a.out, run_dir, a.data_path or None, device=resolve_device(a.device),
+                        max_steps=a.max_steps)
+    if not m:
+        print(f"stopped at step {a.max_steps} of {cfg.steps}; re-run the same command to continue ({run_dir})")
+        return
+    extra = (f", codebook use {m['codebook_used']:.1%}, perplexity {m['perplexity']:.0f}" if a.kind == "vq" else "")
+    print(f"wrote {a.out}: test PSNR {m['psnr']:.2f} dB, seam ratio {m['seam_ratio']:.3f} "
+          f"(data {m['seam_ratio_data']:.3f}){extra}, {m['train_seconds']:.0f} s")
+
+
+def cmd_train_classifier(a: argparse.Namespace) -> None:
+    r = train_classifier(a.data_path or None, a.out, epochs=a.epochs, batch_size=a.batch_size, seed=a.seed,
+                         device=resolve_device(a.device))
+    print(f"wrote {a.out}: test accuracy {r['test_accuracy']:.4f}")
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgParser(prog="python -m emigm", description="eMIGM: masked image generation")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgParser)
+
+    s = sub.add_parser("schedule", help="per-step reveal counts and transformer passes (no model)")
+    add_sampler_args(s)
+    s.add_argument("--tokens", type=int, default=256, help="number of tokens L")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_schedule)
+
+    s = sub.add_parser("sample", help="sample images and write a grid PNG (+ a JSON trace)")
+    add_model_args(s)
+    s.add_argument("--class", dest="class_", default="0", help="class id or name, or all (--num-images per class, a row each)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--num-images", type=int, default=4)
+    s.add_argument("--out", default="samples.png")
+    s.add_argument("--trace", default="")
+    s.add_argument("--device", default="auto")
+    add_sampler_args(s, model_rule=True)
+    s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser("evaluate", help="FD / class accuracy / precision / recall of N samples")
+    add_model_args(s)
+    s.add_argument("--num-samples", type=int, default=10000)
+    s.add_argument("--batch-size", type=int, default=250)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--data.path", dest="data_path", default="", help="Fashion-MNIST folder")
+    s.add_argument("--classifier", default="", help="classifier folder (default: assets/classifier)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--json", action="store_true")
+    add_sampler_args(s, model_rule=True)
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("train-tokenizer", help="train a small tokenizer for 28x28 images: the KL "
+                                               "autoencoder (continuous latents) or the VQ-VAE (codes)")
+    s.add_argument("--kind", default="kl", help="kl (continuous, fmnist-kl) or vq (discrete, fmnist-vq)")
+    s.add_argument("--data.path", dest="data_path", default="", help="Fashion-MNIST folder")
+    s.add_argument("--out", default="assets/fmnist-kl", help="export folder")
+    s.add_argument("--run-dir", default="", help="training state for resuming (default runs/tokenizer-NAME)")
+    s.add_argument("--steps", type=int, default=0, help="optimiser steps (default: kl 3600, vq 1700)")
+    s.add_argument("--max-steps", type=int, default=None, help="stop early at this step (resumable)")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--lr", type=float, default=0.0, help="peak learning rate (default 2e-3)")
+    s.add_argument("--latent-channels", type=int, default=4, help="kl: channels per latent token")
+    s.add_argument("--kl-weight", type=float, default=1e-4, help="kl: weight of the KL term")
+    s.add_argument("--codebook-size", type=int, default=512, help="vq: number of codes")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_train_tokenizer)
+
+    s = sub.add_parser("train-classifier", help="train the Fashion-MNIST classifier behind FD / accuracy")
+    s.add_argument("--data.path", dest="data_path", default="", help="Fashion-MNIST folder")
+    s.add_argument("--out", default="assets/classifier")
+    s.add_argument("--epochs", type=int, default=6)
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_train_classifier)
+
+
+    register_training(sub)
+    return p
+
+
+def _os_message(e: OSError) -> str:
+    """An OSError as one line: our own (WriteError, FileNotFoundError with a message) as they are,
+    the system's as "PATH: reason"."""
+    if e.strerror and e.filename is not None:
+        return f"{e.filename}: {e.strerror}"
+    return str(e)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or \
+        "can't allocate memory" in text or "out of memory" in text.lower()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        args.func(args)
+    except (CliError, ValueError, CheckpointError) as e:
+        return _fail(str(e))
+    except OSError as e:  # WriteError and FileNotFoundError included
+        return _fail(_os_message(e))
+    except (MemoryError, RuntimeError) as e:  # a last net: the size checks should have refused first
+        if not _out_of_memory(e):
+            raise
+        return _fail(f"out of memory: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}; use a "
+                     "smaller model, batch or image count")
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _fail(message: str) -> int:
+    """Print `message` as one line `error: ...` on stderr; the exit code for bad input."""
+    text = " ".join(line.strip() for line in message.splitlines() if line.strip()) or "invalid input"
+    print(f"error: {text}", file=sys.stderr)
+    return EXIT_USAGE

@@ -1,0 +1,189 @@
+"""Atomic file writes: the one way this project puts a file on disk that someone may rely on.
+
+A write goes to a temp file in the destination's folder, is flushed and fsynced, gets mode 0644 and
+is renamed over the destination (`os.replace`), and then the folder itself is fsynced so the rename
+survives a power cut. A reader therefore sees the old file or the new one, never a torn one. On any
+failure the temp file is removed and the destination is left as it was.
+
+OS errors become `WriteError`, whose one-line message names the path and says what went wrong in
+words: "disk full", "read-only or not writable", "a file is in the way".
+"""
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+# the shipped models and files, beside the package
+ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
+
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NOT_A_FOLDER = (errno.ENOTDIR, errno.EEXIST)
+
+
+class WriteError(OSError):
+    """A file could not be written; the message is one line naming the path and the reason."""
+
+    def __str__(self) -> str:  # OSError would prefix "[Errno N]"
+        return self.args[1] if len(self.args) > 1 else super().__str__()
+
+
+def write_error(path: str | os.PathLike, err: BaseException) -> WriteError:
+    """A WriteError for `path` from an OSError (or an exception caused by one, as torch.save raises)."""
+    os_err = _os_error(err)
+    code = os_err.errno if os_err is not None else None
+    if code in _NO_SPACE:
+        reason = "disk full (no space left on the device)"
+    elif code in _READ_ONLY:
+        reason = "the folder is read-only or not writable"
+    elif code in _NOT_A_FOLDER:
+        reason = "a file is in the way where a folder is needed"
+    elif os_err is not None:
+        reason = os_err.strerror or str(os_err)
+    else:
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return WriteError(code or errno.EIO, f"cannot write {path}: {reason}")
+
+
+def _os_error(err: BaseException | None) -> OSError | None:
+    """The OSError behind `err`: itself, or one in its cause / context chain."""
+    seen = 0
+    while err is not None and seen < 8:
+        if isinstance(err, OSError) and err.errno is not None:
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """fsync a folder so a rename inside it is durable (a no-op where the file system refuses)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
+    """Write `path` atomically: `write(f)` fills an open binary temp file in the same folder, which is
+    then flushed, fsynced, chmod 0644 and renamed over `path`; the folder is fsynced. The parent
+    folder is created if needed. Raises WriteError (temp file removed, `path` untouched) on OS
+    errors; other exceptions from `write` propagate after the same clean-up."""
+    path = Path(path)
+    folder = path.parent
+    tmp: str | None = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
+        os.replace(tmp, path)
+        tmp = None
+        fsync_dir(folder)
+    except Exception as e:
+        if _os_error(e) is None:
+            raise
+        raise write_error(path, e) from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    return path
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Atomically write `data` to `path`."""
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomically write UTF-8 `text` to `path`."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """Atomically `torch.save` `obj` to `path` (streamed into the temp file, not held in memory)."""
+    import torch
+
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def ensure_writable_dir(folder: str | os.PathLike, what: str = "folder") -> Path:
+    """Create `folder` if needed and prove it takes a small fsynced file, before long work starts.
+    WriteError names the folder: a file in the way, read-only or not writable, disk full."""
+    folder = Path(folder)
+    probe = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not folder.is_dir():
+            raise OSError(errno.ENOTDIR, "not a folder")
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"probe\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        err = write_error(folder, e)
+        raise WriteError(err.errno, str(err).replace("cannot write", f"cannot use {what}", 1)) from None
+    finally:
+        if probe is not None:
+            try:
+                os.unlink(probe)
+            except OSError:
+                pass
+    return folder
+
+
+def check_output_file(path: str | os.PathLike, option: str = "output", suffixes: tuple[str, ...] = ()) -> Path:
+    """Check, before any work, that a file can be written at `path` (named `option` in errors, e.g.
+    "--out"): a file name is given (with one of `suffixes`, when given), it is not a folder, no file
+    stands where a folder of its path should be, and the nearest existing folder takes a small file
+    (read-only and full disks are refused here). Missing folders are created when the file is
+    written. WriteError or ValueError, one line naming `option` and the path."""
+    text = os.fspath(path)
+    if not text.strip():
+        raise ValueError(f"{option} is empty: give a file name")
+    p = Path(text).expanduser()
+    if p.is_dir() or text.endswith(("/", os.sep)):
+        raise ValueError(f"{option} {text} is a folder; give a file name inside it")
+    if suffixes and p.suffix.lower() not in suffixes:
+        raise ValueError(f"{option} must be a {' or '.join(suffixes)} file, got {text}")
+    folder = p.parent
+    while not folder.exists():
+        if folder == folder.parent:
+            break
+        folder = folder.parent
+    if not folder.is_dir():
+        raise WriteError(errno.ENOTDIR, f"cannot write {option} {text}: {folder} is a file, not a folder")
+    try:
+        ensure_writable_dir(folder, "folder")
+    except WriteError as e:
+        reason = str(e).removeprefix(f"cannot use folder {folder}: ")
+        raise WriteError(e.errno, f"cannot write {option} {text}: {reason}") from None
+    return p
+
+
+def command_line() -> str:
+    """The command that launched this process, as a user would type it: `python -m module args` for
+    modules (no interpreter path), `python script args` otherwise."""
+    import shlex
+    import sys
+
+    argv = list(sys.argv)
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        argv = ["python", "-m", spec.name.removesuffix(".__main__"), *argv[1:]]
+    else:
+        argv = ["python", *argv]
+    return shlex.join(argv)

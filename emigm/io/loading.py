@@ -1,0 +1,158 @@
+"""Loading a generator for sampling: one call returns everything a sampler user needs.
+
+`load_pipeline(source)` accepts
+- a shipped model name (a folder in assets/) or any export folder (config.json + model.safetensors),
+  with its self-guidance smoother when the export holds one (`self-guidance/`);
+- a training checkpoint (`ckpt-*.pt`, recognised by its content): its EMA weights;
+- an official eMIGM / MAR checkpoint (`.pth`), with `vae=` the KL-16 VAE it needs;
+and `random_pipeline(preset)` builds a preset with random weights. The size of a model is estimated
+from its config before any weights are allocated, and refused when it cannot fit in memory.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emigm.core.config import RunConfig
+from emigm.core.fileio import ASSETS_DIR
+from emigm.core.labels import class_names
+from emigm.core.presets import get_preset
+from emigm.core.statedict import CheckpointError, load_torch
+from emigm.io.exports import load_export, resolve_export
+from emigm.io.official import load_official
+from emigm.io.runs import is_training_state, read_training_checkpoint
+from emigm.nn.budget import check_size
+from emigm.nn.model import MaskedGenerator
+from emigm.nn.smoother import SMOOTHER_DIR, load_smoother
+from emigm.sample.capabilities import suggested_settings
+from emigm.tokenize.tokenizers import build_tokenizer
+
+
+@dataclass
+class Pipeline:
+    """A loaded model, everything a sampler user needs in one object: the network, its tokenizer, its
+    self-guidance smoother (or None), its config, the sampling rule it was trained for, the class names,
+    a display label and metadata (the export's `meta`, with export_dir). The sampler takes it whole
+    (`sample_steps(pipe, ...)` runs `pipe.model` with `pipe.smoother`)."""
+
+    model: MaskedGenerator
+    tokenizer: Any
+    cfg: RunConfig
+    smoother: Any = None
+    label: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    source: str = "export"  # export | checkpoint | official | random
+
+    @property
+    def sampling_rule(self) -> dict[str, Any]:
+        """The sampler settings the model was trained for (emigm.sample.capabilities.suggested_settings)."""
+        return suggested_settings(self.model)
+
+    @property
+    def class_names(self) -> list[str]:
+        return class_names(self.cfg)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens -> images (B, C, H, W) in [-1, 1]."""
+        with torch.inference_mode():
+            return self.tokenizer.decode(tokens.to(self.device))
+
+
+def _tokenizer_roots(folder: Path | None) -> list[Path]:
+    roots = [folder, folder.parent] if folder is not None else []
+    return [r for r in roots if r is not None] + [ASSETS_DIR]
+
+
+def build_model_tokenizer(cfg: RunConfig, folder: Path | None, device: torch.device | str):
+    """The tokenizer of `cfg`: a relative tokenizer path is looked up beside the export, in its parent
+    folder, then in assets/. A missing one is a one-line error naming what was expected."""
+
+    tk = cfg.tokenizer
+    if tk.path and not os.path.isabs(os.path.expanduser(tk.path)):
+        for root in _tokenizer_roots(folder):
+            if (root / tk.path).exists():
+                return build_tokenizer(tk, str(root)).to(device).eval()
+        where = ", ".join(str(r.name or r) for r in _tokenizer_roots(folder))
+        raise FileNotFoundError(f"the {tk.kind} tokenizer {tk.path!r} this model needs was not found "
+                                f"(looked beside the model, in {where})")
+    return build_tokenizer(tk, None).to(device).eval()
+
+
+def _load_smoother(folder: Path, model: MaskedGenerator, device):
+    sg = folder / SMOOTHER_DIR
+    return load_smoother(sg, model, device) if sg.is_dir() else None
+
+
+def load_pipeline(source: str | os.PathLike, device: str | torch.device = "cpu", vae: str = "") -> Pipeline:
+    """Load a generator from an export folder or shipped name, a training checkpoint or an official
+    checkpoint (see the module docstring). `vae`: the KL-16 VAE of an official ImageNet checkpoint
+    (given for any other model, it is an error). Errors are one line naming the file."""
+    path = Path(os.path.expanduser(str(source)))
+    device = torch.device(device)
+    if path.is_file() and path.name not in ("config.json", "model.safetensors"):
+        if path.suffix == ".safetensors":
+            raise CheckpointError(f"{path.name}: a safetensors file alone is not a model; give the export "
+                                  "folder that holds it with config.json")
+        ck = load_torch(path)  # one read: our training checkpoints are recognised by content
+        if not is_training_state(ck):
+            return _from_official(path, ck, device, vae)
+        _no_vae(vae, path.name)
+        return _from_training_checkpoint(path, ck, device)
+    _no_vae(vae, Path(str(source)).name)
+    return _from_export(source, device)
+
+
+def _no_vae(vae: str, name: str) -> None:
+    if vae:
+        raise ValueError(f"--vae is for official ImageNet checkpoints (KL-16 latents); {name} brings its own "
+                         "tokenizer: leave --vae out")
+
+
+def _from_export(source: str | os.PathLike, device) -> Pipeline:
+    folder = resolve_export(source)
+    model, cfg, meta = load_export(folder, device)
+    tokenizer = build_model_tokenizer(cfg, folder, device)
+    return Pipeline(model, tokenizer, cfg, _load_smoother(folder, model, device), label=folder.name,
+                     meta=meta, source="export")
+
+
+def _from_training_checkpoint(path: Path, ck: dict, device) -> Pipeline:
+    cfg, ema, step = read_training_checkpoint(path, ck, device)
+    model = MaskedGenerator(cfg)
+    model.load_state_dict(ema)
+    model = model.to(device).eval()
+    tokenizer = build_model_tokenizer(cfg, path.parent, device)
+    meta = {"steps": step, "exported_from": path.name}
+    return Pipeline(model, tokenizer, cfg, None, label=f"{path.name} (EMA, step {step})",
+                     meta=meta, source="checkpoint")
+
+
+def _from_official(path: Path, ck: Any, device, vae: str) -> Pipeline:
+    model, cfg = load_official(path, device, ck=ck)
+    if cfg.tokenizer.kind == "kl16":
+        if not vae:
+            raise ValueError(f"{path.name} makes KL-16 latents: give the VAE with --vae PATH/kl16.ckpt")
+        cfg = replace(cfg, tokenizer=replace(cfg.tokenizer, path=str(Path(vae).expanduser().resolve())))
+    tokenizer = build_model_tokenizer(cfg, None, device)
+    return Pipeline(model, tokenizer, cfg, None, label=path.name, meta={}, source="official")
+
+
+def random_pipeline(preset: str, device: str | torch.device = "cpu", seed: int = 0) -> Pipeline:
+    """A preset with random weights (drawn from `seed`); its tokenizer as shipped."""
+
+    cfg = get_preset(preset)
+    check_size(cfg, preset, device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MaskedGenerator(cfg)
+    model = model.to(device).eval()
+    tokenizer = build_model_tokenizer(cfg, None, device)
+    return Pipeline(model, tokenizer, cfg, None, label=f"{preset} (random init)", source="random")

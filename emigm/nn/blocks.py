@@ -1,0 +1,64 @@
+"""Pre-norm ViT block with the parameter names of the MAR / eMIGM checkpoints
+(norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2; LayerNorm eps 1e-6, exact GELU, no layer scale).
+
+Dropout as the reference's blocks: `attn_drop` on the attention probabilities, `proj_drop` after the
+attention projection and after both MLP layers; active in training mode only.
+The attention takes an optional top-down signal `td` (self-guidance, emigm.nn.smoother): its value
+projection W_v td is added to the values, V = W_v h + b_v + W_v td; queries and keys are unchanged.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Tensor = torch.Tensor
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.attn_drop = attn_drop
+        self.qkv = nn.Linear(dim, 3 * dim, bias=True)  # rows: q, then k, then v
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: Tensor, keep: Tensor | None = None, td: Tensor | None = None) -> Tensor:
+        """x (B, S, D); keep (B, S) bool, False for padded positions that no query may attend to;
+        td (B, S, D) a top-down signal added to the values through W_v (no bias)."""
+        B, S, D = x.shape
+        qkv = self.qkv(x)
+        if td is not None:
+            w_v = self.qkv.weight[2 * D:]
+            qkv = torch.cat([qkv[..., :2 * D], qkv[..., 2 * D:] + F.linear(td, w_v)], dim=-1)
+        q, k, v = qkv.view(B, S, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        attn_mask = None if keep is None else keep[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                             dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, S, D)))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, attn_drop, proj_drop)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), proj_drop)
+
+    def forward(self, x: Tensor, keep: Tensor | None = None, td: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), keep, td)
+        return x + self.mlp(self.norm2(x))

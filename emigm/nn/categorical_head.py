@@ -1,0 +1,75 @@
+"""Categorical per-token head over a codebook (MaskGIT / MDM rows of the paper's Table 1).
+
+z (M, D) -> logits (M, K). Owns its loss (cross-entropy with label smoothing) and its per-token
+sampling (temperature; guidance on the logits through `emigm.core.guidance.combine`)."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from emigm.core.guidance import Term, combine
+
+Tensor = torch.Tensor
+
+
+class CategoricalHead(nn.Module):
+    discrete = True
+
+    def __init__(self, cond_dim: int, codebook_size: int, label_smoothing: float = 0.1):
+        super().__init__()
+        if codebook_size < 2:
+            raise ValueError(f"codebook_size must be >= 2, got {codebook_size}")
+        self.codebook_size = codebook_size
+        self.label_smoothing = label_smoothing
+        self.norm = nn.LayerNorm(cond_dim, eps=1e-6)
+        self.proj = nn.Linear(cond_dim, codebook_size)
+
+    def logits(self, z: Tensor) -> Tensor:
+        """z (M, D) -> (M, K) float32 logits."""
+        return self.proj(self.norm(z)).float()
+
+    def loss(self, z: Tensor, target: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Per-token cross-entropy with label smoothing. z (M, D), target (M,) int64 -> (M,)."""
+        return F.cross_entropy(self.logits(z), target.long(), reduction="none",
+                               label_smoothing=self.label_smoothing)
+
+    def guided_logits(self, z: Tensor, guides: Sequence[Term] = ()) -> Tensor:
+        """Logits combined with the guides' reference logits (emigm.core.guidance.combine); the conditional
+        and every reference condition go through the network in one batched call."""
+        if not guides:
+            return self.logits(z)
+        cond, *refs = self.logits(torch.cat([z, *(g.z for g in guides)])).chunk(1 + len(guides))
+        return combine(cond, refs, [g.weight for g in guides])
+
+    def evals(self, solver: str = "", steps: int = 0) -> int:
+        return 1
+
+    def noise_draws(self, solver: str = "", steps: int = 0) -> int:
+        """One uniform(0) draw of (M, K) per `sample`."""
+        return 1
+
+    @torch.no_grad()
+    def sample_logits(self, logits: Tensor, uniform: Callable[[int], Tensor],
+                      temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+        """Sample codes from logits / temperature by the Gumbel-max trick.
+
+        uniform(i) -> (M, K) uniforms in (0, 1). Returns codes (M,) int64 and the log-probability of
+        each sampled code under the (guided, untempered) distribution, used as its confidence.
+        temperature 0 takes the argmax."""
+        logp = F.log_softmax(logits, dim=-1)
+        if temperature > 0:
+            g = -torch.log(-torch.log(uniform(0)))
+            codes = (logp / temperature + g).argmax(dim=-1)
+        else:
+            codes = logp.argmax(dim=-1)
+        return codes, logp.gather(1, codes[:, None]).squeeze(1)
+
+    @torch.no_grad()
+    def sample(self, z: Tensor, uniform: Callable[[int], Tensor], *, guides: Sequence[Term] = (),
+               temperature: float = 1.0, solver: str = "", steps: int = 0) -> tuple[Tensor, Tensor]:
+        """Guided logits then `sample_logits`: the guided distribution gives both the token and its
+        confidence. Returns (codes (M,), log-prob (M,))."""
+        return self.sample_logits(self.guided_logits(z, guides), uniform, temperature)

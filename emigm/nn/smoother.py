@@ -1,0 +1,248 @@
+"""Self-guidance (Hur et al., NeurIPS 2024): the smoothing module H, its auxiliary task and its export.
+
+H is a small top-down attention-steering add-on (in the style of TOAST) on top of a FROZEN masked
+generator. Given the hidden states h of the ordinary pass on x_t, it produces a "semantically smoothed"
+prediction, which the sampler guides away from (emigm.core.guidance: logits = (1 + s) normal - s smooth):
+
+1. token selection: a class anchor xi_c = Linear(LayerNorm(embedding(c))) gates every position by
+   a_i = clamp(cos(h_i, xi_c), 0, 1);
+2. channel selection: a learned square matrix P, initialised to the identity;
+3. feedback: one block per backbone layer (two bias-free linears), run from the top layer down; block l
+   passes down(x) to the block below and emits the top-down signal td_l = out(down(x));
+4. a second pass through the SAME frozen layers on an all-mask input whose class slots hold the null
+   class, with td_l added to layer l's attention values (emigm.nn.blocks); the frozen head reads it out.
+The feedback's `down` starts as the identity and `out` at zero, so an untrained H gives the plain
+all-mask prediction.
+
+Auxiliary task (error-token correction): mask x_0 with the base model's training schedule, replace a
+fraction `error_rate` (0.3) of the VISIBLE tokens by uniformly drawn codes (continuous tokens: by
+N(0, I) draws), run pass 1 on that input and train H so the smoothed prediction recovers x_0, with
+cross-entropy (label smoothing 0.1) plus 0.1 x the variance regulariser: for every layer, the MSE
+between down(layer output) and the layer input (both from pass 1, stop-gradient).
+
+Loss positions (`loss_positions`): the paper's equation sums over the MASKED positions; the public code
+puts the loss on the REPLACED (error) positions only. We default to "masked", where the smoothed
+prediction is used at sampling time; "replaced" and "both" are offered for comparison.
+
+Our extension to continuous tokens: the same module on a diffusion-head model, the smoothed condition
+z_bar from the steered pass, the head's loss on z_bar in training and eps = eps_bar + (1 + s)(eps - eps_bar)
+in sampling.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from emigm.core.config import from_dict, to_dict
+from emigm.core.fields import check_fields, option
+from emigm.core.fileio import write_bytes
+from emigm.core.statedict import CheckpointError, check_state_dict, spec_of
+
+Tensor = torch.Tensor
+LOSS_POSITIONS = {"masked": "the masked positions (the paper's equation)",
+                  "replaced": "the replaced (error) positions (the public code)",
+                  "both": "masked and replaced positions"}
+SMOOTHER_DIR, WEIGHTS_FILE, CONFIG_FILE = "self-guidance", "model.safetensors", "config.json"
+
+
+@dataclass(frozen=True)
+class SmootherConfig:
+    """The module's shape and its auxiliary task."""
+
+    width: int = option(192, "hidden width of the base model (encoder and decoder)", low=1, high=8192)
+    num_layers: int = option(6, "transformer layers of the base model (one feedback block each)", low=1,
+                             high=512)
+    num_classes: int = option(10, "classes of the base model", low=1, high=100000)
+    error_rate: float = option(0.3, "fraction of visible tokens replaced by error tokens", low=0.0, high=1.0)
+    loss_positions: str = option("masked", "where the auxiliary loss is taken", choices=LOSS_POSITIONS)
+    var_weight: float = option(0.1, "weight of the variance regulariser", low=0.0, high=100.0)
+    label_smoothing: float = option(0.1, "label smoothing of the cross-entropy (categorical heads)",
+                                    low=0.0, high=1.0)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+class FeedbackBlock(nn.Module):
+    """x -> (down(x) for the block below, td = out(down(x)) for this layer); bias-free linears."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(width, width, bias=False)
+        self.out = nn.Linear(width, width, bias=False)
+        with torch.no_grad():
+            self.down.weight.copy_(torch.eye(width))
+            self.out.weight.zero_()
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.down(x)
+        return x, self.out(x)
+
+
+class Smoother(nn.Module):
+    """The self-guidance smoother H for one base model (see the module docstring)."""
+
+    def __init__(self, cfg: SmootherConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.width
+        self.anchor = nn.Embedding(cfg.num_classes, D)
+        self.anchor_norm = nn.LayerNorm(D, eps=1e-6)
+        self.anchor_proj = nn.Linear(D, D)
+        self.channel = nn.Parameter(torch.eye(D))  # channel selection P, identity at start
+        self.feedback = nn.ModuleList(FeedbackBlock(D) for _ in range(cfg.num_layers))
+        nn.init.normal_(self.anchor.weight, std=0.02)
+
+    def select(self, hidden: Tensor, labels: Tensor) -> Tensor:
+        """Token then channel selection: (B, S, D) hidden states -> (B, S, D)."""
+        xi = self.anchor_proj(self.anchor_norm(self.anchor(labels)))  # (B, D)
+        gate = F.cosine_similarity(hidden, xi.unsqueeze(1), dim=-1).clamp(0.0, 1.0)  # (B, S)
+        return (hidden * gate.unsqueeze(-1)) @ self.channel
+
+    def top_down(self, x: Tensor) -> list[Tensor]:
+        """Top-down signals, one per layer, bottom layer first (computed from the top down)."""
+        td: list[Tensor] = [x] * len(self.feedback)
+        for layer in reversed(range(len(self.feedback))):
+            x, td[layer] = self.feedback[layer](x)
+        return td
+
+    def smooth_features(self, model, hidden: Tensor, labels: Tensor, record: bool = False):
+        """Pass 2: the frozen layers on an all-mask input, steered by the top-down signals from the
+        pass-1 hidden states `hidden` (B, Bf + L, D). Returns the model's Features."""
+        B, L = hidden.shape[0], model.num_tokens
+        mask = torch.ones(B, L, dtype=torch.bool, device=hidden.device)
+        tokens = (torch.zeros(B, L, dtype=torch.long, device=hidden.device) if model.discrete
+                  else torch.zeros(B, L, model.cfg.tokenizer.token_dim, device=hidden.device, dtype=hidden.dtype))
+        null = model.condition(labels, torch.ones_like(labels, dtype=torch.bool))
+        td = self.top_down(self.select(hidden, labels))
+        return model.features(tokens, mask, null, num_visible=0, td=td, record=record)
+
+    def smooth_z(self, model, hidden: Tensor, labels: Tensor) -> Tensor:
+        """The smoothed per-token conditions z_bar (B, L, Dd)."""
+        return model.to_z(self.smooth_features(model, hidden, labels).hidden)
+
+    def var_loss(self, layer_io: list[tuple[Tensor, Tensor]]) -> Tensor:
+        """sum_l MSE(down_l(output_l), input_l) over the base's layers (stop-gradient on both)."""
+        if len(layer_io) != len(self.feedback):
+            raise ValueError(f"got {len(layer_io)} layers' inputs and outputs for {len(self.feedback)} feedback blocks")
+        return sum(F.mse_loss(block.down(out.detach()), inp.detach())
+                   for block, (inp, out) in zip(self.feedback, layer_io))
+
+
+def check_base(model, cfg: SmootherConfig, source: str = "self-guidance smoother") -> None:
+    """Refuse a base model the module does not fit: one line naming what differs."""
+    bb = model.cfg.backbone
+    if bb.width != bb.decoder_width:
+        raise ValueError(f"self-guidance needs equal encoder and decoder widths; the base has "
+                         f"{bb.width} and {bb.decoder_width}")
+    want = {"width": bb.width, "num_layers": bb.encoder_depth + bb.decoder_depth, "num_classes": bb.num_classes}
+    got = {"width": cfg.width, "num_layers": cfg.num_layers, "num_classes": cfg.num_classes}
+    bad = [f"{k} {got[k]} (base: {want[k]})" for k in want if want[k] != got[k]]
+    if bad:
+        raise ValueError(f"{source} does not fit its base model: {', '.join(bad)}")
+
+
+def config_for(model, **overrides: Any) -> SmootherConfig:
+    """The module config that fits `model`."""
+    bb = model.cfg.backbone
+    return SmootherConfig(width=bb.width, num_layers=bb.encoder_depth + bb.decoder_depth,
+                          num_classes=bb.num_classes, **overrides)
+
+
+# ----------------------------------------------------------------------------- auxiliary task
+
+
+def corrupt(tokens: Tensor, mask: Tensor, model, cfg: SmootherConfig, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Replace a fraction cfg.error_rate of the visible tokens by error tokens: uniform codes (discrete)
+    or N(0, I) draws (continuous). Returns (corrupted tokens, replaced (B, L) bool)."""
+    device = tokens.device
+    u = torch.rand(mask.shape, generator=generator, device=generator.device).to(device)
+    replaced = (~mask) & (u < cfg.error_rate)
+    if model.discrete:
+        codes = torch.randint(0, model.head.codebook_size, mask.shape, generator=generator,
+                              device=generator.device).to(device)
+        return torch.where(replaced, codes, tokens), replaced
+    noise = torch.randn(tokens.shape, generator=generator, device=generator.device).to(device, tokens.dtype)
+    return torch.where(replaced.unsqueeze(-1), noise, tokens), replaced
+
+
+def auxiliary_loss(smoother: Smoother, model, tokens: Tensor, mask: Tensor, labels: Tensor,
+                   generator: torch.Generator) -> Tensor:
+    """The error-token correction loss of one batch: tokens x_0 (B, L) codes or (B, L, C) latents,
+    mask (B, L) from the base's training masking. The base model stays frozen (no gradient to it)."""
+    cfg = smoother.cfg
+    corrupted, replaced = corrupt(tokens, mask, model, cfg, generator)
+    cond = model.condition(labels)
+    with torch.no_grad():
+        first = model.features(corrupted, mask, cond, record=True)
+    z_bar = model.to_z(smoother.smooth_features(model, first.hidden, labels).hidden)
+    where = {"masked": mask, "replaced": replaced, "both": mask | replaced}[cfg.loss_positions]
+    if not bool(where.any()):  # nothing to learn from in this batch (all visible, no errors drawn)
+        return smoother.var_loss(first.layer_io) * cfg.var_weight + z_bar.sum() * 0.0
+    zs = z_bar[where]
+    if model.discrete:
+        target = tokens[where].long()
+        ce = F.cross_entropy(model.head.logits(zs), target, label_smoothing=cfg.label_smoothing)
+    else:
+        ce = model.head.loss(zs, tokens[where], generator=generator).mean()
+    return ce + cfg.var_weight * smoother.var_loss(first.layer_io)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def save_smoother(smoother: Smoother, out_dir: str | os.PathLike, base_cfg: dict[str, Any],
+                  meta: dict[str, Any] | None = None, state: dict[str, Tensor] | None = None) -> Path:
+    """Write model.safetensors + config.json ({"config", "base", "meta"}) into out_dir."""
+    from safetensors.torch import save
+
+
+    out = Path(out_dir)
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in (state or smoother.state_dict()).items()}
+    write_bytes(out / WEIGHTS_FILE, save(tensors))
+    doc = {"config": to_dict(smoother.cfg), "base": base_cfg, "meta": meta or {}}
+    write_bytes(out / CONFIG_FILE, json.dumps(doc, indent=2, sort_keys=True).encode())
+    return out
+
+
+def load_smoother(folder: str | os.PathLike, model, device: str | torch.device = "cpu") -> Smoother:
+    """Load a module exported by `save_smoother` and check that it fits `model` (shapes, classes,
+    tokens, codebook). Errors are one line naming the file."""
+    from safetensors.torch import load_file
+
+
+    folder = Path(folder)
+    cfg_path, weights = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    for f in (cfg_path, weights):
+        if not f.is_file():
+            raise CheckpointError(f"self-guidance smoother file missing: {f.name} in {folder.name}")
+    try:
+        doc = json.loads(cfg_path.read_text())
+        cfg = from_dict(SmootherConfig, doc["config"])
+        base = doc["base"]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{folder.name}/{CONFIG_FILE}: not a self-guidance smoother config ({e})") from None
+    check_base(model, cfg, f"self-guidance smoother {folder.name}")
+    tk = model.cfg.tokenizer
+    base_tk = base.get("tokenizer", {}) if isinstance(base, dict) else {}
+    for key in ("kind", "codebook_size", "latent_channels", "image_size"):
+        if key in base_tk and base_tk[key] != getattr(tk, key):
+            raise CheckpointError(f"self-guidance smoother {folder.name} was trained on a base with "
+                                  f"tokenizer.{key} {base_tk[key]!r}; this model has {getattr(tk, key)!r}")
+    try:
+        state = load_file(str(weights))
+    except Exception as e:  # safetensors raises several types for damaged files
+        raise CheckpointError(f"cannot read {folder.name}/{WEIGHTS_FILE}: {type(e).__name__}") from None
+    with torch.device("meta"):  # shapes only: the file is checked before anything is allocated
+        expected = spec_of(Smoother(cfg))
+    check_state_dict(expected, state, f"{folder.name}/{WEIGHTS_FILE}")
+    smoother = Smoother(cfg)
+    smoother.load_state_dict(state)
+    return smoother.to(device).eval().requires_grad_(False)

@@ -1,0 +1,75 @@
+"""What a loaded model can do: the sampler and guidance choices it cannot run, each with its reason.
+
+One source for the sampler's refusals and the explorer's disabled controls: `choice_reasons` lists,
+per option field, the choices this model cannot take and why; `limits` gives the numeric caps that
+depend on the model (num_steps <= its token count); `unavailable` applies both to a concrete setting.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from emigm.core.guidance import GuidanceConfig
+
+
+def choice_reasons(model, smoother=None) -> dict[str, dict[str, str]]:
+    """{field: {choice: reason}} for the choices `model` (with its self-guidance smoother `smoother`,
+    or None) cannot run."""
+    out: dict[str, dict[str, str]] = {}
+    if not model.head.discrete:
+        out["order"] = {"confidence": "the confidence order needs token probabilities; a diffusion head "
+                                      "has none (use random or fixed)"}
+    other = "fake" if model.null_mode == "mask" else "mask"
+    out["cfg_mode"] = {other: f"this model was trained with null mode {model.null_mode!r}; "
+                              f"{other!r} needs a model trained with it"}
+    return out
+
+
+def limits(model, smoother=None) -> dict[str, tuple[float, float]]:
+    """Numeric caps that depend on the model: {field: (low, high)}."""
+    caps = {"num_steps": (1, model.num_tokens)}
+    if smoother is None:
+        caps["sg_scale"] = (0.0, 0.0)
+    return caps
+
+
+def limit_reasons(model, smoother=None) -> dict[str, str]:
+    reasons = {"num_steps": f"at most {model.num_tokens} steps: this model has {model.num_tokens} tokens "
+                            "and every step reveals at least one"}
+    if smoother is None:
+        reasons["sg_scale"] = "self-guidance needs a self-guidance smoother; this model has none"
+    return reasons
+
+
+def unavailable(model, smoother, sampler, guidance: GuidanceConfig) -> list[str]:
+    """Reasons why (sampler, guidance) cannot run on this model; empty when it can."""
+    reasons: list[str] = []
+    settings: dict[str, Any] = {"order": sampler.order, "cfg_mode": guidance.cfg_mode}
+    for name, bad in choice_reasons(model, smoother).items():
+        value = settings.get(name)
+        if name == "cfg_mode" and (guidance.cfg_scale == 1.0 or not value):
+            continue  # the null class is only used when CFG runs
+        if value in bad:
+            reasons.append(f"{name} {value!r} is not available: {bad[value]}")
+    lim, why = limits(model, smoother), limit_reasons(model, smoother)
+    values = {"num_steps": sampler.num_steps, "sg_scale": guidance.sg_scale}
+    for name, (lo, hi) in lim.items():
+        if not lo <= values[name] <= hi:
+            reasons.append(f"{name} {values[name]} is not available: {why[name]}")
+    return reasons
+
+
+def check_capabilities(model, sampler, guidance: GuidanceConfig, smoother=None) -> None:
+    """Raise ValueError with the first reason the setting cannot run on this model."""
+    reasons = unavailable(model, smoother, sampler, guidance)
+    if reasons:
+        raise ValueError(reasons[0])
+
+
+def suggested_settings(model) -> dict[str, Any]:
+    """The sampler rule a model was trained for, as option-field values: its training mask schedule,
+    and the reveal rule of its family: MaskGIT's for a categorical head (exact counts, most confident
+    first), eMIGM's otherwise (binomial counts, random order). The explorer applies these when a model
+    is chosen; they are suggestions, every field stays settable."""
+    if model.head.discrete:
+        return {"schedule": model.cfg.masking.schedule, "count_rule": "exact", "order": "confidence"}
+    return {"schedule": model.cfg.masking.schedule, "count_rule": "binomial", "order": "random"}

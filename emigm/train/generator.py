@@ -1,0 +1,179 @@
+"""Training the masked generator: the generator's task for the generic loop (emigm.train.trainer) and
+`train`, the library entry point behind `python -m emigm train` (and torchrun).
+
+The task follows the eMIGM recipe (You et al. 2025, "Effective and Efficient Masked Image Generation
+Models"): images become tokens (pixels, VQ codes or VAE latents), a mask is drawn per sample from
+the masking schedule, labels are dropped to the null class with probability masking.label_drop,
+and the loss is the per-token head's loss on the masked tokens. The model's initial weights are
+drawn under a forked global RNG seeded by (train.seed, "init"), so the global RNG is left untouched.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from emigm.core import distributed as dist
+from emigm.core.config import RunConfig, to_dict
+from emigm.core.devices import resolve_device
+from emigm.core.fileio import ASSETS_DIR
+from emigm.core.masking import draw_mask
+from emigm.core.seeds import STREAM_INIT, mix_seed
+from emigm.core.statedict import load_state_dict_strict, read_safetensors
+from emigm.data.datasets import CachedLatents, EncodedDataset, build_dataset
+from emigm.io.exports import (
+    WEIGHTS_FILE,
+    read_export_config,
+    resolve_export,
+    save_export,
+)
+from emigm.io.runs import default_run_dir
+from emigm.nn.budget import check_training_size
+from emigm.nn.model import MaskedGenerator
+from emigm.tokenize.tokenizers import (
+    DCAETokenizer,
+    KL16Tokenizer,
+    build_tokenizer,
+    resolve_weights,
+)
+from emigm.train.trainer import check_max_steps, fit, micro_batch_size
+
+Tensor = torch.Tensor
+
+
+def build_model(cfg: RunConfig) -> MaskedGenerator:
+    """The model with initial weights drawn from a seed of (train.seed, "init"); the global RNG is
+    forked, so its state is left untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(mix_seed(cfg.train.seed, STREAM_INIT))
+        return MaskedGenerator(cfg)
+
+
+def _encoded_cache(cfg: RunConfig) -> Path:
+    """Where the encoded training set of a `kl` tokenizer is cached: {train.out_dir}/.cache/, keyed by
+    the tokenizer's weights and the data settings."""
+    import hashlib
+
+
+    weights = resolve_weights(cfg.tokenizer, str(ASSETS_DIR))
+    h = hashlib.sha256(Path(weights).read_bytes())
+    d = cfg.data
+    h.update(f"{d.name}|{d.path}|{d.image_size}|{d.limit}|{cfg.tokenizer.image_size}".encode())
+    return Path(cfg.train.out_dir) / ".cache" / f"encoded-{cfg.tokenizer.kind}-{h.hexdigest()[:16]}.pt"
+
+
+def token_source(cfg: RunConfig, device: torch.device) -> tuple[torch.utils.data.Dataset, Callable]:
+    """(dataset, to_tokens): to_tokens(x on device, generator) -> tokens (b, L, C) float / (b, L) int64."""
+
+    tk = cfg.tokenizer
+    if cfg.data.cache_latents:  # raw encoder samples; the latent scale lives on the tokenizer class
+        scales = {"kl16": KL16Tokenizer.scale, "dcae": DCAETokenizer.scale}
+        if tk.kind not in scales:
+            raise ValueError(f"data.cache_latents needs a kl16 or dcae tokenizer, not {tk.kind!r}")
+        dataset = CachedLatents(cfg.data.cache_latents, seed=cfg.train.seed)
+        scale = scales[tk.kind]
+        if dataset.latent_shape != (tk.latent_channels, tk.grid, tk.grid):
+            raise ValueError(f"cached latents in {cfg.data.cache_latents} have shape {dataset.latent_shape}, "
+                             f"the tokenizer expects {(tk.latent_channels, tk.grid, tk.grid)}")
+        return dataset, lambda x, g: (x * scale).flatten(2).transpose(1, 2)  # (b, c, h, w) -> (b, hw, c)
+    tokenizer = build_tokenizer(tk, root=str(ASSETS_DIR)).to(device).eval().requires_grad_(False)
+    dataset = build_dataset(cfg.data, tk, "train", num_classes=cfg.backbone.num_classes, seed=cfg.train.seed)
+    if tk.kind == "kl":  # encode once; sample each step's latents from the stored posterior moments
+
+        dataset = EncodedDataset(dataset, tokenizer.model.moments, device=device, cache=_encoded_cache(cfg))
+
+        def sample_latents(moments: Tensor, g: torch.Generator) -> Tensor:
+            mean, logvar = moments.unbind(1)
+            noise = torch.randn(mean.shape, generator=g, device=g.device).to(mean.device)
+            z = tokenizer.model.normalize(mean + (0.5 * logvar).exp() * noise)
+            return z.flatten(2).transpose(1, 2)  # (b, c, h, w) -> (b, hw, c)
+
+        return dataset, sample_latents
+    if tk.kind == "kl16":  # MAR trains on posterior samples
+        return dataset, lambda x, g: tokenizer.encode(x, generator=g)
+    return dataset, lambda x, g: tokenizer.encode(x)
+
+
+def init_weights_from(model: MaskedGenerator, cfg: RunConfig, source: str) -> None:
+    """Fine-tuning: load the weights of the export `source` (a folder or shipped name) into `model`.
+    The export must have the same tokenizer and network shapes; head and masking settings that do
+    not change a weight's shape (prediction, t_min, ...) may differ. One-line errors name the field."""
+
+    folder = resolve_export(source)
+    base, _ = read_export_config(folder)
+    for section in ("tokenizer", "backbone"):
+        a, b = to_dict(getattr(base, section)), to_dict(getattr(cfg, section))
+        diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        if diff:
+            k = diff[0]
+            raise ValueError(f"train.init_from {source}: its {section}.{k} is {a.get(k)!r}, this run's "
+                             f"{b.get(k)!r}; fine-tuning needs the same {section}")
+    for k in ("kind", "width", "depth"):
+        if getattr(base.head, k) != getattr(cfg.head, k):
+            raise ValueError(f"train.init_from {source}: its head.{k} is {getattr(base.head, k)!r}, this run's "
+                             f"{getattr(cfg.head, k)!r}; fine-tuning needs the same head shape")
+    load_state_dict_strict(model, read_safetensors(folder / WEIGHTS_FILE), str(folder))
+
+
+class GeneratorTask:
+    """The masked generator as a TrainTask: the whole MaskedGenerator is trainable; a micro-batch of
+    (images or latents, labels) becomes (tokens, mask, labels, label drops, loss weights)."""
+
+    def __init__(self, cfg: RunConfig, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        self.model = build_model(cfg).to(device)
+        if cfg.train.init_from:  # a checkpoint to resume from, if any, replaces these weights later
+            init_weights_from(self.model, cfg, cfg.train.init_from)
+        self.trainable: nn.Module = self.model
+        self._to_tokens: Callable | None = None
+        if cfg.train.compile:  # in place: state-dict keys stay; the head runs outside forward
+            self.model.compile()
+            if hasattr(self.model.head, "net"):
+                self.model.head.net.compile()
+
+    def config_dict(self) -> dict[str, Any]:
+        return to_dict(self.cfg)
+
+    def config_defaults(self) -> dict[str, Any]:
+        return to_dict(RunConfig())
+
+    def dataset(self) -> torch.utils.data.Dataset:
+        dataset, self._to_tokens = token_source(self.cfg, self.device)
+        return dataset
+
+    def to_inputs(self, batch: tuple[Tensor, ...], generator: torch.Generator) -> dict[str, Tensor]:
+        x, labels = batch
+        tokens = self._to_tokens(x, generator)
+        draw = draw_mask(self.cfg.masking, x.shape[0], self.cfg.tokenizer.num_tokens, generator=generator,
+                         device=self.device)
+        drop = torch.rand(x.shape[0], generator=generator, device=self.device) < self.cfg.masking.label_drop
+        return {"tokens": tokens, "mask": draw.mask, "labels": labels, "drop": drop, "weight": draw.weight}
+
+    def loss(self, inputs: dict[str, Tensor], generator: torch.Generator) -> Tensor:
+        return self.model.loss(inputs["tokens"], inputs["mask"], inputs["labels"], inputs["drop"], inputs["weight"],
+                               generator=generator)
+
+    def export(self, ema_state: dict[str, Tensor], out_dir: Path, meta: dict[str, Any]) -> None:
+        save_export(self.model, self.cfg, out_dir, meta=meta, state=ema_state)
+
+
+def train(cfg: RunConfig, out_dir: str | os.PathLike | None = None, max_steps: int | None = None, *,
+          device: str = "auto", command: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) the generator run described by `cfg` in `out_dir` (default
+    `{train.out_dir}/{name}`) on `device` (auto, cpu, cuda, cuda:N; under torchrun "cuda" is the
+    process's local GPU). max_steps >= 1 stops there with a checkpoint and no export. A config whose
+    weights, optimizer state and activations cannot fit on the device is refused before anything is
+    built (emigm.nn.budget). See
+    emigm.train.trainer.fit for the run folder, resume rules and the returned summary."""
+
+    check_max_steps(max_steps)
+    micro = micro_batch_size(cfg.train, dist.info_from_env().world_size)  # fail fast, before building the model
+    dev = resolve_device(device, dist.info_from_env().local_rank)
+    check_training_size(cfg, cfg.name, dev, micro)  # from the config: nothing is allocated yet
+    task = GeneratorTask(cfg, dev)
+    return fit(task, cfg.train, Path(out_dir) if out_dir else default_run_dir(cfg), device=dev,
+               max_steps=max_steps, num_workers=cfg.data.num_workers, command=command, progress=progress,
+               desc=cfg.name)
