@@ -29,7 +29,7 @@ from emigm.sample.sampler import SamplerConfig
 
 CONFIG_CLASSES = (SamplerConfig, GuidanceConfig)
 TUPLE_PARTS = ("lo", "hi")
-DISPLAY_MAX = {"num_steps": 64, "head_steps": 50, "cfg_scale": 10.0, "order_temperature": 20.0,
+DISPLAY_MAX = {"num_steps": 64, "head_steps": 50, "draft_steps": 50, "cfg_scale": 10.0, "order_temperature": 20.0,
                "temperature": 3.0, "sg_scale": 10.0}
 STORY = {"cfg_scale": 3.0, "cfg_interval": (0.1, 0.3)}
 UNAVAILABLE = "⊘"  # marks a disabled choice in its label; the page's script disables it
@@ -145,7 +145,7 @@ class ModelView:
         self.unused: dict[str, str] = {}
         if model.head.discrete:
             why = "a categorical head samples its logits directly; no diffusion solver"
-            self.unused.update(head_solver=why, head_steps=why)
+            self.unused.update(head_solver=why, head_steps=why, draft_steps=why)
         if smoother is None:
             why = self.limit_reasons.get("sg_scale", "no self-guidance smoother")
             self.unused.update(sg_scale=why, sg_interval=why)

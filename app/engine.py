@@ -22,12 +22,7 @@ from emigm.core.presets import PRESETS, get_preset
 from emigm.core.statedict import CheckpointError
 from emigm.io.exports import read_export_config, resolve_export, shipped_models
 from emigm.io.imaging import to_uint8
-from emigm.io.loading import (
-    Pipeline,
-    build_model_tokenizer,
-    check_size,
-    load_pipeline,
-)
+from emigm.io.loading import Pipeline, build_model_tokenizer, check_size, load_pipeline
 from emigm.sample.sampler import GuidanceConfig, SamplerConfig, StepState, sample_steps
 
 PREFERRED = "fmnist-emigm"

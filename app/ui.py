@@ -100,9 +100,10 @@ def _unmasking_tab(engine: Engine, h: Unmasking, links: Permalinks, banner, init
             with gr.Accordion("Guidance", open=True):
                 c.update(_widgets(controls.control_names(controls.GUIDANCE_FIELDS), view))
             with gr.Accordion("Reveal order and count", open=False):
-                c.update(_widgets(("count_rule", "order", "order_temperature", "order_anneal"), view, suggested))
+                c.update(_widgets(("count_rule", "order", "order_temperature", "order_anneal", "remask", "remask_eta"),
+                                  view, suggested))
             with gr.Accordion("Token sampling", open=False):
-                c.update(_widgets(("temperature", "head_solver", "head_steps"), view))
+                c.update(_widgets(("temperature", "head_solver", "head_steps", "draft_steps"), view))
             with gr.Accordion("Branch from a step", open=False):
                 gr.Markdown("Scrub the player to step k, then keep the first k steps of this run and re-run the "
                             "rest with the settings above (model, class and seed stay).")

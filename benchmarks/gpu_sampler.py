@@ -30,12 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from emigm.core.devices import (  # noqa: E402
-    device_name,
-    memory_guard,
-    resolve_device,
-    resolve_precision,
-)
+from emigm.core.devices import device_name, memory_guard, resolve_device, resolve_precision  # noqa: E402
 from emigm.core.guidance import GuidanceConfig  # noqa: E402
 from emigm.core.presets import get_preset  # noqa: E402
 from emigm.nn.model import MaskedGenerator  # noqa: E402

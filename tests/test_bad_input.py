@@ -600,12 +600,7 @@ def test_library_doors_refuse_with_the_same_messages(files) -> None:
 
 def test_memory_estimates_refuse_before_allocating() -> None:
     from emigm.core.guidance import GuidanceConfig
-    from emigm.nn.budget import (
-        check_sampling_size,
-        check_size,
-        check_training_size,
-        memory_limit,
-    )
+    from emigm.nn.budget import check_sampling_size, check_size, check_training_size, memory_limit
     from emigm.sample.sampler import SamplerConfig
 
     huge = apply_overrides(get_preset("test-tiny"), list(HUGE.items()))

@@ -159,14 +159,14 @@ class SyncSpy(TorchFunctionMode):
 @pytest.mark.parametrize("which", ["emigm", "maskgit", "emigm-graphs"])
 def test_no_host_sync_after_the_plan(emigm_like, maskgit_like, monkeypatch, which):
     spy = SyncSpy()
-    plan = sampler_mod._make_plan
+    plan = sampler_mod.make_plan
 
     def plan_then_spy(*args, **kwargs):
         out = plan(*args, **kwargs)
         spy.__enter__()  # from here to the end of sample(): the loop and the final state
         return out
 
-    monkeypatch.setattr(sampler_mod, "_make_plan", plan_then_spy)
+    monkeypatch.setattr(sampler_mod, "make_plan", plan_then_spy)
     labels, seeds = _inputs(3)
     try:
         if which == "maskgit":

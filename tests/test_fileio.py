@@ -11,14 +11,7 @@ import pytest
 import torch
 
 from emigm.core import fileio
-from emigm.core.fileio import (
-    WriteError,
-    atomic_write,
-    ensure_writable_dir,
-    torch_save,
-    write_bytes,
-    write_text,
-)
+from emigm.core.fileio import WriteError, atomic_write, ensure_writable_dir, torch_save, write_bytes, write_text
 
 
 def _leftovers(folder) -> list[str]:

@@ -6,15 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emigm.core.guidance import (
-    CFG_MODES,
-    CFG_SCHEDULES,
-    GuidanceConfig,
-    cfg_scale_at,
-    combine,
-    guide,
-    in_interval,
-)
+from emigm.core.guidance import CFG_MODES, CFG_SCHEDULES, GuidanceConfig, cfg_scale_at, combine, guide, in_interval
 
 
 def _grid_after(S: int, t_end: float = 1e-5) -> list[float]:

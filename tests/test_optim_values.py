@@ -13,13 +13,7 @@ from torch import nn
 
 from emigm.core.config import TrainConfig
 from emigm.train.ema import EMA, ema_decay
-from emigm.train.optim import (
-    base_lr,
-    build_optimizer,
-    no_decay,
-    param_groups,
-    training_schedule,
-)
+from emigm.train.optim import base_lr, build_optimizer, no_decay, param_groups, training_schedule
 from emigm.train.optim import lr_at as _lr_at
 
 # ----------------------------------------------------------------------------- EMA access (retarget here)

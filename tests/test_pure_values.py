@@ -231,8 +231,9 @@ def test_plan_counts_exact_from_a_branch():
 
 def _binomial_counts(seed: int, L: int, S: int, name: str, t_end: float = 1e-5) -> list[int]:
     """eMIGM rule: of the n still masked, each of the first n addressed uniforms u_j < p counts, with
-    p = 1 - gamma(s)/gamma(t); at least one, at most n; the last step reveals the rest. The uniforms are
-    the sampler's addressed "where" stream, sub-key 1 (counts) at step k."""
+    p = 1 - gamma(s)/gamma(t); at least one, at most n, and at most n - (steps left) so that no later step
+    is left with nothing to reveal; the last step reveals the rest. The uniforms are the sampler's
+    addressed "where" stream, sub-key 1 (counts) at step k."""
     grid = [1.0 - i * (1.0 - t_end) / S for i in range(S + 1)]
     n, out = L, []
     for k in range(S):
@@ -241,10 +242,20 @@ def _binomial_counts(seed: int, L: int, S: int, name: str, t_end: float = 1e-5) 
         else:
             p = min(1.0, max(0.0, 1 - GAMMA[name](grid[k + 1]) / GAMMA[name](grid[k])))
             u = rng.uniform(torch.tensor([seed]), rng.STREAM_WHERE, k, 1, tail=(L,))[0]
-            c = min(max(int((u[:n] < p).sum()), 1), n)
+            c = min(max(min(int((u[:n] < p).sum()), n - (S - k - 1)), 1), n)
         out.append(c)
         n -= c
     return out
+
+
+@pytest.mark.parametrize("rule", ["binomial", "exact"])
+@pytest.mark.parametrize("name", list(GAMMA))
+def test_every_step_reveals_a_token_at_as_many_steps_as_tokens(rule, name):
+    """S = L: every step reveals exactly one token (the reference's binomial rule could empty the mask
+    early and leave steps that reveal nothing but still cost a pass)."""
+    from emigm.sample.plan import plan_counts
+    counts = plan_counts(torch.arange(64), 49, _cfg(num_steps=49, schedule=name, count_rule=rule))
+    assert bool((counts == 1).all())
 
 
 @pytest.mark.parametrize("name", list(GAMMA))
@@ -306,7 +317,7 @@ def test_plan_counts_binomial_from_a_branch():
 
 
 def test_smallest_selects_the_lowest_keys():
-    from emigm.sample.sampler import _smallest
+    from emigm.sample.orders import smallest as _smallest
     keys = torch.tensor([[0.3, 0.1, 0.2, 0.4], [0.5, 0.5, 0.1, 0.5], [0.9, 0.8, 0.7, 0.6]])
     sel = _smallest(keys, torch.tensor([2, 2, 0]))
     assert sel.tolist() == [[False, True, True, False], [True, False, True, False], [False] * 4]
@@ -315,7 +326,7 @@ def test_smallest_selects_the_lowest_keys():
 
 
 def test_flat_select_row_major():
-    from emigm.sample.sampler import _flat_select
+    from emigm.sample.orders import flat_select as _flat_select
     sel = torch.tensor([[False, True, False], [True, False, True]])
     rows, cols = _flat_select(sel, 3)
     assert rows.tolist() == [0, 1, 1] and cols.tolist() == [1, 0, 2]
@@ -324,7 +335,7 @@ def test_flat_select_row_major():
 
 
 def test_as_seeds():
-    from emigm.sample.sampler import _as_seeds
+    from emigm.sample.plan import as_seeds as _as_seeds
     assert _as_seeds(5, 3, "cpu").tolist() == [5, 6, 7]
     assert _as_seeds(5, None, "cpu").tolist() == [5]
     assert _as_seeds([9, 2], 2, "cpu").tolist() == [9, 2]
@@ -409,15 +420,17 @@ def test_random_order_replayed(monkeypatch):
     calls = _record_head(model, monkeypatch)
     seeds = torch.tensor([4, 9])
     g = GuidanceConfig(cfg_scale=2.5, cfg_interval=(0.4, 1.0))
-    states = list(sample_steps(model, [1, 2], seeds, _cfg(num_steps=5, head_steps=1), g))
+    # without drafts the head runs once per step, on the revealed tokens
+    states = list(sample_steps(model, [1, 2], seeds, _cfg(num_steps=5, head_steps=1, draft=False), g))
     L = model.num_tokens
+    assert len(calls) == len(states)
     for st, (guides, _) in zip(states, calls):
         keys = rng.uniform(seeds, rng.STREAM_WHERE, st.step, 2, tail=(L,))
         for b in range(2):
             masked = st.mask_before[b].nonzero().flatten()
             chosen = masked[keys[b, masked].argsort()[:int(st.revealed[b].sum())]]
             assert sorted(chosen.tolist()) == st.revealed[b].nonzero().flatten().tolist()
-        rows = st.mask_before.nonzero()[:, 0]
+        rows = st.revealed.nonzero()[:, 0]
         if st.cfg_active:
             assert [t.name for t in guides] == ["cfg"]
             torch.testing.assert_close(guides[0].weight, torch.full((len(rows),), 1.5))

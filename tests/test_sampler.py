@@ -230,7 +230,7 @@ def test_null_mode_mismatch_is_refused(tiny):
 @pytest.mark.parametrize("cls,kwargs,match", [
     (SamplerConfig, dict(num_steps=0), r"num_steps must be in \[1, 1024\], got 0"),
     (SamplerConfig, dict(schedule="sigmoid"), "valid: linear, cosine, exp"),
-    (SamplerConfig, dict(order="spiral"), "valid: random, confidence, fixed"),
+    (SamplerConfig, dict(order="spiral"), "valid: random, confidence, margin, entropy, halton, raster, fixed"),
     (SamplerConfig, dict(head_solver="euler"), "valid: ddpm, dpm, dpm2m"),
     (SamplerConfig, dict(temperature=-1), "temperature"),
     (SamplerConfig, dict(temperature=float("nan")), "temperature must be a finite number"),

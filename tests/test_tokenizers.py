@@ -19,15 +19,7 @@ from emigm.tokenize.tokenizers import (
     VQTokenizer,
     build_tokenizer,
 )
-from emigm.tokenize.vqvae import (
-    VQVAE,
-    VectorQuantizer,
-    VQVAEConfig,
-    load_fmnist_images,
-    load_vqvae,
-    psnr,
-    save_vqvae,
-)
+from emigm.tokenize.vqvae import VQVAE, VectorQuantizer, VQVAEConfig, load_fmnist_images, load_vqvae, psnr, save_vqvae
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 SHIPPED_VQ = os.path.join(ASSETS, "fmnist-vq", "vq.safetensors")

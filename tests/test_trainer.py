@@ -20,13 +20,7 @@ from emigm.core.fileio import WriteError, torch_save
 from emigm.core.presets import get_preset
 from emigm.core.statedict import load_torch
 from emigm.data.datasets import SyntheticDataset
-from emigm.io.runs import (
-    RunLock,
-    RunLockedError,
-    check_resume_config,
-    config_diff,
-    latest_checkpoint,
-)
+from emigm.io.runs import RunLock, RunLockedError, check_resume_config, config_diff, latest_checkpoint
 from emigm.nn.model import MaskedGenerator
 from emigm.tokenize.tokenizers import build_tokenizer
 from emigm.train.generator import train

@@ -13,13 +13,7 @@ from emigm.core.devices import resolve_device
 from emigm.core.presets import get_preset
 from emigm.core.seeds import mix_seed
 from emigm.train.ema import EMA, ema_decay
-from emigm.train.optim import (
-    LRSchedule,
-    lr_at,
-    one_cycle,
-    training_schedule,
-    warmup_then_decay,
-)
+from emigm.train.optim import LRSchedule, lr_at, one_cycle, training_schedule, warmup_then_decay
 
 # ----------------------------------------------------------------------------- seeds
 

@@ -21,6 +21,7 @@ from emigm.io.imaging import save_grid
 from emigm.io.loading import load_pipeline, random_pipeline
 from emigm.nn.budget import MAX_IMAGES, MAX_SAMPLES, check_sampling_size
 from emigm.sample.capabilities import check_capabilities, suggested_settings
+from emigm.sample.options import AnatomyOptions
 from emigm.sample.sampler import SamplerConfig, sample_steps
 from emigm.sample.steps import step_table
 from emigm.sample.trace import trace_dict
@@ -169,6 +170,13 @@ def cmd_sample(a: argparse.Namespace) -> None:
     check_number("--num-images", a.num_images, 1, MAX_IMAGES, integer=True)
     check_seed("--seed", a.seed, a.num_images)
     sampler, guidance = sampler_configs(a)
+    anatomy = None
+    if a.anatomy:
+        if not a.trace:
+            raise CliError("--anatomy is written into the trace: give --trace FILE.json")
+        anatomy = AnatomyOptions(a.uncertainty_draws, tuple(a.path_token) if a.path_token else None)
+    elif a.path_token or a.uncertainty_draws != AnatomyOptions.uncertainty_draws:
+        raise CliError("--uncertainty-draws and --path-token go with --anatomy")
     device = resolve_device(a.device)
     out = check_output_file(a.out, "--out", (".png",))
     if a.trace:
@@ -176,7 +184,7 @@ def cmd_sample(a: argparse.Namespace) -> None:
         if trace.resolve() == out.resolve():
             raise CliError(f"--out and --trace are the same file ({a.out}); give two names")
     gen = load_for_sampling(a, device)
-    sampler, guidance = sampler_configs(a, model=gen.model)
+    sampler, guidance = sampler_configs(a, draft=anatomy is not None, model=gen.model)
     names, label = gen.class_names, gen.label
     every = str(a.class_).lower() == "all"
     classes = list(range(len(names))) if every else [parse_class(str(a.class_), names)]
@@ -189,7 +197,7 @@ def cmd_sample(a: argparse.Namespace) -> None:
     labels = torch.tensor([c for c in classes for _ in range(a.num_images)], dtype=torch.long)
     seeds = [a.seed + i for i in range(total)]
     start = time.perf_counter()
-    states = list(s.to("cpu") for s in sample_steps(gen, labels, seeds, sampler, guidance))
+    states = list(s.to("cpu") for s in sample_steps(gen, labels, seeds, sampler, guidance, anatomy=anatomy))
     elapsed = time.perf_counter() - start
     last = states[-1]
     chunk = 256  # decode in chunks: a decoder's activations for thousands of images at once do not fit
@@ -277,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-images", type=int, default=4)
     s.add_argument("--out", default="samples.png")
     s.add_argument("--trace", default="")
+    s.add_argument("--anatomy", action="store_true",
+                   help="record each step's anatomy in the --trace (scores, Gumbel noise, ranks, reveal "
+                        "probability, expected and drawn counts, uncertainty); costs extra head work")
+    s.add_argument("--uncertainty-draws", type=int, default=AnatomyOptions.uncertainty_draws,
+                   help="with --anatomy: head draws K behind a diffusion head's uncertainty [2, 32]")
+    s.add_argument("--path-token", type=int, nargs=2, default=None, metavar=("IMAGE", "POSITION"),
+                   help="with --anatomy: record this token's denoising path through the head's solver")
     s.add_argument("--device", default="auto")
     add_sampler_args(s, model_rule=True)
     s.set_defaults(func=cmd_sample)

@@ -28,13 +28,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from emigm.core.fields import (
-    all_of,
-    check_fields,
-    coerce_tuples,
-    interval_check,
-    option,
-)
+from emigm.core.fields import all_of, check_fields, coerce_tuples, interval_check, option
 
 Tensor = torch.Tensor
 

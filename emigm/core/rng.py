@@ -22,6 +22,7 @@ _M32 = 0xFFFFFFFF
 # Stream identifiers; any distinct integers would do.
 STREAM_WHERE = 0x5EED0001
 STREAM_WHAT = 0x5EED0002
+STREAM_PROBE = 0x5EED0003  # extra draws that only look: the anatomy's uncertainty probes
 
 
 def _fmix(x: Tensor) -> Tensor:

@@ -14,13 +14,7 @@ from emigm.core.fileio import ASSETS_DIR
 from emigm.core.guidance import GuidanceConfig
 from emigm.core.seeds import check_seed
 from emigm.data.datasets import load_fashion_mnist, to_unit_range
-from emigm.eval.evaluation import (
-    dataset_features,
-    evaluate_images,
-    load_classifier,
-    real_data_floor,
-    seam_ratio,
-)
+from emigm.eval.evaluation import dataset_features, evaluate_images, load_classifier, real_data_floor, seam_ratio
 from emigm.nn.budget import MAX_IMAGES, MAX_SAMPLES, check_sampling_size
 from emigm.sample.passes import as_networks
 from emigm.sample.sampler import SamplerConfig, sample

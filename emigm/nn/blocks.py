@@ -24,19 +24,30 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: Tensor, keep: Tensor | None = None, td: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, keep: Tensor | None = None, td: Tensor | None = None,
+                rows: Tensor | None = None) -> Tensor:
         """x (B, S, D); keep (B, S) bool, False for padded positions that no query may attend to;
-        td (B, S, D) a top-down signal added to the values through W_v (no bias)."""
+        td (B, S, D) a top-down signal added to the values through W_v (no bias); rows (B, n): compute
+        the output only for these positions (queries), every position still a key and value."""
         B, S, D = x.shape
-        qkv = self.qkv(x)
-        if td is not None:
-            w_v = self.qkv.weight[2 * D:]
-            qkv = torch.cat([qkv[..., :2 * D], qkv[..., 2 * D:] + F.linear(td, w_v)], dim=-1)
-        q, k, v = qkv.view(B, S, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        H = self.num_heads
+        if rows is None:
+            qkv = self.qkv(x)
+            if td is not None:
+                w_v = self.qkv.weight[2 * D:]
+                qkv = torch.cat([qkv[..., :2 * D], qkv[..., 2 * D:] + F.linear(td, w_v)], dim=-1)
+            q, k, v = qkv.view(B, S, 3, H, D // H).permute(2, 0, 3, 1, 4)
+        else:
+            if td is not None:
+                raise ValueError("a top-down signal needs every position's output")
+            kv = F.linear(x, self.qkv.weight[D:], self.qkv.bias[D:])
+            k, v = kv.view(B, S, 2, H, D // H).permute(2, 0, 3, 1, 4)
+            x_q = x.gather(1, rows.unsqueeze(-1).expand(-1, -1, D))
+            q = F.linear(x_q, self.qkv.weight[:D], self.qkv.bias[:D]).view(B, -1, H, D // H).transpose(1, 2)
         attn_mask = None if keep is None else keep[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                              dropout_p=self.attn_drop if self.training else 0.0)
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, S, D)))
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, q.shape[2], D)))
 
 
 class Mlp(nn.Module):
@@ -59,6 +70,9 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), proj_drop)
 
-    def forward(self, x: Tensor, keep: Tensor | None = None, td: Tensor | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), keep, td)
+    def forward(self, x: Tensor, keep: Tensor | None = None, td: Tensor | None = None,
+                rows: Tensor | None = None) -> Tensor:
+        """x (B, S, D) -> (B, S, D); with rows (B, n), only those positions' outputs (B, n, D)."""
+        h = self.attn(self.norm1(x), keep, td, rows)
+        x = (x if rows is None else x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))) + h
         return x + self.mlp(self.norm2(x))

@@ -15,6 +15,18 @@ from emigm.core.guidance import Term, combine
 Tensor = torch.Tensor
 
 
+def margin_score(logp: Tensor) -> Tensor:
+    """p(top-1) - p(top-2) of each row of log-probabilities (M, K) -> (M,) (Kim et al. 2025)."""
+    top = logp.exp().topk(2, dim=-1).values
+    return top[:, 0] - top[:, 1]
+
+
+def neg_entropy(logp: Tensor) -> Tensor:
+    """sum p log p of each row of log-probabilities (M, K) -> (M,): 0 for a certain token, -log K for the
+    most uncertain (Dream's entropy score)."""
+    return (logp.exp() * logp).sum(-1)
+
+
 class CategoricalHead(nn.Module):
     discrete = True
 
@@ -52,24 +64,30 @@ class CategoricalHead(nn.Module):
         return 1
 
     @torch.no_grad()
-    def sample_logits(self, logits: Tensor, uniform: Callable[[int], Tensor],
-                      temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    def sample_logits(self, logits: Tensor, uniform: Callable[[int], Tensor], temperature: float = 1.0,
+                      score: str = "confidence") -> tuple[Tensor, Tensor]:
         """Sample codes from logits / temperature by the Gumbel-max trick.
 
-        uniform(i) -> (M, K) uniforms in (0, 1). Returns codes (M,) int64 and the log-probability of
-        each sampled code under the (guided, untempered) distribution, used as its confidence.
-        temperature 0 takes the argmax."""
+        uniform(i) -> (M, K) uniforms in (0, 1). Returns codes (M,) int64 and each token's `score` under
+        the (guided, untempered) distribution, for the orders that rank by one (emigm.sample.orders):
+        "confidence", the log-probability of the sampled code; "margin", top-1 minus top-2 probability;
+        "entropy", sum p log p. temperature 0 takes the argmax."""
         logp = F.log_softmax(logits, dim=-1)
         if temperature > 0:
             g = -torch.log(-torch.log(uniform(0)))
             codes = (logp / temperature + g).argmax(dim=-1)
         else:
             codes = logp.argmax(dim=-1)
+        if score == "margin":
+            return codes, margin_score(logp)
+        if score == "entropy":
+            return codes, neg_entropy(logp)
         return codes, logp.gather(1, codes[:, None]).squeeze(1)
 
     @torch.no_grad()
     def sample(self, z: Tensor, uniform: Callable[[int], Tensor], *, guides: Sequence[Term] = (),
-               temperature: float = 1.0, solver: str = "", steps: int = 0) -> tuple[Tensor, Tensor]:
+               temperature: float = 1.0, solver: str = "", steps: int = 0, on_step=None,
+               score: str | None = "confidence") -> tuple[Tensor, Tensor]:
         """Guided logits then `sample_logits`: the guided distribution gives both the token and its
-        confidence. Returns (codes (M,), log-prob (M,))."""
-        return self.sample_logits(self.guided_logits(z, guides), uniform, temperature)
+        score. Returns (codes (M,), score (M,)). (solver, steps, on_step: the diffusion head's; unused.)"""
+        return self.sample_logits(self.guided_logits(z, guides), uniform, temperature, score or "confidence")

@@ -40,6 +40,7 @@ from emigm.core.names import PREDICTIONS, TIME_LABELS
 Tensor = torch.Tensor
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 NoiseFn = Callable[[int], Tensor]
+StepFn = Callable[[int, Tensor], None]  # on_step(i, x): x after solver step i (i = 0: the starting noise)
 
 LOGSNR_CLIP = -5.1  # DPM-Solver drops the noisiest steps whose half-logSNR lambda is below this
 
@@ -250,18 +251,23 @@ def _check(steps: int, temperature: float) -> None:
 
 
 def ddpm_sample(diffusion: GaussianDiffusion, model: ModelFn, x: Tensor, noise: NoiseFn, *,
-                steps: int, temperature: float = 1.0) -> Tensor:
+                steps: int, temperature: float = 1.0, on_step: StepFn | None = None) -> Tensor:
     """Ancestral sampling on `diffusion` respaced to `steps` steps with the learned variance.
     x: x_T (M, C). Step k = 1..steps draws noise(k), scaled by temperature; the last step (k = steps,
-    to x_0) adds no noise, so noise(steps) is never requested. Returns x_0 (M, C)."""
+    to x_0) adds no noise, so noise(steps) is never requested. on_step(k, x) sees x after every step
+    (k = 0: x_T). Returns x_0 (M, C)."""
     _check(steps, temperature)
     d = diffusion.respace(steps)
+    if on_step is not None:
+        on_step(0, x)
     for k in range(1, steps + 1):
         i = steps - k
         out = model(x, x.new_full((x.shape[0],), float(d.timesteps[i])))
         pred, v = out.to(x.dtype).chunk(2, dim=-1)
         mean, logvar = d.p_mean_logvar(d.eps(pred, x, i), v, x, i)
         x = mean + temperature * torch.exp(0.5 * logvar) * noise(k) if i > 0 else mean
+        if on_step is not None:
+            on_step(k, x)
     return x
 
 
@@ -323,26 +329,34 @@ def _singlestep(x0_fn: Callable[[Tensor, float], Tensor], x: Tensor, lam_s: floa
 
 
 def dpm_sample(diffusion: GaussianDiffusion, model: ModelFn, x: Tensor, noise: NoiseFn, *,
-               steps: int, temperature: float = 1.0) -> Tensor:
+               steps: int, temperature: float = 1.0, on_step: StepFn | None = None) -> Tensor:
     """Singlestep DPM-Solver++ of order 3 (data prediction) with `steps` model calls: K intervals
-    uniform in lambda from the noisiest kept step to step 0, orders from `dpm_orders`.
-    Deterministic: `noise` and `temperature` are unused. x: x_T (M, C) -> x at step 0 (M, C)."""
+    uniform in lambda from the noisiest kept step to step 0, orders from `dpm_orders`. on_step(k, x)
+    sees x after every interval (k = 0: x_T). Deterministic: `noise` and `temperature` are unused.
+    x: x_T (M, C) -> x at step 0 (M, C)."""
     _check(steps, temperature)
     orders = dpm_orders(steps)
     lams = np.linspace(*diffusion.logsnr.lambda_range(), len(orders) + 1).tolist()
     x0_fn = _data_pred(diffusion, model)
+    if on_step is not None:
+        on_step(0, x)
     for k, order in enumerate(orders):
         x = _singlestep(x0_fn, x, lams[k], lams[k + 1], order)
+        if on_step is not None:
+            on_step(k + 1, x)
     return x
 
 
 def dpm2m_sample(diffusion: GaussianDiffusion, model: ModelFn, x: Tensor, noise: NoiseFn, *,
-                 steps: int, temperature: float = 1.0) -> Tensor:
+                 steps: int, temperature: float = 1.0, on_step: StepFn | None = None) -> Tensor:
     """Multistep DPM-Solver++(2M), `steps` model calls on `steps` lambda-uniform intervals. The first
-    step (and, for steps < 10, the last) is first order. Deterministic: `noise`, `temperature` unused."""
+    step (and, for steps < 10, the last) is first order. on_step(k, x) sees x after every step (k = 0:
+    x_T). Deterministic: `noise`, `temperature` unused."""
     _check(steps, temperature)
     lams = np.linspace(*diffusion.logsnr.lambda_range(), steps + 1).tolist()
     x0_fn = _data_pred(diffusion, model)
+    if on_step is not None:
+        on_step(0, x)
     m_prev = m = x0_fn(x, lams[0])
     for k in range(1, steps + 1):
         lam_p, lam_t = lams[k - 1], lams[k]
@@ -351,9 +365,26 @@ def dpm2m_sample(diffusion: GaussianDiffusion, model: ModelFn, x: Tensor, noise:
             h, h_0 = lam_t - lam_p, lam_p - lams[k - 2]
             x_next = x_next - 0.5 * _alpha(lam_t) * math.expm1(-h) * (h / h_0) * (m - m_prev)
         x = x_next
+        if on_step is not None:
+            on_step(k, x)
         if k < steps:
             m_prev, m = m, x0_fn(x, lam_t)
     return x
+
+
+def first_label(diffusion: GaussianDiffusion, solver: str, steps: int) -> float:
+    """The time label of a solver's first model call (at x_T): DDPM's noisiest respaced step, the DPM
+    solvers' noisiest kept point."""
+    get_solver(solver)
+    if solver == "ddpm":
+        return float(diffusion.respace(steps).timesteps[-1])
+    return diffusion.logsnr.label(diffusion.logsnr.lambda_range()[0])
+
+
+def solver_path_length(name: str, steps: int) -> int:
+    """How many times a solver calls on_step (its starting point and every step or interval)."""
+    get_solver(name)
+    return 1 + (len(dpm_orders(steps)) if name == "dpm" else steps)
 
 
 def solver_noise_draws(name: str, steps: int) -> int:

@@ -14,12 +14,7 @@ import torch
 from torch import nn
 
 from emigm.core.guidance import Term, combine
-from emigm.nn.diffusion import (
-    GaussianDiffusion,
-    get_solver,
-    solver_evals,
-    solver_noise_draws,
-)
+from emigm.nn.diffusion import GaussianDiffusion, StepFn, first_label, get_solver, solver_evals, solver_noise_draws
 
 Tensor = torch.Tensor
 TIME_FEATURES = 256
@@ -160,14 +155,19 @@ class DiffusionHead(nn.Module):
 
     @torch.no_grad()
     def sample(self, z: Tensor, noise: Callable[[int], Tensor], *, guides: Sequence[Term] = (),
-               temperature: float = 1.0, solver: str = "dpm", steps: int = 8) -> Tensor:
+               temperature: float = 1.0, solver: str = "dpm", steps: int = 8, on_step: StepFn | None = None,
+               score: str | None = None) -> Tensor:
         """One token (M, token_dim) per condition z (M, cond_dim).
 
         noise(i): the i-th standard normal draw (M, token_dim) of this call; noise(0) is x_T, DDPM
         asks for noise(1..steps-1). With guides, every network call runs once on [x] * (1 + n) with
         [z, z_ref_1, ..., z_ref_n] and the noise prediction becomes
         combine(eps, [eps_ref_i], [weight_i]) (emigm.core.guidance); DDPM's variance comes from the
-        conditional rows. temperature scales DDPM's injected noise only."""
+        conditional rows. temperature scales DDPM's injected noise only. on_step(k, x): the solver's
+        state after each of its steps (emigm.nn.diffusion). score: a token score for the orders that
+        need one; a diffusion head has none (None only)."""
+        if score is not None:
+            raise ValueError(f"a diffusion head has no token probabilities, so no {score!r} score")
         run = get_solver(solver)
         for g in guides:
             if g.z.shape != z.shape:
@@ -186,7 +186,22 @@ class DiffusionHead(nn.Module):
             eps = combine(cond[:, :C], [r[:, :C] for r in refs], weights)
             return torch.cat([eps, cond[:, C:]], dim=-1)
 
-        return run(self.diffusion, model, noise(0), noise, steps=steps, temperature=temperature)
+        return run(self.diffusion, model, noise(0), noise, steps=steps, temperature=temperature, on_step=on_step)
+
+    @torch.no_grad()
+    def first_eps(self, z: Tensor, x_T: Tensor, solver: str = "dpm", steps: int = 8) -> Tensor:
+        """The noise prediction (M, C) at the solver's first call, for conditions z (M, D) at x_T (M, C):
+        what classifier-free guidance and self-guidance combine at the noisiest point."""
+        t = x_T.new_full((1,), first_label(self.diffusion, solver, steps))
+        out = self.net.forward_embedded(x_T, t, self.net.cond_embed(z)).to(x_T.dtype)[:, :self.token_dim]
+        if self.diffusion.prediction == "eps":
+            return out
+        if solver == "ddpm":
+            d = self.diffusion.respace(steps)
+            return d.eps(out, x_T, len(d.betas) - 1)
+        lam = self.diffusion.logsnr.lambda_range()[0]
+        alpha, sigma = math.sqrt(1 / (1 + math.exp(-2 * lam))), math.sqrt(1 / (1 + math.exp(2 * lam)))
+        return alpha * out + sigma * x_T
 
     def evals(self, solver: str, steps: int) -> int:
         """Network calls one `sample` makes (a guided call counts once though it runs a larger batch)."""

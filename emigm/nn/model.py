@@ -122,21 +122,24 @@ class MaskedGenerator(nn.Module):
         return [*self.encoder_blocks, *self.decoder_blocks]
 
     def _run(self, blocks: nn.ModuleList, x: Tensor, keep: Tensor | None, td: list[Tensor] | None,
-             record: list | None) -> Tensor:
+             record: list | None, last_rows: Tensor | None = None) -> Tensor:
         for i, block in enumerate(blocks):
             signal = None if td is None else td[i]
             x_in = x
+            rows = last_rows if i == len(blocks) - 1 else None
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(block, x, keep, signal, use_reentrant=False)
             else:
-                x = block(x, keep, signal)
+                x = block(x, keep, signal, rows)
             if record is not None:
                 record.append((x_in, x))
         return x
 
     def features(self, tokens: Tensor, mask: Tensor, cond: Tensor, num_visible: int | None = None,
-                 td: list[Tensor] | None = None, record: bool = False) -> Features:
+                 td: list[Tensor] | None = None, record: bool = False, select: Tensor | None = None) -> Features:
         """Hidden states of every position (buffer slots first), after the decoder's final norm.
+        With select (B, n) token positions (0..L-1): only those positions' hidden states (B, n, D); the
+        last decoder block then computes no other output (every position is still its key and value).
 
         tokens: (B, L, C) float or (B, L) int64 codes (values at masked positions are ignored);
         mask: (B, L) bool, True = masked; cond: (B, De) from `condition`.
@@ -177,12 +180,16 @@ class MaskedGenerator(nn.Module):
             full = fill.expand(B, Bf + L, -1).clone()
             x = full.scatter(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)
         x = x + self.decoder_pos_embed_learned
-        x = self.decoder_norm(self._run(self.decoder_blocks, x, None, td_dec, io))
+        last = None if select is None else select + Bf
+        x = self.decoder_norm(self._run(self.decoder_blocks, x, None, td_dec, io, last))
         return Features(x, io)
 
-    def to_z(self, hidden: Tensor) -> Tensor:
-        """Per-token conditions z (B, L, Dd) from the hidden states of `features`."""
-        return hidden[:, self.buffer_size:] + self.diffusion_pos_embed_learned
+    def to_z(self, hidden: Tensor, select: Tensor | None = None) -> Tensor:
+        """Per-token conditions z (B, L, Dd) from the hidden states of `features`; with `select` (B, n),
+        the (B, n, Dd) of those positions from features(..., select=select)."""
+        if select is None:
+            return hidden[:, self.buffer_size:] + self.diffusion_pos_embed_learned
+        return hidden + self.diffusion_pos_embed_learned[0][select]
 
     def forward(self, tokens: Tensor, mask: Tensor, cond: Tensor, num_visible: int | None = None) -> Tensor:
         """Per-token condition z (B, L, Dd); see `features` for the arguments."""

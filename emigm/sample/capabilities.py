@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from emigm.core.guidance import GuidanceConfig
+from emigm.sample.options import SCORE_ORDERS
 
 
 def choice_reasons(model, smoother=None) -> dict[str, dict[str, str]]:
@@ -16,8 +17,8 @@ def choice_reasons(model, smoother=None) -> dict[str, dict[str, str]]:
     or None) cannot run."""
     out: dict[str, dict[str, str]] = {}
     if not model.head.discrete:
-        out["order"] = {"confidence": "the confidence order needs token probabilities; a diffusion head "
-                                      "has none (use random or fixed)"}
+        out["order"] = {name: f"the {name} order needs token probabilities; a diffusion head has none (use "
+                              "random, halton, raster or fixed)" for name in SCORE_ORDERS}
     other = "fake" if model.null_mode == "mask" else "mask"
     out["cfg_mode"] = {other: f"this model was trained with null mode {model.null_mode!r}; "
                               f"{other!r} needs a model trained with it"}

@@ -22,13 +22,7 @@ import torch
 
 from emigm.core.devices import autocast
 from emigm.core.guidance import Term
-from emigm.sample.passes import (
-    Conditions,
-    HeadOptions,
-    Networks,
-    head_pass,
-    network_pass,
-)
+from emigm.sample.passes import Conditions, HeadOptions, Networks, head_pass, network_pass
 
 Tensor = torch.Tensor
 _CACHES: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, GraphCache]]" = weakref.WeakKeyDictionary()
@@ -100,17 +94,22 @@ def replayed(nets: Networks, conds: Conditions, dtype, head_opts: HeadOptions):
     draws = head.noise_draws(head_opts.solver, head_opts.steps)
     fixed = (id(nets.smoother), dtype, head_opts)
 
-    def network(tokens: Tensor, mask: Tensor, num_visible: int, references: tuple[str, ...]):
-        def fn(tokens, mask, cond, null_cond, labels):
+    def network(tokens: Tensor, mask: Tensor, num_visible: int, references: tuple[str, ...],
+                select: Tensor | None):
+        def fn(tokens, mask, cond, null_cond, labels, *select):
             with autocast(device, dtype, cache=False):
                 z, refs = network_pass(nets, Conditions(cond, null_cond, labels), tokens, mask,
-                                       num_visible=num_visible, references=references)
+                                       num_visible=num_visible, references=references,
+                                       select=select[0] if select else None)
                 return (z, *refs)
+        extra = () if select is None else (select,)
         z, *refs = cache(("network", num_visible, references, fixed), fn,
-                         (tokens, mask, conds.cond, conds.null_cond, conds.labels))
+                         (tokens, mask, conds.cond, conds.null_cond, conds.labels, *extra))
         return z, tuple(refs)
 
-    def head_fn(z: Tensor, terms: tuple[Term, ...], noise: Callable[[int], Tensor]):
+    def head_fn(z: Tensor, terms: tuple[Term, ...], noise: Callable[[int], Tensor], opts: HeadOptions):
+        if opts != head_opts:
+            raise ValueError("CUDA-graph replay samples with one head setting (the fast path's)")
         n, names = len(terms), tuple(t.name for t in terms)
         stack = torch.stack([noise(i) for i in range(draws)])
 

@@ -8,7 +8,8 @@ import torch
 
 from emigm.core.guidance import GuidanceConfig
 from emigm.core.schedules import get_schedule, time_grid
-from emigm.sample.sampler import SamplerConfig, plan_counts
+from emigm.sample.options import SamplerConfig
+from emigm.sample.plan import plan_counts
 
 
 @dataclass(frozen=True)

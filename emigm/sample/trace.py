@@ -4,7 +4,28 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from emigm.core.config import to_dict
-from emigm.sample.sampler import StepState
+from emigm.sample.state import StepState
+
+
+def _rounded(x, digits: int = 5):
+    return [round(float(v), digits) for v in x]
+
+
+def anatomy_record(state: StepState) -> dict[str, Any]:
+    """The step's anatomy for JSON: per image, over the tokens masked before the step (row-major
+    positions), the order's score, the Gumbel noise, the selection rank and the uncertainty."""
+    a = state.anatomy
+    per_image = []
+    for b in range(state.mask_before.shape[0]):
+        pos = state.mask_before[b].nonzero().flatten()
+        per_image.append({"positions": pos.tolist(), "score": _rounded(a.score[b, pos].cpu()),
+                          "noise": _rounded(a.noise[b, pos].cpu()), "rank": a.rank[b, pos].tolist(),
+                          "uncertainty": _rounded(a.uncertainty[b, pos].cpu())})
+    out = {"reveal_p": _rounded(a.reveal_p.cpu(), 6), "expected": _rounded(a.expected.cpu(), 4),
+           "drawn": a.drawn.cpu().tolist(), "remask_sigma": round(a.remask_sigma, 6), "images": per_image}
+    if a.path is not None:
+        out["path"] = [_rounded(row.cpu()) for row in a.path]
+    return out
 
 
 def step_record(state: StepState) -> dict[str, Any]:
@@ -19,8 +40,10 @@ def step_record(state: StepState) -> dict[str, Any]:
         "sg_active": state.sg_active,
         "sg_scale": state.sg_scale,
         "revealed": [row.nonzero().flatten().tolist() for row in revealed],
+        "remasked": [row.nonzero().flatten().tolist() for row in state.remasked.cpu()],
         "passes": state.passes,
         "head_evals": state.head_evals,
+        **({"anatomy": anatomy_record(state)} if state.anatomy is not None else {}),
     }
 
 
@@ -39,6 +62,7 @@ def trace_dict(states: Iterable[StepState], model: str, extra: dict[str, Any] | 
         "num_tokens": int(last.mask_after.shape[1]),
         "total_passes": last.passes,
         "total_head_evals": last.head_evals,
+        "revisions": last.revisions.cpu().tolist(),
         **(extra or {}),
         "steps": [step_record(s) for s in states],
     }

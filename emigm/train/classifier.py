@@ -15,12 +15,7 @@ from emigm.core.fields import check_number
 from emigm.core.fileio import command_line, ensure_writable_dir
 from emigm.core.seeds import check_seed
 from emigm.data.datasets import load_fashion_mnist, to_unit_range
-from emigm.eval.evaluation import (
-    Classifier,
-    class_accuracy,
-    classifier_outputs,
-    save_classifier,
-)
+from emigm.eval.evaluation import Classifier, class_accuracy, classifier_outputs, save_classifier
 from emigm.train.optim import lr_at, one_cycle
 
 Tensor = torch.Tensor

@@ -24,21 +24,11 @@ from emigm.core.masking import draw_mask
 from emigm.core.seeds import STREAM_INIT, mix_seed
 from emigm.core.statedict import load_state_dict_strict, read_safetensors
 from emigm.data.datasets import CachedLatents, EncodedDataset, build_dataset
-from emigm.io.exports import (
-    WEIGHTS_FILE,
-    read_export_config,
-    resolve_export,
-    save_export,
-)
+from emigm.io.exports import WEIGHTS_FILE, read_export_config, resolve_export, save_export
 from emigm.io.runs import default_run_dir
 from emigm.nn.budget import check_training_size
 from emigm.nn.model import MaskedGenerator
-from emigm.tokenize.tokenizers import (
-    DCAETokenizer,
-    KL16Tokenizer,
-    build_tokenizer,
-    resolve_weights,
-)
+from emigm.tokenize.tokenizers import DCAETokenizer, KL16Tokenizer, build_tokenizer, resolve_weights
 from emigm.train.trainer import check_max_steps, fit, micro_batch_size
 
 Tensor = torch.Tensor

@@ -20,14 +20,7 @@ from torch import nn
 from emigm.core.config import RunConfig, TrainConfig, to_dict
 from emigm.core.fields import check_fields
 from emigm.core.masking import draw_mask
-from emigm.nn.smoother import (
-    Smoother,
-    SmootherConfig,
-    auxiliary_loss,
-    check_base,
-    config_for,
-    save_smoother,
-)
+from emigm.nn.smoother import Smoother, SmootherConfig, auxiliary_loss, check_base, config_for, save_smoother
 from emigm.train.generator import token_source
 from emigm.train.trainer import fit
 
