@@ -73,6 +73,49 @@ def test_evaluate_cli_json(capsys):
     assert doc["passes"] == 3 and "floor" in doc and doc["sampler"]["num_steps"] == 3
 
 
+def test_shards_cover_every_index_once():
+    from emigm.eval.scoring import shard
+
+    for n, w in ((20, 2), (7, 3), (2, 4), (50000, 8)):
+        parts = [shard(n, r, w) for r in range(w)]
+        assert parts[0][0] == 0 and parts[-1][1] == n and all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+        assert max(hi - lo for lo, hi in parts) - min(hi - lo for lo, hi in parts) <= 1
+
+
+def test_generate_part_is_the_slice_of_the_whole(mini):
+    from emigm.eval.scoring import generate
+
+    model, tok = mini
+    cfg = SamplerConfig(num_steps=3, head_steps=2)
+    whole, labels, _ = generate(model, tok, 7, cfg, GuidanceConfig(), batch_size=7, seed=5)
+    part, part_labels, _ = generate(model, tok, 7, cfg, GuidanceConfig(), batch_size=2, seed=5, part=(3, 7))
+    assert part_labels.tolist() == labels[3:].tolist() == [3, 4, 5, 6]
+    torch.testing.assert_close(part, whole[3:], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="not a range"):
+        generate(model, tok, 7, cfg, GuidanceConfig(), part=(3, 8))
+
+
+@pytest.mark.slow  # torchrun with two gloo ranks, and the one-process run beside it
+@needs_data
+def test_evaluate_under_torchrun_equals_one_process(tmp_path):
+    """`python -m emigm evaluate` under torchrun: the 2 ranks sample seeds 0-9 and 10-19 (here the
+    one-process batches too), rank 0 gathers the features; the scores equal the one-process run's."""
+    args = ["-m", "emigm", "evaluate", "--preset", "fmnist-emigm-mini", "--random-init", "--num-samples", "20",
+            "--batch-size", "10", "--steps", "3", "--head-steps", "2", "--cfg", "2.0", "--device", "cpu", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert two.returncode == 0, two.stderr
+    a, b = json.loads(one.stdout), json.loads(two.stdout)  # rank 1 prints nothing: stdout is one document
+    assert a["ranks"] == 1 and b["ranks"] == 2 and a["n"] == b["n"] == 20
+    assert a["shards"] == [[0, 20]] and b["shards"] == [[0, 10], [10, 20]]  # what each rank sampled
+    for key in ("fd", "class_accuracy", "precision", "recall", "seam_ratio"):
+        assert b[key] == pytest.approx(a[key], rel=1e-9, abs=1e-12), key
+    assert b["passes"] == a["passes"] and b["floor"] == a["floor"]
+
+
 @pytest.mark.slow  # a benchmark subprocess
 @needs_data
 def test_claims_benchmark_pipeline(tmp_path):
