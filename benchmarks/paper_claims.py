@@ -480,7 +480,7 @@ def verdicts(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for k, c in made:
             if sum(c["id"] == other["id"] for _, other in made) > 1:
                 c = dict(c, id=f"{c['id']}@{k}", claim=f"{c['claim']} on {k}", short=f"{c['short']} ({k})")
-            c["model"] = k
+            c["model"] = k or None  # None: the claim spans models (the CFG-mode pairs)
             out.append(c)
     for c in out:
         c["evidence"] = evidence(c)
