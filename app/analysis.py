@@ -1,11 +1,17 @@
 """Handlers of the model-free tabs: Schedules (instant step arithmetic) and Results (claims.json).
 
-claims.json (assets/results/claims.json), as read here:
-    {"points": [{"setting": "eMIGM, CFG (0.1, 0.3]", "nfe": 19, "fd": 3.1}, ...],
-     "claims": [{"claim": "interval CFG matches full CFG at fewer passes", "holds": true,
-                 "evidence": "FD 3.1 at NFE 19 vs 3.0 at NFE 32"}, ...]}
-A bare list is taken as the claims; "measurements" / "results" are accepted for "points", "FD" / "fid"
-for "fd" and "name" / "label" for "setting".
+claims.json (assets/results/claims.json, written by benchmarks/paper_claims.py; the README's claims
+table is generated from the same file), as read here:
+    {"num_samples": 1000, "seed_sets": [[0, 999], [1000, 1999], [2000, 2999]], "note": "...",
+     "points": [{"group": "cfg", "label": "CFG in (0.1, 0.3]", "model": "fmnist-emigm", "nfe": 19,
+                 "fd": 11.8, "fd_sd": 0.06, "class_accuracy": 0.89, "class_accuracy_sd": 0.01, ...}, ...],
+     "claims": [{"claim": "...", "short": "...", "verdict": "holds" | "does not hold" | "undecided",
+                 "evidence": "...", "tests": [{"test": "...", "margin": 0.6, "sd": 0.08, "verdict": ...}],
+                 "plot": {"x": "head steps", "x_log": false, "y": "FD",
+                          "series": [{"name": ..., "x": [...], "y": [...], "sd": [...], "labels": [...],
+                                      "line": true}]}}, ...]}
+The Results tab shows exactly these claims: a table row and a panel (mean +- sd against the claim's own
+x axis) for each. A file from before seed sets (claims with "holds": true / false, no sd) still reads.
 """
 from __future__ import annotations
 
@@ -69,23 +75,30 @@ def _first(d: dict[str, Any], *keys: str) -> Any:
 
 
 POINT_HEADERS = ["group", "setting", "model", "NFE", "FD", "class acc", "precision", "recall"]
-CLAIM_HEADERS = ["claim", "verdict", "numbers"]
+CLAIM_HEADERS = ["claim", "verdict", "FD (mean ± sd over seed sets) · tests (margin vs 2 sd)"]
+VERDICTS = ("holds", "does not hold", "undecided")
+METRICS = ("fd", "class_accuracy", "precision", "recall")
 
 
 def _number(x: Any) -> str:
     if isinstance(x, (int, float)) and not isinstance(x, bool):
         return f"{x:.4g}" if isinstance(x, float) else str(x)
+    if isinstance(x, dict) and "mean" in x:
+        return _number(x["mean"]) + ("" if x.get("sd") is None else f" ± {x['sd']:.2g}")
     if isinstance(x, (list, tuple)) and len(x) == 2 and all(isinstance(v, (int, float)) for v in x):
-        return f"FD {_number(x[0])} at NFE {_number(x[1])}"  # the claims file's [fd, nfe] pairs
+        return f"FD {_number(x[0])} at NFE {_number(x[1])}"  # older files' [fd, nfe] pairs
     return str(x)
 
 
 def evidence_text(c: dict[str, Any]) -> str:
-    """A claim's numbers as one readable line: "linear 29.48 · cosine 25.93 · exp 26.39"."""
+    """A claim's numbers as one line: the file's "evidence" text, else its "numbers" joined
+    ("linear 29.48 · cosine 25.93 · exp 26.39")."""
+    raw = _first(c, "evidence", "detail", "value")
+    if isinstance(raw, str) and raw and not raw.lstrip().startswith("{"):
+        return raw
     numbers = c.get("numbers")
     if isinstance(numbers, dict) and numbers:
         return " · ".join(f"{k} {_number(v)}" for k, v in numbers.items())
-    raw = _first(c, "evidence", "detail", "value")
     if isinstance(raw, str):
         try:
             parsed = json.loads(raw)
@@ -96,8 +109,33 @@ def evidence_text(c: dict[str, Any]) -> str:
     return "" if raw is None else str(raw)
 
 
+def verdict_of(c: dict[str, Any]) -> str:
+    v = c.get("verdict")
+    if v in VERDICTS:
+        return v
+    holds = c.get("holds")
+    return "holds" if holds is True else "does not hold" if holds is False else "not measured"
+
+
+def check_text(t: dict[str, Any]) -> str:
+    """A claim's test as the file words it ("text"), else from its fields."""
+    if isinstance(t.get("text"), str):
+        return t["text"]
+    sd = t.get("sd")
+    two = ", no sd" if sd is None else f" vs 2 sd {2 * sd:.2g}"
+    return f"{t.get('test', '?')}: margin {t.get('margin', float('nan')):.3g}{two} ({t.get('verdict', '?')})"
+
+
+def _pm(mean: Any, sd: Any, digits: int) -> Any:
+    if not isinstance(mean, (int, float)):
+        return mean
+    return f"{mean:.{digits}f}" + ("" if not isinstance(sd, (int, float)) else f" ± {sd:.2g}")
+
+
 def read_claims(path: Path = CLAIMS_PATH) -> dict[str, Any] | None:
-    """The parsed claims file, normalised to {"points": [...], "claims": [...]}; None when absent."""
+    """The parsed claims file: {"points": [...], "claims": [[claim, verdict, numbers · tests], ...],
+    "claim_docs": the claims as written (with their plots), "claims_file", "note", "samples"};
+    None when absent."""
     if not path.is_file():
         return None
     try:
@@ -114,18 +152,23 @@ def read_claims(path: Path = CLAIMS_PATH) -> dict[str, Any] | None:
         raise ValueError(f"{shown}: expected an object with 'points' and 'claims'")
     points = []
     for p in _first(raw, "points", "measurements", "results") or []:
-        setting, nfe, fd = _first(p, "setting", "name", "label"), _first(p, "nfe", "NFE"), _first(p, "fd", "FD", "fid")
-        if setting is not None and nfe is not None and fd is not None:
-            points.append({"group": str(p.get("claim") or ""), "setting": str(setting),
-                           "label": str(_first(p, "label", "name", "setting")), "model": str(p.get("model") or ""),
-                           "nfe": float(nfe), "fd": float(fd),
-                           **{k: p[k] for k in ("class_accuracy", "precision", "recall") if k in p}})
-    claims = []
+        label, nfe, fd = _first(p, "label", "name", "setting"), _first(p, "nfe", "NFE"), _first(p, "fd", "FD", "fid")
+        if label is not None and nfe is not None and fd is not None:
+            points.append({"group": str(p.get("group") or p.get("claim") or ""), "label": str(label),
+                           "model": str(p.get("model") or ""), "nfe": float(nfe), "fd": float(fd),
+                           **{k: p[k] for m in METRICS for k in (m, f"{m}_sd") if k in p and k != "fd"}})
+    claims, docs = [], []
     for c in raw.get("claims") or []:
-        holds = c.get("holds")
-        verdict = "holds" if holds is True else "does not hold" if holds is False else "not measured"
-        claims.append([str(_first(c, "claim", "name", "id") or "?"), verdict, evidence_text(c)])
-    return {"points": points, "claims": claims, "claims_file": shown, "note": str(raw.get("note") or "")}
+        tests = [check_text(t) for t in c.get("tests") or [] if isinstance(t, dict)]
+        text = evidence_text(c) + ("".join(f" · {t}" for t in tests) if tests else "")
+        claims.append([str(_first(c, "claim", "name", "id") or "?"), verdict_of(c), text])
+        docs.append({**c, "verdict": verdict_of(c)})
+    sets = raw.get("seed_sets") or []
+    n = raw.get("num_samples")
+    samples = (f"{n} samples per seed set, {len(sets)} disjoint seed sets" if n and len(sets) > 1
+               else f"{n} samples per setting, one seed set" if n else "")
+    return {"points": points, "claims": claims, "claim_docs": docs, "claims_file": shown,
+            "note": str(raw.get("note") or ""), "samples": samples, "verdict_rule": str(raw.get("verdict_rule") or "")}
 
 
 def measured_warnings(model: str, path: Path = CLAIMS_PATH, factor: float = 3.0) -> dict[str, dict[str, str]]:
@@ -152,23 +195,26 @@ def measured_warnings(model: str, path: Path = CLAIMS_PATH, factor: float = 3.0)
 
 
 def point_rows(points: list[dict[str, Any]]) -> list[list[Any]]:
-    def r(x, n=3):
-        return round(x, n) if isinstance(x, float) else x
-    return [[p["group"], p["label"], p["model"], int(p["nfe"]), r(p["fd"], 2), r(p.get("class_accuracy")),
-             r(p.get("precision")), r(p.get("recall"))] for p in points]
+    """The measurements table: FD and the other metrics as "mean ± sd" where the file has an sd."""
+    return [[p["group"], p["label"], p["model"], int(p["nfe"]), _pm(p["fd"], p.get("fd_sd"), 2),
+             *(_pm(p.get(m), p.get(f"{m}_sd"), 3) for m in METRICS[1:])] for p in points]
 
 
 @user_errors
 def results():
-    """Results tab: message, FD-vs-NFE figure (or None), claims table, measurements table, parsed JSON."""
+    """Results tab: message, the claims' figure (a panel per claim, or None), claims table, measurements
+    table, parsed JSON."""
     doc = read_claims()
     if doc is None:
         hidden = gr.update(value=None, visible=False)
         return (text.RESULTS_MISSING, hidden, hidden, hidden,
                 {"available": False, "claims_file": "assets/results/claims.json"})
-    fig = charts.results_figure(doc["points"]) if doc["points"] else gr.update(value=None, visible=False)
-    held = sum(row[1] == "holds" for row in doc["claims"])
-    msg = (f"Read `{doc['claims_file']}`: {len(doc['points'])} measurements, {len(doc['claims'])} claims "
-           f"({held} hold here)." + (f"\n\n{doc['note']}" if doc["note"] else ""))
+    plotted = [c for c in doc["claim_docs"] if isinstance(c.get("plot"), dict)]
+    fig = charts.results_figure(plotted) if plotted else gr.update(value=None, visible=False)
+    counts = ", ".join(f"{sum(row[1] == v for row in doc['claims'])} {v}" for v in VERDICTS)
+    msg = (f"Read `{doc['claims_file']}`: {len(doc['points'])} measurements"
+           + (f" ({doc['samples']})" if doc["samples"] else "") + f", {len(doc['claims'])} claims: {counts}."
+           + (f"\n\n{doc['verdict_rule']}" if doc["verdict_rule"] else "")
+           + (f"\n\n{doc['note']}" if doc["note"] else ""))
     return (msg, fig, gr.update(value=doc["claims"], visible=True),
             gr.update(value=point_rows(doc["points"]), visible=bool(doc["points"])), {"available": True, **doc})

@@ -1,5 +1,6 @@
 """Model-free figures: the mask schedules, the expected reveals and passes of a setting (from
-emigm.sample.steps.step_table), and the measured FD-vs-NFE results."""
+emigm.sample.steps.step_table), and the measured claims (FD, mean +- sd over seed sets, against each
+claim's own x axis)."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -87,47 +88,58 @@ def steps_figure(tables: dict[str, StepTable], chosen: str) -> go.Figure:
     return fig
 
 
-def results_figure(points: Sequence[dict[str, Any]]) -> go.Figure:
-    """FD against NFE, one panel per claim group (one line per setting). A panel whose FDs span more
-    than 5x (an outlier such as a diverging solver) gets a log axis, so the other lines stay apart."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for p in points:
-        groups.setdefault(str(p.get("group") or "results"), []).append(p)
-    names = list(groups)
-    cols = min(len(names), 4)
-    rows = -(-len(names) // cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=names, horizontal_spacing=0.07, vertical_spacing=0.2)
-    palette = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
-    symbols = ["circle", "square", "diamond", "triangle-up"]
-    style: dict[str, tuple[str, str]] = {}  # setting -> (colour, marker): the same in every panel
-    for p in points:
-        if p["setting"] not in style:
-            k = len(style)
-            style[p["setting"]] = (palette[k % len(palette)], symbols[k // len(palette) % len(symbols)])
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"]
+SYMBOLS = ["circle", "square", "diamond", "triangle-up"]
+
+
+def results_figure(claims: Sequence[dict[str, Any]]) -> go.Figure:
+    """One panel per claim of claims.json, in its order: FD (mean, error bars +- 1 sd over seed sets)
+    against the claim's own x axis (steps, head steps, NFE, CFG scale, self-guidance scale, Gumbel
+    temperature), one line per series; the title gives the verdict. A panel whose FDs span more than
+    5x (an outlier such as a diverging solver) gets a log FD axis, so the other points stay apart."""
+    cols = min(len(claims), 3)
+    rows = -(-len(claims) // cols)
+    titles = [f"{c.get('short') or c.get('claim', '?')}: <b>{c.get('verdict', '?')}</b>" for c in claims]
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.08,
+                        vertical_spacing=min(0.3 / rows + 0.04, 0.2))
+    style: dict[str, tuple[str, str]] = {}  # series name -> (colour, marker): the same in every panel
     shown: set[str] = set()
-    for gi, (group, pts) in enumerate(groups.items()):
-        r, c = gi // cols + 1, gi % cols + 1
-        by_setting: dict[str, list[dict[str, Any]]] = {}
-        for p in pts:
-            by_setting.setdefault(p["setting"], []).append(p)
-        for setting, sp in by_setting.items():
-            sp = sorted(sp, key=lambda p: p["nfe"])
-            line = len({p["nfe"] for p in sp}) > 1
-            color, symbol = style[setting]
-            fig.add_trace(go.Scatter(x=[p["nfe"] for p in sp], y=[p["fd"] for p in sp], name=setting,
-                                     mode="lines+markers" if line else "markers", legendgroup=setting,
-                                     showlegend=setting not in shown,
-                                     marker=dict(color=color, symbol=symbol, size=8), line=dict(color=color),
-                                     customdata=[[p.get("label", setting)] for p in sp],
-                                     hovertemplate=f"{group}<br>%{{customdata[0]}}<br>NFE %{{x}}<br>FD %{{y:.2f}}<extra></extra>"),
-                          row=r, col=c)
-            shown.add(setting)
-        fds = [p["fd"] for p in pts]
-        log = min(fds) > 0 and max(fds) / min(fds) > 5
-        fig.update_yaxes(type="log" if log else "linear", title_text="FD (log)" if log else "FD", row=r, col=c)
-        fig.update_xaxes(title_text="NFE", row=r, col=c)
-    fig.update_layout(height=300 * rows + 90, margin=dict(l=40, r=20, t=60, b=20), font=FONT,
-                      title=dict(text="FD (lower is better) against transformer passes, one panel per claim; "
-                                      "a log axis where one setting is far off", x=0.01, font=dict(size=14)),
-                      legend=dict(orientation="h", yanchor="top", y=-0.3 / rows, font=dict(size=10)))
+    for i, c in enumerate(claims):
+        r, col = i // cols + 1, i % cols + 1
+        plot = c["plot"]
+        fds, xs_all = [], []
+        for line in plot.get("series") or []:
+            name = str(line.get("name", "?"))
+            k = len(style)
+            color, symbol = style.setdefault(name, (PALETTE[k % len(PALETTE)], SYMBOLS[k // len(PALETTE) % len(SYMBOLS)]))
+            xs, ys = list(line.get("x") or []), list(line.get("y") or [])
+            sds = [s if isinstance(s, (int, float)) else 0.0 for s in (line.get("sd") or [None] * len(ys))]
+            labels = list(line.get("labels") or [""] * len(ys))
+            fds += ys
+            xs_all += xs
+            many_labels = not line.get("line", True) and len(ys) > 1  # separate settings on one axis: name them
+            fig.add_trace(go.Scatter(
+                x=xs, y=ys, name=name, legendgroup=name, showlegend=name not in shown,
+                mode=("lines+markers" if line.get("line", True) else "markers") + ("+text" if many_labels else ""),
+                text=labels if many_labels else None, textposition="top center", textfont=dict(size=9), cliponaxis=False,
+                error_y=dict(type="data", array=sds, visible=any(sds), thickness=1.2, width=4),
+                marker=dict(color=color, symbol=symbol, size=8), line=dict(color=color),
+                customdata=[[lab, sd] for lab, sd in zip(labels, sds)],
+                hovertemplate=f"{name}<br>%{{customdata[0]}}<br>{plot.get('x', 'x')} %{{x}}<br>"
+                              "FD %{y:.3f} ± %{customdata[1]:.2g}<extra></extra>"), row=r, col=col)
+            shown.add(name)
+        positive = [y for y in fds if isinstance(y, (int, float)) and y > 0]
+        log = bool(positive) and max(positive) / min(positive) > 5
+        fig.update_yaxes(type="log" if log else "linear", title_text=f"{plot.get('y', 'FD')}" + (" (log)" if log else ""),
+                         dtick="D2" if log else None, row=r, col=col)
+        ticks = sorted({x for x in xs_all if isinstance(x, (int, float))})
+        fig.update_xaxes(title_text=str(plot.get("x", "")), type="log" if plot.get("x_log") else "linear",
+                         tickvals=ticks if plot.get("x_log") or len(ticks) <= 6 else None, row=r, col=col)
+    for a in fig.layout.annotations:  # subplot titles: smaller, they are sentences
+        a.font = dict(size=11)
+    fig.update_layout(height=290 * rows + 110, margin=dict(l=40, r=20, t=70, b=20), font=FONT,
+                      title=dict(text="FD (lower is better), mean ± sd over seed sets, one panel per claim of "
+                                      "claims.json; a log axis where one setting is far off", x=0.01,
+                                 font=dict(size=14)),
+                      legend=dict(orientation="h", yanchor="top", y=-0.25 / rows, font=dict(size=10)))
     return fig

@@ -1,29 +1,47 @@
-"""The paper's claims measured on our models: FD against NFE per setting.
+"""The paper's claims measured on our models, every setting on disjoint seed sets, with error bars.
 
-    python benchmarks/paper_claims.py --num-samples 10000                       # shipped models, writes
-                                                                                 # assets/results/claims.{json,md}
+    python benchmarks/paper_claims.py --num-samples 1000                    # every group, one process
+    python benchmarks/paper_claims.py --num-samples 1000 --only schedule,solver --out-dir runs/claims/a
+    python benchmarks/paper_claims.py --merge runs/claims/a runs/claims/b --out-dir assets/results --readme
+    python benchmarks/paper_claims.py --readme          # README's claims block from assets/results/claims.json
     python benchmarks/paper_claims.py --random-init --num-samples 50 --out-dir /tmp/claims   # pipeline smoke run
 
-Settings (each point: N class-balanced samples scored by the shipped classifier, see emigm.eval.scoring):
-- sampling schedule linear / cosine / exp at 4, 8, 16, 32 steps (no CFG);
-- head solver DDPM-100 vs DPM-Solver++ at 4, 8, 14 head steps;
-- no CFG, CFG at every step, CFG in intervals, with pass counts;
-- CFG with mask (fmnist-emigm) vs fake class (fmnist-emigm-fakecfg) over scales;
-- continuous eMIGM vs discrete MaskGIT (fmnist-maskgit) at equal NFE;
-- self-guidance on MaskGIT (its module shipped in assets/fmnist-maskgit/self-guidance): plain vs guided
-  at the same steps and at equal NFE, the scale s in {0, 0.5, 1, 2, 3}, and FD / accuracy / precision /
-  recall over the Gumbel temperature of the confidence order with and without it.
-Each claim is then stated as "holds" or "does not hold here" from the numbers, with no tuning.
+Every setting is measured on K (--seed-sets, default 3) disjoint seed sets of N (--num-samples) class-
+balanced samples: set k holds seeds kN .. (k+1)N - 1 (image i of a set has class i % 10 and its own
+seed, so it depends on nothing else, emigm.eval.scoring) and is scored against the same N test images.
+A point keeps, per metric (FD, class accuracy, precision, recall), the K values, their mean and their
+sd (the spread between seed sets, ddof 1).
+
+Groups (--only, comma-separated): schedule (linear / cosine / exp at --steps, no CFG), solver (DPM-Solver++
+at --head-steps, DDPM-100), cfg (no CFG, CFG 3 at every step, in intervals), null (CFG with mask on
+--emigm vs fake class on its -fakecfg twin, over --null-scales), discrete (eMIGM vs --maskgit at equal
+NFE), sg (self-guidance s = 0 / 1 on MaskGIT at 8 and 16 steps), sg-scale (s = 0.5, 2, 3), sg-tau (the
+Gumbel temperature of the confidence order, with and without self-guidance).
+
+Verdicts: each claim is one or more tests "a below b" (FD; lower is better), each with a margin in the
+claim's favour, margin = b - a, and sd_margin = sqrt(sd_a^2 + sd_b^2); "a within p % of b" is
+margin = (1 + p) b - a with sd_margin = sqrt(sd_a^2 + (1 + p)^2 sd_b^2). A test holds when margin >
+2 sd_margin, does not hold when margin < -2 sd_margin, and is undecided otherwise (always with one seed
+set: no sd). A claim holds when all its tests hold, does not hold when any test does not hold, and is
+undecided otherwise. Where a claim picks a best setting (best head steps, best CFG scale) it picks by
+mean FD. Nothing is tuned to make a claim hold.
+
+claims.json is the one source of the README's claims table (--readme rewrites the block between
+README_BEGIN and README_END) and of the explorer's Results tab.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
+import statistics
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -32,219 +50,657 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from emigm.core.config import to_dict  # noqa: E402
 from emigm.core.fileio import ASSETS_DIR  # noqa: E402
 from emigm.core.guidance import GuidanceConfig  # noqa: E402
+from emigm.eval.evaluation import load_classifier, real_data_floor  # noqa: E402
 from emigm.eval.scoring import evaluate_generator  # noqa: E402
 from emigm.io.loading import load_pipeline, random_pipeline  # noqa: E402
+from emigm.nn.smoother import Smoother, config_for  # noqa: E402
 from emigm.sample.sampler import SamplerConfig  # noqa: E402
 
+ROOT = Path(__file__).resolve().parent.parent
 BASE = SamplerConfig(num_steps=16, schedule="exp", draft=False)
 CFG = 3.0
+INTERVAL = (0.1, 0.3)  # the interval of the "interval CFG" claim
 # MaskGIT's sampler: cosine schedule, exact counts, most confident first with linearly annealed Gumbel noise
 MASKGIT = SamplerConfig(num_steps=16, schedule="cosine", count_rule="exact", order="confidence", draft=False)
 MASKGIT_NAME = "fmnist-maskgit"
+GROUPS = ("schedule", "solver", "cfg", "null", "discrete", "sg", "sg-scale", "sg-tau")
+METRICS = ("fd", "class_accuracy", "precision", "recall")
+VERDICTS = ("holds", "does not hold", "undecided")
+README_BEGIN = "<!-- claims:begin (generated by benchmarks/paper_claims.py --readme from assets/results/claims.json) -->"
+README_END = "<!-- claims:end -->"
+SETTINGS = (f"Sampling: {BASE.num_steps} steps, {BASE.schedule} schedule, {BASE.order} order, DPM-Solver++ "
+            f"{BASE.head_steps} head steps, no CFG unless the setting says otherwise; CFG scale {CFG:g}. MaskGIT "
+            f"settings: {MASKGIT.schedule} schedule, {MASKGIT.count_rule} counts, {MASKGIT.order} order (Gumbel "
+            f"tau {MASKGIT.order_temperature:g}, {MASKGIT.order_anneal} anneal).")
+VERDICT_RULE = ("A test 'a below b' has margin b - a and sd sqrt(sd_a^2 + sd_b^2) (sd: spread of the per-seed-set "
+                "values); 'a within p % of b' has margin (1 + p) b - a and sd sqrt(sd_a^2 + (1 + p)^2 sd_b^2). It holds "
+                "when margin > 2 sd, does not hold when margin < -2 sd, else undecided. A claim holds when all its "
+                "tests hold, does not hold when any does not, else undecided.")
 
 
-def load(name: str, random_init: bool, device):
+@dataclass(frozen=True)
+class Row:
+    """One setting to measure: its group, label, model, sampler and guidance; `emigm` is the continuous
+    model the group was run for (--emigm), which keys the claims when several models are merged."""
+
+    group: str
+    label: str
+    model: str
+    sampler: SamplerConfig
+    guidance: GuidanceConfig
+    emigm: str
+
+
+def load(name: str, random_init: bool, device, smoother: bool = False):
+    """A shipped model (with its self-guidance module when it has one), or with `random_init` the preset
+    of that name with random weights (and, with `smoother`, an untrained module: for the pipeline test)."""
     if random_init:
         gen = random_pipeline(name, device)
-        if name == MASKGIT_NAME:  # an untrained module, for the pipeline test
-            from emigm.nn.smoother import Smoother, config_for
+        if smoother:
             gen.smoother = Smoother(config_for(gen.model)).to(device).eval()
         return gen
     return load_pipeline(name, device)
 
 
 def suite(available: set[str], emigm: str = "fmnist-emigm", steps_list: tuple[int, ...] = (4, 8, 16, 32),
-          head_steps: tuple[int, ...] = (4, 8, 14), null_scales: tuple[float, ...] = (1.5, 2.0, 3.0, 4.0)
-          ) -> list[tuple[str, str, str, SamplerConfig, GuidanceConfig]]:
-    """(claim, label, model, sampler, guidance) rows; `emigm` names the continuous model."""
+          head_steps: tuple[int, ...] = (4, 8, 14), null_scales: tuple[float, ...] = (1.5, 2.0, 3.0, 4.0),
+          maskgit: str = MASKGIT_NAME) -> list[Row]:
+    """The settings of every group; `emigm` names the continuous model, `maskgit` the discrete one
+    (its self-guidance groups need `maskgit + "+sg"` in `available`)."""
     rows = []
+
+    def add(group, label, model, sampler, guidance=GuidanceConfig()):
+        rows.append(Row(group, label, model, sampler, guidance, emigm))
+
     for sched in ("linear", "cosine", "exp"):
         for steps in steps_list:
-            rows.append(("schedule", f"{sched} S={steps}", emigm, replace(BASE, schedule=sched, num_steps=steps),
-                         GuidanceConfig()))
+            add("schedule", f"{sched} S={steps}", emigm, replace(BASE, schedule=sched, num_steps=steps))
     for hs in head_steps:
-        rows.append(("solver", f"dpm head={hs}", emigm, replace(BASE, head_steps=hs), GuidanceConfig()))
-    rows.append(("solver", "ddpm head=100", emigm, replace(BASE, head_solver="ddpm", head_steps=100),
-                 GuidanceConfig()))
-    rows.append(("cfg", "no CFG", emigm, BASE, GuidanceConfig()))
-    rows.append(("cfg", "CFG every step", emigm, BASE, GuidanceConfig(cfg_scale=CFG)))
-    for lo, hi in ((0.1, 0.3), (0.0, 0.3), (0.1, 0.5), (0.2, 0.6)):
-        rows.append(("cfg", f"CFG in ({lo}, {hi}]", emigm, BASE, GuidanceConfig(cfg_scale=CFG, cfg_interval=(lo, hi))))
+        add("solver", f"dpm head={hs}", emigm, replace(BASE, head_steps=hs))
+    add("solver", "ddpm head=100", emigm, replace(BASE, head_solver="ddpm", head_steps=100))
+    add("cfg", "no CFG", emigm, BASE)
+    add("cfg", "CFG every step", emigm, BASE, GuidanceConfig(cfg_scale=CFG))
+    for lo, hi in (INTERVAL, (0.0, 0.3), (0.1, 0.5), (0.2, 0.6)):
+        add("cfg", f"CFG in ({lo}, {hi}]", emigm, BASE, GuidanceConfig(cfg_scale=CFG, cfg_interval=(lo, hi)))
     if emigm + "-fakecfg" in available:
         for scale in null_scales:
             for model in (emigm, emigm + "-fakecfg"):
-                rows.append(("null", f"{model} w={scale}", model, BASE, GuidanceConfig(cfg_scale=scale)))
-    if MASKGIT_NAME in available:
+                add("null", f"{model} w={scale}", model, BASE, GuidanceConfig(cfg_scale=scale))
+    if maskgit in available:
         for steps in (8, 16):
-            rows.append(("discrete", f"maskgit S={steps}", MASKGIT_NAME, replace(MASKGIT, num_steps=steps),
-                         GuidanceConfig()))
-            rows.append(("discrete", f"emigm S={steps}", emigm, replace(BASE, num_steps=steps), GuidanceConfig()))
-    if MASKGIT_NAME + "+sg" in available:
+            add("discrete", f"maskgit S={steps}", maskgit, replace(MASKGIT, num_steps=steps))
+            add("discrete", f"emigm S={steps}", emigm, replace(BASE, num_steps=steps))
+    if maskgit + "+sg" in available:
         for steps in (8, 16):
             for s in (0.0, 1.0):
-                rows.append(("sg", f"maskgit S={steps} s={s:g}", MASKGIT_NAME, replace(MASKGIT, num_steps=steps),
-                             GuidanceConfig(sg_scale=s)))
+                add("sg", f"maskgit S={steps} s={s:g}", maskgit, replace(MASKGIT, num_steps=steps),
+                    GuidanceConfig(sg_scale=s))
         for s in (0.5, 2.0, 3.0):
-            rows.append(("sg-scale", f"maskgit S=16 s={s:g}", MASKGIT_NAME, MASKGIT, GuidanceConfig(sg_scale=s)))
+            add("sg-scale", f"maskgit S=16 s={s:g}", maskgit, MASKGIT, GuidanceConfig(sg_scale=s))
         for tau in (1.0, 4.5, 10.0, 25.0):
             for s in (0.0, 1.0):
-                rows.append(("sg-tau", f"maskgit S=16 tau={tau:g} s={s:g}", MASKGIT_NAME,
-                             replace(MASKGIT, order_temperature=tau), GuidanceConfig(sg_scale=s)))
+                add("sg-tau", f"maskgit S=16 tau={tau:g} s={s:g}", maskgit, replace(MASKGIT, order_temperature=tau),
+                    GuidanceConfig(sg_scale=s))
     return rows
 
 
-def verdicts(results: list[dict]) -> list[dict]:
-    by = {r["label"]: r for r in results}
+# ----------------------------------------------------------------------------- measuring
 
-    def fd(label):
-        return by[label]["fd"] if label in by else None
 
-    out = []
-    few = {s: fd(f"{s} S=4") for s in ("linear", "cosine", "exp")}
-    if all(v is not None for v in few.values()):
-        best = min(few, key=few.get)
-        out.append({"claim": "exp schedule is best at few steps (S=4)", "holds": best == "exp",
-                    "numbers": {k: round(v, 3) for k, v in few.items()}})
-    d8, ddpm = fd("dpm head=8"), fd("ddpm head=100")
-    if d8 is not None and ddpm is not None:
-        out.append({"claim": "DPM-Solver++ with 8 head steps is no worse than DDPM-100 (FD at most 10% higher)",
-                    "holds": d8 <= 1.1 * ddpm, "numbers": {"dpm-8": round(d8, 3), "ddpm-100": round(ddpm, 3)}})
-    every, inter = by.get("CFG every step"), by.get("CFG in (0.1, 0.3]")
-    if every and inter:
-        out.append({"claim": "interval CFG keeps FD (within 10%) with fewer passes",
-                    "holds": inter["fd"] <= 1.1 * every["fd"] and inter["passes"] < every["passes"],
-                    "numbers": {"every": [round(every["fd"], 3), every["passes"]],
-                                "interval": [round(inter["fd"], 3), inter["passes"]]}})
-    sg = {k: fd(f"maskgit S={k[0]} s={k[1]}") for k in ((8, "0"), (8, "1"), (16, "0"), (16, "1"))}
-    if all(v is not None for v in sg.values()):
-        out.append({"claim": "self-guidance (s = 1) improves FD over plain MaskGIT at the same steps (8 and 16)",
-                    "holds": sg[(8, "1")] < sg[(8, "0")] and sg[(16, "1")] < sg[(16, "0")],
-                    "numbers": {"S=8 plain": round(sg[(8, "0")], 3), "S=8 guided": round(sg[(8, "1")], 3),
-                                "S=16 plain": round(sg[(16, "0")], 3), "S=16 guided": round(sg[(16, "1")], 3)}})
-        out.append({"claim": "self-guidance improves FD at equal NFE (guided 8 steps = 16 passes vs plain 16 steps)",
-                    "holds": sg[(8, "1")] < sg[(16, "0")],
-                    "numbers": {"guided S=8 (16 passes)": round(sg[(8, "1")], 3),
-                                "plain S=16 (16 passes)": round(sg[(16, "0")], 3)}})
-        scales = {s_: fd(f"maskgit S=16 s={s_}") for s_ in ("0", "0.5", "1", "2", "3")}
-        if all(v is not None for v in scales.values()):
-            best = min(scales, key=scales.get)
-            out.append({"claim": "the self-guidance scale s = 1 is best of {0, 0.5, 1, 2, 3}", "holds": best == "1",
-                        "numbers": {f"s={k}": round(v, 3) for k, v in scales.items()}})
-    taus = sorted({r["sampler"]["order_temperature"] for r in results if r["claim"] == "sg-tau"})
-    if taus:
-        pairs = {t: (fd(f"maskgit S=16 tau={t:g} s=0"), fd(f"maskgit S=16 tau={t:g} s=1")) for t in taus}
-        better = [t for t, (p, g) in pairs.items() if p is not None and g is not None and g < p]
-        out.append({"claim": "self-guidance lowers FD at every Gumbel temperature of the confidence order",
-                    "holds": len(better) == len(pairs),
-                    "numbers": {f"tau={t:g} {k}": round(v, 3) for t, pg in pairs.items()
-                                for k, v in zip(("plain", "guided"), pg) if v is not None}})
-    pairs = {}  # base model -> (best FD with mask, best FD with the fake class), over the scales measured
-    for r in results:
-        if r["claim"] == "null":
-            base = r["model"].removesuffix("-fakecfg")
-            best = pairs.setdefault(base, [None, None])
-            i = int(r["model"].endswith("-fakecfg"))
-            best[i] = r["fd"] if best[i] is None else min(best[i], r["fd"])
-    pairs = {k: v for k, v in pairs.items() if None not in v}
-    if pairs:
-        one = len(pairs) == 1
-        out.append({"claim": "CFG with mask beats fake class (best FD over scales)",
-                    "holds": all(m < f for m, f in pairs.values()),
-                    "numbers": {(kind if one else f"{base} {kind}"): round(v, 3)
-                                for base, mf in pairs.items() for kind, v in zip(("mask", "fake"), mf)}})
+def seed_sets(num_samples: int, k: int) -> list[list[int]]:
+    """[first, last] seed of each of k disjoint sets of num_samples seeds: [0, N-1], [N, 2N-1], ..."""
+    return [[i * num_samples, (i + 1) * num_samples - 1] for i in range(k)]
+
+
+def summarise(values: list[float]) -> tuple[float, float | None]:
+    """(mean, sd over the values, ddof 1; None for a single value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def make_point(row: Row, runs: list[dict[str, Any]], sets: list[list[int]]) -> dict[str, Any]:
+    """A claims.json point from the K evaluate_generator results of one setting."""
+    p = {"group": row.group, "label": row.label, "model": row.model, "emigm": row.emigm,
+         "sampler": to_dict(row.sampler), "guidance": to_dict(row.guidance), "nfe": runs[0]["passes"],
+         "passes": runs[0]["passes"], "head_evals": runs[0]["head_evals"],
+         "images_per_s": statistics.fmean(r["images_per_s"] for r in runs), "seed_sets": sets}
+    for m in METRICS:
+        vals = [float(r[m]) for r in runs]
+        p[m], p[f"{m}_sd"] = summarise(vals)
+        p[f"{m}_runs"] = vals
+    return p
+
+
+def setting_key(model: str, sampler: dict, guidance: dict) -> str:
+    return json.dumps([model, sampler, guidance], sort_keys=True)
+
+
+def measure(rows: list[Row], num_samples: int, k: int, batch_size: int, random_init: bool, device,
+            log: Callable[[str], None] = print, smoothers: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Every row on k seed sets; a setting that appears in several groups is measured once."""
+    sets = seed_sets(num_samples, k)
+    models: dict[str, Any] = {}
+    done: dict[str, list[dict[str, Any]]] = {}
+    points = []
+    log(table_header())
+    for row in rows:
+        key = setting_key(row.model, to_dict(row.sampler), to_dict(row.guidance))
+        if key not in done:
+            if row.model not in models:
+                models[row.model] = load(row.model, random_init, device, row.model in smoothers)
+            gen = models[row.model]
+            done[key] = [evaluate_generator(gen, gen.tokenizer, num_samples, row.sampler, row.guidance,
+                                            batch_size=batch_size, seed=lo, floor=False) for lo, _ in sets]
+        p = make_point(row, done[key], sets)
+        points.append(p)
+        log(table_row(p))
+    return points
+
+
+def table_header() -> str:
+    return (f"{'group':<9} {'setting':<32} {'model':<26} {'NFE':>4} {'FD':>16} {'class acc':>14} "
+            f"{'precision':>14} {'recall':>14}")
+
+
+def pm(mean: float | None, sd: float | None, digits: int = 2) -> str:
+    """'13.68 ± 0.061' (mean to `digits` decimals, sd to 2 significant figures); the mean alone without sd."""
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f}" + ("" if sd is None else f" ± {sd:.2g}")
+
+
+def table_row(p: dict[str, Any]) -> str:
+    cells = [pm(p.get(m), p.get(f"{m}_sd"), 2 if m == "fd" else 3) for m in METRICS]
+    return (f"{p['group']:<9} {p['label']:<32} {p['model']:<26} {p['nfe']:>4} {cells[0]:>16} {cells[1]:>14} "
+            f"{cells[2]:>14} {cells[3]:>14}")
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+
+def judge(margin: float, sd: float | None) -> str:
+    if sd is None or not math.isfinite(margin):
+        return "undecided"
+    if margin > 2 * sd:
+        return "holds"
+    if margin < -2 * sd:
+        return "does not hold"
+    return "undecided"
+
+
+def all_of(verdicts: list[str]) -> str:
+    if verdicts and all(v == "holds" for v in verdicts):
+        return "holds"
+    return "does not hold" if "does not hold" in verdicts else "undecided"
+
+
+def _sd(p: dict[str, Any], metric: str = "fd") -> float | None:
+    return p.get(f"{metric}_sd")
+
+
+def _test(text: str, margin: float, sd_a: float | None, sd_b: float | None, factor: float) -> dict[str, Any]:
+    sd = None if sd_a is None or sd_b is None else math.sqrt(sd_a ** 2 + (factor * sd_b) ** 2)
+    return {"test": text, "margin": margin, "sd": sd, "verdict": judge(margin, sd)}
+
+
+def below(a: dict[str, Any], b: dict[str, Any], factor: float = 1.0, text: str = "") -> dict[str, Any]:
+    """The test 'FD of a below factor x FD of b' (factor 1.1: a within 10 % above b):
+    margin factor b - a, sd sqrt(sd_a^2 + factor^2 sd_b^2)."""
+    what = text or (f"{a['label']} below {b['label']}" if factor == 1.0
+                    else f"{a['label']} below {factor:g} x {b['label']}")
+    return _test(what, factor * b["fd"] - a["fd"], _sd(a), _sd(b), factor)
+
+
+def above(a: dict[str, Any], b: dict[str, Any], factor: float, text: str = "") -> dict[str, Any]:
+    """The test 'FD of a above factor x FD of b' (factor 0.9: a at most 10 % below b):
+    margin a - factor b, sd sqrt(sd_a^2 + factor^2 sd_b^2)."""
+    return _test(text or f"{a['label']} above {factor:g} x {b['label']}", a["fd"] - factor * b["fd"], _sd(a), _sd(b),
+                 factor)
+
+
+def exact(margin: float, text: str) -> dict[str, Any]:
+    """A test on a count without noise (transformer passes): sd 0."""
+    return {"test": text, "margin": float(margin), "sd": 0.0, "verdict": judge(float(margin), 0.0)}
+
+
+def series(name: str, pts: list[dict[str, Any]], x: Callable[[dict[str, Any]], float], line: bool = True
+           ) -> dict[str, Any]:
+    pts = sorted(pts, key=x)
+    return {"name": name, "x": [x(p) for p in pts], "y": [p["fd"] for p in pts], "sd": [_sd(p) for p in pts],
+            "labels": [p["label"] for p in pts], "line": line}
+
+
+def claim(cid: str, text: str, short: str, tests: list[dict[str, Any]], shown: list[dict[str, Any]],
+          plot: dict[str, Any]) -> dict[str, Any]:
+    return {"id": cid, "claim": text, "short": short, "verdict": all_of([t["verdict"] for t in tests]),
+            "tests": tests, "numbers": {p["label"]: {"mean": p["fd"], "sd": _sd(p)} for p in shown},
+            "plot": {"y": "FD", **plot}}
+
+
+def _unique(pts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One point per setting (the first): groups that share a setting measure it once."""
+    seen, out = set(), []
+    for p in pts:
+        key = setting_key(p["model"], p["sampler"], p["guidance"])
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
     return out
 
 
-def main() -> None:
+def _no_guidance(p: dict[str, Any]) -> bool:
+    g = p["guidance"]
+    return g.get("cfg_scale", 1.0) == 1.0 and g.get("sg_scale", 0.0) == 0.0
+
+
+def claims_schedule(pts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by = {(p["sampler"]["schedule"], p["sampler"]["num_steps"]): p for p in pts if _no_guidance(p)}
+    steps = sorted({s for _, s in by})
+    out = []
+    if steps and all((s, steps[0]) in by for s in ("linear", "cosine", "exp")):
+        s0 = steps[0]
+        exp = by[("exp", s0)]
+        tests = [below(exp, by[(s, s0)]) for s in ("linear", "cosine")]
+        out.append(claim("schedule", f"the exp schedule is the best at few steps (S = {s0})", f"exp best at S={s0}",
+                         tests, [by[(s, s0)] for s in ("linear", "cosine", "exp")],
+                         {"x": "sampling steps S", "series": [series(s, [p for (k, _), p in by.items() if k == s],
+                                                                    lambda p: p["sampler"]["num_steps"])
+                                                             for s in ("linear", "cosine", "exp")]}))
+    exp = {s: p for (k, s), p in by.items() if k == "exp"}
+    ref = 8 if 8 in exp and max(exp) > 8 else min(exp, default=None)  # the issue's S = 8 reference
+    more = sorted(s for s in exp if ref is not None and s > ref)
+    if more:
+        tests = [below(exp[s], exp[ref]) for s in more]
+        out.append(claim("steps", f"FD falls with more sampling steps (exp schedule, no CFG): "
+                                  f"{' and '.join(f'S = {s}' for s in more)} below S = {ref}",
+                         "more steps lower FD (exp)", tests, [exp[s] for s in sorted(exp)],
+                         {"x": "sampling steps S", "series": [series("exp", list(exp.values()),
+                                                                     lambda p: p["sampler"]["num_steps"])]}))
+    return out
+
+
+def claims_solver(pts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    dpm = {p["sampler"]["head_steps"]: p for p in pts if p["sampler"]["head_solver"] == "dpm" and _no_guidance(p)}
+    ddpm = [p for p in pts if p["sampler"]["head_solver"] == "ddpm" and _no_guidance(p)]
+    hs = lambda p: p["sampler"]["head_steps"]  # noqa: E731
+    out = []
+    if dpm and ddpm:
+        best = min(dpm.values(), key=lambda p: p["fd"])
+        d = max(ddpm, key=hs)
+        tests = [below(d, best, 1.1), above(d, best, 0.9)]
+        out.append(claim("ddpm", f"DDPM-{hs(d)} and DPM-Solver++ at its best head steps ({hs(best)}) agree within 10 % "
+                                 "(FD)", "DDPM vs DPM-Solver++", tests, [*sorted(dpm.values(), key=hs), d],
+                         {"x": "head steps", "x_log": True,
+                          "series": [series("DPM-Solver++", list(dpm.values()), hs),
+                                     series("DDPM", ddpm, hs, line=False)]}))
+    if len(dpm) > 1:
+        lo, hi = dpm[min(dpm)], dpm[max(dpm)]
+        out.append(claim("head-steps", f"DPM-Solver++ with {min(dpm)} head steps is within 25 % of {max(dpm)} (FD)",
+                         f"{min(dpm)} vs {max(dpm)} head steps",
+                         [below(lo, hi, 1.25, f"{lo['label']} below 1.25 x {hi['label']}")],
+                         sorted(dpm.values(), key=hs),
+                         {"x": "head steps (DPM-Solver++)", "series": [series("DPM-Solver++", list(dpm.values()), hs)]}))
+    return out
+
+
+def claims_cfg(pts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    cfg = [p for p in pts if p["guidance"].get("sg_scale", 0.0) == 0.0]
+    every = next((p for p in cfg if p["guidance"]["cfg_scale"] != 1.0
+                  and list(p["guidance"]["cfg_interval"]) == [0.0, 1.0]), None)
+    inter = next((p for p in cfg if p["guidance"]["cfg_scale"] != 1.0
+                  and list(p["guidance"]["cfg_interval"]) == list(INTERVAL)), None)
+    if every is None or inter is None:
+        return []
+    tests = [below(inter, every, 1.1, f"{inter['label']} below 1.1 x {every['label']}"),
+             exact(every["passes"] - inter["passes"], f"{inter['label']} takes fewer passes than {every['label']} "
+                                                      f"({inter['passes']} vs {every['passes']})")]
+    return [claim("interval-cfg", f"CFG in ({INTERVAL[0]:g}, {INTERVAL[1]:g}] keeps the FD of CFG at every step "
+                                  "(within 10 %) with fewer passes", "interval CFG vs every step", tests,
+                  sorted(cfg, key=lambda p: p["passes"]),
+                  {"x": "NFE (transformer passes)", "series": [series(f"CFG {CFG:g}", cfg, lambda p: p["passes"],
+                                                                      line=False)]})]
+
+
+def claims_null(pts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    pairs: dict[str, list[list[dict[str, Any]]]] = {}
+    for p in pts:
+        base = p["model"].removesuffix("-fakecfg")
+        pairs.setdefault(base, [[], []])[int(p["model"].endswith("-fakecfg"))].append(p)
+    pairs = {k: v for k, v in pairs.items() if v[0] and v[1]}
+    if not pairs:
+        return []
+    tests, shown, lines = [], [], []
+    scale = lambda p: p["guidance"]["cfg_scale"]  # noqa: E731
+    for base, (mask, fake) in pairs.items():
+        bm, bf = (min(v, key=lambda p: p["fd"]) for v in (mask, fake))
+        tests.append(below(bm, bf, text=f"{base}: best with mask ({bm['label']}) below best with fake class "
+                                        f"({bf['label']})"))
+        shown += sorted(mask, key=scale) + sorted(fake, key=scale)
+        lines += [series(f"{base} (mask)", mask, scale), series(f"{base}-fakecfg (fake class)", fake, scale)]
+    return [claim("null", "CFG with the mask token beats a separate fake class (best FD over scales"
+                          + (", each model pair)" if len(pairs) > 1 else ")"), "CFG: mask vs fake class", tests, shown,
+                  {"x": "CFG scale w", "series": lines})]
+
+
+def claims_discrete(pts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    steps = lambda p: p["sampler"]["num_steps"]  # noqa: E731
+    cont = {steps(p): p for p in pts if p["model"] == p.get("emigm") and _no_guidance(p)}
+    disc = {steps(p): p for p in pts if p["model"] != p.get("emigm") and _no_guidance(p)}
+    both = sorted(set(cont) & set(disc))
+    if not both:
+        return []
+    tests = [below(cont[s], disc[s], text=f"{cont[s]['label']} below {disc[s]['label']} ({cont[s]['passes']} passes)")
+             for s in both]
+    name = lambda d: next(iter(d.values()))["model"]  # noqa: E731
+    return [claim("discrete", "continuous eMIGM beats discrete MaskGIT at equal NFE "
+                              f"({' and '.join(f'S = {s}' for s in both)})", "eMIGM vs MaskGIT", tests,
+                  [p for s in both for p in (cont[s], disc[s])],
+                  {"x": "NFE (transformer passes)",
+                   "series": [series(name(cont), [cont[s] for s in both], lambda p: p["passes"]),
+                              series(name(disc), [disc[s] for s in both], lambda p: p["passes"])]})]
+
+
+def claims_sg(pts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    default_tau = MASKGIT.order_temperature
+    plain_order = [p for p in pts if p["sampler"]["order_temperature"] == default_tau
+                   and p["guidance"].get("cfg_scale", 1.0) == 1.0]
+    steps = lambda p: p["sampler"]["num_steps"]  # noqa: E731
+    sg = lambda p: p["guidance"].get("sg_scale", 0.0)  # noqa: E731
+    by = {(steps(p), sg(p)): p for p in plain_order}
+    out = []
+    same = sorted(s for s in {k[0] for k in by} if (s, 0.0) in by and (s, 1.0) in by)
+    if same:
+        out.append(claim("sg-same-steps", "self-guidance (s = 1) lowers MaskGIT's FD at the same steps "
+                                          f"({' and '.join(f'S = {s}' for s in same)})", "self-guidance, same steps",
+                         [below(by[(s, 1.0)], by[(s, 0.0)]) for s in same],
+                         [by[(s, g)] for s in same for g in (0.0, 1.0)],
+                         {"x": "sampling steps S", "series": [series("plain", [by[(s, 0.0)] for s in same], steps),
+                                                              series("self-guidance s=1", [by[(s, 1.0)] for s in same],
+                                                                     steps)]}))
+        pairs = [(by[(g, 1.0)], by[(p, 0.0)]) for g in same for p in same
+                 if by[(g, 1.0)]["passes"] == by[(p, 0.0)]["passes"]]
+        if pairs:
+            nfe = lambda p: p["passes"]  # noqa: E731
+            out.append(claim("sg-equal-nfe", "self-guidance lowers FD at equal NFE ("
+                             + "; ".join(f"guided S = {steps(g)} vs plain S = {steps(p)}, {p['passes']} passes"
+                                         for g, p in pairs) + ")", "self-guidance, equal NFE",
+                             [below(g, p, text=f"{g['label']} below {p['label']} ({p['passes']} passes)") for g, p in pairs],
+                             [q for pair in pairs for q in pair],
+                             {"x": "NFE (transformer passes)",
+                              "series": [series("plain", [by[(s, 0.0)] for s in same], nfe),
+                                         series("self-guidance s=1", [by[(s, 1.0)] for s in same], nfe)]}))
+    top = max((s for s, _ in by), default=None)
+    scales = {g: p for (s, g), p in by.items() if s == top}
+    if 1.0 in scales and len(scales) > 2:
+        others = [g for g in sorted(scales) if g != 1.0]
+        out.append(claim("sg-scale", "s = 1 is the best self-guidance scale of {"
+                                     + ", ".join(f"{g:g}" for g in sorted(scales)) + f"}} (S = {top})",
+                         "self-guidance scale", [below(scales[1.0], scales[g]) for g in others],
+                         [scales[g] for g in sorted(scales)],
+                         {"x": "self-guidance scale s", "series": [series(f"MaskGIT S={top}", list(scales.values()), sg)]}))
+    return out
+
+
+def claims_sg_tau(pts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    tau = lambda p: p["sampler"]["order_temperature"]  # noqa: E731
+    sg = lambda p: p["guidance"].get("sg_scale", 0.0)  # noqa: E731
+    by = {(tau(p), sg(p)): p for p in pts}
+    taus = sorted(t for t in {k[0] for k in by} if (t, 0.0) in by and (t, 1.0) in by)
+    if not taus:
+        return []
+    return [claim("sg-tau", "self-guidance lowers FD at every Gumbel temperature of the confidence order (tau "
+                  + ", ".join(f"{t:g}" for t in taus) + ")", "self-guidance over tau",
+                  [below(by[(t, 1.0)], by[(t, 0.0)]) for t in taus], [by[(t, g)] for t in taus for g in (0.0, 1.0)],
+                  {"x": "Gumbel temperature tau", "x_log": True,
+                   "series": [series("plain", [by[(t, 0.0)] for t in taus], tau),
+                              series("self-guidance s=1", [by[(t, 1.0)] for t in taus], tau)]})]
+
+
+# (groups whose points a builder reads, how the points are split by model, the builder)
+BUILDERS: list[tuple[tuple[str, ...], Callable[[dict[str, Any]], str], Callable]] = [
+    (("schedule",), lambda p: p.get("emigm") or p["model"], claims_schedule),
+    (("solver",), lambda p: p.get("emigm") or p["model"], claims_solver),
+    (("cfg",), lambda p: p.get("emigm") or p["model"], claims_cfg),
+    (("null",), lambda p: "", claims_null),
+    (("discrete",), lambda p: p.get("emigm") or "", claims_discrete),
+    (("sg", "sg-scale"), lambda p: p["model"], claims_sg),
+    (("sg-tau",), lambda p: p["model"], claims_sg_tau),
+]
+
+
+def verdicts(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every claim the points make measurable, in BUILDERS order; a claim measured on several models
+    (groups run with different --emigm / --maskgit and merged) is stated once per model."""
+    out = []
+    for groups, key, build in BUILDERS:
+        pts = [p for p in points if p["group"] in groups]
+        parts: dict[str, list[dict[str, Any]]] = {}
+        for p in pts:
+            parts.setdefault(key(p), []).append(p)
+        made = [(k, c) for k, part in parts.items() for c in build(_unique(part))]
+        for k, c in made:
+            if sum(c["id"] == other["id"] for _, other in made) > 1:
+                c = dict(c, id=f"{c['id']}@{k}", claim=f"{c['claim']} on {k}", short=f"{c['short']} ({k})")
+            c["model"] = k or None  # None: the claim spans models (the CFG-mode pairs)
+            out.append(c)
+    for c in out:
+        c["evidence"] = evidence(c)
+        for t in c["tests"]:
+            t["text"] = check_text(t)
+    return out
+
+
+def evidence(c: dict[str, Any]) -> str:
+    """The claim's numbers as one line: 'exp S=4 13.54 ± 0.061 · linear S=4 14.87 ± 0.05'."""
+    return " · ".join(f"{label} {pm(v['mean'], v['sd'])}" for label, v in c["numbers"].items())
+
+
+def check_text(t: dict[str, Any]) -> str:
+    """'exp S=4 below linear S=4: margin 1.33 vs 2 sd 0.14 (holds)' ('margin 1.33, no sd' with one seed set)."""
+    two = ", no sd" if t["sd"] is None else f" vs 2 sd {2 * t['sd']:.2g}"
+    return f"{t['test']}: margin {t['margin']:.3g}{two} ({t['verdict']})"
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def upgrade(doc: dict[str, Any]) -> dict[str, Any]:
+    """A claims.json written before seed sets (one run per setting, "claim" naming the group) in the
+    current form: each metric one run, no sd (so every verdict is undecided until re-measured)."""
+    if doc.get("version", 1) >= 2:
+        return doc
+    n = doc["num_samples"]
+    points = []
+    for p in doc["points"]:
+        group = p.get("group") or p["claim"]
+        if group == "null":
+            base = p["model"].removesuffix("-fakecfg")
+        elif group == "discrete":
+            base = doc["model"]
+        else:
+            base = p["model"]
+        q = {k: v for k, v in p.items() if k not in ("claim", "setting")}
+        q.update(group=group, emigm=base, seed_sets=[[0, n - 1]], nfe=p.get("nfe", p.get("passes")))
+        for m in METRICS:
+            q[m], q[f"{m}_sd"], q[f"{m}_runs"] = float(p[m]), None, [float(p[m])]
+        points.append(q)
+    return {**doc, "version": 2, "seed_sets": [[0, n - 1]], "points": points}
+
+
+def build_doc(points: list[dict[str, Any]], model: str, num_samples: int, sets: list[list[int]], device: str,
+              random_init: bool, note: str = "", floor: dict[str, float] | None = None, date: str = ""
+              ) -> dict[str, Any]:
+    models = list(dict.fromkeys(p["model"] for p in points))
+    return {"format": "emigm-claims", "version": 2, "model": model, "models": models, "num_samples": num_samples,
+            "seed_sets": sets, "device": device, "random_init": random_init, "date": date or time.strftime("%Y-%m-%d"),
+            "note": note, "settings": SETTINGS, "verdict_rule": VERDICT_RULE, "floor": floor, "points": points,
+            "claims": verdicts(points)}
+
+
+def describe_sets(doc: dict[str, Any]) -> str:
+    sets = doc["seed_sets"]
+    if len(sets) == 1:
+        return f"{doc['num_samples']} class-balanced samples per setting, one seed set (seeds {sets[0][0]}-{sets[0][1]})"
+    return (f"{doc['num_samples']} class-balanced samples per seed set, {len(sets)} disjoint seed sets (seeds "
+            + ", ".join(f"{a}-{b}" for a, b in sets) + ")")
+
+
+def claims_table(doc: dict[str, Any]) -> list[str]:
+    """What the README shows of a claims.json document: where and how it was measured, then a row per claim."""
+    floor = doc.get("floor")
+    lines = [f"Measured {doc['date']} on {', '.join(f'`{m}`' for m in doc['models'])}: {describe_sets(doc)}; "
+             f"FD against the first {doc['num_samples']} test images"
+             + (f" (real-data floor FD {floor['fd']:.3f}, class accuracy {floor['class_accuracy']:.3f})" if floor else "")
+             + f"; device {doc['device']}." + (" RANDOM WEIGHTS (pipeline test)." if doc["random_init"] else ""),
+             "", doc.get("settings") or SETTINGS, *(["", doc["note"]] if doc.get("note") else []), "",
+             "| claim | verdict | FD, mean ± sd over seed sets | tests: margin in the claim's favour vs 2 sd |",
+             "|---|---|---|---|"]
+    for c in doc["claims"]:
+        cell = lambda s: s.replace("|", "\\|")  # noqa: E731
+        lines.append(f"| {cell(c['claim'])} | **{c['verdict']}** | {cell(c['evidence'])} | "
+                     f"{cell('; '.join(t['text'] for t in c['tests']))} |")
+    return lines + ["", f"{len(doc['claims'])} claims: " + ", ".join(
+        f"{sum(c['verdict'] == v for c in doc['claims'])} {v}" for v in VERDICTS) + "."]
+
+
+def readme_block(doc: dict[str, Any]) -> str:
+    """The README's claims block, markers included."""
+    return "\n".join([README_BEGIN, "", *claims_table(doc), "", README_END])
+
+
+def write_readme(doc: dict[str, Any], path: Path = ROOT / "README.md") -> None:
+    """Replace README's block between README_BEGIN and README_END with `readme_block(doc)`."""
+    text = path.read_text()
+    pattern = re.compile(re.escape(README_BEGIN) + ".*?" + re.escape(README_END), re.DOTALL)
+    if len(pattern.findall(text)) != 1:
+        sys.exit(f"error: {path.name} needs exactly one block between '{README_BEGIN}' and '{README_END}'")
+    path.write_text(pattern.sub(lambda _: readme_block(doc), text))
+    print(f"rewrote the claims block of {path.name}")
+
+
+def claims_md(doc: dict[str, Any]) -> str:
+    lines = ["# The paper's claims on our models", "", *claims_table(doc), "",
+             "How a verdict is decided: " + doc.get("verdict_rule", VERDICT_RULE), "",
+             "| group | setting | model | NFE | FD | class acc | precision | recall | FD per seed set |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for p in doc["points"]:
+        cells = [pm(p[m], p.get(f"{m}_sd"), 2 if m == "fd" else 3) for m in METRICS]
+        runs = ", ".join(f"{v:.2f}" for v in p.get("fd_runs", []))
+        lines.append(f"| {p['group']} | {p['label']} | {p['model']} | {p['nfe']} | " + " | ".join(cells) + f" | {runs} |")
+    return "\n".join(lines) + "\n"
+
+
+def print_claims(doc: dict[str, Any]) -> None:
+    print(f"\n{'verdict':<14} claim")
+    for c in doc["claims"]:
+        print(f"{c['verdict']:<14} {c['claim']}")
+        for t in c["tests"]:
+            print(f"{'':<16}{t['text']}")
+
+
+def write(out: Path, doc: dict[str, Any]) -> None:
+    """claims.json (the format the README block and the explorer's Results tab read) and claims.md."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "claims.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (out / "claims.md").write_text(claims_md(doc))
+    print(f"wrote {out / 'claims.json'} and {out / 'claims.md'}")
+
+
+def merge(dirs: list[str], note: str) -> dict[str, Any]:
+    """One document from the claims.json of runs made with --only (a run written before seed sets is
+    upgraded first); they must share N, the seed sets and random_init. The verdicts are recomputed."""
+    docs = []
+    for d in dirs:
+        f = Path(d) / "claims.json"
+        if not f.is_file():
+            sys.exit(f"error: --merge {d}: no claims.json there")
+        docs.append(upgrade(json.loads(f.read_text())))
+    first = docs[0]
+    for d, doc in zip(dirs, docs):
+        for k in ("num_samples", "seed_sets", "random_init"):
+            if doc[k] != first[k]:
+                sys.exit(f"error: --merge {d}: {k} {doc[k]} differs from {dirs[0]}'s {first[k]}; "
+                         "merge only runs with the same --num-samples and --seed-sets")
+    seen, points = set(), []
+    for doc in docs:
+        for p in doc["points"]:
+            key = (p["group"], setting_key(p["model"], p["sampler"], p["guidance"]))
+            if key not in seen:
+                seen.add(key)
+                points.append(p)
+    floor = next((d["floor"] for d in docs if d.get("floor")), None)
+    if floor is None and (ASSETS_DIR / "classifier").is_dir():  # files written before floors were stored
+        fl = real_data_floor(load_classifier(ASSETS_DIR / "classifier"), None, min(first["num_samples"], 10000))
+        floor = {k: fl[k] for k in METRICS}
+    return build_doc(points, first["model"], first["num_samples"], first["seed_sets"], first["device"],
+                     first["random_init"], note or first.get("note", ""), floor,
+                     max(d.get("date", "") for d in docs))  # when the newest of the runs was measured
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--num-samples", type=int, default=10000)
+    p.add_argument("--num-samples", type=int, default=1000, help="samples per seed set (N)")
+    p.add_argument("--seed-sets", type=int, default=3, help="disjoint seed sets per setting (K): seeds 0..N-1, N..2N-1, ...")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--random-init", action="store_true", help="random-weight presets: tests the pipeline only")
     p.add_argument("--out-dir", default=str(ASSETS_DIR / "results"))
-    p.add_argument("--emigm", default="fmnist-emigm", help="the continuous eMIGM model to measure")
+    p.add_argument("--emigm", default="fmnist-emigm", help="the continuous eMIGM model the groups run on "
+                                                           "(null: it and its -fakecfg twin)")
+    p.add_argument("--maskgit", default=MASKGIT_NAME, help="the discrete MaskGIT model (with its self-guidance module)")
     p.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16, 32], help="sampling steps for the schedule scan")
     p.add_argument("--head-steps", type=int, nargs="+", default=[4, 8, 14], help="DPM-Solver++ head steps")
     p.add_argument("--null-scales", type=float, nargs="+", default=[1.5, 2.0, 3.0, 4.0],
                    help="CFG scales of the mask vs fake-class comparison")
     p.add_argument("--merge", nargs="+", default=None, metavar="DIR",
                    help="instead of measuring, merge the claims.json of runs made with --only into --out-dir")
+    p.add_argument("--readme", action="store_true",
+                   help="instead of measuring, rewrite README's claims block from OUT_DIR/claims.json (with --merge: "
+                        "after merging)")
+    p.add_argument("--readme-file", default=str(ROOT / "README.md"), help=argparse.SUPPRESS)  # for the tests
     p.add_argument("--note", default="", help="a paragraph stored with the results (context for readers)")
-    p.add_argument("--only", default="", help="comma-separated claim groups: schedule,solver,cfg,null,discrete,"
-                                              "sg,sg-scale,sg-tau")
-    a = p.parse_args()
+    p.add_argument("--only", default="", help="comma-separated claim groups: " + ",".join(GROUPS))
+    a = p.parse_args(argv)
+    out = Path(a.out_dir)
+    only = [g for g in a.only.split(",") if g]
+    bad = [g for g in only if g not in GROUPS]
+    if bad:
+        sys.exit(f"error: --only {','.join(bad)}: unknown group; valid: {','.join(GROUPS)}")
+    if a.num_samples < 10 or a.seed_sets < 1:
+        sys.exit("error: --num-samples must be >= 10 and --seed-sets >= 1")
     if a.merge:
-        docs = [json.loads((Path(d) / "claims.json").read_text()) for d in a.merge]
-        first = docs[0]
-        write(Path(a.out_dir), first["model"], first["num_samples"], first["device"], first["random_init"],
-              [pt for d in docs for pt in d["points"]], a.note)
-        return
-    device = torch.device(a.device)
-    names = (a.emigm, a.emigm + "-fakecfg", MASKGIT_NAME)
-    available = set(names) if a.random_init else {n for n in names if (ASSETS_DIR / n / "config.json").is_file()}
-    if a.random_init or (ASSETS_DIR / MASKGIT_NAME / "self-guidance" / "config.json").is_file():
-        available.add(MASKGIT_NAME + "+sg")
-    if a.emigm not in available:
-        sys.exit(f"error: {a.emigm} is not shipped in assets/; train it first (see README) or pass --random-init")
-    rows = suite(available, a.emigm, tuple(a.steps), tuple(a.head_steps), tuple(a.null_scales))
-    if a.only:
-        rows = [r for r in rows if r[0] in a.only.split(",")]
-    cache: dict[str, tuple] = {}
-    results = []
-    print(f"{'claim':<9} {'setting':<28} {'passes':>6} {'FD':>9} {'acc':>6} {'prec':>6} {'rec':>6} {'img/s':>7}")
-    for claim, label, name, sampler, guidance in rows:
-        if name not in cache:
-            cache[name] = load(name, a.random_init, device)
-        gen = cache[name]
-        r = evaluate_generator(gen, gen.tokenizer, a.num_samples, sampler, guidance, batch_size=a.batch_size,
-                               floor=False)
-        row = {"claim": claim, "label": label, "model": name, "nfe": r["passes"],
-               "sampler": to_dict(sampler), "guidance": to_dict(guidance),
-               **{k: r[k] for k in ("fd", "class_accuracy", "precision", "recall", "passes", "head_evals", "images_per_s")}}
-        results.append(row)
-        print(f"{claim:<9} {label:<28} {row['passes']:>6} {row['fd']:>9.3f} {row['class_accuracy']:>6.3f} "
-              f"{row['precision']:>6.3f} {row['recall']:>6.3f} {row['images_per_s']:>7.1f}", flush=True)
-    write(Path(a.out_dir), a.emigm, a.num_samples, str(device), a.random_init, results, a.note)
-
-
-def series(point: dict) -> str:
-    """The curve a point belongs to in the explorer's FD-against-NFE plot."""
-    claim, sampler = point["claim"], point["sampler"]
-    if claim == "schedule":
-        return f"schedule {sampler['schedule']}"
-    if claim == "solver":
-        return f"head solver {sampler['head_solver']}"
-    if claim == "cfg":
-        return "CFG: none, every step, intervals"
-    if claim == "null":
-        return "CFG with fake class" if point["model"].endswith("-fakecfg") else "CFG with mask"
-    if claim in ("sg", "sg-scale", "sg-tau"):
-        return f"MaskGIT, self-guidance s={point['guidance']['sg_scale']:g}"
-    return point["model"]
-
-
-def write(out: Path, model: str, num_samples: int, device: str, random_init: bool, results: list[dict],
-          note: str = "") -> None:
-    """claims.json (points + verdicts, the format the explorer's Results tab reads) and claims.md."""
-    results = [dict(r, setting=series(r)) for r in results]
-    claims = [dict(v, evidence=json.dumps(v["numbers"])) for v in verdicts(results)]
-    doc = {"model": model, "num_samples": num_samples, "device": device, "random_init": random_init,
-           "date": time.strftime("%Y-%m-%d"), "note": note, "points": results, "claims": claims}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "claims.json").write_text(json.dumps(doc, indent=2))
-    lines = ["# The paper's claims on our models", "",
-             f"Model {model}; {num_samples} samples per point; device {device}"
-             + (", RANDOM WEIGHTS (pipeline test)" if random_init else ""), "",
-             *([note, ""] if note else []),
-             "| claim | holds here? | numbers |", "|---|---|---|"]
-    for v in doc["claims"]:
-        lines.append(f"| {v['claim']} | {'holds' if v['holds'] else 'does not hold here'} | {json.dumps(v['numbers'])} |")
-    lines += ["", "| group | setting | model | passes | FD | class acc | precision | recall |", "|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        lines.append(f"| {r['claim']} | {r['label']} | {r['model']} | {r['passes']} | {r['fd']:.3f} | "
-                     f"{r['class_accuracy']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} |")
-    (out / "claims.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out / 'claims.json'} and {out / 'claims.md'}")
+        doc = merge(a.merge, a.note)
+        write(out, doc)
+    elif a.readme:
+        f = out / "claims.json"
+        if not f.is_file():
+            sys.exit(f"error: {f} not found; measure first")
+        doc = upgrade(json.loads(f.read_text()))
+    else:
+        device = torch.device(a.device)
+        names = (a.emigm, a.emigm + "-fakecfg", a.maskgit)
+        available = set(names) if a.random_init else {n for n in names if (ASSETS_DIR / n / "config.json").is_file()}
+        if a.random_init or (ASSETS_DIR / a.maskgit / "self-guidance" / "config.json").is_file():
+            available.add(a.maskgit + "+sg")
+        if a.emigm not in available:
+            sys.exit(f"error: {a.emigm} is not shipped in assets/; train it first (see README) or pass --random-init")
+        rows = suite(available, a.emigm, tuple(a.steps), tuple(a.head_steps), tuple(a.null_scales), a.maskgit)
+        if only:
+            rows = [r for r in rows if r.group in only]
+        if not rows:
+            sys.exit(f"error: nothing to measure for --only {a.only} with the models here")
+        fl = real_data_floor(load_classifier(ASSETS_DIR / "classifier"), None, min(a.num_samples, 10000))
+        floor = {k: fl[k] for k in METRICS}
+        points = measure(rows, a.num_samples, a.seed_sets, a.batch_size, a.random_init, device,
+                         smoothers=(a.maskgit,))
+        doc = build_doc(points, a.emigm, a.num_samples, seed_sets(a.num_samples, a.seed_sets), str(device),
+                        a.random_init, a.note, floor)
+        write(out, doc)
+    print("\n" + table_header())
+    for pt in doc["points"]:
+        print(table_row(pt))
+    print_claims(doc)
+    if a.readme:
+        write_readme(doc, Path(a.readme_file))
 
 
 if __name__ == "__main__":

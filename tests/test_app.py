@@ -416,20 +416,57 @@ def test_schedules_arithmetic():
 def test_results_reader(tmp_path):
     assert analysis.read_claims(tmp_path / "missing.json") is None
     path = tmp_path / "claims.json"
-    path.write_text(json.dumps({"points": [{"setting": "interval", "nfe": 19, "fd": 3.0, "claim": "cfg"},
-                                           {"setting": "ddpm", "nfe": 16, "fd": 300.0, "claim": "solver"},
-                                           {"setting": "dpm", "nfe": 16, "fd": 20.0, "claim": "solver"}],
-                                "claims": [{"claim": "interval CFG saves passes", "holds": True,
-                                            "numbers": {"every": [18.2, 32], "interval": [20.6, 19]}},
-                                           {"claim": "x", "evidence": "{\"a\": 1.5}"}]}))
+    series = lambda name, xs, ys: {"name": name, "x": xs, "y": ys, "sd": [0.1] * len(ys),  # noqa: E731
+                                   "labels": [f"{name} {x}" for x in xs], "line": True}
+    path.write_text(json.dumps({
+        "num_samples": 100, "seed_sets": [[0, 99], [100, 199], [200, 299]], "note": "n",
+        "verdict_rule": "rule", "points": [
+            {"group": "solver", "label": "dpm head=4", "model": "m", "nfe": 16, "fd": 20.0, "fd_sd": 0.1,
+             "class_accuracy": 0.5, "class_accuracy_sd": 0.01},
+            {"group": "solver", "label": "ddpm head=100", "model": "m", "nfe": 16, "fd": 300.0, "fd_sd": None}],
+        "claims": [
+            {"claim": "DDPM agrees with DPM", "short": "DDPM vs DPM", "verdict": "does not hold",
+             "evidence": "dpm head=4 20.00 ± 0.1 · ddpm head=100 300.00",
+             "tests": [{"test": "ddpm below 1.1 x dpm", "margin": -278.0, "sd": 0.1,
+                        "text": "ddpm below 1.1 x dpm: margin -278 vs 2 sd 0.2 (does not hold)"}],
+             "plot": {"x": "head steps", "x_log": True, "y": "FD",
+                      "series": [series("DPM-Solver++", [4, 8], [20.0, 19.0]), series("DDPM", [100], [300.0])]}},
+            {"claim": "more steps", "short": "steps", "verdict": "undecided", "evidence": "a 1.00 ± 0.1",
+             "tests": [], "plot": {"x": "sampling steps S", "series": [series("exp", [8, 16, 32], [1.0, 1.1, 1.2])]}},
+            {"claim": "old style", "holds": True, "numbers": {"every": [18.2, 32], "interval": [20.6, 19]}},
+            {"claim": "x", "evidence": "{\"a\": 1.5}"}]}))
     doc = analysis.read_claims(path)
-    assert [p["fd"] for p in doc["points"]] == [3.0, 300.0, 20.0]
-    assert doc["claims"][0] == ["interval CFG saves passes", "holds", "every FD 18.2 at NFE 32 · interval FD 20.6 at NFE 19"]
-    assert doc["claims"][1] == ["x", "not measured", "a 1.5"]  # no raw JSON in the table
+    assert [p["fd"] for p in doc["points"]] == [20.0, 300.0]
+    assert doc["claims"][0] == ["DDPM agrees with DPM", "does not hold", "dpm head=4 20.00 ± 0.1 · ddpm head=100 300.00"
+                                " · ddpm below 1.1 x dpm: margin -278 vs 2 sd 0.2 (does not hold)"]
+    assert doc["claims"][2] == ["old style", "holds", "every FD 18.2 at NFE 32 · interval FD 20.6 at NFE 19"]
+    assert doc["claims"][3] == ["x", "not measured", "a 1.5"]  # no raw JSON in the table
+    assert analysis.point_rows(doc["points"])[0][4:6] == ["20.00 ± 0.1", "0.500 ± 0.01"]
+    assert analysis.point_rows(doc["points"])[1][4] == "300.00"
     from app.charts import results_figure
-    fig = results_figure(doc["points"])
-    assert [a.text for a in fig.layout.annotations] == ["cfg", "solver"]
-    assert fig.layout.yaxis2.type == "log" and fig.layout.yaxis.type == "linear"  # the outlier's panel is log
+    fig = results_figure([c for c in doc["claim_docs"] if c.get("plot")])
+    assert [a.text for a in fig.layout.annotations] == ["DDPM vs DPM: <b>does not hold</b>", "steps: <b>undecided</b>"]
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis2.type == "linear"  # the outlier's panel is log
+    assert fig.layout.xaxis.type == "log" and list(fig.layout.xaxis2.tickvals) == [8, 16, 32]
+    dpm = fig.data[0]
+    assert list(dpm.x) == [4, 8] and list(dpm.error_y.array) == [0.1, 0.1]  # mean +- sd
+    assert [t.name for t in fig.data] == ["DPM-Solver++", "DDPM", "exp"]
+
+
+def test_results_tab_shows_exactly_the_claims_of_claims_json():
+    """The Results tab and README come from the one file: the same claims, in its order, with its verdicts,
+    a panel each."""
+    if not analysis.CLAIMS_PATH.is_file():
+        pytest.skip("no assets/results/claims.json")
+    raw = json.loads(analysis.CLAIMS_PATH.read_text())
+    msg, fig, table, points, doc = analysis.results()
+    assert [row[:2] for row in table["value"]] == [[c["claim"], c["verdict"]] for c in raw["claims"]]
+    assert f"{len(raw['claims'])} claims" in msg and len(points["value"]) == len(raw["points"])
+    titles = [a.text for a in fig.layout.annotations if ": <b>" in a.text]
+    assert titles == [f"{c['short']}: <b>{c['verdict']}</b>" for c in raw["claims"]]
+    readme = (analysis.CLAIMS_PATH.parents[2] / "README.md").read_text()
+    for c in raw["claims"]:
+        assert f"| {c['claim']} | **{c['verdict']}** |" in readme
 
 
 def test_permalink_round_trip(unmasking):

@@ -307,6 +307,42 @@ def test_cfg_batched_equals_two_passes(solver, steps):
     assert (got - plain).abs().max() > 1e-3  # guidance changed something
 
 
+@pytest.mark.parametrize("solver,steps", [("ddpm", 10), ("dpm", 8), ("dpm2m", 6)])
+def test_float64_sampling_stays_float64(solver, steps):
+    """Outside autocast the head keeps the input's dtype: a float64 run equals the solver run on the
+    float64 network directly, bit for bit (no rounding to float32 at a solver step), guided or not."""
+    head, M = _random_head().double(), 5
+    g = torch.Generator().manual_seed(9)
+    z, zu = torch.randn(M, 5, generator=g, dtype=torch.float64), torch.randn(M, 5, generator=g, dtype=torch.float64)
+    base = _noise_fn(M, 3, seed=10)
+    noise = lambda i: base(i).double()  # noqa: E731
+    scale = torch.full((M,), 3.0, dtype=torch.float64)
+
+    def direct(x, t):
+        return head.net(x, t, z)
+
+    def two_pass(x, t):
+        out_c, out_u = head.net(x, t, z), head.net(x, t, zu)
+        return torch.cat([guide(out_c[:, :3], out_u[:, :3], scale), out_c[:, 3:]], dim=-1)
+
+    with torch.no_grad():
+        ref = get_solver(solver)(head.diffusion, direct, noise(0), noise, steps=steps)
+        ref_cfg = get_solver(solver)(head.diffusion, two_pass, noise(0), noise, steps=steps)
+    got = head.sample(z, noise, solver=solver, steps=steps)
+    got_cfg = head.sample(z, noise, guides=[Term("cfg", zu, scale - 1.0)], solver=solver, steps=steps)
+    assert got.dtype == got_cfg.dtype == torch.float64
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got_cfg, ref_cfg, rtol=1e-12, atol=1e-12)
+    # float32 rounding at each step would show at about 1e-7
+    rounded = get_solver(solver)(head.diffusion, lambda x, t: direct(x, t).float(), noise(0), noise, steps=steps)
+    assert (rounded - ref).abs().max() > 1e-10
+    head32 = _random_head()  # under autocast the bf16 answers are widened to the float32 input's dtype
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head32.sample(z.float(), base, guides=[Term("cfg", zu.float(), scale.float() - 1.0)], solver=solver,
+                            steps=steps)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
 @pytest.mark.parametrize("solver,steps", [("ddpm", 1), ("ddpm", 7), ("dpm", 1), ("dpm", 8), ("dpm", 14),
                                          ("dpm2m", 1), ("dpm2m", 5)])
 def test_evals_counts_network_calls_and_noise_use(solver, steps):

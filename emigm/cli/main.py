@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from emigm.cli.train import register as register_training
+from emigm.core import distributed as dist
 from emigm.core.config import MAX_TOKENS, to_dict
 from emigm.core.devices import resolve_device
 from emigm.core.fields import check_number, describe, field_names
@@ -215,24 +216,33 @@ def cmd_sample(a: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
+    """Also under torchrun (`torchrun --nproc-per-node K -m emigm evaluate ...`): every rank samples its
+    share of the N seeds, rank 0 scores them all and prints (emigm.eval.scoring)."""
     check_number("--num-samples", a.num_samples, 1, MAX_SAMPLES, integer=True)
     check_number("--batch-size", a.batch_size, 1, MAX_IMAGES, integer=True)
     check_seed("--seed", a.seed, a.num_samples)
-    device = resolve_device(a.device)
+    device = resolve_device(a.device, dist.info_from_env().local_rank)
     sampler, guidance = sampler_configs(a)
     gen = load_for_sampling(a, device)
     sampler, guidance = sampler_configs(a, model=gen.model)
     label = gen.label
     check_request(gen.model, a.num_samples, sampler, guidance, a.batch_size, a.seed,
                   ("--num-samples", "--batch-size", "--seed"))
-    r = evaluate_generator(gen, gen.tokenizer, a.num_samples, sampler, guidance, a.data_path or None,
-                           a.classifier or None, a.batch_size, a.seed)
+    info = dist.init_from_env(device.type)
+    try:
+        r = evaluate_generator(gen, gen.tokenizer, a.num_samples, sampler, guidance, a.data_path or None,
+                               a.classifier or None, a.batch_size, a.seed)
+    finally:
+        dist.cleanup()
+    if not info.is_main:
+        return
     r = {"model": label, "sampler": to_dict(sampler), "guidance": to_dict(guidance), **r}
     if a.json:
         print(json.dumps(r, indent=2))
         return
     fl = r["floor"]
-    print(f"{label}: {a.num_samples} samples, {r['passes']} passes ({sampler.num_steps} x "
+    ranks = f" on {r['ranks']} ranks" if r["ranks"] > 1 else ""
+    print(f"{label}: {a.num_samples} samples{ranks}, {r['passes']} passes ({sampler.num_steps} x "
           f"{r['passes'] / sampler.num_steps:.3g}), {r['head_evals']} head evals, {r['images_per_s']:.1f} img/s")
     print(f"{'':<10} {'FD':>8} {'class acc':>10} {'precision':>10} {'recall':>8} {'seam ratio':>11}")
     for name, row in (("samples", r), ("real data", fl)):

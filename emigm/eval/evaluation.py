@@ -208,17 +208,30 @@ def knn_precision_recall(real_feats: np.ndarray | Tensor, fake_feats: np.ndarray
     return precision, recall
 
 
+def seam_sums(images: Tensor, period: int = 4) -> tuple[float, int, float, int]:
+    """(sum of |pixel step| across token borders, their count, sum inside tokens, their count), in
+    float64, over horizontal and vertical neighbours of images (N, C, H, W): what `seam_ratio` divides,
+    kept as sums so that shards of a sample set add up to the whole."""
+    dx = (images[..., :, 1:] - images[..., :, :-1]).abs().double()
+    dy = (images[..., 1:, :] - images[..., :-1, :]).abs().double()
+    bx = (torch.arange(dx.shape[-1], device=images.device) % period) == period - 1  # column steps
+    by = (torch.arange(dy.shape[-2], device=images.device) % period) == period - 1  # row steps
+    across = (dx[..., :, bx], dy[..., by, :])
+    inside = (dx[..., :, ~bx], dy[..., ~by, :])
+    return (float(sum(a.sum() for a in across)), sum(a.numel() for a in across),
+            float(sum(a.sum() for a in inside)), sum(a.numel() for a in inside))
+
+
+def seam_ratio_of_sums(sums: tuple[float, int, float, int]) -> float:
+    across, n_across, inside, n_inside = sums
+    return (across / max(n_across, 1)) / max(inside / max(n_inside, 1), 1e-12)
+
+
 def seam_ratio(images: Tensor, period: int = 4) -> float:
     """Mean |pixel step| across the borders of a `period` x `period` token grid divided by the mean
     |pixel step| inside tokens, over horizontal and vertical neighbours. ~1 for images without token
     seams; > 1 when token borders show. images (N, C, H, W)."""
-    dx = (images[..., :, 1:] - images[..., :, :-1]).abs()
-    dy = (images[..., 1:, :] - images[..., :-1, :]).abs()
-    bx = (torch.arange(dx.shape[-1], device=images.device) % period) == period - 1  # column steps
-    by = (torch.arange(dy.shape[-2], device=images.device) % period) == period - 1  # row steps
-    across = torch.cat([dx[..., :, bx].flatten(), dy[..., by, :].flatten()]).mean()
-    inside = torch.cat([dx[..., :, ~bx].flatten(), dy[..., ~by, :].flatten()]).mean()
-    return float(across / inside.clamp_min(1e-12))
+    return seam_ratio_of_sums(seam_sums(images, period))
 
 
 def class_accuracy(logits: Tensor, labels: Tensor) -> float:
@@ -226,6 +239,15 @@ def class_accuracy(logits: Tensor, labels: Tensor) -> float:
     if logits.shape[0] != labels.shape[0]:
         raise ValueError(f"{logits.shape[0]} logits rows but {labels.shape[0]} labels")
     return float((logits.argmax(1).cpu() == labels.cpu()).double().mean())
+
+
+def score_features(feats: Tensor, logits: Tensor, labels: Tensor, reference_feats: Tensor, k: int = 3
+                   ) -> dict[str, float]:
+    """The metrics of classifier outputs (features (N, D), logits (N, K)) of images with their intended
+    labels (N,) against reference features (M, D): fd, class_accuracy, precision, recall and n."""
+    precision, recall = knn_precision_recall(reference_feats, feats, k)
+    return {"fd": frechet_distance(feats, reference_feats), "class_accuracy": class_accuracy(logits, labels),
+            "precision": precision, "recall": recall, "n": int(feats.shape[0])}
 
 
 def evaluate_images(images: Tensor, labels: Tensor, classifier: Classifier, reference_feats: Tensor,
@@ -237,9 +259,7 @@ def evaluate_images(images: Tensor, labels: Tensor, classifier: Classifier, refe
         raise ValueError(f"images (N, 1, 28, 28) and labels (N,) expected, got {tuple(images.shape)} "
                          f"and {tuple(labels.shape)}")
     feats, logits = classifier_outputs(classifier, images, batch_size)
-    precision, recall = knn_precision_recall(reference_feats, feats, k)
-    return {"fd": frechet_distance(feats, reference_feats), "class_accuracy": class_accuracy(logits, labels),
-            "precision": precision, "recall": recall, "n": int(images.shape[0])}
+    return score_features(feats, logits, labels, reference_feats, k)
 
 
 def dataset_features(classifier: Classifier, root: str | None, split: str = "test", n: int = 0,

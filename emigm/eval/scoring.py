@@ -1,6 +1,11 @@
 """Scoring a generator: sample N class-balanced images and measure them with the shipped
 Fashion-MNIST classifier (FD on its penultimate features, class accuracy, k-NN precision/recall),
-beside the real-data floor at the same N. Backs `python -m emigm evaluate` and the benchmarks."""
+beside the real-data floor at the same N. Backs `python -m emigm evaluate` and the benchmarks.
+
+Under torchrun (a process group started by emigm.core.distributed.init_from_env) the N samples are
+split over the ranks by index: rank r makes samples [r N / W, (r + 1) N / W), each with its own seed
+(seed + index), so the union is the one-process sample set; each rank runs the classifier on its
+share and rank 0 gathers the features, in index order, and computes the metrics."""
 from __future__ import annotations
 
 import time
@@ -9,41 +14,63 @@ from typing import Any
 
 import torch
 
+from emigm.core import distributed as dist
 from emigm.core.fields import check_number
 from emigm.core.fileio import ASSETS_DIR
 from emigm.core.guidance import GuidanceConfig
 from emigm.core.seeds import check_seed
 from emigm.data.datasets import load_fashion_mnist, to_unit_range
-from emigm.eval.evaluation import dataset_features, evaluate_images, load_classifier, real_data_floor, seam_ratio
+from emigm.eval.evaluation import (
+    classifier_outputs,
+    dataset_features,
+    load_classifier,
+    real_data_floor,
+    score_features,
+    seam_ratio,
+    seam_ratio_of_sums,
+    seam_sums,
+)
 from emigm.nn.budget import MAX_IMAGES, MAX_SAMPLES, check_sampling_size
 from emigm.sample.passes import as_networks
 from emigm.sample.sampler import SamplerConfig, sample
 
 
 def generate(net, tokenizer, num_samples: int, sampler: SamplerConfig, guidance: GuidanceConfig,
-             batch_size: int = 250, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+             batch_size: int = 250, seed: int = 0, part: tuple[int, int] | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Class-balanced samples: image i has class i % classes and seed seed + i (so any batch size
     gives the same images). net: what the sampler runs (a loaded model bundle, Networks or a bare
-    model). Returns images (N, C, H, W) on the CPU, labels (N,), and cost figures."""
+    model). part (lo, hi): only images lo .. hi - 1 of the N (a rank's share; default all).
+    Returns images (n, C, H, W) on the CPU, labels (n,), and cost figures."""
     nets = as_networks(net)
     model = nets.model
     check_request(model, num_samples, sampler, guidance, batch_size, seed)
+    lo, hi = (0, num_samples) if part is None else part
+    if not 0 <= lo <= hi <= num_samples:
+        raise ValueError(f"part ({lo}, {hi}) is not a range of the {num_samples} samples")
     device = next(model.parameters()).device
-    labels = torch.arange(num_samples) % model.num_classes
+    labels = torch.arange(lo, hi) % model.num_classes
     images, passes, head_evals = [], 0, 0
     sampler = replace(sampler, draft=False)
     start = time.perf_counter()
-    for lo in range(0, num_samples, batch_size):
-        hi = min(num_samples, lo + batch_size)
-        state = sample(nets, labels[lo:hi], [seed + i for i in range(lo, hi)], sampler, guidance)
+    for b in range(lo, hi, batch_size):
+        e = min(hi, b + batch_size)
+        state = sample(nets, labels[b - lo:e - lo], [seed + i for i in range(b, e)], sampler, guidance)
         with torch.inference_mode():
             images.append(tokenizer.decode(state.tokens).float().cpu())
         passes, head_evals = state.passes, state.head_evals
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return torch.cat(images), labels, {"passes": passes, "head_evals": head_evals, "seconds": seconds,
-                                       "images_per_s": num_samples / seconds}
+    images = torch.cat(images) if images else torch.zeros(0, tokenizer.channels, tokenizer.image_size,
+                                                          tokenizer.image_size)
+    return images, labels, {"passes": passes, "head_evals": head_evals, "seconds": seconds,
+                            "images_per_s": (hi - lo) / seconds if seconds > 0 else 0.0}
+
+
+def shard(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rank `rank`'s share (lo, hi) of N sample indices: contiguous, sizes differing by at most one."""
+    return rank * num_samples // world_size, (rank + 1) * num_samples // world_size
 
 
 def check_request(model, num_samples: int, sampler: SamplerConfig, guidance: GuidanceConfig, batch_size: int,
@@ -63,20 +90,40 @@ def evaluate_generator(net, tokenizer, num_samples: int, sampler: SamplerConfig,
                        data_root: str | None = None, classifier_path: str | None = None,
                        batch_size: int = 250, seed: int = 0, floor: bool = True) -> dict[str, Any]:
     """FD, class accuracy, precision, recall of N samples of `net` (as `generate`) vs the test set; NFE;
-    images/s; and the real-data floor (N training images vs the test set) at the same N."""
+    images/s; and the real-data floor (N training images vs the test set) at the same N.
+
+    With a process group running, every rank calls this with the same arguments: each samples and
+    classifies its `shard`, rank 0 gathers the features and scores them, and every rank returns rank
+    0's result (equal to a one-process run's up to float rounding; bit for bit where the shards fall
+    on the one-process batch boundaries). images/s: N over the slowest rank's sampling time."""
     check_request(as_networks(net).model, num_samples, sampler, guidance, batch_size, seed)
     if (tokenizer.channels, tokenizer.image_size) != (1, 28):
         raise ValueError(f"the Fashion-MNIST classifier scores 1 x 28 x 28 images; this model makes "
                          f"{tokenizer.channels} x {tokenizer.image_size} x {tokenizer.image_size}")
     classifier = load_classifier(classifier_path or ASSETS_DIR / "classifier")
-    ref, _ = dataset_features(classifier, data_root, "test", min(num_samples, 10000))
-    images, labels, cost = generate(net, tokenizer, num_samples, sampler, guidance, batch_size, seed)
+    part = shard(num_samples, dist.rank(), dist.world_size())
+    images, labels, cost = generate(net, tokenizer, num_samples, sampler, guidance, batch_size, seed, part)
     period = tokenizer.image_size // tokenizer.grid  # pixels per token side: where token seams would show
-    result = {**evaluate_images(images, labels, classifier, ref), **cost, "seam_ratio": seam_ratio(images, period)}
-    if floor:
-        n = min(num_samples, 10000)
-        fl = real_data_floor(classifier, data_root, n)
-        real = to_unit_range(load_fashion_mnist(data_root, "test")[0][:n])
-        result["floor"] = {**{k: fl[k] for k in ("fd", "class_accuracy", "precision", "recall")},
-                           "seam_ratio": seam_ratio(real, period)}
-    return result
+    feats, logits = classifier_outputs(classifier, images) if len(images) else (None, None)
+    mine = {"part": part, "feats": feats, "logits": logits, "labels": labels, "cost": cost,
+            "seams": seam_sums(images, period) if len(images) else (0.0, 0, 0.0, 0)}
+    del images
+    shares = sorted((s for s in dist.all_gather_objects(mine) if s["feats"] is not None), key=lambda s: s["part"])
+    result = None
+    if dist.is_main():
+        ref, _ = dataset_features(classifier, data_root, "test", min(num_samples, 10000))
+        scores = score_features(torch.cat([s["feats"] for s in shares]), torch.cat([s["logits"] for s in shares]),
+                                torch.cat([s["labels"] for s in shares]), ref)
+        seconds = max(s["cost"]["seconds"] for s in shares)
+        seams = tuple(sum(s["seams"][i] for s in shares) for i in range(4))
+        result = {**scores, "passes": shares[0]["cost"]["passes"], "head_evals": shares[0]["cost"]["head_evals"],
+                  "seconds": seconds, "images_per_s": num_samples / seconds if seconds > 0 else 0.0,
+                  "seam_ratio": seam_ratio_of_sums(seams), "ranks": dist.world_size(),
+                  "shards": [list(s["part"]) for s in shares]}
+        if floor:
+            n = min(num_samples, 10000)
+            fl = real_data_floor(classifier, data_root, n)
+            real = to_unit_range(load_fashion_mnist(data_root, "test")[0][:n])
+            result["floor"] = {**{k: fl[k] for k in ("fd", "class_accuracy", "precision", "recall")},
+                               "seam_ratio": seam_ratio(real, period)}
+    return dist.all_gather_objects(result)[0]

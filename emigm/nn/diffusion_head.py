@@ -41,7 +41,8 @@ class TimeEmbed(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(TIME_FEATURES, width), nn.SiLU(), nn.Linear(width, width))
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(timestep_embedding(t))
+        # the sinusoid is computed in float32 (as MAR); a float64 network takes it widened
+        return self.mlp(timestep_embedding(t).to(self.mlp[0].weight.dtype))
 
 
 class ResBlock(nn.Module):
@@ -177,12 +178,13 @@ class DiffusionHead(nn.Module):
         c = self.net.cond_embed(torch.cat([z, *(g.z for g in guides)]) if guides else z)
         weights = [g.weight for g in guides]
 
-        # float(): under autocast the network runs in bf16 / fp16; the guidance combination and the
-        # solver's arithmetic stay in float32
+        # Under autocast the network answers in bf16 / fp16: the guidance combination and the solver's
+        # arithmetic run in the input's dtype widened to at least float32 (so a float64 run stays float64)
         def model(x: Tensor, t: Tensor) -> Tensor:
+            wide = torch.promote_types(x.dtype, torch.float32)
             if n == 1:
-                return self.net.forward_embedded(x, t[:1], c).float()
-            cond, *refs = self.net.forward_embedded(x.repeat(n, 1), t[:1], c).float().chunk(n)
+                return self.net.forward_embedded(x, t[:1], c).to(wide)
+            cond, *refs = self.net.forward_embedded(x.repeat(n, 1), t[:1], c).to(wide).chunk(n)
             eps = combine(cond[:, :C], [r[:, :C] for r in refs], weights)
             return torch.cat([eps, cond[:, C:]], dim=-1)
 
