@@ -22,8 +22,9 @@ from emigm.eval.evaluation import (
     seam_ratio,
 )
 from emigm.nn.budget import MAX_IMAGES, MAX_SAMPLES, check_sampling_size
+from emigm.sample.checks import check_finite
 from emigm.sample.passes import as_networks
-from emigm.sample.sampler import SamplerConfig, sample
+from emigm.sample.sampler import SamplerConfig, sample, sample_steps
 
 
 def generate(net, tokenizer, num_samples: int, sampler: SamplerConfig, guidance: GuidanceConfig,
@@ -33,6 +34,7 @@ def generate(net, tokenizer, num_samples: int, sampler: SamplerConfig, guidance:
     model). Returns images (N, C, H, W) on the CPU, labels (N,), and cost figures."""
     nets = as_networks(net)
     model = nets.model
+    label = getattr(net, "label", "") or model.cfg.name
     check_request(model, num_samples, sampler, guidance, batch_size, seed)
     device = next(model.parameters()).device
     labels = torch.arange(num_samples) % model.num_classes
@@ -41,9 +43,12 @@ def generate(net, tokenizer, num_samples: int, sampler: SamplerConfig, guidance:
     start = time.perf_counter()
     for lo in range(0, num_samples, batch_size):
         hi = min(num_samples, lo + batch_size)
-        state = sample(nets, labels[lo:hi], [seed + i for i in range(lo, hi)], sampler, guidance)
+        batch_labels, batch_seeds = labels[lo:hi], [seed + i for i in range(lo, hi)]
+        state = sample(nets, batch_labels, batch_seeds, sampler, guidance)
         with torch.inference_mode():
             images.append(tokenizer.decode(state.tokens).float().cpu())
+        check_finite(label, state.tokens, images[-1],  # the step is found only after a failure
+                     rerun=lambda: sample_steps(nets, batch_labels, batch_seeds, sampler, guidance))
         passes, head_evals = state.passes, state.head_evals
     if device.type == "cuda":
         torch.cuda.synchronize()
