@@ -1,7 +1,8 @@
 """Reading weights safely and checking them against a model before anything is built: the one-line
 `CheckpointError`, the weights-only torch loader (which bounds what it will inflate before reading),
-safetensors reading, and state-dict checks (keys, shapes, dtypes, finite values of a bounded
-magnitude) against a {key: (shape, dtype)} spec."""
+safetensors reading, state-dict checks (keys, shapes, dtypes, finite values of a bounded
+magnitude) against a {key: (shape, dtype)} spec, and the meta-device builds those specs come from
+(`on_meta`, `shapes_of`)."""
 from __future__ import annotations
 
 import argparse
