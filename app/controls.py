@@ -24,6 +24,7 @@ import gradio as gr
 
 from emigm.core.fields import Spec, check_value, describe
 from emigm.core.guidance import GuidanceConfig
+from emigm.core.seeds import MAX_SEED
 from emigm.sample.capabilities import choice_reasons, limit_reasons, limits
 from emigm.sample.sampler import SamplerConfig
 
@@ -33,10 +34,11 @@ DISPLAY_MAX = {"num_steps": 64, "head_steps": 50, "draft_steps": 50, "cfg_scale"
                "temperature": 3.0, "sg_scale": 10.0}
 STORY = {"cfg_scale": 3.0, "cfg_interval": (0.1, 0.3)}
 UNAVAILABLE = "⊘"  # marks a disabled choice in its label; the page's script disables it
+DICE_MAX_SEED = 2**31 - 1  # the dice's draws stay exact as browser (double) numbers; any seed is accepted
 
 # app-only inputs, validated like option fields
 APP_SPECS: dict[str, tuple[type, Spec]] = {
-    "seed": (int, Spec("sample seed: the same seed gives the same image", low=0, high=2**31 - 1)),
+    "seed": (int, Spec("sample seed: the same seed gives the same image", low=0, high=MAX_SEED)),
     "num_seeds": (int, Spec("seeds per panel (seed, seed + 1, ...)", low=1, high=4)),
     "num_tokens": (int, Spec("tokens L of the sequence", low=1, high=4096)),
     "branch_step": (int, Spec("keep the first k steps", low=1, high=None)),

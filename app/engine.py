@@ -23,6 +23,7 @@ from emigm.core.statedict import CheckpointError
 from emigm.io.exports import read_export_config, resolve_export, shipped_models
 from emigm.io.imaging import to_uint8
 from emigm.io.loading import Pipeline, build_model_tokenizer, check_size, load_pipeline
+from emigm.sample.checks import check_step
 from emigm.sample.sampler import GuidanceConfig, SamplerConfig, StepState, sample_steps
 
 PREFERRED = "fmnist-emigm"
@@ -67,12 +68,12 @@ def random_init(name: str, device: torch.device) -> Pipeline:
 
     cfg = preset_config(name)
     check_size(cfg, name)
+    tokenizer = build_model_tokenizer(cfg, None, device)  # a missing tokenizer is refused before the build
     with torch.random.fork_rng(devices=[]):  # seeded weights without touching the global RNG state
         torch.manual_seed(WEIGHT_SEED)
         model = MaskedGenerator(cfg)
         _wake_zero_layers(model)
     model = model.to(device).eval()
-    tokenizer = build_model_tokenizer(cfg, None, device)
     return Pipeline(model, tokenizer, cfg, None, label=f"{name} (random init)", source="random")
 
 
@@ -359,7 +360,9 @@ class Engine:
                 if state is None:
                     return
                 t_dec = time.perf_counter()
-                draft = to_uint8(gen.tokenizer.decode(state.draft))
+                decoded = gen.tokenizer.decode(state.draft)
+                check_step(name, state, decoded)  # NaN or inf is an error, never a picture
+                draft = to_uint8(decoded)
             now = time.perf_counter()
             frame = Frame(state.to("cpu"), draft, t_dec - t_step, now - t_dec)
             stopping = stop is not None and stop.is_set() and not state.done

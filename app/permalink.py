@@ -9,6 +9,8 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import gradio as gr
 
 from emigm.core.fields import check_value
+from emigm.core.labels import parse_class
+from emigm.core.seeds import parse_seed
 
 from . import controls
 
@@ -27,10 +29,7 @@ def encode(values: Mapping[str, Any]) -> str:
 def parse(name: str, raw: str) -> Any:
     """One query value -> the control's value, checked against its field's Spec (library messages)."""
     if name == "seed":
-        try:
-            return controls.app_value("seed", float(raw))
-        except ValueError:
-            return controls.app_value("seed", raw)
+        return parse_seed("seed", raw)  # the library's range and message, read exactly (no float)
     field = name if name in controls.SPECS else name.rsplit("_", 1)[0]
     _, tp, spec = controls.SPECS[field]
     if spec.choices is not None:
@@ -73,11 +72,10 @@ def decode(query: Mapping[str, str], models: list[str], class_names_of, view_of=
     raw_class = query.get("class_name")
     values["class_name"] = names[0]
     if raw_class is not None:
-        match = [n for n in names if n.lower() == raw_class.lower()]
-        if match:
-            values["class_name"] = match[0]
-        else:
-            problems.append(f"class_name: unknown class {raw_class!r}")
+        try:  # a name or an id, parsed as the CLI and the app parse it
+            values["class_name"] = names[parse_class(raw_class, names)]
+        except ValueError as e:
+            problems.append(f"class_name: {e}")
     try:
         controls.configs(values)
     except ValueError as e:  # a combination of values, e.g. t_lo >= t_hi: that field falls back

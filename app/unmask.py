@@ -24,6 +24,7 @@ from typing import Any, Iterator, Mapping
 import gradio as gr
 import numpy as np
 
+from emigm.core.labels import parse_class
 from emigm.sample.trace import trace_dict
 
 from . import controls, memory, render, stepper
@@ -60,18 +61,8 @@ class ExportDir:
 
 
 def class_index(names: list[str], class_name: Any) -> int:
-    """A class given by name (case-insensitive) or by id."""
-    if isinstance(class_name, (int, np.integer)) and not isinstance(class_name, bool) or \
-            (isinstance(class_name, str) and class_name.strip().isdigit()):
-        idx = int(class_name)
-        if not 0 <= idx < len(names):
-            raise ValueError(f"class id {idx} out of range; valid: 0..{len(names) - 1}")
-        return idx
-    lowered = [n.lower() for n in names]
-    if not isinstance(class_name, str) or class_name.strip().lower() not in lowered:
-        shown = ", ".join(names) if len(names) <= 20 else ", ".join(names[:8]) + f", ... ({len(names)} classes)"
-        raise ValueError(f"unknown class {class_name!r}; valid: {shown}")
-    return lowered.index(class_name.strip().lower())
+    """A class given by name (case-insensitive) or by id: the library's one parser (emigm.core.labels)."""
+    return parse_class(class_name, names)
 
 
 def run_summary(traj: Trajectory) -> dict[str, Any]:
@@ -135,7 +126,7 @@ class Unmasking:
         return controls.ModelView(gen.model, gen.smoother, measured_warnings(model))
 
     def randomise_seed(self) -> int:
-        return random.SystemRandom().randrange(0, int(controls.APP_SPECS["seed"][1].high) + 1)
+        return random.SystemRandom().randrange(0, controls.DICE_MAX_SEED + 1)
 
     # ------------------------------------------------------------------ runs
 

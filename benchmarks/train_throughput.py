@@ -43,8 +43,9 @@ def synthetic_latents(folder: str, cfg, n: int = 0) -> str:
 
 
 def measure(preset: str, steps: int, device: str, overrides: list[tuple[str, str]], latents: str = "") -> dict:
-    cfg = apply_overrides(get_preset(preset), [("train.steps", steps), ("train.log_every", steps),
-                                               ("train.ckpt_every", steps), *overrides])
+    base = get_preset(preset)  # a short run: the warm-up may not outlast it (train.warmup_steps <= train.steps)
+    cfg = apply_overrides(base, [("train.steps", steps), ("train.warmup_steps", min(base.train.warmup_steps, steps)),
+                                 ("train.log_every", steps), ("train.ckpt_every", steps), *overrides])
     if latents == "synthetic":
         folder = tempfile.mkdtemp(prefix="latents-")
         cfg = apply_overrides(cfg, [("data.cache_latents", synthetic_latents(folder, cfg))])

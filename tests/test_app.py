@@ -44,16 +44,15 @@ def compare_values(**over):
 def make_export(folder, cfg, smoother: bool = False, seed: int = 1):
     """A random-weight export of `cfg` (with a self-guidance smoother when asked)."""
     import emigm.io.exports as ckpt
-    from emigm.core.config import to_dict
     from emigm.nn.model import MaskedGenerator
-    from emigm.nn.smoother import SMOOTHER_DIR, Smoother, config_for, save_smoother
+    from emigm.nn.smoother import SMOOTHER_DIR, Smoother, base_record, config_for, save_smoother
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MaskedGenerator(cfg)
         ckpt.save_export(model, cfg, folder)
         if smoother:
-            save_smoother(Smoother(config_for(model)), folder / SMOOTHER_DIR, to_dict(cfg))
+            save_smoother(Smoother(config_for(model)), folder / SMOOTHER_DIR, base_record(model))
     return folder
 
 
@@ -333,11 +332,12 @@ def test_user_errors_log_no_traceback(unmasking, caplog):
 
 
 def test_randomise_seed_covers_the_seed_range(unmasking, monkeypatch):
-    """The dice draws from the whole seed control range, randrange(0, 2**31) (both ends reachable), and
-    the largest seed it can draw is one a run accepts."""
+    """The dice draws from randrange(0, 2**31) (both ends reachable; numbers a browser holds exactly),
+    inside the seed range every door accepts, [0, 2**63 - 1], and the largest seed it can draw is one a
+    run accepts."""
     import random
-    lo, hi = 0, int(controls.APP_SPECS["seed"][1].high)
-    assert (lo, hi) == (0, 2**31 - 1)
+    lo, hi = 0, controls.DICE_MAX_SEED
+    assert (lo, hi) == (0, 2**31 - 1) and controls.APP_SPECS["seed"][1].high == 2**63 - 1
     calls = []
 
     def fake(self, start, stop):

@@ -48,7 +48,7 @@ def test_schedule_table_is_readable(capsys):
     (["sample", "--checkpoint", "no-such-model"], "no model export"),
     (["sample", "--preset", "nope", "--random-init"], "unknown preset"),
     (["sample", "--preset", "test-tiny", "--random-init", "--class", "12"], "out of range"),
-    (["sample", "--preset", "test-tiny", "--random-init", "--order", "spiral"], "random, confidence, fixed"),
+    (["sample", "--preset", "test-tiny", "--random-init", "--order", "spiral"], "random, confidence, margin, entropy, halton, raster, fixed"),
     (["bogus-command"], "invalid choice"),
 ])
 def test_bad_input_is_one_line_exit_2(args, needle, capsys):

@@ -20,6 +20,7 @@ from emigm.nn.smoother import (
     Smoother,
     SmootherConfig,
     auxiliary_loss,
+    base_record,
     check_base,
     config_for,
     corrupt,
@@ -220,7 +221,7 @@ def test_module_must_fit_its_base(tmp_path):
     with pytest.raises(ValueError, match="width 64 \\(base: 32\\)"):
         check_base(model, replace(config_for(model), width=64))
     sm = smoother_for(model)
-    folder = save_smoother(sm, tmp_path / "sg", {"tokenizer": {"kind": "vq", "codebook_size": 16}})
+    folder = save_smoother(sm, tmp_path / "sg", base_record(model))
     assert load_smoother(folder, model) is not None
     other = make(width=64, decoder_width=64)
     with pytest.raises(ValueError, match="does not fit its base"):
@@ -250,7 +251,7 @@ def test_train_sg_end_to_end_then_sample(tmp_path, capsys):
     weights = (export / "model.safetensors").read_bytes()
     run = tmp_path / "sg-run"
     args = ["train-sg", "--base", str(export), "--out-dir", str(run), "--no-progress", "--device", "cpu",
-            "--train.steps", "4", "--train.batch_size", "8", "--train.ckpt_every", "2", "--train.log_every", "2"]
+            "--train.steps", "4", "--train.warmup_steps", "1", "--train.batch_size", "8", "--train.ckpt_every", "2", "--train.log_every", "2"]
     assert cli.main(args + ["--max-steps", "2"]) == 0
     assert cli.main(args) == 0
     assert (export / "model.safetensors").read_bytes() == weights

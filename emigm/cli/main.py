@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from emigm.cli.args import FLOAT, INT
 from emigm.cli.train import register as register_training
 from emigm.core import distributed as dist
 from emigm.core.config import MAX_TOKENS, to_dict
@@ -14,14 +15,16 @@ from emigm.core.devices import resolve_device
 from emigm.core.fields import check_number, describe, field_names
 from emigm.core.fileio import check_output_file, write_text
 from emigm.core.guidance import GuidanceConfig
+from emigm.core.labels import parse_class
 from emigm.core.presets import PRESETS
-from emigm.core.seeds import check_seed
+from emigm.core.seeds import check_seed, parse_seed
 from emigm.core.statedict import CheckpointError
 from emigm.eval.scoring import check_request, evaluate_generator
 from emigm.io.imaging import save_grid
 from emigm.io.loading import load_pipeline, random_pipeline
 from emigm.nn.budget import MAX_IMAGES, MAX_SAMPLES, check_sampling_size
 from emigm.sample.capabilities import check_capabilities, suggested_settings
+from emigm.sample.checks import check_finite
 from emigm.sample.options import AnatomyOptions
 from emigm.sample.sampler import SamplerConfig, sample_steps
 from emigm.sample.steps import step_table
@@ -72,9 +75,9 @@ def add_field_args(p: argparse.ArgumentParser, cls, title: str, model_rule: bool
             default, said = None, f"default: the rule the model was trained for ({MODEL_RULE[name]})"
         kw = dict(dest=name, default=default, help=f"{spec.help}{extra}; {said}")
         if typing.get_origin(tp) is tuple:
-            g.add_argument(flag, nargs=spec.nargs, type=float, metavar=("T_LO", "T_HI")[:spec.nargs], **kw)
+            g.add_argument(flag, nargs=spec.nargs, type=FLOAT, metavar=("T_LO", "T_HI")[:spec.nargs], **kw)
         elif tp in (int, float):
-            g.add_argument(flag, type=tp, **kw)
+            g.add_argument(flag, type=INT if tp is int else FLOAT, **kw)
         else:
             g.add_argument(flag, **kw)
 
@@ -128,19 +131,6 @@ def load_for_sampling(a: argparse.Namespace, device):
     return random_pipeline(a.preset, device, seed=a.seed)
 
 
-def parse_class(value: str, names: list[str]) -> int:
-    if value.lstrip("-").isdigit():
-        idx = int(value)
-    else:
-        lowered = [n.lower() for n in names]
-        if value.lower() not in lowered:
-            raise CliError(f"unknown class {value!r}; valid: 0..{len(names) - 1} or one of: {', '.join(names)}")
-        idx = lowered.index(value.lower())
-    if not 0 <= idx < len(names):
-        raise CliError(f"class id {idx} out of range; valid: 0..{len(names) - 1}")
-    return idx
-
-
 # ----------------------------------------------------------------------------- commands
 
 
@@ -169,7 +159,7 @@ def cmd_sample(a: argparse.Namespace) -> None:
 
     # everything that needs no model is checked first, and the outputs before the work
     check_number("--num-images", a.num_images, 1, MAX_IMAGES, integer=True)
-    check_seed("--seed", a.seed, a.num_images)
+    a.seed = parse_seed("--seed", a.seed, a.num_images)
     sampler, guidance = sampler_configs(a)
     anatomy = None
     if a.anatomy:
@@ -188,7 +178,7 @@ def cmd_sample(a: argparse.Namespace) -> None:
     sampler, guidance = sampler_configs(a, draft=anatomy is not None, model=gen.model)
     names, label = gen.class_names, gen.label
     every = str(a.class_).lower() == "all"
-    classes = list(range(len(names))) if every else [parse_class(str(a.class_), names)]
+    classes = list(range(len(names))) if every else [parse_class(a.class_, names)]
     total = a.num_images * len(classes)
     if every:
         check_number("--num-images x classes", total, 1, MAX_IMAGES, integer=True)
@@ -203,6 +193,7 @@ def cmd_sample(a: argparse.Namespace) -> None:
     last = states[-1]
     chunk = 256  # decode in chunks: a decoder's activations for thousands of images at once do not fit
     images = torch.cat([gen.decode(last.tokens[i:i + chunk]).cpu() for i in range(0, total, chunk)])
+    check_finite(label, last.tokens, images, states=states)  # before anything is written
     save_grid(images, out, cols=a.num_images if every else None)
     what = (f"{a.num_images} per class, a row per class" if every
             else f"{a.num_images} image(s) of class {classes[0]} ({names[classes[0]]})")
@@ -220,7 +211,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     share of the N seeds, rank 0 scores them all and prints (emigm.eval.scoring)."""
     check_number("--num-samples", a.num_samples, 1, MAX_SAMPLES, integer=True)
     check_number("--batch-size", a.batch_size, 1, MAX_IMAGES, integer=True)
-    check_seed("--seed", a.seed, a.num_samples)
+    a.seed = parse_seed("--seed", a.seed, a.num_samples)
     device = resolve_device(a.device, dist.info_from_env().local_rank)
     sampler, guidance = sampler_configs(a)
     gen = load_for_sampling(a, device)
@@ -255,22 +246,25 @@ def cmd_train_tokenizer(a: argparse.Namespace) -> None:
         raise CliError(f"--max-steps must be >= 1, got {a.max_steps}")
     defaults = {"kl": dict(steps=3600, lr=2e-3), "vq": dict(steps=1700, lr=2e-3)}[a.kind] if a.kind in ("kl", "vq") else {}
     cfg = TokenizerTrainConfig(kind=a.kind, steps=a.steps or defaults.get("steps", 1),
-                               batch_size=a.batch_size, lr=a.lr or defaults.get("lr", 1.0), seed=a.seed,
+                               batch_size=a.batch_size, lr=a.lr or defaults.get("lr", 1.0),
+                               seed=parse_seed("--seed", a.seed),
                                latent_channels=a.latent_channels, kl_weight=a.kl_weight,
                                codebook_size=a.codebook_size)
-    run_dir = a.run_dir or str(Path("runs") / f"tokenizer-{Path(a.out).name}")
-    m = train_tokenizer(cfg, a.out, run_dir, a.data_path or None, device=resolve_device(a.device),
+    out = a.out or str(Path("runs") / f"fmnist-{a.kind}")
+    run_dir = a.run_dir or str(Path("runs") / f"tokenizer-{Path(out).name}")
+    m = train_tokenizer(cfg, out, run_dir, a.data_path or None, device=resolve_device(a.device),
                         max_steps=a.max_steps)
     if not m:
         print(f"stopped at step {a.max_steps} of {cfg.steps}; re-run the same command to continue ({run_dir})")
         return
     extra = (f", codebook use {m['codebook_used']:.1%}, perplexity {m['perplexity']:.0f}" if a.kind == "vq" else "")
-    print(f"wrote {a.out}: test PSNR {m['psnr']:.2f} dB, seam ratio {m['seam_ratio']:.3f} "
+    print(f"wrote {out}: test PSNR {m['psnr']:.2f} dB, seam ratio {m['seam_ratio']:.3f} "
           f"(data {m['seam_ratio_data']:.3f}){extra}, {m['train_seconds']:.0f} s")
 
 
 def cmd_train_classifier(a: argparse.Namespace) -> None:
-    r = train_classifier(a.data_path or None, a.out, epochs=a.epochs, batch_size=a.batch_size, seed=a.seed,
+    r = train_classifier(a.data_path or None, a.out, epochs=a.epochs, batch_size=a.batch_size,
+                         seed=parse_seed("--seed", a.seed),
                          device=resolve_device(a.device))
     print(f"wrote {a.out}: test accuracy {r['test_accuracy']:.4f}")
 
@@ -284,15 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("schedule", help="per-step reveal counts and transformer passes (no model)")
     add_sampler_args(s)
-    s.add_argument("--tokens", type=int, default=256, help="number of tokens L")
+    s.add_argument("--tokens", type=INT, default=256, help="number of tokens L")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_schedule)
 
     s = sub.add_parser("sample", help="sample images and write a grid PNG (+ a JSON trace)")
     add_model_args(s)
     s.add_argument("--class", dest="class_", default="0", help="class id or name, or all (--num-images per class, a row each)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--num-images", type=int, default=4)
+    s.add_argument("--seed", default="0", help="seed in [0, 2^63 - 1] (ASCII digits)")
+    s.add_argument("--num-images", type=INT, default=4)
     s.add_argument("--out", default="samples.png")
     s.add_argument("--trace", default="")
     s.add_argument("--anatomy", action="store_true",
@@ -308,9 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("evaluate", help="FD / class accuracy / precision / recall of N samples")
     add_model_args(s)
-    s.add_argument("--num-samples", type=int, default=10000)
-    s.add_argument("--batch-size", type=int, default=250)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--num-samples", type=INT, default=10000)
+    s.add_argument("--batch-size", type=INT, default=250)
+    s.add_argument("--seed", default="0", help="seed in [0, 2^63 - 1] (ASCII digits)")
     s.add_argument("--data.path", dest="data_path", default="", help="Fashion-MNIST folder")
     s.add_argument("--classifier", default="", help="classifier folder (default: assets/classifier)")
     s.add_argument("--device", default="auto")
@@ -322,25 +316,26 @@ def build_parser() -> argparse.ArgumentParser:
                                                "autoencoder (continuous latents) or the VQ-VAE (codes)")
     s.add_argument("--kind", default="kl", help="kl (continuous, fmnist-kl) or vq (discrete, fmnist-vq)")
     s.add_argument("--data.path", dest="data_path", default="", help="Fashion-MNIST folder")
-    s.add_argument("--out", default="assets/fmnist-kl", help="export folder")
+    s.add_argument("--out", default="", help="export folder (default runs/fmnist-KIND; shipped assets are never "
+                                              "overwritten)")
     s.add_argument("--run-dir", default="", help="training state for resuming (default runs/tokenizer-NAME)")
-    s.add_argument("--steps", type=int, default=0, help="optimiser steps (default: kl 3600, vq 1700)")
-    s.add_argument("--max-steps", type=int, default=None, help="stop early at this step (resumable)")
-    s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument("--lr", type=float, default=0.0, help="peak learning rate (default 2e-3)")
-    s.add_argument("--latent-channels", type=int, default=4, help="kl: channels per latent token")
-    s.add_argument("--kl-weight", type=float, default=1e-4, help="kl: weight of the KL term")
-    s.add_argument("--codebook-size", type=int, default=512, help="vq: number of codes")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--steps", type=INT, default=0, help="optimiser steps (default: kl 3600, vq 1700)")
+    s.add_argument("--max-steps", type=INT, default=None, help="stop early at this step (resumable)")
+    s.add_argument("--batch-size", type=INT, default=64)
+    s.add_argument("--lr", type=FLOAT, default=0.0, help="peak learning rate (default 2e-3)")
+    s.add_argument("--latent-channels", type=INT, default=4, help="kl: channels per latent token")
+    s.add_argument("--kl-weight", type=FLOAT, default=1e-4, help="kl: weight of the KL term")
+    s.add_argument("--codebook-size", type=INT, default=512, help="vq: number of codes")
+    s.add_argument("--seed", default="0", help="seed in [0, 2^63 - 1] (ASCII digits)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_train_tokenizer)
 
     s = sub.add_parser("train-classifier", help="train the Fashion-MNIST classifier behind FD / accuracy")
     s.add_argument("--data.path", dest="data_path", default="", help="Fashion-MNIST folder")
-    s.add_argument("--out", default="assets/classifier")
-    s.add_argument("--epochs", type=int, default=6)
-    s.add_argument("--batch-size", type=int, default=256)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default="runs/classifier", help="output folder (shipped assets are never overwritten)")
+    s.add_argument("--epochs", type=INT, default=6)
+    s.add_argument("--batch-size", type=INT, default=256)
+    s.add_argument("--seed", default="0", help="seed in [0, 2^63 - 1] (ASCII digits)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_train_classifier)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from emigm.cli.args import INT
 from emigm.core import distributed as dist
 from emigm.core.config import apply_overrides, to_json
 from emigm.core.devices import resolve_device
@@ -110,7 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", default="", help="run folder (default: {train.out_dir}/{name})")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--max-steps", type=int, default=None,
+    p.add_argument("--max-steps", type=INT, default=None,
                    help="stop at this step (>= 1; checkpointed; resumable) without changing train.steps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train, overrides=[])
@@ -125,7 +126,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", default="", help="run folder (default: {train.out_dir}/BASE-sg)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved run config as JSON and exit")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--max-steps", type=int, default=None, help="stop at this step (>= 1; resumable)")
+    p.add_argument("--max-steps", type=INT, default=None, help="stop at this step (>= 1; resumable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train_smoother, overrides=[])
     accept_overrides(p)

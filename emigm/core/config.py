@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from emigm.core.fields import check_fields, coerce_tuples, option
+from emigm.core.fields import check_fields, coerce_tuples, option, parse_float, parse_int, show
 from emigm.core.names import (
     DATASETS,
     DISTRIBUTIONS,
@@ -93,7 +93,7 @@ class BackboneConfig:
 
     width: int = option(192, "encoder width De", low=1, high=16384)
     decoder_width: int = option(192, "decoder width Dd", low=1, high=16384)
-    encoder_depth: int = option(4, "encoder blocks", low=0, high=512)
+    encoder_depth: int = option(4, "encoder blocks", low=1, high=512)
     decoder_depth: int = option(4, "decoder blocks", low=1, high=512)
     num_heads: int = option(6, "encoder attention heads", low=1, high=1024)
     decoder_num_heads: int = option(6, "decoder attention heads", low=1, high=1024)
@@ -198,6 +198,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         coerce_tuples(self)
         check_fields(self)
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"train.warmup_steps {self.warmup_steps} exceeds train.steps {self.steps}: the run would "
+                             "end before its learning rate reaches its peak; lower train.warmup_steps")
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,9 @@ class RunConfig:
             )
         if tk.kind in ("kl", "kl16", "dcae") and tk.latent_channels < 1:
             raise ValueError(f"tokenizer.latent_channels must be >= 1 for {tk.kind}, got {tk.latent_channels}")
+        if self.data.image_size != tk.image_size:
+            raise ValueError(f"data.image_size {self.data.image_size} does not match tokenizer.image_size "
+                             f"{tk.image_size}: the tokenizer encodes images of its own size; set both the same")
 
 
 # ----------------------------------------------------------------------------- JSON plumbing
@@ -233,7 +239,11 @@ def to_json(cfg: Any) -> str:
     return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
 
 
-def _coerce(tp: Any, value: Any, where: str) -> Any:
+def _coerce(tp: Any, value: Any, where: str, strict: bool = True) -> Any:
+    """`value` as the type `tp`, or a one-line ValueError naming `where`. strict (JSON read from a file):
+    the JSON type must be the field's: an integer for an int (not "32", not 32.5, not true), a number
+    for a float, true/false for a bool, a string for a str. Not strict (a value typed on the command
+    line): strings are parsed, in ASCII only (emigm.core.fields.parse_int / parse_float)."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -248,44 +258,56 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ValueError(f"{where}: expected {len(args)} values, got {value!r}")
-        return tuple(_coerce(a, v, where) for a, v in zip(args, value))
+        return tuple(_coerce(a, v, where, strict) for a, v in zip(args, value))
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(args[0], value, where)
+        return _coerce(args[0], value, where, strict)
+    quoted = " (a string; write the value without quotes)" if strict and isinstance(value, str) else ""
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        if not strict and isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
-        raise ValueError(f"{where}: expected true/false, got {value!r}")
+        raise ValueError(f"{where}: expected true/false, got {value!r}{quoted}")
     if tp is int:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
-        try:
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: expected an integer, got {value!r}") from None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if not strict and isinstance(value, str):
+            try:
+                return parse_int(value, allow_exponent=True)
+            except ValueError:
+                pass
+        raise ValueError(f"{where}: expected an integer, got {show(value)}{quoted}")
     if tp is float:
-        try:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: expected a number, got {value!r}") from None
+        if not strict and isinstance(value, str):
+            try:
+                return parse_float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"{where}: expected a number, got {value!r}{quoted}")
     if tp is str:
-        return str(value)
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected a string, got {value!r}")
+        return value
     return value
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Plain dict -> dataclass, checking names and types. Unknown keys raise ValueError."""
+    """Plain dict (JSON read from a file) -> dataclass, checking names and exact types (`_coerce`,
+    strict). Unknown keys raise ValueError."""
     where = f"{where}." if where and not where.endswith(".") else where
+    if not isinstance(data, dict):
+        raise ValueError(f"{where.rstrip('.') or 'config'}: expected an object, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
         raise ValueError(
-            f"unknown config key(s) {', '.join(sorted(where + k for k in unknown))}; "
+            f"unknown config key(s) {', '.join(sorted(where + str(k) for k in unknown))}; "
             f"valid: {', '.join(sorted(names))}"
         )
     kwargs = {k: _coerce(hints[k], v, f"{where}{k}") for k, v in data.items()}
@@ -317,7 +339,8 @@ def override(cfg: T, key: str, value: Any) -> T:
 
 def apply_overrides(cfg: T, pairs: list[tuple[str, Any]]) -> T:
     """Return cfg with every dotted (key, value) pair set, validated once at the end (so fields that
-    must agree, such as width and decoder_width, can be changed together)."""
+    must agree, such as width and decoder_width, can be changed together). String values are parsed
+    by the field's type (command-line overrides: ASCII numbers, true/false)."""
     doc = to_dict(cfg)
     for key, value in pairs:
         cls, node, parts = type(cfg), doc, key.split(".")
@@ -336,5 +359,5 @@ def apply_overrides(cfg: T, pairs: list[tuple[str, Any]]) -> T:
                     raise ValueError(f"config key {key!r} names a section; set one of its keys")
                 if isinstance(value, str) and typing.get_origin(tp) is tuple:
                     value = value.replace(",", " ").split()
-                node[part] = _coerce(tp, value, key)
+                node[part] = _coerce(tp, value, key, strict=False)
     return from_dict(type(cfg), doc)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -74,6 +75,34 @@ def show(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and len(text) > 24:
         return f"{'-' if value < 0 else ''}a {len(text.lstrip('-'))}-digit number"
     return text
+
+
+_INT = re.compile(r"[+-]?[0-9]+")
+_EXP_INT = re.compile(r"[+-]?[0-9]+(?:\.[0-9]*)?[eE][+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
+
+
+def parse_int(text: str, allow_exponent: bool = False) -> int:
+    """An integer written in ASCII digits with an optional sign (with `allow_exponent`, also a whole
+    number such as 1e3). ValueError otherwise. Why not int(): it also reads '３' (fullwidth), other
+    scripts' digits and '1_000', so a typo could pass as a number."""
+    t = text.strip()
+    if _INT.fullmatch(t):
+        return int(t)
+    if allow_exponent and _EXP_INT.fullmatch(t):
+        x = float(t)
+        if math.isfinite(x) and x.is_integer():
+            return int(x)
+    raise ValueError(f"not an integer in ASCII digits: {text!r}")
+
+
+def parse_float(text: str) -> float:
+    """A number written in ASCII (digits, '.', an exponent, or nan / inf, which the range checks then
+    refuse by name). ValueError otherwise; float() would also read '３.５'."""
+    t = text.strip()
+    if not _FLOAT.fullmatch(t):
+        raise ValueError(f"not a number in ASCII: {text!r}")
+    return float(t)
 
 
 def _number(name: str, value: Any, integer: bool, spec: Spec) -> None:

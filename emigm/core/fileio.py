@@ -6,12 +6,15 @@ survives a power cut. A reader therefore sees the old file or the new one, never
 failure the temp file is removed and the destination is left as it was.
 
 OS errors become `WriteError`, whose one-line message names the path and says what went wrong in
-words: "disk full", "read-only or not writable", "a file is in the way".
+words: "disk full", "read-only or not writable", "a file is in the way". A destination that exists
+must be a regular, writable file: a rename would otherwise silently replace a named pipe, a device
+or a file its owner made read-only.
 """
 from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
@@ -70,13 +73,38 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
+_KINDS = ((stat.S_ISFIFO, "a named pipe (fifo)"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+
+
+def check_replaceable(path: str | os.PathLike, option: str = "") -> None:
+    """Refuse to replace an existing `path` that is not a regular file (a fifo, a device, a socket, a
+    folder) or is read-only: by its mode bits, which bind root too (root ignores them, so a rename
+    would silently replace the file), or by access. WriteError naming `option` (e.g. "--out") and
+    the path; a path that does not exist passes."""
+    name = f"{option} {os.fspath(path)}" if option else os.fspath(path)
+    try:
+        st = os.stat(path)  # follows a symlink: what a write would reach
+    except OSError:
+        return
+    for test, kind in _KINDS:
+        if test(st.st_mode):
+            raise WriteError(errno.EINVAL, f"cannot write {name}: it is {kind}, not a regular file; give "
+                                           "another file name")
+    if not st.st_mode & 0o222 or not os.access(path, os.W_OK):
+        raise WriteError(errno.EACCES, f"cannot write {name}: it is a read-only file; make it writable or "
+                                       "give another file name")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
     """Write `path` atomically: `write(f)` fills an open binary temp file in the same folder, which is
     then flushed, fsynced, chmod 0644 and renamed over `path`; the folder is fsynced. The parent
-    folder is created if needed. Raises WriteError (temp file removed, `path` untouched) on OS
-    errors; other exceptions from `write` propagate after the same clean-up."""
+    folder is created if needed. An existing `path` must be a regular, writable file
+    (`check_replaceable`). Raises WriteError (temp file removed, `path` untouched) on OS errors;
+    other exceptions from `write` propagate after the same clean-up."""
     path = Path(path)
     folder = path.parent
+    check_replaceable(path)
     tmp: str | None = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -150,7 +178,8 @@ def check_output_file(path: str | os.PathLike, option: str = "output", suffixes:
     "--out"): a file name is given (with one of `suffixes`, when given), it is not a folder, no file
     stands where a folder of its path should be, and the nearest existing folder takes a small file
     (read-only and full disks are refused here). Missing folders are created when the file is
-    written. WriteError or ValueError, one line naming `option` and the path."""
+    written. An existing file must be a regular, writable one (`check_replaceable`). WriteError or
+    ValueError, one line naming `option` and the path."""
     text = os.fspath(path)
     if not text.strip():
         raise ValueError(f"{option} is empty: give a file name")
@@ -159,6 +188,7 @@ def check_output_file(path: str | os.PathLike, option: str = "output", suffixes:
         raise ValueError(f"{option} {text} is a folder; give a file name inside it")
     if suffixes and p.suffix.lower() not in suffixes:
         raise ValueError(f"{option} must be a {' or '.join(suffixes)} file, got {text}")
+    check_replaceable(p, option)
     folder = p.parent
     while not folder.exists():
         if folder == folder.parent:

@@ -10,7 +10,9 @@ every number by (sample seed, stream, step, position) and needs no generator sta
 """
 from __future__ import annotations
 
-from emigm.core.fields import check_number
+from typing import Any
+
+from emigm.core.fields import check_number, parse_int
 
 _M64 = (1 << 64) - 1
 MAX_SEED = (1 << 63) - 1  # seeds are int64 tensors in the sampler; negative seeds are refused
@@ -24,6 +26,22 @@ def check_seed(name: str, seed, count: int = 1) -> None:
     if seed + count - 1 > MAX_SEED:
         raise ValueError(f"{name} {seed} with {count} images needs seeds up to {seed + count - 1}, past the "
                          f"largest seed {MAX_SEED}; use a seed of at most {MAX_SEED - count + 1}")
+
+
+def parse_seed(name: str, value: Any, count: int = 1) -> int:
+    """A seed as the user gave it -> a checked int: an int, a whole float (a number widget's 7.0) or a
+    string of ASCII digits (a command line, a URL); then `check_seed`. Every door (library, CLI, the
+    explorer and its permalinks) takes the same range [0, MAX_SEED] with the same message."""
+    if isinstance(value, str):
+        try:
+            value = parse_int(value)
+        except ValueError:
+            raise ValueError(f"{name} must be a whole number in [0, {MAX_SEED}], got {value!r}") from None
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)
+    check_seed(name, value, count)
+    return value
+
 
 STREAM_INIT, STREAM_DATA, STREAM_TRAIN, STREAM_AUGMENT = 1, 2, 3, 4
 

@@ -22,7 +22,7 @@ from torch import nn
 from emigm.core.config import from_dict
 from emigm.core.fields import check_number
 from emigm.core.fileio import write_bytes
-from emigm.core.statedict import check_state_dict, spec_of
+from emigm.core.statedict import check_state_dict, on_meta, spec_of
 from emigm.data.datasets import load_fashion_mnist, to_unit_range
 
 Tensor = torch.Tensor
@@ -121,7 +121,7 @@ def load_classifier(path_or_dir: str | os.PathLike = "assets/classifier",
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{weights}: corrupt classifier weights ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
-    with torch.device("meta"):  # shapes only: the file is checked before anything is allocated
+    with on_meta():  # shapes only: the file is checked before anything is allocated
         expected = spec_of(Classifier(cfg))
     try:
         check_state_dict(expected, state, str(weights))

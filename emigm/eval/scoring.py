@@ -31,8 +31,9 @@ from emigm.eval.evaluation import (
     seam_sums,
 )
 from emigm.nn.budget import MAX_IMAGES, MAX_SAMPLES, check_sampling_size
+from emigm.sample.checks import check_finite
 from emigm.sample.passes import as_networks
-from emigm.sample.sampler import SamplerConfig, sample
+from emigm.sample.sampler import SamplerConfig, sample, sample_steps
 
 
 def generate(net, tokenizer, num_samples: int, sampler: SamplerConfig, guidance: GuidanceConfig,
@@ -44,6 +45,7 @@ def generate(net, tokenizer, num_samples: int, sampler: SamplerConfig, guidance:
     Returns images (n, C, H, W) on the CPU, labels (n,), and cost figures."""
     nets = as_networks(net)
     model = nets.model
+    label = getattr(net, "label", "") or model.cfg.name
     check_request(model, num_samples, sampler, guidance, batch_size, seed)
     lo, hi = (0, num_samples) if part is None else part
     if not 0 <= lo <= hi <= num_samples:
@@ -55,9 +57,12 @@ def generate(net, tokenizer, num_samples: int, sampler: SamplerConfig, guidance:
     start = time.perf_counter()
     for b in range(lo, hi, batch_size):
         e = min(hi, b + batch_size)
-        state = sample(nets, labels[b - lo:e - lo], [seed + i for i in range(b, e)], sampler, guidance)
+        batch_labels, batch_seeds = labels[b - lo:e - lo], [seed + i for i in range(b, e)]
+        state = sample(nets, batch_labels, batch_seeds, sampler, guidance)
         with torch.inference_mode():
             images.append(tokenizer.decode(state.tokens).float().cpu())
+        check_finite(label, state.tokens, images[-1],  # the step is found only after a failure
+                     rerun=lambda: sample_steps(nets, batch_labels, batch_seeds, sampler, guidance))
         passes, head_evals = state.passes, state.head_evals
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -72,17 +72,28 @@ def read_export_config(folder: Path) -> tuple[RunConfig, dict[str, Any]]:
         raise CheckpointError(f"bad model config {path}: {reason}") from None
 
 
-def load_export(name_or_path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Load an export -> (MaskedGenerator in eval mode, RunConfig, meta). The config is validated, the
-    size estimated and the weights checked (keys, shapes, dtypes, finite values) before the model is
-    built."""
+def read_export(name_or_path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """An export read and checked, nothing built: (folder, RunConfig, meta, weights). The config is
+    validated, the size estimated and the weights checked (keys, shapes, dtypes, finite and bounded
+    values) against the model the config describes."""
     folder = resolve_export(name_or_path)
     cfg, meta = read_export_config(folder)
     check_size(cfg, folder.name, device)
     weights = folder / WEIGHTS_FILE
     state = read_safetensors(weights)
     check_state_dict(model_spec(cfg), state, str(weights))
+    return folder, cfg, dict(meta, export_dir=str(folder)), state
+
+
+def build_generator(cfg: RunConfig, state: dict[str, torch.Tensor], device: str | torch.device = "cpu") -> MaskedGenerator:
+    """The model of `cfg` with checked weights `state`, in eval mode on `device`."""
     model = MaskedGenerator(cfg)
     model.load_state_dict(state)
-    meta = dict(meta, export_dir=str(folder))
-    return model.to(device).eval(), cfg, meta
+    return model.to(device).eval()
+
+
+def load_export(name_or_path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Load an export -> (MaskedGenerator in eval mode, RunConfig, meta): `read_export`, then the
+    model is built."""
+    folder, cfg, meta, state = read_export(name_or_path, device)
+    return build_generator(cfg, state, device), cfg, meta

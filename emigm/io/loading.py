@@ -6,7 +6,9 @@
 - a training checkpoint (`ckpt-*.pt`, recognised by its content): its EMA weights;
 - an official eMIGM / MAR checkpoint (`.pth`), with `vae=` the KL-16 VAE it needs;
 and `random_pipeline(preset)` builds a preset with random weights. The size of a model is estimated
-from its config before any weights are allocated, and refused when it cannot fit in memory.
+from its config before any weights are allocated, and refused when it cannot fit in memory. Every
+file a model needs (its weights, its tokenizer or VAE, its self-guidance smoother) is found and
+checked before the network is built, so a missing tokenizer is refused in seconds whatever the size.
 """
 from __future__ import annotations
 
@@ -22,12 +24,12 @@ from emigm.core.fileio import ASSETS_DIR
 from emigm.core.labels import class_names
 from emigm.core.presets import get_preset
 from emigm.core.statedict import CheckpointError, load_torch
-from emigm.io.exports import load_export, resolve_export
-from emigm.io.official import load_official
+from emigm.io.exports import build_generator, read_export
+from emigm.io.official import read_official
 from emigm.io.runs import is_training_state, read_training_checkpoint
-from emigm.nn.budget import check_size
+from emigm.nn.budget import check_size, memory_limit
 from emigm.nn.model import MaskedGenerator
-from emigm.nn.smoother import SMOOTHER_DIR, load_smoother
+from emigm.nn.smoother import SMOOTHER_DIR, build_smoother, read_smoother
 from emigm.sample.capabilities import suggested_settings
 from emigm.tokenize.tokenizers import build_tokenizer
 
@@ -86,9 +88,17 @@ def build_model_tokenizer(cfg: RunConfig, folder: Path | None, device: torch.dev
     return build_tokenizer(tk, None).to(device).eval()
 
 
-def _load_smoother(folder: Path, model: MaskedGenerator, device):
+def smoother_folder(folder: Path) -> Path | None:
+    """The export's self-guidance smoother folder, or None when it has none. An entry of that name that
+    is not a folder (a file, a dangling or looping symlink) is an error, never silently skipped."""
     sg = folder / SMOOTHER_DIR
-    return load_smoother(sg, model, device) if sg.is_dir() else None
+    if sg.is_dir():
+        return sg
+    if os.path.lexists(sg):
+        what = "a symlink that does not lead to a folder" if sg.is_symlink() else "a file"
+        raise CheckpointError(f"{folder.name}/{SMOOTHER_DIR} is {what}; a self-guidance smoother is a folder "
+                              "holding config.json and model.safetensors (move it away to load the model without)")
+    return None
 
 
 def load_pipeline(source: str | os.PathLike, device: str | torch.device = "cpu", vae: str = "") -> Pipeline:
@@ -101,7 +111,7 @@ def load_pipeline(source: str | os.PathLike, device: str | torch.device = "cpu",
         if path.suffix == ".safetensors":
             raise CheckpointError(f"{path.name}: a safetensors file alone is not a model; give the export "
                                   "folder that holds it with config.json")
-        ck = load_torch(path)  # one read: our training checkpoints are recognised by content
+        ck = load_torch(path, memory_limit("cpu"))  # one read: training checkpoints are recognised by content
         if not is_training_state(ck):
             return _from_official(path, ck, device, vae)
         _no_vae(vae, path.name)
@@ -117,32 +127,33 @@ def _no_vae(vae: str, name: str) -> None:
 
 
 def _from_export(source: str | os.PathLike, device) -> Pipeline:
-    folder = resolve_export(source)
-    model, cfg, meta = load_export(folder, device)
+    folder, cfg, meta, state = read_export(source, device)  # every file checked, then the networks built
+    sg = smoother_folder(folder)
+    smoother = read_smoother(sg, cfg, state) if sg is not None else None
     tokenizer = build_model_tokenizer(cfg, folder, device)
-    return Pipeline(model, tokenizer, cfg, _load_smoother(folder, model, device), label=folder.name,
-                     meta=meta, source="export")
+    model = build_generator(cfg, state, device)
+    return Pipeline(model, tokenizer, cfg, build_smoother(*smoother, device) if smoother else None,
+                    label=folder.name, meta=meta, source="export")
 
 
 def _from_training_checkpoint(path: Path, ck: dict, device) -> Pipeline:
     cfg, ema, step = read_training_checkpoint(path, ck, device)
-    model = MaskedGenerator(cfg)
-    model.load_state_dict(ema)
-    model = model.to(device).eval()
-    tokenizer = build_model_tokenizer(cfg, path.parent, device)
+    tokenizer = build_model_tokenizer(cfg, path.parent, device)  # before the model is built
+    model = build_generator(cfg, ema, device)
     meta = {"steps": step, "exported_from": path.name}
     return Pipeline(model, tokenizer, cfg, None, label=f"{path.name} (EMA, step {step})",
                      meta=meta, source="checkpoint")
 
 
 def _from_official(path: Path, ck: Any, device, vae: str) -> Pipeline:
-    model, cfg = load_official(path, device, ck=ck)
+    state, cfg = read_official(path, device, ck=ck)
     if cfg.tokenizer.kind == "kl16":
         if not vae:
             raise ValueError(f"{path.name} makes KL-16 latents: give the VAE with --vae PATH/kl16.ckpt")
         cfg = replace(cfg, tokenizer=replace(cfg.tokenizer, path=str(Path(vae).expanduser().resolve())))
-    tokenizer = build_model_tokenizer(cfg, None, device)
-    return Pipeline(model, tokenizer, cfg, None, label=path.name, meta={}, source="official")
+    tokenizer = build_model_tokenizer(cfg, None, device)  # the VAE is checked before the model is built
+    return Pipeline(build_generator(cfg, state, device), tokenizer, cfg, None, label=path.name, meta={},
+                    source="official")
 
 
 def random_pipeline(preset: str, device: str | torch.device = "cpu", seed: int = 0) -> Pipeline:
@@ -150,9 +161,9 @@ def random_pipeline(preset: str, device: str | torch.device = "cpu", seed: int =
 
     cfg = get_preset(preset)
     check_size(cfg, preset, device)
+    tokenizer = build_model_tokenizer(cfg, None, device)  # a missing tokenizer is refused before the build
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MaskedGenerator(cfg)
     model = model.to(device).eval()
-    tokenizer = build_model_tokenizer(cfg, None, device)
     return Pipeline(model, tokenizer, cfg, None, label=f"{preset} (random init)", source="random")

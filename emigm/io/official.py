@@ -118,14 +118,15 @@ def _config_from_shapes(state: dict[str, Tensor], source: str, mae: bool) -> Run
                          num_classes=classes, null_mode=null_mode, mae=mae),
         head=replace(base.head, width=state["diffloss.net.input_proj.weight"].shape[0],
                      depth=_count(state, "diffloss.net.res_blocks"), time_label="reference"),
+        data=replace(base.data, image_size=16 * grid),
     )
 
 
-def load_official(path: str | os.PathLike, device: str | torch.device = "cpu",
-                  ck: Any = None) -> tuple[MaskedGenerator, RunConfig]:
-    """An official eMIGM / MAR checkpoint -> (model in eval mode, its inferred RunConfig); `ck`: the
+def read_official(path: str | os.PathLike, device: str | torch.device = "cpu",
+                  ck: Any = None) -> tuple[dict[str, Tensor], RunConfig]:
+    """An official checkpoint read and checked, nothing built: (weights, inferred RunConfig); `ck`: the
     file's contents when already read. The inferred size is checked, and the weights (keys, shapes,
-    dtypes, finite values), before the model is built; errors are a CheckpointError naming the file."""
+    dtypes, finite and bounded values); errors are a CheckpointError naming the file."""
     state, args = official_checkpoint(path, ck)
     cfg = infer_config(state, str(path), mae=saved_use_mae(args, str(path)))
     if cfg.backbone.null_mode == "mask":
@@ -135,6 +136,14 @@ def load_official(path: str | os.PathLike, device: str | torch.device = "cpu",
                                   f"{tuple(state['mask_token'].shape)} should be one vector under CFG with mask")
     check_size(cfg, Path(path).name, device)
     check_state_dict(model_spec(cfg), state, str(path))  # before the model is built
+    return state, cfg
+
+
+def load_official(path: str | os.PathLike, device: str | torch.device = "cpu",
+                  ck: Any = None) -> tuple[MaskedGenerator, RunConfig]:
+    """An official eMIGM / MAR checkpoint -> (model in eval mode, its inferred RunConfig): `read_official`,
+    then the model is built."""
+    state, cfg = read_official(path, device, ck)
     model = MaskedGenerator(cfg)
     model.load_state_dict(state)
     return model.to(device).eval(), cfg

@@ -6,6 +6,10 @@ lock that keeps a second trainer out, and exports from its checkpoints.
     metrics.jsonl     one JSON line per log_every steps
     ckpt-0001000.pt   training state, written atomically (the newest `keep_last` are kept)
     export/           inference export (EMA weights + config) at the end of the run
+
+(A tokenizer's run folder holds `state.pt` instead of checkpoints.) `check_target` keeps every
+command that writes a folder (export, train, train-sg, train-tokenizer) out of the folders whose files
+it would overwrite: run folders, model exports, tokenizer folders and the shipped assets.
 """
 from __future__ import annotations
 
@@ -20,15 +24,18 @@ from typing import Any
 import torch
 
 from emigm.core.config import RunConfig, from_dict
-from emigm.core.fileio import ensure_writable_dir, write_error, write_text
+from emigm.core.fileio import ASSETS_DIR, ensure_writable_dir, write_error, write_text
 from emigm.core.statedict import CheckpointError, check_state_dict, load_torch
-from emigm.io.exports import save_export
+from emigm.io.exports import WEIGHTS_FILE, save_export
 from emigm.nn.budget import check_size, model_spec
 from emigm.nn.model import MaskedGenerator
 
 CKPT_FORMAT, CKPT_VERSION = "emigm-train-state", 1
 CKPT_PATTERN = re.compile(r"^ckpt-(\d{7,})\.pt$")
 CONFIG_FILE, METRICS_FILE, EXPORT_DIR, LOCK_FILE = "config.json", "metrics.jsonl", "export", ".lock"
+STATE_FILE = "state.pt"  # a tokenizer training run's state (emigm.train.tokenizer)
+# what a tokenizer export folder holds (emigm.tokenize.tokenizers, emigm.train.tokenizer.export_tokenizer)
+TOKENIZER_FILES = frozenset({"kl.safetensors", "kl.json", "vq.safetensors", "vq.json", "kl16.ckpt"})
 # Keys that may differ on resume: they change bookkeeping, not the trajectory (train.steps: upwards).
 RESUMABLE_KEYS = frozenset({"train.steps", "train.log_every", "train.ckpt_every", "train.keep_last",
                             "train.out_dir", "train.compile", "data.num_workers", "data.path"})
@@ -100,9 +107,10 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a training checkpoint; CheckpointError naming the file if it is unreadable or foreign."""
-    ck = load_torch(path)
+def load_checkpoint(path: str | os.PathLike, max_bytes: int | None = None) -> dict[str, Any]:
+    """Read a training checkpoint; CheckpointError naming the file if it is unreadable or foreign, or
+    holds more than `max_bytes` (emigm.core.statedict.check_archive)."""
+    ck = load_torch(path, max_bytes)
     if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
         raise CheckpointError(f"{path} is not an emigm training checkpoint")
     if ck.get("version") != CKPT_VERSION:
@@ -110,19 +118,80 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ck
 
 
-def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
+def latest_checkpoint(run_dir: str | os.PathLike, max_bytes: int | None = None) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint of a run folder as (path, contents), or None when there is none. An
-    unreadable newest checkpoint is a CheckpointError naming it (and the one to fall back to): we do
-    not silently resume from an older one."""
+    unreadable newest checkpoint (or one holding more than `max_bytes`) is a CheckpointError naming it
+    (and the one to fall back to): we do not silently resume from an older one."""
     ckpts = list_checkpoints(run_dir)
     if not ckpts:
         return None
     path = ckpts[-1][1]
     try:
-        return path, load_checkpoint(path)
+        return path, load_checkpoint(path, max_bytes)
     except CheckpointError as e:
         hint = f"; move it away to resume from {ckpts[-2][1].name}" if len(ckpts) > 1 else ""
         raise CheckpointError(f"{e}{hint}") from None
+
+
+# ----------------------------------------------------------------------------- write targets
+
+TRAINING_RUN, TOKENIZER_RUN, MODEL_EXPORT, TOKENIZER = ("a training run folder", "a tokenizer's training run folder",
+                                                        "a model export", "a tokenizer folder")
+
+
+def folder_kind(folder: str | os.PathLike) -> str | None:
+    """What an existing folder holds, by its files: TRAINING_RUN (config.json with the lock, metrics or
+    checkpoints), TOKENIZER_RUN (state.pt with the lock or metrics), MODEL_EXPORT (config.json +
+    model.safetensors), TOKENIZER (kl / vq weights or records), or None (anything else, or not a
+    folder: a lone `.lock`, which other tools write too, says nothing)."""
+    try:
+        names = set(os.listdir(folder))
+    except OSError:
+        return None
+    if STATE_FILE in names and (LOCK_FILE in names or METRICS_FILE in names):
+        return TOKENIZER_RUN
+    if CONFIG_FILE in names and (LOCK_FILE in names or METRICS_FILE in names
+                                 or any(CKPT_PATTERN.match(n) for n in names)):
+        return TRAINING_RUN
+    if CONFIG_FILE in names and WEIGHTS_FILE in names:
+        return MODEL_EXPORT
+    if names & TOKENIZER_FILES:
+        return TOKENIZER
+    return None
+
+
+def check_target(folder: str | os.PathLike, what: str, own: str | None = None,
+                 allow: str | os.PathLike | None = None) -> None:
+    """Refuse to write `what` (e.g. "export folder", "run folder") into `folder` when it is, or lies
+    inside, a folder whose files it would overwrite or mix with: a shipped asset (anything already in
+    assets/; a run never goes there), or a folder of another kind than `own` (the kind this command
+    writes itself: TRAINING_RUN for train, TOKENIZER_RUN for train-tokenizer's state, MODEL_EXPORT
+    for export), or any folder of a known kind above it. `allow`: one folder that may lie inside a run
+    (a run's own export/). One-line ValueError naming the path and what it is."""
+    text = os.fspath(folder)
+    target = Path(text).expanduser().resolve()
+    assets = ASSETS_DIR.resolve()
+    if target == assets or assets in target.parents:
+        top = assets / target.relative_to(assets).parts[0] if target != assets else assets
+        if target == assets:
+            where = "the shipped assets folder assets/"
+        elif top.exists():
+            where = f"{'' if target == top else 'inside '}the shipped asset assets/{top.name}"
+        else:
+            where = "inside the shipped assets folder assets/, where no run goes"
+        if target == assets or top.exists() or own in (TRAINING_RUN, TOKENIZER_RUN):
+            raise ValueError(f"{what} {text} is {where}; shipped files are never overwritten: give a folder "
+                             "outside assets/")
+    kind = folder_kind(target) if target.is_dir() else None
+    if kind is not None and kind != own:
+        raise ValueError(f"{what} {text} is {kind}; writing there would overwrite or mix with its files: give "
+                         "a new folder")
+    if allow is not None and target == Path(allow).expanduser().resolve():
+        return
+    for parent in target.parents:
+        kind = folder_kind(parent)
+        if kind is not None:
+            raise ValueError(f"{what} {text} is inside {kind} ({parent}); give a folder of its own")
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -278,20 +347,21 @@ def read_training_checkpoint(path: Path, ck: Any, device: torch.device | str | N
 def export_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Write an inference export (EMA weights + config) from a generator training checkpoint, or
     from the newest checkpoint of a run folder: for exporting a run before it reaches train.steps.
-    The output folder is checked first, the checkpoint (config, size, EMA weights) before the model
-    is built."""
+    The output folder is checked first (`check_target`: not a run, a tokenizer or a shipped asset,
+    except the run's own export/), the checkpoint (config, size, EMA weights) before the model is
+    built."""
 
     src = Path(source)
     if not str(out_dir).strip():
         raise ValueError("the export folder is empty: give --out DIR")
-    if src.is_dir():
-        found = latest_checkpoint(src)
-        if found is None:
-            raise CheckpointError(f"no checkpoints (ckpt-*.pt) in {src}")
-        path, ck = found
-    else:
-        path, ck = src, load_checkpoint(src)
+    ckpts = list_checkpoints(src) if src.is_dir() else [(0, src)]
+    if not ckpts:
+        raise CheckpointError(f"no checkpoints (ckpt-*.pt) in {src}")
+    path = ckpts[-1][1]
+    # not into a run, a tokenizer or a shipped asset; the run's own export/ is where the trainer writes too
+    check_target(out_dir, "export folder", own=MODEL_EXPORT, allow=path.parent / EXPORT_DIR)
     ensure_writable_dir(out_dir, "export folder")
+    path, ck = latest_checkpoint(src) if src.is_dir() else (src, load_checkpoint(src))
     cfg, ema, step = read_training_checkpoint(path, ck)
     model = MaskedGenerator(cfg)
     model.load_state_dict(ema)

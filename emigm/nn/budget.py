@@ -18,6 +18,7 @@ import os
 
 import torch
 
+from emigm.core.statedict import shapes_of
 from emigm.nn.model import MaskedGenerator
 
 GiB = float(1 << 30)
@@ -43,11 +44,8 @@ def _where(device: torch.device | str | None) -> str:
 
 @functools.lru_cache(maxsize=16)
 def model_spec(cfg) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """{state-dict key: (shape, dtype)} of MaskedGenerator(cfg), built on the meta device."""
-
-    with torch.device("meta"):
-        model = MaskedGenerator(cfg)
-    return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+    """{state-dict key: (shape, dtype)} of MaskedGenerator(cfg), built on the meta device (no values)."""
+    return shapes_of(lambda: MaskedGenerator(cfg))
 
 
 def weight_bytes(cfg) -> int:

@@ -30,6 +30,7 @@ in sampling.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -38,12 +39,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save
 from torch import nn
 
 from emigm.core.config import from_dict, to_dict
 from emigm.core.fields import check_fields, option
 from emigm.core.fileio import write_bytes
-from emigm.core.statedict import CheckpointError, check_state_dict, spec_of
+from emigm.core.statedict import CheckpointError, check_state_dict, read_safetensors, shapes_of
 
 Tensor = torch.Tensor
 LOSS_POSITIONS = {"masked": "the masked positions (the paper's equation)",
@@ -137,8 +139,9 @@ class Smoother(nn.Module):
 
 
 def check_base(model, cfg: SmootherConfig, source: str = "self-guidance smoother") -> None:
-    """Refuse a base model the module does not fit: one line naming what differs."""
-    bb = model.cfg.backbone
+    """Refuse a base model (a MaskedGenerator, or its RunConfig) the module does not fit: one line
+    naming what differs."""
+    bb = (model.cfg if hasattr(model, "cfg") else model).backbone
     if bb.width != bb.decoder_width:
         raise ValueError(f"self-guidance needs equal encoder and decoder widths; the base has "
                          f"{bb.width} and {bb.decoder_width}")
@@ -198,12 +201,24 @@ def auxiliary_loss(smoother: Smoother, model, tokens: Tensor, mask: Tensor, labe
 # ----------------------------------------------------------------------------- export
 
 
+def base_fingerprint(state: dict[str, Tensor]) -> str:
+    """The fingerprint that ties a module to its exact base: sha256 (first 16 hex digits) of the base's
+    weights serialised as an export stores them (safetensors of the CPU tensors), so it equals the hash
+    of the base export's model.safetensors and is recomputed from whatever base is loaded."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    return hashlib.sha256(save(tensors)).hexdigest()[:16]
+
+
+def base_record(model, label: str = "") -> dict[str, Any]:
+    """What a module's config.json says about its base ("base"): the base's config, a label and the
+    fingerprint of its weights."""
+    return {**to_dict(model.cfg), "label": label, "fingerprint": base_fingerprint(model.state_dict())}
+
+
 def save_smoother(smoother: Smoother, out_dir: str | os.PathLike, base_cfg: dict[str, Any],
                   meta: dict[str, Any] | None = None, state: dict[str, Tensor] | None = None) -> Path:
-    """Write model.safetensors + config.json ({"config", "base", "meta"}) into out_dir."""
-    from safetensors.torch import save
-
-
+    """Write model.safetensors + config.json ({"config", "base", "meta"}) into out_dir; `base_cfg` is
+    the base's record (`base_record`: config, label, fingerprint)."""
     out = Path(out_dir)
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in (state or smoother.state_dict()).items()}
     write_bytes(out / WEIGHTS_FILE, save(tensors))
@@ -212,37 +227,56 @@ def save_smoother(smoother: Smoother, out_dir: str | os.PathLike, base_cfg: dict
     return out
 
 
-def load_smoother(folder: str | os.PathLike, model, device: str | torch.device = "cpu") -> Smoother:
-    """Load a module exported by `save_smoother` and check that it fits `model` (shapes, classes,
-    tokens, codebook). Errors are one line naming the file."""
-    from safetensors.torch import load_file
-
-
+def read_smoother(folder: str | os.PathLike, base_cfg, base_state: dict[str, Tensor]) -> tuple[SmootherConfig, dict[str, Tensor]]:
+    """Read and check a module exported by `save_smoother` against its base (`base_cfg`: the base's
+    RunConfig; `base_state`: its weights, read from its file or from a built model) BEFORE anything is
+    built: its config, its fit to the base (shapes, classes, tokenizer), the base's fingerprint
+    recomputed from `base_state` and compared with the one the module recorded, and its weights (keys,
+    shapes, dtypes, finite and bounded values). Returns (config, weights); one-line CheckpointError
+    or ValueError naming the file."""
     folder = Path(folder)
+    name = f"{folder.parent.name}/{folder.name}"  # the base export's folder and the module's
     cfg_path, weights = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     for f in (cfg_path, weights):
         if not f.is_file():
-            raise CheckpointError(f"self-guidance smoother file missing: {f.name} in {folder.name}")
+            raise CheckpointError(f"self-guidance smoother file missing: {f.name} in {name}")
     try:
         doc = json.loads(cfg_path.read_text())
         cfg = from_dict(SmootherConfig, doc["config"])
         base = doc["base"]
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{folder.name}/{CONFIG_FILE}: not a self-guidance smoother config ({e})") from None
-    check_base(model, cfg, f"self-guidance smoother {folder.name}")
-    tk = model.cfg.tokenizer
+        raise CheckpointError(f"{name}/{CONFIG_FILE}: not a self-guidance smoother config ({e})") from None
+    check_base(base_cfg, cfg, f"self-guidance smoother {name}")
+    tk = base_cfg.tokenizer
     base_tk = base.get("tokenizer", {}) if isinstance(base, dict) else {}
     for key in ("kind", "codebook_size", "latent_channels", "image_size"):
         if key in base_tk and base_tk[key] != getattr(tk, key):
-            raise CheckpointError(f"self-guidance smoother {folder.name} was trained on a base with "
+            raise CheckpointError(f"self-guidance smoother {name} was trained on a base with "
                                   f"tokenizer.{key} {base_tk[key]!r}; this model has {getattr(tk, key)!r}")
-    try:
-        state = load_file(str(weights))
-    except Exception as e:  # safetensors raises several types for damaged files
-        raise CheckpointError(f"cannot read {folder.name}/{WEIGHTS_FILE}: {type(e).__name__}") from None
-    with torch.device("meta"):  # shapes only: the file is checked before anything is allocated
-        expected = spec_of(Smoother(cfg))
-    check_state_dict(expected, state, f"{folder.name}/{WEIGHTS_FILE}")
+    recorded = base.get("fingerprint") if isinstance(base, dict) else None
+    actual = base_fingerprint(base_state)
+    if not recorded:
+        raise CheckpointError(f"self-guidance smoother {name} records no fingerprint of its base's weights, "
+                              "so it cannot be tied to this model; retrain it with train-sg on this base")
+    if recorded != actual:
+        raise CheckpointError(f"self-guidance smoother {name} was trained on another base (its base's "
+                              f"weights have fingerprint {str(recorded)[:16]!r}, this model's {actual!r}); retrain "
+                              "it with train-sg on this base")
+    state = read_safetensors(weights, f"self-guidance smoother weights ({name})")
+    expected = shapes_of(lambda: Smoother(cfg))  # shapes only: checked before anything is allocated
+    check_state_dict(expected, state, f"{name}/{WEIGHTS_FILE}")
+    return cfg, state
+
+
+def build_smoother(cfg: SmootherConfig, state: dict[str, Tensor], device: str | torch.device = "cpu") -> Smoother:
+    """A checked module (`read_smoother`) built, loaded and frozen on `device`."""
     smoother = Smoother(cfg)
     smoother.load_state_dict(state)
     return smoother.to(device).eval().requires_grad_(False)
+
+
+def load_smoother(folder: str | os.PathLike, model, device: str | torch.device = "cpu") -> Smoother:
+    """Load a module exported by `save_smoother` and check that it fits `model` (shapes, classes,
+    tokens, codebook, the fingerprint of its weights): `read_smoother` then `build_smoother`."""
+    cfg, state = read_smoother(folder, model.cfg, model.state_dict())
+    return build_smoother(cfg, state, device)

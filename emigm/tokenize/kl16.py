@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emigm.core.statedict import CheckpointError, check_state_dict, load_torch, spec_of
+from emigm.core.statedict import CheckpointError, check_state_dict, load_torch, on_meta, spec_of
 
 Tensor = torch.Tensor
 
@@ -240,7 +240,7 @@ def load_kl16(path: str, cfg: KL16Config = KL16Config(),
     if not isinstance(ckpt, dict) or not all(isinstance(v, Tensor) for v in ckpt.values()):
         raise ValueError(f"{path}: expected a state dict of tensors (plain or under 'model')")
     state = {k: v for k, v in ckpt.items() if not k.startswith("loss.")}
-    with torch.device("meta"):
+    with on_meta():
         model = AutoencoderKL16(cfg)
     check_state_dict(spec_of(model), state, f"{path} (KL-16 VAE)")
     model = model.to_empty(device=device)

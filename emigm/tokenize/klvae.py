@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emigm.core.fields import check_number
-from emigm.core.statedict import check_state_dict, read_safetensors_meta, spec_of
+from emigm.core.statedict import check_state_dict, on_meta, read_safetensors_meta, spec_of
 
 Tensor = torch.Tensor
 
@@ -183,7 +183,7 @@ def load_klvae(path: str, device: torch.device | str = "cpu") -> KLVAE:
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: missing or invalid architecture metadata ({e})") from None
 
-    with torch.device("meta"):  # shapes only: the file is checked before anything is allocated
+    with on_meta():  # shapes only: the file is checked before anything is allocated
         model = KLVAE(cfg)
     check_state_dict(spec_of(model), state, path)
     model = KLVAE(cfg)

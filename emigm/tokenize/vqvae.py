@@ -23,7 +23,7 @@ from torch import nn
 
 from emigm.core.fields import check_number
 from emigm.core.fileio import write_bytes
-from emigm.core.statedict import check_state_dict, read_safetensors_meta, spec_of
+from emigm.core.statedict import check_state_dict, on_meta, read_safetensors_meta, spec_of
 from emigm.data.datasets import load_fashion_mnist, to_unit_range
 
 Tensor = torch.Tensor
@@ -123,7 +123,9 @@ class VectorQuantizer(nn.Module):
         self.decay = decay
         self.eps = eps
         self.dead_threshold = dead_threshold
-        self.register_buffer("codebook", torch.randn(codebook_size, codebook_dim) * 0.1)
+        # N(0, 0.1^2) draws, the same numbers as randn(...) * 0.1 but an in-place fill, which a build on
+        # the meta device skips (emigm.core.statedict.on_meta): meta arithmetic would import torch's compiler
+        self.register_buffer("codebook", torch.empty(codebook_size, codebook_dim).normal_(0.0, 0.1))
         self.register_buffer("ema_count", torch.ones(codebook_size), persistent=False)
         self.register_buffer("ema_sum", self.codebook.clone(), persistent=False)
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool), persistent=False)
@@ -258,7 +260,7 @@ def load_vqvae(path: str, device: torch.device | str = "cpu") -> VQVAE:
     except (TypeError, ValueError) as e:  # json.JSONDecodeError is a ValueError
         raise ValueError(f"{path}: invalid architecture metadata ({e})") from None
 
-    with torch.device("meta"):  # shapes only: the file is checked before anything is allocated
+    with on_meta():  # shapes only: the file is checked before anything is allocated
         model = VQVAE(cfg)
     check_state_dict(spec_of(model), state, path)
     model = model.to_empty(device=device)

@@ -16,6 +16,7 @@ from emigm.core.fileio import command_line, ensure_writable_dir
 from emigm.core.seeds import check_seed
 from emigm.data.datasets import load_fashion_mnist, to_unit_range
 from emigm.eval.evaluation import Classifier, class_accuracy, classifier_outputs, save_classifier
+from emigm.io.runs import check_target
 from emigm.train.optim import lr_at, one_cycle
 
 Tensor = torch.Tensor
@@ -45,7 +46,7 @@ def _augment(x: Tensor, generator: torch.Generator, max_shift: int = 0) -> Tenso
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
-def train_classifier(root: str | None, out_dir: str | os.PathLike = "assets/classifier", epochs: int = 6,
+def train_classifier(root: str | None, out_dir: str | os.PathLike = "runs/classifier", epochs: int = 6,
                      batch_size: int = 256, seed: int = 0, device: str | torch.device = "cpu",
                      lr: float = 3e-3, max_shift: int = 0, progress: bool = True) -> dict:
     """Train the Fashion-MNIST classifier (Adam with a one-cycle schedule of the learning rate and of
@@ -59,6 +60,7 @@ def train_classifier(root: str | None, out_dir: str | os.PathLike = "assets/clas
     check_number("max_shift", max_shift, 0, 14, integer=True)
     check_seed("seed", seed)
     start = time.time()
+    check_target(out_dir, "output folder")  # not a run, an export, a tokenizer or a shipped asset
     ensure_writable_dir(out_dir, "output folder")  # before minutes of training, not after
     device = torch.device(device)
     g = torch.Generator().manual_seed(seed)

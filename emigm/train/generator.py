@@ -17,16 +17,16 @@ import torch
 from torch import nn
 
 from emigm.core import distributed as dist
-from emigm.core.config import RunConfig, to_dict
+from emigm.core.config import RunConfig, from_dict, to_dict
 from emigm.core.devices import resolve_device
 from emigm.core.fileio import ASSETS_DIR
 from emigm.core.masking import draw_mask
 from emigm.core.seeds import STREAM_INIT, mix_seed
-from emigm.core.statedict import load_state_dict_strict, read_safetensors
+from emigm.core.statedict import check_state_dict, load_state_dict_strict, read_safetensors
 from emigm.data.datasets import CachedLatents, EncodedDataset, build_dataset
 from emigm.io.exports import WEIGHTS_FILE, read_export_config, resolve_export, save_export
-from emigm.io.runs import default_run_dir
-from emigm.nn.budget import check_training_size
+from emigm.io.runs import TRAINING_RUN, check_target, default_run_dir
+from emigm.nn.budget import check_training_size, model_spec
 from emigm.nn.model import MaskedGenerator
 from emigm.tokenize.tokenizers import DCAETokenizer, KL16Tokenizer, build_tokenizer, resolve_weights
 from emigm.train.trainer import check_max_steps, fit, micro_batch_size
@@ -87,10 +87,11 @@ def token_source(cfg: RunConfig, device: torch.device) -> tuple[torch.utils.data
     return dataset, lambda x, g: tokenizer.encode(x)
 
 
-def init_weights_from(model: MaskedGenerator, cfg: RunConfig, source: str) -> None:
-    """Fine-tuning: load the weights of the export `source` (a folder or shipped name) into `model`.
-    The export must have the same tokenizer and network shapes; head and masking settings that do
-    not change a weight's shape (prediction, t_min, ...) may differ. One-line errors name the field."""
+def read_init_weights(cfg: RunConfig, source: str) -> dict[str, Tensor]:
+    """Fine-tuning: the weights of the export `source` (a folder or shipped name), checked against the
+    model of `cfg` before it is built. The export must have the same tokenizer and network shapes;
+    head and masking settings that do not change a weight's shape (prediction, t_min, ...) may differ.
+    One-line errors name the field."""
 
     folder = resolve_export(source)
     base, _ = read_export_config(folder)
@@ -105,7 +106,14 @@ def init_weights_from(model: MaskedGenerator, cfg: RunConfig, source: str) -> No
         if getattr(base.head, k) != getattr(cfg.head, k):
             raise ValueError(f"train.init_from {source}: its head.{k} is {getattr(base.head, k)!r}, this run's "
                              f"{getattr(cfg.head, k)!r}; fine-tuning needs the same head shape")
-    load_state_dict_strict(model, read_safetensors(folder / WEIGHTS_FILE), str(folder))
+    state = read_safetensors(folder / WEIGHTS_FILE)
+    check_state_dict(model_spec(cfg), state, str(folder))
+    return state
+
+
+def init_weights_from(model: MaskedGenerator, cfg: RunConfig, source: str) -> None:
+    """Fine-tuning: load the weights of the export `source` into `model` (`read_init_weights`)."""
+    load_state_dict_strict(model, read_init_weights(cfg, source), str(source))
 
 
 class GeneratorTask:
@@ -114,9 +122,10 @@ class GeneratorTask:
 
     def __init__(self, cfg: RunConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
+        init = read_init_weights(cfg, cfg.train.init_from) if cfg.train.init_from else None  # checked first
         self.model = build_model(cfg).to(device)
-        if cfg.train.init_from:  # a checkpoint to resume from, if any, replaces these weights later
-            init_weights_from(self.model, cfg, cfg.train.init_from)
+        if init is not None:  # a checkpoint to resume from, if any, replaces these weights later
+            self.model.load_state_dict(init)
         self.trainable: nn.Module = self.model
         self._to_tokens: Callable | None = None
         if cfg.train.compile:  # in place: state-dict keys stay; the head runs outside forward
@@ -129,6 +138,9 @@ class GeneratorTask:
 
     def config_defaults(self) -> dict[str, Any]:
         return to_dict(RunConfig())
+
+    def check_config(self, doc: dict[str, Any]) -> None:
+        from_dict(RunConfig, doc)
 
     def dataset(self) -> torch.utils.data.Dataset:
         dataset, self._to_tokens = token_source(self.cfg, self.device)
@@ -162,8 +174,12 @@ def train(cfg: RunConfig, out_dir: str | os.PathLike | None = None, max_steps: i
     check_max_steps(max_steps)
     micro = micro_batch_size(cfg.train, dist.info_from_env().world_size)  # fail fast, before building the model
     dev = resolve_device(device, dist.info_from_env().local_rank)
+    run_dir = Path(out_dir) if out_dir else default_run_dir(cfg)
+    check_target(run_dir, "run folder", own=TRAINING_RUN)  # not an export, a tokenizer or a shipped asset
     check_training_size(cfg, cfg.name, dev, micro)  # from the config: nothing is allocated yet
+    if not cfg.data.cache_latents:  # the tokenizer's files are found and checked before the model is built
+        build_tokenizer(cfg.tokenizer, root=str(ASSETS_DIR))
     task = GeneratorTask(cfg, dev)
-    return fit(task, cfg.train, Path(out_dir) if out_dir else default_run_dir(cfg), device=dev,
+    return fit(task, cfg.train, run_dir, device=dev,
                max_steps=max_steps, num_workers=cfg.data.num_workers, command=command, progress=progress,
                desc=cfg.name)

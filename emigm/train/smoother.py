@@ -8,7 +8,6 @@ its export (`<run>/export/`) is a self-guidance smoother folder: copy it to `<ba
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,10 +16,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from emigm.core.config import RunConfig, TrainConfig, to_dict
+from emigm.core.config import RunConfig, TrainConfig, from_dict, to_dict
 from emigm.core.fields import check_fields
 from emigm.core.masking import draw_mask
-from emigm.nn.smoother import Smoother, SmootherConfig, auxiliary_loss, check_base, config_for, save_smoother
+from emigm.nn.smoother import (
+    Smoother,
+    SmootherConfig,
+    auxiliary_loss,
+    base_fingerprint,
+    check_base,
+    config_for,
+    save_smoother,
+)
 from emigm.train.generator import token_source
 from emigm.train.trainer import fit
 
@@ -46,15 +53,6 @@ class SmootherRun:
         check_fields(self)
 
 
-def weights_fingerprint(folder: str | os.PathLike) -> str:
-    """sha256 of an export's weights file (first 16 hex digits): ties a module to its exact base."""
-    h = hashlib.sha256()
-    with open(Path(folder) / "model.safetensors", "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 class SmootherTask:
     """The Smoother as a TrainTask: the base model (a loaded Pipeline) is frozen and in eval mode; only the
     smoother trains."""
@@ -68,8 +66,7 @@ class SmootherTask:
         self.trainable: nn.Module = self.smoother
         self._token_source = token_source
         self._to_tokens = None
-        export_dir = pipe.meta.get("export_dir")
-        self.fingerprint = weights_fingerprint(export_dir) if export_dir else ""
+        self.fingerprint = base_fingerprint(self.model.state_dict())  # what the module's loader recomputes
 
     def config_dict(self) -> dict[str, Any]:
         return {"name": self.run.name, "smoother": to_dict(self.run.smoother),
@@ -77,6 +74,11 @@ class SmootherTask:
 
     def config_defaults(self) -> dict[str, Any]:
         return {}
+
+    def check_config(self, doc: dict[str, Any]) -> None:
+        if not isinstance(doc.get("smoother"), dict):
+            raise ValueError("expected a \"smoother\" object")
+        from_dict(SmootherConfig, doc["smoother"], "smoother")
 
     def dataset(self) -> torch.utils.data.Dataset:
         dataset, self._to_tokens = self._token_source(self.base, self.device)
@@ -93,7 +95,7 @@ class SmootherTask:
         return auxiliary_loss(self.smoother, self.model, inputs["tokens"], inputs["mask"], inputs["labels"], generator)
 
     def export(self, ema_state: dict[str, Tensor], out_dir: Path, meta: dict[str, Any]) -> None:
-        base = {**to_dict(self.base), "label": self.pipe.label, "fingerprint": self.fingerprint}
+        base = {**to_dict(self.base), "label": self.pipe.label, "fingerprint": self.fingerprint}  # base_record
         save_smoother(self.smoother, out_dir, base, meta=meta, state=ema_state)
 
 

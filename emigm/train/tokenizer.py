@@ -29,14 +29,23 @@ from emigm.core.fields import check_fields, coerce_tuples, option
 from emigm.core.fileio import command_line, ensure_writable_dir, torch_save, write_bytes
 from emigm.core.statedict import CheckpointError, load_torch
 from emigm.eval.evaluation import seam_ratio
-from emigm.io.runs import MetricsLog, RunLock, config_diff, trim_metrics
+from emigm.io.runs import (
+    STATE_FILE,
+    TOKENIZER,
+    TOKENIZER_RUN,
+    MetricsLog,
+    RunLock,
+    check_target,
+    config_diff,
+    trim_metrics,
+)
 from emigm.tokenize.klvae import KLVAE, KLVAEConfig
 from emigm.tokenize.vqvae import VQVAE, VQVAEConfig, load_fmnist_images, psnr
 from emigm.train.optim import LRSchedule, lr_at, warmup_then_decay
 
 Tensor = torch.Tensor
 TOKENIZER_KINDS = ("kl", "vq")
-STATE_FILE, METRICS_FILE = "state.pt", "metrics.jsonl"
+METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass(frozen=True)
@@ -144,6 +153,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | os.PathLike, run_d
         raise ValueError(f"max_steps must be >= 1 (or None: train to steps), got {max_steps}")
     device = torch.device(device)
     out_dir, run_dir = Path(out_dir), Path(run_dir)
+    check_target(run_dir, "run folder", own=TOKENIZER_RUN)  # not another run, an export or a shipped asset
+    check_target(out_dir, "export folder", own=TOKENIZER)
     ensure_writable_dir(run_dir, "run folder")  # before any work; the export folder too
     ensure_writable_dir(out_dir, "export folder")
     with ExitStack() as stack:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from emigm.core import distributed as dist
-from emigm.core.config import TrainConfig, to_dict
+from emigm.core.config import TrainConfig, from_dict, to_dict
 from emigm.core.devices import memory_guard, resolve_device
 from emigm.core.fileio import command_line, ensure_writable_dir, torch_save, write_text
 from emigm.core.seeds import STREAM_TRAIN, mix_seed
@@ -45,9 +45,11 @@ from emigm.io.runs import (
     CONFIG_FILE,
     EXPORT_DIR,
     METRICS_FILE,
+    TRAINING_RUN,
     MetricsLog,
     RunLock,
     check_resume_config,
+    check_target,
     latest_checkpoint,
     list_checkpoints,
     trim_metrics,
@@ -74,6 +76,8 @@ class TrainTask(Protocol):
         inputs; runs under torch.no_grad().
     loss(inputs, generator): the scalar loss of a micro-batch; gradients flow into `trainable`.
     export(ema_state, out_dir, meta): write an inference export from the EMA weights.
+    check_config(doc) (optional): validate a saved config_dict() read back from a run's config.json
+        (raise ValueError); the trainer validates its "train" section itself.
     """
 
     trainable: nn.Module
@@ -158,20 +162,49 @@ class _TaskLoss(nn.Module):
         return self._loss(inputs, generator)
 
 
-def _resume_point(run_dir: Path, cfg_dict: dict[str, Any], defaults: dict[str, Any]):
-    """The newest checkpoint (path, contents), or (None, None); refuses a different config."""
-    latest = latest_checkpoint(run_dir)
+def checkpoint_budget(trainable: nn.Module) -> int:
+    """The most bytes a checkpoint of `trainable` may hold: its state dict four times (weights, EMA and
+    Adam's two moments) plus 16 MiB (generator states, data position, config). A file declaring more
+    is refused before it is read (emigm.core.statedict.check_archive)."""
+    state = trainable.state_dict()
+    return 4 * sum(v.numel() * v.element_size() for v in state.values()) + (16 << 20)
+
+
+def read_run_config(path: Path, check: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
+    """A run folder's config.json, validated: valid JSON, an object, its "train" section a valid
+    TrainConfig, and whatever `check` (the task's own validation) says. A file edited by hand into
+    broken JSON, a NaN or an invalid value is a one-line ValueError naming the file, never ignored."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); fix or remove it to resume") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a JSON object (the run's config), got {type(doc).__name__}")
+    train = doc.get("train", {})
+    try:
+        if not isinstance(train, dict):
+            raise ValueError(f"train: expected an object, got {train!r}")
+        from_dict(TrainConfig, train, "train")
+        if check is not None:
+            check(doc)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}; fix or remove it to resume") from None
+    return doc
+
+
+def _resume_point(run_dir: Path, cfg_dict: dict[str, Any], defaults: dict[str, Any], check=None,
+                  max_bytes: int | None = None):
+    """The newest checkpoint (path, contents), or (None, None); refuses a different config, in the
+    newest checkpoint or in the run's config.json (which must be valid: `read_run_config`)."""
+    saved = run_dir / CONFIG_FILE
+    doc = read_run_config(saved, check) if saved.is_file() else None
+    latest = latest_checkpoint(run_dir, max_bytes)
+    step = latest[1]["step"] if latest is not None else 0
     if latest is not None:
-        check_resume_config(latest[1]["config"], cfg_dict, latest[1]["step"], str(latest[0]), defaults)
-        return latest
-    saved = run_dir / CONFIG_FILE  # a run stopped before its first checkpoint
-    if saved.is_file():
-        try:
-            doc = json.loads(saved.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{saved}: not valid JSON ({e})") from None
-        check_resume_config(doc, cfg_dict, 0, str(saved), defaults)
-    return None, None
+        check_resume_config(latest[1]["config"], cfg_dict, step, str(latest[0]), defaults)
+    if doc is not None:  # a run stopped before its first checkpoint, or a file edited since
+        check_resume_config(doc, cfg_dict, step, str(saved), defaults)
+    return latest if latest is not None else (None, None)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -206,6 +239,7 @@ def fit(task: TrainTask, train: TrainConfig, run_dir: str | os.PathLike, *, devi
         stack.callback(lock.release)
 
         def claim() -> None:  # before any work: a usable folder that no other trainer holds
+            check_target(run_dir, "run folder", own=TRAINING_RUN)  # not an export, a tokenizer, an asset
             ensure_writable_dir(run_dir, "run folder")
             lock.acquire()
 
@@ -224,7 +258,8 @@ class _Loop:
         self.main = info.is_main
         self.cfg_dict = {**task.config_dict(), "train": to_dict(train)}
         defaults = {**task.config_defaults(), "train": to_dict(TrainConfig())}
-        self.ck_path, ck = _resume_point(run_dir, self.cfg_dict, defaults)  # every rank reads; none writes yet
+        self.ck_path, ck = _resume_point(run_dir, self.cfg_dict, defaults, getattr(task, "check_config", None),
+                                         checkpoint_budget(task.trainable))  # every rank reads; none writes yet
         dist.barrier()
 
         trainable = task.trainable
