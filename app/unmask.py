@@ -28,7 +28,7 @@ from emigm.sample.trace import trace_dict
 
 from . import controls, memory, render, stepper
 from .engine import Engine, Trajectory
-from .errors import user_errors
+from .errors import message, user_errors
 from .plots import steps_label
 
 NO_RUN = "Run the sampler first: there is no trajectory in this session yet."
@@ -134,6 +134,28 @@ class Unmasking:
         gen = self.engine.load(model)
         return controls.ModelView(gen.model, gen.smoother, measured_warnings(model))
 
+    def _check(self, values: Mapping[str, Any]) -> dict[str, str]:
+        """{control: message} for every value a Run would refuse (the library's messages), shown by the
+        page next to each control as the values change; {} when a Run would start."""
+        try:
+            model = self.engine.check_name(values["model"])
+            view = self.view(model)
+        except ValueError as e:
+            return {"model": message(e)}
+        notes = controls.problems(values, view, controls.STEP_CONTROLS)
+        for name in ("seed",):
+            try:
+                controls.app_value(name, values[name])
+            except ValueError as e:
+                notes[name] = message(e)
+        try:
+            class_index(self.engine.class_names(model), values["class_name"])
+        except ValueError as e:
+            notes["class_name"] = message(e)
+        return notes
+
+    check = controls.keyword_handler(controls.RUN_FIELDS, _check, lead=("self",))
+
     def randomise_seed(self) -> int:
         return random.SystemRandom().randrange(0, int(controls.APP_SPECS["seed"][1].high) + 1)
 
@@ -186,6 +208,8 @@ class Unmasking:
         label = class_index(self.engine.class_names(model), values["class_name"])
         seed = controls.app_value("seed", values["seed"])
         session = session_of(request)
+        if not self.engine.is_loaded(model):  # the first run of a model loads it: say so, it may take a while
+            yield (stepper.status("running", f"**Loading {model}…**"),) + (gr.skip(),) * (len(OUTPUTS) - 1)
         warnings = controls.setting_warnings(self.view(model), sampler, guidance)
         stop = self.engine.stops.begin(session)
         try:
