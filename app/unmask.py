@@ -205,11 +205,11 @@ class Unmasking:
         """Sample one image, streaming the player after every step."""
         model = self.engine.check_name(values["model"])
         sampler, guidance = controls.configs(values)
+        if not self.engine.is_loaded(model):  # the first run of a model loads it: say so, it may take a while
+            yield (stepper.status("running", f"**Loading {model}…**"),) + (gr.skip(),) * (len(OUTPUTS) - 1)
         label = class_index(self.engine.class_names(model), values["class_name"])
         seed = controls.app_value("seed", values["seed"])
         session = session_of(request)
-        if not self.engine.is_loaded(model):  # the first run of a model loads it: say so, it may take a while
-            yield (stepper.status("running", f"**Loading {model}…**"),) + (gr.skip(),) * (len(OUTPUTS) - 1)
         warnings = controls.setting_warnings(self.view(model), sampler, guidance)
         stop = self.engine.stops.begin(session)
         try:

@@ -726,3 +726,34 @@ def test_same_seed_same_image_in_the_cli_and_the_app(tmp_path, capsys):
     pad, scale = 2, 4  # emigm.io.imaging.save_grid: a 2-pixel white border, then upscaled 4x
     cli_image = cli_grid[::scale, ::scale][pad:pad + px, pad:pad + px]
     assert np.array_equal(cli_image, app_image)
+
+
+def test_a_run_never_waits_for_another_models_load(tmp_path, monkeypatch):
+    """Item 12: the only lock a run takes is its own model's, while that model loads (once): a slow
+    load of one model does not hold up a run of another, and a run of a model not loaded yet says so
+    before it starts."""
+    import threading
+    import time
+
+    import app.engine as eng
+    engine = Engine(["test-tiny", "test-tiny-fakecfg"], num_threads=1)
+    h = Unmasking(engine)
+    list(h.run(**run_values(num_steps=2)))  # test-tiny loaded
+    real, started = eng.Engine._load, threading.Event()
+
+    def slow(self, src):
+        if src.name == "test-tiny-fakecfg":
+            started.set()
+            time.sleep(3)
+        return real(self, src)
+
+    monkeypatch.setattr(eng.Engine, "_load", slow)
+    loading = threading.Thread(target=lambda: list(h.run(**run_values(model="test-tiny-fakecfg", num_steps=2))))
+    loading.start()
+    assert started.wait(10)
+    t0 = time.perf_counter()
+    assert list(h.run(**run_values(num_steps=2)))[-1][0]["phase"] == "done"
+    assert time.perf_counter() - t0 < 2.5  # not behind the other model's 3 s load
+    loading.join()
+    first = next(Unmasking(Engine(["test-tiny"], num_threads=1)).run(**run_values(num_steps=2)))
+    assert first[0]["phase"] == "running" and "Loading test-tiny" in first[0]["text"]
