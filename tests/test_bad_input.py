@@ -627,7 +627,7 @@ def test_memory_estimates_refuse_before_allocating() -> None:
 
 @pytest.mark.slow  # four real processes (about 2 s each); the same cases run in process above
 @pytest.mark.parametrize("argv,needle", [
-    (["schedule", "--cfg", "nan"], "cfg_scale must be a finite number"),
+    (["schedule", "--cfg", "nan"], "--cfg must be a finite number"),
     (["sample", "--checkpoint", "{empty_pth}", "--out", "{out}"], "empty or truncated file"),
     (["sample", *TINY, "--out", "{blocker}/x.png"], "is a file, not a folder"),
     (["train", "--preset", "test-tiny", "--backbone.num_heads", "0", "--dry-run"], "backbone.num_heads"),
