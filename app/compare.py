@@ -240,7 +240,8 @@ class Compare:
         if order in view.reasons.get("order", {}):
             raise FieldError("order", f"{{name}} {order!r} is not available: {view.reasons['order'][order]}")
         fixed = {f: controls.SPECS[f][0] for f in ("head_solver", "head_steps") if f in view.unused}
-        sampler, guidance = controls.configs({**values, "cfg_mode": "", "order_temperature": 4.5,
+        # fields this tab has no control for (an option added later included) keep their defaults
+        sampler, guidance = controls.configs({**controls.DEFAULTS, **values, "cfg_mode": "", "order_temperature": 4.5,
                                               "order_anneal": "linear"}, **fixed)
         label = class_index(self.engine.class_names(base), values["class_name"])
         n = controls.app_value("num_seeds", values["num_seeds"])

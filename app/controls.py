@@ -226,6 +226,8 @@ def problems(values: Mapping[str, Any], view: ModelView | None = None,
         value = values[n]
         if tp is int:
             value = as_int(n, value)
+        elif tp is str and value is None:  # as `field_value` reads it
+            value = ""
         try:
             check_value(field, value, tp, SPECS[field][2])
         except FieldError as e:
@@ -245,11 +247,6 @@ def problems(values: Mapping[str, Any], view: ModelView | None = None,
             if v in bad:
                 out.setdefault(control_of(field), f"{field} {v!r} is not available: {bad[v]}")
     return out
-
-
-def first_error_field(e: BaseException) -> dict[str, str]:
-    """{control: message} of a refused value (a FieldError), for the note next to its control."""
-    return {control_of(e.field): str(e)} if isinstance(e, FieldError) else {}
 
 
 def _choices(name: str, view: ModelView | None) -> list[tuple[str, str]]:

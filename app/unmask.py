@@ -143,11 +143,10 @@ class Unmasking:
         except ValueError as e:
             return {"model": message(e)}
         notes = controls.problems(values, view, controls.STEP_CONTROLS)
-        for name in ("seed",):
-            try:
-                controls.app_value(name, values[name])
-            except ValueError as e:
-                notes[name] = message(e)
+        try:
+            controls.app_value("seed", values["seed"])
+        except ValueError as e:
+            notes["seed"] = message(e)
         try:
             class_index(self.engine.class_names(model), values["class_name"])
         except ValueError as e:
