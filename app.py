@@ -44,9 +44,20 @@ def private_temp_dir() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
 
+def one_thread_count(threads: int) -> None:
+    """Every thread of the process samples with `threads` torch threads (before torch starts). Why: the
+    requests run on a pool of worker threads, and OpenMP gives each its own thread count; set once here,
+    no request ever changes the process-wide count while another one computes."""
+    import os
+
+    if threads and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     private_temp_dir()
+    one_thread_count(args.threads)
     from emigm.core.devices import resolve_device
 
     try:

@@ -22,6 +22,7 @@ from typing import Any
 
 import gradio as gr
 
+from emigm.core.fields import NAME, FieldError
 from emigm.core.fileio import ASSETS_DIR
 from emigm.sample.steps import step_table
 
@@ -41,8 +42,8 @@ def _schedules(values: dict[str, Any]):
     L = controls.app_value("num_tokens", values["num_tokens"])
     sampler, guidance = controls.configs({**controls.DEFAULTS, **values, "cfg_mode": "", "cfg_schedule": "constant"})
     if sampler.num_steps > L:
-        raise ValueError(f"num_steps {sampler.num_steps} is not available: at most {L} steps for {L} tokens "
-                         "(every step reveals at least one)")
+        raise FieldError("num_steps", f"{NAME} {sampler.num_steps} is not available: at most {L} steps for {L} "
+                                      "tokens (a step reveals at least one token while any is masked)")
     tables = {name: step_table(replace(sampler, schedule=name), guidance, L)
               for name in controls.SPECS["schedule"][2].names()}
     table = tables[sampler.schedule]
@@ -65,6 +66,31 @@ def _schedules(values: dict[str, Any]):
 
 
 schedules = user_errors(controls.keyword_handler(SCHEDULE_CONTROLS, _schedules))
+
+
+def _schedules_view(values: dict[str, Any]):
+    """The Schedules tab's event: the views and no notes; or, for a refused value, its message next to
+    its control and in the summary, the plots left as they were (the summary says so)."""
+    yield (*_schedules(values), {})
+
+
+def _stale(_owner, msg: str, notes: dict[str, str]) -> tuple:
+    summary = f"**Not redrawn:** {msg}. The plots below still show the last setting that could be drawn."
+    return (gr.skip(),) * 4 + (summary, notes)
+
+
+schedules_view = user_errors(controls.keyword_handler(SCHEDULE_CONTROLS, _schedules_view), on_error=_stale)
+
+
+def steps_cap(num_tokens: Any):
+    """The steps slider of the Schedules tab narrowed to the token count (a step reveals at least one
+    token while any is masked): its top is L. Its value stays as it is: one above L is refused next to
+    the box, never moved behind the person's back."""
+    try:
+        L = controls.app_value("num_tokens", num_tokens)
+    except ValueError:
+        return gr.update()
+    return gr.update(maximum=min(L, controls.SPECS["num_steps"][2].high))
 
 
 def _first(d: dict[str, Any], *keys: str) -> Any:

@@ -15,20 +15,24 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
+from gradio.components.plot import PlotData
 
 from emigm.core.config import to_dict
+from emigm.core.fields import FieldError
 from emigm.core.guidance import GuidanceConfig
-from emigm.sample.capabilities import unavailable
+from emigm.sample.capabilities import refusals
 
 from . import controls, memory, plots, stepper
 from .engine import Engine, Trajectory
-from .errors import user_errors
+from .errors import message, user_errors
 from .unmask import class_index
 
 PANEL_TITLES = {"none": "no guidance", "cfg": "CFG", "fake": "CFG, fake class", "mask": "CFG, mask",
                 "interval": "CFG in an interval", "self": "self-guidance", "both": "CFG + self-guidance"}
 PANEL_KEYS = tuple(PANEL_TITLES)
-STATUS_EVERY_S = 0.25  # progress messages at most this often
+LIVE_EVERY_S = 0.12  # at most one live frame of every panel per this many seconds
+# ... and of the difference figure: the page redraws a plotly figure in 50-300 ms, and would fall behind
+DIFF_EVERY_S = 0.5
 NO_COMPARISON = "Run the comparison first: there are no panels in this session yet."
 OUTPUTS = ("status", "player", "doc", "state", "diff", "diff_doc")
 # controls of this tab: the model's sampler fields but the order (random or confidence only) and guidance scales
@@ -56,7 +60,8 @@ class Panel:
     def titled(self) -> str:
         if self.traj is None:
             return self.title
-        return f"{self.title} · NFE {self.traj.last.passes}"
+        so_far = "" if self.traj.complete else " so far"
+        return f"{self.title} · NFE {self.traj.last.passes}{so_far}"
 
 
 def panel_specs(engine: Engine, base: str, g: GuidanceConfig) -> list[Panel]:
@@ -98,8 +103,8 @@ def panel_specs(engine: Engine, base: str, g: GuidanceConfig) -> list[Panel]:
 
 
 def token_diff(a: Trajectory, b: Trajectory, k: int) -> np.ndarray:
-    """(B, g, g) mean |A - B| per token of the decoded drafts after frame k, committed tokens only
-    (pixel units; still-masked tokens count 0)."""
+    """(B, g, g) mean |A - B| per token of the decoded drafts (the shown images) after frame k,
+    tokens committed in both only (pixel units; still-masked tokens count 0)."""
     fa, fb = a.frames[k], b.frames[k]
     B, H, W, C = fa.draft.shape
     g = a.grid
@@ -109,18 +114,34 @@ def token_diff(a: Trajectory, b: Trajectory, k: int) -> np.ndarray:
     return np.where(both, d, 0.0)
 
 
-def divergence(a: Trajectory, b: Trajectory, tol: float = 1e-6) -> tuple[list[float], int | None]:
-    """Mean |A - B| over tokens committed in both, per step, and the first (1-based) step at which
-    their committed tokens differ (None: identical at every step)."""
-    per_step, diverge = [], None
+@dataclass(frozen=True)
+class Divergence:
+    """Two panels compared step by step over the tokens committed in both (every seed): `image`, the
+    mean |A - B| of the shown images (pixel units); `tokens`, the fraction whose committed values
+    differ; `step`, the first (1-based) step at which any committed token differs, and `image_step`,
+    the first at which the shown images do (None: not in the steps compared). The headline and the
+    chart are both drawn from these, so they cannot disagree."""
+
+    image: list[float]
+    tokens: list[float]
+    step: int | None
+    image_step: int | None
+
+
+def divergence(a: Trajectory, b: Trajectory, tol: float = 1e-5) -> Divergence:
+    image, tokens = [], []
     for k, (fa, fb) in enumerate(zip(a.frames, b.frames)):
-        both = (~fa.state.mask_after & ~fb.state.mask_after).numpy().reshape(-1, a.grid, a.grid)
+        both = ~fa.state.mask_after & ~fb.state.mask_after  # (B, L)
         d = token_diff(a, b, k)
-        per_step.append(float(d[both].mean()) if both.any() else 0.0)
+        shown = both.numpy().reshape(d.shape)
+        image.append(float(d[shown].mean()) if shown.any() else 0.0)
         ta, tb = fa.state.tokens.float(), fb.state.tokens.float()
-        if diverge is None and (ta - tb).abs().max().item() > tol:
-            diverge = k + 1
-    return per_step, diverge
+        delta = (ta - tb).abs()
+        differs = (delta.flatten(2).amax(2) if delta.dim() > 2 else delta) > tol  # (B, L)
+        n = int(both.sum())
+        tokens.append(float((differs & both).sum()) / n if n else 0.0)
+    first = lambda xs: next((k + 1 for k, x in enumerate(xs) if x > 0), None)  # noqa: E731
+    return Divergence(image, tokens, first(tokens), first(image))
 
 
 @dataclass(frozen=True)
@@ -158,7 +179,7 @@ def summary(cmp: Comparison, seeds: list[int], class_name: str, order: str) -> d
             "key": p.key, "title": p.title, "model": p.model, "available": p.traj is not None, "note": p.note,
             "guidance": to_dict(p.guidance) if p.guidance else None,
             "nfe": p.traj.last.passes if p.traj else None,
-            "wall_s": round(p.traj.wall_s, 4) if p.traj else None,
+            "wall_s": round(sum(f.sample_s + f.decode_s for f in p.traj.frames), 4) if p.traj else None,
             "revealed": [[row.nonzero().flatten().tolist() for row in f.state.revealed] for f in p.traj.frames]
             if p.traj else None,
         } for p in cmp.panels],
@@ -169,17 +190,57 @@ class Compare:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
+    def defaults(self, model: str, values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The controls of this tab for a newly chosen `model`: the settings it runs with unless told
+        otherwise (engine.suggested), and self-guidance at s = 1 where it has a smoother (its panels
+        need s > 0; 1 is the scale measured best, see Results)."""
+        out = {**controls.DEFAULTS, **(values or {}), **self.engine.suggested(model)}
+        try:
+            has_sg = self.engine.load(model).smoother is not None
+        except ValueError:
+            has_sg = False
+        if has_sg and not out.get("sg_scale"):
+            out["sg_scale"] = 1.0
+        return out
+
+    def _check(self, values: Mapping[str, Any]) -> dict[str, str]:
+        """{control: message} for every value Compare would refuse, shown next to each control."""
+        try:
+            model = self.engine.check_name(values["model"])
+            gen = self.engine.load(model)
+        except ValueError as e:
+            return {"model": message(e)}
+        view = compare_view(controls.ModelView(gen.model, gen.smoother))
+        full = {**controls.DEFAULTS, **values, "cfg_mode": ""}
+        names = [n for n in CONTROLS if n in controls.STEP_CONTROLS]
+        notes = {k: v for k, v in controls.problems(full, view, controls.STEP_CONTROLS).items() if k in names}
+        for name in ("seed", "num_seeds"):
+            try:
+                controls.app_value(name, values[name])
+            except ValueError as e:
+                notes[name] = message(e)
+        for name in ("panel_a", "panel_b"):
+            try:
+                check_panel_name(values[name])
+            except ValueError as e:
+                notes[name] = message(e)
+        return notes
+
+    check = controls.keyword_handler(CONTROLS, _check, lead=("self",))
+
     def _compare(self, values: Mapping[str, Any]):
-        """Run every available panel (streaming progress), then the player, summary and difference."""
+        """Run every available panel, streaming: the panels advance together one step at a time, so each
+        appears with its first frame after one round and fills in step by step, with the difference
+        view beside them; at the end every view is complete and scrubbable."""
         base = self.engine.check_name(values["model"])
         panel_a, panel_b = check_panel_name(values["panel_a"]), check_panel_name(values["panel_b"])
         gen = self.engine.load(base)
         view = compare_view(controls.ModelView(gen.model, gen.smoother))
         order = values["order"]
         if order in view.reasons.get("order", {}):
-            raise ValueError(f"order {order!r} is not available: {view.reasons['order'][order]}")
+            raise FieldError("order", f"{{name}} {order!r} is not available: {view.reasons['order'][order]}")
         fixed = {f: controls.SPECS[f][0] for f in ("head_solver", "head_steps") if f in view.unused}
-        # fields this tab has no control for run at their defaults
+        # fields this tab has no control for (an option added later included) keep their defaults
         sampler, guidance = controls.configs({**controls.DEFAULTS, **values, "cfg_mode": "", "order_temperature": 4.5,
                                               "order_anneal": "linear"}, **fixed)
         label = class_index(self.engine.class_names(base), values["class_name"])
@@ -190,50 +251,79 @@ class Compare:
         for p in specs:
             if p.model is not None:
                 g = self.engine.load(p.model)
-                reasons = unavailable(g.model, g.smoother, sampler, p.guidance)
+                reasons = refusals(g.model, g.smoother, sampler, p.guidance)
                 if reasons:
-                    raise ValueError(reasons[0])
+                    raise reasons[0]
         todo = [p for p in specs if p.model is not None]
-        done: list[Panel] = []
         run = stepper.new_run_id()
-        last = 0.0
-        for p in specs:
-            if p.model is None:
-                done.append(p)
+        streams = {p.key: self.engine.stream(p.model, [label] * n, seeds, sampler, p.guidance) for p in todo}
+        trajs: dict[str, Trajectory] = {}
+        last, fig = 0.0, [None, None, 0.0]  # the difference figure, its last live snapshot, when taken
+        while streams:
+            for key, it in list(streams.items()):  # one step of every panel
+                traj = next(it, None)
+                if traj is None:
+                    del streams[key]
+                else:
+                    trajs[key] = traj
+            if not streams or all(t.complete for t in trajs.values()):
+                continue  # the complete views follow
+            if time.perf_counter() - last < LIVE_EVERY_S:
                 continue
-            traj = None
-            for traj in self.engine.stream(p.model, [label] * n, seeds, sampler, p.guidance):
-                s = traj.last
-                if time.perf_counter() - last < STATUS_EVERY_S:
-                    continue
-                last = time.perf_counter()
-                msg = (f"**Panel {todo.index(p) + 1} of {len(todo)} ({p.title}): "
-                       f"{plots.steps_label(s.step + 1, s.num_steps)}**")
-                # every output gets a value: gr.skip() would make Gradio build (and keep) a component each time
-                yield stepper.status("running", msg, run), None, None, None, None, None
-            done.append(Panel(p.key, p.title, p.model, p.guidance, p.note, traj))
-        cmp = Comparison(tuple(done), sampler.num_steps)
-        player = stepper.compare_payload([(p.titled(), p.traj, p.note) for p in cmp.panels], run)
-        doc = summary(cmp, seeds, values["class_name"], order)
-        try:
-            diff_fig, diff_doc = self._diff(cmp, panel_a, panel_b)
-        except ValueError as e:  # e.g. an unavailable panel picked for the difference
-            diff_fig, diff_doc = None, {"error": str(e)}
+            last = time.perf_counter()
+            cmp = self._assemble(specs, trajs, sampler.num_steps)
+            k = min(len(t.frames) for t in trajs.values())
+            msg = f"**Comparing {len(todo)} panels… {plots.steps_label(k, sampler.num_steps)}**"
+            yield self._outputs(cmp, run, seeds, values["class_name"], order, panel_a, panel_b,
+                                stepper.status("running", msg, run), live=True, fig=fig)
+        cmp = self._assemble(specs, trajs, sampler.num_steps)
         nfe = ", ".join(f"{p.title} {p.traj.last.passes}" for p in cmp.panels if p.traj)
         status = stepper.status("done", f"**{len(todo)} panels**, seeds {seeds[0]}..{seeds[-1]}; NFE: {nfe}", run)
-        yield status, player, doc, cmp, diff_fig, diff_doc
+        yield self._outputs(cmp, run, seeds, values["class_name"], order, panel_a, panel_b, status, fig=fig)
         memory.release()
 
-    compare = user_errors(controls.keyword_handler(CONTROLS, _compare, lead=("self",)), on_error=stepper.keep_views(len(OUTPUTS)))
+    compare = user_errors(controls.keyword_handler(CONTROLS, _compare, lead=("self",)),
+                          on_error=stepper.keep_views(len(OUTPUTS)))
 
-    def _diff(self, comparison: Comparison, panel_a: str, panel_b: str):
+    @staticmethod
+    def _assemble(specs: list[Panel], trajs: Mapping[str, Trajectory], num_steps: int) -> Comparison:
+        return Comparison(tuple(Panel(p.key, p.title, p.model, p.guidance, p.note, trajs.get(p.key))
+                                for p in specs), num_steps)
+
+    def _outputs(self, cmp: Comparison, run: str, seeds: list[int], class_name: str, order: str,
+                 panel_a: str, panel_b: str, status: dict, live: bool = False, fig: list | None = None) -> tuple:
+        """OUTPUTS of a comparison so far: every output gets a value (a gr.skip() would make Gradio
+        build, and keep, a component each time). fig: [the comparison's difference figure, its last live
+        snapshot, when taken]: the figure is built at the first frame and updated in place after; a live
+        output carries a snapshot of it, renewed every DIFF_EVERY_S."""
+        player = stepper.compare_payload([(p.titled(), p.traj, p.note) for p in cmp.panels], run, live=live)
+        fig = fig if fig is not None else [None, None, 0.0]
+        now = time.perf_counter()
+        if live and fig[1] is not None and now - fig[2] < DIFF_EVERY_S:
+            diff_fig, diff_doc = fig[1]  # the same snapshot: the page does not redraw it
+        else:
+            try:
+                fig[0], diff_doc = self._diff(cmp, panel_a, panel_b, fig[0])
+                diff_fig = PlotData(type="plotly", plot=fig[0].to_json()) if live else fig[0]
+            except ValueError as e:  # e.g. an unavailable panel picked for the difference
+                diff_fig, diff_doc = None, {"error": str(e)}
+            fig[1], fig[2] = (diff_fig, diff_doc), now
+        # the panels' JSON (every reveal of every panel) comes with the complete comparison only
+        doc = None if live else summary(cmp, seeds, class_name, order)
+        return status, player, doc, cmp, diff_fig, diff_doc
+
+    def _diff(self, comparison: Comparison, panel_a: str, panel_b: str, fig=None):
         a, b = comparison.panel(panel_a), comparison.panel(panel_b)
-        per_step, diverge = divergence(a.traj, b.traj)
-        last = len(a.traj.frames) - 1
-        tokens = token_diff(a.traj, b.traj, last)[0]
-        fig = plots.diff_figure(tokens, per_step, diverge, a.title, b.title, comparison.num_steps)
-        doc = {"a": a.key, "b": b.key, "diverge_step": diverge, "num_steps": comparison.num_steps,
-               "mean_abs_diff_per_step": [round(x, 4) for x in per_step],
+        d = divergence(a.traj, b.traj)
+        k = min(len(a.traj.frames), len(b.traj.frames))
+        tokens = token_diff(a.traj, b.traj, k - 1)[0]
+        args = (tokens, d.image, d.tokens, d.step, d.image_step, a.title, b.title, comparison.num_steps)
+        fig = plots.diff_figure(*args) if fig is None else plots.update_diff_figure(fig, *args)
+        doc = {"a": a.key, "b": b.key, "steps_compared": k, "num_steps": comparison.num_steps,
+               "diverge_step": d.step, "image_diverge_step": d.image_step,
+               "headline": plots.divergence_text(d.step, d.image_step, k, comparison.num_steps),
+               "tokens_differ_per_step": [round(x, 4) for x in d.tokens],
+               "mean_abs_diff_per_step": [round(x, 4) for x in d.image],
                "token_diff_last_step": np.round(tokens, 3).tolist()}
         return fig, doc
 

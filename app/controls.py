@@ -2,19 +2,24 @@
 GuidanceConfig and narrowed to what the loaded model can do (emigm.sample.capabilities).
 
 Nothing here repeats a library name, default, choice list or range: a control's kind, range, choices,
-labels and help come from the field's Spec. The app adds only
-- the few app-only inputs (model, class, seed, ...), described by Specs of their own;
-- display caps that narrow a slider (`DISPLAY_MAX`); they never narrow what the API accepts, so a value
-  past a cap is accepted when the library accepts it, and refused with the library's own message when not;
-- the opening story (`STORY`): CFG 3 in (0.1, 0.3], eMIGM's "16 x 1.2 NFE".
+labels and help come from the field's Spec, its opening value from the field's default or, for the
+guidance, from emigm.sample.capabilities.SUGGESTED_GUIDANCE (what the CLI uses too). The app adds only
+the few app-only inputs (model, class, seed, ...), described by Specs of their own. A slider's range is
+what the library accepts, narrowed by what the loaded model accepts (`ModelView.high`), so a slider
+never holds a value it would silently clamp.
 
 Widgets are "lenient" (no Gradio-side range or choice check, no rounding): every value reaches
 `configs`, which builds the configs, so a bad value gets the library's one-line error whether it comes
-from the page or from gradio_client. Tuple fields (cfg_interval, sg_interval) are two controls,
+from the page or from gradio_client; `problems` gives every such message keyed by control, which the
+page shows next to that control. Tuple fields (cfg_interval, sg_interval) are two controls,
 `<field>_lo` and `<field>_hi`.
+
+A control the model does not use is hidden, and its value is fitted to what the model accepts
+(`fit`: sg_scale 0 without a smoother), so no value a person cannot see can refuse a run.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import typing
@@ -22,17 +27,14 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import gradio as gr
 
-from emigm.core.fields import Spec, check_value, describe
+from emigm.core.fields import FieldError, Spec, check_value, describe
 from emigm.core.guidance import GuidanceConfig
 from emigm.core.seeds import MAX_SEED
-from emigm.sample.capabilities import choice_reasons, limit_reasons, limits
+from emigm.sample.capabilities import SUGGESTED_GUIDANCE, choice_reasons, limit_reasons, limits, refusals
 from emigm.sample.sampler import SamplerConfig
 
 CONFIG_CLASSES = (SamplerConfig, GuidanceConfig)
 TUPLE_PARTS = ("lo", "hi")
-DISPLAY_MAX = {"num_steps": 64, "head_steps": 50, "draft_steps": 50, "cfg_scale": 10.0, "order_temperature": 20.0,
-               "temperature": 3.0, "sg_scale": 10.0}
-STORY = {"cfg_scale": 3.0, "cfg_interval": (0.1, 0.3)}
 UNAVAILABLE = "⊘"  # marks a disabled choice in its label; the page's script disables it
 DICE_MAX_SEED = 2**31 - 1  # the dice's draws stay exact as browser (double) numbers; any seed is accepted
 
@@ -74,14 +76,29 @@ STEP_CONTROLS = control_names(SAMPLER_FIELDS + GUIDANCE_FIELDS)
 RUN_FIELDS = ("model", "class_name", "seed") + STEP_CONTROLS
 
 
+def split(values: Mapping[str, Any]) -> dict[str, Any]:
+    """{field: value} -> {control: value} (a tuple field's value goes to its two parts)."""
+    out: dict[str, Any] = {}
+    for f, v in values.items():
+        if f in SPECS and is_tuple(f):
+            out.update({f"{f}_{p}": x for p, x in zip(TUPLE_PARTS, v)})
+        else:
+            out[f] = v
+    return out
+
+
+OPENING = split(SUGGESTED_GUIDANCE)  # the library's suggested guidance, as control values
+
+
 def default(name: str) -> Any:
-    """The opening value of a control: the story's, else the field's default."""
+    """The opening value of a control: the library's suggested guidance, else the field's default."""
+    if name in OPENING:
+        return OPENING[name]
     for f in SPECS:
         if is_tuple(f) and name.startswith(f + "_") and name[len(f) + 1:] in TUPLE_PARTS:
-            value = STORY.get(f, SPECS[f][0])
-            return value[TUPLE_PARTS.index(name[len(f) + 1:])]
+            return SPECS[f][0][TUPLE_PARTS.index(name[len(f) + 1:])]
     if name in SPECS:
-        return STORY.get(name, SPECS[name][0])
+        return SPECS[name][0]
     if name in APP_SPECS:
         return APP_SPECS[name][1].low or 0
     raise KeyError(name)
@@ -140,7 +157,9 @@ class ModelView:
     fields the model does not use."""
 
     def __init__(self, model, smoother=None, warnings: Mapping[str, Mapping[str, str]] | None = None) -> None:
+        self.model, self.smoother = model, smoother
         self.reasons = choice_reasons(model, smoother)
+        self.extra: dict[str, dict[str, str]] = {}  # choices a tab refuses on top of the library's
         self.warnings = dict(warnings or {})  # {field: {choice: why}}: runs, but measured to fail here
         self.limits = limits(model, smoother)
         self.limit_reasons = limit_reasons(model, smoother)
@@ -156,17 +175,80 @@ class ModelView:
 
     def refusing(self, field: str, reasons: Mapping[str, str]) -> "ModelView":
         """This view with more choices of `field` disabled (a tab that cannot use them), with reasons."""
-        import copy
-
         out = copy.copy(self)
         out.reasons = {**self.reasons, field: {**self.reasons.get(field, {}), **reasons}}
+        out.extra = {**self.extra, field: {**self.extra.get(field, {}), **reasons}}
         return out
 
     def high(self, name: str) -> float | None:
+        """A slider's top: what the library accepts, narrowed by what this model accepts."""
         spec = SPECS[name][2]
         model_cap = None if name in self.unused else self.limits.get(name, (None, None))[1]
-        caps = [c for c in (spec.high, DISPLAY_MAX.get(name), model_cap) if c is not None]
+        caps = [c for c in (spec.high, model_cap) if c is not None]
         return min(caps) if caps else None
+
+
+def field_of(control: str) -> str:
+    """The option field a control sets (cfg_interval_lo -> cfg_interval)."""
+    return control if control in SPECS or control in APP_SPECS else control.rsplit("_", 1)[0]
+
+
+def control_of(field: str) -> str:
+    """The control where a message about `field` is shown (a tuple field's: its upper part, the last
+    of the two)."""
+    return f"{field}_{TUPLE_PARTS[-1]}" if field in SPECS and is_tuple(field) else field
+
+
+def fit(name: str, view: ModelView, value: Any) -> Any:
+    """The value control `name` takes when narrowed to `view`'s model: a choice the model cannot take
+    moves to the first it can; a number outside the model's limits moves to the nearest one it accepts.
+    Hidden controls too (sg_scale 0 without a smoother): what nobody sees must not refuse a run."""
+    field = field_of(name)
+    if field not in SPECS or value is None:
+        return value
+    if SPECS[field][2].choices is not None:
+        return first_available(field, view, value)
+    if field in view.limits and isinstance(value, (int, float)) and not isinstance(value, bool):
+        lo, hi = view.limits[field]
+        fitted = min(max(value, lo), hi)
+        return type(value)(fitted) if fitted != value else value
+    return value
+
+
+def problems(values: Mapping[str, Any], view: ModelView | None = None,
+             names: Sequence[str] | None = None) -> dict[str, str]:
+    """{control: the library's one-line message} for every control among `names` (default: all in
+    `values`) whose value would be refused, alone or, once each is valid, with the others on this
+    model (`view`). Empty when a run of these values would start."""
+    names = [n for n in (names or values) if field_of(n) in SPECS]
+    out: dict[str, str] = {}
+    for n in names:
+        field = field_of(n)
+        tp = float if is_tuple(field) else SPECS[field][1]
+        value = values[n]
+        if tp is int:
+            value = as_int(n, value)
+        elif tp is str and value is None:  # as `field_value` reads it
+            value = ""
+        try:
+            check_value(field, value, tp, SPECS[field][2])
+        except FieldError as e:
+            out[n] = str(e)
+    fields = {field_of(n) for n in names}
+    if out or not set(SAMPLER_FIELDS + GUIDANCE_FIELDS) <= fields:
+        return out
+    try:
+        sampler, guidance = configs(values)
+    except FieldError as e:  # a combination, e.g. t_lo >= t_hi
+        return {control_of(e.field): str(e)}
+    if view is not None:
+        for e in refusals(view.model, view.smoother, sampler, guidance):
+            out.setdefault(control_of(e.field), str(e))
+        for field, bad in view.extra.items():
+            v = getattr(sampler, field, getattr(guidance, field, None))
+            if v in bad:
+                out.setdefault(control_of(field), f"{field} {v!r} is not available: {bad[v]}")
+    return out
 
 
 def _choices(name: str, view: ModelView | None) -> list[tuple[str, str]]:
@@ -238,11 +320,14 @@ class LenientNumber(gr.Number):
 
 
 def widget(name: str, view: ModelView | None = None, value: Any = None, label: str | None = None,
-           **kw) -> gr.components.Component:
-    """The widget of control `name` (a field, or one part of a tuple field), from its Spec."""
-    field = name if name in SPECS else name.rsplit("_", 1)[0]
+           high: float | None = None, **kw) -> gr.components.Component:
+    """The widget of control `name` (a field, or one part of a tuple field), from its Spec, with a value
+    `view`'s model accepts (`fit`); `high`: a slider's top where another control narrows it."""
+    field = field_of(name)
     default_, tp, spec = SPECS[field]
     value = default(name) if value is None else value
+    if view is not None:
+        value = fit(name, view, value)
     interactive = not (view and field in view.unused)
     label = label or (name if field == name else f"{field} t_{name.rsplit('_', 1)[1]}")
     kw.setdefault("elem_id", f"ctl-{name}")
@@ -250,38 +335,30 @@ def widget(name: str, view: ModelView | None = None, value: Any = None, label: s
     if spec.choices is not None:
         return LenientRadio(_choices(field, view), value=value, **common)
     lo = spec.low if spec.low is not None else 0
-    hi = (view.high(field) if view else min(c for c in (spec.high, DISPLAY_MAX.get(field)) if c is not None))
-    return LenientSlider(lo, hi, value=min(value, hi) if interactive else value, step=_step(field, lo, hi), **common)
+    hi = high if high is not None else view.high(field) if view else spec.high
+    return LenientSlider(lo, hi, value=value, step=_step(field, lo, hi), **common)
 
 
 def widget_update(name: str, view: ModelView, value: Any = None):
-    """gr.update that re-narrows control `name` to `view` (after the model changed)."""
-    field = name if name in SPECS else name.rsplit("_", 1)[0]
+    """gr.update that re-narrows control `name` to `view` (after the model changed), its value fitted
+    to what the model accepts (`fit`)."""
+    field = field_of(name)
     spec = SPECS[field][2]
     interactive = field not in view.unused
     kw: dict[str, Any] = dict(info=_info(field, view), interactive=interactive, visible=interactive)
     if spec.choices is not None:
         kw["choices"] = _choices(field, view)
-        if value is not None:
-            kw["value"] = value
     else:
-        hi = view.high(field)
-        kw["maximum"] = hi
-        if value is not None:
-            kw["value"] = min(value, hi) if isinstance(value, (int, float)) and interactive else value
+        kw["maximum"] = view.high(field)
+    if value is not None:
+        kw["value"] = fit(name, view, value)
     return gr.update(**kw)
 
 
 def narrowed(names: Iterable[str], view: ModelView, values: Mapping[str, Any]) -> list:
     """gr.updates that narrow controls `names` to a newly chosen model, keeping each current value
-    the model can take (a choice it cannot take moves to the first it can; a number to its cap)."""
-    out = []
-    for n in names:
-        v = values.get(n)
-        if n in SPECS and SPECS[n][2].choices is not None:
-            v = first_available(n, view, v)
-        out.append(widget_update(n, view, v))
-    return out
+    the model can take (a choice it cannot take moves to the first it can; a number into its limits)."""
+    return [widget_update(n, view, values.get(n)) for n in names]
 
 
 def setting_warnings(view: ModelView, sampler, guidance) -> list[str]:

@@ -23,6 +23,7 @@ from emigm.core.statedict import CheckpointError
 from emigm.io.exports import read_export_config, resolve_export, shipped_models
 from emigm.io.imaging import to_uint8
 from emigm.io.loading import Pipeline, build_model_tokenizer, check_size, load_pipeline
+from emigm.sample.capabilities import suggested_guidance, suggested_settings
 from emigm.sample.checks import check_step
 from emigm.sample.sampler import GuidanceConfig, SamplerConfig, StepState, sample_steps
 
@@ -249,7 +250,8 @@ class Engine:
         self.num_threads = num_threads
         self.stops = Stops()
         self._cache: dict[str, Pipeline] = {}
-        self._lock = threading.Lock()
+        # one lock per model: loading one model never makes a request for another one wait
+        self._locks = {n: threading.Lock() for n in self.names}
 
     # ------------------------------------------------------------------ models
 
@@ -267,10 +269,15 @@ class Engine:
     def load(self, name: str) -> Pipeline:
         """The model's Pipeline, loaded once. A load error is a one-line ValueError naming the model."""
         self.check_name(name)
-        with self._lock:
+        if name in self._cache:
+            return self._cache[name]
+        with self._locks[name]:
             if name not in self._cache:
                 self._cache[name] = self._load(self.sources[name])
             return self._cache[name]
+
+    def is_loaded(self, name: str) -> bool:
+        return name in self._cache
 
     def _load(self, src: Source) -> Pipeline:
         try:
@@ -286,14 +293,19 @@ class Engine:
         return self.load(name).class_names
 
     def suggested(self, name: str) -> dict[str, Any]:
-        """The sampler rule `name` was trained for (emigm.sample.capabilities.suggested_settings); {} for a
-        model that cannot be loaded (its own error is shown elsewhere)."""
-        from emigm.sample.capabilities import suggested_settings
-
+        """What `name` runs with unless told otherwise, as control values: the sampler rule it was
+        trained for and its suggested guidance (emigm.sample.capabilities, as the CLI); {} for a model
+        that cannot be loaded (its own error is shown elsewhere)."""
         try:
-            return suggested_settings(self.load(name).model)
+            model = self.load(name).model
         except ValueError:
             return {}
+        out = {**suggested_settings(model), **suggested_guidance(model)}
+        for f, v in list(out.items()):
+            if isinstance(v, tuple):  # a tuple field is two controls
+                del out[f]
+                out.update({f"{f}_lo": v[0], f"{f}_hi": v[1]})
+        return out
 
     def banner(self, name: str) -> str:
         from . import text

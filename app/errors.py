@@ -1,9 +1,10 @@
 """User errors as gr.Error: bad input (out-of-range values, unknown names, missing assets) reaches the
 user as one line, never a stack trace and never a server path, and the app keeps serving.
 
-A handler wrapped with `user_errors(on_error=...)` first yields (or returns) `on_error(message)`, so the
-status line says what to change while every other view keeps what it showed, then raises the gr.Error
-that gradio_client reports."""
+A handler wrapped with `user_errors(on_error=...)` first yields `on_error(self, message, notes)`, so the
+status line says what to change, the refused value's control gets the message next to it (`notes`:
+{control: message}, from the FieldError's field) and every other view keeps what it showed; then it
+raises the gr.Error that gradio_client reports, with no toast on the page (the page already says it)."""
 from __future__ import annotations
 
 import functools
@@ -15,6 +16,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
+
+from emigm.core.fields import FieldError
+
+from .controls import control_of
 
 log = logging.getLogger("emigm.app")
 USER_ERRORS = (ValueError, KeyError, OSError)  # CheckpointError is a ValueError
@@ -41,19 +46,25 @@ def message(e: BaseException) -> str:
     return clean(text) or type(e).__name__
 
 
-def as_gr_error(fn_name: str, e: BaseException) -> gr.Error:
-    """A gr.Error carrying the user error's message, logged as one line (no traceback)."""
+def as_gr_error(fn_name: str, e: BaseException, toast: bool = True) -> gr.Error:
+    """A gr.Error carrying the user error's message, logged as one line (no traceback); `toast`: shown
+    by the page as a toast (off where the page shows it itself)."""
     if isinstance(e, gr.Error):
-        return gr.Error(clean(str(e.message)), duration=8, print_exception=False)
+        return gr.Error(clean(str(e.message)), duration=8, print_exception=False, visible=toast)
     msg = message(e)
     log.info("user error in %s: %s", fn_name, msg)
-    return gr.Error(msg, duration=8, print_exception=False)
+    return gr.Error(msg, duration=8, print_exception=False, visible=toast)
 
 
-def user_errors(fn: Callable | None = None, *, on_error: Callable[[Any, str], Any] | None = None):
+def notes_of(e: BaseException) -> dict[str, str]:
+    """{control: message} for a refused value (a FieldError names its field), else {}."""
+    return {control_of(e.field): message(e)} if isinstance(e, FieldError) else {}
+
+
+def user_errors(fn: Callable | None = None, *, on_error: Callable[[Any, str, dict], Any] | None = None):
     """Wrap a handler (plain or generator; a method when on_error takes self) so USER_ERRORS and gr.Error
-    become one clean gr.Error. on_error(self, message) -> the outputs to show first (a generator handler
-    yields them; keeps the previous views with gr.skip())."""
+    become one clean gr.Error. on_error(self, message, notes) -> the outputs to show first (a generator
+    handler yields them; keeps the previous views with gr.skip())."""
     def wrap(fn):
         name = fn.__name__
         if inspect.isgeneratorfunction(fn):
@@ -62,9 +73,9 @@ def user_errors(fn: Callable | None = None, *, on_error: Callable[[Any, str], An
                 try:
                     yield from fn(*args, **kwargs)
                 except (*USER_ERRORS, gr.Error) as e:
-                    err = as_gr_error(name, e)
+                    err = as_gr_error(name, e, toast=on_error is None)
                     if on_error is not None:
-                        yield on_error(args[0] if args else None, err.message)
+                        yield on_error(args[0] if args else None, err.message, notes_of(e))
                     raise err from None
             return gen
 

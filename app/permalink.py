@@ -50,8 +50,9 @@ def decode(query: Mapping[str, str], models: list[str], class_names_of, view_of=
     """Query parameters -> ({control: value} for every RUN_FIELD, problems).
 
     models: the offered model names (the first is the default); class_names_of(model) -> its classes;
-    view_of(model) -> its controls.ModelView (choices and caps it cannot take fall back, with a note);
-    suggested_of(model) -> the sampler rule it was trained for, used where the query says nothing."""
+    view_of(model) -> its controls.ModelView (choices and numbers it cannot take, also of controls it
+    hides, fall back to what it can, with a note); suggested_of(model) -> the control values it runs with
+    unless told otherwise (its sampler rule and guidance), used where the query says nothing."""
     values: dict[str, Any] = {"model": models[0], **controls.DEFAULTS}
     problems = []
     for key, raw in query.items():
@@ -84,16 +85,15 @@ def decode(query: Mapping[str, str], models: list[str], class_names_of, view_of=
             if controls.is_tuple(f):
                 for p in controls.TUPLE_PARTS:
                     values[f"{f}_{p}"] = controls.DEFAULTS[f"{f}_{p}"]
-    if view_of is not None:
+    if view_of is not None:  # what the model cannot take (hidden controls included) moves to what it can
         view = view_of(values["model"])
-        for name, bad in view.reasons.items():
-            if name in values and values[name] in bad:
-                problems.append(f"{name}: {bad[values[name]]}")
-                values[name] = controls.first_available(name, view, values[name])
-        for name, (lo, hi) in view.limits.items():
-            if name in values and name not in view.unused and not lo <= values[name] <= hi:
-                problems.append(f"{name}: {view.limit_reasons[name]}")
-                values[name] = type(values[name])(min(max(values[name], lo), hi))
+        for name in controls.STEP_CONTROLS:
+            fitted = controls.fit(name, view, values[name])
+            if fitted != values[name]:
+                field = controls.field_of(name)
+                why = view.reasons.get(field, {}).get(values[name]) or view.limit_reasons.get(field, "")
+                problems.append(f"{name}: {why}")
+                values[name] = fitted
     return values, problems
 
 

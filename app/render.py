@@ -46,19 +46,23 @@ def _outline(arr: np.ndarray, flags: np.ndarray, grid: int, color, width: int) -
     arr[sel] = color
 
 
-def canvas(image: np.ndarray, mask_after: np.ndarray, revealed: np.ndarray, grid: int, scale: int) -> np.ndarray:
-    """The decoded draft after a step with still-masked tokens flat grey and this step's reveals outlined."""
+def canvas(image: np.ndarray, mask_after: np.ndarray, revealed: np.ndarray, grid: int, scale: int,
+           outline: bool = True) -> np.ndarray:
+    """The decoded draft after a step with still-masked tokens flat grey and this step's reveals outlined
+    (not when `outline` is off: the finished image is shown clean)."""
     arr = upscale(rgb(image), scale).copy()
     cell = arr.shape[0] // grid
     arr[_token_pixels(mask_after, grid, cell)] = GREY
-    _outline(arr, revealed, grid, ORANGE, max(2, cell // 8))
+    if outline:
+        _outline(arr, revealed, grid, ORANGE, max(2, cell // 8))
     return arr
 
 
-def draft(image: np.ndarray, mask_after: np.ndarray, grid: int, scale: int) -> np.ndarray:
+def draft(image: np.ndarray, mask_after: np.ndarray, grid: int, scale: int, outline: bool = True) -> np.ndarray:
     """Committed tokens plus the model's current guess at every still-masked token (outlined)."""
     arr = upscale(rgb(image), scale).copy()
-    _outline(arr, mask_after, grid, SKY, max(1, arr.shape[0] // grid // 12))
+    if outline:
+        _outline(arr, mask_after, grid, SKY, max(1, arr.shape[0] // grid // 12))
     return arr
 
 
@@ -84,16 +88,17 @@ def tile(arrays: list[np.ndarray], cols: int | None = None, pad: int = 4, fill: 
     return out
 
 
-def frame_canvas(frame: Frame, grid: int, scale: int) -> np.ndarray:
+def frame_canvas(frame: Frame, grid: int, scale: int, outline: bool = True) -> np.ndarray:
     """The canvas of every sample in the batch, tiled."""
     s = frame.state
-    return tile([canvas(frame.draft[b], s.mask_after[b].numpy(), s.revealed[b].numpy(), grid, scale)
+    return tile([canvas(frame.draft[b], s.mask_after[b].numpy(), s.revealed[b].numpy(), grid, scale, outline)
                  for b in range(frame.draft.shape[0])])
 
 
-def frame_draft(frame: Frame, grid: int, scale: int) -> np.ndarray:
+def frame_draft(frame: Frame, grid: int, scale: int, outline: bool = True) -> np.ndarray:
     s = frame.state
-    return tile([draft(frame.draft[b], s.mask_after[b].numpy(), grid, scale) for b in range(frame.draft.shape[0])])
+    return tile([draft(frame.draft[b], s.mask_after[b].numpy(), grid, scale, outline)
+                 for b in range(frame.draft.shape[0])])
 
 
 def labelled(arr: np.ndarray, text: str, height: int = 16) -> np.ndarray:
@@ -107,13 +112,12 @@ def side_by_side(*arrays: np.ndarray, pad: int = 6) -> np.ndarray:
     return tile(list(arrays), cols=len(arrays), pad=pad)
 
 
-def frame_pair(frame: Frame, grid: int, scale: int) -> np.ndarray:
-    """Canvas | draft of one frame, captioned "step k of N"."""
+def frame_pair(frame: Frame, grid: int, scale: int, finished: bool = False) -> np.ndarray:
+    """Canvas | draft of one frame, captioned "step k of N"; `finished`: the last step of a finished run,
+    the finished image, clean (no outlines), as the page's player shows it."""
     s = frame.state
-    pair = side_by_side(frame_canvas(frame, grid, scale), frame_draft(frame, grid, scale))
-    return labelled(pair, f"step {s.step + 1} of {s.num_steps}   canvas | draft")
-
-
+    pair = side_by_side(frame_canvas(frame, grid, scale, not finished), frame_draft(frame, grid, scale, not finished))
+    return labelled(pair, f"step {s.step + 1} of {s.num_steps}   " + ("finished" if finished else "canvas | draft"))
 
 
 def strip(traj: Trajectory, max_columns: int = 16, height: int = 96) -> np.ndarray:
@@ -148,9 +152,10 @@ _PALETTE = _gif_palette()
 
 
 def gif_bytes(traj: Trajectory, scale: int, ms_per_frame: int = 350) -> bytes:
-    """Animated GIF of canvas | draft per step; the last frame holds longer. Colour images (ImageNet)
-    keep an adaptive palette."""
-    rgb_frames = [frame_pair(f, traj.grid, scale) for f in traj.frames]
+    """Animated GIF of canvas | draft per step; the last frame (of a finished run: the finished image,
+    clean) holds longer. Colour images (ImageNet) keep an adaptive palette."""
+    last = len(traj.frames) - 1
+    rgb_frames = [frame_pair(f, traj.grid, scale, finished=traj.complete and i == last) for i, f in enumerate(traj.frames)]
     grey = traj.frames[0].draft.shape[-1] == 1
     images = [Image.fromarray(a).quantize(palette=_PALETTE, dither=Image.Dither.NONE) if grey else Image.fromarray(a)
               for a in rgb_frames]

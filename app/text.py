@@ -63,8 +63,10 @@ at. *Counts*: tokens revealed per step, the cumulative fraction, and the CFG ste
 self-guidance steps marked, +1 pass). Labels say "step k of N": a frame at step 8 of 16 is not an 8-step
 result. The player runs in your browser: the slider, |◀ ◀ play ▶ ▶| (play resumes where it paused), and
 the arrow keys, Home and End. Click a token on the canvas or the draft to see its draft at every step
-until it was committed. **Branch** re-runs from the state after step k with new settings — the first k
-steps stay identical. **Stop** ends the run after the step in progress and keeps the steps so far.
+until it was committed. **clean** hides the outlines on every frame; the last step of a finished run is
+always drawn clean (the finished image). **Branch** re-runs from the state after step k with new
+settings — the first k steps stay identical. **Stop** ends the run after the step in progress and keeps
+the steps so far.
 
 **Which image the canvas shows.** The canvas is the decoded *draft* with the still-masked tokens greyed.
 For pixel-patch tokens (`fmnist-emigm-mini`) a token is its own 4x4 pixels, so this is exactly the committed
@@ -73,8 +75,10 @@ committed tokens next to empty ones smears zeros into them, so each committed to
 the context of the current draft instead, which is what the model commits it next to.
 
 Choices this model cannot run are greyed out (⊘) with the reason under the control; steps are capped at
-the model's token count, since every step reveals at least one token; a choice marked ⚠ runs but was
-measured to fail on this model (see Results).
+the model's token count, since a step reveals at least one token while any is masked (with the binomial
+rule a step can draw more than one, so at many steps the last ones may find nothing left: the label then
+says "revealed 0", and such a step still costs its passes); a choice marked ⚠ runs but was measured to
+fail on this model (see Results). A value that would be refused is named in one line next to its control.
 {MASK_SCHEDULE}
 {INTERVAL_CFG}
 """
@@ -93,9 +97,13 @@ same too (the sampler draws *where* and *what* from separate random streams), so
 guidance alone. With the confidence order (categorical models) each panel reveals its most confident
 tokens, so the positions may differ. A categorical (MaskGIT) model shows no guidance, CFG, CFG in an
 interval, self-guidance and both; an eMIGM model shows no guidance, CFG with the fake class (its
-`-fakecfg` twin), CFG with the mask, CFG in an interval and self-guidance. Each title gives the NFE. The difference map shows where two
-panels disagree and the step at which they first diverge: with interval CFG the panels are identical
-until the first CFG step. Grid mode shows several seeds per panel (seed, seed + 1, ...).
+`-fakecfg` twin), CFG with the mask, CFG in an interval and self-guidance. Each title gives the NFE.
+The panels run together, one step at a time, so they fill in side by side while the comparison runs.
+The difference view compares two panels over the tokens committed in both: the mean |A − B| of the
+shown images and the share of committed tokens whose values differ, per step; its headline is read off
+the same two curves. With interval CFG the committed tokens are identical until the first CFG step;
+for latent tokens the shown images may differ earlier, because the decoder mixes each committed token
+with the drafts of its still-masked neighbours. num_seeds shows several seeds per panel (seed, seed + 1, ...).
 {INTERVAL_CFG}
 {SELF_GUIDANCE}
 """

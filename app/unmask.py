@@ -29,7 +29,7 @@ from emigm.sample.trace import trace_dict
 
 from . import controls, memory, render, stepper
 from .engine import Engine, Trajectory
-from .errors import user_errors
+from .errors import message, user_errors
 from .plots import steps_label
 
 NO_RUN = "Run the sampler first: there is no trajectory in this session yet."
@@ -125,6 +125,27 @@ class Unmasking:
         gen = self.engine.load(model)
         return controls.ModelView(gen.model, gen.smoother, measured_warnings(model))
 
+    def _check(self, values: Mapping[str, Any]) -> dict[str, str]:
+        """{control: message} for every value a Run would refuse (the library's messages), shown by the
+        page next to each control as the values change; {} when a Run would start."""
+        try:
+            model = self.engine.check_name(values["model"])
+            view = self.view(model)
+        except ValueError as e:
+            return {"model": message(e)}
+        notes = controls.problems(values, view, controls.STEP_CONTROLS)
+        try:
+            controls.app_value("seed", values["seed"])
+        except ValueError as e:
+            notes["seed"] = message(e)
+        try:
+            class_index(self.engine.class_names(model), values["class_name"])
+        except ValueError as e:
+            notes["class_name"] = message(e)
+        return notes
+
+    check = controls.keyword_handler(controls.RUN_FIELDS, _check, lead=("self",))
+
     def randomise_seed(self) -> int:
         return random.SystemRandom().randrange(0, controls.DICE_MAX_SEED + 1)
 
@@ -174,6 +195,8 @@ class Unmasking:
         """Sample one image, streaming the player after every step."""
         model = self.engine.check_name(values["model"])
         sampler, guidance = controls.configs(values)
+        if not self.engine.is_loaded(model):  # the first run of a model loads it: say so, it may take a while
+            yield (stepper.status("running", f"**Loading {model}…**"),) + (gr.skip(),) * (len(OUTPUTS) - 1)
         label = class_index(self.engine.class_names(model), values["class_name"])
         seed = controls.app_value("seed", values["seed"])
         session = session_of(request)

@@ -8,15 +8,19 @@ Reports, as medians over --repeats:
 - click Run to first frame, and to the scrubber ready (status "ready": every frame drawn and
   scrubbable), for 16, 32 and 64 steps (a model with fewer tokens caps the steps at its token count;
   the row says so);
-- a Compare click to the panels ready;
+- a Compare click (16 steps) to the first frame of every panel (the comparison streams: the panels
+  advance together, so the first live frame holds all of them) and to all panels scrubbable (status
+  "ready": every step of every panel drawn); targets 1.0 s and 3 s;
 - one scrub step (the step-forward button): the time to redraw, and whether any request reached the
   server while scrubbing.
+The load average of the machine is printed before and after, beside the table.
 Timestamps come from the page itself (performance.now() when the player's data-run / data-live and the
 status' data-phase attributes change), so they include the server, the transfer and the drawing.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -89,6 +93,7 @@ def main() -> None:
     cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(a.port)]
     for m in a.model or []:
         cmd += ["--model", m]
+    load_before = f"{os.getloadavg()[0]:.2f}"
     server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{a.port}/"
     med = statistics.median
@@ -123,7 +128,8 @@ def main() -> None:
                 rows.append((f"click Run to scrubber ready, {label}", f"{med(t[1] for t in times):.2f} s"))
                 if a.screenshots and steps == a.steps[0]:
                     page.screenshot(path=str(Path(a.screenshots) / "latency-unmasking.png"))
-            # scrubbing: one step back and forth, no server call
+            # scrubbing: one step back and forth, no server call (once the last run's exports are done)
+            page.wait_for_timeout(2000)
             calls = []
             page.on("request", lambda r: calls.append(r.url) if "/gradio_api/" in r.url else None)
             scrub = page.evaluate("""async () => {
@@ -143,22 +149,34 @@ def main() -> None:
                                                                         f"{len(calls)} server calls"
                          + (f" ({', '.join(sorted({u.split('/gradio_api/')[1].split('?')[0] for u in calls}))})"
                             if calls else "")))
-            # Compare
+            # Compare, 16 steps: the first frame of every panel, then every panel scrubbable
             page.get_by_role("tab", name="Compare guidance").click()
-            cmp_times = []
+            steps_box = page.locator("#cmp-num_steps input[type=number]")
+            steps_box.fill("16")
+            steps_box.press("Enter")
+            page.wait_for_timeout(500)
+            firsts, readies = [], []
             for _ in range(a.repeats):
+                before = page.evaluate("() => document.querySelector('#compare-player .emigm-root').dataset.run")
                 t0 = click(page, "#compare-btn")
+                e = wait_for(page, lambda e: e["what"] == "player" and e["id"] == "compare-player" and e["run"] != before
+                             and e.get("n", 0) >= 1, t0)
+                firsts.append((e["t"] - t0) / 1000)
                 e = wait_for(page, lambda e: e["what"] == "status" and e["id"] == "compare-status" and e["phase"] == "ready", t0)
-                cmp_times.append((e["t"] - t0) / 1000)
+                readies.append((e["t"] - t0) / 1000)
             panels = page.evaluate("() => document.querySelectorAll('#compare-player .emigm-panel').length")
-            live = page.evaluate("() => document.querySelectorAll('#compare-player .emigm-panel canvas').length")
-            rows.append((f"Compare click to panels ready ({panels} panels, {live} with a run)", f"{med(cmp_times):.2f} s"))
+            off = page.evaluate("() => document.querySelectorAll('#compare-player .emigm-unavailable .emigm-note').length")
+            n = page.evaluate("() => document.querySelector('#compare-player .emigm-root').dataset.n")
+            what = f"{panels} panels with a run" + (f", {off} unavailable" if off else "") + f", {n} steps"
+            rows.append((f"Compare click to the first frame of every panel ({what})", f"{med(firsts):.2f} s"))
+            rows.append((f"Compare click to every panel scrubbable ({what})", f"{med(readies):.2f} s"))
             if a.screenshots:
                 page.screenshot(path=str(Path(a.screenshots) / "latency-compare.png"))
             browser.close()
     finally:
         server.terminate()
         server.wait(timeout=30)
+    print(f"load average before: {load_before}, after: {os.getloadavg()[0]:.2f} (1 min)")
     width = max(len(r[0]) for r in rows)
     print(f"| {'measure'.ljust(width)} | median of {a.repeats} |\n|{'-' * (width + 2)}|---|")
     for name, value in rows:

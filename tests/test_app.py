@@ -223,9 +223,18 @@ def test_exports(unmasking, traj):
     assert gif.rsplit("/", 1)[1] == "test-tiny-sneaker-seed0-8of8.gif"
 
 
-def test_compare_panels_share_reveal_order(engine):
+def test_compare_panels_share_reveal_order(engine, monkeypatch):
+    import app.compare as cm
+    monkeypatch.setattr(cm, "LIVE_EVERY_S", 0.0)  # every round live
+    monkeypatch.setattr(cm, "DIFF_EVERY_S", 0.0)  # with its difference
     outs = list(Compare(engine).compare(**compare_values()))
     status, player, doc, cmp, diff_fig, diff_doc = outs[-1]
+    # the panels stream together: after round k every panel shows its step k, with the difference so far
+    live = outs[:-1]
+    assert [o[1]["n"] for o in live] == list(range(1, 8)) and all(o[1]["live"] for o in live)
+    assert all(o[0]["phase"] == "running" and len(o[1]["panels"]) == 5 for o in live)
+    assert [len(o[5]["mean_abs_diff_per_step"]) for o in live] == list(range(1, 8))
+    assert all(not p["cols"] or p["steps"][-1]["nfe"] > 0 for p in live[0][1]["panels"])
     assert status["phase"] == "done" and doc["same_reveal_order"]
     live = [p for p in cmp.panels if p.traj is not None]
     assert [p.key for p in live] == ["none", "fake", "mask", "interval"]
@@ -238,7 +247,13 @@ def test_compare_panels_share_reveal_order(engine):
     assert nfe["none"] == 8 and nfe["mask"] == 16 and 8 < nfe["interval"] < 16
     first_cfg = next(f.state.step + 1 for f in cmp.panel("interval").traj.frames if f.state.cfg_active)
     assert diff_doc["diverge_step"] == first_cfg
-    assert divergence(cmp.panel("none").traj, cmp.panel("none").traj)[1] is None
+    # the headline is read off the chart's own series: no difference before the step it names
+    per_step = diff_doc["tokens_differ_per_step"]
+    assert all(x == 0 for x in per_step[:first_cfg - 1]) and per_step[first_cfg - 1] > 0
+    assert f"identical through step {first_cfg - 1}" in diff_doc["headline"]
+    assert diff_doc["headline"] in diff_fig.layout.title.text
+    same = divergence(cmp.panel("none").traj, cmp.panel("none").traj)
+    assert same.step is None and same.image_step is None and not any(same.image)
     assert player["n"] == 8 and [len(p["cols"]) for p in player["panels"]] == [2, 2, 2, 2, 0]
     assert all(f"NFE {nfe[k]}" in p["title"] for k, p in zip(nfe, player["panels"]) if nfe[k])
     assert player["view"] >= stepper.MIN_PX
@@ -272,9 +287,11 @@ def test_each_model_opens_with_the_rule_it_was_trained_for(tmp_path):
     make_export(tmp_path / "tiny", preset_config("test-tiny"))
     engine = Engine([str(tmp_path / "tiny-maskgit"), str(tmp_path / "tiny")], num_threads=1)
     mg = {"schedule": "cosine", "count_rule": "exact", "order": "confidence"}
-    assert suggested_settings(engine.load("tiny-maskgit").model) == mg == engine.suggested("tiny-maskgit")
+    cfg = {"cfg_scale": 3.0, "cfg_interval_lo": 0.1, "cfg_interval_hi": 0.3}  # suggested_guidance, as controls
+    assert suggested_settings(engine.load("tiny-maskgit").model) == mg
+    assert engine.suggested("tiny-maskgit") == {**mg, **cfg}
     assert engine.suggested("tiny") == {"schedule": preset_config("test-tiny").masking.schedule,
-                                        "count_rule": "binomial", "order": "random"}
+                                        "count_rule": "binomial", "order": "random", **cfg}
     seen, run = [], engine.run
     engine.run = lambda model, labels, seeds, sampler, guidance, **kw: seen.append(sampler) or run(
         model, labels, seeds, sampler, guidance, **kw)
@@ -564,8 +581,9 @@ def test_client_bad_input_and_still_serving(client):
     fresh = type(client)(client.src, verbose=False)
     # a new session starts with the opening run (sampled once at start-up): its tokens are there at once
     assert fresh.predict(row=0, col=0, api_name="/token_history")["num_steps"] == controls.DEFAULTS["num_steps"]
-    with pytest.raises(Exception, match="Run the comparison first"):
-        fresh.predict("none", "mask", api_name="/diff")
+    # ... and the opening comparison: the Compare tab opens with its panels and difference
+    fig, diff = fresh.predict("none", "mask", api_name="/diff")
+    assert diff["a"] == "none" and diff["b"] == "mask" and diff["steps_compared"] == controls.DEFAULTS["num_steps"]
     out = client.predict(256, 16, "exp", "binomial", 3.0, 0.1, 0.3, api_name="/schedules")
     assert out[3]["exp"]["passes"] == 19
 
@@ -615,3 +633,164 @@ def test_client_model_change_narrows_the_controls(client):
     assert controls.UNAVAILABLE in labels["mask"] and controls.UNAVAILABLE not in labels["fake"]
     assert update["cfg_mode"]["value"] == "" and update["num_steps"]["maximum"] == 16
     assert "test-tiny-fakecfg" in banner and cls["value"] == "Sneaker"
+
+
+# ----------------------------------------------------------------------------- issue 20: what a new user noticed
+
+
+def test_a_hidden_control_is_fitted_to_the_model(tmp_path):
+    """Item 2: self-guidance 1 on a model with a smoother, then a model without one: the hidden control
+    is narrowed to 0 (what that model accepts), so the run it makes starts; a link asking for it falls
+    back with a note."""
+    make_export(tmp_path / "tiny-maskgit", tiny_maskgit(), smoother=True)
+    engine = Engine([str(tmp_path / "tiny-maskgit"), "test-tiny"], num_threads=1)
+    h = Unmasking(engine)
+    with_sg, without = h.view("tiny-maskgit"), h.view("test-tiny")
+    values = run_values(model="tiny-maskgit", class_name="Bag", sg_scale=1.0)
+    assert controls.problems(values, with_sg) == {}
+    updates = dict(zip(STEP, controls.narrowed(STEP, without, values)))
+    assert updates["sg_scale"]["value"] == 0.0 and updates["sg_scale"]["visible"] is False
+    shown = {**values, "model": "test-tiny", **{k: u["value"] for k, u in updates.items() if "value" in u}}
+    assert controls.problems(shown, without) == {}
+    assert list(h.run(**shown))[-1][0]["phase"] == "done"
+    back, problems = permalink.decode({"model": "test-tiny", "sg_scale": "1"}, engine.names, engine.class_names,
+                                      h.view, engine.suggested)
+    assert back["sg_scale"] == 0.0 and any(p.startswith("sg_scale: self-guidance") for p in problems)
+
+
+def test_refused_values_are_named_by_control(unmasking):
+    """Bad input: every value a run would refuse gets the library's one line, keyed by the control that
+    holds it (the page puts it next to that control); a run refused names it in its status too."""
+    notes = unmasking.check(**run_values(head_steps=300, cfg_interval_lo=0.6, cfg_interval_hi=0.2, seed=-1))
+    assert notes["head_steps"] == "head_steps must be in [1, 250], got 300"
+    assert notes["seed"].startswith("seed must be in") and "cfg_interval_hi" not in notes  # first the values alone
+    notes = unmasking.check(**run_values(cfg_interval_lo=0.6, cfg_interval_hi=0.2))
+    assert notes == {"cfg_interval_hi": "cfg_interval needs t_lo < t_hi, got (0.6, 0.2)"}
+    assert unmasking.check(**run_values(num_steps=40)) == {
+        "num_steps": "num_steps 40 is not available: at most 16 steps: this model has 16 tokens and a step reveals "
+                     "at least one while any is masked"}
+    assert unmasking.check(**run_values(order="confidence"))["order"].startswith("order 'confidence' is not available")
+    assert unmasking.check(**run_values()) == {}
+    first = next(unmasking.run(**run_values(head_steps=300)))[0]
+    assert first["phase"] == "error" and first["notes"] == {"head_steps": "head_steps must be in [1, 250], got 300"}
+
+
+def test_sliders_reach_what_the_library_accepts(unmasking):
+    """Item 11: no display cap below the library's range (DDPM-100 is a setting the warnings cite)."""
+    view = unmasking.view("test-tiny")
+    for name in ("head_steps", "cfg_scale", "temperature", "order_temperature"):
+        assert controls.widget(name, view).maximum == controls.SPECS[name][2].high
+    assert controls.widget("num_steps", view).maximum == 16  # the model's own cap
+    assert controls.widget("head_steps", view, 100).value == 100
+
+
+def test_schedules_refuse_next_to_the_box_and_follow_the_tokens():
+    """Item 5: steps past the token count are refused with a note for num_steps, the plots kept (the
+    summary says so); the steps slider's top follows num_tokens without moving its value."""
+    gen = analysis.schedules_view(49, 64, "exp", "binomial", 3.0, 0.1, 0.3)
+    out = next(gen)
+    assert all(x is gr.skip() or x == gr.skip() for x in out[:4]) and "Not redrawn" in out[4]
+    assert "num_steps 64 is not available: at most 49 steps" in out[5]["num_steps"]
+    with pytest.raises(gr.Error):
+        next(gen)
+    ok = list(analysis.schedules_view(49, 16, "exp", "binomial", 3.0, 0.1, 0.3))[-1]
+    assert ok[5] == {} and "16 x 1.19 = 19" in ok[4]
+    cap = analysis.steps_cap(10)
+    assert cap["maximum"] == 10 and "value" not in cap
+
+
+def test_compare_check_and_defaults(engine):
+    h = Compare(engine)
+    assert h.check(**compare_values()) == {}
+    notes = h.check(**compare_values(num_steps=40, num_seeds=9, panel_b="sideways"))
+    assert set(notes) == {"num_steps", "num_seeds", "panel_b"}
+    assert h.defaults("test-tiny")["sg_scale"] == 0.0  # no smoother: the self-guidance panel says why
+
+
+def test_the_finished_frame_is_clean(traj):
+    """Item 9: the GIF's last frame (the finished image) has no outlines; the ones before do."""
+    from app import render
+    first, last = (render.frame_pair(traj.frames[i], traj.grid, 8, finished=i == len(traj.frames) - 1)
+                   for i in (3, len(traj.frames) - 1))
+    orange = lambda a: int((a == render.ORANGE).all(-1).sum())  # noqa: E731
+    assert orange(first) > 0 and orange(last) == 0
+    with Image.open(__import__("io").BytesIO(render.gif_bytes(traj, 4))) as im:
+        im.seek(im.n_frames - 1)
+        frame = np.asarray(im.convert("RGB"))
+    assert orange(frame) == 0
+
+
+def test_same_seed_same_image_in_the_cli_and_the_app(tmp_path, capsys):
+    """Item 14: a new user's defaults, through the app's API (the values /restore gives a plain visit,
+    then /run) and through `python -m emigm sample` with only the model, class and seed: the same
+    settings, the same reveal order, the same passes and the same image."""
+    from gradio_client import Client
+
+    from app.ui import build_demo, launch_kwargs
+    from emigm.cli.main import main
+
+    folder = make_export(tmp_path / "tiny", preset_config("test-tiny"))
+    demo = build_demo(Engine([str(folder)], num_threads=1))
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True,
+                            quiet=True, **launch_kwargs())
+    try:
+        client = Client(url, verbose=False)
+        restored = client.predict(api_name="/restore")
+        values = dict(zip(controls.RUN_FIELDS, [v["value"] if isinstance(v, dict) else v for v in restored]))
+        out = client.predict(**{k: values[k] for k in controls.RUN_FIELDS}, api_name="/run")
+    finally:
+        demo.close()
+    app_doc, player = out[3], out[1]
+    out_png, trace = tmp_path / "cli.png", tmp_path / "cli.json"
+    code = main(["sample", "--checkpoint", str(folder), "--class", values["class_name"], "--seed", str(values["seed"]),
+                 "--num-images", "1", "--device", "cpu", "--out", str(out_png), "--trace", str(trace)])
+    assert code == 0, capsys.readouterr().err
+    cli_doc = json.loads(trace.read_text())
+    for key in ("sampler", "guidance"):
+        cli = {k: v for k, v in cli_doc[key].items() if k != "draft"}
+        assert cli == {k: v for k, v in app_doc[key].items() if k != "draft"}, key
+    assert cli_doc["guidance"]["cfg_scale"] == 3.0 and cli_doc["guidance"]["cfg_interval"] == [0.1, 0.3]
+    assert cli_doc["total_passes"] == app_doc["total_passes"] == 19
+    assert [s["revealed"] for s in cli_doc["steps"]] == [s["revealed"] for s in app_doc["steps"]]
+    import base64
+    import io
+    with Image.open(io.BytesIO(base64.b64decode(player["sprite"].split(",")[1]))) as im:
+        sprite = np.asarray(im)
+    px = player["px"]
+    app_image = sprite[-px:, :px]
+    with Image.open(out_png) as im:
+        cli_grid = np.asarray(im.convert("L"))
+    pad, scale = 2, 4  # emigm.io.imaging.save_grid: a 2-pixel white border, then upscaled 4x
+    cli_image = cli_grid[::scale, ::scale][pad:pad + px, pad:pad + px]
+    assert np.array_equal(cli_image, app_image)
+
+
+def test_a_run_never_waits_for_another_models_load(tmp_path, monkeypatch):
+    """Item 12: the only lock a run takes is its own model's, while that model loads (once): a slow
+    load of one model does not hold up a run of another, and a run of a model not loaded yet says so
+    before it starts."""
+    import threading
+    import time
+
+    import app.engine as eng
+    engine = Engine(["test-tiny", "test-tiny-fakecfg"], num_threads=1)
+    h = Unmasking(engine)
+    list(h.run(**run_values(num_steps=2)))  # test-tiny loaded
+    real, started = eng.Engine._load, threading.Event()
+
+    def slow(self, src):
+        if src.name == "test-tiny-fakecfg":
+            started.set()
+            time.sleep(3)
+        return real(self, src)
+
+    monkeypatch.setattr(eng.Engine, "_load", slow)
+    loading = threading.Thread(target=lambda: list(h.run(**run_values(model="test-tiny-fakecfg", num_steps=2))))
+    loading.start()
+    assert started.wait(10)
+    t0 = time.perf_counter()
+    assert list(h.run(**run_values(num_steps=2)))[-1][0]["phase"] == "done"
+    assert time.perf_counter() - t0 < 2.5  # not behind the other model's 3 s load
+    loading.join()
+    first = next(Unmasking(Engine(["test-tiny"], num_threads=1)).run(**run_values(num_steps=2)))
+    assert first[0]["phase"] == "running" and "Loading test-tiny" in first[0]["text"]

@@ -41,9 +41,9 @@ def test_schedule_table_is_readable(capsys):
 
 @pytest.mark.parametrize("args,needle", [
     (["schedule", "--schedule", "sigmoid"], "valid: linear, cosine, exp"),
-    (["schedule", "--steps", "0"], "num_steps"),
-    (["schedule", "--cfg-interval", "0.4", "0.2"], "cfg_interval"),
-    (["schedule", "--cfg", "-1"], "cfg_scale"),
+    (["schedule", "--steps", "0"], "--steps must be in [1, 1024], got 0"),  # the option as typed
+    (["schedule", "--cfg-interval", "0.4", "0.2"], "--cfg-interval needs t_lo < t_hi"),
+    (["schedule", "--cfg", "-1"], "--cfg must be in [0, 50]"),
     (["schedule", "--head-solver", "euler"], "ddpm, dpm, dpm2m"),
     (["sample", "--checkpoint", "no-such-model"], "no model export"),
     (["sample", "--preset", "nope", "--random-init"], "unknown preset"),
@@ -63,7 +63,7 @@ def test_bad_input_is_one_line_exit_2(args, needle, capsys):
 @pytest.mark.slow
 def test_process_exit_code_is_2_without_traceback():
     r = run("schedule", "--schedule", "sigmoid")
-    assert r.returncode == 2 and r.stderr.startswith("error: unknown schedule") and "Traceback" not in r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("error: unknown --schedule") and "Traceback" not in r.stderr
 
 
 def test_corrupt_checkpoint_is_refused(tmp_path, capsys):

@@ -259,8 +259,9 @@ def test_train_sg_end_to_end_then_sample(tmp_path, capsys):
     gen = load_pipeline(export)
     assert gen.smoother is not None
     out = tmp_path / "grid.png"
-    assert cli.main(["sample", "--checkpoint", str(export), "--sg", "1.0", "--order", "confidence", "--steps", "4",
-                     "--count-rule", "exact", "--schedule", "cosine", "--num-images", "2", "--out", str(out),
+    # --cfg 1: self-guidance alone (the model's suggested guidance would add CFG steps)
+    assert cli.main(["sample", "--checkpoint", str(export), "--sg", "1.0", "--cfg", "1", "--order", "confidence",
+                     "--steps", "4", "--count-rule", "exact", "--schedule", "cosine", "--num-images", "2", "--out", str(out),
                      "--device", "cpu"]) == 0
     assert out.is_file()
     assert "8 transformer passes" in capsys.readouterr().out
@@ -268,9 +269,9 @@ def test_train_sg_end_to_end_then_sample(tmp_path, capsys):
 
 @pytest.mark.parametrize("args,match", [
     (["--sg", "1.0"], "self-guidance smoother"),
-    (["--sg", "-1"], r"sg_scale must be in \[0, 20\]"),
-    (["--sg", "nan"], "sg_scale must be a finite number"),
-    (["--sg", "1", "--sg-interval", "0.5", "0.2"], "sg_interval needs t_lo < t_hi"),
+    (["--sg", "-1"], r"--sg must be in \[0, 20\]"),  # named as typed
+    (["--sg", "nan"], "--sg must be a finite number"),
+    (["--sg", "1", "--sg-interval", "0.5", "0.2"], "--sg-interval needs t_lo < t_hi"),
 ])
 def test_bad_self_guidance_input_is_one_line(tmp_path, capsys, args, match):
     code = cli.main(["sample", "--preset", "test-tiny", "--random-init", "--steps", "2", "--device", "cpu",

@@ -1,11 +1,14 @@
-/* eMIGM Explorer, in the browser: the step player (Unmasking and Compare), the status line, and
-   disabled choices. Loaded once in the page head; gr.HTML components call emigmPlayer / emigmStatus
-   from their js_on_load. Scrubbing, play / pause, step buttons, arrow keys and a token's history all
-   run here, with no server call. */
+/* eMIGM Explorer, in the browser: the step player (Unmasking and Compare), the status line, the notes
+   next to refused values, the permalink and disabled choices. Loaded once in the page head; gr.HTML
+   components call emigmPlayer / emigmStatus / emigmNotes from their js_on_load. Scrubbing, play /
+   pause, step buttons, arrow keys, the clean toggle and a token's history all run here, with no
+   server call. Images are drawn at a whole multiple of their own size that fits the window (at least
+   the payload's `view`), nearest-neighbour, so every image pixel is a crisp square. */
 (function () {
   if (window.emigmPlayer) return; // the page may add its head twice
   const GREY = "#808080", ORANGE = "#E69F00", SKY = "#56B4E9", PURPLE = "#CC79A7", CFG_FILL = "rgba(230,159,0,0.22)";
   const VIRIDIS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b", "#fde725"];
+  const GAP = 10; // px between views and panels
   const drawn = (window.emigmDrawn = window.emigmDrawn || {});
   let active = null; // the player the arrow keys drive
 
@@ -34,8 +37,39 @@
   }
 
   function Player(root, trigger) {
+    root.emigmPlayer = this; // for tests and benchmarks: the payload and step shown
     this.root = root; this.trigger = trigger; this.k = 0; this.timer = null; this.data = null; this.pick = null;
+    this.clean = false; this.V = 0; this.width = 0;
+    if (window.ResizeObserver) { // the window (or the tab becoming visible) decides the image size
+      new ResizeObserver(() => {
+        const w = this.root.clientWidth;
+        if (!this.data || Math.abs(w - this.width) < 1) return;
+        this.width = w;
+        if (this.layout().V !== this.V) { this.build(); this.draw(); }
+      }).observe(root);
+    }
   }
+
+  // The image size V (a whole multiple of the image's own size, at least d.view) and the Compare
+  // grid: panels per row and image columns per panel.
+  Player.prototype.layout = function () {
+    const d = this.data, px = d.px, min = d.view, W = this.root.clientWidth || 900;
+    const top = this.root.getBoundingClientRect().top + window.scrollY, H = window.innerHeight;
+    const fit = x => Math.floor(x / px) * px;
+    if (d.kind === "unmask") { // three views in a row, the bar and the chart below them on one screen
+      const w = fit((W - 2 * GAP - 6) / 3), h = fit(H - top - 300);
+      return { V: Math.max(min, Math.min(w, h)) };
+    }
+    const live = d.panels.filter(p => p.cols.length), P = Math.max(1, live.length);
+    const B = Math.max(1, ...live.map(p => p.cols.length)), cols = B === 1 ? 1 : 2, rowsIn = Math.ceil(B / cols);
+    const widthOf = V => cols * V + (cols - 1) * 4;
+    let most = P; // panels per row: as many as fit at the smallest size
+    while (most > 1 && most * widthOf(min) + (most - 1) * GAP > W) most--;
+    const rows = Math.ceil(P / most), per = Math.ceil(P / rows);
+    const w = fit(((W - (per - 1) * GAP) / per - (cols - 1) * 4) / cols);
+    const h = fit(((H - top - 40) / rows - 64) / rowsIn);
+    return { V: Math.max(min, Math.min(w, h)), per, cols };
+  };
 
   Player.prototype.set = async function (d) {
     if (!d || !d.sprite) { this.root.replaceChildren(); this.data = null; return; }
@@ -55,43 +89,45 @@
   };
 
   Player.prototype.build = function () {
-    const d = this.data, V = d.view, self = this;
-    const canvas = (cls, title) => el("canvas", { width: V, height: V, class: "emigm-view " + cls, title: title || "" });
+    const d = this.data, self = this, lay = this.layout(), V = (this.V = lay.V);
+    this.width = this.root.clientWidth;
+    const canvas = (cls, title) => el("canvas", { width: V, height: V, class: "emigm-view " + cls, title: title || "",
+      style: `width:${V}px;height:${V}px` });
     this.views = [];
     const body = el("div", { class: "emigm-body" });
     if (d.kind === "unmask") {
       const p = d.panels[0];
-      const fig = (cv, cap) => el("figure", {}, cv, el("figcaption", {}, cap));
+      const fig = (cv, cap) => el("figure", { style: `width:${V}px` }, cv, el("figcaption", {}, cap));
       const cv = canvas("canvas", "click a token to see its history"), dr = canvas("draft", "click a token to see its history"), wh = canvas("when");
       this.views.push({ cv, kind: "canvas", col: p.cols[0], when: p.when[0] }, { cv: dr, kind: "draft", col: p.cols[0], when: p.when[0] },
         { cv: wh, kind: "when", col: p.cols[0], when: p.when[0] });
       for (const c of [cv, dr]) c.addEventListener("click", ev => self.onPick(ev, c));
-      const bar = el("div", { class: "emigm-colorbar", style: `width:${V}px` },
-        el("span", {}, "1"), el("i", {}), el("span", {}, String(d.N)));
+      const bar = el("div", { class: "emigm-colorbar" }, el("span", {}, "1"), el("i", {}), el("span", {}, String(d.N)));
+      this.caption = el("span", {});
       body.append(el("div", { class: "emigm-images" },
-        fig(cv, "canvas · grey = masked · orange = revealed now"), fig(dr, "draft · blue = not committed yet"),
-        fig(wh, bar), ));
+        fig(cv, this.caption), fig(dr, "draft · blue = not committed yet"), fig(wh, bar)));
       this.chart = el("div", { class: "emigm-chart" });
       body.append(this.chart);
       this.history = el("div", { class: "emigm-history" }, el("span", { class: "emigm-hint" },
         d.live ? "" : "Click a token on the canvas or the draft to see its draft at every step until it was committed."));
       body.append(this.history);
     } else {
-      const row = el("div", { class: "emigm-panels" });
+      // panels in a grid whose rows are shared (subgrid): a title that wraps moves no image
+      const row = el("div", { class: "emigm-panels", style: `grid-template-columns:repeat(${lay.per}, max-content)` });
+      const off = el("div", { class: "emigm-unavailable" });
       this.captions = [];
-      d.panels.forEach((p, i) => {
-        const box = el("div", { class: "emigm-panel", style: `width:${V}px` });
-        const cap = el("div", { class: "emigm-ptitle" }, el("b", {}, p.title));
+      d.panels.forEach(p => {
+        if (!p.cols.length) { off.append(el("div", { class: "emigm-note" }, el("b", {}, p.title), ": ", p.note)); return; }
         const sub = el("div", { class: "emigm-psub" });
-        box.append(cap, sub);
-        if (!p.cols.length) box.append(el("div", { class: "emigm-note", style: `height:${V}px` }, p.note));
-        p.cols.forEach((c, b) => { const cv = canvas("canvas"); box.append(cv); self.views.push({ cv, kind: "canvas", col: c, when: p.when[b] }); });
+        const imgs = el("div", { class: "emigm-pimages", style: `grid-template-columns:repeat(${Math.min(lay.cols, p.cols.length)}, ${V}px)` });
+        p.cols.forEach((c, b) => { const cv = canvas("canvas"); imgs.append(cv); self.views.push({ cv, kind: "canvas", col: c, when: p.when[b] }); });
+        row.append(el("div", { class: "emigm-panel" }, el("div", { class: "emigm-ptitle" }, el("b", {}, p.title)), sub, imgs));
         this.captions.push([p, sub]);
-        row.append(box);
       });
       body.append(row);
+      if (off.childElementCount) body.append(off);
     }
-    // controls: first, back, play / pause, forward, last, slider, label
+    // controls: first, back, play / pause, forward, last, slider, label, clean
     const btn = (txt, title, fn) => el("button", { class: "emigm-btn", title, onclick: fn, type: "button" }, txt);
     this.playBtn = btn("play", "play / pause (space)", () => self.toggle());
     this.range = el("input", { type: "range", min: 1, max: d.n, step: 1, value: this.k + 1, class: "emigm-range",
@@ -99,11 +135,15 @@
     this.range.addEventListener("input", () => self.go(parseInt(self.range.value, 10) - 1));
     this.label = el("span", { class: "emigm-label" });
     this.detail = el("div", { class: "emigm-detail" });
+    const clean = el("input", { type: "checkbox", class: "emigm-clean-box" });
+    clean.checked = this.clean;
+    clean.addEventListener("change", () => { self.clean = clean.checked; self.draw(); });
     const bar = el("div", { class: "emigm-bar" },
       btn("|◀", "first step (Home)", () => self.go(0)), btn("◀", "step back (←)", () => self.go(self.k - 1)),
       this.playBtn, btn("▶", "step forward (→)", () => self.go(self.k + 1)), btn("▶|", "last step (End)", () => self.go(d.n - 1)),
-      this.range, this.label);
-    if (d.live) for (const b of bar.querySelectorAll("button, input")) b.disabled = true;
+      this.range, this.label,
+      el("label", { class: "emigm-clean", title: "hide the outlines on every frame" }, clean, "clean"));
+    if (d.live) for (const b of bar.querySelectorAll("button, input[type=range]")) b.disabled = true;
     this.root.replaceChildren(el("div", { class: "emigm-player", tabindex: 0 }, bar, this.detail, body));
     this.root.firstChild.addEventListener("focusin", () => { active = self; });
     this.root.firstChild.addEventListener("pointerdown", () => { active = self; });
@@ -112,7 +152,7 @@
 
   Player.prototype.buildChart = function () {
     const d = this.data, steps = d.steps, N = d.N, L = d.L, self = this;
-    const W = Math.max(360, Math.min(900, this.root.clientWidth || 640)), H = 150, l = 36, r = 44, t = 8, b = 24;
+    const W = Math.max(360, Math.min(3 * this.V + 2 * GAP, this.root.clientWidth || 640)), H = 150, l = 36, r = 44, t = 8, b = 24;
     const x = s => l + (s - 0.5) * (W - l - r) / N, bw = Math.max(2, 0.7 * (W - l - r) / N);
     const maxC = Math.max(1, ...steps.map(s => s.revealed));
     const y = c => t + (H - t - b) * (1 - c / maxC), yf = f => t + (H - t - b) * (1 - f);
@@ -123,9 +163,10 @@
       if (s.cfg) g.append(svg("rect", { x: x(k) - (W - l - r) / N / 2, y: t, width: (W - l - r) / N, height: H - t - b, fill: CFG_FILL }));
       const rect = svg("rect", { x: x(k) - bw / 2, y: y(s.revealed), width: bw, height: H - b - y(s.revealed), fill: "#0072B2", class: "emigm-barstep" });
       const tip = svg("title", {});
-      tip.textContent = `${stepLabel(k, N)}\nrevealed ${s.revealed} tokens (${Math.round(100 * cum / L)}% so far)\n${s.passes} pass${s.passes > 1 ? "es" : ""}` +
+      tip.textContent = `${stepLabel(k, N)}\nrevealed ${s.revealed} tokens (${Math.round(100 * cum / L)}% so far)` +
+        `${s.revealed === 0 ? " · nothing was left to reveal" : ""}\n${s.passes} pass${s.passes > 1 ? "es" : ""}` +
         `${s.cfg ? ` (CFG ×${s.cfg})` : ""}${s.sg ? ` (self-guidance ${s.sg})` : ""}\n${Math.round(s.ms)} ms`;
-      rect.append(tip); rect.addEventListener("click", () => self.go(i - d.first >= 0 ? i : i));
+      rect.append(tip); rect.addEventListener("click", () => self.go(i));
       g.append(rect);
       if (s.sg) g.append(svg("circle", { cx: x(k), cy: t + 4, r: 3, fill: PURPLE }));
       pts.push(`${x(k)},${yf(cum / L)}`);
@@ -151,8 +192,15 @@
     this.chart.replaceChildren(legend, g);
   };
 
+  // Outlines (this step's reveals, the draft's uncommitted tokens, the picked token) are drawn unless
+  // the clean toggle is on, or this is the last step of a finished run: the finished image, clean.
+  Player.prototype.outlined = function (k) {
+    const d = this.data;
+    return !this.clean && !(d.complete && k === d.n - 1);
+  };
+
   Player.prototype.drawView = function (v, k) {
-    const d = this.data, ctx = v.cv.getContext("2d"), V = d.view, g = d.grid, c = V / g, step = k + 1;
+    const d = this.data, cv = v.cv, ctx = cv.getContext("2d"), V = cv.width, g = d.grid, c = V / g, step = k + 1;
     ctx.imageSmoothingEnabled = false;
     if (v.kind === "when") {
       ctx.fillStyle = "#f2f2f2"; ctx.fillRect(0, 0, V, V);
@@ -162,17 +210,17 @@
       }
       return;
     }
-    const row = k - d.first, px = d.px;
+    const row = k - d.first, px = d.px, lines = this.outlined(k);
     ctx.drawImage(this.img, v.col * px, row * px, px, px, 0, 0, V, V);
     const lw = Math.max(2, Math.round(c / 8));
     for (let i = 0; i < g * g; i++) {
       const w = v.when[i], x = (i % g) * c, y = Math.floor(i / g) * c, masked = w === 0 || w > step;
       if (v.kind === "canvas") {
         if (masked) { ctx.fillStyle = GREY; ctx.fillRect(x, y, c, c); }
-        else if (w === step) { ctx.strokeStyle = ORANGE; ctx.lineWidth = lw; ctx.strokeRect(x + lw / 2, y + lw / 2, c - lw, c - lw); }
-      } else if (masked) { ctx.strokeStyle = SKY; ctx.lineWidth = Math.max(1, lw / 2); ctx.strokeRect(x + 0.5, y + 0.5, c - 1, c - 1); }
+        else if (w === step && lines) { ctx.strokeStyle = ORANGE; ctx.lineWidth = lw; ctx.strokeRect(x + lw / 2, y + lw / 2, c - lw, c - lw); }
+      } else if (masked && lines) { ctx.strokeStyle = SKY; ctx.lineWidth = Math.max(1, lw / 2); ctx.strokeRect(x + 0.5, y + 0.5, c - 1, c - 1); }
     }
-    if (this.pick && v.kind !== "when" && this.data.kind === "unmask") {
+    if (this.pick && lines && d.kind === "unmask") {
       const [r, cc] = this.pick; ctx.strokeStyle = PURPLE; ctx.lineWidth = lw; ctx.strokeRect(cc * c + lw / 2, r * c + lw / 2, c - lw, c - lw);
     }
   };
@@ -181,21 +229,27 @@
     const d = this.data, k = this.k, N = d.N;
     for (const v of this.views) this.drawView(v, k);
     this.range.value = k + 1;
-    this.label.textContent = stepLabel(k + 1, N) + (d.live ? " · sampling…" : d.n < N ? ` (stopped: ${d.n} sampled)` : "");
+    const finished = d.complete && k === d.n - 1;
+    this.label.textContent = stepLabel(k + 1, N) + (d.live ? " · sampling…" : d.n < N ? ` (stopped: ${d.n} sampled)` : finished ? " · finished" : "");
     this.root.dataset.k = k;
+    this.root.dataset.clean = this.outlined(k) ? "0" : "1";
     if (d.kind === "unmask") {
       const s = d.steps[k], L = d.L;
       let cum = 0; for (let i = 0; i <= k; i++) cum += d.steps[i].revealed;
       const guide = [s.cfg ? `CFG ×${s.cfg}` : "no CFG", s.sg ? `self-guidance ${s.sg}` : ""].filter(Boolean).join(" + ");
-      this.detail.textContent = `t ${s.t.toFixed(3)} → s ${s.s.toFixed(3)} · ${guide} · revealed ${s.revealed} (${Math.round(100 * cum / L)}% of ${L} tokens) · NFE so far ${s.nfe} · ${Math.round(s.ms)} ms` +
+      const revealed = s.revealed === 0 && cum === L
+        ? `revealed 0: every token was already revealed, yet the step ran (${s.passes} pass${s.passes > 1 ? "es" : ""})`
+        : `revealed ${s.revealed} (${Math.round(100 * cum / L)}% of ${L} tokens)`;
+      this.detail.textContent = `t ${s.t.toFixed(3)} → s ${s.s.toFixed(3)} · ${guide} · ${revealed} · NFE so far ${s.nfe} · ${Math.round(s.ms)} ms` +
         (d.branched_from && k < d.branched_from ? ` · from the parent run (branched after step ${d.branched_from})` : "");
+      this.caption.textContent = finished ? "canvas · the finished image" :
+        this.outlined(k) ? "canvas · grey = masked · orange = revealed now" : "canvas · grey = masked";
       if (this.cursor) { const xx = this.xOf(k + 1); this.cursor.setAttribute("x1", xx); this.cursor.setAttribute("x2", xx); }
     } else {
-      this.detail.textContent = "same seed and the same reveal rule in every panel";
+      this.detail.textContent = "same seed and the same reveal rule in every panel" + (d.live ? " · the panels fill in step by step" : "");
       for (const [p, sub] of this.captions) {
-        if (!p.steps) { sub.textContent = ""; continue; }
         const s = p.steps[Math.min(k, p.steps.length - 1)];
-        sub.textContent = `NFE ${s.nfe} of ${p.nfe} · ${p.ms} ms in all`;
+        sub.textContent = d.live ? `NFE ${s.nfe} so far` : `NFE ${s.nfe} of ${p.nfe} · ${p.ms} ms in all`;
       }
     }
   };
@@ -244,7 +298,7 @@
 
   document.addEventListener("keydown", ev => {
     const t = ev.target; if (!active || !active.data || !active.root.isConnected || active.root.offsetParent === null) return;
-    if (t && (t.tagName === "INPUT" && t.type !== "range" || t.tagName === "TEXTAREA" || t.isContentEditable)) return;
+    if (t && (t.tagName === "INPUT" && t.type !== "range" && t.type !== "checkbox" || t.tagName === "TEXTAREA" || t.isContentEditable)) return;
     const keys = { ArrowLeft: () => active.go(active.k - 1), ArrowRight: () => active.go(active.k + 1), Home: () => active.go(0),
       End: () => active.go(active.data.n - 1), " ": () => active.toggle() };
     if (t && t.type === "range" && ev.key !== " ") return; // the slider moves itself
@@ -259,26 +313,87 @@
     if (watch) watch("value", () => p.set(props.value));
   };
 
+  // ------------------------------------------------------------------ notes next to refused values
+
+  // notes: {control: message} for the controls whose elem_id is prefix + control; replaces the notes
+  // of that prefix
+  function placeNotes(prefix, notes) {
+    for (const old of document.querySelectorAll(`.emigm-field-note[data-prefix="${prefix}"]`)) old.remove();
+    for (const [name, msg] of Object.entries(notes || {})) {
+      const block = document.getElementById(prefix + name);
+      if (!block) continue;
+      block.after(el("div", { class: "emigm-field-note", "data-prefix": prefix, "data-for": name, role: "alert" }, msg));
+    }
+  }
+
+  window.emigmNotes = function (element, props, watch) {
+    const root = element.querySelector(".emigm-notes") || element, prefix = root.dataset.prefix || "ctl-";
+    const show = () => placeNotes(prefix, props.value || {});
+    show();
+    if (watch) watch("value", show);
+  };
+
+  // ------------------------------------------------------------------ the status line
+
+  const WAIT_MS = 1500, QUIET_MS = 5000; // "waiting for the sampler" after this; "no news" after that
   window.emigmStatus = function (element, props, watch) {
-    const root = element.querySelector(".emigm-status") || element;
+    const root = element.querySelector(".emigm-status") || element, prefix = root.dataset.prefix || "ctl-";
+    let since = performance.now(), text = "", phase = "";
+    const render = () => {
+      let extra = "";
+      const quiet = performance.now() - since;
+      if (phase === "waiting" && quiet > WAIT_MS)
+        extra = ` for ${Math.round(quiet / 1000)} s: the sampler runs one request at a time and another run ` +
+          "(this tab's, another tab's or another person's) is using it";
+      else if (phase === "running" && quiet > QUIET_MS) extra = ` · no news from the server for ${Math.round(quiet / 1000)} s`;
+      root.dataset.phase = phase; root.className = "emigm-status phase-" + phase;
+      root.innerHTML = ""; root.append(el("span", { class: "dot" }), ...renderBold(text + extra));
+    };
     const show = () => {
-      const v = props.value || {}; let phase = v.phase || "", text = v.text || "";
+      const v = props.value || {}; phase = v.phase || ""; text = v.text || ""; since = performance.now();
       if (phase === "done" || phase === "stopped") {
         if (!drawn[v.run]) { phase = "rendering"; text = "Rendering… " + text; }
         else text = (v.phase === "done" ? "Ready: " : "") + text;
         if (v.phase === "done" && drawn[v.run]) phase = "ready";
       }
-      root.dataset.phase = phase; root.className = "emigm-status phase-" + phase;
-      root.innerHTML = ""; root.append(el("span", { class: "dot" }), ...renderBold(text));
+      if (v.phase === "error") placeNotes(prefix, v.notes || {});
+      render();
     };
+    root.emigmWait = () => { phase = "waiting"; text = "**Starting…** waiting for the sampler"; since = performance.now(); render(); };
+    setInterval(() => { if (phase === "waiting" || phase === "running") render(); }, 1000);
     document.addEventListener("emigm-drawn", e => { if ((props.value || {}).run === e.detail) show(); });
     show();
     if (watch) watch("value", show);
+  };
+  // a button's js: its request is on its way; the status says so until the server answers
+  window.emigmWaiting = function (statusId) {
+    const root = document.querySelector(`#${statusId} .emigm-status`);
+    if (root && root.emigmWait) root.emigmWait();
   };
 
   function renderBold(text) { // **bold** spans only
     return text.split(/(\*\*[^*]+\*\*)/).map(s => s.startsWith("**") ? el("b", {}, s.slice(2, -2)) : document.createTextNode(s));
   }
+
+  // ------------------------------------------------------------------ the permalink
+
+  // the query of permalink.encode: floats as %.6g, whole ones without a point
+  window.emigmLink = function (names, vals) {
+    const q = new URLSearchParams();
+    names.forEach((n, i) => {
+      const v = vals[i];
+      if (v === null || v === undefined) return;
+      q.append(n, typeof v === "number" ? (Number.isInteger(v) ? String(v) : String(Number(v.toPrecision(6)))) : String(v));
+    });
+    return `${location.origin}${location.pathname}?${q.toString()}`;
+  };
+
+  // A number typed into a slider's box stays as typed: Gradio would clamp it into the slider's range
+  // when the box loses focus; the server refuses it instead, with a note next to the box.
+  document.addEventListener("blur", ev => {
+    const t = ev.target;
+    if (t instanceof HTMLInputElement && t.type === "number" && t.closest(".sidebar")) ev.stopImmediatePropagation();
+  }, true);
 
   // Disabled choices: a radio option whose label ends with ⊘ cannot be picked; its reason is in the
   // control's info line and in the option's tooltip.

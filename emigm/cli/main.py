@@ -12,7 +12,7 @@ from emigm.cli.train import register as register_training
 from emigm.core import distributed as dist
 from emigm.core.config import MAX_TOKENS, to_dict
 from emigm.core.devices import resolve_device
-from emigm.core.fields import check_number, describe, field_names
+from emigm.core.fields import FieldError, check_number, describe, field_names
 from emigm.core.fileio import check_output_file, write_text
 from emigm.core.guidance import GuidanceConfig
 from emigm.core.labels import parse_class
@@ -23,7 +23,7 @@ from emigm.eval.scoring import check_request, evaluate_generator
 from emigm.io.imaging import save_grid
 from emigm.io.loading import load_pipeline, random_pipeline
 from emigm.nn.budget import MAX_IMAGES, MAX_SAMPLES, check_sampling_size
-from emigm.sample.capabilities import check_capabilities, suggested_settings
+from emigm.sample.capabilities import check_capabilities, suggested_guidance, suggested_settings
 from emigm.sample.checks import check_finite
 from emigm.sample.options import AnatomyOptions
 from emigm.sample.sampler import SamplerConfig, sample_steps
@@ -49,17 +49,20 @@ class ArgParser(argparse.ArgumentParser):
 # ----------------------------------------------------------------------------- shared options
 
 
-# options whose default, where a model is loaded, is the rule that model was trained for
-# (emigm.sample.capabilities.suggested_settings): what each default is, for the help text
+# options whose default, where a model is loaded, is what that model runs with unless told otherwise:
+# the rule it was trained for (emigm.sample.capabilities.suggested_settings) and its suggested guidance
+# (suggested_guidance), the same defaults as the explorer's; what each default is, for the help text
 MODEL_RULE = {"schedule": "its training schedule: exp for eMIGM, cosine for MaskGIT",
               "count_rule": "binomial for eMIGM, exact for MaskGIT",
-              "order": "random for eMIGM, confidence for MaskGIT"}
+              "order": "random for eMIGM, confidence for MaskGIT",
+              "cfg_scale": "the model's suggested guidance, 3",
+              "cfg_interval": "the model's suggested guidance, (0.1, 0.3]"}
 
 
 def add_field_args(p: argparse.ArgumentParser, cls, title: str, model_rule: bool = False) -> None:
     """One option per option field of the dataclass `cls` (emigm.core.fields): its CLI spelling, type,
     default and help, with the valid choices or range in the help text. With `model_rule`, the
-    MODEL_RULE options default to None: "the loaded model's rule" (see sampler_configs)."""
+    MODEL_RULE options default to None: "what the loaded model runs with" (see sampler_configs)."""
     import typing
 
 
@@ -84,7 +87,7 @@ def add_field_args(p: argparse.ArgumentParser, cls, title: str, model_rule: bool
 
 def add_sampler_args(p: argparse.ArgumentParser, model_rule: bool = False) -> None:
     add_field_args(p, SamplerConfig, "sampler", model_rule)
-    add_field_args(p, GuidanceConfig, "guidance")
+    add_field_args(p, GuidanceConfig, "guidance", model_rule)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -100,18 +103,23 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def sampler_configs(a: argparse.Namespace, draft: bool = False, model=None):
     """(SamplerConfig, GuidanceConfig) from the parsed option fields. Options left unset (None: the
-    MODEL_RULE ones) take the rule `model` was trained for, or, before a model is loaded, the field
-    defaults (so that every given value is checked before anything is loaded)."""
+    MODEL_RULE ones) take what `model` runs with unless told otherwise (the rule it was trained for and
+    its suggested guidance, emigm.sample.capabilities), or, before a model is loaded, the field defaults
+    (so that every given value is checked before anything is loaded)."""
     import dataclasses
 
+    def values(cls, rule):
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        out = {}
+        for n in field_names(cls):
+            v = getattr(a, n)
+            v = rule.get(n, defaults[n]) if v is None else v
+            out[n] = tuple(v) if isinstance(v, list) else v
+        return out
 
-    rule = suggested_settings(model) if model is not None else {}
-    defaults = {f.name: f.default for f in dataclasses.fields(SamplerConfig)}
-    values = {n: getattr(a, n) for n in field_names(SamplerConfig)}
-    values = {n: (rule.get(n, defaults[n]) if v is None else v) for n, v in values.items()}
-    sampler = SamplerConfig(**values, draft=draft)
-    guidance = GuidanceConfig(**{n: (tuple(v) if isinstance(v := getattr(a, n), list) else v)
-                                 for n in field_names(GuidanceConfig)})
+    sampler = SamplerConfig(**values(SamplerConfig, suggested_settings(model) if model is not None else {}),
+                            draft=draft)
+    guidance = GuidanceConfig(**values(GuidanceConfig, suggested_guidance(model) if model is not None else {}))
     return sampler, guidance
 
 
@@ -341,7 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
     register_training(sub)
+    for s in sub.choices.values():
+        s.set_defaults(option_names=option_names(s))
     return p
+
+
+def option_names(p: argparse.ArgumentParser) -> dict[str, str]:
+    """{dest: the option as typed} for the options of one command (num_steps -> --steps)."""
+    return {a.dest: a.option_strings[-1] for a in p._actions if a.option_strings and a.dest != "help"}
 
 
 def _os_message(e: OSError) -> str:
@@ -360,9 +375,12 @@ def _out_of_memory(e: BaseException) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    args = None
     try:
         args = parser.parse_args(argv)
         args.func(args)
+    except FieldError as e:  # named as the user typed it: --steps, not num_steps
+        return _fail(e.named(getattr(args, "option_names", {}).get(e.field, e.field)))
     except (CliError, ValueError, CheckpointError) as e:
         return _fail(str(e))
     except OSError as e:  # WriteError and FileNotFoundError included

@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from emigm.core.fields import check_fields, coerce_tuples, option, parse_float, parse_int, show
+from emigm.core.fields import FieldError, check_fields, coerce_tuples, option, parse_float, parse_int, show
 from emigm.core.names import (
     DATASETS,
     DISTRIBUTIONS,
@@ -313,6 +313,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     kwargs = {k: _coerce(hints[k], v, f"{where}{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
+    except FieldError as e:  # "num_heads must be ..." -> "backbone.num_heads must be ..."
+        if not where or e.field not in names:
+            raise
+        raise e.renamed(where + e.field) from None
     except ValueError as e:
         msg = str(e)
         if not where:

@@ -7,6 +7,10 @@ tuple) or numeric range, and how the CLI spells it. From that one description:
   and what is allowed;
 - `emigm.cli.main` generates its arguments (`add_field_args`) and `app.controls` its widgets from the same
   fields, so no name, default, choice list or range is written twice.
+
+A refused value raises `FieldError`, a ValueError that knows which field it is about: `named(x)` gives the
+same message naming the field as the user spelled it (the CLI's `--steps` for `num_steps`, a config file's
+`backbone.width`), and the explorer shows it next to that field's control.
 """
 from __future__ import annotations
 
@@ -18,6 +22,26 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 Choices = Mapping[str, Any] | tuple[str, ...] | Callable[[], Iterable[str]]
+
+
+NAME = "{name}"  # where a FieldError's message names its field
+
+
+class FieldError(ValueError):
+    """A value refused for one field. field: the name the message is about; str(): the one-line
+    message; named(x): the same message naming the field as x."""
+
+    def __init__(self, field: str, template: str) -> None:
+        self.field = field
+        self.template = template  # the message with NAME where the field's name goes
+        super().__init__(template.replace(NAME, field))
+
+    def named(self, name: str) -> str:
+        return self.template.replace(NAME, name)
+
+    def renamed(self, name: str) -> "FieldError":
+        """The same error about a field now called `name`."""
+        return FieldError(name, self.template)
 
 
 @dataclass(frozen=True)
@@ -107,16 +131,16 @@ def parse_float(text: str) -> float:
 
 def _number(name: str, value: Any, integer: bool, spec: Spec) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {show(value)}")
+        raise FieldError(name, f"{NAME} must be {'an integer' if integer else 'a number'}, got {show(value)}")
     if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise FieldError(name, f"{NAME} must be a finite number, got {value!r}")
     if integer and not isinstance(value, int):
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
+        raise FieldError(name, f"{NAME} must be a whole number, got {value!r}")
     lo, hi = spec.low, spec.high
     below = lo is not None and (value <= lo if spec.open_low else value < lo)
     above = hi is not None and (value >= hi if spec.open_high else value > hi)
     if below or above:
-        raise ValueError(f"{name} must be in {spec.range_text()}, got {show(value)}")
+        raise FieldError(name, f"{NAME} must be in {spec.range_text()}, got {show(value)}")
 
 
 def check_number(name: str, value: Any, low: float | None = None, high: float | None = None, *,
@@ -136,18 +160,19 @@ def check_value(name: str, value: Any, tp: Any, spec: Spec) -> None:
     """Raise ValueError (one line) unless `value` fits the field's type and spec."""
     if spec.choices is not None:
         if value not in spec.names():
-            raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(repr(n) if n == '' else n for n in spec.names())}")
+            valid = ", ".join(repr(n) if n == "" else n for n in spec.names())
+            raise FieldError(name, f"unknown {NAME} {value!r}; valid: {valid}")
         return
     origin = typing.get_origin(tp)
     if origin is tuple:
         if not isinstance(value, tuple) or len(value) != spec.nargs:
-            raise ValueError(f"{name} must be {spec.nargs} numbers, got {value!r}")
+            raise FieldError(name, f"{NAME} must be {spec.nargs} numbers, got {value!r}")
         for v in value:
             _number(name, v, False, spec)
         return
     if tp is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{name} must be true or false, got {value!r}")
+            raise FieldError(name, f"{NAME} must be true or false, got {value!r}")
         return
     if tp in (int, float):
         _number(name, value, tp is int, spec)
@@ -180,7 +205,7 @@ def interval_check(name: str) -> Callable[[Any], None]:
     def check(obj: Any) -> None:
         lo, hi = getattr(obj, name)
         if not lo < hi:
-            raise ValueError(f"{name} needs t_lo < t_hi, got ({lo}, {hi})")
+            raise FieldError(name, f"{NAME} needs t_lo < t_hi, got ({lo}, {hi})")
     return check
 
 

@@ -30,14 +30,15 @@ from emigm.io.runs import is_training_state, read_training_checkpoint
 from emigm.nn.budget import check_size, memory_limit
 from emigm.nn.model import MaskedGenerator
 from emigm.nn.smoother import SMOOTHER_DIR, build_smoother, read_smoother
-from emigm.sample.capabilities import suggested_settings
+from emigm.sample.capabilities import suggested_guidance, suggested_settings
 from emigm.tokenize.tokenizers import build_tokenizer
 
 
 @dataclass
 class Pipeline:
     """A loaded model, everything a sampler user needs in one object: the network, its tokenizer, its
-    self-guidance smoother (or None), its config, the sampling rule it was trained for, the class names,
+    self-guidance smoother (or None), its config, the sampling rule it was trained for and its suggested
+    guidance (`sampling_rule`, `guidance_rule`), the class names,
     a display label and metadata (the export's `meta`, with export_dir). The sampler takes it whole
     (`sample_steps(pipe, ...)` runs `pipe.model` with `pipe.smoother`)."""
 
@@ -53,6 +54,11 @@ class Pipeline:
     def sampling_rule(self) -> dict[str, Any]:
         """The sampler settings the model was trained for (emigm.sample.capabilities.suggested_settings)."""
         return suggested_settings(self.model)
+
+    @property
+    def guidance_rule(self) -> dict[str, Any]:
+        """The guidance it runs with unless told otherwise (emigm.sample.capabilities.suggested_guidance)."""
+        return suggested_guidance(self.model)
 
     @property
     def class_names(self) -> list[str]:

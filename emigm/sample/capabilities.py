@@ -3,13 +3,22 @@
 One source for the sampler's refusals and the explorer's disabled controls: `choice_reasons` lists,
 per option field, the choices this model cannot take and why; `limits` gives the numeric caps that
 depend on the model (num_steps <= its token count); `unavailable` applies both to a concrete setting.
+
+And one source for what a model is run with when nobody says otherwise: `suggested_settings` (the
+sampler rule it was trained for) and `suggested_guidance` (its CFG). The CLI, `Pipeline` and the
+explorer all read these two, so one seed gives the same image everywhere.
 """
 from __future__ import annotations
 
 from typing import Any
 
+from emigm.core.fields import FieldError
 from emigm.core.guidance import GuidanceConfig
 from emigm.sample.options import SCORE_ORDERS
+
+# eMIGM's setting (paper Sec. 3, "16 x 1.2 NFE"): CFG 3 at the steps whose time after the step lies in
+# (0.1, 0.3]; measured on the shipped models in assets/results (README: the paper's claims)
+SUGGESTED_GUIDANCE = {"cfg_scale": 3.0, "cfg_interval": (0.1, 0.3)}
 
 
 def choice_reasons(model, smoother=None) -> dict[str, dict[str, str]]:
@@ -35,35 +44,41 @@ def limits(model, smoother=None) -> dict[str, tuple[float, float]]:
 
 def limit_reasons(model, smoother=None) -> dict[str, str]:
     reasons = {"num_steps": f"at most {model.num_tokens} steps: this model has {model.num_tokens} tokens "
-                            "and every step reveals at least one"}
+                            "and a step reveals at least one while any is masked"}
     if smoother is None:
         reasons["sg_scale"] = "self-guidance needs a self-guidance smoother; this model has none"
     return reasons
 
 
-def unavailable(model, smoother, sampler, guidance: GuidanceConfig) -> list[str]:
-    """Reasons why (sampler, guidance) cannot run on this model; empty when it can."""
-    reasons: list[str] = []
+def refusals(model, smoother, sampler, guidance: GuidanceConfig) -> list[FieldError]:
+    """Why (sampler, guidance) cannot run on this model, one FieldError per refused field; empty when
+    it can."""
+    out: list[FieldError] = []
     settings: dict[str, Any] = {"order": sampler.order, "cfg_mode": guidance.cfg_mode}
     for name, bad in choice_reasons(model, smoother).items():
         value = settings.get(name)
         if name == "cfg_mode" and (guidance.cfg_scale == 1.0 or not value):
             continue  # the null class is only used when CFG runs
         if value in bad:
-            reasons.append(f"{name} {value!r} is not available: {bad[value]}")
+            out.append(FieldError(name, f"{{name}} {value!r} is not available: {bad[value]}"))
     lim, why = limits(model, smoother), limit_reasons(model, smoother)
     values = {"num_steps": sampler.num_steps, "sg_scale": guidance.sg_scale}
     for name, (lo, hi) in lim.items():
         if not lo <= values[name] <= hi:
-            reasons.append(f"{name} {values[name]} is not available: {why[name]}")
-    return reasons
+            out.append(FieldError(name, f"{{name}} {values[name]} is not available: {why[name]}"))
+    return out
+
+
+def unavailable(model, smoother, sampler, guidance: GuidanceConfig) -> list[str]:
+    """Reasons why (sampler, guidance) cannot run on this model; empty when it can."""
+    return [str(e) for e in refusals(model, smoother, sampler, guidance)]
 
 
 def check_capabilities(model, sampler, guidance: GuidanceConfig, smoother=None) -> None:
-    """Raise ValueError with the first reason the setting cannot run on this model."""
-    reasons = unavailable(model, smoother, sampler, guidance)
+    """Raise the FieldError (a ValueError) of the first reason the setting cannot run on this model."""
+    reasons = refusals(model, smoother, sampler, guidance)
     if reasons:
-        raise ValueError(reasons[0])
+        raise reasons[0]
 
 
 def suggested_settings(model) -> dict[str, Any]:
@@ -74,3 +89,10 @@ def suggested_settings(model) -> dict[str, Any]:
     if model.head.discrete:
         return {"schedule": model.cfg.masking.schedule, "count_rule": "exact", "order": "confidence"}
     return {"schedule": model.cfg.masking.schedule, "count_rule": "binomial", "order": "random"}
+
+
+def suggested_guidance(model) -> dict[str, Any]:
+    """The guidance a model runs with unless told otherwise, as option-field values: eMIGM's CFG 3 in
+    (0.1, 0.3] (SUGGESTED_GUIDANCE). Like `suggested_settings`, a suggestion: every field stays settable
+    (cfg_scale 1 turns CFG off)."""
+    return dict(SUGGESTED_GUIDANCE)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from emigm.core.fields import NAME, FieldError
 from emigm.core.guidance import GuidanceConfig
 from emigm.core.schedules import get_schedule, time_grid
 from emigm.sample.options import SamplerConfig
@@ -59,8 +60,8 @@ def step_table(sampler: SamplerConfig, guidance: GuidanceConfig, num_tokens: int
     if num_tokens < 1:
         raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
     if sampler.num_steps > num_tokens:
-        raise ValueError(f"num_steps {sampler.num_steps} exceeds the {num_tokens} tokens: every step reveals "
-                         "at least one token")
+        raise FieldError("num_steps", f"{NAME} {sampler.num_steps} exceeds the {num_tokens} tokens: a step "
+                                      "reveals at least one token while any is masked")
     S, L = sampler.num_steps, num_tokens
     sched = get_schedule(sampler.schedule)
     grid = time_grid(S, sampler.t_end)
