@@ -124,6 +124,8 @@ def suite(available: set[str], emigm: str = "fmnist-emigm", steps_list: tuple[in
     for sched in ("linear", "cosine", "exp"):
         for steps in steps_list:
             add("schedule", f"{sched} S={steps}", emigm, replace(BASE, schedule=sched, num_steps=steps))
+    for steps in steps_list[1:]:  # the same scan with the finer head solver (eMIGM's setting at many steps)
+        add("schedule", f"exp S={steps} head=14", emigm, replace(BASE, num_steps=steps, head_steps=14))
     for hs in head_steps:
         add("solver", f"dpm head={hs}", emigm, replace(BASE, head_steps=hs))
     add("solver", "ddpm head=100", emigm, replace(BASE, head_solver="ddpm", head_steps=100))
@@ -317,6 +319,9 @@ def _no_guidance(p: dict[str, Any]) -> bool:
 
 
 def claims_schedule(pts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    head = lambda p: p["sampler"].get("head_steps", BASE.head_steps)  # noqa: E731
+    fine = [p for p in pts if _no_guidance(p) and head(p) != BASE.head_steps]
+    pts = [p for p in pts if head(p) == BASE.head_steps]
     by = {(p["sampler"]["schedule"], p["sampler"]["num_steps"]): p for p in pts if _no_guidance(p)}
     steps = sorted({s for _, s in by})
     out = []
@@ -338,6 +343,17 @@ def claims_schedule(pts: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                   f"{' and '.join(f'S = {s}' for s in more)} below S = {ref}",
                          "more steps lower FD (exp)", tests, [exp[s] for s in sorted(exp)],
                          {"x": "sampling steps S", "series": [series("exp", list(exp.values()),
+                                                                     lambda p: p["sampler"]["num_steps"])]}))
+    fine_by = {p["sampler"]["num_steps"]: p for p in fine}
+    more = sorted(s for s in fine_by if s > min(fine_by, default=0))
+    if more:
+        ref_s = min(fine_by)
+        hs = fine_by[ref_s]["sampler"]["head_steps"]
+        out.append(claim("steps-fine-head", f"FD falls with more sampling steps with {hs} head steps (exp, no CFG): "
+                                            f"{' and '.join(f'S = {s}' for s in more)} below S = {ref_s}",
+                         f"more steps lower FD ({hs} head steps)", [below(fine_by[s], fine_by[ref_s]) for s in more],
+                         [fine_by[s] for s in sorted(fine_by)],
+                         {"x": "sampling steps S", "series": [series(f"exp, head {hs}", list(fine_by.values()),
                                                                      lambda p: p["sampler"]["num_steps"])]}))
     return out
 

@@ -173,7 +173,7 @@ def test_seed_sets_are_disjoint_and_each_scored(monkeypatch):
     calls = []
 
     def fake_eval(gen, tok, n, sampler, guidance, batch_size, seed, floor):
-        calls.append((sampler.schedule, sampler.num_steps, guidance.cfg_scale, seed, n))
+        calls.append((sampler.schedule, sampler.num_steps, guidance.cfg_scale, sampler.head_steps, seed, n))
         return {"fd": 10.0 + seed / 1000, "class_accuracy": 0.9, "precision": 0.8, "recall": 0.4,
                 "passes": sampler.num_steps, "head_evals": 8 * sampler.num_steps, "images_per_s": 5.0}
 
@@ -182,9 +182,10 @@ def test_seed_sets_are_disjoint_and_each_scored(monkeypatch):
     assert pc.seed_sets(100, 3) == [[0, 99], [100, 199], [200, 299]]
     rows = [r for r in pc.suite({"m"}, "m", (8, 16)) if r.group in ("schedule", "cfg")]
     points = pc.measure(rows, 100, 3, 50, True, "cpu", log=lambda _: None)
-    assert sorted({c[3] for c in calls}) == [0, 100, 200] and all(c[4] == 100 for c in calls)
-    shared = [c for c in calls if c[:3] == ("exp", 16, 1.0)]  # exp S=16 no CFG is also the cfg group's "no CFG"
-    assert len(shared) == 3 and len(calls) == 3 * (6 + 5)  # 6 schedule settings, 5 more in the cfg group
+    assert sorted({c[4] for c in calls}) == [0, 100, 200] and all(c[5] == 100 for c in calls)
+    shared = [c for c in calls if c[:4] == ("exp", 16, 1.0, 8)]  # exp S=16 no CFG is also the cfg group's "no CFG"
+    # 6 schedule settings and exp S=16 with 14 head steps, 5 more in the cfg group
+    assert len(shared) == 3 and len(calls) == 3 * (7 + 5)
     p = next(q for q in points if q["label"] == "exp S=16")
     assert p["fd_runs"] == [10.0, 10.1, 10.2] and p["fd"] == pytest.approx(10.1) and p["fd_sd"] == pytest.approx(0.1)
     assert p["seed_sets"] == [[0, 99], [100, 199], [200, 299]] and p["class_accuracy_sd"] == 0.0
