@@ -124,8 +124,9 @@ def suite(available: set[str], emigm: str = "fmnist-emigm", steps_list: tuple[in
     for sched in ("linear", "cosine", "exp"):
         for steps in steps_list:
             add("schedule", f"{sched} S={steps}", emigm, replace(BASE, schedule=sched, num_steps=steps))
-    for steps in steps_list[1:]:  # the same scan with the finer head solver (eMIGM's setting at many steps)
-        add("schedule", f"exp S={steps} head=14", emigm, replace(BASE, num_steps=steps, head_steps=14))
+    fine = max(head_steps)  # the same scan with the finest head solver (eMIGM's setting at many steps)
+    for steps in steps_list[1:]:
+        add("schedule", f"exp S={steps} head={fine}", emigm, replace(BASE, num_steps=steps, head_steps=fine))
     for hs in head_steps:
         add("solver", f"dpm head={hs}", emigm, replace(BASE, head_steps=hs))
     add("solver", "ddpm head=100", emigm, replace(BASE, head_solver="ddpm", head_steps=100))

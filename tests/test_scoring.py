@@ -329,7 +329,7 @@ def test_claims_benchmark_pipeline(tmp_path):
         assert "setting" in r.stdout and "verdict" in r.stdout  # the printed tables
     doc = json.loads((tmp_path / "schedule" / "claims.json").read_text())
     assert [p["label"] for p in doc["points"]] == ["linear S=2", "linear S=4", "cosine S=2", "cosine S=4",
-                                                   "exp S=2", "exp S=4"]
+                                                   "exp S=2", "exp S=4", "exp S=4 head=3"]
     assert doc["seed_sets"] == [[0, 9], [10, 19]] and doc["random_init"] and doc["floor"]["fd"] > 0
     for p in doc["points"]:
         assert len(p["fd_runs"]) == 2 and p["fd"] == pytest.approx(sum(p["fd_runs"]) / 2) and p["fd_sd"] >= 0
