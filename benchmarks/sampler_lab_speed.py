@@ -57,7 +57,7 @@ for line in sys.stdin:
     g = GuidanceConfig(cfg_scale=4.0, cfg_interval=(0.1, 0.3))
     labels = torch.arange(B) % 10
     v = job["variant"]
-    sc = SamplerConfig(num_steps=16, head_steps=8, draft=v != "fast")
+    sc = SamplerConfig(num_steps=16, head_steps=8, draft=v != "fast", **({"draft_steps": 1} if v == "drafts1" else {}))
     t0 = time.perf_counter()
     if v == "fast":
         sample(m, labels, job["seed"], sc, g)
@@ -125,7 +125,7 @@ def main() -> None:
         prefix = str(Path(tmp) / "weights")
         weights(prefix)
         workers = {"new": Worker(ROOT, "new", a.threads, prefix), "old": Worker(old, "old", a.threads, prefix)}
-        variants = [("new", "fast"), ("new", "drafts"), ("new", "anatomy"), ("old", "fast")]
+        variants = [("new", "fast"), ("new", "drafts"), ("new", "drafts1"), ("new", "anatomy"), ("old", "fast")]
         cells = [(L, B) for L in a.tokens for B in a.batch]
         times: dict = {}
         for L, B in cells:  # warm-up: first calls build the models and allocate
@@ -139,11 +139,13 @@ def main() -> None:
             w.close()
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"medians of {a.repeats} interleaved repeats, {a.threads} thread(s); baseline {a.baseline}")
-    print(f"{'tokens':>6} {'batch':>5} {'fast s':>8} {'drafts s':>9} {'drafts/fast':>11} {'anatomy s':>10} "
-          f"{'anat/fast':>9} {'base fast s':>11} {'base/fast':>9}")
+    print("drafts: draft_steps 2 (the default); drafts1: draft_steps 1 (one head evaluation per preview)")
+    print(f"{'tokens':>6} {'batch':>5} {'fast s':>8} {'drafts s':>9} {'drafts/fast':>11} {'drafts1/fast':>12} "
+          f"{'anatomy s':>10} {'anat/fast':>9} {'base fast s':>11} {'base/fast':>9}")
     for L, B in cells:
-        f, d, an, o = (med[(L, B, w, v)] for w, v in variants)
-        print(f"{L:>6} {B:>5} {f:>8.3f} {d:>9.3f} {d / f:>11.2f} {an:>10.3f} {an / f:>9.2f} {o:>11.3f} {o / f:>9.2f}")
+        f, d, d1, an, o = (med[(L, B, w, v)] for w, v in variants)
+        print(f"{L:>6} {B:>5} {f:>8.3f} {d:>9.3f} {d / f:>11.2f} {d1 / f:>12.2f} {an:>10.3f} {an / f:>9.2f} "
+              f"{o:>11.3f} {o / f:>9.2f}")
 
 
 if __name__ == "__main__":
