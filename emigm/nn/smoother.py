@@ -65,7 +65,7 @@ from safetensors.torch import save
 from torch import nn
 
 from emigm.core.config import from_dict, to_dict
-from emigm.core.fields import FieldError, check_fields, option
+from emigm.core.fields import NAME, FieldError, check_fields, option
 from emigm.core.fileio import write_bytes
 from emigm.core.statedict import CheckpointError, check_state_dict, read_safetensors, shapes_of
 
@@ -97,8 +97,8 @@ class SmootherConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         if self.recipe == "official" and self.loss_positions != "replaced":
-            raise FieldError("loss_positions", f"NAME must be 'replaced' with recipe official (the public code's "
-                                               f"loss positions), got {self.loss_positions!r}")
+            raise FieldError("loss_positions", f"{NAME} must be 'replaced' with recipe official (the public "
+                                               f"code's loss positions), got {self.loss_positions!r}")
 
     @property
     def official(self) -> bool:
