@@ -19,16 +19,15 @@ from emigm.nn.smoother import (
     SMOOTHER_DIR,
     Smoother,
     SmootherConfig,
-    auxiliary_loss,
     base_record,
     check_base,
     config_for,
-    corrupt,
     load_smoother,
     save_smoother,
 )
 from emigm.sample.passes import Networks
 from emigm.sample.sampler import SamplerConfig, sample, sample_steps
+from emigm.train.smoother import auxiliary_loss, corrupt
 
 
 def make(preset: str = "test-tiny-vq", seed: int = 0, **backbone) -> MaskedGenerator:

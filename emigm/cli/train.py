@@ -77,7 +77,10 @@ def cmd_train_smoother(args: argparse.Namespace) -> None:
         raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
     device = resolve_device(args.device)
     gen = load_pipeline(args.base, device)
-    run = apply_overrides(smoother_run(gen), getattr(args, "overrides", []))
+    overrides = getattr(args, "overrides", [])
+    # the recipe sets other fields (official: loss_positions replaced) before the overrides apply
+    recipe = str(dict(overrides).get("smoother.recipe", "ours"))
+    run = apply_overrides(smoother_run(gen, recipe=recipe), overrides)
 
     check_base(gen.model, run.smoother, "the self-guidance smoother")  # overrides must still fit the base
     if args.dry_run:

@@ -5,6 +5,8 @@ Dropout as the reference's blocks: `attn_drop` on the attention probabilities, `
 attention projection and after both MLP layers; active in training mode only.
 The attention takes an optional top-down signal `td` (self-guidance, emigm.nn.smoother): its value
 projection W_v td is added to the values, V = W_v h + b_v + W_v td; queries and keys are unchanged.
+With td_bias (the public self-guidance code, which runs the whole value layer on td) the bias is added a
+second time, V = W_v h + b_v + W_v td + b_v.
 """
 from __future__ import annotations
 
@@ -25,17 +27,18 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: Tensor, keep: Tensor | None = None, td: Tensor | None = None,
-                rows: Tensor | None = None) -> Tensor:
+                rows: Tensor | None = None, td_bias: bool = False) -> Tensor:
         """x (B, S, D); keep (B, S) bool, False for padded positions that no query may attend to;
-        td (B, S, D) a top-down signal added to the values through W_v (no bias); rows (B, n): compute
-        the output only for these positions (queries), every position still a key and value."""
+        td (B, S, D) a top-down signal added to the values through W_v (with b_v as well when td_bias);
+        rows (B, n): compute the output only for these positions (queries), every position still a key
+        and value."""
         B, S, D = x.shape
         H = self.num_heads
         if rows is None:
             qkv = self.qkv(x)
             if td is not None:
-                w_v = self.qkv.weight[2 * D:]
-                qkv = torch.cat([qkv[..., :2 * D], qkv[..., 2 * D:] + F.linear(td, w_v)], dim=-1)
+                w_v, b_v = self.qkv.weight[2 * D:], self.qkv.bias[2 * D:] if td_bias else None
+                qkv = torch.cat([qkv[..., :2 * D], qkv[..., 2 * D:] + F.linear(td, w_v, b_v)], dim=-1)
             q, k, v = qkv.view(B, S, 3, H, D // H).permute(2, 0, 3, 1, 4)
         else:
             if td is not None:
@@ -71,8 +74,8 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), proj_drop)
 
     def forward(self, x: Tensor, keep: Tensor | None = None, td: Tensor | None = None,
-                rows: Tensor | None = None) -> Tensor:
+                rows: Tensor | None = None, td_bias: bool = False) -> Tensor:
         """x (B, S, D) -> (B, S, D); with rows (B, n), only those positions' outputs (B, n, D)."""
-        h = self.attn(self.norm1(x), keep, td, rows)
+        h = self.attn(self.norm1(x), keep, td, rows, td_bias)
         x = (x if rows is None else x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))) + h
         return x + self.mlp(self.norm2(x))

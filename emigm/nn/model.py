@@ -122,21 +122,22 @@ class MaskedGenerator(nn.Module):
         return [*self.encoder_blocks, *self.decoder_blocks]
 
     def _run(self, blocks: nn.ModuleList, x: Tensor, keep: Tensor | None, td: list[Tensor] | None,
-             record: list | None, last_rows: Tensor | None = None) -> Tensor:
+             record: list | None, last_rows: Tensor | None = None, td_bias: bool = False) -> Tensor:
         for i, block in enumerate(blocks):
             signal = None if td is None else td[i]
             x_in = x
             rows = last_rows if i == len(blocks) - 1 else None
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, keep, signal, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, keep, signal, None, td_bias, use_reentrant=False)
             else:
-                x = block(x, keep, signal, rows)
+                x = block(x, keep, signal, rows, td_bias)
             if record is not None:
                 record.append((x_in, x))
         return x
 
     def features(self, tokens: Tensor, mask: Tensor, cond: Tensor, num_visible: int | None = None,
-                 td: list[Tensor] | None = None, record: bool = False, select: Tensor | None = None) -> Features:
+                 td: list[Tensor] | None = None, record: bool = False, select: Tensor | None = None,
+                 mask_buffer: bool = False, td_bias: bool = False) -> Features:
         """Hidden states of every position (buffer slots first), after the decoder's final norm.
         With select (B, n) token positions (0..L-1): only those positions' hidden states (B, n, D); the
         last decoder block then computes no other output (every position is still its key and value).
@@ -147,6 +148,9 @@ class MaskedGenerator(nn.Module):
         td: top-down signals for self-guidance, one (B, Bf + L, D) tensor per layer of `layers`
         (added to that layer's attention values; in the MAE encoder only the visible positions'
         rows are used). record: also return every layer's (input, output).
+        mask_buffer: the buffer (class) slots carry the raw mask token, as masked positions do, instead
+        of `cond` (the public self-guidance code's second pass). td_bias: add the value bias to the
+        top-down signal's values as well (emigm.nn.blocks).
         With MAE on, the encoder sees only the buffer slots and the visible tokens; rows with fewer
         visible tokens than the longest are padded and the padding is hidden from attention.
         """
@@ -155,6 +159,8 @@ class MaskedGenerator(nn.Module):
         x = self._embed(tokens)
         x = torch.cat([cond.unsqueeze(1).expand(B, Bf, -1).to(x.dtype), x], dim=1)
         x = self.z_proj_ln(x + self.encoder_pos_embed_learned)
+        if mask_buffer:
+            x = torch.cat([self.mask_token.view(1, 1, -1).to(x.dtype).expand(B, Bf, -1), x[:, Bf:]], dim=1)
         masked = torch.cat([mask.new_zeros(B, Bf), mask], dim=1)  # (B, Bf + L)
         td_enc, td_dec = (None, None) if td is None else (td[:n_enc], td[n_enc:])
         io: list | None = [] if record else None
@@ -162,7 +168,8 @@ class MaskedGenerator(nn.Module):
             # as the reference's use_mae=False: masked positions carry the raw mask token, put in
             # after the position embedding and the LayerNorm
             x = torch.where(masked.unsqueeze(-1), self.mask_token.view(1, 1, -1).to(x.dtype), x)
-            x = self.decoder_embed(self.encoder_norm(self._run(self.encoder_blocks, x, None, td_enc, io)))
+            x = self._run(self.encoder_blocks, x, None, td_enc, io, td_bias=td_bias)
+            x = self.decoder_embed(self.encoder_norm(x))
         else:
             counts = (~masked).sum(1)
             n = int(counts.max()) if num_visible is None else num_visible + Bf
@@ -173,7 +180,7 @@ class MaskedGenerator(nn.Module):
             x = gather(x)
             if td_enc is not None:
                 td_enc = [gather(v) for v in td_enc]
-            x = self.encoder_norm(self._run(self.encoder_blocks, x, keep_mask, td_enc, io))
+            x = self.encoder_norm(self._run(self.encoder_blocks, x, keep_mask, td_enc, io, td_bias=td_bias))
             x = self.decoder_embed(x)
             fill = self.mask_token.view(1, 1, -1).to(x.dtype)
             x = torch.where(keep.unsqueeze(-1), x, fill)  # padding carries the mask token, harmlessly
@@ -181,7 +188,7 @@ class MaskedGenerator(nn.Module):
             x = full.scatter(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)
         x = x + self.decoder_pos_embed_learned
         last = None if select is None else select + Bf
-        x = self.decoder_norm(self._run(self.decoder_blocks, x, None, td_dec, io, last))
+        x = self.decoder_norm(self._run(self.decoder_blocks, x, None, td_dec, io, last, td_bias))
         return Features(x, io)
 
     def to_z(self, hidden: Tensor, select: Tensor | None = None) -> Tensor:

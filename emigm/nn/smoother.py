@@ -27,6 +27,28 @@ prediction is used at sampling time; "replaced" and "both" are offered for compa
 Our extension to continuous tokens: the same module on a diffusion-head model, the smoothed condition
 z_bar from the steered pass, the head's loss on z_bar in training and eps = eps_bar + (1 + s)(eps - eps_bar)
 in sampling.
+
+The auxiliary task's losses live with the training (emigm.train.smoother).
+
+Recipes (`recipe`): "ours" is the above. "official" does what the public code (JiwanHur/UnlockMGM,
+muse/modeling_transformer_toast.py and training/ft_maskgit_org_toast.py) does, point by point:
+- error tokens: exactly round(error_rate x visible) per image (half to even, at least 1), at positions
+  drawn uniformly among the visible ones (an image with none visible gets one masked position replaced,
+  which then counts as visible); their codes drawn from softmax(p), p = softmax of the base's own
+  prediction on the all-mask input of the image's class (a double softmax, hence close to uniform);
+- the loss: cross-entropy on the replaced positions only (loss_positions "replaced");
+- the variance regulariser on the SECOND (steered, all-mask) pass's layer inputs and outputs;
+- the frozen base in training mode in all its passes (its dropout active), the masks drawn from the
+  global RNG seeded from the training generator (`base_dropout`), so a resumed run is exact;
+- the second pass's class slots carry the mask token (as masked positions do), not the null class;
+- the value bias added a second time with the top-down signal (emigm.nn.blocks, td_bias);
+- init: every linear and the class embedding truncated-normal(0.02), biases zero, LayerNorm eps 1e-5
+  (so an untrained module is not the identity).
+Still different from the public code in both recipes: the class anchor is one embedding per class, not
+the public code's factorised generator (16 factors plus a position term: the same vectors, another
+parametrisation); the selection reads the hidden states after the decoder's final norm (the public
+MaskGIT is post-LN: its last layer's output is already normalised); categorical heads only for
+"official" (the public code has no continuous head).
 """
 from __future__ import annotations
 
@@ -43,7 +65,7 @@ from safetensors.torch import save
 from torch import nn
 
 from emigm.core.config import from_dict, to_dict
-from emigm.core.fields import check_fields, option
+from emigm.core.fields import NAME, FieldError, check_fields, option
 from emigm.core.fileio import write_bytes
 from emigm.core.statedict import CheckpointError, check_state_dict, read_safetensors, shapes_of
 
@@ -51,6 +73,9 @@ Tensor = torch.Tensor
 LOSS_POSITIONS = {"masked": "the masked positions (the paper's equation)",
                   "replaced": "the replaced (error) positions (the public code)",
                   "both": "masked and replaced positions"}
+RECIPES = {"ours": "our reading of the paper (see emigm.nn.smoother)",
+           "official": "what the public code (JiwanHur/UnlockMGM) does, point by point"}
+RECIPE_FIELDS = {"ours": {}, "official": {"loss_positions": "replaced"}}  # what each recipe sets on the others
 SMOOTHER_DIR, WEIGHTS_FILE, CONFIG_FILE = "self-guidance", "model.safetensors", "config.json"
 
 
@@ -67,21 +92,34 @@ class SmootherConfig:
     var_weight: float = option(0.1, "weight of the variance regulariser", low=0.0, high=100.0)
     label_smoothing: float = option(0.1, "label smoothing of the cross-entropy (categorical heads)",
                                     low=0.0, high=1.0)
+    recipe: str = option("ours", "the auxiliary task, pass 2 and init: ours or the public code's", choices=RECIPES)
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.recipe == "official" and self.loss_positions != "replaced":
+            raise FieldError("loss_positions", f"{NAME} must be 'replaced' with recipe official (the public "
+                                               f"code's loss positions), got {self.loss_positions!r}")
+
+    @property
+    def official(self) -> bool:
+        return self.recipe == "official"
 
 
 class FeedbackBlock(nn.Module):
-    """x -> (down(x) for the block below, td = out(down(x)) for this layer); bias-free linears."""
+    """x -> (down(x) for the block below, td = out(down(x)) for this layer); bias-free linears, `down`
+    the identity and `out` zero at start (official: both truncated-normal(0.02))."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, official: bool = False) -> None:
         super().__init__()
         self.down = nn.Linear(width, width, bias=False)
         self.out = nn.Linear(width, width, bias=False)
         with torch.no_grad():
-            self.down.weight.copy_(torch.eye(width))
-            self.out.weight.zero_()
+            if official:
+                nn.init.trunc_normal_(self.down.weight, std=0.02)
+                nn.init.trunc_normal_(self.out.weight, std=0.02)
+            else:
+                self.down.weight.copy_(torch.eye(width))
+                self.out.weight.zero_()
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = self.down(x)
@@ -96,11 +134,17 @@ class Smoother(nn.Module):
         self.cfg = cfg
         D = cfg.width
         self.anchor = nn.Embedding(cfg.num_classes, D)
-        self.anchor_norm = nn.LayerNorm(D, eps=1e-6)
+        self.anchor_norm = nn.LayerNorm(D, eps=1e-5 if cfg.official else 1e-6)
         self.anchor_proj = nn.Linear(D, D)
         self.channel = nn.Parameter(torch.eye(D))  # channel selection P, identity at start
-        self.feedback = nn.ModuleList(FeedbackBlock(D) for _ in range(cfg.num_layers))
-        nn.init.normal_(self.anchor.weight, std=0.02)
+        self.feedback = nn.ModuleList(FeedbackBlock(D, cfg.official) for _ in range(cfg.num_layers))
+        if cfg.official:
+            with torch.no_grad():
+                nn.init.trunc_normal_(self.anchor.weight, std=0.02)
+                nn.init.trunc_normal_(self.anchor_proj.weight, std=0.02)
+                self.anchor_proj.bias.zero_()
+        else:
+            nn.init.normal_(self.anchor.weight, std=0.02)
 
     def select(self, hidden: Tensor, labels: Tensor) -> Tensor:
         """Token then channel selection: (B, S, D) hidden states -> (B, S, D)."""
@@ -116,15 +160,18 @@ class Smoother(nn.Module):
         return td
 
     def smooth_features(self, model, hidden: Tensor, labels: Tensor, record: bool = False):
-        """Pass 2: the frozen layers on an all-mask input, steered by the top-down signals from the
-        pass-1 hidden states `hidden` (B, Bf + L, D). Returns the model's Features."""
+        """Pass 2: the frozen layers on an all-mask input (class slots: the null class; official: the
+        mask token), steered by the top-down signals from the pass-1 hidden states `hidden`
+        (B, Bf + L, D). Returns the model's Features."""
         B, L = hidden.shape[0], model.num_tokens
         mask = torch.ones(B, L, dtype=torch.bool, device=hidden.device)
         tokens = (torch.zeros(B, L, dtype=torch.long, device=hidden.device) if model.discrete
                   else torch.zeros(B, L, model.cfg.tokenizer.token_dim, device=hidden.device, dtype=hidden.dtype))
         null = model.condition(labels, torch.ones_like(labels, dtype=torch.bool))
         td = self.top_down(self.select(hidden, labels))
-        return model.features(tokens, mask, null, num_visible=0, td=td, record=record)
+        official = self.cfg.official
+        return model.features(tokens, mask, null, num_visible=0, td=td, record=record, mask_buffer=official,
+                              td_bias=official)
 
     def smooth_z(self, model, hidden: Tensor, labels: Tensor) -> Tensor:
         """The smoothed per-token conditions z_bar (B, L, Dd)."""
@@ -150,52 +197,19 @@ def check_base(model, cfg: SmootherConfig, source: str = "self-guidance smoother
     bad = [f"{k} {got[k]} (base: {want[k]})" for k in want if want[k] != got[k]]
     if bad:
         raise ValueError(f"{source} does not fit its base model: {', '.join(bad)}")
+    tk = (model.cfg if hasattr(model, "cfg") else model).tokenizer
+    if cfg.official and not tk.discrete:
+        raise ValueError(f"{source}: recipe official is the public code's, for categorical heads only; "
+                         "use recipe ours on a continuous-token base")
 
 
-def config_for(model, **overrides: Any) -> SmootherConfig:
-    """The module config that fits `model`."""
+def config_for(model, recipe: str = "ours", **overrides: Any) -> SmootherConfig:
+    """The module config that fits `model`, with the fields its recipe sets (RECIPE_FIELDS)."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown self-guidance recipe {recipe!r}; valid: {', '.join(RECIPES)}")
     bb = model.cfg.backbone
     return SmootherConfig(width=bb.width, num_layers=bb.encoder_depth + bb.decoder_depth,
-                          num_classes=bb.num_classes, **overrides)
-
-
-# ----------------------------------------------------------------------------- auxiliary task
-
-
-def corrupt(tokens: Tensor, mask: Tensor, model, cfg: SmootherConfig, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Replace a fraction cfg.error_rate of the visible tokens by error tokens: uniform codes (discrete)
-    or N(0, I) draws (continuous). Returns (corrupted tokens, replaced (B, L) bool)."""
-    device = tokens.device
-    u = torch.rand(mask.shape, generator=generator, device=generator.device).to(device)
-    replaced = (~mask) & (u < cfg.error_rate)
-    if model.discrete:
-        codes = torch.randint(0, model.head.codebook_size, mask.shape, generator=generator,
-                              device=generator.device).to(device)
-        return torch.where(replaced, codes, tokens), replaced
-    noise = torch.randn(tokens.shape, generator=generator, device=generator.device).to(device, tokens.dtype)
-    return torch.where(replaced.unsqueeze(-1), noise, tokens), replaced
-
-
-def auxiliary_loss(smoother: Smoother, model, tokens: Tensor, mask: Tensor, labels: Tensor,
-                   generator: torch.Generator) -> Tensor:
-    """The error-token correction loss of one batch: tokens x_0 (B, L) codes or (B, L, C) latents,
-    mask (B, L) from the base's training masking. The base model stays frozen (no gradient to it)."""
-    cfg = smoother.cfg
-    corrupted, replaced = corrupt(tokens, mask, model, cfg, generator)
-    cond = model.condition(labels)
-    with torch.no_grad():
-        first = model.features(corrupted, mask, cond, record=True)
-    z_bar = model.to_z(smoother.smooth_features(model, first.hidden, labels).hidden)
-    where = {"masked": mask, "replaced": replaced, "both": mask | replaced}[cfg.loss_positions]
-    if not bool(where.any()):  # nothing to learn from in this batch (all visible, no errors drawn)
-        return smoother.var_loss(first.layer_io) * cfg.var_weight + z_bar.sum() * 0.0
-    zs = z_bar[where]
-    if model.discrete:
-        target = tokens[where].long()
-        ce = F.cross_entropy(model.head.logits(zs), target, label_smoothing=cfg.label_smoothing)
-    else:
-        ce = model.head.loss(zs, tokens[where], generator=generator).mean()
-    return ce + cfg.var_weight * smoother.var_loss(first.layer_io)
+                          num_classes=bb.num_classes, recipe=recipe, **{**RECIPE_FIELDS[recipe], **overrides})
 
 
 # ----------------------------------------------------------------------------- export
