@@ -20,11 +20,11 @@ from typing import Any
 
 import gradio as gr
 
-from . import analysis, controls, stepper, text
+from . import analysis, axes, controls, stepper, text
 from .compare import CONTROLS as COMPARE_CONTROLS
 from .compare import OUTPUTS as COMPARE_OUTPUTS
 from .compare import PANEL_TITLES, Compare, compare_view
-from .engine import Engine
+from .engine import LAB_MAPS, Engine
 from .errors import message, user_errors
 from .permalink import Permalinks
 from .unmask import OUTPUTS as UNMASK_OUTPUTS
@@ -245,6 +245,24 @@ def _schedules_tab():
 # ----------------------------------------------------------------------------- Compare
 
 
+def axis_choices(engine: Engine, model: str) -> list[tuple[str, str]]:
+    """The axes of the Compare tab, those `model` cannot vary marked unavailable (the page disables them)."""
+    try:
+        bad = axes.axis_reasons(engine.load(model).model)
+    except ValueError:
+        bad = {}
+    return [(f"{a} {controls.UNAVAILABLE}" if a in bad else a, a) for a in axes.AXES]
+
+
+def axis_info(engine: Engine, model: str) -> str:
+    try:
+        bad = axes.axis_reasons(engine.load(model).model)
+    except ValueError:
+        bad = {}
+    return " · ".join(["one seed, one setting, one choice varied per panel"]
+                      + [f"{controls.UNAVAILABLE} {a}: {why}" for a, why in bad.items()])
+
+
 def _compare_tab(engine: Engine, h: Compare, hu: Unmasking, initial: dict[str, Any]):
     first = engine.names[0]
     view = compare_view(hu.view(first))
@@ -263,6 +281,8 @@ def _compare_tab(engine: Engine, h: Compare, hu: Unmasking, initial: dict[str, A
             c["num_seeds"] = controls.LenientSlider(1, controls.APP_SPECS["num_seeds"][1].high, value=1, step=1,
                                                     label="num_seeds", info=controls.APP_SPECS["num_seeds"][1].help,
                                                     elem_id="cmp-num_seeds")
+            c["axis"] = controls.LenientRadio(axis_choices(engine, first), value="guidance", label="compare along",
+                                              info=axis_info(engine, first), elem_id="cmp-axis")
             c.update(_widgets(("num_steps", "schedule", "order"), view, values, prefix="cmp-"))
             c.update(_widgets(("cfg_scale", "cfg_interval_lo", "cfg_interval_hi", "cfg_schedule"), view, values,
                               prefix="cmp-"))
@@ -295,12 +315,16 @@ def _compare_tab(engine: Engine, h: Compare, hu: Unmasking, initial: dict[str, A
         view = compare_view(hu.view(model))
         values.update({k: v for k, v in h.defaults(model, values).items() if k in values})
         names = engine.class_names(model)
+        axis = values.pop("axis")
+        bad = axes.axis_reasons(engine.load(model).model)
         return (gr.update(choices=names, value=names[0]), engine.banner(model),
+                gr.update(choices=axis_choices(engine, model), info=axis_info(engine, model),
+                          value="guidance" if axis in bad else axis),
                 *controls.narrowed(narrowed, view, values))
 
-    class_choices = user_errors(controls.keyword_handler(("model",) + tuple(narrowed), class_choices))
-    c["model"].input(class_choices, [c["model"]] + [c[n] for n in narrowed],
-                     [c["class_name"], banner] + [c[n] for n in narrowed],
+    class_choices = user_errors(controls.keyword_handler(("model", "axis") + tuple(narrowed), class_choices))
+    c["model"].input(class_choices, [c["model"], c["axis"]] + [c[n] for n in narrowed],
+                     [c["class_name"], banner, c["axis"]] + [c[n] for n in narrowed],
                      api_name="compare_class_choices", **INSTANT)
     go_btn.click(h.compare, [c[k] for k in COMPARE_CONTROLS], [status, player, doc, state, diff, diff_doc],
                  api_name="compare", js=waiting("compare-status"), **SAMPLER)
@@ -342,7 +366,7 @@ def initial_run(engine: Engine, h: Unmasking) -> dict[str, Any]:
         values.update(engine.suggested(values["model"]))
         values["class_name"] = engine.class_names(values["model"])[0]
         sampler, guidance = controls.configs(values)
-        traj = engine.run(values["model"], [0], [values["seed"]], sampler, guidance)
+        traj = engine.run(values["model"], [0], [values["seed"]], sampler, guidance, anatomy=LAB_MAPS)
     except ValueError as e:
         return {"status": stepper.status("error", message(e)), "steps": controls.DEFAULTS["num_steps"]}
     status, player, timing, run_json, traj = h.views(traj)
@@ -354,7 +378,7 @@ def initial_compare(engine: Engine, h: Compare) -> dict[str, Any]:
     at start-up so the Compare tab opens with its panels and difference view."""
     model = engine.names[0]
     try:
-        values = {"model": model, "class_name": engine.class_names(model)[0], "seed": 0, "num_seeds": 1,
+        values = {"model": model, "class_name": engine.class_names(model)[0], "seed": 0, "num_seeds": 1, "axis": "guidance",
                   "panel_a": "none", "panel_b": "interval", **h.defaults(model)}
         out = None
         for out in h.compare(**{k: values[k] for k in COMPARE_CONTROLS}):
@@ -377,7 +401,7 @@ def build_demo(engine: Engine) -> gr.Blocks:
                 u = _unmasking_tab(engine, unmasking, links, initial)
             with gr.Tab("Schedules", id="schedules", elem_id="tab-schedules"):
                 sched_inputs, sched_outputs = _schedules_tab()
-            with gr.Tab("Compare guidance", id="compare", elem_id="tab-compare"):
+            with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
                 _compare_tab(engine, compare, unmasking, initial_cmp)
             with gr.Tab("Results", id="results", elem_id="tab-results"):
                 results_outputs = _results_tab()

@@ -6,7 +6,7 @@
    the payload's `view`), nearest-neighbour, so every image pixel is a crisp square. */
 (function () {
   if (window.emigmPlayer) return; // the page may add its head twice
-  const GREY = "#808080", ORANGE = "#E69F00", SKY = "#56B4E9", PURPLE = "#CC79A7", CFG_FILL = "rgba(230,159,0,0.22)";
+  const GREY = "#808080", ORANGE = "#E69F00", SKY = "#56B4E9", PURPLE = "#CC79A7", VERMILLION = "#D55E00", CFG_FILL = "rgba(230,159,0,0.22)";
   const VIRIDIS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b", "#fde725"];
   const GAP = 10; // px between views and panels
   const drawn = (window.emigmDrawn = window.emigmDrawn || {});
@@ -99,13 +99,28 @@
       const p = d.panels[0];
       const fig = (cv, cap) => el("figure", { style: `width:${V}px` }, cv, el("figcaption", {}, cap));
       const cv = canvas("canvas", "click a token to see its history"), dr = canvas("draft", "click a token to see its history"), wh = canvas("when");
-      this.views.push({ cv, kind: "canvas", col: p.cols[0], when: p.when[0] }, { cv: dr, kind: "draft", col: p.cols[0], when: p.when[0] },
-        { cv: wh, kind: "when", col: p.cols[0], when: p.when[0] });
+      const base = { col: p.cols[0], when: p.when[0], masked: d.masked, mfirst: d.first, rev: d.revisions };
+      this.views.push({ cv, kind: "canvas", ...base }, { cv: dr, kind: "draft", ...base }, { cv: wh, kind: "map", ...base });
       for (const c of [cv, dr]) c.addEventListener("click", ev => self.onPick(ev, c));
-      const bar = el("div", { class: "emigm-colorbar" }, el("span", {}, "1"), el("i", {}), el("span", {}, String(d.N)));
+      for (const c of [cv, dr, wh]) {
+        c.addEventListener("mousemove", ev => self.onHover(ev, c));
+        c.addEventListener("mouseleave", () => { self.tip.style.display = "none"; });
+      }
+      // the third view's maps, switched here with no server call: when / uncertainty / times revised
+      const kinds = [["when", "when revealed"]].concat(d.unc ? [["unc", "uncertainty"]] : [], d.revisions ? [["rev", "times revised"]] : []);
+      if (!kinds.some(x => x[0] === this.mapKind)) this.mapKind = "when";
+      this.mapBar = el("div", { class: "emigm-colorbar" });
+      const maps = el("div", { class: "emigm-maps", role: "radiogroup" }, ...kinds.map(([key, label]) => {
+        const input = el("input", { type: "radio", name: "emigm-map-" + d.run, value: key });
+        input.checked = key === this.mapKind;
+        input.addEventListener("change", () => { self.mapKind = key; self.drawMap(); });
+        return el("label", { class: "emigm-map-choice", "data-map": key }, input, label);
+      }));
       this.caption = el("span", {});
       body.append(el("div", { class: "emigm-images" },
-        fig(cv, this.caption), fig(dr, "draft · blue = not committed yet"), fig(wh, bar)));
+        fig(cv, this.caption), fig(dr, "draft · blue = not committed yet"), fig(wh, el("div", {}, maps, this.mapBar))));
+      this.tip = el("div", { class: "emigm-tip", style: "display:none" });
+      body.append(this.tip);
       this.chart = el("div", { class: "emigm-chart" });
       body.append(this.chart);
       this.history = el("div", { class: "emigm-history" }, el("span", { class: "emigm-hint" },
@@ -120,8 +135,11 @@
         if (!p.cols.length) { off.append(el("div", { class: "emigm-note" }, el("b", {}, p.title), ": ", p.note)); return; }
         const sub = el("div", { class: "emigm-psub" });
         const imgs = el("div", { class: "emigm-pimages", style: `grid-template-columns:repeat(${Math.min(lay.cols, p.cols.length)}, ${V}px)` });
-        p.cols.forEach((c, b) => { const cv = canvas("canvas"); imgs.append(cv); self.views.push({ cv, kind: "canvas", col: c, when: p.when[b] }); });
-        row.append(el("div", { class: "emigm-panel" }, el("div", { class: "emigm-ptitle" }, el("b", {}, p.title)), sub, imgs));
+        p.cols.forEach((c, b) => { const cv = canvas("canvas"); imgs.append(cv);
+          self.views.push({ cv, kind: "canvas", col: c, when: p.when[b], frameOf: p.frame_of, masked: p.masked ? p.masked[b] : null, mfirst: 0 }); });
+        const fd = el("div", { class: "emigm-fd", title: p.measured ? "the FD measured for this setting over many samples (assets/results/claims.json)" : "" },
+          p.measured ? p.measured.text : "");
+        row.append(el("div", { class: "emigm-panel", "data-key": p.key || "" }, el("div", { class: "emigm-ptitle" }, el("b", {}, p.title)), sub, imgs, fd));
         this.captions.push([p, sub]);
       });
       body.append(row);
@@ -199,25 +217,56 @@
     return !this.clean && !(d.complete && k === d.n - 1);
   };
 
+  // A token's state at player step k: masked, revealed at this step, revised after commit (masked again
+  // after it was committed: remasking runs carry the mask of every step)
+  Player.prototype.tokenAt = function (v, k, i) {
+    const fi = v.frameOf ? v.frameOf[k] : k, step = fi + 1, w = v.when[i];
+    const j = fi - (v.mfirst || 0), ms = v.masked && j >= 0 ? v.masked[j] : null;
+    if (!ms) return { masked: w === 0 || w > step, now: w === step, revised: false, step };
+    const masked = ms[i] === "1", prev = j > 0 ? v.masked[j - 1] : null;
+    let revised = false;
+    if (masked && v.rev && v.rev[j]) revised = v.rev[j][i] > 0;
+    else if (masked) for (let q = 0; q < j && !revised; q++) revised = v.masked[q][i] === "0";
+    return { masked, now: !masked && (prev ? prev[i] === "1" : fi === 0 || w === step), revised, step };
+  };
+
+  Player.prototype.drawMap = function () {
+    const v = this.views.find(x => x.kind === "map");
+    if (v) this.drawView(v, this.k);
+  };
+
   Player.prototype.drawView = function (v, k) {
     const d = this.data, cv = v.cv, ctx = cv.getContext("2d"), V = cv.width, g = d.grid, c = V / g, step = k + 1;
     ctx.imageSmoothingEnabled = false;
-    if (v.kind === "when") {
+    if (v.kind === "map") {
       ctx.fillStyle = "#f2f2f2"; ctx.fillRect(0, 0, V, V);
+      const kind = this.mapKind, row = k - d.first;
+      const vals = kind === "unc" ? d.unc[row] : kind === "rev" ? d.revisions[row] : null;
+      const top = kind === "unc" ? (this.uncMax = this.uncMax || Math.max(1e-9, ...d.unc.flat())) :
+        kind === "rev" ? Math.max(1, ...d.revisions.flat()) : d.N;
       for (let i = 0; i < g * g; i++) {
-        const w = v.when[i];
-        if (w >= 1 && w <= step) { ctx.fillStyle = viridis(d.N > 1 ? (w - 1) / (d.N - 1) : 1); ctx.fillRect((i % g) * c + 0.5, Math.floor(i / g) * c + 0.5, c - 1, c - 1); }
+        const w = v.when[i], x = (i % g) * c + 0.5, y = Math.floor(i / g) * c + 0.5;
+        let f = null;
+        if (kind === "when") { if (w >= 1 && w <= step) f = d.N > 1 ? (w - 1) / (d.N - 1) : 1; }
+        else if (kind === "unc") { if (vals[i] > 0) f = vals[i] / top; }
+        else if (vals[i] > 0) f = vals[i] / top;
+        if (f !== null) { ctx.fillStyle = viridis(f); ctx.fillRect(x, y, c - 1, c - 1); }
       }
+      const lo = kind === "when" ? "1" : "0", hi = kind === "when" ? String(d.N) : kind === "unc" ? top.toPrecision(2) : String(top);
+      const what = kind === "when" ? "step revealed" : kind === "unc" ? `uncertainty: ${d.unc_label}` : "times re-masked after commit";
+      this.mapBar.replaceChildren(el("span", {}, lo), el("i", {}), el("span", {}, hi), el("small", { class: "emigm-mapwhat" }, what));
+      cv.dataset.map = kind;
       return;
     }
     const row = k - d.first, px = d.px, lines = this.outlined(k);
     ctx.drawImage(this.img, v.col * px, row * px, px, px, 0, 0, V, V);
     const lw = Math.max(2, Math.round(c / 8));
     for (let i = 0; i < g * g; i++) {
-      const w = v.when[i], x = (i % g) * c, y = Math.floor(i / g) * c, masked = w === 0 || w > step;
+      const x = (i % g) * c, y = Math.floor(i / g) * c, st = this.tokenAt(v, k, i), masked = st.masked;
       if (v.kind === "canvas") {
         if (masked) { ctx.fillStyle = GREY; ctx.fillRect(x, y, c, c); }
-        else if (w === step && lines) { ctx.strokeStyle = ORANGE; ctx.lineWidth = lw; ctx.strokeRect(x + lw / 2, y + lw / 2, c - lw, c - lw); }
+        if (masked && st.revised && lines) { ctx.strokeStyle = VERMILLION; ctx.lineWidth = lw; ctx.strokeRect(x + lw / 2, y + lw / 2, c - lw, c - lw); }
+        else if (!masked && st.now && lines) { ctx.strokeStyle = ORANGE; ctx.lineWidth = lw; ctx.strokeRect(x + lw / 2, y + lw / 2, c - lw, c - lw); }
       } else if (masked && lines) { ctx.strokeStyle = SKY; ctx.lineWidth = Math.max(1, lw / 2); ctx.strokeRect(x + 0.5, y + 0.5, c - 1, c - 1); }
     }
     if (this.pick && lines && d.kind === "unmask") {
@@ -243,13 +292,15 @@
       this.detail.textContent = `t ${s.t.toFixed(3)} → s ${s.s.toFixed(3)} · ${guide} · ${revealed} · NFE so far ${s.nfe} · ${Math.round(s.ms)} ms` +
         (d.branched_from && k < d.branched_from ? ` · from the parent run (branched after step ${d.branched_from})` : "");
       this.caption.textContent = finished ? "canvas · the finished image" :
-        this.outlined(k) ? "canvas · grey = masked · orange = revealed now" : "canvas · grey = masked";
+        this.outlined(k) ? "canvas · grey = masked · orange = revealed now" + (d.masked ? " · vermillion = revised after commit" : "") :
+        "canvas · grey = masked";
       if (this.cursor) { const xx = this.xOf(k + 1); this.cursor.setAttribute("x1", xx); this.cursor.setAttribute("x2", xx); }
     } else {
       this.detail.textContent = "same seed and the same reveal rule in every panel" + (d.live ? " · the panels fill in step by step" : "");
       for (const [p, sub] of this.captions) {
-        const s = p.steps[Math.min(k, p.steps.length - 1)];
-        sub.textContent = d.live ? `NFE ${s.nfe} so far` : `NFE ${s.nfe} of ${p.nfe} · ${p.ms} ms in all`;
+        const fi = p.frame_of ? p.frame_of[k] : k, s = p.steps[Math.min(fi, p.steps.length - 1)];
+        const own = d.same_steps === false ? `${stepLabel(fi + 1, p.N)} · ` : "";
+        sub.textContent = d.live ? `NFE ${s.nfe} so far` : `${own}NFE ${s.nfe} of ${p.nfe} · ${p.ms} ms in all`;
       }
     }
   };
@@ -267,6 +318,23 @@
     const self = this, ms = Math.max(120, Math.min(450, 6000 / this.data.n));
     this.playBtn.textContent = "pause";
     this.timer = setInterval(() => { if (self.k >= self.data.n - 1) return self.pause(); self.go(self.k + 1); }, ms);
+  };
+
+  // hover: the numbers of the token under the cursor, from the payload (no server call)
+  Player.prototype.onHover = function (ev, cv) {
+    const d = this.data; if (!d || !this.tip) return;
+    const rect = cv.getBoundingClientRect(), g = d.grid, k = this.k, v = this.views[0];
+    const c = Math.min(g - 1, Math.floor((ev.clientX - rect.left) / rect.width * g));
+    const r = Math.min(g - 1, Math.floor((ev.clientY - rect.top) / rect.height * g)), i = r * g + c, row = k - d.first;
+    const st = this.tokenAt(v, k, i), w = v.when[i];
+    const parts = [`token (${r}, ${c})`, st.masked ? (st.revised ? "revised after commit: masked again" : "masked") :
+      st.now ? `revealed at this step (${k + 1})` : `committed (revealed at step ${w})`];
+    if (d.unc && d.unc[row]) parts.push(d.unc[row][i] > 0 ? `uncertainty ${d.unc[row][i].toPrecision(3)} (${d.unc_label})` : "uncertainty: committed before this step");
+    if (d.revisions && d.revisions[row]) parts.push(`re-masked ${d.revisions[row][i]}× so far`);
+    const text = parts.join(" · ");
+    this.tip.textContent = text; this.root.dataset.hover = text;
+    const box = this.root.getBoundingClientRect();
+    this.tip.style.cssText = `display:block;left:${ev.clientX - box.left + 14}px;top:${ev.clientY - box.top + 14}px`;
   };
 
   Player.prototype.onPick = function (ev, cv) {
