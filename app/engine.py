@@ -162,6 +162,7 @@ class Trajectory:
     first_frame_s: float = 0.0
     wall_s: float = 0.0
     stopped: bool = False
+    edited: bool = False  # resumed from an edited state (an intervention): its masks are not its reveals
 
     @property
     def states(self) -> list[StepState]:
@@ -193,6 +194,12 @@ class Trajectory:
 
     def label_names(self) -> list[str]:
         return [self.class_names[i] for i in self.last.labels.tolist()]
+
+
+def _to_cpu(anatomy: StepAnatomy) -> StepAnatomy:
+    move = lambda v: v.cpu() if isinstance(v, torch.Tensor) else v  # noqa: E731
+    return StepAnatomy(**{k: ({n: move(t) for n, t in v.items()} if isinstance(v, dict) else move(v))
+                          for k, v in anatomy.__dict__.items()})
 
 
 def slim(anatomy: StepAnatomy | None) -> StepAnatomy | None:
@@ -390,7 +397,7 @@ class Engine:
                                  init=init, fixed_order=fixed, anatomy=opts)
             state = next(steps)
             steps.close()
-        return state.to("cpu"), gen
+        return replace(state.to("cpu"), anatomy=_to_cpu(state.anatomy)), gen
 
     def _stream(self, name: str, labels: Sequence[int], seeds: Sequence[int], sampler: SamplerConfig,
                 guidance: GuidanceConfig, kept: tuple[Frame, ...],

@@ -80,7 +80,7 @@ def masks(traj: Trajectory, n: int | None = None, b: int = 0) -> list[str] | Non
     """Per step of sample b, the mask after it as a string of L '0' / '1' (1 = masked), for a run with
     remasking (a token may be masked again after its commit, so its reveal step alone does not say);
     None for a run without."""
-    if all(f.state.sampler.remask == "off" for f in traj.frames):
+    if not traj.edited and all(f.state.sampler.remask == "off" for f in traj.frames):
         return None
     return ["".join("1" if m else "0" for m in f.state.mask_after[b].tolist()) for f in traj.frames[:n]]
 

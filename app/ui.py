@@ -27,6 +27,7 @@ from .compare import PANEL_TITLES, Compare, compare_view
 from .engine import LAB_MAPS, Engine
 from .errors import message, user_errors
 from .permalink import Permalinks
+from .lab import ACTIONS, Lab
 from .unmask import OUTPUTS as UNMASK_OUTPUTS
 from .unmask import Unmasking
 
@@ -42,6 +43,18 @@ SESSION_CAPACITY = 100  # at most this many sessions keep state (Gradio keeps ~3
 BRANCH_FROM_PLAYER = ("(...args) => { window.emigmWaiting && window.emigmWaiting('run-status'); "
                       "const k = document.querySelector('#player .emigm-root')?.dataset.k; "
                       "if (k !== undefined) args[1] = +k + 1; return args; }")
+# the opened step: the step shown in the player (a token click: the opened step's)
+OPEN_FROM_PLAYER = ("(...args) => { window.emigmWaiting && window.emigmWaiting('lab-status'); "
+                    "const k = document.querySelector('#player .emigm-root')?.dataset.k; "
+                    "if (k !== undefined) args[1] = +k + 1; args[2] = null; args[3] = null; return args; }")
+OPENED_STEP = ("(...args) => { window.emigmWaiting && window.emigmWaiting('lab-status'); "
+               "const s = document.querySelector('#anatomy .emigm-anatomy')?.dataset.step; "
+               "if (s !== undefined) args[1] = +s; return args; }")
+# an intervention after the opened step (else the player's)
+INTERVENE_AT = ("(...args) => { window.emigmWaiting && window.emigmWaiting('int-status'); "
+                "const s = document.querySelector('#anatomy .emigm-anatomy')?.dataset.step, "
+                "k = document.querySelector('#player .emigm-root')?.dataset.k; "
+                "args[1] = s !== undefined ? +s : k !== undefined ? +k + 1 : args[1]; return args; }")
 
 
 def waiting(status_id: str) -> str:
@@ -70,12 +83,25 @@ class Status(gr.HTML):
     """The status line: value = stepper.status(...): running | done (shown as rendering, then ready once
     the player has drawn that run) | stopped | error (its notes go next to the controls of `prefix`)."""
 
-    def __init__(self, value: Any = None, prefix: str = "ctl-", **kw) -> None:
-        super().__init__(value, html_template=f"<div class='emigm-status' data-prefix='{prefix}'></div>",
+    def __init__(self, value: Any = None, prefix: str = "ctl-", clear_notes: bool = False, **kw) -> None:
+        # clear_notes: a success clears the notes of `prefix` (controls no check event watches)
+        extra = " data-clear='1'" if clear_notes else ""
+        super().__init__(value, html_template=f"<div class='emigm-status' data-prefix='{prefix}'{extra}></div>",
                          apply_default_css=False, js_on_load="window.emigmStatus(element, props, watch);", **kw)
 
     def api_info(self) -> dict[str, Any]:
         return {"type": "object", "description": "{phase, text, run, notes}"}
+
+
+class AnatomyView(gr.HTML):
+    """An opened step: value = lab.anatomy_payload(...), drawn by static/explorer.js (emigmAnatomy)."""
+
+    def __init__(self, value: Any = None, **kw) -> None:
+        super().__init__(value, html_template="<div class='emigm-anatomy'></div>", apply_default_css=False,
+                         js_on_load="window.emigmAnatomy(element, props, trigger, watch);", **kw)
+
+    def api_info(self) -> dict[str, Any]:
+        return {"type": "object", "description": "opened step payload (JSON)"}
 
 
 class Notes(gr.HTML):
@@ -156,6 +182,7 @@ def _unmasking_tab(engine: Engine, h: Unmasking, links: Permalinks, initial):
                 gif = gr.DownloadButton("⬇ GIF of the unmasking", elem_id="dl-gif", size="sm")
                 strip = gr.DownloadButton("⬇ PNG strip (mask over image)", elem_id="dl-strip", size="sm")
                 trace = gr.DownloadButton("⬇ JSON trace with settings", elem_id="dl-trace", size="sm")
+            lab_views = _lab_section()
             with gr.Accordion("Timing and run data", open=False):
                 timing = gr.Markdown(initial.get("timing"), elem_id="timing", elem_classes=["quiet"])
                 run_json = gr.JSON(initial.get("run_json"), label="run", elem_id="run-json", elem_classes=["quiet"])
@@ -205,8 +232,59 @@ def _unmasking_tab(engine: Engine, h: Unmasking, links: Permalinks, initial):
     player.select(h.pick_token, [state], [row, col], api_name="pick_token", **INSTANT) \
         .then(h.token_history, [state, row, col], [token_json], api_name="picked_token_history", **INSTANT)
     show.click(h.token_history, [state, row, col], [token_json], api_name="token_history", **INSTANT)
+    _lab_events(Lab(engine), state, lab_views)
     return dict(controls=c, run_inputs=run_inputs, outputs=outputs, files=files, link=link, note=note,
                 state=state, banner=banner)
+
+
+# ----------------------------------------------------------------------------- the lab (under the player)
+
+
+def _lab_section() -> dict[str, Any]:
+    """Open a step, and intervene and resume: the views under the Unmasking player (app/lab.py)."""
+    v: dict[str, Any] = {}
+    with gr.Accordion("Open a step: what each guidance branch predicted, why these tokens", open=True,
+                      elem_id="lab-open"):
+        with gr.Row(equal_height=True):
+            v["open"] = gr.Button("Open the step shown in the player", elem_id="open-step-btn", size="sm", scale=0,
+                                  min_width=260)
+            gr.Markdown("Hover a token for its numbers; for a diffusion head, click a token that was masked to see "
+                        "its denoising path.", elem_id="lab-step")
+        v["step"] = controls.LenientNumber(1, visible=False, elem_id="lab-step-value")
+        v["row"] = controls.LenientNumber(None, visible=False, elem_id="lab-row")
+        v["col"] = controls.LenientNumber(None, visible=False, elem_id="lab-col")
+        v["status"] = Status(stepper.status("", "Scrub the player to a step and press **Open the step shown**."),
+                             prefix="lab-", clear_notes=True, elem_id="lab-status", elem_classes=["quiet"])
+        v["anatomy"] = AnatomyView(elem_id="anatomy", elem_classes=["quiet"])
+        with gr.Accordion("opened step (JSON)", open=False):
+            v["json"] = gr.JSON(label="step", elem_classes=["quiet"])
+    with gr.Accordion("Intervene and resume", open=True, elem_id="lab-intervene"):
+        gr.Markdown(text.INTERVENE_HELP)
+        with gr.Row(equal_height=True):
+            v["tokens"] = gr.Textbox(label="tokens (row:col, ...)", elem_id="int-tokens", placeholder="e.g. 2:3, 4:4",
+                                     scale=2)
+            v["action"] = controls.LenientRadio([(f"{a}: {why}", a) for a, why in ACTIONS.items()], value="erase",
+                                                label="action", elem_id="int-action", scale=2)
+            v["code"] = controls.LenientNumber(0, label="code", elem_id="int-code", scale=1, min_width=80)
+            v["go"] = gr.Button("Intervene and resume", elem_id="intervene-btn", scale=1, min_width=160)
+        v["int_step"] = controls.LenientNumber(1, visible=False, elem_id="int-step-value")
+        gr.Markdown("", elem_id="int-step")
+        v["int_status"] = Status(stepper.status("", "Open a step, choose tokens, then **Intervene and resume**."),
+                                 prefix="int-", clear_notes=True, elem_id="int-status", elem_classes=["quiet"])
+        v["player"] = Player(elem_id="lab-player", elem_classes=["quiet"])
+        with gr.Accordion("intervention (JSON)", open=False):
+            v["int_json"] = gr.JSON(label="intervention", elem_classes=["quiet"])
+    return v
+
+
+def _lab_events(lab: Lab, state, v: dict[str, Any]) -> None:
+    outs = [v["status"], v["anatomy"], v["json"]]
+    v["open"].click(lab.anatomy, [state, v["step"], v["row"], v["col"]], outs, api_name="anatomy",
+                    js=OPEN_FROM_PLAYER, **SAMPLER)
+    v["anatomy"].select(lab.anatomy_token, [state, v["step"]], outs, api_name="anatomy_token", js=OPENED_STEP,
+                        **SAMPLER)
+    v["go"].click(lab.intervene, [state, v["int_step"], v["tokens"], v["action"], v["code"]],
+                  [v["int_status"], v["player"], v["int_json"]], api_name="intervene", js=INTERVENE_AT, **SAMPLER)
 
 
 # ----------------------------------------------------------------------------- Schedules
@@ -395,7 +473,10 @@ def build_demo(engine: Engine) -> gr.Blocks:
     initial = initial_run(engine, unmasking)
     initial_cmp = initial_compare(engine, compare)
     with gr.Blocks(title=text.TITLE, delete_cache=CACHE_CLEANUP, fill_width=True) as demo:
-        gr.Markdown(f"# {text.TITLE}\n{text.SUBTITLE}", elem_id="app-title")
+        with gr.Row(equal_height=True):
+            gr.Markdown(f"# {text.TITLE}\n{text.SUBTITLE}", elem_id="app-title")
+            tour = gr.Button("▶ Take the tour", elem_id="tour-btn", size="sm", scale=0, min_width=150)
+        tour.click(None, None, None, js="() => { window.emigmTour && window.emigmTour(); }")
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("Unmasking", id="unmasking", elem_id="tab-unmasking"):
                 u = _unmasking_tab(engine, unmasking, links, initial)

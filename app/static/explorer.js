@@ -381,6 +381,183 @@
     if (watch) watch("value", () => p.set(props.value));
   };
 
+  // ------------------------------------------------------------------ an opened step (the lab)
+
+  // The opened step: each guidance branch's prediction decoded, where guidance acted, why these tokens,
+  // the uncertainty, and the canvas after the step on which tokens are chosen for an intervention.
+  // Hover shows a token's numbers; choosing tokens happens here; only a diffusion-head token's path
+  // (a click on a map) asks the server.
+  function Anatomy(root, trigger) {
+    root.emigmAnatomy = this; this.root = root; this.trigger = trigger; this.data = null; this.sel = new Set();
+  }
+  Anatomy.prototype.set = async function (d) {
+    if (!d || !d.sprite) { this.root.replaceChildren(); this.data = null; delete this.root.dataset.step; return; }
+    const img = await loadImage(d.sprite), pimg = d.path && d.path.sprite ? await loadImage(d.path.sprite) : null;
+    if (!this.data || this.data.step !== d.step || this.data.model !== d.model) this.sel = new Set();
+    this.data = d; this.img = img; this.pimg = pimg;
+    this.build();
+    this.root.dataset.step = d.step; this.root.dataset.run = d.run;
+    drawn[d.run] = true;
+    document.dispatchEvent(new CustomEvent("emigm-drawn", { detail: d.run }));
+  };
+  Anatomy.prototype.tokenText = function (i) {
+    const d = this.data, t = d.tokens, g = d.grid, r = Math.floor(i / g), c = i % g, parts = [`token (${r}, ${c})`];
+    const num = (x, p) => x === null || x === undefined ? "–" : Number(x).toPrecision(p || 3);
+    if (!t.masked[i]) parts.push(`committed before step ${d.step}: kept`);
+    else {
+      parts.push(t.revealed[i] ? "revealed at this step" : "stays masked");
+      const M = d.count.masked, rank = `rank ${t.rank[i] + 1} of ${M}`;
+      if (["confidence", "margin", "entropy"].includes(d.order))
+        parts.push(`${d.order} score ${num(t.score[i])} + Gumbel noise ${num(t.noise[i])} → ${rank}`);
+      else if (d.order === "random") parts.push(`uniform key ${num(-t.score[i])} → ${rank}`);
+      else parts.push(`${d.order} order: fixed ${rank}`);
+      parts.push(`${d.headline}`);
+      parts.push(`|Δ| guidance ${num(t.delta[i])}`, `uncertainty ${num(t.unc[i])}`);
+    }
+    if (t.halton) parts.push(`Halton rank ${t.halton[i]}`);
+    return parts.join(" · ");
+  };
+  Anatomy.prototype.build = function () {
+    const d = this.data, self = this, V = d.view, g = d.grid, L = d.L, t = d.tokens;
+    const canvas = kind => el("canvas", { width: V, height: V, class: "emigm-view", "data-view": kind, style: `width:${V}px;height:${V}px` });
+    const fig = (cv, cap) => el("figure", { style: `width:${V}px` }, cv, el("figcaption", {}, cap));
+    const cell = V / g, tip = el("div", { class: "emigm-tip", style: "display:none" });
+    const at = (ev, cv) => { const b = cv.getBoundingClientRect();
+      return Math.min(g - 1, Math.floor((ev.clientY - b.top) / b.height * g)) * g + Math.min(g - 1, Math.floor((ev.clientX - b.left) / b.width * g)); };
+    const hover = cv => {
+      cv.addEventListener("mousemove", ev => { const i = at(ev, cv), text = self.tokenText(i), box = self.root.getBoundingClientRect();
+        tip.textContent = text; self.root.dataset.hover = text;
+        tip.style.cssText = `display:block;left:${ev.clientX - box.left + 14}px;top:${ev.clientY - box.top + 14}px`; });
+      cv.addEventListener("mouseleave", () => { tip.style.display = "none"; });
+    };
+    const branch = d.branches.map((b, j) => {
+      const cv = canvas("branch-" + b.name), ctx = cv.getContext("2d");
+      ctx.imageSmoothingEnabled = false; ctx.drawImage(this.img, j * d.px, 0, d.px, d.px, 0, 0, V, V); hover(cv);
+      return fig(cv, b.title);
+    });
+    const paint = (cv, value, outline) => { // value(i) in [0, 1] or null (committed before the step)
+      const ctx = cv.getContext("2d"); ctx.fillStyle = "#f2f2f2"; ctx.fillRect(0, 0, V, V);
+      for (let i = 0; i < L; i++) {
+        const f = value(i), x = (i % g) * cell, y = Math.floor(i / g) * cell;
+        if (f !== null) { ctx.fillStyle = viridis(f); ctx.fillRect(x + 0.5, y + 0.5, cell - 1, cell - 1); }
+        if (outline && outline(i)) { const lw = Math.max(2, Math.round(cell / 8)); ctx.strokeStyle = ORANGE; ctx.lineWidth = lw; ctx.strokeRect(x + lw / 2, y + lw / 2, cell - lw, cell - lw); }
+      }
+    };
+    const top = a => Math.max(1e-12, ...a.map(x => x || 0));
+    const dmax = top(t.delta), umax = top(t.unc), M = Math.max(1, d.count.masked);
+    const delta = canvas("delta"), why = canvas("why"), unc = canvas("unc"), after = canvas("after");
+    paint(delta, i => t.masked[i] ? (t.delta[i] || 0) / dmax : null);
+    paint(why, i => t.masked[i] ? 1 - t.rank[i] / Math.max(1, M - 1) : null, i => t.revealed[i]);
+    paint(unc, i => t.masked[i] ? (t.unc[i] || 0) / umax : null);
+    for (const cv of [delta, why, unc]) { hover(cv);
+      if (!d.discrete) { cv.title = "click a token that was masked to see its denoising path"; cv.addEventListener("click", ev => {
+        const i = at(ev, cv); if (self.trigger) self.trigger("select", { index: [Math.floor(i / g), i % g], value: null, selected: true }); }); } }
+    hover(after);
+    this.afterCv = after;
+    after.addEventListener("click", ev => { const i = at(ev, after); if (self.sel.has(i)) self.sel.delete(i); else self.sel.add(i); self.drawAfter(); self.syncSelection(); });
+    this.selLine = el("div", { class: "emigm-hint emigm-asel" });
+    const guided = d.guidance === "none" ? " (no guidance at this step: the branches coincide)" : "";
+    const rows = [
+      el("div", { class: "emigm-ahead" }, el("b", {}, `${stepLabel(d.step, d.N)}`), ` · ${d.headline} · order ${d.order} · count rule ${d.count_rule} · guidance ${d.guidance}${guided}`),
+      el("div", { class: "emigm-images" }, ...branch),
+      el("div", { class: "emigm-images" },
+        fig(delta, `where guidance acted: ${d.delta_label} (max ${dmax.toPrecision(2)})`),
+        fig(why, "why these tokens: brighter = earlier in this step's order · orange = revealed"),
+        fig(unc, `uncertainty: ${d.unc_label} (max ${umax.toPrecision(2)})`),
+        fig(after, `after step ${d.step}: click tokens to choose them for an intervention`)),
+      this.selLine, tip];
+    if (d.path) rows.push(this.buildPath());
+    this.root.replaceChildren(el("div", { class: "emigm-anatomy-body" }, ...rows));
+    this.drawAfter(); this.syncSelection(false);
+  };
+  Anatomy.prototype.drawAfter = function () {
+    const d = this.data, cv = this.afterCv, ctx = cv.getContext("2d"), V = cv.width, g = d.grid, cell = V / g;
+    const j = d.branches.findIndex(b => b.name === "combined"), lw = Math.max(2, Math.round(cell / 8));
+    ctx.imageSmoothingEnabled = false; ctx.drawImage(this.img, j * d.px, 0, d.px, d.px, 0, 0, V, V);
+    for (let i = 0; i < d.L; i++) {
+      const x = (i % g) * cell, y = Math.floor(i / g) * cell;
+      if (d.tokens.after[i]) { ctx.fillStyle = GREY; ctx.fillRect(x, y, cell, cell); }
+      if (this.sel.has(i)) { ctx.strokeStyle = PURPLE; ctx.lineWidth = lw; ctx.strokeRect(x + lw / 2, y + lw / 2, cell - lw, cell - lw); }
+    }
+  };
+  // the chosen tokens go into the intervention's tokens box (as typed there: row:col, ...)
+  Anatomy.prototype.syncSelection = function (write = true) {
+    const g = this.data.grid, list = [...this.sel].sort((a, b) => a - b).map(i => `${Math.floor(i / g)}:${i % g}`).join(", ");
+    this.root.dataset.sel = list;
+    this.selLine.textContent = list ? `chosen for an intervention: ${list}` : "Click tokens on the last view to choose them for an intervention (below).";
+    if (!write) return;
+    const box = document.querySelector("#int-tokens textarea, #int-tokens input");
+    if (box) { box.value = list; box.dispatchEvent(new Event("input", { bubbles: true })); }
+  };
+  Anatomy.prototype.buildPath = function () {
+    const d = this.data, p = d.path;
+    if (p.note) return el("div", { class: "emigm-note emigm-path" }, p.note);
+    const vals = p.values, S = vals.length, C = vals[0].length, W = 420, H = 160, l = 40, r = 10, tp = 10, b = 24;
+    const lo = Math.min(...vals.flat()), hi = Math.max(...vals.flat()), span = Math.max(1e-9, hi - lo);
+    const x = j => l + j * (W - l - r) / Math.max(1, S - 1), y = v => tp + (H - tp - b) * (1 - (v - lo) / span);
+    const g = svg("svg", { width: W, height: H, class: "emigm-svg emigm-pathplot" });
+    const colors = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"];
+    for (let ch = 0; ch < C; ch++) {
+      g.append(svg("polyline", { points: vals.map((row, j) => `${x(j)},${y(row[ch])}`).join(" "), fill: "none", stroke: colors[ch % colors.length], "stroke-width": 1.6 }));
+    }
+    const text = (xx, yy, s, anchor) => { const e = svg("text", { x: xx, y: yy, "font-size": 11, "text-anchor": anchor || "middle", fill: "#444" }); e.textContent = s; g.append(e); };
+    g.append(svg("line", { x1: l, y1: H - b, x2: W - r, y2: H - b, stroke: "#888" })); g.append(svg("line", { x1: l, y1: tp, x2: l, y2: H - b, stroke: "#888" }));
+    for (let j = 0; j < S; j++) text(x(j), H - b + 14, String(j));
+    text(l - 4, tp + 8, hi.toPrecision(2), "end"); text(l - 4, H - b, lo.toPrecision(2), "end");
+    const S2 = 56, strip = el("div", { class: "emigm-tiles" });
+    for (let j = 0; j < S; j++) {
+      const cv = el("canvas", { width: S2, height: S2 }), ctx = cv.getContext("2d");
+      ctx.imageSmoothingEnabled = false; ctx.drawImage(this.pimg, j * d.px, 0, d.px, d.px, 0, 0, S2, S2);
+      strip.append(el("figure", { class: "emigm-tile" }, cv, el("figcaption", {}, j === 0 ? "noise" : `solver ${j}`)));
+    }
+    return el("div", { class: "emigm-path" },
+      el("div", { class: "emigm-hint" }, `Token (${p.token[0]}, ${p.token[1]}) inside the diffusion head at step ${d.step}: its ${C} channels after each ` +
+        `solver step (${p.solver}${p.revealed ? ", revealed at this step" : ", a draft: still masked after this step"}), and the image decoded with it.`),
+      g, strip);
+  };
+  window.emigmAnatomy = function (element, props, trigger, watch) {
+    const root = element.querySelector(".emigm-anatomy") || element;
+    const a = new Anatomy(root, trigger);
+    a.set(props.value);
+    if (watch) watch("value", () => a.set(props.value));
+  };
+
+  // ------------------------------------------------------------------ the guided tour
+
+  const TOUR = [
+    ["#run-btn", "1 · Run", "Pick a class and a seed and press Run: the sampler starts from an all-masked image and reveals it token by token."],
+    ["#player .emigm-images", "2 · Scrub", "The canvas (grey = still masked, orange = revealed at this step), the model's draft of every token, and a map. Scrub with the slider or the arrow keys: it all replays in your browser."],
+    ["#player .emigm-maps", "3 · Maps", "Switch the map: when each token was revealed, how unsure the model is about each still-masked token, how often a token was revised (remasking runs). Hover any token for its numbers."],
+    ["#open-step-btn", "4 · Open a step", "Open the step shown in the player: what the conditional, null and smoothed branches predicted, where guidance changed the prediction, and why these tokens were revealed."],
+    ["#intervene-btn", "5 · Intervene", "Choose tokens on the opened step, erase them (or fix a code), and resume with the same random streams: both runs side by side, and the step where they part."],
+    [() => [...document.querySelectorAll("button[role=tab]")].find(b => b.textContent.trim().startsWith("Compare")), "6 · Compare",
+      "Compare along any axis on one seed (guidance, schedule, steps, order, head, remasking, temperature), with the measured FD under every panel whose setting was measured."],
+  ];
+  window.emigmTour = function () {
+    document.querySelector(".emigm-tour")?.remove();
+    let i = 0, lit = null;
+    const box = el("div", { class: "emigm-tour", role: "dialog", "aria-label": "guided tour" });
+    const close = () => { if (lit) lit.classList.remove("emigm-tour-lit"); box.remove(); document.removeEventListener("keydown", key); };
+    const key = ev => { if (ev.key === "Escape") close(); };
+    const show = () => {
+      const [sel, title, text] = TOUR[i], target = typeof sel === "function" ? sel() : document.querySelector(sel);
+      if (lit) lit.classList.remove("emigm-tour-lit");
+      lit = target || null;
+      if (lit) { lit.classList.add("emigm-tour-lit"); lit.scrollIntoView({ block: "center", behavior: "instant" }); }
+      box.dataset.step = i + 1;
+      box.replaceChildren(el("b", {}, title), el("p", {}, text),
+        el("div", { class: "emigm-tour-bar" },
+          el("span", {}, `${i + 1} of ${TOUR.length}`),
+          el("button", { type: "button", class: "emigm-btn", "data-act": "back", onclick: () => { if (i > 0) { i--; show(); } } }, "back"),
+          i < TOUR.length - 1 ? el("button", { type: "button", class: "emigm-btn", "data-act": "next", onclick: () => { i++; show(); } }, "next")
+            : el("button", { type: "button", class: "emigm-btn", "data-act": "done", onclick: close }, "done"),
+          el("button", { type: "button", class: "emigm-btn", "data-act": "skip", onclick: close }, "skip the tour")));
+    };
+    document.body.append(box);
+    document.addEventListener("keydown", key);
+    show();
+  };
+
   // ------------------------------------------------------------------ notes next to refused values
 
   // notes: {control: message} for the controls whose elem_id is prefix + control; replaces the notes
@@ -425,6 +602,7 @@
         if (v.phase === "done" && drawn[v.run]) phase = "ready";
       }
       if (v.phase === "error") placeNotes(prefix, v.notes || {});
+      else if (root.dataset.clear && (v.phase === "done" || v.phase === "running")) placeNotes(prefix, {});
       render();
     };
     root.emigmWait = () => { phase = "waiting"; text = "**Starting…** waiting for the sampler"; since = performance.now(); render(); };
