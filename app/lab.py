@@ -33,7 +33,8 @@ from .unmask import NO_RUN
 
 ANATOMY_OUTPUTS = ("status", "anatomy", "anatomy_json")
 INTERVENE_OUTPUTS = ("status", "player", "intervention_json")
-ACTIONS = {"erase": "re-mask the chosen tokens (any head)", "fix": "commit the chosen tokens to a code (categorical heads)"}
+ACTIONS = {"erase": "re-mask the chosen tokens (any head)",
+           "fix": "commit the chosen tokens to a code (categorical heads)"}
 BRANCH_TITLES = {"conditional": "conditional", "null": "null branch (CFG)", "smoothed": "smoothed (self-guidance)",
                  "combined": "combined = the run's draft"}
 
@@ -155,7 +156,8 @@ def path_payload(state: StepState, gen, token: tuple[int, int], grid: int) -> di
     with torch.inference_mode():
         images = to_uint8(gen.tokenizer.decode(draft.to(_device(gen))))
     s = state.sampler
-    opts = (s.head_solver, s.head_steps) if bool(state.revealed[0, pos]) or s.draft_steps == 0 else ("dpm", s.draft_steps)
+    full = bool(state.revealed[0, pos]) or s.draft_steps == 0
+    opts = (s.head_solver, s.head_steps) if full else ("dpm", s.draft_steps)
     return {"token": [r, c], "values": np.round(path.float().numpy(), 4).tolist(),
             "solver": f"{opts[0]} × {opts[1]}", "revealed": bool(state.revealed[0, pos]),
             "sprite": stepper.sprite([list(images)]), "note": ""}
@@ -247,15 +249,17 @@ class Lab:
             pass
         resumed = replace(resumed, edited=True)
         d = divergence(trajectory, resumed)
-        same = all(np.array_equal(fa.state.tokens.numpy(), fb.state.tokens.numpy())
-                   for fa, fb in zip(trajectory.frames, resumed.frames)) and len(trajectory.frames) == len(resumed.frames)
+        same = len(trajectory.frames) == len(resumed.frames) and all(
+            np.array_equal(fa.state.tokens.numpy(), fb.state.tokens.numpy())
+            for fa, fb in zip(trajectory.frames, resumed.frames))
         what = ("nothing erased" if action == "erase" and not positions else
                 f"{'erased' if action == 'erase' else f'fixed to code {value}'}: {len(positions)} token(s)")
         where = ("identical at every step" if same and d.step is None else
                  f"identical through step {d.step - 1}, differ from step {d.step}" if d.step else
                  "the committed tokens never differ (the drafts may)")
         run = stepper.new_run_id()
-        player = stepper.compare_payload([("original", trajectory, ""), (f"intervened after step {k}", resumed, "")], run)
+        player = stepper.compare_payload([("original", trajectory, ""), (f"intervened after step {k}", resumed, "")],
+                                         run)
         doc = {"step": k, "action": action, "tokens": positions, "code": value, "identical": same,
                "diverge_step": d.step, "image_diverge_step": d.image_step,
                "tokens_differ_per_step": [round(x, 4) for x in d.tokens], "headline": where,

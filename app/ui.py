@@ -26,8 +26,8 @@ from .compare import OUTPUTS as COMPARE_OUTPUTS
 from .compare import PANEL_TITLES, Compare, compare_view
 from .engine import LAB_MAPS, Engine
 from .errors import message, user_errors
-from .permalink import Permalinks
 from .lab import ACTIONS, Lab
+from .permalink import Permalinks
 from .unmask import OUTPUTS as UNMASK_OUTPUTS
 from .unmask import Unmasking
 
@@ -456,7 +456,8 @@ def initial_compare(engine: Engine, h: Compare) -> dict[str, Any]:
     at start-up so the Compare tab opens with its panels and difference view."""
     model = engine.names[0]
     try:
-        values = {"model": model, "class_name": engine.class_names(model)[0], "seed": 0, "num_seeds": 1, "axis": "guidance",
+        values = {"model": model, "class_name": engine.class_names(model)[0], "seed": 0, "num_seeds": 1,
+                  "axis": "guidance",
                   "panel_a": "none", "panel_b": "interval", **h.defaults(model)}
         out = None
         for out in h.compare(**{k: values[k] for k in COMPARE_CONTROLS}):
