@@ -1,17 +1,19 @@
-"""Handlers of the Compare guidance tab: one seed and one reveal rule, several guidance settings.
+"""Handlers of the Compare tab: one seed, panels along one axis (guidance, schedule, steps, order, head,
+remasking, temperature; app/axes.py), one step player for all of them.
 
-The panels depend on the model (`panel_specs`):
+The guidance panels depend on the model (`panel_specs`):
 - a categorical (MaskGIT-style) model: no guidance, CFG, CFG in an interval, self-guidance, both;
 - a diffusion-head (eMIGM) model: no guidance, CFG with the fake class (its `-fakecfg` twin), CFG with
   the mask, CFG in an interval, and self-guidance when the model has a module.
 A panel the model cannot run shows why (emigm.sample.capabilities' reason, or the missing partner). With the
 random order, where tokens are revealed comes from the sampler's "where" stream alone, so every panel
-reveals the same positions at the same steps and differences come from guidance.
+reveals the same positions at the same steps and differences come from guidance. Under each panel
+whose setting was measured (assets/results/claims.json) its FD is shown with its error bar.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -21,8 +23,9 @@ from emigm.core.config import to_dict
 from emigm.core.fields import FieldError
 from emigm.core.guidance import GuidanceConfig
 from emigm.sample.capabilities import refusals
+from emigm.sample.options import SamplerConfig
 
-from . import controls, memory, plots, stepper
+from . import analysis, axes, controls, memory, plots, stepper
 from .engine import Engine, Trajectory
 from .errors import message, user_errors
 from .unmask import class_index
@@ -38,7 +41,8 @@ OUTPUTS = ("status", "player", "doc", "state", "diff", "diff_doc")
 # controls of this tab: the model's sampler fields but the order (random or confidence only) and guidance scales
 FIELDS = ("num_steps", "schedule", "count_rule", "order", "temperature", "head_solver", "head_steps",
           "cfg_scale", "cfg_interval", "cfg_schedule", "sg_scale", "sg_interval")
-CONTROLS = ("model", "class_name", "seed", "num_seeds") + controls.control_names(FIELDS) + ("panel_a", "panel_b")
+CONTROLS = (("model", "class_name", "seed", "num_seeds", "axis") + controls.control_names(FIELDS)
+            + ("panel_a", "panel_b"))
 
 
 def compare_view(view: controls.ModelView) -> controls.ModelView:
@@ -56,12 +60,18 @@ class Panel:
     guidance: GuidanceConfig | None
     note: str  # why a panel is unavailable, or what it runs
     traj: Trajectory | None = None
+    sampler: SamplerConfig | None = None  # the panel's own sampler (an axis panel); None: the tab's
 
     def titled(self) -> str:
         if self.traj is None:
             return self.title
         so_far = "" if self.traj.complete else " so far"
-        return f"{self.title} · NFE {self.traj.last.passes}{so_far}"
+        ms = 1000 * sum(f.sample_s + f.decode_s for f in self.traj.frames)
+        return f"{self.title} · NFE {self.traj.last.passes}{so_far} · {ms:.0f} ms"
+
+    def measured(self, sampler: SamplerConfig) -> dict[str, Any] | None:
+        return axes.measured_fd(analysis.CLAIMS_PATH, self.model, replace(self.sampler or sampler, draft=False),
+                                self.guidance)
 
 
 def panel_specs(engine: Engine, base: str, g: GuidanceConfig) -> list[Panel]:
@@ -168,16 +178,21 @@ def check_panel_name(name: Any) -> str:
     return name
 
 
-def summary(cmp: Comparison, seeds: list[int], class_name: str, order: str) -> dict[str, Any]:
+def summary(cmp: Comparison, seeds: list[int], class_name: str, order: str, axis: str = "guidance",
+            sampler: SamplerConfig | None = None) -> dict[str, Any]:
     live = [p for p in cmp.panels if p.traj is not None]
     reveal = [[f.state.revealed.numpy() for f in p.traj.frames] for p in live]
-    same = all(all(np.array_equal(x, y) for x, y in zip(reveal[0], r)) for r in reveal[1:])
+    same = all(len(r) == len(reveal[0]) and all(np.array_equal(x, y) for x, y in zip(reveal[0], r))
+               for r in reveal[1:])
     return {
-        "seeds": seeds, "class_name": class_name, "num_steps": cmp.num_steps, "order": order,
+        "seeds": seeds, "class_name": class_name, "num_steps": cmp.num_steps, "order": order, "axis": axis,
         "same_reveal_order": same,
         "panels": [{
             "key": p.key, "title": p.title, "model": p.model, "available": p.traj is not None, "note": p.note,
             "guidance": to_dict(p.guidance) if p.guidance else None,
+            "sampler": to_dict(p.sampler) if p.sampler else None,
+            "num_steps": p.traj.num_steps if p.traj else None,
+            "measured": p.measured(sampler) if sampler is not None else None,
             "nfe": p.traj.last.passes if p.traj else None,
             "wall_s": round(sum(f.sample_s + f.decode_s for f in p.traj.frames), 4) if p.traj else None,
             "revealed": [[row.nonzero().flatten().tolist() for row in f.state.revealed] for f in p.traj.frames]
@@ -219,6 +234,10 @@ class Compare:
                 controls.app_value(name, values[name])
             except ValueError as e:
                 notes[name] = message(e)
+        try:
+            axes.check_axis(values["axis"], gen.model)
+        except ValueError as e:
+            notes["axis"] = message(e)
         for name in ("panel_a", "panel_b"):
             try:
                 check_panel_name(values[name])
@@ -246,17 +265,25 @@ class Compare:
         label = class_index(self.engine.class_names(base), values["class_name"])
         n = controls.app_value("num_seeds", values["num_seeds"])
         seeds = [controls.app_value("seed", values["seed"]) + i for i in range(n)]
-        specs = panel_specs(self.engine, base, guidance)
+        axis = axes.check_axis(values["axis"], gen.model)
+        if axis == "guidance":
+            specs = panel_specs(self.engine, base, guidance)
+        else:  # the tab's setting with one choice varied; a value the model cannot run says why
+            specs = [Panel(key, title, base if s else None, guidance if s else None, note, sampler=s)
+                     for key, title, s, note in axes.axis_settings(axis, gen.model, gen.smoother, sampler, guidance)]
         # every input is checked before the first panel runs
         for p in specs:
             if p.model is not None:
                 g = self.engine.load(p.model)
-                reasons = refusals(g.model, g.smoother, sampler, p.guidance)
+                reasons = refusals(g.model, g.smoother, p.sampler or sampler, p.guidance)
                 if reasons:
                     raise reasons[0]
         todo = [p for p in specs if p.model is not None]
         run = stepper.new_run_id()
-        streams = {p.key: self.engine.stream(p.model, [label] * n, seeds, sampler, p.guidance) for p in todo}
+        streams = {p.key: self.engine.stream(p.model, [label] * n, seeds, p.sampler or sampler, p.guidance)
+                   for p in todo}
+        num_steps = max((p.sampler or sampler).num_steps for p in todo)
+        context = dict(seeds=seeds, class_name=values["class_name"], order=order, axis=axis, sampler=sampler)
         trajs: dict[str, Trajectory] = {}
         last, fig = 0.0, [None, None, 0.0]  # the difference figure, its last live snapshot, when taken
         while streams:
@@ -271,15 +298,16 @@ class Compare:
             if time.perf_counter() - last < LIVE_EVERY_S:
                 continue
             last = time.perf_counter()
-            cmp = self._assemble(specs, trajs, sampler.num_steps)
+            cmp = self._assemble(specs, trajs, num_steps)
             k = min(len(t.frames) for t in trajs.values())
-            msg = f"**Comparing {len(todo)} panels… {plots.steps_label(k, sampler.num_steps)}**"
-            yield self._outputs(cmp, run, seeds, values["class_name"], order, panel_a, panel_b,
-                                stepper.status("running", msg, run), live=True, fig=fig)
-        cmp = self._assemble(specs, trajs, sampler.num_steps)
+            msg = f"**Comparing {len(todo)} panels… {plots.steps_label(k, num_steps)}**"
+            yield self._outputs(cmp, run, context, panel_a, panel_b, stepper.status("running", msg, run),
+                                live=True, fig=fig)
+        cmp = self._assemble(specs, trajs, num_steps)
         nfe = ", ".join(f"{p.title} {p.traj.last.passes}" for p in cmp.panels if p.traj)
-        status = stepper.status("done", f"**{len(todo)} panels**, seeds {seeds[0]}..{seeds[-1]}; NFE: {nfe}", run)
-        yield self._outputs(cmp, run, seeds, values["class_name"], order, panel_a, panel_b, status, fig=fig)
+        status = stepper.status("done", f"**{len(todo)} panels** along {axis}, seeds {seeds[0]}..{seeds[-1]}; "
+                                        f"NFE: {nfe}", run)
+        yield self._outputs(cmp, run, context, panel_a, panel_b, status, fig=fig)
         memory.release()
 
     compare = user_errors(controls.keyword_handler(CONTROLS, _compare, lead=("self",)),
@@ -287,16 +315,22 @@ class Compare:
 
     @staticmethod
     def _assemble(specs: list[Panel], trajs: Mapping[str, Trajectory], num_steps: int) -> Comparison:
-        return Comparison(tuple(Panel(p.key, p.title, p.model, p.guidance, p.note, trajs.get(p.key))
-                                for p in specs), num_steps)
+        return Comparison(tuple(replace(p, traj=trajs.get(p.key)) for p in specs), num_steps)
 
-    def _outputs(self, cmp: Comparison, run: str, seeds: list[int], class_name: str, order: str,
-                 panel_a: str, panel_b: str, status: dict, live: bool = False, fig: list | None = None) -> tuple:
+    def _outputs(self, cmp: Comparison, run: str, context: dict[str, Any], panel_a: str, panel_b: str,
+                 status: dict, live: bool = False, fig: list | None = None) -> tuple:
         """OUTPUTS of a comparison so far: every output gets a value (a gr.skip() would make Gradio
         build, and keep, a component each time). fig: [the comparison's difference figure, its last live
         snapshot, when taken]: the figure is built at the first frame and updated in place after; a live
         output carries a snapshot of it, renewed every DIFF_EVERY_S."""
-        player = stepper.compare_payload([(p.titled(), p.traj, p.note) for p in cmp.panels], run, live=live)
+        sampler = context["sampler"]
+        extras = [{"key": p.key, "measured": p.measured(sampler)} for p in cmp.panels]
+        player = stepper.compare_payload([(p.titled(), p.traj, p.note) for p in cmp.panels], run, live=live,
+                                         extras=extras)
+        keys = {p.key for p in cmp.panels} | {p.title for p in cmp.panels}
+        if panel_a not in keys or panel_b not in keys:  # an axis' panels: the first two that ran
+            ran = [p.key for p in cmp.panels if p.traj is not None] * 2
+            panel_a, panel_b = ran[0], ran[1]
         fig = fig if fig is not None else [None, None, 0.0]
         now = time.perf_counter()
         if live and fig[1] is not None and now - fig[2] < DIFF_EVERY_S:
@@ -309,7 +343,7 @@ class Compare:
                 diff_fig, diff_doc = None, {"error": str(e)}
             fig[1], fig[2] = (diff_fig, diff_doc), now
         # the panels' JSON (every reveal of every panel) comes with the complete comparison only
-        doc = None if live else summary(cmp, seeds, class_name, order)
+        doc = None if live else summary(cmp, **context)
         return status, player, doc, cmp, diff_fig, diff_doc
 
     def _diff(self, comparison: Comparison, panel_a: str, panel_b: str, fig=None):

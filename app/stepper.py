@@ -76,8 +76,34 @@ def when(traj: Trajectory, n: int) -> list[list[int]]:
     return out.tolist()
 
 
+def masks(traj: Trajectory, n: int | None = None, b: int = 0) -> list[str] | None:
+    """Per step of sample b, the mask after it as a string of L '0' / '1' (1 = masked), for a run with
+    remasking (a token may be masked again after its commit, so its reveal step alone does not say);
+    None for a run without."""
+    if not traj.edited and all(f.state.sampler.remask == "off" for f in traj.frames):
+        return None
+    return ["".join("1" if m else "0" for m in f.state.mask_after[b].tolist()) for f in traj.frames[:n]]
+
+
+def lab_maps(traj: Trajectory, frames, b: int = 0) -> dict[str, Any]:
+    """The per-token maps of the shown frames a run recorded (engine.LAB_MAPS): "unc", the uncertainty of
+    the draft at every still-masked token (0 elsewhere) with its meaning in "unc_label"; for a
+    remasking run "revisions", how often each token was re-masked after its commit so far, and "masked"."""
+    out: dict[str, Any] = {}
+    if frames and all(f.state.anatomy is not None for f in frames):
+        out["unc"] = [np.round(f.state.anatomy.uncertainty[b].float().numpy(), 4).tolist() for f in frames]
+        out["unc_label"] = ("entropy of the token's distribution (nats)" if traj.frames[0].state.tokens.dim() == 2
+                            else "spread of 4 head draws (mean sd over channels)")
+    m = masks(traj)
+    if m is not None:
+        first = len(traj.frames) - len(frames)
+        out["masked"] = m[first:]
+        out["revisions"] = [f.state.revisions[b].tolist() for f in frames]
+    return out
+
+
 def unmask_payload(traj: Trajectory, run: str, live: bool = False, title: str = "") -> dict[str, Any]:
-    """The Unmasking player for sample 0: every frame (or, while `live`, the newest one)."""
+    """The Unmasking player for sample 0: every frame (or, while `live`, the newest one), with the lab maps."""
     frames = traj.frames[-1:] if live else traj.frames
     return {
         "kind": "unmask", "run": run, "live": live, "n": len(traj.frames), "N": traj.num_steps,
@@ -85,37 +111,51 @@ def unmask_payload(traj: Trajectory, run: str, live: bool = False, title: str = 
         "first": len(traj.frames) - len(frames), "sprite": sprite([[f.draft[0]] for f in frames]),
         "panels": [{"title": traj.model, "cols": [0], "when": traj.when_map()[:1].reshape(1, -1).tolist()}],
         "steps": step_records(traj), "branched_from": traj.branched_from, "title": title,
-        "complete": traj.complete and not live,
+        "complete": traj.complete and not live, **lab_maps(traj, frames),
     }
 
 
+def frame_of(length: int, n: int) -> list[int]:
+    """For a player of n steps, the frame of a run of `length` steps shown at each: the same fraction of
+    the run (runs of different step counts scrub together, start to end)."""
+    return [min(length - 1, math.ceil((k + 1) * length / n) - 1) for k in range(n)]
+
+
 def compare_payload(panels: Sequence[tuple[str, Trajectory | None, str]], run: str,
-                    live: bool = False) -> dict[str, Any]:
-    """Side-by-side panels (title, trajectory or None, note) sharing one step slider, at the steps
-    every panel has (all of them, or, while `live`, the newest one). Each live panel contributes one
-    sprite column per seed; its time is its own sampling and decoding (the panels run interleaved)."""
+                    live: bool = False, extras: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Side-by-side panels (title, trajectory or None, note) sharing one step slider. Complete: the slider
+    runs over the longest run and every panel shows the same fraction of its own run (`frame_of`; the
+    same step when the runs have the same steps); `live`: one frame, each panel's newest. Each live
+    panel contributes one sprite column per seed; its time is its own sampling and decoding (the panels
+    run interleaved). extras[i]: more fields of panel i (e.g. its measured FD)."""
     live_panels = [p for p in panels if p[1] is not None]
     if not live_panels:
         raise ValueError("no panel has a run to show")
-    n = min(len(p[1].frames) for p in live_panels)
-    first = live_panels[0][1]
-    shown = [n - 1] if live else range(n)
-    rows = [[img for _, traj, _ in live_panels for img in traj.frames[k].draft] for k in shown]
+    lengths = [len(p[1].frames) for p in live_panels]
+    n = min(lengths) if live else max(lengths)
+    first = max((p[1] for p in live_panels), key=lambda t: t.num_steps)
+    shown = {id(t): ([len(t.frames) - 1] * n if live else frame_of(len(t.frames), n)) for _, t, _ in live_panels}
+    rows = [[img for _, traj, _ in live_panels for img in traj.frames[shown[id(traj)][k]].draft]
+            for k in ([n - 1] if live else range(n))]
     out_panels, col = [], 0
-    for title, traj, note in panels:
+    for i, (title, traj, note) in enumerate(panels):
+        extra = dict(extras[i]) if extras else {}
         if traj is None:
-            out_panels.append({"title": title, "note": note, "cols": []})
+            out_panels.append({"title": title, "note": note, "cols": [], **extra})
             continue
-        B = traj.batch
+        B, m = traj.batch, len(traj.frames)
         out_panels.append({"title": title, "note": note, "cols": list(range(col, col + B)),
-                           "when": when(traj, n), "steps": step_records(traj, n=n),
-                           "nfe": traj.frames[n - 1].state.passes,
-                           "ms": round(1000 * sum(f.sample_s + f.decode_s for f in traj.frames[:n]))})
+                           "when": when(traj, m), "steps": step_records(traj, n=m), "N": traj.num_steps,
+                           "frame_of": shown[id(traj)], "masked": [masks(traj, m, b) for b in range(B)]
+                           if masks(traj, m) is not None else None,
+                           "nfe": traj.frames[m - 1].state.passes,
+                           "ms": round(1000 * sum(f.sample_s + f.decode_s for f in traj.frames[:m])), **extra})
         col += B
-    complete = not live and all(p[1].frames[n - 1].state.done for p in live_panels)
-    return {"kind": "compare", "run": run, "live": live, "n": n, "N": first.num_steps, "grid": first.grid,
-            "px": first.image_size, "view": view_px(first.image_size), "L": first.grid ** 2,
-            "first": n - 1 if live else 0, "sprite": sprite(rows), "panels": out_panels, "complete": complete}
+    complete = not live and all(p[1].last.done for p in live_panels)
+    return {"kind": "compare", "run": run, "live": live, "n": n, "N": first.num_steps if live else n,
+            "grid": first.grid, "px": first.image_size, "view": view_px(first.image_size), "L": first.grid ** 2,
+            "first": n - 1 if live else 0, "sprite": sprite(rows), "panels": out_panels, "complete": complete,
+            "same_steps": len({t.num_steps for _, t, _ in live_panels}) == 1}
 
 
 def keep_views(num_outputs: int):

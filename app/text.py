@@ -117,3 +117,13 @@ sampler setting, and whether each claim of the paper holds on our models.
 RESULTS_MISSING = ("**No measured results here.** `assets/results/claims.json` is missing (it is written by "
                    "`benchmarks/paper_claims.py`); once it exists this tab plots FD against NFE for each setting and "
                    "lists which claims hold.")
+
+
+INTERVENE_HELP = """
+**Change one thing and see what moves.** Open a step above, click tokens on its last view (the canvas after
+that step) to choose them, then **erase** them (they are masked again) or **fix** them to a code (categorical
+heads), and resume: the run continues from the edited state with the same random streams, so everything
+that differs afterwards comes from your edit. The original and the intervened run play side by side with
+one slider; the status says at which step they part. With nothing chosen, erasing changes nothing and the
+resumed run is the original, step for step.
+"""

@@ -20,12 +20,13 @@ from typing import Any
 
 import gradio as gr
 
-from . import analysis, controls, stepper, text
+from . import analysis, axes, controls, stepper, text
 from .compare import CONTROLS as COMPARE_CONTROLS
 from .compare import OUTPUTS as COMPARE_OUTPUTS
 from .compare import PANEL_TITLES, Compare, compare_view
-from .engine import Engine
+from .engine import LAB_MAPS, Engine
 from .errors import message, user_errors
+from .lab import ACTIONS, Lab
 from .permalink import Permalinks
 from .unmask import OUTPUTS as UNMASK_OUTPUTS
 from .unmask import Unmasking
@@ -42,6 +43,18 @@ SESSION_CAPACITY = 100  # at most this many sessions keep state (Gradio keeps ~3
 BRANCH_FROM_PLAYER = ("(...args) => { window.emigmWaiting && window.emigmWaiting('run-status'); "
                       "const k = document.querySelector('#player .emigm-root')?.dataset.k; "
                       "if (k !== undefined) args[1] = +k + 1; return args; }")
+# the opened step: the step shown in the player (a token click: the opened step's)
+OPEN_FROM_PLAYER = ("(...args) => { window.emigmWaiting && window.emigmWaiting('lab-status'); "
+                    "const k = document.querySelector('#player .emigm-root')?.dataset.k; "
+                    "if (k !== undefined) args[1] = +k + 1; args[2] = null; args[3] = null; return args; }")
+OPENED_STEP = ("(...args) => { window.emigmWaiting && window.emigmWaiting('lab-status'); "
+               "const s = document.querySelector('#anatomy .emigm-anatomy')?.dataset.step; "
+               "if (s !== undefined) args[1] = +s; return args; }")
+# an intervention after the opened step (else the player's)
+INTERVENE_AT = ("(...args) => { window.emigmWaiting && window.emigmWaiting('int-status'); "
+                "const s = document.querySelector('#anatomy .emigm-anatomy')?.dataset.step, "
+                "k = document.querySelector('#player .emigm-root')?.dataset.k; "
+                "args[1] = s !== undefined ? +s : k !== undefined ? +k + 1 : args[1]; return args; }")
 
 
 def waiting(status_id: str) -> str:
@@ -70,12 +83,25 @@ class Status(gr.HTML):
     """The status line: value = stepper.status(...): running | done (shown as rendering, then ready once
     the player has drawn that run) | stopped | error (its notes go next to the controls of `prefix`)."""
 
-    def __init__(self, value: Any = None, prefix: str = "ctl-", **kw) -> None:
-        super().__init__(value, html_template=f"<div class='emigm-status' data-prefix='{prefix}'></div>",
+    def __init__(self, value: Any = None, prefix: str = "ctl-", clear_notes: bool = False, **kw) -> None:
+        # clear_notes: a success clears the notes of `prefix` (controls no check event watches)
+        extra = " data-clear='1'" if clear_notes else ""
+        super().__init__(value, html_template=f"<div class='emigm-status' data-prefix='{prefix}'{extra}></div>",
                          apply_default_css=False, js_on_load="window.emigmStatus(element, props, watch);", **kw)
 
     def api_info(self) -> dict[str, Any]:
         return {"type": "object", "description": "{phase, text, run, notes}"}
+
+
+class AnatomyView(gr.HTML):
+    """An opened step: value = lab.anatomy_payload(...), drawn by static/explorer.js (emigmAnatomy)."""
+
+    def __init__(self, value: Any = None, **kw) -> None:
+        super().__init__(value, html_template="<div class='emigm-anatomy'></div>", apply_default_css=False,
+                         js_on_load="window.emigmAnatomy(element, props, trigger, watch);", **kw)
+
+    def api_info(self) -> dict[str, Any]:
+        return {"type": "object", "description": "opened step payload (JSON)"}
 
 
 class Notes(gr.HTML):
@@ -156,6 +182,7 @@ def _unmasking_tab(engine: Engine, h: Unmasking, links: Permalinks, initial):
                 gif = gr.DownloadButton("⬇ GIF of the unmasking", elem_id="dl-gif", size="sm")
                 strip = gr.DownloadButton("⬇ PNG strip (mask over image)", elem_id="dl-strip", size="sm")
                 trace = gr.DownloadButton("⬇ JSON trace with settings", elem_id="dl-trace", size="sm")
+            lab_views = _lab_section()
             with gr.Accordion("Timing and run data", open=False):
                 timing = gr.Markdown(initial.get("timing"), elem_id="timing", elem_classes=["quiet"])
                 run_json = gr.JSON(initial.get("run_json"), label="run", elem_id="run-json", elem_classes=["quiet"])
@@ -205,8 +232,59 @@ def _unmasking_tab(engine: Engine, h: Unmasking, links: Permalinks, initial):
     player.select(h.pick_token, [state], [row, col], api_name="pick_token", **INSTANT) \
         .then(h.token_history, [state, row, col], [token_json], api_name="picked_token_history", **INSTANT)
     show.click(h.token_history, [state, row, col], [token_json], api_name="token_history", **INSTANT)
+    _lab_events(Lab(engine), state, lab_views)
     return dict(controls=c, run_inputs=run_inputs, outputs=outputs, files=files, link=link, note=note,
                 state=state, banner=banner)
+
+
+# ----------------------------------------------------------------------------- the lab (under the player)
+
+
+def _lab_section() -> dict[str, Any]:
+    """Open a step, and intervene and resume: the views under the Unmasking player (app/lab.py)."""
+    v: dict[str, Any] = {}
+    with gr.Accordion("Open a step: what each guidance branch predicted, why these tokens", open=True,
+                      elem_id="lab-open"):
+        with gr.Row(equal_height=True):
+            v["open"] = gr.Button("Open the step shown in the player", elem_id="open-step-btn", size="sm", scale=0,
+                                  min_width=260)
+            gr.Markdown("Hover a token for its numbers; for a diffusion head, click a token that was masked to see "
+                        "its denoising path.", elem_id="lab-step")
+        v["step"] = controls.LenientNumber(1, visible=False, elem_id="lab-step-value")
+        v["row"] = controls.LenientNumber(None, visible=False, elem_id="lab-row")
+        v["col"] = controls.LenientNumber(None, visible=False, elem_id="lab-col")
+        v["status"] = Status(stepper.status("", "Scrub the player to a step and press **Open the step shown**."),
+                             prefix="lab-", clear_notes=True, elem_id="lab-status", elem_classes=["quiet"])
+        v["anatomy"] = AnatomyView(elem_id="anatomy", elem_classes=["quiet"])
+        with gr.Accordion("opened step (JSON)", open=False):
+            v["json"] = gr.JSON(label="step", elem_classes=["quiet"])
+    with gr.Accordion("Intervene and resume", open=True, elem_id="lab-intervene"):
+        gr.Markdown(text.INTERVENE_HELP)
+        with gr.Row(equal_height=True):
+            v["tokens"] = gr.Textbox(label="tokens (row:col, ...)", elem_id="int-tokens", placeholder="e.g. 2:3, 4:4",
+                                     scale=2)
+            v["action"] = controls.LenientRadio([(f"{a}: {why}", a) for a, why in ACTIONS.items()], value="erase",
+                                                label="action", elem_id="int-action", scale=2)
+            v["code"] = controls.LenientNumber(0, label="code", elem_id="int-code", scale=1, min_width=80)
+            v["go"] = gr.Button("Intervene and resume", elem_id="intervene-btn", scale=1, min_width=160)
+        v["int_step"] = controls.LenientNumber(1, visible=False, elem_id="int-step-value")
+        gr.Markdown("", elem_id="int-step")
+        v["int_status"] = Status(stepper.status("", "Open a step, choose tokens, then **Intervene and resume**."),
+                                 prefix="int-", clear_notes=True, elem_id="int-status", elem_classes=["quiet"])
+        v["player"] = Player(elem_id="lab-player", elem_classes=["quiet"])
+        with gr.Accordion("intervention (JSON)", open=False):
+            v["int_json"] = gr.JSON(label="intervention", elem_classes=["quiet"])
+    return v
+
+
+def _lab_events(lab: Lab, state, v: dict[str, Any]) -> None:
+    outs = [v["status"], v["anatomy"], v["json"]]
+    v["open"].click(lab.anatomy, [state, v["step"], v["row"], v["col"]], outs, api_name="anatomy",
+                    js=OPEN_FROM_PLAYER, **SAMPLER)
+    v["anatomy"].select(lab.anatomy_token, [state, v["step"]], outs, api_name="anatomy_token", js=OPENED_STEP,
+                        **SAMPLER)
+    v["go"].click(lab.intervene, [state, v["int_step"], v["tokens"], v["action"], v["code"]],
+                  [v["int_status"], v["player"], v["int_json"]], api_name="intervene", js=INTERVENE_AT, **SAMPLER)
 
 
 # ----------------------------------------------------------------------------- Schedules
@@ -245,6 +323,24 @@ def _schedules_tab():
 # ----------------------------------------------------------------------------- Compare
 
 
+def axis_choices(engine: Engine, model: str) -> list[tuple[str, str]]:
+    """The axes of the Compare tab, those `model` cannot vary marked unavailable (the page disables them)."""
+    try:
+        bad = axes.axis_reasons(engine.load(model).model)
+    except ValueError:
+        bad = {}
+    return [(f"{a} {controls.UNAVAILABLE}" if a in bad else a, a) for a in axes.AXES]
+
+
+def axis_info(engine: Engine, model: str) -> str:
+    try:
+        bad = axes.axis_reasons(engine.load(model).model)
+    except ValueError:
+        bad = {}
+    return " · ".join(["one seed, one setting, one choice varied per panel"]
+                      + [f"{controls.UNAVAILABLE} {a}: {why}" for a, why in bad.items()])
+
+
 def _compare_tab(engine: Engine, h: Compare, hu: Unmasking, initial: dict[str, Any]):
     first = engine.names[0]
     view = compare_view(hu.view(first))
@@ -263,6 +359,8 @@ def _compare_tab(engine: Engine, h: Compare, hu: Unmasking, initial: dict[str, A
             c["num_seeds"] = controls.LenientSlider(1, controls.APP_SPECS["num_seeds"][1].high, value=1, step=1,
                                                     label="num_seeds", info=controls.APP_SPECS["num_seeds"][1].help,
                                                     elem_id="cmp-num_seeds")
+            c["axis"] = controls.LenientRadio(axis_choices(engine, first), value="guidance", label="compare along",
+                                              info=axis_info(engine, first), elem_id="cmp-axis")
             c.update(_widgets(("num_steps", "schedule", "order"), view, values, prefix="cmp-"))
             c.update(_widgets(("cfg_scale", "cfg_interval_lo", "cfg_interval_hi", "cfg_schedule"), view, values,
                               prefix="cmp-"))
@@ -295,12 +393,16 @@ def _compare_tab(engine: Engine, h: Compare, hu: Unmasking, initial: dict[str, A
         view = compare_view(hu.view(model))
         values.update({k: v for k, v in h.defaults(model, values).items() if k in values})
         names = engine.class_names(model)
+        axis = values.pop("axis")
+        bad = axes.axis_reasons(engine.load(model).model)
         return (gr.update(choices=names, value=names[0]), engine.banner(model),
+                gr.update(choices=axis_choices(engine, model), info=axis_info(engine, model),
+                          value="guidance" if axis in bad else axis),
                 *controls.narrowed(narrowed, view, values))
 
-    class_choices = user_errors(controls.keyword_handler(("model",) + tuple(narrowed), class_choices))
-    c["model"].input(class_choices, [c["model"]] + [c[n] for n in narrowed],
-                     [c["class_name"], banner] + [c[n] for n in narrowed],
+    class_choices = user_errors(controls.keyword_handler(("model", "axis") + tuple(narrowed), class_choices))
+    c["model"].input(class_choices, [c["model"], c["axis"]] + [c[n] for n in narrowed],
+                     [c["class_name"], banner, c["axis"]] + [c[n] for n in narrowed],
                      api_name="compare_class_choices", **INSTANT)
     go_btn.click(h.compare, [c[k] for k in COMPARE_CONTROLS], [status, player, doc, state, diff, diff_doc],
                  api_name="compare", js=waiting("compare-status"), **SAMPLER)
@@ -342,7 +444,7 @@ def initial_run(engine: Engine, h: Unmasking) -> dict[str, Any]:
         values.update(engine.suggested(values["model"]))
         values["class_name"] = engine.class_names(values["model"])[0]
         sampler, guidance = controls.configs(values)
-        traj = engine.run(values["model"], [0], [values["seed"]], sampler, guidance)
+        traj = engine.run(values["model"], [0], [values["seed"]], sampler, guidance, anatomy=LAB_MAPS)
     except ValueError as e:
         return {"status": stepper.status("error", message(e)), "steps": controls.DEFAULTS["num_steps"]}
     status, player, timing, run_json, traj = h.views(traj)
@@ -355,6 +457,7 @@ def initial_compare(engine: Engine, h: Compare) -> dict[str, Any]:
     model = engine.names[0]
     try:
         values = {"model": model, "class_name": engine.class_names(model)[0], "seed": 0, "num_seeds": 1,
+                  "axis": "guidance",
                   "panel_a": "none", "panel_b": "interval", **h.defaults(model)}
         out = None
         for out in h.compare(**{k: values[k] for k in COMPARE_CONTROLS}):
@@ -371,13 +474,16 @@ def build_demo(engine: Engine) -> gr.Blocks:
     initial = initial_run(engine, unmasking)
     initial_cmp = initial_compare(engine, compare)
     with gr.Blocks(title=text.TITLE, delete_cache=CACHE_CLEANUP, fill_width=True) as demo:
-        gr.Markdown(f"# {text.TITLE}\n{text.SUBTITLE}", elem_id="app-title")
+        with gr.Row(equal_height=True):
+            gr.Markdown(f"# {text.TITLE}\n{text.SUBTITLE}", elem_id="app-title")
+            tour = gr.Button("▶ Take the tour", elem_id="tour-btn", size="sm", scale=0, min_width=150)
+        tour.click(None, None, None, js="() => { window.emigmTour && window.emigmTour(); }")
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("Unmasking", id="unmasking", elem_id="tab-unmasking"):
                 u = _unmasking_tab(engine, unmasking, links, initial)
             with gr.Tab("Schedules", id="schedules", elem_id="tab-schedules"):
                 sched_inputs, sched_outputs = _schedules_tab()
-            with gr.Tab("Compare guidance", id="compare", elem_id="tab-compare"):
+            with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
                 _compare_tab(engine, compare, unmasking, initial_cmp)
             with gr.Tab("Results", id="results", elem_id="tab-results"):
                 results_outputs = _results_tab()

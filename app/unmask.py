@@ -28,7 +28,7 @@ from emigm.core.labels import parse_class
 from emigm.sample.trace import trace_dict
 
 from . import controls, memory, render, stepper
-from .engine import Engine, Trajectory
+from .engine import LAB_MAPS, Engine, Trajectory
 from .errors import message, user_errors
 from .plots import steps_label
 
@@ -203,7 +203,8 @@ class Unmasking:
         warnings = controls.setting_warnings(self.view(model), sampler, guidance)
         stop = self.engine.stops.begin(session)
         try:
-            yield from self._stream(self.engine.stream(model, [label], [seed], sampler, guidance, stop=stop), warnings)
+            yield from self._stream(self.engine.stream(model, [label], [seed], sampler, guidance, stop=stop,
+                                                        anatomy=LAB_MAPS), warnings)
         finally:
             self.engine.stops.end(session, stop)
 
@@ -217,7 +218,8 @@ class Unmasking:
         warnings = controls.setting_warnings(self.view(trajectory.model), sampler, guidance)
         stop = self.engine.stops.begin(session)
         try:
-            yield from self._stream(self.engine.branch(trajectory, k, sampler, guidance, stop=stop), warnings)
+            yield from self._stream(self.engine.branch(trajectory, k, sampler, guidance, stop=stop, anatomy=LAB_MAPS),
+                                    warnings)
         finally:
             self.engine.stops.end(session, stop)
 

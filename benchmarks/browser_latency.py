@@ -150,7 +150,7 @@ def main() -> None:
                          + (f" ({', '.join(sorted({u.split('/gradio_api/')[1].split('?')[0] for u in calls}))})"
                             if calls else "")))
             # Compare, 16 steps: the first frame of every panel, then every panel scrubbable
-            page.get_by_role("tab", name="Compare guidance").click()
+            page.get_by_role("tab", name="Compare").click()
             steps_box = page.locator("#cmp-num_steps input[type=number]")
             steps_box.fill("16")
             steps_box.press("Enter")

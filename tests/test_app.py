@@ -34,7 +34,8 @@ def step_values(values):
 
 
 def compare_values(**over):
-    values = {"model": "test-tiny", "class_name": "Bag", "seed": 3, "num_seeds": 2, **controls.DEFAULTS,
+    values = {"model": "test-tiny", "class_name": "Bag", "seed": 3, "num_seeds": 2, "axis": "guidance",
+              **controls.DEFAULTS,
               "num_steps": 8, "head_steps": 2, "cfg_interval_hi": 0.5, "panel_a": "none", "panel_b": "interval"}
     values.update(over)
     from app.compare import CONTROLS

@@ -454,7 +454,7 @@ def test_schedules_offer_only_what_they_accept(page):
 
 def test_compare_opens_with_its_panels(page):
     """Item 1: the tab opens with the first model's panels and their difference, before any click."""
-    page.get_by_role("tab", name="Compare guidance").click()
+    page.get_by_role("tab", name="Compare").click()
     page.wait_for_selector("#compare-player canvas")
     page.wait_for_selector("#diff-plot .js-plotly-plot")
     assert _data(page, "#compare-player .emigm-root")["complete"]
@@ -464,7 +464,7 @@ def test_compare_opens_with_its_panels(page):
 def test_compare_streams_its_panels(page, slow_sampler):
     """Item 1: after Compare every panel appears with its first frame at once and fills in step by step,
     the difference view updating with them; the headline agrees with the chart (item 3)."""
-    page.get_by_role("tab", name="Compare guidance").click()
+    page.get_by_role("tab", name="Compare").click()
     root = "#compare-player .emigm-root"
     before = page.evaluate(f"() => document.querySelector('{root}').dataset.run")
     title0 = page.evaluate("() => document.querySelector('#diff-plot .js-plotly-plot').layout.title.text")
@@ -500,7 +500,7 @@ def test_compare_streams_its_panels(page, slow_sampler):
 def test_compare_has_its_own_banner_and_aligned_panels(page):
     """Item 8: the banner of the Compare tab describes its model; item 10: panels whose titles wrap
     keep their images on one line."""
-    page.get_by_role("tab", name="Compare guidance").click()
+    page.get_by_role("tab", name="Compare").click()
     _pick(page, "cmp-model", "tiny-maskgit", 1500)
     assert "tiny-maskgit" in page.locator("#cmp-banner").inner_text()
     page.locator("#compare-btn").click()

@@ -6,7 +6,7 @@
    the payload's `view`), nearest-neighbour, so every image pixel is a crisp square. */
 (function () {
   if (window.emigmPlayer) return; // the page may add its head twice
-  const GREY = "#808080", ORANGE = "#E69F00", SKY = "#56B4E9", PURPLE = "#CC79A7", CFG_FILL = "rgba(230,159,0,0.22)";
+  const GREY = "#808080", ORANGE = "#E69F00", SKY = "#56B4E9", PURPLE = "#CC79A7", VERMILLION = "#D55E00", CFG_FILL = "rgba(230,159,0,0.22)";
   const VIRIDIS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b", "#fde725"];
   const GAP = 10; // px between views and panels
   const drawn = (window.emigmDrawn = window.emigmDrawn || {});
@@ -99,13 +99,28 @@
       const p = d.panels[0];
       const fig = (cv, cap) => el("figure", { style: `width:${V}px` }, cv, el("figcaption", {}, cap));
       const cv = canvas("canvas", "click a token to see its history"), dr = canvas("draft", "click a token to see its history"), wh = canvas("when");
-      this.views.push({ cv, kind: "canvas", col: p.cols[0], when: p.when[0] }, { cv: dr, kind: "draft", col: p.cols[0], when: p.when[0] },
-        { cv: wh, kind: "when", col: p.cols[0], when: p.when[0] });
+      const base = { col: p.cols[0], when: p.when[0], masked: d.masked, mfirst: d.first, rev: d.revisions };
+      this.views.push({ cv, kind: "canvas", ...base }, { cv: dr, kind: "draft", ...base }, { cv: wh, kind: "map", ...base });
       for (const c of [cv, dr]) c.addEventListener("click", ev => self.onPick(ev, c));
-      const bar = el("div", { class: "emigm-colorbar" }, el("span", {}, "1"), el("i", {}), el("span", {}, String(d.N)));
+      for (const c of [cv, dr, wh]) {
+        c.addEventListener("mousemove", ev => self.onHover(ev, c));
+        c.addEventListener("mouseleave", () => { self.tip.style.display = "none"; });
+      }
+      // the third view's maps, switched here with no server call: when / uncertainty / times revised
+      const kinds = [["when", "when revealed"]].concat(d.unc ? [["unc", "uncertainty"]] : [], d.revisions ? [["rev", "times revised"]] : []);
+      if (!kinds.some(x => x[0] === this.mapKind)) this.mapKind = "when";
+      this.mapBar = el("div", { class: "emigm-colorbar" });
+      const maps = el("div", { class: "emigm-maps", role: "radiogroup" }, ...kinds.map(([key, label]) => {
+        const input = el("input", { type: "radio", name: "emigm-map-" + d.run, value: key });
+        input.checked = key === this.mapKind;
+        input.addEventListener("change", () => { self.mapKind = key; self.drawMap(); });
+        return el("label", { class: "emigm-map-choice", "data-map": key }, input, label);
+      }));
       this.caption = el("span", {});
       body.append(el("div", { class: "emigm-images" },
-        fig(cv, this.caption), fig(dr, "draft · blue = not committed yet"), fig(wh, bar)));
+        fig(cv, this.caption), fig(dr, "draft · blue = not committed yet"), fig(wh, el("div", {}, maps, this.mapBar))));
+      this.tip = el("div", { class: "emigm-tip", style: "display:none" });
+      body.append(this.tip);
       this.chart = el("div", { class: "emigm-chart" });
       body.append(this.chart);
       this.history = el("div", { class: "emigm-history" }, el("span", { class: "emigm-hint" },
@@ -120,8 +135,11 @@
         if (!p.cols.length) { off.append(el("div", { class: "emigm-note" }, el("b", {}, p.title), ": ", p.note)); return; }
         const sub = el("div", { class: "emigm-psub" });
         const imgs = el("div", { class: "emigm-pimages", style: `grid-template-columns:repeat(${Math.min(lay.cols, p.cols.length)}, ${V}px)` });
-        p.cols.forEach((c, b) => { const cv = canvas("canvas"); imgs.append(cv); self.views.push({ cv, kind: "canvas", col: c, when: p.when[b] }); });
-        row.append(el("div", { class: "emigm-panel" }, el("div", { class: "emigm-ptitle" }, el("b", {}, p.title)), sub, imgs));
+        p.cols.forEach((c, b) => { const cv = canvas("canvas"); imgs.append(cv);
+          self.views.push({ cv, kind: "canvas", col: c, when: p.when[b], frameOf: p.frame_of, masked: p.masked ? p.masked[b] : null, mfirst: 0 }); });
+        const fd = el("div", { class: "emigm-fd", title: p.measured ? "the FD measured for this setting over many samples (assets/results/claims.json)" : "" },
+          p.measured ? p.measured.text : "");
+        row.append(el("div", { class: "emigm-panel", "data-key": p.key || "" }, el("div", { class: "emigm-ptitle" }, el("b", {}, p.title)), sub, imgs, fd));
         this.captions.push([p, sub]);
       });
       body.append(row);
@@ -199,25 +217,56 @@
     return !this.clean && !(d.complete && k === d.n - 1);
   };
 
+  // A token's state at player step k: masked, revealed at this step, revised after commit (masked again
+  // after it was committed: remasking runs carry the mask of every step)
+  Player.prototype.tokenAt = function (v, k, i) {
+    const fi = v.frameOf ? v.frameOf[k] : k, step = fi + 1, w = v.when[i];
+    const j = fi - (v.mfirst || 0), ms = v.masked && j >= 0 ? v.masked[j] : null;
+    if (!ms) return { masked: w === 0 || w > step, now: w === step, revised: false, step };
+    const masked = ms[i] === "1", prev = j > 0 ? v.masked[j - 1] : null;
+    let revised = false;
+    if (masked && v.rev && v.rev[j]) revised = v.rev[j][i] > 0;
+    else if (masked) for (let q = 0; q < j && !revised; q++) revised = v.masked[q][i] === "0";
+    return { masked, now: !masked && (prev ? prev[i] === "1" : fi === 0 || w === step), revised, step };
+  };
+
+  Player.prototype.drawMap = function () {
+    const v = this.views.find(x => x.kind === "map");
+    if (v) this.drawView(v, this.k);
+  };
+
   Player.prototype.drawView = function (v, k) {
     const d = this.data, cv = v.cv, ctx = cv.getContext("2d"), V = cv.width, g = d.grid, c = V / g, step = k + 1;
     ctx.imageSmoothingEnabled = false;
-    if (v.kind === "when") {
+    if (v.kind === "map") {
       ctx.fillStyle = "#f2f2f2"; ctx.fillRect(0, 0, V, V);
+      const kind = this.mapKind, row = k - d.first;
+      const vals = kind === "unc" ? d.unc[row] : kind === "rev" ? d.revisions[row] : null;
+      const top = kind === "unc" ? (this.uncMax = this.uncMax || Math.max(1e-9, ...d.unc.flat())) :
+        kind === "rev" ? Math.max(1, ...d.revisions.flat()) : d.N;
       for (let i = 0; i < g * g; i++) {
-        const w = v.when[i];
-        if (w >= 1 && w <= step) { ctx.fillStyle = viridis(d.N > 1 ? (w - 1) / (d.N - 1) : 1); ctx.fillRect((i % g) * c + 0.5, Math.floor(i / g) * c + 0.5, c - 1, c - 1); }
+        const w = v.when[i], x = (i % g) * c + 0.5, y = Math.floor(i / g) * c + 0.5;
+        let f = null;
+        if (kind === "when") { if (w >= 1 && w <= step) f = d.N > 1 ? (w - 1) / (d.N - 1) : 1; }
+        else if (kind === "unc") { if (vals[i] > 0) f = vals[i] / top; }
+        else if (vals[i] > 0) f = vals[i] / top;
+        if (f !== null) { ctx.fillStyle = viridis(f); ctx.fillRect(x, y, c - 1, c - 1); }
       }
+      const lo = kind === "when" ? "1" : "0", hi = kind === "when" ? String(d.N) : kind === "unc" ? top.toPrecision(2) : String(top);
+      const what = kind === "when" ? "step revealed" : kind === "unc" ? `uncertainty: ${d.unc_label}` : "times re-masked after commit";
+      this.mapBar.replaceChildren(el("span", {}, lo), el("i", {}), el("span", {}, hi), el("small", { class: "emigm-mapwhat" }, what));
+      cv.dataset.map = kind;
       return;
     }
     const row = k - d.first, px = d.px, lines = this.outlined(k);
     ctx.drawImage(this.img, v.col * px, row * px, px, px, 0, 0, V, V);
     const lw = Math.max(2, Math.round(c / 8));
     for (let i = 0; i < g * g; i++) {
-      const w = v.when[i], x = (i % g) * c, y = Math.floor(i / g) * c, masked = w === 0 || w > step;
+      const x = (i % g) * c, y = Math.floor(i / g) * c, st = this.tokenAt(v, k, i), masked = st.masked;
       if (v.kind === "canvas") {
         if (masked) { ctx.fillStyle = GREY; ctx.fillRect(x, y, c, c); }
-        else if (w === step && lines) { ctx.strokeStyle = ORANGE; ctx.lineWidth = lw; ctx.strokeRect(x + lw / 2, y + lw / 2, c - lw, c - lw); }
+        if (masked && st.revised && lines) { ctx.strokeStyle = VERMILLION; ctx.lineWidth = lw; ctx.strokeRect(x + lw / 2, y + lw / 2, c - lw, c - lw); }
+        else if (!masked && st.now && lines) { ctx.strokeStyle = ORANGE; ctx.lineWidth = lw; ctx.strokeRect(x + lw / 2, y + lw / 2, c - lw, c - lw); }
       } else if (masked && lines) { ctx.strokeStyle = SKY; ctx.lineWidth = Math.max(1, lw / 2); ctx.strokeRect(x + 0.5, y + 0.5, c - 1, c - 1); }
     }
     if (this.pick && lines && d.kind === "unmask") {
@@ -243,13 +292,15 @@
       this.detail.textContent = `t ${s.t.toFixed(3)} → s ${s.s.toFixed(3)} · ${guide} · ${revealed} · NFE so far ${s.nfe} · ${Math.round(s.ms)} ms` +
         (d.branched_from && k < d.branched_from ? ` · from the parent run (branched after step ${d.branched_from})` : "");
       this.caption.textContent = finished ? "canvas · the finished image" :
-        this.outlined(k) ? "canvas · grey = masked · orange = revealed now" : "canvas · grey = masked";
+        this.outlined(k) ? "canvas · grey = masked · orange = revealed now" + (d.masked ? " · vermillion = revised after commit" : "") :
+        "canvas · grey = masked";
       if (this.cursor) { const xx = this.xOf(k + 1); this.cursor.setAttribute("x1", xx); this.cursor.setAttribute("x2", xx); }
     } else {
       this.detail.textContent = "same seed and the same reveal rule in every panel" + (d.live ? " · the panels fill in step by step" : "");
       for (const [p, sub] of this.captions) {
-        const s = p.steps[Math.min(k, p.steps.length - 1)];
-        sub.textContent = d.live ? `NFE ${s.nfe} so far` : `NFE ${s.nfe} of ${p.nfe} · ${p.ms} ms in all`;
+        const fi = p.frame_of ? p.frame_of[k] : k, s = p.steps[Math.min(fi, p.steps.length - 1)];
+        const own = d.same_steps === false ? `${stepLabel(fi + 1, p.N)} · ` : "";
+        sub.textContent = d.live ? `NFE ${s.nfe} so far` : `${own}NFE ${s.nfe} of ${p.nfe} · ${p.ms} ms in all`;
       }
     }
   };
@@ -267,6 +318,23 @@
     const self = this, ms = Math.max(120, Math.min(450, 6000 / this.data.n));
     this.playBtn.textContent = "pause";
     this.timer = setInterval(() => { if (self.k >= self.data.n - 1) return self.pause(); self.go(self.k + 1); }, ms);
+  };
+
+  // hover: the numbers of the token under the cursor, from the payload (no server call)
+  Player.prototype.onHover = function (ev, cv) {
+    const d = this.data; if (!d || !this.tip) return;
+    const rect = cv.getBoundingClientRect(), g = d.grid, k = this.k, v = this.views[0];
+    const c = Math.min(g - 1, Math.floor((ev.clientX - rect.left) / rect.width * g));
+    const r = Math.min(g - 1, Math.floor((ev.clientY - rect.top) / rect.height * g)), i = r * g + c, row = k - d.first;
+    const st = this.tokenAt(v, k, i), w = v.when[i];
+    const parts = [`token (${r}, ${c})`, st.masked ? (st.revised ? "revised after commit: masked again" : "masked") :
+      st.now ? `revealed at this step (${k + 1})` : `committed (revealed at step ${w})`];
+    if (d.unc && d.unc[row]) parts.push(d.unc[row][i] > 0 ? `uncertainty ${d.unc[row][i].toPrecision(3)} (${d.unc_label})` : "uncertainty: committed before this step");
+    if (d.revisions && d.revisions[row]) parts.push(`re-masked ${d.revisions[row][i]}× so far`);
+    const text = parts.join(" · ");
+    this.tip.textContent = text; this.root.dataset.hover = text;
+    const box = this.root.getBoundingClientRect();
+    this.tip.style.cssText = `display:block;left:${ev.clientX - box.left + 14}px;top:${ev.clientY - box.top + 14}px`;
   };
 
   Player.prototype.onPick = function (ev, cv) {
@@ -313,6 +381,183 @@
     if (watch) watch("value", () => p.set(props.value));
   };
 
+  // ------------------------------------------------------------------ an opened step (the lab)
+
+  // The opened step: each guidance branch's prediction decoded, where guidance acted, why these tokens,
+  // the uncertainty, and the canvas after the step on which tokens are chosen for an intervention.
+  // Hover shows a token's numbers; choosing tokens happens here; only a diffusion-head token's path
+  // (a click on a map) asks the server.
+  function Anatomy(root, trigger) {
+    root.emigmAnatomy = this; this.root = root; this.trigger = trigger; this.data = null; this.sel = new Set();
+  }
+  Anatomy.prototype.set = async function (d) {
+    if (!d || !d.sprite) { this.root.replaceChildren(); this.data = null; delete this.root.dataset.step; return; }
+    const img = await loadImage(d.sprite), pimg = d.path && d.path.sprite ? await loadImage(d.path.sprite) : null;
+    if (!this.data || this.data.step !== d.step || this.data.model !== d.model) this.sel = new Set();
+    this.data = d; this.img = img; this.pimg = pimg;
+    this.build();
+    this.root.dataset.step = d.step; this.root.dataset.run = d.run;
+    drawn[d.run] = true;
+    document.dispatchEvent(new CustomEvent("emigm-drawn", { detail: d.run }));
+  };
+  Anatomy.prototype.tokenText = function (i) {
+    const d = this.data, t = d.tokens, g = d.grid, r = Math.floor(i / g), c = i % g, parts = [`token (${r}, ${c})`];
+    const num = (x, p) => x === null || x === undefined ? "–" : Number(x).toPrecision(p || 3);
+    if (!t.masked[i]) parts.push(`committed before step ${d.step}: kept`);
+    else {
+      parts.push(t.revealed[i] ? "revealed at this step" : "stays masked");
+      const M = d.count.masked, rank = `rank ${t.rank[i] + 1} of ${M}`;
+      if (["confidence", "margin", "entropy"].includes(d.order))
+        parts.push(`${d.order} score ${num(t.score[i])} + Gumbel noise ${num(t.noise[i])} → ${rank}`);
+      else if (d.order === "random") parts.push(`uniform key ${num(-t.score[i])} → ${rank}`);
+      else parts.push(`${d.order} order: fixed ${rank}`);
+      parts.push(`${d.headline}`);
+      parts.push(`|Δ| guidance ${num(t.delta[i])}`, `uncertainty ${num(t.unc[i])}`);
+    }
+    if (t.halton) parts.push(`Halton rank ${t.halton[i]}`);
+    return parts.join(" · ");
+  };
+  Anatomy.prototype.build = function () {
+    const d = this.data, self = this, V = d.view, g = d.grid, L = d.L, t = d.tokens;
+    const canvas = kind => el("canvas", { width: V, height: V, class: "emigm-view", "data-view": kind, style: `width:${V}px;height:${V}px` });
+    const fig = (cv, cap) => el("figure", { style: `width:${V}px` }, cv, el("figcaption", {}, cap));
+    const cell = V / g, tip = el("div", { class: "emigm-tip", style: "display:none" });
+    const at = (ev, cv) => { const b = cv.getBoundingClientRect();
+      return Math.min(g - 1, Math.floor((ev.clientY - b.top) / b.height * g)) * g + Math.min(g - 1, Math.floor((ev.clientX - b.left) / b.width * g)); };
+    const hover = cv => {
+      cv.addEventListener("mousemove", ev => { const i = at(ev, cv), text = self.tokenText(i), box = self.root.getBoundingClientRect();
+        tip.textContent = text; self.root.dataset.hover = text;
+        tip.style.cssText = `display:block;left:${ev.clientX - box.left + 14}px;top:${ev.clientY - box.top + 14}px`; });
+      cv.addEventListener("mouseleave", () => { tip.style.display = "none"; });
+    };
+    const branch = d.branches.map((b, j) => {
+      const cv = canvas("branch-" + b.name), ctx = cv.getContext("2d");
+      ctx.imageSmoothingEnabled = false; ctx.drawImage(this.img, j * d.px, 0, d.px, d.px, 0, 0, V, V); hover(cv);
+      return fig(cv, b.title);
+    });
+    const paint = (cv, value, outline) => { // value(i) in [0, 1] or null (committed before the step)
+      const ctx = cv.getContext("2d"); ctx.fillStyle = "#f2f2f2"; ctx.fillRect(0, 0, V, V);
+      for (let i = 0; i < L; i++) {
+        const f = value(i), x = (i % g) * cell, y = Math.floor(i / g) * cell;
+        if (f !== null) { ctx.fillStyle = viridis(f); ctx.fillRect(x + 0.5, y + 0.5, cell - 1, cell - 1); }
+        if (outline && outline(i)) { const lw = Math.max(2, Math.round(cell / 8)); ctx.strokeStyle = ORANGE; ctx.lineWidth = lw; ctx.strokeRect(x + lw / 2, y + lw / 2, cell - lw, cell - lw); }
+      }
+    };
+    const top = a => Math.max(1e-12, ...a.map(x => x || 0));
+    const dmax = top(t.delta), umax = top(t.unc), M = Math.max(1, d.count.masked);
+    const delta = canvas("delta"), why = canvas("why"), unc = canvas("unc"), after = canvas("after");
+    paint(delta, i => t.masked[i] ? (t.delta[i] || 0) / dmax : null);
+    paint(why, i => t.masked[i] ? 1 - t.rank[i] / Math.max(1, M - 1) : null, i => t.revealed[i]);
+    paint(unc, i => t.masked[i] ? (t.unc[i] || 0) / umax : null);
+    for (const cv of [delta, why, unc]) { hover(cv);
+      if (!d.discrete) { cv.title = "click a token that was masked to see its denoising path"; cv.addEventListener("click", ev => {
+        const i = at(ev, cv); if (self.trigger) self.trigger("select", { index: [Math.floor(i / g), i % g], value: null, selected: true }); }); } }
+    hover(after);
+    this.afterCv = after;
+    after.addEventListener("click", ev => { const i = at(ev, after); if (self.sel.has(i)) self.sel.delete(i); else self.sel.add(i); self.drawAfter(); self.syncSelection(); });
+    this.selLine = el("div", { class: "emigm-hint emigm-asel" });
+    const guided = d.guidance === "none" ? " (no guidance at this step: the branches coincide)" : "";
+    const rows = [
+      el("div", { class: "emigm-ahead" }, el("b", {}, `${stepLabel(d.step, d.N)}`), ` · ${d.headline} · order ${d.order} · count rule ${d.count_rule} · guidance ${d.guidance}${guided}`),
+      el("div", { class: "emigm-images" }, ...branch),
+      el("div", { class: "emigm-images" },
+        fig(delta, `where guidance acted: ${d.delta_label} (max ${dmax.toPrecision(2)})`),
+        fig(why, "why these tokens: brighter = earlier in this step's order · orange = revealed"),
+        fig(unc, `uncertainty: ${d.unc_label} (max ${umax.toPrecision(2)})`),
+        fig(after, `after step ${d.step}: click tokens to choose them for an intervention`)),
+      this.selLine, tip];
+    if (d.path) rows.push(this.buildPath());
+    this.root.replaceChildren(el("div", { class: "emigm-anatomy-body" }, ...rows));
+    this.drawAfter(); this.syncSelection(false);
+  };
+  Anatomy.prototype.drawAfter = function () {
+    const d = this.data, cv = this.afterCv, ctx = cv.getContext("2d"), V = cv.width, g = d.grid, cell = V / g;
+    const j = d.branches.findIndex(b => b.name === "combined"), lw = Math.max(2, Math.round(cell / 8));
+    ctx.imageSmoothingEnabled = false; ctx.drawImage(this.img, j * d.px, 0, d.px, d.px, 0, 0, V, V);
+    for (let i = 0; i < d.L; i++) {
+      const x = (i % g) * cell, y = Math.floor(i / g) * cell;
+      if (d.tokens.after[i]) { ctx.fillStyle = GREY; ctx.fillRect(x, y, cell, cell); }
+      if (this.sel.has(i)) { ctx.strokeStyle = PURPLE; ctx.lineWidth = lw; ctx.strokeRect(x + lw / 2, y + lw / 2, cell - lw, cell - lw); }
+    }
+  };
+  // the chosen tokens go into the intervention's tokens box (as typed there: row:col, ...)
+  Anatomy.prototype.syncSelection = function (write = true) {
+    const g = this.data.grid, list = [...this.sel].sort((a, b) => a - b).map(i => `${Math.floor(i / g)}:${i % g}`).join(", ");
+    this.root.dataset.sel = list;
+    this.selLine.textContent = list ? `chosen for an intervention: ${list}` : "Click tokens on the last view to choose them for an intervention (below).";
+    if (!write) return;
+    const box = document.querySelector("#int-tokens textarea, #int-tokens input");
+    if (box) { box.value = list; box.dispatchEvent(new Event("input", { bubbles: true })); }
+  };
+  Anatomy.prototype.buildPath = function () {
+    const d = this.data, p = d.path;
+    if (p.note) return el("div", { class: "emigm-note emigm-path" }, p.note);
+    const vals = p.values, S = vals.length, C = vals[0].length, W = 420, H = 160, l = 40, r = 10, tp = 10, b = 24;
+    const lo = Math.min(...vals.flat()), hi = Math.max(...vals.flat()), span = Math.max(1e-9, hi - lo);
+    const x = j => l + j * (W - l - r) / Math.max(1, S - 1), y = v => tp + (H - tp - b) * (1 - (v - lo) / span);
+    const g = svg("svg", { width: W, height: H, class: "emigm-svg emigm-pathplot" });
+    const colors = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"];
+    for (let ch = 0; ch < C; ch++) {
+      g.append(svg("polyline", { points: vals.map((row, j) => `${x(j)},${y(row[ch])}`).join(" "), fill: "none", stroke: colors[ch % colors.length], "stroke-width": 1.6 }));
+    }
+    const text = (xx, yy, s, anchor) => { const e = svg("text", { x: xx, y: yy, "font-size": 11, "text-anchor": anchor || "middle", fill: "#444" }); e.textContent = s; g.append(e); };
+    g.append(svg("line", { x1: l, y1: H - b, x2: W - r, y2: H - b, stroke: "#888" })); g.append(svg("line", { x1: l, y1: tp, x2: l, y2: H - b, stroke: "#888" }));
+    for (let j = 0; j < S; j++) text(x(j), H - b + 14, String(j));
+    text(l - 4, tp + 8, hi.toPrecision(2), "end"); text(l - 4, H - b, lo.toPrecision(2), "end");
+    const S2 = 56, strip = el("div", { class: "emigm-tiles" });
+    for (let j = 0; j < S; j++) {
+      const cv = el("canvas", { width: S2, height: S2 }), ctx = cv.getContext("2d");
+      ctx.imageSmoothingEnabled = false; ctx.drawImage(this.pimg, j * d.px, 0, d.px, d.px, 0, 0, S2, S2);
+      strip.append(el("figure", { class: "emigm-tile" }, cv, el("figcaption", {}, j === 0 ? "noise" : `solver ${j}`)));
+    }
+    return el("div", { class: "emigm-path" },
+      el("div", { class: "emigm-hint" }, `Token (${p.token[0]}, ${p.token[1]}) inside the diffusion head at step ${d.step}: its ${C} channels after each ` +
+        `solver step (${p.solver}${p.revealed ? ", revealed at this step" : ", a draft: still masked after this step"}), and the image decoded with it.`),
+      g, strip);
+  };
+  window.emigmAnatomy = function (element, props, trigger, watch) {
+    const root = element.querySelector(".emigm-anatomy") || element;
+    const a = new Anatomy(root, trigger);
+    a.set(props.value);
+    if (watch) watch("value", () => a.set(props.value));
+  };
+
+  // ------------------------------------------------------------------ the guided tour
+
+  const TOUR = [
+    ["#run-btn", "1 · Run", "Pick a class and a seed and press Run: the sampler starts from an all-masked image and reveals it token by token."],
+    ["#player .emigm-images", "2 · Scrub", "The canvas (grey = still masked, orange = revealed at this step), the model's draft of every token, and a map. Scrub with the slider or the arrow keys: it all replays in your browser."],
+    ["#player .emigm-maps", "3 · Maps", "Switch the map: when each token was revealed, how unsure the model is about each still-masked token, how often a token was revised (remasking runs). Hover any token for its numbers."],
+    ["#open-step-btn", "4 · Open a step", "Open the step shown in the player: what the conditional, null and smoothed branches predicted, where guidance changed the prediction, and why these tokens were revealed."],
+    ["#intervene-btn", "5 · Intervene", "Choose tokens on the opened step, erase them (or fix a code), and resume with the same random streams: both runs side by side, and the step where they part."],
+    [() => [...document.querySelectorAll("button[role=tab]")].find(b => b.textContent.trim().startsWith("Compare")), "6 · Compare",
+      "Compare along any axis on one seed (guidance, schedule, steps, order, head, remasking, temperature), with the measured FD under every panel whose setting was measured."],
+  ];
+  window.emigmTour = function () {
+    document.querySelector(".emigm-tour")?.remove();
+    let i = 0, lit = null;
+    const box = el("div", { class: "emigm-tour", role: "dialog", "aria-label": "guided tour" });
+    const close = () => { if (lit) lit.classList.remove("emigm-tour-lit"); box.remove(); document.removeEventListener("keydown", key); };
+    const key = ev => { if (ev.key === "Escape") close(); };
+    const show = () => {
+      const [sel, title, text] = TOUR[i], target = typeof sel === "function" ? sel() : document.querySelector(sel);
+      if (lit) lit.classList.remove("emigm-tour-lit");
+      lit = target || null;
+      if (lit) { lit.classList.add("emigm-tour-lit"); lit.scrollIntoView({ block: "center", behavior: "instant" }); }
+      box.dataset.step = i + 1;
+      box.replaceChildren(el("b", {}, title), el("p", {}, text),
+        el("div", { class: "emigm-tour-bar" },
+          el("span", {}, `${i + 1} of ${TOUR.length}`),
+          el("button", { type: "button", class: "emigm-btn", "data-act": "back", onclick: () => { if (i > 0) { i--; show(); } } }, "back"),
+          i < TOUR.length - 1 ? el("button", { type: "button", class: "emigm-btn", "data-act": "next", onclick: () => { i++; show(); } }, "next")
+            : el("button", { type: "button", class: "emigm-btn", "data-act": "done", onclick: close }, "done"),
+          el("button", { type: "button", class: "emigm-btn", "data-act": "skip", onclick: close }, "skip the tour")));
+    };
+    document.body.append(box);
+    document.addEventListener("keydown", key);
+    show();
+  };
+
   // ------------------------------------------------------------------ notes next to refused values
 
   // notes: {control: message} for the controls whose elem_id is prefix + control; replaces the notes
@@ -357,6 +602,7 @@
         if (v.phase === "done" && drawn[v.run]) phase = "ready";
       }
       if (v.phase === "error") placeNotes(prefix, v.notes || {});
+      else if (root.dataset.clear && (v.phase === "done" || v.phase === "running")) placeNotes(prefix, {});
       render();
     };
     root.emigmWait = () => { phase = "waiting"; text = "**Starting…** waiting for the sampler"; since = performance.now(); render(); };

@@ -1,0 +1,151 @@
+"""The axes the Compare tab varies on one seed, and the measured FD of a panel's setting.
+
+An axis is one sampler choice (or the guidance, whose panels live in compare.py): every panel runs the
+tab's setting with that one field (or two, for the head) changed, with the same seed, so with the
+random and fixed orders the "where" stream reveals the same positions wherever the axis leaves the
+counts alone (temperature, head, order between the fixed ones). A value the model cannot run gets a
+panel that says why (emigm.sample.capabilities' reason); an axis it cannot vary at all is refused.
+
+`measured_fd` finds a panel's setting among the measured points of assets/results/claims.json
+(benchmarks/paper_claims.py), so one sample links to the distribution metric.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+from emigm.core.fields import NAME, FieldError
+from emigm.core.guidance import GuidanceConfig
+from emigm.core.schedules import SCHEDULES
+from emigm.sample.capabilities import refusals
+from emigm.sample.options import ORDERS, SamplerConfig
+
+AXES = {"guidance": "guidance: no guidance, CFG (null class, interval), self-guidance",
+        "schedule": "mask schedule gamma(t): linear, cosine, exp",
+        "steps": "sampling steps: 4, 8, 16, 32",
+        "order": "reveal order: random, confidence, margin, entropy, halton, raster (as the model can)",
+        "head": "diffusion head: DPM-Solver++ with 4, 8, 14 steps, DPM-Solver++ 2M, DDPM 100",
+        "remask": "revocable tokens (ReMDM): off, cap, rescale",
+        "temperature": "token temperature: 0.5, 1, 1.5"}
+HEAD_VALUES = (("dpm", 4), ("dpm", 8), ("dpm", 14), ("dpm2m", 8), ("ddpm", 100))
+SOLVER_TITLES = {"dpm": "DPM-Solver++", "dpm2m": "DPM-Solver++ 2M", "ddpm": "DDPM"}
+
+
+def axis_values(axis: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(key, title, sampler overrides) of every panel of `axis` (not the guidance axis)."""
+    if axis == "schedule":
+        return [(f"schedule={s}", f"{s} schedule", {"schedule": s}) for s in SCHEDULES]
+    if axis == "steps":
+        return [(f"steps={n}", f"{n} steps", {"num_steps": n}) for n in (4, 8, 16, 32)]
+    if axis == "order":
+        return [(f"order={o}", f"{o} order", {"order": o}) for o in ORDERS if o != "fixed"]
+    if axis == "head":
+        return [(f"head={s}x{n}", f"{SOLVER_TITLES[s]} ×{n}", {"head_solver": s, "head_steps": n})
+                for s, n in HEAD_VALUES]
+    if axis == "remask":
+        return [(f"remask={r}", "remasking off" if r == "off" else f"remask {r}", {"remask": r})
+                for r in ("off", "cap", "rescale")]
+    if axis == "temperature":
+        return [(f"temperature={t:g}", f"temperature {t:g}", {"temperature": t}) for t in (0.5, 1.0, 1.5)]
+    raise FieldError("axis", f"unknown {NAME} {axis!r}; valid: {', '.join(AXES)}")
+
+
+def axis_reasons(model) -> dict[str, str]:
+    """{axis: why} for the axes `model` cannot vary."""
+    out = {}
+    if model.head.discrete:
+        out["head"] = "a categorical head samples its logits directly: it has no diffusion solver to vary"
+    return out
+
+
+def check_axis(axis: Any, model) -> str:
+    if axis not in AXES:
+        raise FieldError("axis", f"unknown {NAME} {axis!r}; valid: {', '.join(AXES)}")
+    why = axis_reasons(model).get(axis)
+    if why:
+        raise FieldError("axis", f"{NAME} {axis!r} is not available for this model: {why}")
+    return axis
+
+
+def axis_settings(axis: str, model, smoother, sampler: SamplerConfig,
+                  guidance: GuidanceConfig) -> list[tuple[str, str, SamplerConfig | None, str]]:
+    """(key, title, sampler or None, note) per panel: the tab's sampler with the axis value, or None and
+    why the model cannot run it."""
+    out = []
+    for key, title, over in axis_values(axis):
+        try:
+            s = replace(sampler, **over)
+        except ValueError as e:
+            out.append((key, title, None, f"unavailable: {e}"))
+            continue
+        reasons = refusals(model, smoother, s, guidance)
+        if reasons:
+            out.append((key, title, None, f"unavailable: {reasons[0]}"))
+        else:
+            out.append((key, title, s, ", ".join(f"{k} {v}" for k, v in over.items())))
+    return out
+
+
+# ----------------------------------------------------------------------------- measured FD
+
+_IGNORED = ("draft", "draft_steps")  # views only: the committed image does not depend on them
+_cache: dict[str, Any] = {}
+
+
+def claims_points(path: Path) -> list[dict[str, Any]]:
+    """The measured points of a claims.json (read again when the file changes); [] without one."""
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        return []
+    if _cache.get("key") != (str(path), stamp):
+        try:
+            points = json.loads(path.read_text()).get("points", [])
+        except (OSError, ValueError):
+            points = []
+        _cache.update(key=(str(path), stamp), points=[p for p in points if isinstance(p, dict)])
+    return _cache["points"]
+
+
+def _same(config, recorded: Any) -> bool:
+    if not isinstance(recorded, dict):
+        return False
+    for f in fields(config):
+        if f.name in _IGNORED:
+            continue
+        want = recorded.get(f.name, f.default)
+        have = getattr(config, f.name)
+        if isinstance(want, list):
+            want = tuple(want)
+        if isinstance(have, float) or isinstance(want, float):
+            try:
+                if not math.isclose(float(have), float(want), rel_tol=1e-9, abs_tol=1e-12):
+                    return False
+            except (TypeError, ValueError):
+                return False
+        elif have != want:
+            return False
+    return True
+
+
+def measured_fd(path: Path, model: str | None, sampler: SamplerConfig | None,
+                guidance: GuidanceConfig | None) -> dict[str, Any] | None:
+    """The first point of claims.json measured on `model` with this sampler and guidance setting, as
+    {"label", "fd", "fd_sd", "num_samples", "text"}; None when none matches."""
+    if model is None or sampler is None or guidance is None:
+        return None
+    for p in claims_points(path):
+        fd = p.get("fd")
+        if p.get("model") != model or not isinstance(fd, (int, float)):
+            continue
+        if _same(sampler, p.get("sampler")) and _same(guidance, p.get("guidance")):
+            sd = p.get("fd_sd")
+            sets = len(p.get("seed_sets") or []) or 1
+            spread = f" ± {sd:.2g} (sd over {sets} seed sets)" if isinstance(sd, (int, float)) else \
+                " (one seed set: no error bar yet)"
+            return {"label": p.get("label", ""), "fd": round(float(fd), 3), "fd_sd": sd,
+                    "text": f"measured FD {fd:.3g}{spread} · claims.json: {p.get('label', '')}"}
+    return None
