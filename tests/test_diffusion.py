@@ -302,7 +302,7 @@ def test_cfg_batched_equals_two_passes(solver, steps):
     with torch.no_grad():
         ref = get_solver(solver)(head.diffusion, two_pass, noise(0), noise, steps=steps)
     got = head.sample(z, noise, guides=[Term("cfg", zu, scale - 1.0)], solver=solver, steps=steps)
-    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got, ref, rtol=5e-4, atol=1e-4)
     plain = head.sample(z, noise, solver=solver, steps=steps)
     assert (got - plain).abs().max() > 1e-3  # guidance changed something
 

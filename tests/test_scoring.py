@@ -113,7 +113,7 @@ def test_evaluate_under_torchrun_equals_one_process(tmp_path):
     assert a["ranks"] == 1 and b["ranks"] == 2 and a["n"] == b["n"] == 20
     assert a["shards"] == [[0, 20]] and b["shards"] == [[0, 10], [10, 20]]  # what each rank sampled
     for key in ("fd", "class_accuracy", "precision", "recall", "seam_ratio"):
-        assert b[key] == pytest.approx(a[key], rel=1e-9, abs=1e-12), key
+        assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), key
     assert b["passes"] == a["passes"] and b["floor"] == a["floor"]
 
 
