@@ -408,8 +408,6 @@ def test_browser_diffusion_path(page):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="unverified: the clicks choosing tokens on the opened step did not register "
-                   "in the last run (the canvas was likely off screen); the scroll above is the untested fix")
 def test_browser_intervene_and_resume(page):
     """Open step 3, intervene with nothing chosen: the resumed run is the original, image for image; choose
     two tokens by clicking, erase them: the two runs part; a token outside the grid is refused next to its
