@@ -270,6 +270,7 @@ def test_null_mode_verdict_is_per_model_pair():
     assert [t["verdict"] for t in two[0]["tests"]] == ["holds", "does not hold"]
 
 
+@pytest.mark.needs_fashion_mnist
 def test_claims_merge_recomputes_verdicts(tmp_path):
     pts = _schedule_points()
     for d, part in (("a", pts[:2]), ("b", pts[2:])):
