@@ -107,6 +107,7 @@ def _settings(name: str, head_discrete: bool):
     return out
 
 
+@pytest.mark.needs_fashion_mnist
 @pytest.mark.parametrize("name", ["fmnist-emigm", "fmnist-maskgit", "fmnist-emigm-mini"])
 def test_unpainted_tokens_stay_the_encoded_ones_for_every_head_and_order(pipes, name: str) -> None:
     """Every step of the generator and the fast path's result keep the unpainted tokens bit for bit, reveal
@@ -152,6 +153,7 @@ def test_exact_counts_are_planned_over_the_painted_tokens() -> None:
                        plan_counts(seeds, L, cfg))
 
 
+@pytest.mark.needs_fashion_mnist
 def test_too_many_steps_for_the_painted_tokens_is_refused(pipes) -> None:
     pipe = pipes["fmnist-maskgit"]
     tokens = encode_picture(pipe, fmnist_picture(0))
@@ -159,6 +161,7 @@ def test_too_many_steps_for_the_painted_tokens_is_refused(pipes) -> None:
         inpaint_state(tokens, parse_mask("centre", L), [0], [0], SamplerConfig(num_steps=16))
 
 
+@pytest.mark.needs_fashion_mnist
 def test_a_branch_of_an_inpainting_run_keeps_its_frozen_tokens(pipes) -> None:
     """Intervene-and-resume on an inpainting run: branching from a step keeps the image's tokens frozen
     (remasking never touches them) and, with nothing changed, reproduces the run."""
@@ -191,6 +194,7 @@ def _png_header_only(w: int, h: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
+@pytest.mark.needs_fashion_mnist
 def test_test_pictures_by_index_and_by_class() -> None:
     p = fmnist_picture(0)
     assert p.pixels.shape == (28, 28) and p.label == 9 and p.what == "test image 0"
@@ -239,6 +243,7 @@ def test_bad_pictures_are_one_line(make, needle: str) -> None:
 # ----------------------------------------------------------------------------- the CLI
 
 
+@pytest.mark.needs_fashion_mnist
 def test_cli_writes_the_strip_and_the_trace(tmp_path, capsys) -> None:
     out, trace = tmp_path / "r.png", tmp_path / "r.json"
     code = cli.main(["inpaint", "--checkpoint", "fmnist-maskgit", "--test-index", "7", "--mask", "centre", "--ring",
@@ -286,6 +291,7 @@ CLI_CASES = [
 ]
 
 
+@pytest.mark.needs_fashion_mnist
 @pytest.mark.parametrize("argv, needle", CLI_CASES, ids=[f"{i}" for i in range(len(CLI_CASES))])
 def test_cli_bad_input_is_one_line_exit_2_nothing_written(argv, needle, files, capsys) -> None:
     code = cli.main([a.format(**files) for a in argv])
