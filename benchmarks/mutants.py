@@ -77,7 +77,8 @@ GROUPS = {"default": DEFAULT_FILES, "seams": SEAM_FILES}
 TARGETS = {
     "emigm/train/generator.py": ["tests/test_seams_training.py", "tests/test_train.py", "tests/test_trainer.py"],
     "emigm/core/masking.py": ["tests/test_seams_training.py", "tests/test_masking.py", "tests/test_pure_values.py"],
-    "emigm/eval/evaluation.py": ["tests/test_seams_metrics.py", "tests/test_evaluation.py", "tests/test_pure_values.py"],
+    "emigm/eval/evaluation.py": ["tests/test_seams_metrics.py", "tests/test_evaluation.py",
+                                 "tests/test_pure_values.py"],
     "emigm/sample/anatomy.py": ["tests/test_seams_anatomy.py", "tests/test_sampler_lab.py"],
     "emigm/sample/plan.py": ["tests/test_seams_anatomy.py", "tests/test_sampler_lab.py", "tests/test_sampler.py",
                              "tests/test_pure_values.py"],
