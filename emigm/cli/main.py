@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -281,7 +282,8 @@ def cmd_train_classifier(a: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgParser(prog="python -m emigm", description="eMIGM: masked image generation")
+    prog = "emigm" if os.path.basename(sys.argv[0]) in ("emigm", "emigm.exe") else "python -m emigm"  # as typed
+    p = ArgParser(prog=prog, description="eMIGM: masked image generation")
     sub = p.add_subparsers(dest="command", required=True, parser_class=ArgParser)
 
     s = sub.add_parser("schedule", help="per-step reveal counts and transformer passes (no model)")
