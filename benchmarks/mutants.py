@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import fnmatch
 import io
 import os
 import random
@@ -71,19 +72,30 @@ SEAM_FILES = ["emigm/train/generator.py", "emigm/core/masking.py", "emigm/eval/e
               "emigm/sample/anatomy.py", "emigm/sample/plan.py::remask_sigma", "emigm/sample/plan.py::plan_steps",
               "emigm/sample/sampler.py::_step"]
 GROUPS = {"default": DEFAULT_FILES, "seams": SEAM_FILES}
-# --targeted: the test files that cover a source file (run in this order; missing files are skipped, so
-# one command serves a tree before and after the seam tests exist).
-# Cheap and specific files first (-x stops at the first failure); the fast suite's other files are not run.
+# --targeted: the tests that cover a source file, run in this order (-x stops at the first failure), cheap
+# and specific first: a test file, or FILE::PATTERN for its test functions whose names match the
+# shell-style PATTERN. Missing files are skipped, so one command serves a tree before and after the seam
+# tests exist; the fast suite's other tests are not run.
 TARGETS = {
-    "emigm/train/generator.py": ["tests/test_seams_training.py", "tests/test_train.py", "tests/test_trainer.py"],
-    "emigm/core/masking.py": ["tests/test_seams_training.py", "tests/test_masking.py", "tests/test_pure_values.py"],
+    "emigm/train/generator.py": ["tests/test_seams_training.py", "tests/test_prediction.py::test_init_from*",
+                                 "tests/test_train.py", "tests/test_trainer.py"],
+    "emigm/core/masking.py": ["tests/test_seams_training.py::*mask*", "tests/test_seams_training.py::*shared*",
+                              "tests/test_seams_training.py::*mar_*", "tests/test_masking.py",
+                              "tests/test_pure_values.py::*mask*", "tests/test_pure_values.py::*mar_*",
+                              "tests/test_pure_values.py::*shared_count*", "tests/test_pure_values.py::*exact_count*"],
     "emigm/eval/evaluation.py": ["tests/test_seams_metrics.py", "tests/test_evaluation.py",
-                                 "tests/test_pure_values.py"],
-    "emigm/sample/anatomy.py": ["tests/test_seams_anatomy.py", "tests/test_sampler_lab.py"],
-    "emigm/sample/plan.py": ["tests/test_seams_anatomy.py", "tests/test_sampler_lab.py", "tests/test_sampler.py",
-                             "tests/test_pure_values.py"],
-    "emigm/sample/sampler.py": ["tests/test_seams_anatomy.py", "tests/test_seams_guidance.py",
-                                "tests/test_sampler_lab.py", "tests/test_sampler.py", "tests/test_fast_path.py"],
+                                 "tests/test_pure_values.py::*seam_ratio*"],
+    "emigm/sample/anatomy.py": ["tests/test_seams_anatomy.py", "tests/test_sampler_lab.py::*anatomy*",
+                                "tests/test_sampler_lab.py::*uncertainty*",
+                                "tests/test_sampler_lab.py::*score_orders*"],
+    "emigm/sample/plan.py": ["tests/test_seams_anatomy.py::*remask*", "tests/test_sampler_lab.py::*remask*",
+                             "tests/test_pure_values.py::*plan_counts*", "tests/test_pure_values.py::*every_step*",
+                             "tests/test_sampler.py"],
+    "emigm/sample/sampler.py": ["tests/test_seams_anatomy.py", "tests/test_seams_guidance.py::*ramp*",
+                                "tests/test_sampler_lab.py", "tests/test_sampler.py",
+                                "tests/test_fast_path.py::test_fast_equals_generator_*",
+                                "tests/test_fast_path.py::test_graph_replay*",
+                                "tests/test_fast_path.py::test_head_runs_only*"],
     "emigm/core/guidance.py": ["tests/test_seams_guidance.py", "tests/test_guidance.py", "tests/test_sampler.py"],
 }
 # Survivors that change nothing a caller can observe, found by reading them: (file, the stripped source
@@ -379,8 +391,19 @@ def _pytest_forked(tree: Path, args: list[str], timeout: float) -> tuple[int | N
 
 
 def targeted_tests(path: str) -> list[str]:
-    """The test files of TARGETS[path] that exist in this tree."""
-    return [t for t in TARGETS.get(path, []) if (ROOT / t).is_file()]
+    """The tests of TARGETS[path] that exist in this tree, FILE::PATTERN expanded to node ids."""
+    out: list[str] = []
+    for entry in TARGETS.get(path, []):
+        file, _, pattern = entry.partition("::")
+        if not (ROOT / file).is_file():
+            continue
+        if not pattern:
+            out.append(file)
+            continue
+        names = [n.name for n in ast.parse((ROOT / file).read_text()).body
+                 if isinstance(n, ast.FunctionDef) and n.name.startswith("test")]
+        out += [f"{file}::{n}" for n in names if fnmatch.fnmatchcase(n, pattern) and f"{file}::{n}" not in out]
+    return out
 
 
 def run_mutant(tree: Path, m: Mutant, stages: list[list[str]], timeout: float,
@@ -491,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"baseline: {'pass' if status == 'survived' else 'FAIL ' + note} ({secs:.0f} s)", flush=True)
             if status != "survived":
                 return 1
-        what = "per file: " + "; ".join(f"{f}: {' '.join(targeted_tests(f)) or 'none'}" for f in files) \
+        what = "per file: " + "; ".join(f"{f}: {len(targeted_tests(f))} test files / functions" for f in files) \
             if args.targeted else ' | then '.join(' '.join(a) for a in stages)
         print(f"{len(chosen)} mutants of {len(pool)} candidates in {len(files)} files (seed {args.seed}); "
               f"tests: {what}", flush=True)
