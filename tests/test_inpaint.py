@@ -56,8 +56,8 @@ def test_random_and_explicit_tokens() -> None:
 @pytest.mark.parametrize("spec, needle", [
     ("", "give a mask"), ("diagonal", "'diagonal' is not a mask"), ("left+", "'' is not a mask"),
     ("random:0", "must be in (0, 1]"), ("random:1.5", "must be in (0, 1]"), ("random:nan", "must be in (0, 1]"),
-    ("random:x", "not a number"), ("random:0.5:-1", "seed must be in [0, 2^63 - 1]"), ("random:0.5:x", "not an integer"),
-    ("random:0.5:1:2", "random:P:SEED"),
+    ("random:x", "not a number"), ("random:0.5:-1", "seed must be in [0, 2^63 - 1]"),
+    ("random:0.5:x", "not an integer"), ("random:0.5:1:2", "random:P:SEED"),
     ("tokens:49", "outside the 49 tokens"), ("tokens:", "comma-separated"), ("tokens:1,,2", "comma-separated"),
     ("tokens:\uff13", "ASCII digits"), ("left:1", "is not a mask"),
 ])
