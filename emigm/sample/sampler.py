@@ -180,30 +180,10 @@ def _step(run: _Run, k: int, c: _Carry, sp: _StepPlan) -> _StepOut:
         select = (~sel).to(torch.int8).argsort(dim=1, stable=True)[:, :n]
     z, refs = run.network(tokens, mask, run.pad(sp.num_visible, L), references, select)
 
-    # what: the head on the selected rows (padded rows, when graphs pad, are discarded below)
-    def sample_rows(sel: Tensor, n: int, opts: HeadOptions) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-        rows, cols = flat_select(sel, run.pad(n, B * L))
-        if head.discrete:
-            noise = lambda i: rng.uniform(seeds[rows], rng.STREAM_WHAT, k, cols, i, tail=(head.codebook_size,))  # noqa: E731
-        else:
-            noise = lambda i: rng.normal(seeds[rows], rng.STREAM_WHAT, k, cols, i, tail=(tokens.shape[-1],))  # noqa: E731
-        terms = tuple(Term(g.name, r[rows, cols], w[rows]) for g, r, w in zip(guides, refs, weights))
-        return rows, cols, run.head(z[rows, cols], terms, noise, opts)
-
-    score = noise_g = None
-    if sampler.order in SCORE_ORDERS:  # every masked token scored by the head, then the best revealed
-        rows, cols, (values, token_score) = sample_rows(mask, sp.masked_rows, run.full)
-        pred = tokens.index_put((rows, cols), values.to(tokens.dtype))
-        score = torch.full((B, L), -inf, device=mask.device).index_put((rows, cols), token_score.float())
-        noise_g = anneal(sampler, k) * rng.gumbel(seeds, rng.STREAM_WHERE, k, KEY_POS, tail=(L,))
-        keys = -(score + noise_g)
-        revealed = smallest(torch.where(mask, keys, inf), count) & mask
-    else:  # the revealed tokens exactly as the fast path samples them; the others previewed
-        rows, cols, (values, *_) = sample_rows(revealed, sp.reveal_rows, run.full)
-        pred = tokens.index_put((rows, cols), values.to(tokens.dtype))
-        if run.predict_all:
-            rows, cols, (values, *_) = sample_rows(mask & ~revealed, sp.masked_rows - sp.reveal_rows, run.draft)
-            pred = pred.index_put((rows, cols), values.to(tokens.dtype))
+    what = choose(head, run.head, run.pad, seeds, k, tokens, mask, count, keys,
+                  z, tuple(Term(g.name, r, w) for g, r, w in zip(guides, refs, weights)), sampler, run.full,
+                  run.draft, run.predict_all, sp.reveal_rows, sp.masked_rows)
+    pred, revealed, keys, score, noise_g = what.pred, what.revealed, what.keys, what.score, what.noise
 
     new_tokens = torch.where(revealed if head.discrete else revealed.unsqueeze(-1), pred, tokens)
     if sampler.remask != "off":
@@ -216,6 +196,59 @@ def _step(run: _Run, k: int, c: _Carry, sp: _StepPlan) -> _StepOut:
         anatomy = open_step(head, facts, run.anatomy, run.full, run.draft, sampler.temperature)
     return _StepOut(new_tokens, (mask & ~revealed) | remasked, revealed, remasked, pred, scale,
                     tuple(g.name for g in guides), anatomy)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What a step chose once the network had answered: pred (the draft: committed tokens plus a
+    prediction at every masked position, or at the revealed ones without drafts), revealed (B, L), the
+    order's keys (lower = earlier), and for the score orders the score (B, L) and the Gumbel noise added."""
+
+    pred: Tensor
+    revealed: Tensor
+    keys: Tensor | None
+    score: Tensor | None
+    noise: Tensor | None
+
+
+def choose(head, head_fn: Callable, pad: Callable[[int, int], int], seeds: Tensor, k: int, tokens: Tensor,
+           mask: Tensor, count: Tensor, keys: Tensor | None, z: Tensor, terms: tuple[Term, ...],
+           sampler: SamplerConfig, full: HeadOptions, draft: HeadOptions, predict_all: bool, reveal_rows: int,
+           masked_rows: int) -> Choice:
+    """Step k's "what" (and, for a score order, "where") from the network's answer: z (B, L, D) of the
+    conditional pass and each guide term's reference z (B, L, D) with its weights (B,). keys: the random or
+    fixed order's keys (None for a score order, which ranks by the head's score plus annealed Gumbel
+    noise); count (B,): tokens to reveal; reveal_rows / masked_rows: tokens revealed at this step / masked
+    before it, over the batch (host ints). The sampler's `_step` and the re-scoring of an opened step
+    (emigm.sample.rescore) both call it, so a step re-scored at its own settings is the step."""
+    B, L = mask.shape
+    inf = float("inf")
+    revealed = None if keys is None else smallest(torch.where(mask, keys, inf), count) & mask
+
+    def sample_rows(sel: Tensor, n: int, opts: HeadOptions) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+        rows, cols = flat_select(sel, pad(n, B * L))  # padded rows, when graphs pad, are discarded
+        if head.discrete:
+            noise = lambda i: rng.uniform(seeds[rows], rng.STREAM_WHAT, k, cols, i, tail=(head.codebook_size,))  # noqa: E731
+        else:
+            noise = lambda i: rng.normal(seeds[rows], rng.STREAM_WHAT, k, cols, i, tail=(tokens.shape[-1],))  # noqa: E731
+        row_terms = tuple(Term(t.name, t.z[rows, cols], t.weight[rows]) for t in terms)
+        return rows, cols, head_fn(z[rows, cols], row_terms, noise, opts)
+
+    score = noise_g = None
+    if sampler.order in SCORE_ORDERS:  # every masked token scored by the head, then the best revealed
+        rows, cols, (values, token_score) = sample_rows(mask, masked_rows, full)
+        pred = tokens.index_put((rows, cols), values.to(tokens.dtype))
+        score = torch.full((B, L), -inf, device=mask.device).index_put((rows, cols), token_score.float())
+        noise_g = anneal(sampler, k) * rng.gumbel(seeds, rng.STREAM_WHERE, k, KEY_POS, tail=(L,))
+        keys = -(score + noise_g)
+        revealed = smallest(torch.where(mask, keys, inf), count) & mask
+    else:  # the revealed tokens exactly as the fast path samples them; the others previewed
+        rows, cols, (values, *_) = sample_rows(revealed, reveal_rows, full)
+        pred = tokens.index_put((rows, cols), values.to(tokens.dtype))
+        if predict_all:
+            rows, cols, (values, *_) = sample_rows(mask & ~revealed, masked_rows - reveal_rows, draft)
+            pred = pred.index_put((rows, cols), values.to(tokens.dtype))
+    return Choice(pred, revealed, keys, score, noise_g)
 
 
 def _checked_inputs(nets: Networks, labels, seeds, sampler: SamplerConfig,
