@@ -7,9 +7,7 @@ Every order is one `Order` in ORDERS, of one of three kinds:
   2025, Halton-MaskGIT: the 2-D Halton sequence, radical inverses in base 2 for the row and base 3 for
   the column from index 1, point (r, c) in cell (floor(r H), floor(c W)), repeated cells dropped; the
   same order for every sample, its optional per-sample roll not offered); fixed (a given permutation,
-  raster by default). Drawn per step from the "where" stream: random (uniform keys); checkerboard (GtR,
-  arXiv 2510.17171: the cells with even row + column first, the "skeleton", then the others; uniform
-  within a colour).
+  raster by default). Drawn per step from the "where" stream: random (uniform keys).
 - score: a score of the head's (guided, untempered) distribution per masked token, highest first, plus
   Gumbel noise tau_k x G from the "where" stream (tau_k: SamplerConfig.order_temperature annealed by
   order_anneal); the count rule decides how many: confidence (MaskGIT: log p of the sampled token);
@@ -62,7 +60,8 @@ class Order:
         if self.kind not in KINDS:
             raise ValueError(f"unknown order kind {self.kind!r}; valid: {', '.join(KINDS)}")
         has = (self.priority is not None, self.score is not None, self.count is not None)
-        if has != {"priority": (True, False, False), "score": (False, True, False), "adaptive": (False, True, True)}[self.kind]:
+        want = {"priority": (True, False, False), "score": (False, True, False), "adaptive": (False, True, True)}
+        if has != want[self.kind]:
             raise ValueError(f"a {self.kind} order takes exactly the functions of its kind (priority / score / count)")
 
 
@@ -114,7 +113,9 @@ def _halton(seeds: Tensor, step: int, num_tokens: int, given) -> Tensor:
 
 
 def _given(seeds: Tensor, step: int, num_tokens: int, given) -> Tensor:
-    return _raster(seeds, step, num_tokens, None) if given is None else torch.as_tensor(given, device=seeds.device).float()
+    if given is None:
+        return _raster(seeds, step, num_tokens, None)
+    return torch.as_tensor(given, device=seeds.device).float()
 
 
 def _uniform(seeds: Tensor, step: int, num_tokens: int, given) -> Tensor:
@@ -130,7 +131,8 @@ ORDERS: dict[str, Order] = {
     "confidence": Order("score", "most confident first: log p of the sampled token plus annealed Gumbel noise "
                                  "(MaskGIT; categorical heads)", score=_log_p_of_code, needs=PROBABILITIES),
     "margin": Order("score", "largest top-1 minus top-2 probability first, plus annealed Gumbel noise (Kim et al. "
-                             "2025; categorical heads)", score=lambda logp, codes: margin_score(logp), needs=PROBABILITIES),
+                             "2025; categorical heads)", score=lambda logp, codes: margin_score(logp),
+                    needs=PROBABILITIES),
     "entropy": Order("score", "lowest entropy of the token's distribution first, plus annealed Gumbel noise (Dream; "
                               "categorical heads)", score=lambda logp, codes: neg_entropy(logp), needs=PROBABILITIES),
     "halton": Order("priority", "a 2-D Halton sequence over the token grid, fixed before sampling (Halton-MaskGIT)",

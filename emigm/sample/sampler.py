@@ -349,8 +349,9 @@ def _start(nets: Networks, labels, seeds, sampler: SamplerConfig, guidance: Guid
     pad = _no_pad
     if opts.graphs:
         network, head_fn, pad = replayed(nets, conds, dtype, full)
-    run = _Run(nets, sampler, guidance, order, seeds, labels, fixed_keys, time_grid(sampler.num_steps, sampler.t_end).tolist(),
-               predict_all, network, head_fn, pad, full, draft, opts.anatomy)
+    grid = time_grid(sampler.num_steps, sampler.t_end).tolist()
+    run = _Run(nets, sampler, guidance, order, seeds, labels, fixed_keys, grid, predict_all, network, head_fn, pad,
+               full, draft, opts.anatomy)
     return run, start, carry
 
 
