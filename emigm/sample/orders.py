@@ -7,7 +7,9 @@ Every order is one `Order` in ORDERS, of one of three kinds:
   2025, Halton-MaskGIT: the 2-D Halton sequence, radical inverses in base 2 for the row and base 3 for
   the column from index 1, point (r, c) in cell (floor(r H), floor(c W)), repeated cells dropped; the
   same order for every sample, its optional per-sample roll not offered); fixed (a given permutation,
-  raster by default). Drawn per step from the "where" stream: random (uniform keys).
+  raster by default). Drawn per step from the "where" stream: random (uniform keys); checkerboard (GtR,
+  arXiv 2510.17171: the cells with even row + column first, the "skeleton", then the others, uniform
+  within a colour).
 - score: a score of the head's (guided, untempered) distribution per masked token, highest first, plus
   Gumbel noise tau_k x G from the "where" stream (tau_k: SamplerConfig.order_temperature annealed by
   order_anneal); the count rule decides how many: confidence (MaskGIT: log p of the sampled token);
@@ -98,7 +100,7 @@ def grid_shape(num_tokens: int) -> tuple[int, int]:
     """The token grid (rows, cols) of a model: square, as every tokenizer here makes."""
     side = math.isqrt(num_tokens)
     if side * side != num_tokens:
-        raise ValueError(f"the halton order needs a square token grid; {num_tokens} tokens is not one")
+        raise ValueError(f"the halton and checkerboard orders need a square grid; {num_tokens} tokens is not one")
     return side, side
 
 
@@ -122,6 +124,13 @@ def _uniform(seeds: Tensor, step: int, num_tokens: int, given) -> Tensor:
     return rng.uniform(seeds, rng.STREAM_WHERE, step, KEY_POS, tail=(num_tokens,))
 
 
+def _checkerboard(seeds: Tensor, step: int, num_tokens: int, given) -> Tensor:
+    pos = torch.arange(num_tokens, device=seeds.device)
+    cols = grid_shape(num_tokens)[1]
+    colour = (pos // cols + pos % cols) % 2  # (row + col) parity: keys of colour 0 lie in (0, 1), of 1 in (1, 2)
+    return colour.float() + _uniform(seeds, step, num_tokens, given)
+
+
 def _log_p_of_code(logp: Tensor, codes: Tensor) -> Tensor:
     return logp.gather(1, codes[:, None]).squeeze(1)
 
@@ -139,6 +148,8 @@ ORDERS: dict[str, Order] = {
                     _halton, fixed=True),
     "raster": Order("priority", "row by row, left to right", _raster, fixed=True),
     "fixed": Order("priority", "a given permutation (raster order by default)", _given, fixed=True),
+    "checkerboard": Order("priority", "one colour of a checkerboard first (the skeleton), then the other; uniform "
+                                      "within a colour (GtR)", _checkerboard),
 }
 
 
