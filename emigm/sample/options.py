@@ -82,10 +82,12 @@ class AnatomyOptions:
     (mean over channels of the standard deviation) of K independent head draws with the draft solver;
     a categorical head's is the entropy of its guided distribution. path_token: (sample, position) of
     one token whose diffusion-head denoising path (its value after each solver step) is recorded at
-    every step where it is masked, or None."""
+    every step where it is masked, or None. rescore: keep each branch's network output (StepAnatomy.z)
+    so that the step can be re-scored at other settings without a network pass (emigm.sample.rescore)."""
 
     uncertainty_draws: int = 4
     path_token: tuple[int, int] | None = None
+    rescore: bool = False
 
     def __post_init__(self) -> None:
         check_number("uncertainty_draws", self.uncertainty_draws, 2, MAX_UNCERTAINTY_DRAWS, integer=True)

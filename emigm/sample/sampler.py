@@ -27,6 +27,7 @@ the device.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterator
 
 import torch
@@ -57,7 +58,7 @@ from emigm.sample.state import StepAnatomy, StepState
 Tensor = torch.Tensor
 _INF = float("inf")
 
-__all__ = ["ANNEALS", "COUNT_RULES", "MAX_HEAD_STEPS", "MAX_STEPS", "ORDERS", "REMASKS", "AnatomyOptions",
+__all__ = ["ANNEALS", "COUNT_RULES", "MAX_HEAD_STEPS", "MAX_STEPS", "ORDERS", "REMASKS", "AnatomyOptions", "Choice",
            "GuidanceConfig", "Networks", "SamplerConfig", "StepAnatomy", "StepState", "anneal", "plan_counts",
            "sample", "sample_steps"]
 
@@ -160,16 +161,19 @@ class _Where:
 
 
 @dataclass(frozen=True)
-class _What:
-    """What, after the head: the draft pred, the revealed set and its count, the keys it was chosen by,
-    and for the orders that read the prediction the score and the Gumbel noise added."""
+class Choice:
+    """What a step chose once the network had answered: pred (the draft: committed tokens plus a
+    prediction at every masked position, or at the revealed ones without drafts), revealed (B, L), the
+    order's keys (lower = earlier), for the orders that read the prediction the score (B, L) and the
+    Gumbel noise added (0 for an adaptive order), and count (B,): the tokens revealed (an adaptive order
+    decides it here)."""
 
     pred: Tensor
     revealed: Tensor
-    count: Tensor
-    keys: Tensor
-    score: Tensor | None = None
-    noise: Tensor | None = None
+    keys: Tensor | None
+    score: Tensor | None
+    noise: Tensor | None
+    count: Tensor | None = None
 
 
 def _step(run: _Run, k: int, c: _Carry, sp: _StepPlan) -> _StepOut:
@@ -178,7 +182,9 @@ def _step(run: _Run, k: int, c: _Carry, sp: _StepPlan) -> _StepOut:
     g = _guides(run, k, c.mask, sp)
     where = _where(run, k, c.mask, sp)
     z, refs = _network(run, c, sp, where.revealed, g)
-    what = _what(run, k, c, sp, z, refs, g, where)
+    terms = tuple(Term(x.name, r, w) for x, r, w in zip(g.active, refs, g.weights))
+    what = choose(run.nets.model.head, run.head, run.pad, run.seeds, k, c.tokens, c.mask, sp.count, where.keys, z,
+                  terms, run.sampler, run.full, run.draft, run.predict_all, sp.reveal_rows, sp.masked_rows)
     return _commit(run, k, c, sp, g, where, what, z, refs)
 
 
@@ -222,48 +228,54 @@ def _network(run: _Run, c: _Carry, sp: _StepPlan, revealed: Tensor | None, g: _G
     return run.network(c.tokens, c.mask, run.pad(sp.num_visible, L), references, select)
 
 
-def _sample_rows(run: _Run, k: int, z: Tensor, refs: tuple, g: _Guides, sel: Tensor, n: int, opts: HeadOptions,
-                 dim: int) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-    """The head on the selected rows (padded rows, when graphs pad, are discarded by the caller); dim: a
-    continuous token's channels."""
-    head, seeds, (B, L) = run.nets.model.head, run.seeds, sel.shape
-    rows, cols = flat_select(sel, run.pad(n, B * L))
+def _sample_rows(head, head_fn: Callable, pad: Callable[[int, int], int], seeds: Tensor, k: int, z: Tensor,
+                 terms: tuple[Term, ...], dim: int, sel: Tensor, n: int,
+                 opts: HeadOptions) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+    """The head on the n selected rows of sel (B, L) (padded rows, when graphs pad, are discarded by the
+    caller); dim: a continuous token's channels."""
+    rows, cols = flat_select(sel, pad(n, sel.numel()))
     if head.discrete:
         noise = lambda i: rng.uniform(seeds[rows], rng.STREAM_WHAT, k, cols, i, tail=(head.codebook_size,))  # noqa: E731
     else:
         noise = lambda i: rng.normal(seeds[rows], rng.STREAM_WHAT, k, cols, i, tail=(dim,))  # noqa: E731
-    terms = tuple(Term(x.name, r[rows, cols], w[rows]) for x, r, w in zip(g.active, refs, g.weights))
-    return rows, cols, run.head(z[rows, cols], terms, noise, opts)
+    row_terms = tuple(Term(t.name, t.z[rows, cols], t.weight[rows]) for t in terms)
+    return rows, cols, head_fn(z[rows, cols], row_terms, noise, opts)
 
 
-def _what(run: _Run, k: int, c: _Carry, sp: _StepPlan, z: Tensor, refs: tuple, g: _Guides, where: _Where) -> _What:
-    """The head's tokens: for a priority order the revealed ones exactly as the fast path samples them
-    (the others previewed with the draft solver); otherwise every masked token, scored, then the best
-    revealed (the count rule's count plus Gumbel noise for a score order, the order's own count for an
-    adaptive one)."""
-    tokens, mask, order, dim = c.tokens, c.mask, run.order, c.tokens.shape[-1]
+def choose(head, head_fn: Callable, pad: Callable[[int, int], int], seeds: Tensor, k: int, tokens: Tensor,
+           mask: Tensor, count: Tensor, keys: Tensor | None, z: Tensor, terms: tuple[Term, ...],
+           sampler: SamplerConfig, full: HeadOptions, draft: HeadOptions, predict_all: bool, reveal_rows: int,
+           masked_rows: int) -> Choice:
+    """Step k's "what" (and, for an order that reads the prediction, "where") from the network's answer: z
+    (B, L, D) of the conditional pass and each guide term's reference z with its weights (B,). keys: a
+    priority order's keys (None for the others); count (B,): tokens to reveal (an adaptive order decides
+    its own); reveal_rows / masked_rows: tokens revealed at this step / masked before it, over the batch
+    (host ints). A priority order's revealed tokens are sampled exactly as the fast path does (the others
+    previewed with the draft solver); otherwise every masked token is scored, then the best revealed. The
+    sampler's step and the re-scoring of an opened step (emigm.sample.rescore) both call it."""
+    order, rows_of = get_order(sampler.order), partial(_sample_rows, head, head_fn, pad, seeds, k, z, terms,
+                                                       tokens.shape[-1])
     if order.kind == "priority":
-        rows, cols, (values, *_) = _sample_rows(run, k, z, refs, g, where.revealed, sp.reveal_rows, run.full, dim)
+        revealed = smallest(torch.where(mask, keys, _INF), count) & mask
+        rows, cols, (values, *_) = rows_of(revealed, reveal_rows, full)
         pred = tokens.index_put((rows, cols), values.to(tokens.dtype))
-        if run.predict_all:
-            rows, cols, (values, *_) = _sample_rows(run, k, z, refs, g, mask & ~where.revealed,
-                                                    sp.masked_rows - sp.reveal_rows, run.draft, dim)
+        if predict_all:
+            rows, cols, (values, *_) = rows_of(mask & ~revealed, masked_rows - reveal_rows, draft)
             pred = pred.index_put((rows, cols), values.to(tokens.dtype))
-        return _What(pred, where.revealed, sp.count, where.keys)
-    rows, cols, (values, token_score) = _sample_rows(run, k, z, refs, g, mask, sp.masked_rows, run.full, dim)
+        return Choice(pred, revealed, keys, None, None, count)
+    rows, cols, (values, token_score, *_) = rows_of(mask, masked_rows, full)
     pred = tokens.index_put((rows, cols), values.to(tokens.dtype))
     score = torch.full(mask.shape, -_INF, device=mask.device).index_put((rows, cols), token_score.float())
     if order.kind == "score":
-        noise = anneal(run.sampler, k) * rng.gumbel(run.seeds, rng.STREAM_WHERE, k, KEY_POS, tail=(mask.shape[1],))
-        count, keys = sp.count, -(score + noise)
-    else:
-        last = k == run.sampler.num_steps - 1
+        noise = anneal(sampler, k) * rng.gumbel(seeds, rng.STREAM_WHERE, k, KEY_POS, tail=(mask.shape[1],))
+    else:  # adaptive: the order's own count, every remaining token at the last step
         noise = torch.zeros_like(score)
-        count, keys = mask.sum(1) if last else order.count(score, mask, run.sampler), -score
-    return _What(pred, smallest(torch.where(mask, keys, _INF), count) & mask, count, keys, score, noise)
+        count = mask.sum(1) if k == sampler.num_steps - 1 else order.count(score, mask, sampler)
+    keys = -(score + noise)
+    return Choice(pred, smallest(torch.where(mask, keys, _INF), count) & mask, keys, score, noise, count)
 
 
-def _commit(run: _Run, k: int, c: _Carry, sp: _StepPlan, g: _Guides, where: _Where, what: _What, z: Tensor,
+def _commit(run: _Run, k: int, c: _Carry, sp: _StepPlan, g: _Guides, where: _Where, what: Choice, z: Tensor,
             refs: tuple) -> _StepOut:
     """The step's outcome: revealed tokens written, re-masked ones cleared, and the anatomy if asked for."""
     discrete, revealed, remasked = run.nets.model.head.discrete, what.revealed, where.remasked
