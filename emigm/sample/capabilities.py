@@ -87,6 +87,8 @@ def suggested_settings(model) -> dict[str, Any]:
     and the reveal rule of its family: MaskGIT's for a categorical head (exact counts, most confident
     first), eMIGM's otherwise (binomial counts, random order). The explorer applies these when a model
     is chosen; they are suggestions, every field stays settable."""
+    if getattr(model, "is_oracle", False):  # no training rule: eMIGM's sampler
+        return {"schedule": "exp", "count_rule": "binomial", "order": "random"}
     if model.head.discrete:
         return {"schedule": model.cfg.masking.schedule, "count_rule": "exact", "order": "confidence"}
     return {"schedule": model.cfg.masking.schedule, "count_rule": "binomial", "order": "random"}
@@ -95,5 +97,7 @@ def suggested_settings(model) -> dict[str, Any]:
 def suggested_guidance(model) -> dict[str, Any]:
     """The guidance a model runs with unless told otherwise, as option-field values: eMIGM's CFG 3 in
     (0.1, 0.3] (SUGGESTED_GUIDANCE). Like `suggested_settings`, a suggestion: every field stays settable
-    (cfg_scale 1 turns CFG off)."""
+    (cfg_scale 1 turns CFG off). An oracle runs unguided: its point is the exact p(x | c)."""
+    if getattr(model, "is_oracle", False):
+        return {"cfg_scale": 1.0, "cfg_interval": SUGGESTED_GUIDANCE["cfg_interval"]}
     return dict(SUGGESTED_GUIDANCE)
