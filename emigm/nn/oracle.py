@@ -329,6 +329,14 @@ class OracleGenerator(nn.Module):
             out[rows, i] = torch.logsumexp(lw[rows] + self._token_log_kernel(tokens[rows, i], i, refs), 1)
         return out
 
+    def joint_log_kernel(self, lw: Tensor, tokens: Tensor, group: Tensor) -> Tensor:
+        """log w_n + sum_{i in group} log K(x_i | z_{n,i}) (B, N) (-inf where lw is): its logsumexp is
+        log p(x_group | lw), and minus that, the posterior after the group is seen."""
+        cols = self._active(lw)
+        out = torch.full_like(lw, -math.inf)
+        out[:, cols] = lw[:, cols] + self._kernel_sum(tokens, group, self.refs[cols])
+        return out
+
     def group_log_prob(self, lw: Tensor, tokens: Tensor, group: Tensor) -> Tensor:
         """log p(x_group | the posterior lw) (B,): the joint of a group of tokens."""
         cols = self._active(lw)
