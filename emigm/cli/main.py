@@ -36,6 +36,7 @@ from emigm.sample.checks import check_finite
 from emigm.sample.inpaint import MASK_SPEC_HELP as MASK_SPEC
 from emigm.sample.inpaint import MaskError, add_ring, check_mask, inpaint_state, painted_count, parse_mask, steps_for
 from emigm.sample.options import AnatomyOptions
+from emigm.sample.orders import painted_priority, parse_reveal_order
 from emigm.sample.sampler import SamplerConfig, sample_steps
 from emigm.sample.steps import step_table
 from emigm.sample.trace import trace_dict
@@ -43,6 +44,8 @@ from emigm.train.classifier import train_classifier
 from emigm.train.tokenizer import TokenizerTrainConfig, train_tokenizer
 
 EXIT_USAGE = 2
+REVEAL_HELP = ("with --order fixed: a painted reveal order, row-major token indices I,J,... revealed first in that "
+               "order (the others after them in raster order)")
 
 
 class CliError(Exception):
@@ -131,6 +134,15 @@ def sampler_configs(a: argparse.Namespace, draft: bool = False, model=None):
                             draft=draft)
     guidance = GuidanceConfig(**values(GuidanceConfig, suggested_guidance(model) if model is not None else {}))
     return sampler, guidance
+
+
+def reveal_order(a: argparse.Namespace, sampler: SamplerConfig, num_tokens: int):
+    """--reveal-order I,J,... -> the (L,) priority of order fixed (the listed tokens first, then raster), or None."""
+    if not a.reveal_order:
+        return None
+    if sampler.order != "fixed":
+        raise CliError(f"--reveal-order goes with --order fixed (got --order {sampler.order})")
+    return painted_priority(parse_reveal_order(a.reveal_order, num_tokens), num_tokens)
 
 
 def load_for_sampling(a: argparse.Namespace, device):
@@ -235,7 +247,9 @@ def cmd_sample(a: argparse.Namespace) -> None:
     labels = torch.tensor([c for c in classes for _ in range(a.num_images)], dtype=torch.long)
     seeds = [a.seed + i for i in range(total)]
     start = time.perf_counter()
-    states = list(s.to("cpu") for s in sample_steps(gen, labels, seeds, sampler, guidance, anatomy=anatomy))
+    fixed = reveal_order(a, sampler, gen.model.num_tokens)
+    states = list(s.to("cpu") for s in sample_steps(gen, labels, seeds, sampler, guidance, anatomy=anatomy,
+                                                    fixed_order=fixed))
     elapsed = time.perf_counter() - start
     last = states[-1]
     chunk = 256  # decode in chunks: a decoder's activations for thousands of images at once do not fit
@@ -295,8 +309,10 @@ def cmd_inpaint(a: argparse.Namespace) -> None:
     labels = torch.full((B,), label, dtype=torch.long)
     seeds = [a.seed + i for i in range(B)]
     init = inpaint_state(tokens, mask.to(tokens.device), labels, seeds, sampler, guidance)
+    fixed = reveal_order(a, sampler, L)
     start = time.perf_counter()
-    states = list(s.to("cpu") for s in sample_steps(gen, labels, seeds, sampler, guidance, init=init))
+    states = list(s.to("cpu") for s in sample_steps(gen, labels, seeds, sampler, guidance, init=init,
+                                                    fixed_order=fixed))
     elapsed = time.perf_counter() - start
     last = states[-1]
     results = gen.decode(last.tokens).cpu()
@@ -458,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--path-token", type=int, nargs=2, default=None, metavar=("IMAGE", "POSITION"),
                    help="with --anatomy: record this token's denoising path through the head's solver")
     s.add_argument("--device", default="auto")
+    s.add_argument("--reveal-order", default="", help=REVEAL_HELP)
     add_sampler_args(s, model_rule=True)
     s.set_defaults(func=cmd_sample)
 
@@ -476,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="inpaint.png")
     s.add_argument("--trace", default="")
     s.add_argument("--device", default="auto")
+    s.add_argument("--reveal-order", default="", help=REVEAL_HELP)
     add_sampler_args(s, model_rule=True)
     s.set_defaults(func=cmd_inpaint, num_steps=None)
 

@@ -76,6 +76,36 @@ def fixed_priority(order: str, num_tokens: int, given: Tensor | None, device) ->
     return torch.arange(num_tokens, device=device).float()  # raster, and fixed by default
 
 
+def painted_priority(clicks, num_tokens: int) -> Tensor:
+    """(L,) float priority of order "fixed" from a painted reveal order: the clicked tokens first, in the
+    order given, then every other token in raster order. clicks: row-major token indices, each at most
+    once (a ValueError names the first bad one)."""
+    seen: list[int] = []
+    for i in clicks:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < num_tokens:
+            raise ValueError(f"reveal order: token {i!r} is outside the {num_tokens} tokens (0..{num_tokens - 1})")
+        if i in seen:
+            raise ValueError(f"reveal order: token {i} is given twice")
+        seen.append(i)
+    rest = [i for i in range(num_tokens) if i not in set(seen)]
+    rank = torch.empty(num_tokens)
+    rank[torch.tensor(seen + rest, dtype=torch.long)] = torch.arange(num_tokens, dtype=torch.float32)
+    return rank
+
+
+def parse_reveal_order(text: str, num_tokens: int) -> list[int]:
+    """A painted reveal order written as row-major token indices "I,J,K" (ASCII digits, commas) -> list."""
+    items = [x.strip() for x in str(text).split(",")]
+    if not str(text).strip() or any(not x for x in items):
+        raise ValueError("reveal order: give comma-separated token indices, e.g. 24,17,31")
+    for x in items:
+        if not x.isascii() or not x.isdigit():
+            raise ValueError(f"reveal order: {x!r} is not a token index in ASCII digits")
+    out = [int(x) for x in items]
+    painted_priority(out, num_tokens)  # range and repeats
+    return out
+
+
 def smallest(keys: Tensor, count: Tensor) -> Tensor:
     """(B, L) bool: the count[b] positions with the smallest keys in row b (ties: the lower position)."""
     return ranks(keys) < count.unsqueeze(1)
