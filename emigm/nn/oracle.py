@@ -414,6 +414,19 @@ def is_oracle_folder(folder: str | os.PathLike) -> bool:
     return (Path(folder) / ORACLE_FILE).is_file()
 
 
+def oracle_config(folder: str | os.PathLike) -> RunConfig:
+    """The config (tokenizer, grid, classes) of the oracle in `folder`, from oracle.json's kind alone
+    (nothing else is read or checked: `read_oracle` does that)."""
+    path = Path(folder) / ORACLE_FILE
+    try:
+        kind = json.loads(path.read_text()).get("kind")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, RecursionError):
+        kind = None
+    if kind not in ORACLE_KINDS:
+        raise _bad(path, f"not an oracle description of kind {', '.join(ORACLE_KINDS)}")
+    return replace(get_preset(_PRESET_OF[kind]), name=Path(folder).name)
+
+
 def _bad(path: Path, why: str) -> CheckpointError:
     return CheckpointError(f"bad oracle reference set {path}: {why}")
 
