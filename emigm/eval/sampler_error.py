@@ -32,13 +32,13 @@ from emigm.core.guidance import GuidanceConfig, combine
 from emigm.core.rng import STREAM_WHAT, normal, uniform
 from emigm.eval.evaluation import dataset_features, evaluate_images, load_classifier
 from emigm.nn.oracle import OracleGenerator, shipped_oracles
-from emigm.sample.options import FIXED_ORDERS
+from emigm.sample.orders import orders_of
 from emigm.sample.passes import as_networks
 from emigm.sample.sampler import SamplerConfig, sample_steps
 
 Tensor = torch.Tensor
 
-PATH_FIXED_ORDERS = ("random", *FIXED_ORDERS)
+PATH_FIXED_ORDERS = orders_of("priority")  # the orders whose path does not read token values
 _EXACT_STEP = 1 << 20  # the "what" stream's step index of the exact draws (far beyond any sampler step)
 
 
