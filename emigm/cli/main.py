@@ -175,10 +175,17 @@ def cmd_schedule(a: argparse.Namespace) -> None:
     print(f"schedule {sampler.schedule}, {sampler.num_steps} steps, {a.tokens} tokens, count rule {sampler.count_rule}"
           + (f", CFG {g.cfg_scale} in ({g.cfg_interval[0]}, {g.cfg_interval[1]}]" if g.cfg_scale != 1.0 else ", no CFG")
           + (f", self-guidance {g.sg_scale} in ({g.sg_interval[0]}, {g.sg_interval[1]}]" if g.sg_scale > 0 else ""))
-    print(f"{'step':>4} {'t':>8} {'s':>8} {'E[revealed]':>12} {'E[masked]':>10} {'cfg':>4} {'sg':>4} {'passes':>6} {'total':>6}")
+    print(f"tokens revealed per step as the sampler plans them (at least one, at most the masked count minus "
+          f"one per later step; mean and 5-95 % range, "
+          + (f"over {table.draws} seeds" if table.draws else "exact") + "), "
+          f"beside the schedule's L x (gamma(t) - gamma(s)), which ignores both rules")
+    print(f"{'step':>4} {'t':>8} {'s':>8} {'revealed':>9} {'5-95 %':>8} {'L x dgamma':>11} {'masked after':>12} "
+          f"{'cfg':>4} {'sg':>4} {'passes':>6} {'total':>6}")
     for r in table.rows:
-        print(f"{r.step:>4} {r.t:>8.4f} {r.s:>8.4f} {r.expected_revealed:>12.1f} {r.expected_masked_after:>10.1f} "
-              f"{'yes' if r.cfg else '':>4} {'yes' if r.sg else '':>4} {r.passes:>6} {r.cumulative_passes:>6}")
+        band = f"{r.planned_lo}" if r.planned_lo == r.planned_hi else f"{r.planned_lo}-{r.planned_hi}"
+        print(f"{r.step:>4} {r.t:>8.4f} {r.s:>8.4f} {r.planned_mean:>9.2f} {band:>8} {r.expected_revealed:>11.2f} "
+              f"{r.planned_masked_after:>12.1f} {'yes' if r.cfg else '':>4} {'yes' if r.sg else '':>4} {r.passes:>6} "
+              f"{r.cumulative_passes:>6}")
     print(f"CFG steps: {table.cfg_steps}; self-guidance steps: {table.sg_steps}; transformer passes: "
           f"{table.passes} ({sampler.num_steps} x {table.nfe_per_step:.3g})")
 
