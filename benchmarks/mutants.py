@@ -5,6 +5,7 @@
     python benchmarks/mutants.py --list                            # every candidate mutation, no runs
     python benchmarks/mutants.py --tests tests/test_pure_values.py tests/test_guidance.py   # quicker
     python benchmarks/mutants.py --at emigm/sample/sampler.py:208                # recheck one line's mutants
+    python benchmarks/mutants.py --group seams --limit 80 --targeted --table out.md  # the seams, per file
 
 Mutations (one token on one line, found with `tokenize`, so strings, docstrings and comments are never
 touched): comparisons `<` <-> `<=`, `>` <-> `>=`, `==` <-> `!=`; arithmetic `+` <-> `-`, `*` <-> `/`
@@ -20,6 +21,16 @@ if they all pass, the rest of the fast suite (--then). A mutant is "caught" when
 collection fails, "timeout" when it hangs, "survived" when every test passes. Byte-code caching is off
 in the copy, so a same-size mutation can never reuse a stale .pyc. By default each pytest runs in a
 fork of this process, which has torch imported once (--no-fork: a fresh interpreter each time).
+
+--files takes FILE or FILE::FUNCTION (a function or Class.method: only the lines of its body are
+mutated). --group seams targets the seams between the stages: what the training task feeds the network
+(emigm/train/generator.py, emigm/core/masking.py), the metrics (emigm/eval/evaluation.py), what a step's
+anatomy reports (emigm/sample/anatomy.py) and the sampler's remasking (emigm/sample/plan.py's counts and
+the step function). --targeted runs, for each mutant, only the test files that cover its source file
+(TARGETS; those missing in the tree are skipped), in one stage: a survivor there survived those files,
+not necessarily the whole suite. The summary gives caught / survived / equivalent per file (equivalent:
+a survivor that changes nothing a caller can observe, either found by `unused_default_spans` or listed
+with its reason in EQUIVALENT); --table writes it, with the command, as Markdown.
 """
 from __future__ import annotations
 
@@ -54,6 +65,30 @@ DEFAULT_TESTS = ["tests/test_pure_values.py", "tests/test_guidance.py", "tests/t
                  "tests/test_optim_values.py", "tests/test_schedules.py", "tests/test_masking.py",
                  "tests/test_sampler.py", "tests/test_diffusion.py"]
 DEFAULT_THEN = "tests"
+
+# The seams (--group seams): the training task's inputs, evaluation, the anatomy, the sampler's remasking.
+SEAM_FILES = ["emigm/train/generator.py", "emigm/core/masking.py", "emigm/eval/evaluation.py",
+              "emigm/sample/anatomy.py", "emigm/sample/plan.py::remask_sigma", "emigm/sample/plan.py::plan_steps",
+              "emigm/sample/sampler.py::_step"]
+GROUPS = {"default": DEFAULT_FILES, "seams": SEAM_FILES}
+# --targeted: the test files that cover a source file (run in this order; missing files are skipped, so
+# one command serves a tree before and after the seam tests exist).
+# Cheap and specific files first (-x stops at the first failure); the fast suite's other files are not run.
+TARGETS = {
+    "emigm/train/generator.py": ["tests/test_seams_training.py", "tests/test_train.py", "tests/test_trainer.py"],
+    "emigm/core/masking.py": ["tests/test_seams_training.py", "tests/test_masking.py", "tests/test_pure_values.py"],
+    "emigm/eval/evaluation.py": ["tests/test_seams_metrics.py", "tests/test_evaluation.py",
+                                 "tests/test_pure_values.py"],
+    "emigm/sample/anatomy.py": ["tests/test_seams_anatomy.py", "tests/test_sampler_lab.py"],
+    "emigm/sample/plan.py": ["tests/test_seams_anatomy.py", "tests/test_sampler_lab.py", "tests/test_sampler.py",
+                             "tests/test_pure_values.py"],
+    "emigm/sample/sampler.py": ["tests/test_seams_anatomy.py", "tests/test_seams_guidance.py",
+                                "tests/test_sampler_lab.py", "tests/test_sampler.py", "tests/test_fast_path.py"],
+    "emigm/core/guidance.py": ["tests/test_seams_guidance.py", "tests/test_guidance.py", "tests/test_sampler.py"],
+}
+# Survivors that change nothing a caller can observe, found by reading them: (file, the stripped source
+# line, mutation) -> why. Listed, not hidden: they still count as survived, and the table says equivalent.
+EQUIVALENT: dict[tuple[str, str, str], str] = {}
 # Stage-1 files that go first for a mutant of a given source file (the rest of stage 1 follows): with
 # -x a caught mutant then costs one small file, not the whole stage.
 FIRST = {"emigm/core/guidance.py": ["tests/test_guidance.py"], "emigm/core/fields.py": ["tests/test_fields.py"],
@@ -104,15 +139,36 @@ def _number_variants(text: str) -> list[str]:
     return ["1"] if value == 0 else [str(value + 1), str(value - 1)]
 
 
-def candidates(path: str) -> list[Mutant]:
-    """Every compilable one-token mutation of a file (see the module docstring)."""
+def function_lines(source: str, name: str) -> tuple[int, int]:
+    """(first, last) line of the body of function `name` (a function or Class.method) in `source`."""
+    def walk(nodes, prefix: str):
+        for node in nodes:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                qual = prefix + node.name
+                if qual == name and not isinstance(node, ast.ClassDef):
+                    return node.body[0].lineno, node.end_lineno
+                found = walk(node.body, qual + ".")
+                if found:
+                    return found
+        return None
+    found = walk(ast.parse(source).body, "")
+    if found is None:
+        raise ValueError(f"no function {name!r}")
+    return found
+
+
+def candidates(path: str, function: str = "") -> list[Mutant]:
+    """Every compilable one-token mutation of a file, or of one function's body (see the module docstring)."""
     source = (ROOT / path).read_text()
+    first, last = function_lines(source, function) if function else (1, source.count("\n") + 1)
     original = compile(source, path, "exec", dont_inherit=True)
     out: list[Mutant] = []
     prev = ""
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         (row, col), text = tok.start, tok.string
         after, prev = prev, (text if tok.type not in (tokenize.NL, tokenize.COMMENT) else prev)
+        if not first <= row <= last:
+            continue
         if tok.type == tokenize.OP and text == "*" and after in ("(", ",", "["):
             continue  # a star in an argument list (unpacking, keyword-only marker), not a product
         if tok.type == tokenize.OP and text in SWAPS:
@@ -158,6 +214,30 @@ def unused_default_spans(source: str) -> list[tuple[int, int, int, int]]:
 def is_unused_default(m: Mutant) -> bool:
     spans = unused_default_spans((ROOT / m.path).read_text())
     return any((l0, c0) <= (m.line, m.col) < (l1, c1) for l0, c0, l1, c1 in spans)
+
+
+def equivalence(m: Mutant) -> str:
+    """Why a surviving mutant is equivalent ('' when it is not known to be)."""
+    if is_unused_default(m):
+        return "default of a parameter the function never reads"
+    src = (ROOT / m.path).read_text().splitlines()[m.line - 1].strip()
+    return EQUIVALENT.get((m.path, src, m.label), "")
+
+
+def per_file_table(results: list[tuple["Mutant", str, str, float]]) -> list[tuple[str, int, int, int, int]]:
+    """(file, mutants, caught, survived, of which equivalent) per file, in first-seen order, and a total."""
+    rows: dict[str, list[int]] = {}
+    for m, status, _, _ in results:
+        r = rows.setdefault(m.path, [0, 0, 0, 0])
+        r[0] += 1
+        if status in ("caught", "timeout"):
+            r[1] += 1
+        elif status == "survived":
+            r[2] += 1
+            r[3] += bool(equivalence(m))
+    out = [(f, *r) for f, r in rows.items()]
+    out.append(("total", *(sum(r[i] for r in rows.values()) for i in range(4))))
+    return out
 
 
 def _same_code(a, b) -> bool:
@@ -298,12 +378,20 @@ def _pytest_forked(tree: Path, args: list[str], timeout: float) -> tuple[int | N
         return code, log.read()
 
 
+def targeted_tests(path: str) -> list[str]:
+    """The test files of TARGETS[path] that exist in this tree."""
+    return [t for t in TARGETS.get(path, []) if (ROOT / t).is_file()]
+
+
 def run_mutant(tree: Path, m: Mutant, stages: list[list[str]], timeout: float,
-               fork: bool) -> tuple[str, str, float]:
+               fork: bool, targeted: bool = False) -> tuple[str, str, float]:
     target = tree / m.path
     original = target.read_text()
     first = [t for t in FIRST.get(m.path, []) if t in stages[0]]
-    stages = [first + [t for t in stages[0] if t not in first], *stages[1:]] if first else stages
+    if targeted:
+        stages = [targeted_tests(m.path)]
+    elif first:
+        stages = [first + [t for t in stages[0] if t not in first], *stages[1:]]
     try:
         target.write_text(m.apply(original))
         return run_stages(tree, stages, timeout, fork)
@@ -313,7 +401,14 @@ def run_mutant(tree: Path, m: Mutant, stages: list[list[str]], timeout: float,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--files", nargs="+", default=None, help="source files to mutate (default: the pure ones)")
+    ap.add_argument("--files", nargs="+", default=None,
+                    help="source files to mutate, FILE or FILE::FUNCTION (default: the --group's)")
+    ap.add_argument("--group", choices=GROUPS, default="default",
+                    help="default: the pure-function files; seams: training inputs, evaluation, anatomy, remasking")
+    ap.add_argument("--targeted", action="store_true",
+                    help="each mutant runs only the test files of its source file (TARGETS), in one stage")
+    ap.add_argument("--table", default="", metavar="FILE.md",
+                    help="also write the per-file table, the survivors and the command as Markdown")
     ap.add_argument("--tests", nargs="+", default=DEFAULT_TESTS,
                     help="stage 1: test files / folders run first (default: the fast value tests)")
     ap.add_argument("--then", default=DEFAULT_THEN,
@@ -338,7 +433,17 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"not a Python file of this repository: {f}")
         return path.relative_to(ROOT).as_posix()
 
-    files = [repo_path(f) for f in args.files or [f for f in DEFAULT_FILES if (ROOT / f).is_file()]]
+    specs = args.files or [f for f in GROUPS[args.group] if (ROOT / f.split("::")[0]).is_file()]
+    targets = []  # (file, function or "")
+    for spec in specs:
+        f, _, func = spec.partition("::")
+        targets.append((repo_path(f), func))
+        if func:
+            try:
+                function_lines((ROOT / targets[-1][0]).read_text(), func)
+            except ValueError as e:
+                ap.error(f"{f}: {e}")
+    files = list(dict.fromkeys(f for f, _ in targets))
     # test paths relative to the repository, so that pytest runs the copy's tests against the copy
     rel = lambda t: os.path.relpath(t, ROOT) if os.path.isabs(t) else t  # noqa: E731
     args.tests = [rel(t) for t in args.tests]
@@ -355,7 +460,12 @@ def main(argv: list[str] | None = None) -> int:
     at = {(repo_path(x.rsplit(":", 1)[0]), x.rsplit(":", 1)[-1]) for x in args.at}
     if at:
         files = sorted({f for f, _ in at})
-    per_file = {f: [m for m in candidates(f) if not at or (m.path, str(m.line)) in at] for f in files}
+        targets = [(f, "") for f in files]
+    per_file: dict[str, list[Mutant]] = {}
+    for f, func in targets:
+        seen = set(per_file.get(f, []))
+        per_file.setdefault(f, []).extend(m for m in candidates(f, func)
+                                          if m not in seen and (not at or (m.path, str(m.line)) in at))
     pool = [m for f in files for m in per_file[f]]
     chosen = sample_mutants(per_file, args.limit, args.seed)
     chosen.sort(key=lambda m: (m.path, m.line, m.col, m.new))
@@ -381,8 +491,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"baseline: {'pass' if status == 'survived' else 'FAIL ' + note} ({secs:.0f} s)", flush=True)
             if status != "survived":
                 return 1
+        what = "per file: " + "; ".join(f"{f}: {' '.join(targeted_tests(f)) or 'none'}" for f in files) \
+            if args.targeted else ' | then '.join(' '.join(a) for a in stages)
         print(f"{len(chosen)} mutants of {len(pool)} candidates in {len(files)} files (seed {args.seed}); "
-              f"tests: {' | then '.join(' '.join(a) for a in stages)}", flush=True)
+              f"tests: {what}", flush=True)
         header = f"{'file':<28} {'line':>5}  {'mutation':<16} {'result':<9} {'s':>5}  first failure / source"
         print(header + "\n" + "-" * len(header), flush=True)
         free = list(trees)
@@ -391,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         def work(m: Mutant):
             tree = free.pop()
             try:
-                return m, *run_mutant(tree, m, stages, args.timeout, fork)
+                return m, *run_mutant(tree, m, stages, args.timeout, fork, args.targeted)
             finally:
                 free.append(tree)
 
@@ -410,8 +522,24 @@ def main(argv: list[str] | None = None) -> int:
           + f", survived {len(survived)}" + (f", errors {errors}" if errors else ""))
     for m, _, _, _ in survived:
         src = (ROOT / m.path).read_text().splitlines()[m.line - 1].strip()
-        tag = "  [equivalent: default of a parameter the function never reads]" if is_unused_default(m) else ""
+        why = equivalence(m)
+        tag = f"  [equivalent: {why}]" if why else ""
         print(f"  survived: {m.path}:{m.line}  {m.label}  | {src}{tag}")
+    table = per_file_table(results)
+    lines = ["| file | mutants | caught | survived | equivalent |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {f} | {n} | {c} | {s} | {e} |" for f, n, c, s, e in table]
+    print("\n" + "\n".join(lines))
+    if args.table:
+        command = "python3 benchmarks/mutants.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        doc = [f"`{command}`", "", *lines, ""]
+        if survived:
+            doc += ["Survivors:", ""]
+            for m, _, _, _ in survived:
+                src = (ROOT / m.path).read_text().splitlines()[m.line - 1].strip()
+                why = equivalence(m)
+                doc.append(f"- `{m.path}:{m.line}` `{m.label}`: `{src}`" + (f" (equivalent: {why})" if why else ""))
+            doc.append("")
+        Path(args.table).write_text("\n".join(doc))
     return 0
 
 

@@ -23,9 +23,12 @@ from emigm.core.statedict import CheckpointError
 from emigm.eval.scoring import check_request, evaluate_generator
 from emigm.io.imaging import save_grid
 from emigm.io.loading import load_pipeline, random_pipeline
+from emigm.io.pictures import Picture, encode_picture, fmnist_picture, masked_view, read_picture
 from emigm.nn.budget import MAX_IMAGES, MAX_SAMPLES, check_sampling_size
 from emigm.sample.capabilities import check_capabilities, suggested_guidance, suggested_settings
 from emigm.sample.checks import check_finite
+from emigm.sample.inpaint import MASK_SPEC_HELP as MASK_SPEC
+from emigm.sample.inpaint import MaskError, add_ring, check_mask, inpaint_state, painted_count, parse_mask, steps_for
 from emigm.sample.options import AnatomyOptions
 from emigm.sample.sampler import SamplerConfig, sample_steps
 from emigm.sample.steps import step_table
@@ -215,6 +218,73 @@ def cmd_sample(a: argparse.Namespace) -> None:
         print(f"wrote {a.trace}")
 
 
+def cmd_inpaint(a: argparse.Namespace) -> None:
+    import torch
+
+    check_number("--num-images", a.num_images, 1, MAX_IMAGES, integer=True)
+    a.seed = parse_seed("--seed", a.seed, a.num_images)
+    if (a.image is None) == (a.test_index is None):
+        raise CliError("give one image: --image PATH (PNG or JPEG) or --test-index N (Fashion-MNIST test set)")
+    if a.image is not None and a.class_ is None:
+        raise CliError("--image needs --class NAME_OR_ID: the model is class-conditional and a file has no label")
+    check_number("--ring", a.ring, 0, 6, integer=True)
+    given_steps = a.num_steps
+    a.num_steps = a.num_steps if a.num_steps is not None else 16
+    sampler_configs(a)  # every given value checked before anything is read or loaded
+    out = check_output_file(a.out, "--out", (".png",))
+    if a.trace:
+        trace = check_output_file(a.trace, "--trace")
+        if trace.resolve() == out.resolve():
+            raise CliError(f"--out and --trace are the same file ({a.out}); give two names")
+    device = resolve_device(a.device)
+    gen = load_for_sampling(a, device)
+    tok = gen.tokenizer
+    L = gen.model.num_tokens
+    mask = parse_mask(a.mask, L)
+    if a.ring and not bool(mask.any()):
+        raise MaskError("--ring needs a painted region to go around: the mask paints no token")
+    mask = add_ring(mask, a.ring)
+    check_mask(mask)
+    a.num_steps = steps_for(painted_count(mask), given_steps)
+    sampler, guidance = sampler_configs(a, draft=True, model=gen.model)
+    size = dict(size=tok.image_size, channels=tok.channels)
+    picture: Picture = (fmnist_picture(a.test_index, a.data_path or None, **size) if a.test_index is not None
+                        else read_picture(a.image, **size))
+    names = gen.class_names
+    label = parse_class(a.class_, names) if a.class_ is not None else picture.label
+    check_capabilities(gen.model, sampler, guidance, gen.smoother)
+    B = a.num_images
+    check_sampling_size(gen.cfg, B, sampler, guidance, device, f"--num-images {B}")
+    tokens = encode_picture(gen, picture)
+    tokens = tokens.expand(B, *tokens.shape[1:]).clone()
+    labels = torch.full((B,), label, dtype=torch.long)
+    seeds = [a.seed + i for i in range(B)]
+    init = inpaint_state(tokens, mask.to(tokens.device), labels, seeds, sampler, guidance)
+    start = time.perf_counter()
+    states = list(s.to("cpu") for s in sample_steps(gen, labels, seeds, sampler, guidance, init=init))
+    elapsed = time.perf_counter() - start
+    last = states[-1]
+    results = gen.decode(last.tokens).cpu()
+    recon = gen.decode(tokens[:1]).cpu()
+    check_finite(gen.label, last.tokens, results, states=states)  # before anything is written
+    original = picture.tensor()
+    if original.shape[1] != results.shape[1]:
+        original = original.expand(-1, results.shape[1], -1, -1)
+    row = torch.cat([original, recon, masked_view(recon, mask, tok.grid), results])
+    save_grid(row, out, cols=row.shape[0])
+    for note in picture.notes:
+        print(f"note: {picture.what}: {note}")
+    print(f"wrote {a.out}: original | reconstruction | masked | {B} result(s) of {picture.what} as class {label} "
+          f"({names[label]}), {int(mask.sum())} of {L} tokens painted (mask {a.mask}, ring {a.ring}), "
+          f"{sampler.num_steps} steps from {gen.label}; {last.passes} transformer passes, {elapsed:.2f} s")
+    if a.trace:
+        extra = {"class_name": names[label], "seconds": round(elapsed, 4),
+                 "inpaint": {"source": picture.what, "notes": list(picture.notes), "mask": a.mask, "ring": a.ring,
+                             "painted": mask.nonzero().flatten().tolist()}}
+        write_text(trace, json.dumps(trace_dict(states, gen.label, extra)))
+        print(f"wrote {a.trace}")
+
+
 def cmd_evaluate(a: argparse.Namespace) -> None:
     """Also under torchrun (`torchrun --nproc-per-node K -m emigm evaluate ...`): every rank samples its
     share of the N seeds, rank 0 scores them all and prints (emigm.eval.scoring)."""
@@ -309,6 +379,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     add_sampler_args(s, model_rule=True)
     s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser("inpaint", help="regenerate the painted tokens of an image, keep the others exactly")
+    add_model_args(s)
+    s.add_argument("--image", default=None, help="a PNG or JPEG, converted to the model's size (28 x 28 grayscale)")
+    s.add_argument("--test-index", type=INT, default=None, help="a Fashion-MNIST test image, 0..9999")
+    s.add_argument("--data.path", dest="data_path", default="", help="Fashion-MNIST folder")
+    s.add_argument("--mask", required=True, help=f"the tokens to regenerate: {MASK_SPEC}")
+    s.add_argument("--ring", type=INT, default=0, help="grow the painted region by K tokens (MAGE masks one ring "
+                                                       "more: border tokens record the mask); default 0")
+    s.add_argument("--class", dest="class_", default=None, help="class id or name the model is conditioned on "
+                                                                "(default: the test image's class)")
+    s.add_argument("--seed", default="0", help="seed in [0, 2^63 - 1] (ASCII digits); image i gets seed + i")
+    s.add_argument("--num-images", type=INT, default=1, help="results with seeds seed..seed+N-1")
+    s.add_argument("--out", default="inpaint.png")
+    s.add_argument("--trace", default="")
+    s.add_argument("--device", default="auto")
+    add_sampler_args(s, model_rule=True)
+    s.set_defaults(func=cmd_inpaint, num_steps=None)
 
     s = sub.add_parser("evaluate", help="FD / class accuracy / precision / recall of N samples")
     add_model_args(s)

@@ -74,7 +74,7 @@ class Pipeline:
             return self.tokenizer.decode(tokens.to(self.device))
 
 
-def _tokenizer_roots(folder: Path | None) -> list[Path]:
+def tokenizer_roots(folder: Path | None) -> list[Path]:
     roots = [folder, folder.parent] if folder is not None else []
     return [r for r in roots if r is not None] + [ASSETS_DIR]
 
@@ -85,10 +85,10 @@ def build_model_tokenizer(cfg: RunConfig, folder: Path | None, device: torch.dev
 
     tk = cfg.tokenizer
     if tk.path and not os.path.isabs(os.path.expanduser(tk.path)):
-        for root in _tokenizer_roots(folder):
+        for root in tokenizer_roots(folder):
             if (root / tk.path).exists():
                 return build_tokenizer(tk, str(root)).to(device).eval()
-        where = ", ".join(str(r.name or r) for r in _tokenizer_roots(folder))
+        where = ", ".join(str(r.name or r) for r in tokenizer_roots(folder))
         raise FileNotFoundError(f"the {tk.kind} tokenizer {tk.path!r} this model needs was not found "
                                 f"(looked beside the model, in {where})")
     return build_tokenizer(tk, None).to(device).eval()

@@ -88,6 +88,7 @@ class _Run:
     full: HeadOptions
     draft: HeadOptions
     anatomy: AnatomyOptions | None = None
+    frozen: Tensor | None = None  # (B, L) tokens given before the run that it never changes (inpainting)
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ def _step(run: _Run, k: int, c: _Carry, sp: _StepPlan) -> _StepOut:
     revealed = None if keys is None else smallest(torch.where(mask, keys, inf), count) & mask
     remasked = torch.zeros_like(mask)
     if sampler.remask != "off":  # which committed tokens are revised: uniform among them
-        committed = ~mask
+        committed = ~mask if run.frozen is None else ~mask & ~run.frozen
         rkeys = rng.uniform(seeds, rng.STREAM_WHERE, k, KEY_REMASK_POS, tail=(L,))
         remasked = smallest(torch.where(committed, rkeys, inf), sp.remask_count) & committed
 
@@ -234,7 +235,8 @@ def _checked_inputs(nets: Networks, labels, seeds, sampler: SamplerConfig,
 
 
 def _initial(model, B: int, num_steps: int, init: StepState | None) -> tuple[int, _Carry]:
-    """(first step, carry): all masked at step 0, or the state `init` branches from."""
+    """(first step, carry): all masked at step 0, or the state `init` branches from (its step + 1; a
+    state with step -1 starts a run at step 0 from given tokens, as inpainting does)."""
     device = next(model.parameters()).device
     L = model.num_tokens
     if init is None:
@@ -248,6 +250,8 @@ def _initial(model, B: int, num_steps: int, init: StepState | None) -> tuple[int
     mask, tokens = init.mask_after.to(device), init.tokens.to(device)
     if mask.shape != (B, L):
         raise ValueError(f"branch state has shape {tuple(mask.shape)}, expected {(B, L)}")
+    if init.frozen is not None and tuple(init.frozen.shape) != (B, L):
+        raise ValueError(f"branch state's frozen tokens have shape {tuple(init.frozen.shape)}, expected {(B, L)}")
     return start, _Carry(tokens, mask, init.revisions.to(device), init.passes, init.head_evals)
 
 
@@ -286,8 +290,9 @@ def _start(nets: Networks, labels, seeds, sampler: SamplerConfig, guidance: Guid
     pad = _no_pad
     if opts.graphs:
         network, head_fn, pad = replayed(nets, conds, dtype, full)
+    frozen = None if opts.init is None or opts.init.frozen is None else opts.init.frozen.to(device)
     run = _Run(nets, sampler, guidance, seeds, labels, fixed_keys, time_grid(sampler.num_steps, sampler.t_end).tolist(),
-               predict_all, network, head_fn, pad, full, draft, opts.anatomy)
+               predict_all, network, head_fn, pad, full, draft, opts.anatomy, frozen)
     return run, start, carry
 
 
@@ -312,7 +317,7 @@ def _state(run: _Run, k: int, before: _Carry, after: _Carry, out: _StepOut, draf
         tokens=out.tokens, draft=out.pred if draft else None, cfg_active="cfg" in out.guides, cfg_scale=out.scale,
         sg_active="self-guidance" in out.guides, sg_scale=run.guidance.sg_scale, passes=after.passes,
         head_evals=after.head_evals, seeds=run.seeds, labels=run.labels, sampler=run.sampler,
-        guidance=run.guidance, anatomy=out.anatomy)
+        guidance=run.guidance, anatomy=out.anatomy, frozen=run.frozen)
 
 
 @dataclass(frozen=True)
@@ -352,7 +357,7 @@ def sample_steps(net, labels, seeds, sampler: SamplerConfig = SamplerConfig(),
         run, start, carry = _start(nets, labels, seeds, sampler, guidance,
                                    _Options(init, fixed_order, precision, anatomy=anatomy),
                                    predict_all=sampler.draft or sampler.order in SCORE_ORDERS)
-        plan = make_plan(run.seeds, carry.mask, sampler, start)
+        plan = make_plan(run.seeds, carry.mask, sampler, start, run.frozen)
     for i, k in enumerate(range(start, sampler.num_steps)):
         # inference mode only around the step's work: a suspended generator must not leave it on
         with torch.inference_mode(), memory_guard(batch, device, "sampling"):
@@ -398,7 +403,7 @@ def _sample_fast(nets: Networks, labels, seeds, sampler: SamplerConfig, guidance
     with memory_guard(batch, device, "sampling"):
         run, start, carry = _start(nets, labels, seeds, sampler, guidance, opts,
                                    predict_all=sampler.order in SCORE_ORDERS)
-        plan = make_plan(run.seeds, carry.mask, sampler, start)
+        plan = make_plan(run.seeds, carry.mask, sampler, start, run.frozen)
         with torch.inference_mode():
             for i, k in enumerate(range(start, sampler.num_steps)):
                 out = _step(run, k, carry, _step_plan(plan, i))

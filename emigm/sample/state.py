@@ -67,7 +67,9 @@ class StepState:
     cfg_scale: (B,) guidance scale used at this step (1 where CFG did not run);
     sg_active / sg_scale: whether self-guidance ran at this step, and its scale s;
     passes / head_evals: cumulative transformer passes and head network evaluations;
-    anatomy: the step opened (StepAnatomy) when the run was asked for it, else None.
+    anatomy: the step opened (StepAnatomy) when the run was asked for it, else None;
+    frozen: (B, L) bool, tokens given before the run that it never changes (inpainting: the visible part
+    of the image; a run branched from this state keeps them), or None.
     """
 
     step: int
@@ -92,6 +94,7 @@ class StepState:
     sampler: SamplerConfig = field(repr=False)
     guidance: GuidanceConfig = field(repr=False)
     anatomy: StepAnatomy | None = field(default=None, repr=False)
+    frozen: Tensor | None = field(default=None, repr=False)
 
     @property
     def done(self) -> bool:
