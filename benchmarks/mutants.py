@@ -30,16 +30,20 @@ the step function). --targeted runs, for each mutant, only the test files that c
 (TARGETS; those missing in the tree are skipped), in one stage: a survivor there survived those files,
 not necessarily the whole suite. The summary gives caught / survived / equivalent per file (equivalent:
 a survivor that changes nothing a caller can observe, either found by `unused_default_spans` or listed
-with its reason in EQUIVALENT); --table writes it, with the command, as Markdown.
+with its reason in EQUIVALENT); --table writes it, with the command, as Markdown. --new PATTERN (with
+--targeted) runs the tests whose path matches PATTERN after the others: a mutant caught only by them
+counts as survived without them, so one run gives the table before and after those tests were added.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import fnmatch
 import io
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -71,19 +75,30 @@ SEAM_FILES = ["emigm/train/generator.py", "emigm/core/masking.py", "emigm/eval/e
               "emigm/sample/anatomy.py", "emigm/sample/plan.py::remask_sigma", "emigm/sample/plan.py::plan_steps",
               "emigm/sample/sampler.py::_step"]
 GROUPS = {"default": DEFAULT_FILES, "seams": SEAM_FILES}
-# --targeted: the test files that cover a source file (run in this order; missing files are skipped, so
-# one command serves a tree before and after the seam tests exist).
-# Cheap and specific files first (-x stops at the first failure); the fast suite's other files are not run.
+# --targeted: the tests that cover a source file, run in this order (-x stops at the first failure), cheap
+# and specific first: a test file, or FILE::PATTERN for its test functions whose names match the
+# shell-style PATTERN. Missing files are skipped, so one command serves a tree before and after the seam
+# tests exist; the fast suite's other tests are not run.
 TARGETS = {
-    "emigm/train/generator.py": ["tests/test_seams_training.py", "tests/test_train.py", "tests/test_trainer.py"],
-    "emigm/core/masking.py": ["tests/test_seams_training.py", "tests/test_masking.py", "tests/test_pure_values.py"],
+    "emigm/train/generator.py": ["tests/test_seams_training.py", "tests/test_prediction.py::test_init_from*",
+                                 "tests/test_train.py", "tests/test_trainer.py"],
+    "emigm/core/masking.py": ["tests/test_seams_training.py::*mask*", "tests/test_seams_training.py::*shared*",
+                              "tests/test_seams_training.py::*mar_*", "tests/test_masking.py",
+                              "tests/test_pure_values.py::*mask*", "tests/test_pure_values.py::*mar_*",
+                              "tests/test_pure_values.py::*shared_count*", "tests/test_pure_values.py::*exact_count*"],
     "emigm/eval/evaluation.py": ["tests/test_seams_metrics.py", "tests/test_evaluation.py",
-                                 "tests/test_pure_values.py"],
-    "emigm/sample/anatomy.py": ["tests/test_seams_anatomy.py", "tests/test_sampler_lab.py"],
-    "emigm/sample/plan.py": ["tests/test_seams_anatomy.py", "tests/test_sampler_lab.py", "tests/test_sampler.py",
-                             "tests/test_pure_values.py"],
-    "emigm/sample/sampler.py": ["tests/test_seams_anatomy.py", "tests/test_seams_guidance.py",
-                                "tests/test_sampler_lab.py", "tests/test_sampler.py", "tests/test_fast_path.py"],
+                                 "tests/test_pure_values.py::*seam_ratio*"],
+    "emigm/sample/anatomy.py": ["tests/test_seams_anatomy.py", "tests/test_sampler_lab.py::*anatomy*",
+                                "tests/test_sampler_lab.py::*uncertainty*",
+                                "tests/test_sampler_lab.py::*score_orders*"],
+    "emigm/sample/plan.py": ["tests/test_seams_anatomy.py::*remask*", "tests/test_sampler_lab.py::*remask*",
+                             "tests/test_pure_values.py::*plan_counts*", "tests/test_pure_values.py::*every_step*",
+                             "tests/test_sampler.py"],
+    "emigm/sample/sampler.py": ["tests/test_seams_anatomy.py", "tests/test_seams_guidance.py::*ramp*",
+                                "tests/test_sampler_lab.py", "tests/test_sampler.py",
+                                "tests/test_fast_path.py::test_fast_equals_generator_*",
+                                "tests/test_fast_path.py::test_graph_replay*",
+                                "tests/test_fast_path.py::test_head_runs_only*"],
     "emigm/core/guidance.py": ["tests/test_seams_guidance.py", "tests/test_guidance.py", "tests/test_sampler.py"],
 }
 # Survivors that change nothing a caller can observe, found by reading them: (file, the stripped source
@@ -230,7 +245,7 @@ def per_file_table(results: list[tuple["Mutant", str, str, float]]) -> list[tupl
     for m, status, _, _ in results:
         r = rows.setdefault(m.path, [0, 0, 0, 0])
         r[0] += 1
-        if status in ("caught", "timeout"):
+        if status in ("caught", "caught-new", "timeout"):
             r[1] += 1
         elif status == "survived":
             r[2] += 1
@@ -379,17 +394,57 @@ def _pytest_forked(tree: Path, args: list[str], timeout: float) -> tuple[int | N
 
 
 def targeted_tests(path: str) -> list[str]:
-    """The test files of TARGETS[path] that exist in this tree."""
-    return [t for t in TARGETS.get(path, []) if (ROOT / t).is_file()]
+    """The tests of TARGETS[path] that exist in this tree, FILE::PATTERN expanded to node ids."""
+    out: list[str] = []
+    for entry in TARGETS.get(path, []):
+        file, _, pattern = entry.partition("::")
+        if not (ROOT / file).is_file():
+            continue
+        if not pattern:
+            out.append(file)
+            continue
+        names = [n.name for n in ast.parse((ROOT / file).read_text()).body
+                 if isinstance(n, ast.FunctionDef) and n.name.startswith("test")]
+        out += [f"{file}::{n}" for n in names if fnmatch.fnmatchcase(n, pattern) and f"{file}::{n}" not in out]
+    return out
+
+
+def is_new(test: str, new: str) -> bool:
+    """Whether a test path (or node id) is one of the --new tests (a shell-style pattern)."""
+    return bool(new) and fnmatch.fnmatchcase(test.split("::")[0], new)
+
+
+def _run_stages_at(tree: Path, m: Mutant, stages: list[list[str]], timeout: float,
+                   fork: bool) -> tuple[str, str, float, int]:
+    """run_stages on the mutated file, and the index of the stage that decided."""
+    target = tree / m.path
+    original = target.read_text()
+    total, status, note, i = 0.0, "survived", "", -1
+    try:
+        target.write_text(m.apply(original))
+        for i, args in enumerate(stages):
+            status, note, secs = run_tests(tree, args, timeout - total, fork)
+            total += secs
+            if status != "survived":
+                break
+    finally:
+        target.write_text(original)
+    return status, note, total, i
 
 
 def run_mutant(tree: Path, m: Mutant, stages: list[list[str]], timeout: float,
-               fork: bool, targeted: bool = False) -> tuple[str, str, float]:
+               fork: bool, targeted: bool = False, new: str = "") -> tuple[str, str, float]:
     target = tree / m.path
     original = target.read_text()
     first = [t for t in FIRST.get(m.path, []) if t in stages[0]]
     if targeted:
-        stages = [targeted_tests(m.path)]
+        tests = targeted_tests(m.path)
+        old = [t for t in tests if not is_new(t, new)]
+        stages = [x for x in (old, [t for t in tests if is_new(t, new)]) if x]
+        status, note, secs, stage = _run_stages_at(tree, m, stages, timeout, fork)
+        if status == "caught" and new and stages[stage] != old:
+            status = "caught-new"  # only by the new tests: a survivor without them
+        return status, note, secs
     elif first:
         stages = [first + [t for t in stages[0] if t not in first], *stages[1:]]
     try:
@@ -407,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="default: the pure-function files; seams: training inputs, evaluation, anatomy, remasking")
     ap.add_argument("--targeted", action="store_true",
                     help="each mutant runs only the test files of its source file (TARGETS), in one stage")
+    ap.add_argument("--new", default="", metavar="PATTERN",
+                    help="with --targeted: tests matching this path pattern (e.g. 'tests/test_seams_*') run after the "
+                         "others, so one run gives the table without them (before) and with them (after)")
     ap.add_argument("--table", default="", metavar="FILE.md",
                     help="also write the per-file table, the survivors and the command as Markdown")
     ap.add_argument("--tests", nargs="+", default=DEFAULT_TESTS,
@@ -491,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"baseline: {'pass' if status == 'survived' else 'FAIL ' + note} ({secs:.0f} s)", flush=True)
             if status != "survived":
                 return 1
-        what = "per file: " + "; ".join(f"{f}: {' '.join(targeted_tests(f)) or 'none'}" for f in files) \
+        what = "per file: " + "; ".join(f"{f}: {len(targeted_tests(f))} test files / functions" for f in files) \
             if args.targeted else ' | then '.join(' '.join(a) for a in stages)
         print(f"{len(chosen)} mutants of {len(pool)} candidates in {len(files)} files (seed {args.seed}); "
               f"tests: {what}", flush=True)
@@ -503,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
         def work(m: Mutant):
             tree = free.pop()
             try:
-                return m, *run_mutant(tree, m, stages, args.timeout, fork, args.targeted)
+                return m, *run_mutant(tree, m, stages, args.timeout, fork, args.targeted, args.new)
             finally:
                 free.append(tree)
 
@@ -514,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
                 detail = src[:70] if status == "survived" else note
                 print(f"{m.path:<28} {m.line:>5}  {m.label:<16} {status:<9} {secs:>5.0f}  {detail}", flush=True)
 
-    caught = sum(r[1] == "caught" for r in results)
+    caught = sum(r[1] in ("caught", "caught-new") for r in results)
     hung = sum(r[1] == "timeout" for r in results)
     survived = [r for r in results if r[1] == "survived"]
     errors = sum(r[1] == "error" for r in results)
@@ -526,12 +584,32 @@ def main(argv: list[str] | None = None) -> int:
         tag = f"  [equivalent: {why}]" if why else ""
         print(f"  survived: {m.path}:{m.line}  {m.label}  | {src}{tag}")
     table = per_file_table(results)
-    lines = ["| file | mutants | caught | survived | equivalent |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {f} | {n} | {c} | {s} | {e} |" for f, n, c, s, e in table]
+    if args.new:
+        before = per_file_table([(m, "survived" if st == "caught-new" else st, n, t) for m, st, n, t in results])
+        lines = [f"| file | mutants | before: caught | survived | equivalent | after (+ {args.new}): caught | "
+                 "survived | equivalent |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {f} | {n} | {c0} | {s0} | {e0} | {c} | {s} | {e} |"
+                  for (f, n, c0, s0, e0), (_, _, c, s, e) in zip(before, table)]
+        late = [r for r in results if r[1] == "caught-new"]
+        if late:
+            print(f"caught only by {args.new}:")
+            for m, _, note, _ in late:
+                src = (ROOT / m.path).read_text().splitlines()[m.line - 1].strip()
+                print(f"  {m.path}:{m.line}  {m.label}  | {src}  <- {note}")
+    else:
+        lines = ["| file | mutants | caught | survived | equivalent |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {f} | {n} | {c} | {s} | {e} |" for f, n, c, s, e in table]
     print("\n" + "\n".join(lines))
     if args.table:
-        command = "python3 benchmarks/mutants.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python3 benchmarks/mutants.py " + shlex.join(argv if argv is not None else sys.argv[1:])
         doc = [f"`{command}`", "", *lines, ""]
+        late = [r for r in results if r[1] == "caught-new"]
+        if late:
+            doc += [f"Caught only by {args.new}:", ""]
+            for m, _, note, _ in late:
+                src = (ROOT / m.path).read_text().splitlines()[m.line - 1].strip()
+                doc.append(f"- `{m.path}:{m.line}` `{m.label}`: `{src}` (by {note})")
+            doc.append("")
         if survived:
             doc += ["Survivors:", ""]
             for m, _, _, _ in survived:

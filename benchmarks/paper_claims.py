@@ -65,6 +65,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from emigm.core.config import to_dict  # noqa: E402
 from emigm.core.fileio import ASSETS_DIR, write_text  # noqa: E402
 from emigm.core.guidance import GuidanceConfig  # noqa: E402
+from emigm.eval.claims import NOT_MEASURED, ClaimsFile  # noqa: E402
 from emigm.eval.evaluation import CLASSIFIER_NAME, load_classifier, real_data_floor  # noqa: E402
 from emigm.eval.scoring import evaluate_generator  # noqa: E402
 from emigm.io.fingerprint import differing_roles, fingerprint, pipeline_fingerprint, source_commit  # noqa: E402
@@ -454,7 +455,7 @@ def claim(cid: str, text: str, short: str, tests: list[dict[str, Any]], shown: l
           plot: dict[str, Any]) -> dict[str, Any]:
     return {"id": cid, "claim": text, "short": short, "verdict": all_of([t["verdict"] for t in tests]),
             "tests": tests, "numbers": {p["label"]: {"mean": p["fd"], "sd": _sd(p)} for p in shown},
-            "plot": {"y": "FD", **plot}}
+            "models": list(dict.fromkeys(p["model"] for p in shown)), "plot": {"y": "FD", **plot}}
 
 
 def _unique(pts: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -487,8 +488,8 @@ def claims_headline(pts: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                  f"{ACCURACY_TARGET:g} (the project's target)", "class accuracy target",
               [at_least(p, "class_accuracy", ACCURACY_TARGET, f"{p['label']} class accuracy at least {ACCURACY_TARGET:g}")],
               [p], {})
-    c["numbers"] = {f"{p['label']} {m.replace('_', ' ')}": {"mean": p[m], "sd": _sd(p, m)}
-                    for m in ("class_accuracy", "fd")}
+    c["numbers"] = {f"{p['label']} {m.replace('_', ' ')}": {"mean": p[m], "sd": _sd(p, m), "digits": d}
+                    for m, d in (("class_accuracy", 3), ("fd", 2))}
     c["plot"] = {"y": "class accuracy", "x": "seed set", "series": [
         {"name": "class accuracy", "x": list(range(1, len(p["class_accuracy_runs"]) + 1)),
          "y": p["class_accuracy_runs"], "sd": [None] * len(p["class_accuracy_runs"]),
@@ -780,7 +781,7 @@ def verdicts(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def evidence(c: dict[str, Any]) -> str:
     """The claim's numbers as one line: 'exp S=4 13.54 ± 0.061 · linear S=4 14.87 ± 0.05' (then its other
     metrics, if it has any: '; precision: exp S=2 0.812 ± 0.01 · ...')."""
-    line = " · ".join(f"{label} {pm(v['mean'], v['sd'], 3 if v['mean'] <= 1 else 2)}"
+    line = " · ".join(f"{label} {pm(v['mean'], v['sd'], v.get('digits', 2))}"
                       for label, v in c["numbers"].items())
     for m, nums in c.get("other_metrics", {}).items():
         line += f"; {m}: " + " · ".join(f"{label} {pm(v['mean'], v['sd'], 3)}" for label, v in nums.items())
@@ -860,8 +861,9 @@ def describe_sets(doc: dict[str, Any]) -> str:
             + ", ".join(f"{a}-{b}" for a, b in sets) + ")")
 
 
-def claims_table(doc: dict[str, Any]) -> list[str]:
-    """What the README shows of a claims.json document: where and how it was measured, then a row per claim."""
+def claims_table(doc: dict[str, Any], shown: list[bool] | None = None) -> list[str]:
+    """What the README shows of a claims.json document: where and how it was measured, then a row per claim;
+    with `shown` (a flag per claim), a claim not measured on the weights in use is a row without numbers."""
     floor = doc.get("floor")
     lines = [f"Measured {doc['date']} on {', '.join(f'`{m}`' for m in doc['models'])}: {describe_sets(doc)}; "
              f"FD against the first {doc['num_samples']} test images"
@@ -873,12 +875,30 @@ def claims_table(doc: dict[str, Any]) -> list[str]:
                if doc.get("pending") else []),
              "| claim | verdict | FD, mean ± sd over seed sets | tests: margin in the claim's favour vs 2 sd |",
              "|---|---|---|---|"]
-    for c in doc["claims"]:
+    shown = [True] * len(doc["claims"]) if shown is None else shown
+    if not all(shown):
+        lines[-2:-2] = [f"{NOT_MEASURED[0].upper()}{NOT_MEASURED[1:]}: {shown.count(False)} of {len(shown)} claims (the "
+                        "files in assets/ differ from those measured, or the file records no fingerprints); their "
+                        "numbers are not shown.", ""]
+    for c, ok in zip(doc["claims"], shown):
         cell = lambda s: s.replace("|", "\\|")  # noqa: E731
+        if not ok:
+            lines.append(f"| {cell(c['claim'])} | {NOT_MEASURED} | - | - |")
+            continue
         lines.append(f"| {cell(c['claim'])} | **{c['verdict']}** | {cell(c['evidence'])} | "
                      f"{cell('; '.join(t['text'] for t in c['tests']))} |")
+    kept = [c for c, ok in zip(doc["claims"], shown) if ok]
     return lines + ["", f"{len(doc['claims'])} claims: " + ", ".join(
-        f"{sum(c['verdict'] == v for c in doc['claims'])} {v}" for v in VERDICTS) + "."]
+        f"{sum(c['verdict'] == v for c in kept)} {v}" for v in VERDICTS)
+        + (f", {shown.count(False)} {NOT_MEASURED}" if not all(shown) else "") + "."]
+
+
+def shown_on_shipped(doc: dict[str, Any]) -> list[bool]:
+    """Per claim: True when it was measured on the files shipped in assets/ now (emigm.eval.claims)."""
+    if not isinstance(doc.get("fingerprints"), dict) or doc.get("version", 1) < VERSION:
+        return [False] * len(doc["claims"])
+    cf = ClaimsFile(doc, None, ASSETS_DIR / "results" / "claims.json")
+    return [ok for _, ok in cf.claims(cf.current_fingerprints())]
 
 
 def weights_line(doc: dict[str, Any]) -> str:
@@ -893,8 +913,8 @@ def weights_line(doc: dict[str, Any]) -> str:
 
 
 def readme_block(doc: dict[str, Any]) -> str:
-    """The README's claims block, markers included."""
-    return "\n".join([README_BEGIN, "", *claims_table(doc), "", README_END])
+    """The README's claims block, markers included: numbers only for claims measured on the shipped files."""
+    return "\n".join([README_BEGIN, "", *claims_table(doc, shown_on_shipped(doc)), "", README_END])
 
 
 def write_readme(doc: dict[str, Any], path: Path = ROOT / "README.md") -> None:

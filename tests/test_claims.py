@@ -270,3 +270,127 @@ def test_headline_accuracy_target():
     split = pc.verdicts([_point("headline", "default", [10.0, 10.3, 10.6], acc=[0.903, 0.888, 0.90])])[0]
     assert split["verdict"] == "undecided"  # one seed set meets it, one does not
     assert "default class accuracy 0.897 ± 0.0079" in split["evidence"]
+
+
+# ----------------------------------------------------------------------------- shown only where true
+
+
+def swapped_copy(tmp_path: Path, name: str = "fmnist-emigm") -> Path:
+    """assets/NAME copied with other weights (every tensor scaled by 1.01): it loads, but it is not what
+    was measured."""
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "swapped" / name
+    shutil.copytree(ASSETS_DIR / name, copy)
+    state = load_file(str(copy / "model.safetensors"))
+    state = {k: (v * 1.01 if v.is_floating_point() else v) for k, v in state.items()}
+    save_file(state, str(copy / "model.safetensors"))
+    return copy
+
+
+def _claims_doc(model="fmnist-emigm", fp=None):
+    """A claims.json document with a headline point, a solver pair (DDPM far off) and their claims,
+    measured on `fp` (default: the shipped files of `model`)."""
+    from emigm.eval.claims import shipped_fingerprint
+
+    fp = fp or shipped_fingerprint(model)
+    pts = [_point("headline", "default", [10.5, 10.6, 10.7], model, guidance={"cfg_scale": 3.0,
+                  "cfg_interval": [0.1, 0.3]}, passes=19, fp=fp, acc=[0.93, 0.94, 0.95]),
+           _point("solver", "dpm head=14", [11.6, 11.7, 11.8], model, {"head_steps": 14}, fp=fp),
+           _point("solver", "ddpm head=100", [130.0, 137.0, 144.0], model, {"head_solver": "ddpm", "head_steps": 100},
+                  fp=fp)]
+    return pc.build_doc(pts, model, 10, pc.seed_sets(10, 3), "cpu", False, floor={"fd": 1.0, "class_accuracy": 1.0})
+
+
+def test_a_number_is_given_only_for_the_weights_it_was_measured_on(tmp_path):
+    from emigm.core.guidance import GuidanceConfig
+    from emigm.eval.claims import ClaimsFile, shipped_fingerprint
+    from emigm.sample.sampler import SamplerConfig
+
+    path = tmp_path / "claims.json"
+    path.write_text(json.dumps(_claims_doc()))
+    cf = ClaimsFile.read(path)
+    assert cf.problem is None
+    shipped = shipped_fingerprint("fmnist-emigm")
+    swapped = fingerprint(swapped_copy(tmp_path), ASSETS_DIR / "classifier" / "fmnist-classifier.safetensors")
+    assert differing_roles(shipped, swapped) == ["network"]
+    default = (pc.BASE, GuidanceConfig(cfg_scale=3.0, cfg_interval=(0.1, 0.3)))
+    p = cf.measured("fmnist-emigm", shipped, *default)
+    assert p["label"] == "default" and p["fd"] == pytest.approx(10.6)
+    assert cf.measured("fmnist-emigm", swapped, *default) is None
+    assert cf.measured("fmnist-emigm", shipped, pc.BASE, GuidanceConfig()) is None  # not a measured setting
+    assert cf.measured("fmnist-emigm", shipped, SamplerConfig(num_steps=16, draft=True), default[1]) is not None
+    assert cf.recorded_on_other_weights("fmnist-emigm", swapped) and not cf.recorded_on_other_weights("fmnist-emigm",
+                                                                                                      shipped)
+    # the DDPM warning comes from the file, for these weights only
+    warn = cf.solver_warnings("fmnist-emigm", shipped)
+    assert list(warn["head_solver"]) == ["ddpm"] and warn["head_solver"]["ddpm"].startswith("measured FD 137 on these")
+    assert cf.solver_warnings("fmnist-emigm", swapped) == {}
+    fine = _claims_doc()
+    fine["points"][2].update(fd=11.8, fd_runs=[11.7, 11.8, 11.9])
+    path.write_text(json.dumps(fine))
+    assert ClaimsFile.read(path).solver_warnings("fmnist-emigm", shipped) == {}  # DDPM works: no warning
+    # claims: shown only when every model they rest on has the measured files
+    path.write_text(json.dumps(_claims_doc()))
+    assert [c["id"] for c in cf.doc["claims"]] == ["target-accuracy", "ddpm"]
+    assert [ok for _, ok in cf.claims({"fmnist-emigm": shipped})] == [True, True]
+    assert [ok for _, ok in cf.claims({"fmnist-emigm": swapped})] == [False, False]
+    assert [ok for _, ok in cf.claims({})] == [False, False]
+
+
+def test_damaged_and_older_claims_files_are_one_line(tmp_path):
+    from emigm.eval.claims import ClaimsFile
+
+    path = tmp_path / "claims.json"
+    cases = {"": "is damaged", "{": "is damaged", "[1, 2]": "is damaged (expected an object",
+             '{"points": [], "claims": 3}': "is damaged", "\xff\xfe": "is damaged",
+             json.dumps({**_claims_doc(), "version": 2}): "is of an older format (version 2",
+             json.dumps({k: v for k, v in _claims_doc().items() if k != "fingerprints"}): "is of an older format"}
+    for text, want in cases.items():
+        path.write_text(text)
+        cf = ClaimsFile.read(path)
+        assert cf.doc is None and want in cf.problem and "\n" not in cf.problem, text
+        assert cf.points("fmnist-emigm", {}) == [] and cf.claims({}) == [] and cf.solver_warnings("x", {}) == {}
+    missing = ClaimsFile.read(tmp_path / "none.json")
+    assert missing.doc is None and "not found" in missing.problem
+    shipped = ClaimsFile.read()  # whatever ships reads without an exception
+    assert (shipped.doc is None) == (shipped.problem is not None)
+
+
+def _cli(*args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "emigm", "claims", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_cli_claims_shows_numbers_only_for_the_measured_files(tmp_path):
+    path = tmp_path / "claims.json"
+    path.write_text(json.dumps(_claims_doc()))
+    r = _cli("--file", str(path))
+    assert r.returncode == 0, r.stderr
+    assert "default class accuracy 0.940 ± 0.01" in r.stdout and "not measured on these weights" not in r.stdout
+    r = _cli("--file", str(path), "--checkpoint", str(swapped_copy(tmp_path)), "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [x["verdict"] for x in rows] == ["not measured on these weights"] * 2
+    assert all(x["evidence"] is None and not x["measured_on_these_weights"] for x in rows)
+    path.write_text("{")
+    r = _cli("--file", str(path))
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1
+    assert "is damaged" in r.stderr
+    path.write_text(json.dumps(_claims_doc()))
+    r = _cli("--file", str(path), "--model", "nope")
+    assert r.returncode == 2 and "--model nope: no claim" in r.stderr
+
+
+def test_readme_block_shows_numbers_only_for_the_shipped_files():
+    from emigm.eval.claims import shipped_fingerprint
+
+    doc = _claims_doc()
+    block = pc.readme_block(doc)
+    assert "not measured on these weights" not in block and "| **holds** |" in block
+    other = _claims_doc(fp={**shipped_fingerprint("fmnist-emigm"), "network": "0" * 64})
+    block = pc.readme_block(other)
+    assert block.count("| not measured on these weights | - | - |") == len(other["claims"])
+    assert "137" not in block and "10.60" not in block  # no number of other weights
+    assert "2 not measured on these weights." in block

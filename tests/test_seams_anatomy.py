@@ -196,18 +196,20 @@ def test_diffusion_anatomy_every_field(emigm_run):
 # ----------------------------------------------------------------------------- remasking
 
 
-@pytest.mark.parametrize("remask,eta", [("cap", 0.3), ("rescale", 0.5)])
-def test_remasking_fields_and_tokens(remask, eta):
+@pytest.mark.parametrize("remask,eta,kind", [("cap", 0.3, "categorical"), ("rescale", 0.5, "categorical"),
+                                             ("cap", 0.4, "diffusion")])
+def test_remasking_fields_and_tokens(remask, eta, kind):
     """ReMDM: sigma = min(eta, sigma_max) (cap) or eta sigma_max (rescale), sigma_max = min(1, (1 - alpha_s) /
     alpha_t), alpha(t) = 1 - gamma(t) / gamma(1); p = (alpha_s - (1 - sigma) alpha_t) / (1 - alpha_t) clipped
     to [0, 1]; only committed tokens are re-masked, they are zero afterwards and masked again, and their
     revision count rises."""
-    nets = tiny_maskgit()
+    nets = tiny_maskgit() if kind == "categorical" else tiny_model()
     cfg = SamplerConfig(num_steps=8, schedule="linear", count_rule="binomial", order="random", remask=remask,
-                        remask_eta=eta)
+                        remask_eta=eta, head_steps=2)
     states = list(sample_steps(nets, [1, 2, 3, 4], [0, 1, 2, 3], cfg, GuidanceConfig(), anatomy=AnatomyOptions()))
     assert sum(int(st.remasked.sum()) for st in states) > 0
     revisions = torch.zeros_like(states[0].revisions)
+    before = torch.zeros_like(states[0].tokens)
     for st in states:
         a, k = st.anatomy, st.step
         alpha_t, alpha_s = 1 - st.t, 1 - st.s  # linear: gamma(t) = t, gamma(1) = 1
@@ -227,6 +229,9 @@ def test_remasking_fields_and_tokens(remask, eta):
         assert not bool((st.remasked & st.mask_before).any())  # only committed tokens
         assert torch.equal(st.mask_after, (st.mask_before & ~st.revealed) | st.remasked)
         assert bool((st.tokens[st.remasked] == 0).all()) and bool((st.tokens[st.mask_after] == 0).all())
+        kept = ~st.mask_after & ~st.revealed  # committed before and not re-masked: unchanged
+        assert torch.equal(st.tokens[kept], before[kept])
+        before = st.tokens
         revisions = revisions + st.remasked.long()
         assert torch.equal(st.revisions, revisions)
         check_order_fields(a, st)

@@ -95,3 +95,15 @@ def test_precision_recall_counted_by_hand():
     assert knn_precision_recall(real, fake, k=2) == (0.75, 1.0)
     far = torch.tensor([[100.0], [101.0], [103.0], [200.0]])  # radii 1, 1, 2, 97 (k = 1)
     assert knn_precision_recall(real, far, k=1) == (0.0, 0.0)
+
+
+def test_classifier_config_bounds():
+    """The classifier's config takes the ends of its ranges and refuses one past them, one line each."""
+    from emigm.eval.evaluation import Classifier, ClassifierConfig
+
+    edge = ClassifierConfig(widths=(1, 1, 1), convs=1, feature_dim=1, num_classes=1)
+    assert Classifier(edge)(torch.zeros(2, 1, 28, 28)).shape == (2, 1)
+    for bad in (dict(num_classes=0), dict(feature_dim=0), dict(convs=0), dict(widths=(1, 1)), dict(widths=(1, 1, 1, 1)),
+                dict(widths=(0, 1, 1))):
+        with pytest.raises(ValueError):
+            ClassifierConfig(**bad)

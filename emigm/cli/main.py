@@ -20,7 +20,10 @@ from emigm.core.labels import parse_class
 from emigm.core.presets import PRESETS
 from emigm.core.seeds import check_seed, parse_seed
 from emigm.core.statedict import CheckpointError
+from emigm.eval.claims import CLAIMS_FILE, CLASSIFIER_FILE, NOT_MEASURED, ClaimsFile
 from emigm.eval.scoring import check_request, evaluate_generator
+from emigm.io.exports import resolve_export
+from emigm.io.fingerprint import fingerprint
 from emigm.io.imaging import save_grid
 from emigm.io.loading import load_pipeline, random_pipeline
 from emigm.io.pictures import Picture, encode_picture, fmnist_picture, masked_view, read_picture
@@ -163,6 +166,35 @@ def cmd_schedule(a: argparse.Namespace) -> None:
               f"{'yes' if r.cfg else '':>4} {'yes' if r.sg else '':>4} {r.passes:>6} {r.cumulative_passes:>6}")
     print(f"CFG steps: {table.cfg_steps}; self-guidance steps: {table.sg_steps}; transformer passes: "
           f"{table.passes} ({sampler.num_steps} x {table.nfe_per_step:.3g})")
+
+
+def cmd_claims(a: argparse.Namespace) -> None:
+    """The measured claims, each with its numbers only when measured on the files in use."""
+    cf = ClaimsFile.read(a.file or CLAIMS_FILE)
+    if cf.doc is None:
+        raise CliError(cf.problem or "no measured results")
+    current = cf.current_fingerprints()
+    if a.checkpoint:  # compare with these files instead of the shipped ones of that name
+        folder = resolve_export(a.checkpoint)
+        classifier = CLASSIFIER_FILE if CLASSIFIER_FILE.is_file() else None
+        current[folder.name] = fingerprint(folder, classifier)
+    rows = cf.claims(current)
+    if a.model:
+        rows = [(c, ok) for c, ok in rows if a.model in cf.claim_models(c)]
+        if not rows:
+            raise CliError(f"--model {a.model}: no claim of {cf.path.name} rests on it; models there: "
+                           + ", ".join(cf.doc["fingerprints"]))
+    if a.json:
+        print(json.dumps([{"id": c.get("id"), "claim": c.get("claim"), "models": cf.claim_models(c),
+                           "measured_on_these_weights": ok, "verdict": c.get("verdict") if ok else NOT_MEASURED,
+                           "evidence": c.get("evidence") if ok else None} for c, ok in rows], indent=2))
+        return
+    sets = cf.doc.get("seed_sets") or []
+    print(f"{cf.path.name}: measured {cf.doc.get('date', '?')}, {cf.doc.get('num_samples')} samples x "
+          f"{len(sets)} seed sets" + ("" if cf.doc.get("complete", True) else
+                                      f", partial ({len(cf.doc.get('pending') or [])} settings pending)"))
+    for c, ok in rows:
+        print(f"- {c.get('claim')}: " + (f"{c.get('verdict')} ({c.get('evidence')})" if ok else NOT_MEASURED))
 
 
 def cmd_sample(a: argparse.Namespace) -> None:
@@ -409,6 +441,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     add_sampler_args(s, model_rule=True)
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("claims", help="the paper's claims measured on the shipped models: numbers only for the "
+                                      "weights they were measured on")
+    s.add_argument("--model", default="", help="only the claims that rest on this model")
+    s.add_argument("--checkpoint", default="", help="an export folder: compare its files (instead of the shipped "
+                                                    "ones of the same name) with those measured")
+    s.add_argument("--file", default="", help="a claims.json (default: assets/results/claims.json)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_claims)
 
     s = sub.add_parser("train-tokenizer", help="train a small tokenizer for 28x28 images: the KL "
                                                "autoencoder (continuous latents) or the VQ-VAE (codes)")
