@@ -25,7 +25,10 @@ from emigm.core.masking import draw_mask
 from emigm.core.seeds import STREAM_INIT, mix_seed
 from emigm.core.statedict import check_state_dict, load_state_dict_strict, read_safetensors
 from emigm.data.datasets import CachedLatents, EncodedDataset, build_dataset
+from emigm.eval.modelcard import write_model_card
 from emigm.io.exports import WEIGHTS_FILE, read_export_config, resolve_export, save_export
+from emigm.io.hub import is_hub_id
+from emigm.io.hub import resolve as hub_resolve
 from emigm.io.imaging import save_grid
 from emigm.io.runs import TRAINING_RUN, check_target, default_run_dir
 from emigm.nn.budget import check_training_size, model_spec
@@ -98,7 +101,7 @@ def read_init_weights(cfg: RunConfig, source: str) -> dict[str, Tensor]:
     head and masking settings that do not change a weight's shape (prediction, t_min, ...) may differ.
     One-line errors name the field."""
 
-    folder = resolve_export(source)
+    folder = resolve_export(hub_resolve(source) if is_hub_id(source) else source)  # hf:OWNER/NAME too
     base, _ = read_export_config(folder)
     for section in ("tokenizer", "backbone"):
         a, b = to_dict(getattr(base, section)), to_dict(getattr(cfg, section))
@@ -168,6 +171,7 @@ class GeneratorTask:
 
     def export(self, ema_state: dict[str, Tensor], out_dir: Path, meta: dict[str, Any]) -> None:
         save_export(self.model, self.cfg, out_dir, meta=meta, state=ema_state)
+        write_model_card(out_dir)  # README.md with Hub front matter, beside the weights
 
     def sample_grid(self, path: Path) -> None:
         """The validation grid (train.sample_every): a row per class (the first GRID_CLASSES), seeds 0 to
