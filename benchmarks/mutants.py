@@ -51,6 +51,7 @@ import sys
 import tempfile
 import time
 import tokenize
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -465,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new", default="", metavar="PATTERN",
                     help="with --targeted: tests matching this path pattern (e.g. 'tests/test_seams_*') run after the "
                          "others, so one run gives the table without them (before) and with them (after)")
+    ap.add_argument("--budget", type=float, default=0.0, metavar="SECONDS",
+                    help="start no new mutant after this many seconds (0: no limit); the mutants run in the sampled "
+                         "round-robin order over the files, and the summary covers those that ran")
     ap.add_argument("--table", default="", metavar="FILE.md",
                     help="also write the per-file table, the survivors and the command as Markdown")
     ap.add_argument("--tests", nargs="+", default=DEFAULT_TESTS,
@@ -526,7 +530,8 @@ def main(argv: list[str] | None = None) -> int:
                                           if m not in seen and (not at or (m.path, str(m.line)) in at))
     pool = [m for f in files for m in per_file[f]]
     chosen = sample_mutants(per_file, args.limit, args.seed)
-    chosen.sort(key=lambda m: (m.path, m.line, m.col, m.new))
+    if not args.budget:  # with a time budget: the sampled (round-robin) order, so a run cut short stays balanced
+        chosen.sort(key=lambda m: (m.path, m.line, m.col, m.new))
     if args.list:
         for m in chosen:
             line = (ROOT / m.path).read_text().splitlines()[m.line - 1].strip()
@@ -565,12 +570,30 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 free.append(tree)
 
-        with ThreadPoolExecutor(max_workers=len(trees)) as ex:
-            for m, status, note, secs in ex.map(work, chosen):
-                results.append((m, status, note, secs))
-                src = (ROOT / m.path).read_text().splitlines()[m.line - 1].strip()
-                detail = src[:70] if status == "survived" else note
-                print(f"{m.path:<28} {m.line:>5}  {m.label:<16} {status:<9} {secs:>5.0f}  {detail}", flush=True)
+        start = time.monotonic()
+
+        def within_budget():
+            for m in chosen:
+                if args.budget and time.monotonic() - start > args.budget:
+                    print(f"time budget of {args.budget:.0f} s spent: {len(results)} of {len(chosen)} mutants ran",
+                          flush=True)
+                    return
+                yield m
+
+        def report(m: Mutant, status: str, note: str, secs: float) -> None:
+            results.append((m, status, note, secs))
+            src = (ROOT / m.path).read_text().splitlines()[m.line - 1].strip()
+            detail = src[:70] if status == "survived" else note
+            print(f"{m.path:<28} {m.line:>5}  {m.label:<16} {status:<9} {secs:>5.0f}  {detail}", flush=True)
+
+        with ThreadPoolExecutor(max_workers=len(trees)) as ex:  # submitted lazily, so the budget is checked
+            pending: deque = deque()
+            for m in within_budget():
+                pending.append(ex.submit(work, m))
+                if len(pending) >= len(trees):
+                    report(*pending.popleft().result())
+            while pending:
+                report(*pending.popleft().result())
 
     caught = sum(r[1] in ("caught", "caught-new") for r in results)
     hung = sum(r[1] == "timeout" for r in results)

@@ -26,6 +26,7 @@ from seam_models import tiny_maskgit, tiny_model
 from emigm.core import rng
 from emigm.core.guidance import GuidanceConfig, Term
 from emigm.sample.options import AnatomyOptions
+from emigm.sample.plan import KEY_POS
 from emigm.sample.sampler import SamplerConfig, sample_steps
 
 Tensor = torch.Tensor
@@ -132,7 +133,7 @@ def emigm_run():
     g = GuidanceConfig(cfg_scale=3.0, cfg_interval=(0.1, 0.7))
     cfg = SamplerConfig(num_steps=6, schedule="exp", count_rule="binomial", order="random", head_steps=4,
                         draft_steps=2, temperature=0.9)
-    opts = AnatomyOptions(uncertainty_draws=5)
+    opts = AnatomyOptions(uncertainty_draws=5, path_token=(1, 5))
     states = list(sample_steps(model, [2, 8], [6, 9], cfg, g, anatomy=opts))
     return model, g, cfg, opts, states
 
@@ -183,14 +184,30 @@ def test_diffusion_anatomy_every_field(emigm_run):
             draws.append(_draws(head, zs["conditional"], probe, terms, cfg.temperature, "dpm", cfg.draft_steps))
         close(a.uncertainty[rows, cols], torch.stack(draws).std(0).mean(-1))
         assert bool((a.uncertainty[~m] == 0).all())
+        # the path of token (1, 5) while it is masked: its value after each solver step, guided, with its
+        # own noise; the full solver at the step that reveals it, the draft solver before
+        if bool(m[1, 5]):
+            i = int(((rows == 1) & (cols == 5)).nonzero()[0, 0])
+            seen = []
+            one = [Term(t.name, t.z[i:i + 1], t.weight[i:i + 1]) for t in terms]
+            solver, steps = (cfg.head_solver, cfg.head_steps) if bool(st.revealed[1, 5]) else ("dpm", cfg.draft_steps)
+            with torch.no_grad():
+                head.sample(zs["conditional"][i:i + 1], lambda j: noise(j)[i:i + 1], guides=one,
+                            temperature=cfg.temperature, solver=solver, steps=steps,
+                            on_step=lambda _, x: seen.append(x[0].clone()))
+            close(a.path, torch.stack(seen))
+            close(a.path[-1], st.draft[1, 5])
+        else:
+            assert a.path is None
         # binomial rule: p = 1 - gamma(s) / gamma(t), gamma(t) = 1 - exp(-5 t); 1 at the last step
         p = 1.0 if k == cfg.num_steps - 1 else 1 - (1 - math.exp(-5 * st.s)) / (1 - math.exp(-5 * st.t))
         close(a.reveal_p, torch.full((2,), p), 1e-6)
         # random order: score = minus the uniform key, no noise
         assert bool((a.noise == 0).all())
-        key = rng.uniform(st.seeds, rng.STREAM_WHERE, k, 2, tail=(st.mask_before.shape[1],))
+        key = rng.uniform(st.seeds, rng.STREAM_WHERE, k, KEY_POS, tail=(st.mask_before.shape[1],))
         close(a.score[m], -key[m], 1e-6)
         check_order_fields(a, st)
+    assert sum(st.anatomy.path is not None for st in states) >= 2
 
 
 # ----------------------------------------------------------------------------- remasking

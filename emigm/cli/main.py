@@ -20,6 +20,7 @@ from emigm.core.labels import parse_class
 from emigm.core.presets import PRESETS
 from emigm.core.seeds import check_seed, parse_seed
 from emigm.core.statedict import CheckpointError
+from emigm.eval.sampler_error import require_oracle, sampler_error
 from emigm.eval.claims import CLAIMS_FILE, CLASSIFIER_FILE, NOT_MEASURED, ClaimsFile
 from emigm.eval.modelcard import model_card
 from emigm.eval.scoring import check_request, evaluate_generator
@@ -29,6 +30,8 @@ from emigm.io.hub import is_hub_id
 from emigm.io.hub import resolve as hub_resolve
 from emigm.io.imaging import save_grid
 from emigm.io.loading import load_pipeline, random_pipeline
+from emigm.nn.oracle import check_eps as check_oracle_eps
+from emigm.nn.oracle import check_sigma as check_oracle_sigma
 from emigm.io.pictures import Picture, encode_picture, fmnist_picture, masked_view, read_picture
 from emigm.nn.budget import MAX_IMAGES, MAX_SAMPLES, check_sampling_size
 from emigm.sample.capabilities import check_capabilities, suggested_guidance, suggested_settings
@@ -36,6 +39,7 @@ from emigm.sample.checks import check_finite
 from emigm.sample.inpaint import MASK_SPEC_HELP as MASK_SPEC
 from emigm.sample.inpaint import MaskError, add_ring, check_mask, inpaint_state, painted_count, parse_mask, steps_for
 from emigm.sample.options import AnatomyOptions
+from emigm.sample.orders import painted_priority, parse_reveal_order
 from emigm.sample.sampler import SamplerConfig, sample_steps
 from emigm.sample.steps import step_table
 from emigm.sample.trace import trace_dict
@@ -43,6 +47,8 @@ from emigm.train.classifier import train_classifier
 from emigm.train.tokenizer import TokenizerTrainConfig, train_tokenizer
 
 EXIT_USAGE = 2
+REVEAL_HELP = ("with --order fixed: a painted reveal order, row-major token indices I,J,... revealed first in that "
+               "order (the others after them in raster order)")
 
 
 class CliError(Exception):
@@ -133,6 +139,15 @@ def sampler_configs(a: argparse.Namespace, draft: bool = False, model=None):
     return sampler, guidance
 
 
+def reveal_order(a: argparse.Namespace, sampler: SamplerConfig, num_tokens: int):
+    """--reveal-order I,J,... -> the (L,) priority of order fixed (the listed tokens first, then raster), or None."""
+    if not a.reveal_order:
+        return None
+    if sampler.order != "fixed":
+        raise CliError(f"--reveal-order goes with --order fixed (got --order {sampler.order})")
+    return painted_priority(parse_reveal_order(a.reveal_order, num_tokens), num_tokens)
+
+
 def load_for_sampling(a: argparse.Namespace, device):
     """--checkpoint SOURCE [--vae kl16.ckpt], or --preset NAME --random-init -> emigm.io.loading.Pipeline."""
 
@@ -163,10 +178,17 @@ def cmd_schedule(a: argparse.Namespace) -> None:
     print(f"schedule {sampler.schedule}, {sampler.num_steps} steps, {a.tokens} tokens, count rule {sampler.count_rule}"
           + (f", CFG {g.cfg_scale} in ({g.cfg_interval[0]}, {g.cfg_interval[1]}]" if g.cfg_scale != 1.0 else ", no CFG")
           + (f", self-guidance {g.sg_scale} in ({g.sg_interval[0]}, {g.sg_interval[1]}]" if g.sg_scale > 0 else ""))
-    print(f"{'step':>4} {'t':>8} {'s':>8} {'E[revealed]':>12} {'E[masked]':>10} {'cfg':>4} {'sg':>4} {'passes':>6} {'total':>6}")
+    print(f"tokens revealed per step as the sampler plans them (at least one, at most the masked count minus "
+          f"one per later step; mean and 5-95 % range, "
+          + (f"over {table.draws} seeds" if table.draws else "exact") + "), "
+          f"beside the schedule's L x (gamma(t) - gamma(s)), which ignores both rules")
+    print(f"{'step':>4} {'t':>8} {'s':>8} {'revealed':>9} {'5-95 %':>8} {'L x dgamma':>11} {'masked after':>12} "
+          f"{'cfg':>4} {'sg':>4} {'passes':>6} {'total':>6}")
     for r in table.rows:
-        print(f"{r.step:>4} {r.t:>8.4f} {r.s:>8.4f} {r.expected_revealed:>12.1f} {r.expected_masked_after:>10.1f} "
-              f"{'yes' if r.cfg else '':>4} {'yes' if r.sg else '':>4} {r.passes:>6} {r.cumulative_passes:>6}")
+        band = f"{r.planned_lo}" if r.planned_lo == r.planned_hi else f"{r.planned_lo}-{r.planned_hi}"
+        print(f"{r.step:>4} {r.t:>8.4f} {r.s:>8.4f} {r.planned_mean:>9.2f} {band:>8} {r.expected_revealed:>11.2f} "
+              f"{r.planned_masked_after:>12.1f} {'yes' if r.cfg else '':>4} {'yes' if r.sg else '':>4} {r.passes:>6} "
+              f"{r.cumulative_passes:>6}")
     print(f"CFG steps: {table.cfg_steps}; self-guidance steps: {table.sg_steps}; transformer passes: "
           f"{table.passes} ({sampler.num_steps} x {table.nfe_per_step:.3g})")
 
@@ -235,7 +257,9 @@ def cmd_sample(a: argparse.Namespace) -> None:
     labels = torch.tensor([c for c in classes for _ in range(a.num_images)], dtype=torch.long)
     seeds = [a.seed + i for i in range(total)]
     start = time.perf_counter()
-    states = list(s.to("cpu") for s in sample_steps(gen, labels, seeds, sampler, guidance, anatomy=anatomy))
+    fixed = reveal_order(a, sampler, gen.model.num_tokens)
+    states = list(s.to("cpu") for s in sample_steps(gen, labels, seeds, sampler, guidance, anatomy=anatomy,
+                                                    fixed_order=fixed))
     elapsed = time.perf_counter() - start
     last = states[-1]
     chunk = 256  # decode in chunks: a decoder's activations for thousands of images at once do not fit
@@ -295,8 +319,10 @@ def cmd_inpaint(a: argparse.Namespace) -> None:
     labels = torch.full((B,), label, dtype=torch.long)
     seeds = [a.seed + i for i in range(B)]
     init = inpaint_state(tokens, mask.to(tokens.device), labels, seeds, sampler, guidance)
+    fixed = reveal_order(a, sampler, L)
     start = time.perf_counter()
-    states = list(s.to("cpu") for s in sample_steps(gen, labels, seeds, sampler, guidance, init=init))
+    states = list(s.to("cpu") for s in sample_steps(gen, labels, seeds, sampler, guidance, init=init,
+                                                    fixed_order=fixed))
     elapsed = time.perf_counter() - start
     last = states[-1]
     results = gen.decode(last.tokens).cpu()
@@ -353,6 +379,52 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     for name, row in (("samples", r), ("real data", fl)):
         print(f"{name:<10} {row['fd']:>8.3f} {row['class_accuracy']:>10.3f} {row['precision']:>10.3f} "
               f"{row['recall']:>8.3f} {row['seam_ratio']:>11.3f}")
+
+
+def cmd_sampler_error(a: argparse.Namespace) -> None:
+    """The sampler's exact error on an oracle model (emigm.eval.sampler_error); prints, writes nothing."""
+    check_number("--num-samples", a.num_samples, 1, MAX_SAMPLES, integer=True)
+    check_number("--batch-size", a.batch_size, 1, MAX_IMAGES, integer=True)
+    a.seed = parse_seed("--seed", a.seed, a.num_samples)
+    if a.eps is not None and a.sigma is not None:
+        raise CliError("give --eps (fmnist-oracle, codes) or --sigma (fmnist-oracle-kl, latents), not both")
+    kernel = a.eps if a.eps is not None else a.sigma
+    if a.eps is not None:
+        check_oracle_eps(a.eps, "--eps")
+    if a.sigma is not None:
+        check_oracle_sigma(a.sigma, "--sigma")
+    sampler, guidance = sampler_configs(a)
+    if a.random_init or a.preset:
+        raise CliError("the sampler's exact error needs an oracle model: --checkpoint fmnist-oracle or fmnist-oracle-kl")
+    device = resolve_device(a.device)
+    if not a.checkpoint:
+        raise CliError("give --checkpoint fmnist-oracle or fmnist-oracle-kl")
+    gen = load_pipeline(a.checkpoint, device, kernel=kernel)
+    require_oracle(gen)
+    if (a.eps is not None and not gen.model.discrete) or (a.sigma is not None and gen.model.discrete):
+        raise CliError(f"{'--eps' if a.eps is not None else '--sigma'} is not the kernel of {gen.label}: "
+                       "--eps goes with the code oracle, --sigma with the latent oracle")
+    sampler, guidance = sampler_configs(a, model=gen.model)
+    check_capabilities(gen.model, sampler, guidance, gen.smoother)
+    r = sampler_error(gen, a.num_samples, sampler, guidance, seed=a.seed, batch_size=a.batch_size,
+                      fd=not a.no_fd, data_root=a.data_path or None, classifier=a.classifier or None)
+    r = {"sampler": to_dict(sampler), "guidance": to_dict(guidance), "kernel": gen.model.kernel, **r}
+    if a.json:
+        print(json.dumps(r, indent=2))
+        return
+    what = "KL" if r["kl_nats"] is not None else "dependence cost (not a KL)"
+    value, se = (r["kl_nats"], r["kl_se"]) if r["kl_nats"] is not None else (r["dependence_cost_nats"],
+                                                                             r["dependence_cost_se"])
+    print(f"{r['model']}: {a.num_samples} samples, {sampler.num_steps} steps, {sampler.schedule}, "
+          f"{sampler.count_rule}, {sampler.order}: {what} {value:.3f} +- {se:.3f} nats per image")
+    print(f"log p(x | c): samples {r['log_p']:.2f} +- {r['log_p_se']:.2f}, exact {r['exact_log_p']:.2f} "
+          f"+- {r['exact_log_p_se']:.2f}" + (f"; FD {r['fd']:.2f}, exact {r['exact_fd']:.2f}" if "fd" in r else ""))
+    print(f"{'step':>4} {'revealed':>9} {'nats':>9} {'se':>7} {'eff. refs':>10}")
+    for k, (m, s_, n, e) in enumerate(zip(r["per_step"], r["per_step_se"], r["revealed_per_step"],
+                                        r["effective_refs_per_step"])):
+        print(f"{k + 1:>4} {n:>9.2f} {m:>9.3f} {s_:>7.3f} {e:>10.1f}")
+    if "note" in r:
+        print(r["note"])
 
 
 def cmd_train_tokenizer(a: argparse.Namespace) -> None:
@@ -429,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--path-token", type=int, nargs=2, default=None, metavar=("IMAGE", "POSITION"),
                    help="with --anatomy: record this token's denoising path through the head's solver")
     s.add_argument("--device", default="auto")
+    s.add_argument("--reveal-order", default="", help=REVEAL_HELP)
     add_sampler_args(s, model_rule=True)
     s.set_defaults(func=cmd_sample)
 
@@ -447,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="inpaint.png")
     s.add_argument("--trace", default="")
     s.add_argument("--device", default="auto")
+    s.add_argument("--reveal-order", default="", help=REVEAL_HELP)
     add_sampler_args(s, model_rule=True)
     s.set_defaults(func=cmd_inpaint, num_steps=None)
 
@@ -461,6 +535,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     add_sampler_args(s, model_rule=True)
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("sampler-error", help="the sampler's exact error (KL in nats, per step) on an oracle model")
+    add_model_args(s)
+    s.add_argument("--num-samples", type=INT, default=1000)
+    s.add_argument("--batch-size", type=INT, default=100)
+    s.add_argument("--seed", default="0", help="seed in [0, 2^63 - 1] (ASCII digits)")
+    s.add_argument("--eps", type=FLOAT, default=None, help="the code oracle's kernel eps in (0, 1) (default: its own)")
+    s.add_argument("--sigma", type=FLOAT, default=None, help="the latent oracle's kernel sigma > 0 (default: its own)")
+    s.add_argument("--no-fd", action="store_true", help="skip the FD of the samples and of exact samples")
+    s.add_argument("--data.path", dest="data_path", default="", help="Fashion-MNIST folder")
+    s.add_argument("--classifier", default="", help="classifier folder (default: assets/classifier)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--json", action="store_true")
+    add_sampler_args(s, model_rule=True)
+    s.set_defaults(func=cmd_sampler_error)
 
     s = sub.add_parser("claims", help="the paper's claims measured on the shipped models: numbers only for the "
                                       "weights they were measured on")

@@ -37,7 +37,10 @@ class StepAnatomy:
     How sure: uncertainty (B, L), the entropy (categorical) or the spread of K head draws (diffusion)
     of the draft, 0 where not masked.
     path: (steps + 1, C) values of the requested token after each diffusion-solver step (the first
-    row is its starting noise), or None."""
+    row is its starting noise), or None.
+    z: {"conditional", "null" (when CFG ran), "smoothed" (when self-guidance ran)} -> the network's
+    output (B, L, D) that the head read for each branch (zero at positions it did not read): what
+    emigm.sample.rescore needs to re-score the step without a network pass."""
 
     reveal_p: Tensor
     expected: Tensor
@@ -52,6 +55,7 @@ class StepAnatomy:
     weights: dict[str, Tensor]
     uncertainty: Tensor
     path: Tensor | None = None
+    z: dict[str, Tensor] | None = None
 
 
 @dataclass(frozen=True)
