@@ -32,6 +32,7 @@ from emigm.nn.smoother import SMOOTHER_DIR
 from emigm.sample.capabilities import SUGGESTED_GUIDANCE
 
 CARD_FILE = "README.md"
+ORACLE_FILE = "oracle.json"
 LIBRARY = "emigm"
 FASHION_MNIST = "zalando-datasets/fashion_mnist"
 LICENCE_NOTE = ("The repository states no licence for its code or weights yet (`license: other`); ask before "
@@ -245,6 +246,41 @@ def classifier_card(folder: str | os.PathLike) -> str:
     return "\n".join(lines)
 
 
+def oracle_card(folder: str | os.PathLike) -> str:
+    """The card of an oracle folder (oracle.json + references.safetensors)."""
+    folder = Path(folder)
+    record = json.loads((folder / ORACLE_FILE).read_text())
+    weights = sorted(folder.glob("*.safetensors"))
+    lines = [_front_matter({"license": "other", "license_name": "unspecified", "library_name": LIBRARY,
+                            "pipeline_tag": "unconditional-image-generation", "datasets": [FASHION_MNIST],
+                            "tags": ["masked-image-generation", "emigm", "oracle", "nonparametric",
+                                     f"{record.get('tokenizer', '')}-tokens", "fashion-mnist"]}),
+             f"# {folder.name}", "",
+             f"An oracle: the exact posterior of a masked generator over {record.get('references')} Fashion-MNIST "
+             f"training references ({record.get('kind')} of `{record.get('tokenizer')}`), kernel width eps "
+             f"{record.get('eps')}. No network is learned: each step's prediction is the references' posterior "
+             "given the tokens revealed so far, so it shows what an ideal model of these tokens would do.", "",
+             "## How to load", "",
+             "```bash",
+             f"emigm sample --checkpoint {folder.name} --class all --num-images 4 --out grid.png",
+             "```", "",
+             "```python",
+             "from emigm.io.loading import load_pipeline",
+             "",
+             f"pipe = load_pipeline({folder.name!r})",
+             "```", "",
+             "## Training", ""]
+    if record.get("built_by"):
+        lines.append(f"- built by: `{record['built_by'].split(' --why ')[0]}`")
+    if record.get("why"):
+        lines.append(f"- why these settings: {record['why']}")
+    lines += ["", "## Fingerprint", ""] + [f"- {w.name}: `{sha256_file(w)}`" for w in weights]
+    lines += ["", "## Measured figures", "", f"FD, class accuracy, precision and recall: {NOT_MEASURED} "
+              "(claims.json measures learned models; the figures above are from the build record).", "",
+              "## Licence", "", LICENCE_NOTE + " The references are Fashion-MNIST training images, as tokens.", ""]
+    return "\n".join(lines)
+
+
 def model_card(source: str | os.PathLike, claims: ClaimsFile | None = None) -> str:
     """The card of an export folder, a shipped name, a tokenizer folder or the classifier folder."""
     path = Path(source)
@@ -252,6 +288,8 @@ def model_card(source: str | os.PathLike, claims: ClaimsFile | None = None) -> s
         path = ASSETS_DIR / str(source)
     if (path / f"{CLASSIFIER_NAME}.json").is_file():
         return classifier_card(path)
+    if (path / ORACLE_FILE).is_file():
+        return oracle_card(path)
     if (path / "kl.json").is_file() or (path / "vq.json").is_file():
         return tokenizer_card(path)
     if not ((path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()):
