@@ -394,3 +394,15 @@ def test_readme_block_shows_numbers_only_for_the_shipped_files():
     assert block.count("| not measured on these weights | - | - |") == len(other["claims"])
     assert "137" not in block and "10.60" not in block  # no number of other weights
     assert "2 not measured on these weights." in block
+
+
+def test_an_undecided_test_says_how_many_samples_would_decide_it():
+    """N (2 sd / |margin|)^2 at the measured spread, rounded up to a hundred; none for decided tests."""
+    c = pc.verdicts(_steps({2: 14.0, 4: 12.0, 8: 11.0, 16: 11.2, 32: 10.9}, sd=2.0))[0]
+    t = c["tests"][1]  # exp S=8 below exp S=4: margin 1, sd sqrt(2) x 2
+    assert t["verdict"] == "undecided" and t["margin"] == pytest.approx(1.0) and t["sd"] == pytest.approx(2 * 2 ** 0.5)
+    assert t["n_to_decide"] == 400  # 10 samples per set x (2 x 2.83 / 1)^2 = 320, rounded up to a hundred
+    held = pc.verdicts(_steps({2: 14.0, 4: 12.0, 8: 11.0, 16: 11.2, 32: 10.9}))[0]
+    assert all("n_to_decide" not in t for t in held["tests"])
+    assert "[decided at N ≈ 400 per seed set]" in "\n".join(pc.claims_table(pc.build_doc(
+        _steps({2: 14.0, 4: 12.0, 8: 11.0, 16: 11.2, 32: 10.9}, sd=2.0), "m", 10, pc.seed_sets(10, 3), "cpu", False)))

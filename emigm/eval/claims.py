@@ -22,6 +22,7 @@ from emigm.core.fileio import ASSETS_DIR
 from emigm.eval.evaluation import CLASSIFIER_NAME
 from emigm.io.exports import CONFIG_FILE
 from emigm.io.fingerprint import fingerprint, same_weights
+from emigm.nn.oracle import is_oracle_folder
 
 CLAIMS_FILE = ASSETS_DIR / "results" / "claims.json"
 CLASSIFIER_FILE = ASSETS_DIR / "classifier" / f"{CLASSIFIER_NAME}.safetensors"
@@ -33,7 +34,7 @@ _IGNORED = ("draft", "draft_steps")  # views only: the committed image does not 
 def shipped_fingerprint(name: str, classifier: str | os.PathLike | None = CLASSIFIER_FILE) -> dict[str, Any] | None:
     """The fingerprint of the shipped model `name` (assets/NAME) with the shipped classifier; None when
     it is not shipped or a file is unreadable."""
-    if not (ASSETS_DIR / name / CONFIG_FILE).is_file():
+    if not ((ASSETS_DIR / name / CONFIG_FILE).is_file() or is_oracle_folder(ASSETS_DIR / name)):
         return None
     try:
         return fingerprint(ASSETS_DIR / name, classifier if classifier and Path(classifier).is_file() else None)
