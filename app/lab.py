@@ -23,7 +23,7 @@ import torch
 from emigm.core.fields import NAME, FieldError
 from emigm.io.imaging import to_uint8
 from emigm.sample.anatomy import BRANCHES
-from emigm.sample.orders import fixed_priority, grid_shape
+from emigm.sample.orders import ORDERS, fixed_priority, grid_shape
 from emigm.sample.state import StepState
 
 from . import memory, stepper
@@ -134,7 +134,7 @@ def anatomy_payload(traj: Trajectory, step: int, state: StepState, gen, run: str
         L=L, model=traj.model, discrete=discrete, sprite=stepper.sprite([list(images)]),
         branches=[Branch(n, BRANCH_TITLES[n]) for n in names],
         headline=f"{masked} masked × {p:.3g} → expected {expected:.3g}, drew {drawn}",
-        order=s.order, count_rule=s.count_rule, guidance=" + ".join(guides) or "none",
+        order=s.order, order_kind=ORDERS[s.order].kind, order_fixed=ORDERS[s.order].fixed, count_rule=s.count_rule, guidance=" + ".join(guides) or "none",
         weights={k: round(float(v[0]), 4) for k, v in a.weights.items()},
         count=Count(masked=masked, p=p, expected=expected, drawn=drawn, remask_sigma=a.remask_sigma,
                     remasked=int(a.remasked_count[0])),

@@ -1,8 +1,8 @@
 """What Python sends the page, described once: the payloads that static/explorer.js draws (the step
 player, an opened step, the status line). The builders (app/stepper.py, app/lab.py) fill these
 structures and `to_json` turns them into the JSON the page and gradio_client receive; the page reads
-the field names below and, for names shared with the library (score and fixed orders, guidance
-branches), the lists these structures carry, never copies of its own.
+the field names below and, for what it shares with the library (the kind of an order, the guidance
+branch that is the draft), the values these structures carry, never copies of its own.
 
 Fields declared with `optional()` are left out of the JSON while None (the page tests their presence);
 every other field is always there (None as null).
@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from emigm.sample.anatomy import COMBINED
-from emigm.sample.options import FIXED_ORDERS, SCORE_ORDERS
 
 
 def optional() -> Any:
@@ -111,14 +110,6 @@ class PlayerPayload:
 
 
 @dataclass(frozen=True)
-class Orders:
-    """The library's order families, so the page can say why a token ranks where it does."""
-
-    score: tuple[str, ...] = SCORE_ORDERS
-    fixed: tuple[str, ...] = FIXED_ORDERS
-
-
-@dataclass(frozen=True)
 class Branch:
     name: str  # one of emigm.sample.anatomy.BRANCHES
     title: str
@@ -181,6 +172,8 @@ class AnatomyPayload:
     branches: list[Branch]
     headline: str
     order: str
+    order_kind: str  # the order's kind in the library's registry (emigm.sample.orders.ORDERS): priority, score, adaptive
+    order_fixed: bool  # a priority order fixed before sampling (the same at every step)
     count_rule: str
     guidance: str
     weights: dict[str, float]
@@ -190,7 +183,6 @@ class AnatomyPayload:
     delta_label: str
     path: TokenPath | None = None
     kind: str = "anatomy"
-    orders: Orders = Orders()
     draft_branch: str = COMBINED  # the branch that is the run's draft
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from app import payload
 from emigm.sample.anatomy import BRANCHES, COMBINED
-from emigm.sample.options import FIXED_ORDERS, SCORE_ORDERS
+from emigm.sample.orders import ORDERS
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "js" / "fixtures"
@@ -20,7 +20,7 @@ KINDS = {"unmask": payload.PlayerPayload, "compare": payload.PlayerPayload, "ana
 NESTED = {("PlayerPayload", "panels"): payload.PlayerPanel, ("PlayerPayload", "steps"): payload.StepRecord,
           ("PlayerPanel", "steps"): payload.StepRecord, ("AnatomyPayload", "branches"): payload.Branch,
           ("AnatomyPayload", "count"): payload.Count, ("AnatomyPayload", "tokens"): payload.TokenMaps,
-          ("AnatomyPayload", "path"): payload.TokenPath, ("AnatomyPayload", "orders"): payload.Orders}
+          ("AnatomyPayload", "path"): payload.TokenPath}
 
 
 def check_shape(doc: dict, cls) -> None:
@@ -54,7 +54,8 @@ def test_every_nested_payload_field_is_checked():
 
 def test_the_page_reads_the_library_lists():
     doc = json.loads((FIXTURES / "anatomy.json").read_text())
-    assert doc["orders"] == {"score": list(SCORE_ORDERS), "fixed": list(FIXED_ORDERS)}
+    order = ORDERS[doc["order"]]
+    assert (doc["order_kind"], doc["order_fixed"]) == (order.kind, order.fixed)
     assert doc["draft_branch"] == COMBINED and {b["name"] for b in doc["branches"]} <= set(BRANCHES)
 
 
@@ -63,7 +64,7 @@ def test_the_page_keeps_no_copy_of_library_names():
     static = ROOT / "app" / "static"
     for name in ("explorer.js", "explorer-core.js"):
         code = (static / name).read_text()
-        for word in set(SCORE_ORDERS) | {"halton", "raster", COMBINED}:
+        for word in set(ORDERS) | set(BRANCHES):
             assert f'"{word}"' not in code, f"{name} names {word!r}: read it from the payload"
 
 

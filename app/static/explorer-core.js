@@ -84,7 +84,7 @@
   }
 
   // The hover text of token i of an opened step (an AnatomyPayload): why it ranks where it does, in
-  // the words of its order's family (d.orders: the library's score and fixed orders)
+  // the words of its order's kind in the library's registry (d.order_kind, d.order_fixed)
   function anatomyTokenText(d, i) {
     const t = d.tokens, g = d.grid, r = Math.floor(i / g), c = i % g, parts = [`token (${r}, ${c})`];
     const num = (x, p) => x === null || x === undefined ? "–" : Number(x).toPrecision(p || 3);
@@ -92,10 +92,11 @@
     else {
       parts.push(t.revealed[i] ? "revealed at this step" : "stays masked");
       const M = d.count.masked, rank = `rank ${t.rank[i] + 1} of ${M}`;
-      if (d.orders.score.includes(d.order))
+      if (d.order_kind === "score")
         parts.push(`${d.order} score ${num(t.score[i])} + Gumbel noise ${num(t.noise[i])} → ${rank}`);
-      else if (d.orders.fixed.includes(d.order)) parts.push(`${d.order} order: fixed ${rank}`);
-      else parts.push(`uniform key ${num(-t.score[i])} → ${rank}`);
+      else if (d.order_kind === "adaptive") parts.push(`${d.order} score ${num(t.score[i])} → ${rank}`);
+      else if (!d.order_fixed) parts.push(`${d.order} key ${num(-t.score[i])} → ${rank}`);
+      else parts.push(`${d.order} order: fixed ${rank}`);
       parts.push(`${d.headline}`);
       parts.push(`|Δ| guidance ${num(t.delta[i])}`, `uncertainty ${num(t.unc[i])}`);
     }

@@ -76,15 +76,18 @@ test("layout: images at least the payload's view, in whole multiples of the imag
   assert.ok(big.V >= u.view && 3 * big.V + 2 * core.GAP <= 1100);
 });
 
-test("anatomyTokenText words a token's rank by its order's family, read from the payload", () => {
+test("anatomyTokenText words a token's rank by its order's kind, read from the payload", () => {
   const d = fixture("anatomy"), t = d.tokens;
   const i = t.masked.findIndex((m, j) => m && t.revealed[j]);
-  assert.equal(d.order, "random");
-  assert.match(core.anatomyTokenText(d, i), new RegExp(`uniform key .* → rank ${t.rank[i] + 1} of ${d.count.masked}`));
-  const scored = { ...d, order: d.orders.score[0] };
-  assert.match(core.anatomyTokenText(scored, i), new RegExp(`${d.orders.score[0]} score .* Gumbel noise`));
-  const fixed = { ...d, order: d.orders.fixed[1] };
-  assert.match(core.anatomyTokenText(fixed, i), new RegExp(`${d.orders.fixed[1]} order: fixed rank`));
+  assert.equal(d.order_kind, "priority");
+  assert.equal(d.order_fixed, false);
+  assert.match(core.anatomyTokenText(d, i), new RegExp(`${d.order} key .* → rank ${t.rank[i] + 1} of ${d.count.masked}`));
+  const scored = { ...d, order: "some-score", order_kind: "score" };
+  assert.match(core.anatomyTokenText(scored, i), /some-score score .* \+ Gumbel noise .* → rank/);
+  const adaptive = { ...d, order: "some-adaptive", order_kind: "adaptive" };
+  assert.match(core.anatomyTokenText(adaptive, i), /some-adaptive score [^+]* → rank/);
+  const fixed = { ...d, order: "some-fixed", order_fixed: true };
+  assert.match(core.anatomyTokenText(fixed, i), /some-fixed order: fixed rank/);
   const kept = t.masked.findIndex(m => !m);
   assert.match(core.anatomyTokenText(d, kept), new RegExp(`committed before step ${d.step}: kept`));
 });
