@@ -235,7 +235,7 @@ def save_smoother(smoother: Smoother, out_dir: str | os.PathLike, base_cfg: dict
     the base's record (`base_record`: config, label, fingerprint)."""
     out = Path(out_dir)
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in (state or smoother.state_dict()).items()}
-    write_bytes(out / WEIGHTS_FILE, save(tensors))
+    write_bytes(out / WEIGHTS_FILE, save(tensors), checksum=True)
     doc = {"config": to_dict(smoother.cfg), "base": base_cfg, "meta": meta or {}}
     write_bytes(out / CONFIG_FILE, json.dumps(doc, indent=2, sort_keys=True).encode())
     return out
