@@ -85,13 +85,14 @@ def check_archive(path: str | os.PathLike, max_bytes: int | None = None) -> None
                               f"{_size(max_bytes)} expected here; refused before reading")
 
 
-def _check_file(path: Path, what: str) -> None:
-    """A weight file exists, is a regular file and matches the sha256 recorded when it was written
-    (emigm.core.fileio.verify_checksum); CheckpointError naming `what` and the file otherwise."""
+def _check_file(path: Path, what: str, verify: bool = True) -> None:
+    """A weight file exists, is a regular file and (with `verify`) matches the sha256 recorded when it
+    was written (emigm.core.fileio.verify_checksum); CheckpointError naming `what` and the file otherwise."""
     try:
         if not check_regular(path, what):
             raise CheckpointError(f"{what} not found: {path}")
-        verify_checksum(path, what)
+        if verify:
+            verify_checksum(path, what)
     except ChecksumError as e:
         raise CheckpointError(str(e)) from None
     except ValueError as e:
@@ -107,8 +108,9 @@ def load_torch(path: str | os.PathLike, max_bytes: int | None = None) -> Any:
     naming it. torch's warnings about the file (e.g. an unusual pickle protocol) are not printed: the
     error says what is wrong."""
     path = Path(path)
+    _check_file(path, "checkpoint", verify=False)
+    check_archive(path, max_bytes)  # from the archive's directory: before the whole file is read to hash it
     _check_file(path, "checkpoint")
-    check_archive(path, max_bytes)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -16,6 +16,7 @@ import gzip
 import json
 import math
 import os
+import warnings
 import zlib
 from pathlib import Path
 from typing import Callable, Literal
@@ -221,13 +222,19 @@ def open_image(path: str | os.PathLike, mode: str) -> Image.Image:
     (at most MAX_IMAGE_PIXELS); a file too large, unreadable or not an image is a one-line
     ValueError naming it."""
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # PIL warns above MAX_IMAGE_PIXELS: refused below instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
             w, h = im.size
             if w * h > MAX_IMAGE_PIXELS:
                 raise ValueError(f"image {path} is {w} x {h} pixels, more than the {MAX_IMAGE_PIXELS} allowed; "
                                  "refused before decoding (resize it, or remove it from the folder)")
             return im.convert(mode)
-    except (OSError, Image.DecompressionBombError, SyntaxError) as e:
+    except Image.DecompressionBombError as e:  # PIL refuses twice its threshold already when opening
+        raise ValueError(f"image {path} has more than {MAX_IMAGE_PIXELS} pixels ({str(e).split(',')[0]}); refused "
+                         "before decoding (resize it, or remove it from the folder)") from None
+    except (OSError, SyntaxError) as e:
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise ValueError(f"image {path} cannot be read ({reason}); fix or remove it from the folder") from None
 

@@ -140,13 +140,21 @@ def classifier_outputs(classifier: Classifier, images: Tensor, batch_size: int =
             f = classifier.features(chunk.to(device, torch.float32))
             feats.append(f.float().cpu())
             logits.append(classifier.out(F.relu(f)).float().cpu())
-    return torch.cat(feats), torch.cat(logits)
+    feats_all, logits_all = torch.cat(feats), torch.cat(logits)
+    bad = int((~torch.isfinite(feats_all).all(1) | ~torch.isfinite(logits_all).all(1)).sum())
+    if bad:
+        raise ValueError(f"the classifier's features are NaN or infinite for {bad} of {len(feats_all)} images: its "
+                         "weights overflow on them; retrain it (train-classifier) or give another --classifier")
+    return feats_all, logits_all
 
 
 def _as64(x: np.ndarray | Tensor) -> Tensor:
     x = torch.as_tensor(x).to(torch.float64)
     if x.dim() != 2 or x.shape[0] < 2:
         raise ValueError(f"expected features (N >= 2, D), got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():  # eigh would fail with a LinAlgError, far from the cause
+        raise ValueError(f"features hold NaN or infinite values ({int((~torch.isfinite(x)).sum())} of {x.numel()}); "
+                         "no Frechet distance of them")
     return x
 
 

@@ -263,6 +263,9 @@ def read_smoother(folder: str | os.PathLike, base_cfg, base_state: dict[str, Ten
     check_base(base_cfg, cfg, f"self-guidance smoother {name}")
     tk = base_cfg.tokenizer
     base_tk = base.get("tokenizer", {}) if isinstance(base, dict) else {}
+    if not isinstance(base_tk, dict):
+        raise CheckpointError(f"{name}/{CONFIG_FILE}: not a self-guidance smoother config (base.tokenizer: expected "
+                              f"an object, got {type(base_tk).__name__})")
     for key in ("kind", "codebook_size", "latent_channels", "image_size"):
         if key in base_tk and base_tk[key] != getattr(tk, key):
             raise CheckpointError(f"self-guidance smoother {name} was trained on a base with "

@@ -147,7 +147,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | os.PathLike, run_d
                     data_root: str | None = None, device: str | torch.device = "cpu", limit: int = 0,
                     max_steps: int | None = None, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Train (or resume) a tokenizer; at `cfg.steps` evaluate it on the test split and export it to
-    `out_dir` (an earlier export there is replaced only with `overwrite`). `limit` > 0 uses only the first `limit` images of each split (tests); `max_steps` >= 1
+    `out_dir` (an earlier export there is replaced only with `overwrite`). `limit` > 0 uses only the
+    first `limit` images of each split (tests); `max_steps` >= 1
     stops early with a checkpoint and no export. Returns the metrics (empty before the end)."""
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1 (or None: train to steps), got {max_steps}")

@@ -35,7 +35,7 @@ from torch import nn
 from emigm.core import distributed as dist
 from emigm.core.config import TrainConfig, from_dict, to_dict
 from emigm.core.devices import memory_guard, resolve_device
-from emigm.core.fileio import command_line, ensure_writable_dir, record_checksum, torch_save, write_text
+from emigm.core.fileio import check_regular, command_line, ensure_writable_dir, record_checksum, torch_save, write_text
 from emigm.core.seeds import STREAM_TRAIN, mix_seed
 from emigm.core.statedict import CheckpointError, load_state_dict_strict
 from emigm.data.stream import DataStream, Share
@@ -220,7 +220,7 @@ def _resume_point(run_dir: Path, cfg_dict: dict[str, Any], defaults: dict[str, A
     """The newest checkpoint (path, contents), or (None, None); refuses a different config, in the
     newest checkpoint or in the run's config.json (which must be valid: `read_run_config`)."""
     saved = run_dir / CONFIG_FILE
-    doc = read_run_config(saved, check) if saved.is_file() else None
+    doc = read_run_config(saved, check) if check_regular(saved, "the run's config") else None
     latest = latest_checkpoint(run_dir, max_bytes)
     if latest is not None:  # its schema, before anything is built or loaded from it
         check_train_state(latest[1], latest[0])
