@@ -1,86 +1,11 @@
 """eMIGM Explorer: `python app.py [--model NAME_OR_PATH ...] [--checkpoint X.pth --vae kl16.ckpt]
-[--device auto|cpu|cuda] [--host H] [--port P] [--share]`.
+[--device auto|cpu|cuda] [--host H] [--port P] [--share]`; installed, the same command is `emigm-explorer`.
 
-Offers the shipped models (assets/<name>/), any export folder or checkpoint given, or, when there is
-none, random-init presets with a banner.
+The launcher lives in `app/launch.py` so that an installed package carries it.
 """
-from __future__ import annotations
-
-import argparse
 import sys
 
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python app.py", description="eMIGM Explorer: watch a masked image generator reveal an image token by token.")
-    p.add_argument("--model", action="append", default=None, metavar="NAME_OR_PATH",
-                   help="model to offer (repeatable): a shipped model name, any export folder, a training "
-                        "checkpoint (ckpt-*.pt), or a preset (random init); default: every shipped model, else "
-                        "the random-init presets whose tokenizer is shipped")
-    p.add_argument("--checkpoint", action="append", default=None, metavar="PATH",
-                   help="an official eMIGM / MAR ImageNet checkpoint (.pth) to offer (repeatable; needs --vae)")
-    p.add_argument("--vae", default="", help="the KL-16 VAE (kl16.ckpt) that official ImageNet checkpoints decode with")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads while sampling on CPU (default 1: the per-token ops are tiny and extra "
-                        "threads only contend on a small shared CPU; 0 leaves torch's default)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--share", action="store_true", help="also serve through a public Gradio share link")
-    return p.parse_args(argv)
-
-
-def private_temp_dir() -> None:
-    """Gradio's cache in a folder of this process (unless GRADIO_TEMP_DIR is set), removed at exit, also
-    on SIGTERM: temp files never outlive the app."""
-    import atexit
-    import os
-    import shutil
-    import signal
-    import tempfile
-
-    if "GRADIO_TEMP_DIR" not in os.environ:
-        os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="emigm-explorer-cache-")
-        atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-
-
-def one_thread_count(threads: int) -> None:
-    """Every thread of the process samples with `threads` torch threads (before torch starts). Why: the
-    requests run on a pool of worker threads, and OpenMP gives each its own thread count; set once here,
-    no request ever changes the process-wide count while another one computes."""
-    import os
-
-    if threads and "OMP_NUM_THREADS" not in os.environ:
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    private_temp_dir()
-    one_thread_count(args.threads)
-    from emigm.core.devices import resolve_device
-
-    try:
-        device = resolve_device(args.device)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    from app.engine import Engine
-    from app.memory import limit_arenas
-    from app.ui import build_demo, launch_kwargs
-
-    limit_arenas()
-
-    try:
-        engine = Engine((args.model or []) + (args.checkpoint or []), device=device,
-                        num_threads=(args.threads or None) if device.type == "cpu" else None, vae=args.vae)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    demo = build_demo(engine)  # samples the opening run once, so the page shows it at once
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_kwargs())
-    return 0
-
+from app.launch import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,6 +5,7 @@
     python benchmarks/mutants.py --list                            # every candidate mutation, no runs
     python benchmarks/mutants.py --tests tests/test_pure_values.py tests/test_guidance.py   # quicker
     python benchmarks/mutants.py --at emigm/sample/sampler.py:208                # recheck one line's mutants
+    python benchmarks/mutants.py --group seams --limit 80 --targeted --table out.md  # the seams, per file
 
 Mutations (one token on one line, found with `tokenize`, so strings, docstrings and comments are never
 touched): comparisons `<` <-> `<=`, `>` <-> `>=`, `==` <-> `!=`; arithmetic `+` <-> `-`, `*` <-> `/`
@@ -20,15 +21,29 @@ if they all pass, the rest of the fast suite (--then). A mutant is "caught" when
 collection fails, "timeout" when it hangs, "survived" when every test passes. Byte-code caching is off
 in the copy, so a same-size mutation can never reuse a stale .pyc. By default each pytest runs in a
 fork of this process, which has torch imported once (--no-fork: a fresh interpreter each time).
+
+--files takes FILE or FILE::FUNCTION (a function or Class.method: only the lines of its body are
+mutated). --group seams targets the seams between the stages: what the training task feeds the network
+(emigm/train/generator.py, emigm/core/masking.py), the metrics (emigm/eval/evaluation.py), what a step's
+anatomy reports (emigm/sample/anatomy.py) and the sampler's remasking (emigm/sample/plan.py's counts and
+the step function). --targeted runs, for each mutant, only the test files that cover its source file
+(TARGETS; those missing in the tree are skipped), in one stage: a survivor there survived those files,
+not necessarily the whole suite. The summary gives caught / survived / equivalent per file (equivalent:
+a survivor that changes nothing a caller can observe, either found by `unused_default_spans` or listed
+with its reason in EQUIVALENT); --table writes it, with the command, as Markdown. --new PATTERN (with
+--targeted) runs the tests whose path matches PATTERN after the others: a mutant caught only by them
+counts as survived without them, so one run gives the table before and after those tests were added.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import fnmatch
 import io
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -36,6 +51,7 @@ import sys
 import tempfile
 import time
 import tokenize
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +70,41 @@ DEFAULT_TESTS = ["tests/test_pure_values.py", "tests/test_guidance.py", "tests/t
                  "tests/test_optim_values.py", "tests/test_schedules.py", "tests/test_masking.py",
                  "tests/test_sampler.py", "tests/test_diffusion.py"]
 DEFAULT_THEN = "tests"
+
+# The seams (--group seams): the training task's inputs, evaluation, the anatomy, the sampler's remasking.
+SEAM_FILES = ["emigm/train/generator.py", "emigm/core/masking.py", "emigm/eval/evaluation.py",
+              "emigm/sample/anatomy.py", "emigm/sample/plan.py::remask_sigma", "emigm/sample/plan.py::plan_steps",
+              "emigm/sample/sampler.py::_step"]
+GROUPS = {"default": DEFAULT_FILES, "seams": SEAM_FILES}
+# --targeted: the tests that cover a source file, run in this order (-x stops at the first failure), cheap
+# and specific first: a test file, or FILE::PATTERN for its test functions whose names match the
+# shell-style PATTERN. Missing files are skipped, so one command serves a tree before and after the seam
+# tests exist; the fast suite's other tests are not run.
+TARGETS = {
+    "emigm/train/generator.py": ["tests/test_seams_training.py", "tests/test_prediction.py::test_init_from*",
+                                 "tests/test_train.py", "tests/test_trainer.py"],
+    "emigm/core/masking.py": ["tests/test_seams_training.py::*mask*", "tests/test_seams_training.py::*shared*",
+                              "tests/test_seams_training.py::*mar_*", "tests/test_masking.py",
+                              "tests/test_pure_values.py::*mask*", "tests/test_pure_values.py::*mar_*",
+                              "tests/test_pure_values.py::*shared_count*", "tests/test_pure_values.py::*exact_count*"],
+    "emigm/eval/evaluation.py": ["tests/test_seams_metrics.py", "tests/test_evaluation.py",
+                                 "tests/test_pure_values.py::*seam_ratio*"],
+    "emigm/sample/anatomy.py": ["tests/test_seams_anatomy.py", "tests/test_sampler_lab.py::*anatomy*",
+                                "tests/test_sampler_lab.py::*uncertainty*",
+                                "tests/test_sampler_lab.py::*score_orders*"],
+    "emigm/sample/plan.py": ["tests/test_seams_anatomy.py::*remask*", "tests/test_sampler_lab.py::*remask*",
+                             "tests/test_pure_values.py::*plan_counts*", "tests/test_pure_values.py::*every_step*",
+                             "tests/test_sampler.py"],
+    "emigm/sample/sampler.py": ["tests/test_seams_anatomy.py", "tests/test_seams_guidance.py::*ramp*",
+                                "tests/test_sampler_lab.py", "tests/test_sampler.py",
+                                "tests/test_fast_path.py::test_fast_equals_generator_*",
+                                "tests/test_fast_path.py::test_graph_replay*",
+                                "tests/test_fast_path.py::test_head_runs_only*"],
+    "emigm/core/guidance.py": ["tests/test_seams_guidance.py", "tests/test_guidance.py", "tests/test_sampler.py"],
+}
+# Survivors that change nothing a caller can observe, found by reading them: (file, the stripped source
+# line, mutation) -> why. Listed, not hidden: they still count as survived, and the table says equivalent.
+EQUIVALENT: dict[tuple[str, str, str], str] = {}
 # Stage-1 files that go first for a mutant of a given source file (the rest of stage 1 follows): with
 # -x a caught mutant then costs one small file, not the whole stage.
 FIRST = {"emigm/core/guidance.py": ["tests/test_guidance.py"], "emigm/core/fields.py": ["tests/test_fields.py"],
@@ -104,15 +155,36 @@ def _number_variants(text: str) -> list[str]:
     return ["1"] if value == 0 else [str(value + 1), str(value - 1)]
 
 
-def candidates(path: str) -> list[Mutant]:
-    """Every compilable one-token mutation of a file (see the module docstring)."""
+def function_lines(source: str, name: str) -> tuple[int, int]:
+    """(first, last) line of the body of function `name` (a function or Class.method) in `source`."""
+    def walk(nodes, prefix: str):
+        for node in nodes:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                qual = prefix + node.name
+                if qual == name and not isinstance(node, ast.ClassDef):
+                    return node.body[0].lineno, node.end_lineno
+                found = walk(node.body, qual + ".")
+                if found:
+                    return found
+        return None
+    found = walk(ast.parse(source).body, "")
+    if found is None:
+        raise ValueError(f"no function {name!r}")
+    return found
+
+
+def candidates(path: str, function: str = "") -> list[Mutant]:
+    """Every compilable one-token mutation of a file, or of one function's body (see the module docstring)."""
     source = (ROOT / path).read_text()
+    first, last = function_lines(source, function) if function else (1, source.count("\n") + 1)
     original = compile(source, path, "exec", dont_inherit=True)
     out: list[Mutant] = []
     prev = ""
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         (row, col), text = tok.start, tok.string
         after, prev = prev, (text if tok.type not in (tokenize.NL, tokenize.COMMENT) else prev)
+        if not first <= row <= last:
+            continue
         if tok.type == tokenize.OP and text == "*" and after in ("(", ",", "["):
             continue  # a star in an argument list (unpacking, keyword-only marker), not a product
         if tok.type == tokenize.OP and text in SWAPS:
@@ -158,6 +230,30 @@ def unused_default_spans(source: str) -> list[tuple[int, int, int, int]]:
 def is_unused_default(m: Mutant) -> bool:
     spans = unused_default_spans((ROOT / m.path).read_text())
     return any((l0, c0) <= (m.line, m.col) < (l1, c1) for l0, c0, l1, c1 in spans)
+
+
+def equivalence(m: Mutant) -> str:
+    """Why a surviving mutant is equivalent ('' when it is not known to be)."""
+    if is_unused_default(m):
+        return "default of a parameter the function never reads"
+    src = (ROOT / m.path).read_text().splitlines()[m.line - 1].strip()
+    return EQUIVALENT.get((m.path, src, m.label), "")
+
+
+def per_file_table(results: list[tuple["Mutant", str, str, float]]) -> list[tuple[str, int, int, int, int]]:
+    """(file, mutants, caught, survived, of which equivalent) per file, in first-seen order, and a total."""
+    rows: dict[str, list[int]] = {}
+    for m, status, _, _ in results:
+        r = rows.setdefault(m.path, [0, 0, 0, 0])
+        r[0] += 1
+        if status in ("caught", "caught-new", "timeout"):
+            r[1] += 1
+        elif status == "survived":
+            r[2] += 1
+            r[3] += bool(equivalence(m))
+    out = [(f, *r) for f, r in rows.items()]
+    out.append(("total", *(sum(r[i] for r in rows.values()) for i in range(4))))
+    return out
 
 
 def _same_code(a, b) -> bool:
@@ -298,12 +394,60 @@ def _pytest_forked(tree: Path, args: list[str], timeout: float) -> tuple[int | N
         return code, log.read()
 
 
+def targeted_tests(path: str) -> list[str]:
+    """The tests of TARGETS[path] that exist in this tree, FILE::PATTERN expanded to node ids."""
+    out: list[str] = []
+    for entry in TARGETS.get(path, []):
+        file, _, pattern = entry.partition("::")
+        if not (ROOT / file).is_file():
+            continue
+        if not pattern:
+            out.append(file)
+            continue
+        names = [n.name for n in ast.parse((ROOT / file).read_text()).body
+                 if isinstance(n, ast.FunctionDef) and n.name.startswith("test")]
+        out += [f"{file}::{n}" for n in names if fnmatch.fnmatchcase(n, pattern) and f"{file}::{n}" not in out]
+    return out
+
+
+def is_new(test: str, new: str) -> bool:
+    """Whether a test path (or node id) is one of the --new tests (a shell-style pattern)."""
+    return bool(new) and fnmatch.fnmatchcase(test.split("::")[0], new)
+
+
+def _run_stages_at(tree: Path, m: Mutant, stages: list[list[str]], timeout: float,
+                   fork: bool) -> tuple[str, str, float, int]:
+    """run_stages on the mutated file, and the index of the stage that decided."""
+    target = tree / m.path
+    original = target.read_text()
+    total, status, note, i = 0.0, "survived", "", -1
+    try:
+        target.write_text(m.apply(original))
+        for i, args in enumerate(stages):
+            status, note, secs = run_tests(tree, args, timeout - total, fork)
+            total += secs
+            if status != "survived":
+                break
+    finally:
+        target.write_text(original)
+    return status, note, total, i
+
+
 def run_mutant(tree: Path, m: Mutant, stages: list[list[str]], timeout: float,
-               fork: bool) -> tuple[str, str, float]:
+               fork: bool, targeted: bool = False, new: str = "") -> tuple[str, str, float]:
     target = tree / m.path
     original = target.read_text()
     first = [t for t in FIRST.get(m.path, []) if t in stages[0]]
-    stages = [first + [t for t in stages[0] if t not in first], *stages[1:]] if first else stages
+    if targeted:
+        tests = targeted_tests(m.path)
+        old = [t for t in tests if not is_new(t, new)]
+        stages = [x for x in (old, [t for t in tests if is_new(t, new)]) if x]
+        status, note, secs, stage = _run_stages_at(tree, m, stages, timeout, fork)
+        if status == "caught" and new and stages[stage] != old:
+            status = "caught-new"  # only by the new tests: a survivor without them
+        return status, note, secs
+    elif first:
+        stages = [first + [t for t in stages[0] if t not in first], *stages[1:]]
     try:
         target.write_text(m.apply(original))
         return run_stages(tree, stages, timeout, fork)
@@ -313,7 +457,20 @@ def run_mutant(tree: Path, m: Mutant, stages: list[list[str]], timeout: float,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--files", nargs="+", default=None, help="source files to mutate (default: the pure ones)")
+    ap.add_argument("--files", nargs="+", default=None,
+                    help="source files to mutate, FILE or FILE::FUNCTION (default: the --group's)")
+    ap.add_argument("--group", choices=GROUPS, default="default",
+                    help="default: the pure-function files; seams: training inputs, evaluation, anatomy, remasking")
+    ap.add_argument("--targeted", action="store_true",
+                    help="each mutant runs only the test files of its source file (TARGETS), in one stage")
+    ap.add_argument("--new", default="", metavar="PATTERN",
+                    help="with --targeted: tests matching this path pattern (e.g. 'tests/test_seams_*') run after the "
+                         "others, so one run gives the table without them (before) and with them (after)")
+    ap.add_argument("--budget", type=float, default=0.0, metavar="SECONDS",
+                    help="start no new mutant after this many seconds (0: no limit); the mutants run in the sampled "
+                         "round-robin order over the files, and the summary covers those that ran")
+    ap.add_argument("--table", default="", metavar="FILE.md",
+                    help="also write the per-file table, the survivors and the command as Markdown")
     ap.add_argument("--tests", nargs="+", default=DEFAULT_TESTS,
                     help="stage 1: test files / folders run first (default: the fast value tests)")
     ap.add_argument("--then", default=DEFAULT_THEN,
@@ -338,7 +495,17 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"not a Python file of this repository: {f}")
         return path.relative_to(ROOT).as_posix()
 
-    files = [repo_path(f) for f in args.files or [f for f in DEFAULT_FILES if (ROOT / f).is_file()]]
+    specs = args.files or [f for f in GROUPS[args.group] if (ROOT / f.split("::")[0]).is_file()]
+    targets = []  # (file, function or "")
+    for spec in specs:
+        f, _, func = spec.partition("::")
+        targets.append((repo_path(f), func))
+        if func:
+            try:
+                function_lines((ROOT / targets[-1][0]).read_text(), func)
+            except ValueError as e:
+                ap.error(f"{f}: {e}")
+    files = list(dict.fromkeys(f for f, _ in targets))
     # test paths relative to the repository, so that pytest runs the copy's tests against the copy
     rel = lambda t: os.path.relpath(t, ROOT) if os.path.isabs(t) else t  # noqa: E731
     args.tests = [rel(t) for t in args.tests]
@@ -355,10 +522,16 @@ def main(argv: list[str] | None = None) -> int:
     at = {(repo_path(x.rsplit(":", 1)[0]), x.rsplit(":", 1)[-1]) for x in args.at}
     if at:
         files = sorted({f for f, _ in at})
-    per_file = {f: [m for m in candidates(f) if not at or (m.path, str(m.line)) in at] for f in files}
+        targets = [(f, "") for f in files]
+    per_file: dict[str, list[Mutant]] = {}
+    for f, func in targets:
+        seen = set(per_file.get(f, []))
+        per_file.setdefault(f, []).extend(m for m in candidates(f, func)
+                                          if m not in seen and (not at or (m.path, str(m.line)) in at))
     pool = [m for f in files for m in per_file[f]]
     chosen = sample_mutants(per_file, args.limit, args.seed)
-    chosen.sort(key=lambda m: (m.path, m.line, m.col, m.new))
+    if not args.budget:  # with a time budget: the sampled (round-robin) order, so a run cut short stays balanced
+        chosen.sort(key=lambda m: (m.path, m.line, m.col, m.new))
     if args.list:
         for m in chosen:
             line = (ROOT / m.path).read_text().splitlines()[m.line - 1].strip()
@@ -381,8 +554,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"baseline: {'pass' if status == 'survived' else 'FAIL ' + note} ({secs:.0f} s)", flush=True)
             if status != "survived":
                 return 1
+        what = "per file: " + "; ".join(f"{f}: {len(targeted_tests(f))} test files / functions" for f in files) \
+            if args.targeted else ' | then '.join(' '.join(a) for a in stages)
         print(f"{len(chosen)} mutants of {len(pool)} candidates in {len(files)} files (seed {args.seed}); "
-              f"tests: {' | then '.join(' '.join(a) for a in stages)}", flush=True)
+              f"tests: {what}", flush=True)
         header = f"{'file':<28} {'line':>5}  {'mutation':<16} {'result':<9} {'s':>5}  first failure / source"
         print(header + "\n" + "-" * len(header), flush=True)
         free = list(trees)
@@ -391,18 +566,36 @@ def main(argv: list[str] | None = None) -> int:
         def work(m: Mutant):
             tree = free.pop()
             try:
-                return m, *run_mutant(tree, m, stages, args.timeout, fork)
+                return m, *run_mutant(tree, m, stages, args.timeout, fork, args.targeted, args.new)
             finally:
                 free.append(tree)
 
-        with ThreadPoolExecutor(max_workers=len(trees)) as ex:
-            for m, status, note, secs in ex.map(work, chosen):
-                results.append((m, status, note, secs))
-                src = (ROOT / m.path).read_text().splitlines()[m.line - 1].strip()
-                detail = src[:70] if status == "survived" else note
-                print(f"{m.path:<28} {m.line:>5}  {m.label:<16} {status:<9} {secs:>5.0f}  {detail}", flush=True)
+        start = time.monotonic()
 
-    caught = sum(r[1] == "caught" for r in results)
+        def within_budget():
+            for m in chosen:
+                if args.budget and time.monotonic() - start > args.budget:
+                    print(f"time budget of {args.budget:.0f} s spent: {len(results)} of {len(chosen)} mutants ran",
+                          flush=True)
+                    return
+                yield m
+
+        def report(m: Mutant, status: str, note: str, secs: float) -> None:
+            results.append((m, status, note, secs))
+            src = (ROOT / m.path).read_text().splitlines()[m.line - 1].strip()
+            detail = src[:70] if status == "survived" else note
+            print(f"{m.path:<28} {m.line:>5}  {m.label:<16} {status:<9} {secs:>5.0f}  {detail}", flush=True)
+
+        with ThreadPoolExecutor(max_workers=len(trees)) as ex:  # submitted lazily, so the budget is checked
+            pending: deque = deque()
+            for m in within_budget():
+                pending.append(ex.submit(work, m))
+                if len(pending) >= len(trees):
+                    report(*pending.popleft().result())
+            while pending:
+                report(*pending.popleft().result())
+
+    caught = sum(r[1] in ("caught", "caught-new") for r in results)
     hung = sum(r[1] == "timeout" for r in results)
     survived = [r for r in results if r[1] == "survived"]
     errors = sum(r[1] == "error" for r in results)
@@ -410,8 +603,44 @@ def main(argv: list[str] | None = None) -> int:
           + f", survived {len(survived)}" + (f", errors {errors}" if errors else ""))
     for m, _, _, _ in survived:
         src = (ROOT / m.path).read_text().splitlines()[m.line - 1].strip()
-        tag = "  [equivalent: default of a parameter the function never reads]" if is_unused_default(m) else ""
+        why = equivalence(m)
+        tag = f"  [equivalent: {why}]" if why else ""
         print(f"  survived: {m.path}:{m.line}  {m.label}  | {src}{tag}")
+    table = per_file_table(results)
+    if args.new:
+        before = per_file_table([(m, "survived" if st == "caught-new" else st, n, t) for m, st, n, t in results])
+        lines = [f"| file | mutants | before: caught | survived | equivalent | after (+ {args.new}): caught | "
+                 "survived | equivalent |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {f} | {n} | {c0} | {s0} | {e0} | {c} | {s} | {e} |"
+                  for (f, n, c0, s0, e0), (_, _, c, s, e) in zip(before, table)]
+        late = [r for r in results if r[1] == "caught-new"]
+        if late:
+            print(f"caught only by {args.new}:")
+            for m, _, note, _ in late:
+                src = (ROOT / m.path).read_text().splitlines()[m.line - 1].strip()
+                print(f"  {m.path}:{m.line}  {m.label}  | {src}  <- {note}")
+    else:
+        lines = ["| file | mutants | caught | survived | equivalent |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {f} | {n} | {c} | {s} | {e} |" for f, n, c, s, e in table]
+    print("\n" + "\n".join(lines))
+    if args.table:
+        command = "python3 benchmarks/mutants.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+        doc = [f"`{command}`", "", *lines, ""]
+        late = [r for r in results if r[1] == "caught-new"]
+        if late:
+            doc += [f"Caught only by {args.new}:", ""]
+            for m, _, note, _ in late:
+                src = (ROOT / m.path).read_text().splitlines()[m.line - 1].strip()
+                doc.append(f"- `{m.path}:{m.line}` `{m.label}`: `{src}` (by {note})")
+            doc.append("")
+        if survived:
+            doc += ["Survivors:", ""]
+            for m, _, _, _ in survived:
+                src = (ROOT / m.path).read_text().splitlines()[m.line - 1].strip()
+                why = equivalence(m)
+                doc.append(f"- `{m.path}:{m.line}` `{m.label}`: `{src}`" + (f" (equivalent: {why})" if why else ""))
+            doc.append("")
+        Path(args.table).write_text("\n".join(doc))
     return 0
 
 

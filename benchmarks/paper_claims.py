@@ -12,7 +12,9 @@ seed, so it depends on nothing else, emigm.eval.scoring) and is scored against t
 A point keeps, per metric (FD, class accuracy, precision, recall), the K values, their mean and their
 sd (the spread between seed sets, ddof 1).
 
-Groups (--only, comma-separated): schedule (linear / cosine / exp at --steps, no CFG), solver (DPM-Solver++
+Groups (--only, comma-separated, measured in the order given): headline (the default settings: 16 steps, CFG 3
+in (0.1, 0.3]; the class-accuracy target), steps (FD, precision and recall against S = 2, 4, 8, 16, 32, exp, no
+CFG: falls up to S = 8, flat after), schedule (linear / cosine / exp at --steps, no CFG), solver (DPM-Solver++
 at --head-steps, DDPM-100), cfg (no CFG, CFG 3 at every step, in intervals), null (CFG with mask on
 --emigm vs fake class on its -fakecfg twin, over --null-scales), discrete (eMIGM vs --maskgit at equal
 NFE), sg (self-guidance s = 0 / 1 on MaskGIT at 8 and 16 steps), sg-scale (s = 0.5, 2, 3), sg-tau (the
@@ -29,12 +31,22 @@ set: no sd). A claim holds when all its tests hold, does not hold when any test 
 undecided otherwise. Where a claim picks a best setting (best head steps, best CFG scale) it picks by
 mean FD. Nothing is tuned to make a claim hold.
 
+Fingerprints and resuming: every point records the sha256 of the files it was measured with (network,
+tokenizer, self-guidance module when it guides, classifier; emigm.io.fingerprint) and the code's commit;
+claims.json lists them per model. Each (setting, seed set) result is written to --cache-dir (default
+OUT_DIR/results) the moment it is measured, under a name made of everything that decides it (model,
+fingerprint, sampler, guidance, N, first seed), and claims.json / claims.md are rewritten after every
+setting with the settings still pending: re-running the same command skips what is done, and results of
+other weights are never reused. Processes may share a cache folder (a result being measured is locked by
+its process), so two processes running the same command split the work in its order.
+
 claims.json is the one source of the README's claims table (--readme rewrites the block between
 README_BEGIN and README_END) and of the explorer's Results tab.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -51,12 +63,15 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from emigm.core.config import to_dict  # noqa: E402
-from emigm.core.fileio import ASSETS_DIR  # noqa: E402
+from emigm.core.fileio import ASSETS_DIR, write_text  # noqa: E402
 from emigm.core.guidance import GuidanceConfig  # noqa: E402
-from emigm.eval.evaluation import load_classifier, real_data_floor  # noqa: E402
+from emigm.eval.claims import NOT_MEASURED, ClaimsFile  # noqa: E402
+from emigm.eval.evaluation import CLASSIFIER_NAME, load_classifier, real_data_floor  # noqa: E402
 from emigm.eval.scoring import evaluate_generator  # noqa: E402
+from emigm.io.fingerprint import differing_roles, fingerprint, pipeline_fingerprint, source_commit  # noqa: E402
 from emigm.io.loading import load_pipeline, random_pipeline  # noqa: E402
 from emigm.nn.smoother import Smoother, config_for  # noqa: E402
+from emigm.sample.capabilities import SUGGESTED_GUIDANCE  # noqa: E402
 from emigm.sample.sampler import SamplerConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +81,13 @@ INTERVAL = (0.1, 0.3)  # the interval of the "interval CFG" claim
 # MaskGIT's sampler: cosine schedule, exact counts, most confident first with linearly annealed Gumbel noise
 MASKGIT = SamplerConfig(num_steps=16, schedule="cosine", count_rule="exact", order="confidence", draft=False)
 MASKGIT_NAME = "fmnist-maskgit"
-GROUPS = ("schedule", "solver", "cfg", "null", "discrete", "sg", "sg-scale", "sg-tau", "orders", "remask")
+GROUPS = ("headline", "steps", "schedule", "solver", "cfg", "null", "discrete", "sg", "sg-scale", "sg-tau", "orders",
+          "remask")
+HEADLINE = GuidanceConfig(**SUGGESTED_GUIDANCE)  # the models' default guidance (16 x 1.2 NFE)
+ACCURACY_TARGET = 0.90  # the project's target for class accuracy at the default settings
+PLATEAU_STEPS = (2, 4, 8, 16, 32)  # the steps group: FD, precision and recall against S
+PLATEAU_KNEE, PLATEAU_FLAT = 8, 0.05  # "falls up to S = 8, flat (within 5 %) after"
+CLASSIFIER_FILE = ASSETS_DIR / "classifier" / f"{CLASSIFIER_NAME}.safetensors"
 LAB_STEPS = (8, 16, 32)  # sampling steps of the order and remasking groups
 # the orders as the literature runs them: MaskGIT's confidence with its annealed Gumbel noise, the margin and
 # entropy orders noise-free (Dream's default), the fixed orders (Halton-MaskGIT) and random
@@ -75,6 +96,7 @@ ORDER_SETTINGS = {"confidence": {}, "margin": {"order_temperature": 0.0}, "entro
 REMASK = {"remask": "rescale", "remask_eta": 0.05}
 METRICS = ("fd", "class_accuracy", "precision", "recall")
 VERDICTS = ("holds", "does not hold", "undecided")
+VERSION = 3  # 3: fingerprints of the weights per point and per model, commits, pending settings
 README_BEGIN = "<!-- claims:begin (generated by benchmarks/paper_claims.py --readme from assets/results/claims.json) -->"
 README_END = "<!-- claims:end -->"
 SETTINGS = (f"Sampling: {BASE.num_steps} steps, {BASE.schedule} schedule, {BASE.order} order, DPM-Solver++ "
@@ -120,6 +142,12 @@ def suite(available: set[str], emigm: str = "fmnist-emigm", steps_list: tuple[in
 
     def add(group, label, model, sampler, guidance=GuidanceConfig()):
         rows.append(Row(group, label, model, sampler, guidance, emigm))
+
+    lo, hi = HEADLINE.cfg_interval
+    add("headline", f"default: S={BASE.num_steps}, CFG {HEADLINE.cfg_scale:g} in ({lo:g}, {hi:g}]", emigm, BASE,
+        HEADLINE)
+    for steps in PLATEAU_STEPS:
+        add("steps", f"exp S={steps}", emigm, replace(BASE, num_steps=steps))
 
     for sched in ("linear", "cosine", "exp"):
         for steps in steps_list:
@@ -184,12 +212,20 @@ def summarise(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def make_point(row: Row, runs: list[dict[str, Any]], sets: list[list[int]]) -> dict[str, Any]:
-    """A claims.json point from the K evaluate_generator results of one setting."""
+def make_point(row: Row, runs: list[dict[str, Any]], sets: list[list[int]], fp: dict[str, Any] | None = None,
+               commits: list[str] | None = None) -> dict[str, Any]:
+    """A claims.json point from the K evaluate_generator results of one setting; `fp`: the fingerprint of
+    the weights it was measured on, `commits`: the code's commit(s) of the runs."""
     p = {"group": row.group, "label": row.label, "model": row.model, "emigm": row.emigm,
          "sampler": to_dict(row.sampler), "guidance": to_dict(row.guidance), "nfe": runs[0]["passes"],
          "passes": runs[0]["passes"], "head_evals": runs[0]["head_evals"],
          "images_per_s": statistics.fmean(r["images_per_s"] for r in runs), "seed_sets": sets}
+    if runs[0].get("num_tokens") is not None:
+        p["num_tokens"] = runs[0]["num_tokens"]
+    if fp is not None:
+        p["fingerprint"] = fp
+    if commits is not None:
+        p["commit"] = ", ".join(dict.fromkeys(c or "unknown" for c in commits))
     for m in METRICS:
         vals = [float(r[m]) for r in runs]
         p[m], p[f"{m}_sd"] = summarise(vals)
@@ -201,26 +237,145 @@ def setting_key(model: str, sampler: dict, guidance: dict) -> str:
     return json.dumps([model, sampler, guidance], sort_keys=True)
 
 
+def uses_self_guidance(row: Row) -> bool:
+    return row.guidance.sg_scale != 0.0
+
+
+def row_fingerprint(model_fp: dict[str, Any], row: Row) -> dict[str, Any]:
+    """The files a row's measurement used: the model's, without the self-guidance module unless it guides."""
+    return {**model_fp, "self_guidance": model_fp.get("self_guidance") if uses_self_guidance(row) else None}
+
+
+class Store:
+    """Each (setting, seed set) result as its own small JSON file in `folder`, written atomically the
+    moment it is measured and named by everything that decides it (model, fingerprint, sampler,
+    guidance, N, first seed), so a re-run of the same command skips what is done and a result of other
+    weights is never picked up. Several processes may share a folder: a result being measured is
+    claimed by a lock file holding the pid (a lock whose process is gone is taken over)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def name(self, row: Row, fp: dict[str, Any], n: int, lo: int) -> Path:
+        key = json.dumps([row.model, fp, to_dict(row.sampler), to_dict(row.guidance), n, lo], sort_keys=True)
+        return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+    def get(self, path: Path) -> dict[str, Any] | None:
+        try:
+            doc = json.loads(path.read_text())
+            return doc if isinstance(doc, dict) and isinstance(doc.get("result"), dict) else None
+        except (OSError, ValueError):
+            return None
+
+    def put(self, path: Path, row: Row, fp: dict[str, Any], n: int, lo: int, result: dict[str, Any],
+            commit: str | None, device: str) -> dict[str, Any]:
+        doc = {"format": "emigm-claims-result", "model": row.model, "label": row.label, "fingerprint": fp,
+               "sampler": to_dict(row.sampler), "guidance": to_dict(row.guidance), "num_samples": n,
+               "seeds": [lo, lo + n - 1], "commit": commit, "device": device,
+               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "result": result}
+        write_text(path, json.dumps(doc, indent=1) + "\n")
+        return doc
+
+    def lock(self, path: Path) -> bool:
+        """Claim `path` for this process; False when a live process holds it."""
+        lock = path.with_suffix(".lock")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                return True
+            except FileExistsError:
+                try:
+                    pid = int(lock.read_text() or "0")
+                    if pid == os.getpid():
+                        return True
+                    os.kill(pid, 0)
+                    return False  # alive
+                except ProcessLookupError:
+                    lock.unlink(missing_ok=True)  # its process is gone: take it over
+                except (OSError, ValueError):
+                    return False  # being written just now: try again later
+        return False
+
+    def unlock(self, path: Path) -> None:
+        path.with_suffix(".lock").unlink(missing_ok=True)
+
+
 def measure(rows: list[Row], num_samples: int, k: int, batch_size: int, random_init: bool, device,
-            log: Callable[[str], None] = print, smoothers: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    """Every row on k seed sets; a setting that appears in several groups is measured once."""
+            log: Callable[[str], None] = print, smoothers: tuple[str, ...] = (), store: Store | None = None,
+            on_point: Callable[[list[dict[str, Any]], list[Row]], None] | None = None,
+            wait_s: float = 30.0) -> list[dict[str, Any]]:
+    """Every row on k seed sets, in order; a setting that appears in several groups is measured once.
+    With `store`, each seed set's result is read from it when there and written to it when measured
+    (see Store); a result another process is measuring is taken up again after the rest. `on_point`
+    gets the points so far and the rows still to come after each point."""
     sets = seed_sets(num_samples, k)
+    commit = source_commit(ROOT)
+    classifier = CLASSIFIER_FILE if CLASSIFIER_FILE.is_file() else None
     models: dict[str, Any] = {}
-    done: dict[str, list[dict[str, Any]]] = {}
-    points = []
+    fps: dict[str, dict[str, Any]] = {}
+
+    def model(name: str):
+        if name not in models:
+            models[name] = load(name, random_init, device, name in smoothers)
+        return models[name]
+
+    def model_fp(name: str) -> dict[str, Any]:
+        if name not in fps:
+            fps[name] = (pipeline_fingerprint(model(name), classifier) if random_init
+                         else fingerprint(ASSETS_DIR / name, classifier))
+        return fps[name]
+
+    done: dict[str, tuple[list[dict[str, Any]], list[str]]] = {}
+    points: dict[int, dict[str, Any]] = {}
+    queue = list(range(len(rows)))
     log(table_header())
-    for row in rows:
-        key = setting_key(row.model, to_dict(row.sampler), to_dict(row.guidance))
-        if key not in done:
-            if row.model not in models:
-                models[row.model] = load(row.model, random_init, device, row.model in smoothers)
-            gen = models[row.model]
-            done[key] = [evaluate_generator(gen, gen.tokenizer, num_samples, row.sampler, row.guidance,
-                                            batch_size=batch_size, seed=lo, floor=False) for lo, _ in sets]
-        p = make_point(row, done[key], sets)
-        points.append(p)
-        log(table_row(p))
-    return points
+    while queue:
+        progressed = False
+        for i in list(queue):
+            row = rows[i]
+            key = setting_key(row.model, to_dict(row.sampler), to_dict(row.guidance))
+            fp = row_fingerprint(model_fp(row.model), row)
+            if key not in done:
+                runs, commits, blocked = [], [], False
+                for lo, _ in sets:
+                    path = store.name(row, fp, num_samples, lo) if store else None
+                    rec = store.get(path) if store else None
+                    if rec is None and store is not None and not store.lock(path):
+                        blocked = True  # another process measures this seed set: do the others meanwhile
+                        continue
+                    if rec is None:
+                        try:
+                            gen = model(row.model)
+                            res = evaluate_generator(gen, gen.tokenizer, num_samples, row.sampler, row.guidance,
+                                                     batch_size=batch_size, seed=lo, floor=False)
+                            res = {**{m: float(res[m]) for m in METRICS},
+                                   **{x: res[x] for x in ("passes", "head_evals", "images_per_s")},
+                                   "num_tokens": getattr(getattr(gen, "model", None), "num_tokens", None)}
+                            if store:
+                                rec = store.put(path, row, fp, num_samples, lo, res, commit, str(device))
+                            else:
+                                rec = {"result": res, "commit": commit}
+                        finally:
+                            if store:
+                                store.unlock(path)
+                    runs.append(rec["result"])
+                    commits.append(rec.get("commit"))
+                if blocked:
+                    continue  # another process measures it: come back to it
+                done[key] = (runs, commits)
+            runs, commits = done[key]
+            points[i] = make_point(row, runs, sets, fp, commits)
+            log(table_row(points[i]))
+            queue.remove(i)
+            progressed = True
+            if on_point is not None:
+                on_point([points[j] for j in sorted(points)], [rows[j] for j in queue])
+        if queue and not progressed:
+            time.sleep(wait_s)
+    return [points[j] for j in sorted(points)]
 
 
 def table_header() -> str:
@@ -300,7 +455,7 @@ def claim(cid: str, text: str, short: str, tests: list[dict[str, Any]], shown: l
           plot: dict[str, Any]) -> dict[str, Any]:
     return {"id": cid, "claim": text, "short": short, "verdict": all_of([t["verdict"] for t in tests]),
             "tests": tests, "numbers": {p["label"]: {"mean": p["fd"], "sd": _sd(p)} for p in shown},
-            "plot": {"y": "FD", **plot}}
+            "models": list(dict.fromkeys(p["model"] for p in shown)), "plot": {"y": "FD", **plot}}
 
 
 def _unique(pts: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -317,6 +472,56 @@ def _unique(pts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _no_guidance(p: dict[str, Any]) -> bool:
     g = p["guidance"]
     return g.get("cfg_scale", 1.0) == 1.0 and g.get("sg_scale", 0.0) == 0.0
+
+
+def at_least(a: dict[str, Any], metric: str, value: float, text: str) -> dict[str, Any]:
+    """The test 'metric of a at least value' (higher is better): margin a - value, sd the setting's."""
+    return _test(text, a[metric] - value, _sd(a, metric), 0.0, 0.0)
+
+
+def claims_headline(pts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The project's target at the default settings: class accuracy at least ACCURACY_TARGET."""
+    if not pts:
+        return []
+    p = pts[0]
+    c = claim("target-accuracy", f"class accuracy at the default settings ({p['label']}) is at least "
+                                 f"{ACCURACY_TARGET:g} (the project's target)", "class accuracy target",
+              [at_least(p, "class_accuracy", ACCURACY_TARGET, f"{p['label']} class accuracy at least {ACCURACY_TARGET:g}")],
+              [p], {})
+    c["numbers"] = {f"{p['label']} {m.replace('_', ' ')}": {"mean": p[m], "sd": _sd(p, m), "digits": d}
+                    for m, d in (("class_accuracy", 3), ("fd", 2))}
+    c["plot"] = {"y": "class accuracy", "x": "seed set", "series": [
+        {"name": "class accuracy", "x": list(range(1, len(p["class_accuracy_runs"]) + 1)),
+         "y": p["class_accuracy_runs"], "sd": [None] * len(p["class_accuracy_runs"]),
+         "labels": [f"seeds {a}-{b}" for a, b in p["seed_sets"]], "line": False},
+        {"name": f"target {ACCURACY_TARGET:g}", "x": [1, len(p["class_accuracy_runs"])],
+         "y": [ACCURACY_TARGET] * 2, "sd": [None, None], "labels": ["target", "target"], "line": True}]}
+    return [c]
+
+
+def claims_steps(pts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """At few tokens FD falls with more steps up to PLATEAU_KNEE and is flat (within PLATEAU_FLAT) after;
+    precision and recall against S ride along (the claim's plot and numbers)."""
+    steps = lambda p: p["sampler"]["num_steps"]  # noqa: E731
+    by = {steps(p): p for p in pts if _no_guidance(p)}
+    if PLATEAU_KNEE not in by or len(by) < 3:
+        return []
+    before = sorted(s for s in by if s <= PLATEAU_KNEE)
+    after = sorted(s for s in by if s > PLATEAU_KNEE)
+    tests = [below(by[b], by[a]) for a, b in zip(before, before[1:])]
+    for s in after:
+        k = by[PLATEAU_KNEE]
+        tests += [below(by[s], k, 1 + PLATEAU_FLAT), above(by[s], k, 1 - PLATEAU_FLAT)]
+    tokens = next((p["num_tokens"] for p in pts if p.get("num_tokens")), None)
+    where = f"at {tokens} tokens " if tokens else ""
+    ordered = [by[s] for s in sorted(by)]
+    c = claim("steps-plateau", f"{where}FD falls with more steps up to S = {PLATEAU_KNEE} and is flat after (S = "
+              + ", ".join(str(s) for s in after) + f" within {PLATEAU_FLAT:.0%} of S = {PLATEAU_KNEE}; exp, no CFG)",
+              "FD against steps: falls, then flat", tests, ordered,
+              {"x": "sampling steps S", "x_log": True, "series": [series("FD", ordered, steps)]})
+    c["other_metrics"] = {m: {p["label"]: {"mean": p[m], "sd": _sd(p, m)} for p in ordered}
+                          for m in ("precision", "recall")}
+    return [c]
 
 
 def claims_schedule(pts: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -537,6 +742,8 @@ def claims_remask(pts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # (groups whose points a builder reads, how the points are split by model, the builder)
 BUILDERS: list[tuple[tuple[str, ...], Callable[[dict[str, Any]], str], Callable]] = [
+    (("headline",), lambda p: p["model"], claims_headline),
+    (("steps",), lambda p: p["model"], claims_steps),
     (("schedule",), lambda p: p.get("emigm") or p["model"], claims_schedule),
     (("solver",), lambda p: p.get("emigm") or p["model"], claims_solver),
     (("cfg",), lambda p: p.get("emigm") or p["model"], claims_cfg),
@@ -572,8 +779,13 @@ def verdicts(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def evidence(c: dict[str, Any]) -> str:
-    """The claim's numbers as one line: 'exp S=4 13.54 ± 0.061 · linear S=4 14.87 ± 0.05'."""
-    return " · ".join(f"{label} {pm(v['mean'], v['sd'])}" for label, v in c["numbers"].items())
+    """The claim's numbers as one line: 'exp S=4 13.54 ± 0.061 · linear S=4 14.87 ± 0.05' (then its other
+    metrics, if it has any: '; precision: exp S=2 0.812 ± 0.01 · ...')."""
+    line = " · ".join(f"{label} {pm(v['mean'], v['sd'], v.get('digits', 2))}"
+                      for label, v in c["numbers"].items())
+    for m, nums in c.get("other_metrics", {}).items():
+        line += f"; {m}: " + " · ".join(f"{label} {pm(v['mean'], v['sd'], 3)}" for label, v in nums.items())
+    return line
 
 
 def check_text(t: dict[str, Any]) -> str:
@@ -608,13 +820,36 @@ def upgrade(doc: dict[str, Any]) -> dict[str, Any]:
     return {**doc, "version": 2, "seed_sets": [[0, n - 1]], "points": points}
 
 
+def model_fingerprints(points: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{model: the fingerprint of its files} over the points (a point that did not use the self-guidance
+    module records none; any other point's module fills it in). ValueError naming the model when its
+    points were measured on different weights."""
+    out: dict[str, dict[str, Any]] = {}
+    for p in points:
+        fp = p.get("fingerprint")
+        if not isinstance(fp, dict):
+            continue
+        have = out.setdefault(p["model"], dict(fp))
+        if have.get("self_guidance") is None:
+            have["self_guidance"] = fp.get("self_guidance")
+        other = {**fp, "self_guidance": fp.get("self_guidance") or have.get("self_guidance")}
+        bad = differing_roles(have, other)
+        if bad:
+            raise ValueError(f"{p['model']}: points measured on different weights ({', '.join(bad)} differ)")
+    return out
+
+
 def build_doc(points: list[dict[str, Any]], model: str, num_samples: int, sets: list[list[int]], device: str,
-              random_init: bool, note: str = "", floor: dict[str, float] | None = None, date: str = ""
-              ) -> dict[str, Any]:
+              random_init: bool, note: str = "", floor: dict[str, float] | None = None, date: str = "",
+              pending: list[str] | None = None) -> dict[str, Any]:
+    """The claims.json document; `pending`: labels of settings not measured yet (a partial run)."""
     models = list(dict.fromkeys(p["model"] for p in points))
-    return {"format": "emigm-claims", "version": 2, "model": model, "models": models, "num_samples": num_samples,
-            "seed_sets": sets, "device": device, "random_init": random_init, "date": date or time.strftime("%Y-%m-%d"),
-            "note": note, "settings": SETTINGS, "verdict_rule": VERDICT_RULE, "floor": floor, "points": points,
+    commits = list(dict.fromkeys(c.strip() for p in points for c in str(p.get("commit") or "").split(",") if c.strip()))
+    return {"format": "emigm-claims", "version": VERSION, "model": model, "models": models,
+            "num_samples": num_samples, "seed_sets": sets, "device": device, "random_init": random_init,
+            "date": date or time.strftime("%Y-%m-%d"), "note": note, "settings": SETTINGS,
+            "verdict_rule": VERDICT_RULE, "floor": floor, "fingerprints": model_fingerprints(points),
+            "commits": commits, "complete": not pending, "pending": list(pending or []), "points": points,
             "claims": verdicts(points)}
 
 
@@ -626,27 +861,60 @@ def describe_sets(doc: dict[str, Any]) -> str:
             + ", ".join(f"{a}-{b}" for a, b in sets) + ")")
 
 
-def claims_table(doc: dict[str, Any]) -> list[str]:
-    """What the README shows of a claims.json document: where and how it was measured, then a row per claim."""
+def claims_table(doc: dict[str, Any], shown: list[bool] | None = None) -> list[str]:
+    """What the README shows of a claims.json document: where and how it was measured, then a row per claim;
+    with `shown` (a flag per claim), a claim not measured on the weights in use is a row without numbers."""
     floor = doc.get("floor")
     lines = [f"Measured {doc['date']} on {', '.join(f'`{m}`' for m in doc['models'])}: {describe_sets(doc)}; "
              f"FD against the first {doc['num_samples']} test images"
              + (f" (real-data floor FD {floor['fd']:.3f}, class accuracy {floor['class_accuracy']:.3f})" if floor else "")
              + f"; device {doc['device']}." + (" RANDOM WEIGHTS (pipeline test)." if doc["random_init"] else ""),
              "", doc.get("settings") or SETTINGS, *(["", doc["note"]] if doc.get("note") else []), "",
+             *([weights_line(doc), ""] if doc.get("fingerprints") is not None else []),
+             *([f"Partial: {len(doc['pending'])} settings not measured yet ({'; '.join(doc['pending'])}).", ""]
+               if doc.get("pending") else []),
              "| claim | verdict | FD, mean ± sd over seed sets | tests: margin in the claim's favour vs 2 sd |",
              "|---|---|---|---|"]
-    for c in doc["claims"]:
+    shown = [True] * len(doc["claims"]) if shown is None else shown
+    if not all(shown):
+        lines[-2:-2] = [f"{NOT_MEASURED[0].upper()}{NOT_MEASURED[1:]}: {shown.count(False)} of {len(shown)} claims (the "
+                        "files in assets/ differ from those measured, or the file records no fingerprints); their "
+                        "numbers are not shown.", ""]
+    for c, ok in zip(doc["claims"], shown):
         cell = lambda s: s.replace("|", "\\|")  # noqa: E731
+        if not ok:
+            lines.append(f"| {cell(c['claim'])} | {NOT_MEASURED} | - | - |")
+            continue
         lines.append(f"| {cell(c['claim'])} | **{c['verdict']}** | {cell(c['evidence'])} | "
                      f"{cell('; '.join(t['text'] for t in c['tests']))} |")
+    kept = [c for c, ok in zip(doc["claims"], shown) if ok]
     return lines + ["", f"{len(doc['claims'])} claims: " + ", ".join(
-        f"{sum(c['verdict'] == v for c in doc['claims'])} {v}" for v in VERDICTS) + "."]
+        f"{sum(c['verdict'] == v for c in kept)} {v}" for v in VERDICTS)
+        + (f", {shown.count(False)} {NOT_MEASURED}" if not all(shown) else "") + "."]
+
+
+def shown_on_shipped(doc: dict[str, Any]) -> list[bool]:
+    """Per claim: True when it was measured on the files shipped in assets/ now (emigm.eval.claims)."""
+    if not isinstance(doc.get("fingerprints"), dict) or doc.get("version", 1) < VERSION:
+        return [False] * len(doc["claims"])
+    cf = ClaimsFile(doc, None, ASSETS_DIR / "results" / "claims.json")
+    return [ok for _, ok in cf.claims(cf.current_fingerprints())]
+
+
+def weights_line(doc: dict[str, Any]) -> str:
+    """Which files were measured: the first 12 hex digits of each sha256, and the code's commit(s)."""
+    parts = []
+    for name, fp in doc["fingerprints"].items():
+        roles = ", ".join(f"{r.replace('_', '-')} {v.removeprefix('state:')[:12]}" for r, v in fp.items() if v)
+        parts.append(f"`{name}` ({roles})")
+    commits = ", ".join(c[:12] + ("+dirty" if c.endswith("+dirty") else "") for c in doc.get("commits", []))
+    return ("Measured on these files (sha256): " + "; ".join(parts) + "." + (f" Code at {commits}." if commits else "")
+            + " The explorer and `python -m emigm claims` show a number only for weights with these fingerprints.")
 
 
 def readme_block(doc: dict[str, Any]) -> str:
-    """The README's claims block, markers included."""
-    return "\n".join([README_BEGIN, "", *claims_table(doc), "", README_END])
+    """The README's claims block, markers included: numbers only for claims measured on the shipped files."""
+    return "\n".join([README_BEGIN, "", *claims_table(doc, shown_on_shipped(doc)), "", README_END])
 
 
 def write_readme(doc: dict[str, Any], path: Path = ROOT / "README.md") -> None:
@@ -679,29 +947,61 @@ def print_claims(doc: dict[str, Any]) -> None:
             print(f"{'':<16}{t['text']}")
 
 
-def write(out: Path, doc: dict[str, Any]) -> None:
-    """claims.json (the format the README block and the explorer's Results tab read) and claims.md."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "claims.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (out / "claims.md").write_text(claims_md(doc))
-    print(f"wrote {out / 'claims.json'} and {out / 'claims.md'}")
+def write(out: Path, doc: dict[str, Any], quiet: bool = False) -> None:
+    """claims.json (the format the README block and the explorer's Results tab read) and claims.md,
+    each written atomically."""
+    write_text(out / "claims.json", json.dumps(doc, indent=2) + "\n")
+    write_text(out / "claims.md", claims_md(doc))
+    if not quiet:
+        print(f"wrote {out / 'claims.json'} and {out / 'claims.md'}")
+
+
+def pending_name(p: Row | dict[str, Any]) -> str:
+    """'group: label' of a row or point (what a partial run lists as pending)."""
+    return f"{p.group}: {p.label}" if isinstance(p, Row) else f"{p['group']}: {p['label']}"
 
 
 def merge(dirs: list[str], note: str) -> dict[str, Any]:
     """One document from the claims.json of runs made with --only (a run written before seed sets is
-    upgraded first); they must share N, the seed sets and random_init. The verdicts are recomputed."""
+    upgraded first). They must share N, the seed sets and random_init, and a model measured in several
+    runs must have the same fingerprint in each (a run without fingerprints merges only with others
+    without); anything else is refused with one line naming the runs. The verdicts are recomputed."""
     docs = []
     for d in dirs:
         f = Path(d) / "claims.json"
         if not f.is_file():
             sys.exit(f"error: --merge {d}: no claims.json there")
-        docs.append(upgrade(json.loads(f.read_text())))
+        try:
+            doc = upgrade(json.loads(f.read_text()))
+            if not isinstance(doc.get("points"), list):
+                raise ValueError("no points")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            sys.exit(f"error: --merge {d}: claims.json is damaged ({why})")
+        docs.append(doc)
     first = docs[0]
     for d, doc in zip(dirs, docs):
         for k in ("num_samples", "seed_sets", "random_init"):
-            if doc[k] != first[k]:
-                sys.exit(f"error: --merge {d}: {k} {doc[k]} differs from {dirs[0]}'s {first[k]}; "
+            if doc.get(k) != first.get(k):
+                sys.exit(f"error: --merge {d}: {k} {doc.get(k)} differs from {dirs[0]}'s {first.get(k)}; "
                          "merge only runs with the same --num-samples and --seed-sets")
+    has_fp = ["fingerprints" in doc for doc in docs]
+    if any(has_fp) and not all(has_fp):
+        without = [d for d, h in zip(dirs, has_fp) if not h]
+        sys.exit(f"error: --merge {', '.join(without)}: no fingerprints of the weights measured (an older run); it "
+                 f"cannot be merged with fingerprinted runs ({', '.join(d for d, h in zip(dirs, has_fp) if h)})")
+    seen_fp: dict[str, tuple[str, dict[str, Any]]] = {}
+    for d, doc in zip(dirs, docs):
+        for name, fp in (doc.get("fingerprints") or {}).items():
+            if name in seen_fp:
+                other_dir, other = seen_fp[name]
+                bad = [r for r in differing_roles(other, fp)
+                       if not (r == "self_guidance" and None in (other.get(r), fp.get(r)))]
+                if bad:
+                    sys.exit(f"error: --merge {other_dir} and {d}: {name} was measured on different weights "
+                             f"({', '.join(bad)} sha256 differ); merge only runs of the same files")
+            else:
+                seen_fp[name] = (d, fp)
     seen, points = set(), []
     for doc in docs:
         for p in doc["points"]:
@@ -709,13 +1009,15 @@ def merge(dirs: list[str], note: str) -> dict[str, Any]:
             if key not in seen:
                 seen.add(key)
                 points.append(p)
+    measured = {pending_name(p) for p in points}
+    pending = list(dict.fromkeys(x for doc in docs for x in doc.get("pending", []) if x not in measured))
     floor = next((d["floor"] for d in docs if d.get("floor")), None)
     if floor is None and (ASSETS_DIR / "classifier").is_dir():  # files written before floors were stored
         fl = real_data_floor(load_classifier(ASSETS_DIR / "classifier"), None, min(first["num_samples"], 10000))
         floor = {k: fl[k] for k in METRICS}
     return build_doc(points, first["model"], first["num_samples"], first["seed_sets"], first["device"],
                      first["random_init"], note or first.get("note", ""), floor,
-                     max(d.get("date", "") for d in docs))  # when the newest of the runs was measured
+                     max(d.get("date", "") for d in docs), pending)  # dated when the newest of the runs was measured
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -740,7 +1042,10 @@ def main(argv: list[str] | None = None) -> None:
                         "after merging)")
     p.add_argument("--readme-file", default=str(ROOT / "README.md"), help=argparse.SUPPRESS)  # for the tests
     p.add_argument("--note", default="", help="a paragraph stored with the results (context for readers)")
-    p.add_argument("--only", default="", help="comma-separated claim groups: " + ",".join(GROUPS))
+    p.add_argument("--only", default="", help="comma-separated claim groups, measured in this order: "
+                   + ",".join(GROUPS))
+    p.add_argument("--cache-dir", default="", help="where each (setting, seed set) result is kept as it completes "
+                   "(default OUT_DIR/results); a re-run skips what is there, and processes may share it")
     a = p.parse_args(argv)
     out = Path(a.out_dir)
     only = [g for g in a.only.split(",") if g]
@@ -766,16 +1071,30 @@ def main(argv: list[str] | None = None) -> None:
         if a.emigm not in available:
             sys.exit(f"error: {a.emigm} is not shipped in assets/; train it first (see README) or pass --random-init")
         rows = suite(available, a.emigm, tuple(a.steps), tuple(a.head_steps), tuple(a.null_scales), a.maskgit)
-        if only:
-            rows = [r for r in rows if r.group in only]
+        if only:  # in the order given: the most wanted first
+            rows = sorted((r for r in rows if r.group in only), key=lambda r: only.index(r.group))
         if not rows:
             sys.exit(f"error: nothing to measure for --only {a.only} with the models here")
         fl = real_data_floor(load_classifier(ASSETS_DIR / "classifier"), None, min(a.num_samples, 10000))
         floor = {k: fl[k] for k in METRICS}
+        sets = seed_sets(a.num_samples, a.seed_sets)
+
+        def save(points, rest):  # after every setting: the document so far, with what is still to come
+            if points:
+                write(out, build_doc(points, a.emigm, a.num_samples, sets, str(device), a.random_init, a.note, floor,
+                                     pending=list(dict.fromkeys(pending_name(r) for r in rest))), quiet=True)
+
+        store = Store(Path(a.cache_dir) if a.cache_dir else out / "results")
+        for folder in (out, store.folder):  # checked before hours of work, not after
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                if not os.access(folder, os.W_OK):
+                    raise PermissionError("not writable")
+            except OSError as e:
+                sys.exit(f"error: {folder}: cannot write results there ({e.strerror or e})")
         points = measure(rows, a.num_samples, a.seed_sets, a.batch_size, a.random_init, device,
-                         smoothers=(a.maskgit,))
-        doc = build_doc(points, a.emigm, a.num_samples, seed_sets(a.num_samples, a.seed_sets), str(device),
-                        a.random_init, a.note, floor)
+                         smoothers=(a.maskgit,), store=store, on_point=save)
+        doc = build_doc(points, a.emigm, a.num_samples, sets, str(device), a.random_init, a.note, floor)
         write(out, doc)
     print("\n" + table_header())
     for pt in doc["points"]:

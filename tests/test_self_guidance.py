@@ -233,6 +233,7 @@ def test_module_must_fit_its_base(tmp_path):
         load_smoother(folder, model)
 
 
+@pytest.mark.needs_fashion_mnist
 def test_train_sg_end_to_end_then_sample(tmp_path, capsys):
     """A tiny base export, train-sg for a few steps (resumed once), the module next to the base,
     then sampling with --sg through load_pipeline; the base weights never change."""

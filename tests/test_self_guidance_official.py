@@ -261,6 +261,7 @@ def _tiny_base(tmp_path, **backbone):
     return export
 
 
+@pytest.mark.needs_fashion_mnist
 def test_official_resume_is_exact_with_base_dropout(tmp_path, capsys):
     """train-sg --smoother.recipe official: 2 + 2 steps (resumed) equal 4 steps, the base's dropout on."""
     export = _tiny_base(tmp_path, proj_drop=0.2, attn_drop=0.2)

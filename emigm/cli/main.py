@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,14 +20,24 @@ from emigm.core.labels import parse_class
 from emigm.core.presets import PRESETS
 from emigm.core.seeds import check_seed, parse_seed
 from emigm.core.statedict import CheckpointError
+from emigm.eval.sampler_error import require_oracle, sampler_error
+from emigm.eval.claims import CLAIMS_FILE, CLASSIFIER_FILE, NOT_MEASURED, ClaimsFile
 from emigm.eval.scoring import check_request, evaluate_generator
+from emigm.io.exports import resolve_export
+from emigm.io.fingerprint import fingerprint
 from emigm.io.imaging import save_grid
 from emigm.io.loading import load_pipeline, random_pipeline
 from emigm.io.runs import OVERWRITE_FLAG, check_output
+from emigm.nn.oracle import check_eps as check_oracle_eps
+from emigm.nn.oracle import check_sigma as check_oracle_sigma
+from emigm.io.pictures import Picture, encode_picture, fmnist_picture, masked_view, read_picture
 from emigm.nn.budget import MAX_IMAGES, MAX_SAMPLES, check_sampling_size
 from emigm.sample.capabilities import check_capabilities, suggested_guidance, suggested_settings
 from emigm.sample.checks import check_finite
+from emigm.sample.inpaint import MASK_SPEC_HELP as MASK_SPEC
+from emigm.sample.inpaint import MaskError, add_ring, check_mask, inpaint_state, painted_count, parse_mask, steps_for
 from emigm.sample.options import AnatomyOptions
+from emigm.sample.orders import painted_priority, parse_reveal_order
 from emigm.sample.sampler import SamplerConfig, sample_steps
 from emigm.sample.steps import step_table
 from emigm.sample.trace import trace_dict
@@ -34,6 +45,8 @@ from emigm.train.classifier import train_classifier
 from emigm.train.tokenizer import TokenizerTrainConfig, train_tokenizer
 
 EXIT_USAGE = 2
+REVEAL_HELP = ("with --order fixed: a painted reveal order, row-major token indices I,J,... revealed first in that "
+               "order (the others after them in raster order)")
 
 
 class CliError(Exception):
@@ -124,6 +137,15 @@ def sampler_configs(a: argparse.Namespace, draft: bool = False, model=None):
     return sampler, guidance
 
 
+def reveal_order(a: argparse.Namespace, sampler: SamplerConfig, num_tokens: int):
+    """--reveal-order I,J,... -> the (L,) priority of order fixed (the listed tokens first, then raster), or None."""
+    if not a.reveal_order:
+        return None
+    if sampler.order != "fixed":
+        raise CliError(f"--reveal-order goes with --order fixed (got --order {sampler.order})")
+    return painted_priority(parse_reveal_order(a.reveal_order, num_tokens), num_tokens)
+
+
 def load_for_sampling(a: argparse.Namespace, device):
     """--checkpoint SOURCE [--vae kl16.ckpt], or --preset NAME --random-init -> emigm.io.loading.Pipeline."""
 
@@ -154,12 +176,48 @@ def cmd_schedule(a: argparse.Namespace) -> None:
     print(f"schedule {sampler.schedule}, {sampler.num_steps} steps, {a.tokens} tokens, count rule {sampler.count_rule}"
           + (f", CFG {g.cfg_scale} in ({g.cfg_interval[0]}, {g.cfg_interval[1]}]" if g.cfg_scale != 1.0 else ", no CFG")
           + (f", self-guidance {g.sg_scale} in ({g.sg_interval[0]}, {g.sg_interval[1]}]" if g.sg_scale > 0 else ""))
-    print(f"{'step':>4} {'t':>8} {'s':>8} {'E[revealed]':>12} {'E[masked]':>10} {'cfg':>4} {'sg':>4} {'passes':>6} {'total':>6}")
+    print(f"tokens revealed per step as the sampler plans them (at least one, at most the masked count minus "
+          f"one per later step; mean and 5-95 % range, "
+          + (f"over {table.draws} seeds" if table.draws else "exact") + "), "
+          f"beside the schedule's L x (gamma(t) - gamma(s)), which ignores both rules")
+    print(f"{'step':>4} {'t':>8} {'s':>8} {'revealed':>9} {'5-95 %':>8} {'L x dgamma':>11} {'masked after':>12} "
+          f"{'cfg':>4} {'sg':>4} {'passes':>6} {'total':>6}")
     for r in table.rows:
-        print(f"{r.step:>4} {r.t:>8.4f} {r.s:>8.4f} {r.expected_revealed:>12.1f} {r.expected_masked_after:>10.1f} "
-              f"{'yes' if r.cfg else '':>4} {'yes' if r.sg else '':>4} {r.passes:>6} {r.cumulative_passes:>6}")
+        band = f"{r.planned_lo}" if r.planned_lo == r.planned_hi else f"{r.planned_lo}-{r.planned_hi}"
+        print(f"{r.step:>4} {r.t:>8.4f} {r.s:>8.4f} {r.planned_mean:>9.2f} {band:>8} {r.expected_revealed:>11.2f} "
+              f"{r.planned_masked_after:>12.1f} {'yes' if r.cfg else '':>4} {'yes' if r.sg else '':>4} {r.passes:>6} "
+              f"{r.cumulative_passes:>6}")
     print(f"CFG steps: {table.cfg_steps}; self-guidance steps: {table.sg_steps}; transformer passes: "
           f"{table.passes} ({sampler.num_steps} x {table.nfe_per_step:.3g})")
+
+
+def cmd_claims(a: argparse.Namespace) -> None:
+    """The measured claims, each with its numbers only when measured on the files in use."""
+    cf = ClaimsFile.read(a.file or CLAIMS_FILE)
+    if cf.doc is None:
+        raise CliError(cf.problem or "no measured results")
+    current = cf.current_fingerprints()
+    if a.checkpoint:  # compare with these files instead of the shipped ones of that name
+        folder = resolve_export(a.checkpoint)
+        classifier = CLASSIFIER_FILE if CLASSIFIER_FILE.is_file() else None
+        current[folder.name] = fingerprint(folder, classifier)
+    rows = cf.claims(current)
+    if a.model:
+        rows = [(c, ok) for c, ok in rows if a.model in cf.claim_models(c)]
+        if not rows:
+            raise CliError(f"--model {a.model}: no claim of {cf.path.name} rests on it; models there: "
+                           + ", ".join(cf.doc["fingerprints"]))
+    if a.json:
+        print(json.dumps([{"id": c.get("id"), "claim": c.get("claim"), "models": cf.claim_models(c),
+                           "measured_on_these_weights": ok, "verdict": c.get("verdict") if ok else NOT_MEASURED,
+                           "evidence": c.get("evidence") if ok else None} for c, ok in rows], indent=2))
+        return
+    sets = cf.doc.get("seed_sets") or []
+    print(f"{cf.path.name}: measured {cf.doc.get('date', '?')}, {cf.doc.get('num_samples')} samples x "
+          f"{len(sets)} seed sets" + ("" if cf.doc.get("complete", True) else
+                                      f", partial ({len(cf.doc.get('pending') or [])} settings pending)"))
+    for c, ok in rows:
+        print(f"- {c.get('claim')}: " + (f"{c.get('verdict')} ({c.get('evidence')})" if ok else NOT_MEASURED))
 
 
 def cmd_sample(a: argparse.Namespace) -> None:
@@ -197,7 +255,9 @@ def cmd_sample(a: argparse.Namespace) -> None:
     labels = torch.tensor([c for c in classes for _ in range(a.num_images)], dtype=torch.long)
     seeds = [a.seed + i for i in range(total)]
     start = time.perf_counter()
-    states = list(s.to("cpu") for s in sample_steps(gen, labels, seeds, sampler, guidance, anatomy=anatomy))
+    fixed = reveal_order(a, sampler, gen.model.num_tokens)
+    states = list(s.to("cpu") for s in sample_steps(gen, labels, seeds, sampler, guidance, anatomy=anatomy,
+                                                    fixed_order=fixed))
     elapsed = time.perf_counter() - start
     last = states[-1]
     chunk = 256  # decode in chunks: a decoder's activations for thousands of images at once do not fit
@@ -212,6 +272,75 @@ def cmd_sample(a: argparse.Namespace) -> None:
         doc = trace_dict(states, label, {"class_name": "all" if every else names[classes[0]],
                                          "seconds": round(elapsed, 4)})
         write_text(trace, json.dumps(doc))
+        print(f"wrote {a.trace}")
+
+
+def cmd_inpaint(a: argparse.Namespace) -> None:
+    import torch
+
+    check_number("--num-images", a.num_images, 1, MAX_IMAGES, integer=True)
+    a.seed = parse_seed("--seed", a.seed, a.num_images)
+    if (a.image is None) == (a.test_index is None):
+        raise CliError("give one image: --image PATH (PNG or JPEG) or --test-index N (Fashion-MNIST test set)")
+    if a.image is not None and a.class_ is None:
+        raise CliError("--image needs --class NAME_OR_ID: the model is class-conditional and a file has no label")
+    check_number("--ring", a.ring, 0, 6, integer=True)
+    given_steps = a.num_steps
+    a.num_steps = a.num_steps if a.num_steps is not None else 16
+    sampler_configs(a)  # every given value checked before anything is read or loaded
+    out = check_output(a.out, "--out", (".png",), overwrite=a.overwrite)
+    if a.trace:
+        trace = check_output(a.trace, "--trace", overwrite=a.overwrite)
+        if trace.resolve() == out.resolve():
+            raise CliError(f"--out and --trace are the same file ({a.out}); give two names")
+    device = resolve_device(a.device)
+    gen = load_for_sampling(a, device)
+    tok = gen.tokenizer
+    L = gen.model.num_tokens
+    mask = parse_mask(a.mask, L)
+    if a.ring and not bool(mask.any()):
+        raise MaskError("--ring needs a painted region to go around: the mask paints no token")
+    mask = add_ring(mask, a.ring)
+    check_mask(mask)
+    a.num_steps = steps_for(painted_count(mask), given_steps)
+    sampler, guidance = sampler_configs(a, draft=True, model=gen.model)
+    size = dict(size=tok.image_size, channels=tok.channels)
+    picture: Picture = (fmnist_picture(a.test_index, a.data_path or None, **size) if a.test_index is not None
+                        else read_picture(a.image, **size))
+    names = gen.class_names
+    label = parse_class(a.class_, names) if a.class_ is not None else picture.label
+    check_capabilities(gen.model, sampler, guidance, gen.smoother)
+    B = a.num_images
+    check_sampling_size(gen.cfg, B, sampler, guidance, device, f"--num-images {B}")
+    tokens = encode_picture(gen, picture)
+    tokens = tokens.expand(B, *tokens.shape[1:]).clone()
+    labels = torch.full((B,), label, dtype=torch.long)
+    seeds = [a.seed + i for i in range(B)]
+    init = inpaint_state(tokens, mask.to(tokens.device), labels, seeds, sampler, guidance)
+    fixed = reveal_order(a, sampler, L)
+    start = time.perf_counter()
+    states = list(s.to("cpu") for s in sample_steps(gen, labels, seeds, sampler, guidance, init=init,
+                                                    fixed_order=fixed))
+    elapsed = time.perf_counter() - start
+    last = states[-1]
+    results = gen.decode(last.tokens).cpu()
+    recon = gen.decode(tokens[:1]).cpu()
+    check_finite(gen.label, last.tokens, results, states=states)  # before anything is written
+    original = picture.tensor()
+    if original.shape[1] != results.shape[1]:
+        original = original.expand(-1, results.shape[1], -1, -1)
+    row = torch.cat([original, recon, masked_view(recon, mask, tok.grid), results])
+    save_grid(row, out, cols=row.shape[0])
+    for note in picture.notes:
+        print(f"note: {picture.what}: {note}")
+    print(f"wrote {a.out}: original | reconstruction | masked | {B} result(s) of {picture.what} as class {label} "
+          f"({names[label]}), {int(mask.sum())} of {L} tokens painted (mask {a.mask}, ring {a.ring}), "
+          f"{sampler.num_steps} steps from {gen.label}; {last.passes} transformer passes, {elapsed:.2f} s")
+    if a.trace:
+        extra = {"class_name": names[label], "seconds": round(elapsed, 4),
+                 "inpaint": {"source": picture.what, "notes": list(picture.notes), "mask": a.mask, "ring": a.ring,
+                             "painted": mask.nonzero().flatten().tolist()}}
+        write_text(trace, json.dumps(trace_dict(states, gen.label, extra)))
         print(f"wrote {a.trace}")
 
 
@@ -250,6 +379,52 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
               f"{row['recall']:>8.3f} {row['seam_ratio']:>11.3f}")
 
 
+def cmd_sampler_error(a: argparse.Namespace) -> None:
+    """The sampler's exact error on an oracle model (emigm.eval.sampler_error); prints, writes nothing."""
+    check_number("--num-samples", a.num_samples, 1, MAX_SAMPLES, integer=True)
+    check_number("--batch-size", a.batch_size, 1, MAX_IMAGES, integer=True)
+    a.seed = parse_seed("--seed", a.seed, a.num_samples)
+    if a.eps is not None and a.sigma is not None:
+        raise CliError("give --eps (fmnist-oracle, codes) or --sigma (fmnist-oracle-kl, latents), not both")
+    kernel = a.eps if a.eps is not None else a.sigma
+    if a.eps is not None:
+        check_oracle_eps(a.eps, "--eps")
+    if a.sigma is not None:
+        check_oracle_sigma(a.sigma, "--sigma")
+    sampler, guidance = sampler_configs(a)
+    if a.random_init or a.preset:
+        raise CliError("the sampler's exact error needs an oracle model: --checkpoint fmnist-oracle or fmnist-oracle-kl")
+    device = resolve_device(a.device)
+    if not a.checkpoint:
+        raise CliError("give --checkpoint fmnist-oracle or fmnist-oracle-kl")
+    gen = load_pipeline(a.checkpoint, device, kernel=kernel)
+    require_oracle(gen)
+    if (a.eps is not None and not gen.model.discrete) or (a.sigma is not None and gen.model.discrete):
+        raise CliError(f"{'--eps' if a.eps is not None else '--sigma'} is not the kernel of {gen.label}: "
+                       "--eps goes with the code oracle, --sigma with the latent oracle")
+    sampler, guidance = sampler_configs(a, model=gen.model)
+    check_capabilities(gen.model, sampler, guidance, gen.smoother)
+    r = sampler_error(gen, a.num_samples, sampler, guidance, seed=a.seed, batch_size=a.batch_size,
+                      fd=not a.no_fd, data_root=a.data_path or None, classifier=a.classifier or None)
+    r = {"sampler": to_dict(sampler), "guidance": to_dict(guidance), "kernel": gen.model.kernel, **r}
+    if a.json:
+        print(json.dumps(r, indent=2))
+        return
+    what = "KL" if r["kl_nats"] is not None else "dependence cost (not a KL)"
+    value, se = (r["kl_nats"], r["kl_se"]) if r["kl_nats"] is not None else (r["dependence_cost_nats"],
+                                                                             r["dependence_cost_se"])
+    print(f"{r['model']}: {a.num_samples} samples, {sampler.num_steps} steps, {sampler.schedule}, "
+          f"{sampler.count_rule}, {sampler.order}: {what} {value:.3f} +- {se:.3f} nats per image")
+    print(f"log p(x | c): samples {r['log_p']:.2f} +- {r['log_p_se']:.2f}, exact {r['exact_log_p']:.2f} "
+          f"+- {r['exact_log_p_se']:.2f}" + (f"; FD {r['fd']:.2f}, exact {r['exact_fd']:.2f}" if "fd" in r else ""))
+    print(f"{'step':>4} {'revealed':>9} {'nats':>9} {'se':>7} {'eff. refs':>10}")
+    for k, (m, s_, n, e) in enumerate(zip(r["per_step"], r["per_step_se"], r["revealed_per_step"],
+                                        r["effective_refs_per_step"])):
+        print(f"{k + 1:>4} {n:>9.2f} {m:>9.3f} {s_:>7.3f} {e:>10.1f}")
+    if "note" in r:
+        print(r["note"])
+
+
 def cmd_train_tokenizer(a: argparse.Namespace) -> None:
     if a.max_steps is not None and a.max_steps < 1:
         raise CliError(f"--max-steps must be >= 1, got {a.max_steps}")
@@ -282,7 +457,8 @@ def cmd_train_classifier(a: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgParser(prog="python -m emigm", description="eMIGM: masked image generation")
+    prog = "emigm" if os.path.basename(sys.argv[0]) in ("emigm", "emigm.exe") else "python -m emigm"  # as typed
+    p = ArgParser(prog=prog, description="eMIGM: masked image generation")
     sub = p.add_subparsers(dest="command", required=True, parser_class=ArgParser)
 
     s = sub.add_parser("schedule", help="per-step reveal counts and transformer passes (no model)")
@@ -307,8 +483,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--path-token", type=int, nargs=2, default=None, metavar=("IMAGE", "POSITION"),
                    help="with --anatomy: record this token's denoising path through the head's solver")
     s.add_argument("--device", default="auto")
+    s.add_argument("--reveal-order", default="", help=REVEAL_HELP)
     add_sampler_args(s, model_rule=True)
     s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser("inpaint", help="regenerate the painted tokens of an image, keep the others exactly")
+    add_model_args(s)
+    s.add_argument("--image", default=None, help="a PNG or JPEG, converted to the model's size (28 x 28 grayscale)")
+    s.add_argument("--test-index", type=INT, default=None, help="a Fashion-MNIST test image, 0..9999")
+    s.add_argument("--data.path", dest="data_path", default="", help="Fashion-MNIST folder")
+    s.add_argument("--mask", required=True, help=f"the tokens to regenerate: {MASK_SPEC}")
+    s.add_argument("--ring", type=INT, default=0, help="grow the painted region by K tokens (MAGE masks one ring "
+                                                       "more: border tokens record the mask); default 0")
+    s.add_argument("--class", dest="class_", default=None, help="class id or name the model is conditioned on "
+                                                                "(default: the test image's class)")
+    s.add_argument("--seed", default="0", help="seed in [0, 2^63 - 1] (ASCII digits); image i gets seed + i")
+    s.add_argument("--num-images", type=INT, default=1, help="results with seeds seed..seed+N-1")
+    s.add_argument("--out", default="inpaint.png")
+    s.add_argument("--trace", default="")
+    s.add_argument(OVERWRITE_FLAG, action="store_true", help="replace an existing --out / --trace file")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--reveal-order", default="", help=REVEAL_HELP)
+    add_sampler_args(s, model_rule=True)
+    s.set_defaults(func=cmd_inpaint, num_steps=None)
 
     s = sub.add_parser("evaluate", help="FD / class accuracy / precision / recall of N samples")
     add_model_args(s)
@@ -321,6 +518,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     add_sampler_args(s, model_rule=True)
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("sampler-error", help="the sampler's exact error (KL in nats, per step) on an oracle model")
+    add_model_args(s)
+    s.add_argument("--num-samples", type=INT, default=1000)
+    s.add_argument("--batch-size", type=INT, default=100)
+    s.add_argument("--seed", default="0", help="seed in [0, 2^63 - 1] (ASCII digits)")
+    s.add_argument("--eps", type=FLOAT, default=None, help="the code oracle's kernel eps in (0, 1) (default: its own)")
+    s.add_argument("--sigma", type=FLOAT, default=None, help="the latent oracle's kernel sigma > 0 (default: its own)")
+    s.add_argument("--no-fd", action="store_true", help="skip the FD of the samples and of exact samples")
+    s.add_argument("--data.path", dest="data_path", default="", help="Fashion-MNIST folder")
+    s.add_argument("--classifier", default="", help="classifier folder (default: assets/classifier)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--json", action="store_true")
+    add_sampler_args(s, model_rule=True)
+    s.set_defaults(func=cmd_sampler_error)
+
+    s = sub.add_parser("claims", help="the paper's claims measured on the shipped models: numbers only for the "
+                                      "weights they were measured on")
+    s.add_argument("--model", default="", help="only the claims that rest on this model")
+    s.add_argument("--checkpoint", default="", help="an export folder: compare its files (instead of the shipped "
+                                                    "ones of the same name) with those measured")
+    s.add_argument("--file", default="", help="a claims.json (default: assets/results/claims.json)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_claims)
 
     s = sub.add_parser("train-tokenizer", help="train a small tokenizer for 28x28 images: the KL "
                                                "autoencoder (continuous latents) or the VQ-VAE (codes)")

@@ -21,8 +21,18 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-# the shipped models and files, beside the package
-ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
+
+
+def _assets_dir() -> Path:
+    """The shipped models and files: inside the package when installed from a wheel (pyproject.toml maps
+    the repository's `assets/` to `emigm/assets`), else the repository's `assets/` beside the package
+    (a checkout, or `pip install -e .`)."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "assets"
+    return installed if installed.is_dir() else package.parent / "assets"
+
+
+ASSETS_DIR = _assets_dir()
 
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)

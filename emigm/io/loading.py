@@ -29,6 +29,7 @@ from emigm.io.official import read_official
 from emigm.io.runs import is_training_state, read_training_checkpoint
 from emigm.nn.budget import check_size, memory_limit
 from emigm.nn.model import MaskedGenerator
+from emigm.nn.oracle import OracleGenerator, is_oracle_folder, read_oracle, shipped_oracles
 from emigm.nn.smoother import SMOOTHER_DIR, build_smoother, read_smoother
 from emigm.sample.capabilities import suggested_guidance, suggested_settings
 from emigm.tokenize.tokenizers import build_tokenizer
@@ -48,7 +49,7 @@ class Pipeline:
     smoother: Any = None
     label: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
-    source: str = "export"  # export | checkpoint | official | random
+    source: str = "export"  # export | checkpoint | official | random | oracle
 
     @property
     def sampling_rule(self) -> dict[str, Any]:
@@ -74,7 +75,7 @@ class Pipeline:
             return self.tokenizer.decode(tokens.to(self.device))
 
 
-def _tokenizer_roots(folder: Path | None) -> list[Path]:
+def tokenizer_roots(folder: Path | None) -> list[Path]:
     roots = [folder, folder.parent] if folder is not None else []
     return [r for r in roots if r is not None] + [ASSETS_DIR]
 
@@ -85,10 +86,10 @@ def build_model_tokenizer(cfg: RunConfig, folder: Path | None, device: torch.dev
 
     tk = cfg.tokenizer
     if tk.path and not os.path.isabs(os.path.expanduser(tk.path)):
-        for root in _tokenizer_roots(folder):
+        for root in tokenizer_roots(folder):
             if (root / tk.path).exists():
                 return build_tokenizer(tk, str(root)).to(device).eval()
-        where = ", ".join(str(r.name or r) for r in _tokenizer_roots(folder))
+        where = ", ".join(str(r.name or r) for r in tokenizer_roots(folder))
         raise FileNotFoundError(f"the {tk.kind} tokenizer {tk.path!r} this model needs was not found "
                                 f"(looked beside the model, in {where})")
     return build_tokenizer(tk, None).to(device).eval()
@@ -107,11 +108,20 @@ def smoother_folder(folder: Path) -> Path | None:
     return None
 
 
-def load_pipeline(source: str | os.PathLike, device: str | torch.device = "cpu", vae: str = "") -> Pipeline:
-    """Load a generator from an export folder or shipped name, a training checkpoint or an official
-    checkpoint (see the module docstring). `vae`: the KL-16 VAE of an official ImageNet checkpoint
-    (given for any other model, it is an error). Errors are one line naming the file."""
+def load_pipeline(source: str | os.PathLike, device: str | torch.device = "cpu", vae: str = "",
+                  kernel: float | None = None) -> Pipeline:
+    """Load a generator from an export folder or shipped name, a training checkpoint, an official
+    checkpoint or an oracle (see the module docstring). `vae`: the KL-16 VAE of an official ImageNet
+    checkpoint (given for any other model, it is an error). `kernel`: an oracle's eps or sigma in place
+    of its own (any other model refuses it). Errors are one line naming the file."""
     path = Path(os.path.expanduser(str(source)))
+    oracle = oracle_folder(source)
+    if oracle is not None:
+        _no_vae(vae, oracle.name)
+        return _from_oracle(oracle, device, kernel)
+    if kernel is not None:
+        raise ValueError(f"eps / sigma are the kernel widths of an oracle model ({', '.join(shipped_oracles())}); "
+                         f"{path.name} is a learned model")
     device = torch.device(device)
     if path.is_file() and path.name not in ("config.json", "model.safetensors"):
         if path.suffix == ".safetensors":
@@ -140,6 +150,23 @@ def _from_export(source: str | os.PathLike, device) -> Pipeline:
     model = build_generator(cfg, state, device)
     return Pipeline(model, tokenizer, cfg, build_smoother(*smoother, device) if smoother else None,
                     label=folder.name, meta=meta, source="export")
+
+
+def oracle_folder(source: str | os.PathLike) -> Path | None:
+    """The oracle folder `source` names (a folder holding oracle.json, or a shipped oracle's name), or None."""
+    path = Path(os.path.expanduser(str(source)))
+    for folder in (path, ASSETS_DIR / str(source)):
+        if folder.is_dir() and is_oracle_folder(folder):
+            return folder
+    return None
+
+
+def _from_oracle(folder: Path, device, kernel: float | None) -> Pipeline:
+    refs, width, cfg, desc = read_oracle(folder, device, kernel)
+    tokenizer = build_model_tokenizer(cfg, folder, device)
+    model = OracleGenerator(refs, width, cfg, label=folder.name).to(device).eval()
+    return Pipeline(model, tokenizer, cfg, None, label=folder.name, meta=dict(desc, export_dir=str(folder)),
+                    source="oracle")
 
 
 def _from_training_checkpoint(path: Path, ck: dict, device) -> Pipeline:

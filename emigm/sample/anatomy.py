@@ -116,7 +116,8 @@ def open_step(head, facts: StepFacts, opts: AnatomyOptions, full: HeadOptions, d
         if bool(mask[b, pos]):
             path = _path(head, f, b, pos, terms, rows, cols, full if bool(f.revealed[b, pos]) else draft)
     return StepAnatomy(p, masked.float() * p, drawn, f.sigma, f.remask_count, score, noise, rank, branches, raw,
-                       weights, uncertainty, path)
+                       weights, uncertainty, path,
+                       {"conditional": f.z, **{BRANCH_OF[r]: v for r, v in f.refs.items()}} if opts.rescore else None)
 
 
 def _sample(head, z: Tensor, terms, noise: Callable[[int], Tensor], opts: HeadOptions) -> Tensor:

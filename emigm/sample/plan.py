@@ -30,11 +30,9 @@ from emigm.core import rng
 from emigm.core.schedules import get_schedule, time_grid
 from emigm.core.seeds import MAX_SEED, check_seed
 from emigm.sample.options import SamplerConfig
+from emigm.sample.orders import KEY_COUNT, KEY_POS, KEY_REMASK_COUNT, KEY_REMASK_POS  # noqa: F401 (re-exported)
 
 Tensor = torch.Tensor
-
-# sub-keys inside the "where" stream
-KEY_COUNT, KEY_POS, KEY_REMASK_COUNT, KEY_REMASK_POS = 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -62,9 +60,12 @@ def remask_sigma(cfg: SamplerConfig, alpha_t: float, alpha_s: float) -> float:
 
 
 def plan_steps(seeds: Tensor, num_tokens: int, cfg: SamplerConfig, masked: Tensor | None = None,
-               start: int = 0) -> Counts:
+               start: int = 0, frozen: Tensor | None = None) -> Counts:
     """Counts of steps start..S-1 for every sample (see the module docstring). masked: (B,) tokens still
-    masked before step `start` (default: all). Uses only the "where" stream."""
+    masked before step `start` (default: all); frozen: (B,) tokens given before the run that it never
+    changes (inpainting's visible tokens; default none): they are never re-masked, and the exact rule
+    counts over the others (floor((L - frozen) gamma(u)/gamma(1)) stay masked). Uses only the "where"
+    stream."""
     S, L, B = cfg.num_steps, num_tokens, seeds.shape[0]
     schedule = get_schedule(cfg.schedule)
     grid = time_grid(S, cfg.t_end)
@@ -79,7 +80,8 @@ def plan_steps(seeds: Tensor, num_tokens: int, cfg: SamplerConfig, masked: Tenso
         r = torch.zeros_like(n)
         if sigma > 0.0:
             u = rng.uniform(seeds, rng.STREAM_WHERE, k, KEY_REMASK_COUNT, tail=(L,))
-            r = ((u < sigma) & (j < (L - n).unsqueeze(1))).sum(1)
+            committed = L - n if frozen is None else L - n - frozen
+            r = ((u < sigma) & (j < committed.unsqueeze(1))).sum(1)
         if k == S - 1:
             count, p = n.clone(), 1.0
         elif cfg.count_rule == "binomial":
@@ -90,7 +92,9 @@ def plan_steps(seeds: Tensor, num_tokens: int, cfg: SamplerConfig, masked: Tenso
             u = rng.uniform(seeds, rng.STREAM_WHERE, k, KEY_COUNT, tail=(L,))
             count = ((u < p) & (j < n.unsqueeze(1))).sum(1)
         else:
-            keep = math.floor(L * float(schedule.gamma(torch.tensor(1.0 - (k + 1) / S, dtype=torch.float64))) / g1)
+            g_u = float(schedule.gamma(torch.tensor(1.0 - (k + 1) / S, dtype=torch.float64)))
+            keep = math.floor(L * g_u / g1) if frozen is None else \
+                torch.floor((L - frozen).double() * g_u / g1).long()
             count = n + r - keep
             p = float("nan")  # deterministic counts: the anatomy reports count / masked per sample
         # leave a token for every later step, but reveal at least one (a branch state may hold fewer
@@ -107,9 +111,9 @@ def plan_steps(seeds: Tensor, num_tokens: int, cfg: SamplerConfig, masked: Tenso
 
 
 def plan_counts(seeds: Tensor, num_tokens: int, cfg: SamplerConfig, masked: Tensor | None = None,
-                start: int = 0) -> Tensor:
+                start: int = 0, frozen: Tensor | None = None) -> Tensor:
     """Tokens revealed per step and sample, (S - start, B) int64 (see `plan_steps`)."""
-    return plan_steps(seeds, num_tokens, cfg, masked, start).revealed
+    return plan_steps(seeds, num_tokens, cfg, masked, start, frozen).revealed
 
 
 @dataclass(frozen=True)
@@ -128,9 +132,10 @@ class Plan:
     max_masked: list[int]
 
 
-def make_plan(seeds: Tensor, mask: Tensor, cfg: SamplerConfig, start: int) -> Plan:
+def make_plan(seeds: Tensor, mask: Tensor, cfg: SamplerConfig, start: int, frozen: Tensor | None = None) -> Plan:
+    """The plan of steps start..S-1 from the mask before step `start` and the frozen tokens (B, L) bool or None."""
     L = mask.shape[1]
-    counts = plan_steps(seeds, L, cfg, mask.sum(1), start)
+    counts = plan_steps(seeds, L, cfg, mask.sum(1), start, None if frozen is None else frozen.sum(1))
     rev, rem = counts.revealed.cpu(), counts.remasked.cpu()  # the one sync: every shape follows from it
     change = torch.cat([torch.zeros_like(rev[:1]), (rem - rev).cumsum(0)[:-1]])
     masked = mask.sum(1).cpu() + change  # (S - start, B) masked before each step

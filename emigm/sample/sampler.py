@@ -27,6 +27,7 @@ the device.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterator
 
 import torch
@@ -41,24 +42,23 @@ from emigm.sample.graphs import replayed
 from emigm.sample.options import (
     ANNEALS,
     COUNT_RULES,
-    FIXED_ORDERS,
     MAX_HEAD_STEPS,
     MAX_STEPS,
     ORDERS,
     REMASKS,
-    SCORE_ORDERS,
     AnatomyOptions,
     SamplerConfig,
     anneal,
 )
-from emigm.sample.orders import fixed_priority, flat_select, smallest
+from emigm.sample.orders import KEY_POS, KEY_REMASK_POS, Order, flat_select, get_order, smallest
 from emigm.sample.passes import Conditions, HeadOptions, Networks, as_networks, head_pass, network_pass
-from emigm.sample.plan import KEY_POS, KEY_REMASK_POS, Plan, as_seeds, make_plan, plan_counts
+from emigm.sample.plan import Plan, as_seeds, make_plan, plan_counts
 from emigm.sample.state import StepAnatomy, StepState
 
 Tensor = torch.Tensor
+_INF = float("inf")
 
-__all__ = ["ANNEALS", "COUNT_RULES", "MAX_HEAD_STEPS", "MAX_STEPS", "ORDERS", "REMASKS", "AnatomyOptions",
+__all__ = ["ANNEALS", "COUNT_RULES", "MAX_HEAD_STEPS", "MAX_STEPS", "ORDERS", "REMASKS", "AnatomyOptions", "Choice",
            "GuidanceConfig", "Networks", "SamplerConfig", "StepAnatomy", "StepState", "anneal", "plan_counts",
            "sample", "sample_steps"]
 
@@ -72,11 +72,12 @@ class _Run:
     the head's outputs; pad(size, cap): the padded size (identity unless replaying graphs); predict_all:
     whether the head predicts every masked token (drafts, or a score order) or only those revealed;
     full / draft: how the head samples revealed tokens and previews the others; anatomy: what to
-    record about each step (None: nothing)."""
+    record about each step (None: nothing); order: the sampler's order (its registry entry)."""
 
     nets: Networks
     sampler: SamplerConfig
     guidance: GuidanceConfig
+    order: Order
     seeds: Tensor
     labels: Tensor
     fixed_keys: Tensor | None
@@ -88,6 +89,7 @@ class _Run:
     full: HeadOptions
     draft: HeadOptions
     anatomy: AnatomyOptions | None = None
+    frozen: Tensor | None = None  # (B, L) tokens given before the run that it never changes (inpainting)
 
 
 @dataclass(frozen=True)
@@ -139,82 +141,156 @@ def _per_row(w: Tensor | float, B: int, device) -> Tensor:
     return w.expand(B) if isinstance(w, Tensor) else torch.full((B,), float(w), device=device)
 
 
+@dataclass(frozen=True)
+class _Guides:
+    """The guides active at a step, their weights lambda (B,) each, and the CFG scale (B,)."""
+
+    active: tuple
+    weights: tuple[Tensor, ...]
+    scale: Tensor
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where, before the network: a priority order's keys and revealed set (None for the orders that read
+    the prediction), and the committed tokens re-masked."""
+
+    keys: Tensor | None
+    revealed: Tensor | None
+    remasked: Tensor
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What a step chose once the network had answered: pred (the draft: committed tokens plus a
+    prediction at every masked position, or at the revealed ones without drafts), revealed (B, L), the
+    order's keys (lower = earlier), for the orders that read the prediction the score (B, L) and the
+    Gumbel noise added (0 for an adaptive order), and count (B,): the tokens revealed (an adaptive order
+    decides it here)."""
+
+    pred: Tensor
+    revealed: Tensor
+    keys: Tensor | None
+    score: Tensor | None
+    noise: Tensor | None
+    count: Tensor | None = None
+
+
 def _step(run: _Run, k: int, c: _Carry, sp: _StepPlan) -> _StepOut:
-    """One step, t_k -> t_{k+1}: where, the network, what. Host values (k and the plan's sizes) arrive as
-    Python ints, so nothing here waits for the device."""
-    sampler, guidance, seeds = run.sampler, run.guidance, run.seeds
-    tokens, mask, count = c.tokens, c.mask, sp.count
-    head = run.nets.model.head
-    B, L = mask.shape
-    guides = guidance.guides_at(run.grid[k + 1])
-    # the guides' weights lambda (B,); a Python float (constant) or a (B,) tensor, never a host value
-    # copied to the device
-    frac = 1.0 - (mask.sum(1) - count).float() / L
-    weights = tuple(_per_row(g.weight(guidance, frac), B, mask.device) for g in guides)
-    scale = 1.0 + weights[0] if guides and guides[0].name == "cfg" else torch.ones(B, device=mask.device)
-    inf = float("inf")
+    """One step, t_k -> t_{k+1}: where, the network, what, then the commit. Host values (k and the plan's
+    sizes) arrive as Python ints, so nothing here waits for the device."""
+    g = _guides(run, k, c.mask, sp)
+    where = _where(run, k, c.mask, sp)
+    z, refs = _network(run, c, sp, where.revealed, g)
+    terms = tuple(Term(x.name, r, w) for x, r, w in zip(g.active, refs, g.weights))
+    what = choose(run.nets.model.head, run.head, run.pad, run.seeds, k, c.tokens, c.mask, sp.count, where.keys, z,
+                  terms, run.sampler, run.full, run.draft, run.predict_all, sp.reveal_rows, sp.masked_rows)
+    return _commit(run, k, c, sp, g, where, what, z, refs)
 
-    # where (the random and fixed orders do not depend on the prediction)
-    keys = None
-    if sampler.order == "random":
-        keys = rng.uniform(seeds, rng.STREAM_WHERE, k, KEY_POS, tail=(L,))
-    elif sampler.order in FIXED_ORDERS:
-        keys = run.fixed_keys
-    revealed = None if keys is None else smallest(torch.where(mask, keys, inf), count) & mask
+
+def _guides(run: _Run, k: int, mask: Tensor, sp: _StepPlan) -> _Guides:
+    """The guides on at time t_{k+1} and their weights: a Python float (constant) or a (B,) tensor, never
+    a host value copied to the device."""
+    guidance, (B, L) = run.guidance, mask.shape
+    active = guidance.guides_at(run.grid[k + 1])
+    frac = 1.0 - (mask.sum(1) - sp.count).float() / L
+    weights = tuple(_per_row(g.weight(guidance, frac), B, mask.device) for g in active)
+    scale = 1.0 + weights[0] if active and active[0].name == "cfg" else torch.ones(B, device=mask.device)
+    return _Guides(active, weights, scale)
+
+
+def _where(run: _Run, k: int, mask: Tensor, sp: _StepPlan) -> _Where:
+    """The positions a priority order reveals (they do not depend on the prediction), and the committed
+    tokens re-masked (uniform among them)."""
+    order, seeds, L = run.order, run.seeds, mask.shape[1]
+    keys = revealed = None
+    if order.kind == "priority":
+        keys = run.fixed_keys if order.fixed else order.priority(seeds, k, L, None)
+        revealed = smallest(torch.where(mask, keys, _INF), sp.count) & mask
     remasked = torch.zeros_like(mask)
-    if sampler.remask != "off":  # which committed tokens are revised: uniform among them
-        committed = ~mask
+    if run.sampler.remask != "off":
+        committed = ~mask if run.frozen is None else ~mask & ~run.frozen
         rkeys = rng.uniform(seeds, rng.STREAM_WHERE, k, KEY_REMASK_POS, tail=(L,))
-        remasked = smallest(torch.where(committed, rkeys, inf), sp.remask_count) & committed
+        remasked = smallest(torch.where(committed, rkeys, _INF), sp.remask_count) & committed
+    return _Where(keys, revealed, remasked)
 
-    # the network computes z only where the head reads it (the masked tokens with drafts or a score order,
-    # else the revealed ones), unless self-guidance needs every hidden state; the revealed set of a score
-    # order is chosen after the pass, so it selects every masked token
-    references = tuple(g.reference for g in guides)
-    select = None
+
+def _network(run: _Run, c: _Carry, sp: _StepPlan, revealed: Tensor | None, g: _Guides) -> tuple[Tensor, tuple]:
+    """z where the head reads it (the masked tokens with drafts or an order that reads the prediction, else
+    the revealed ones), unless self-guidance needs every hidden state; and the guides' reference z's."""
+    references = tuple(x.reference for x in g.active)
+    L, select = c.mask.shape[1], None
     if "smoothed" not in references:
         everything = run.predict_all or revealed is None
-        sel = mask if everything else revealed
+        sel = c.mask if everything else revealed
         n = run.pad(sp.max_masked if everything else sp.max_revealed, L)
         select = (~sel).to(torch.int8).argsort(dim=1, stable=True)[:, :n]
-    z, refs = run.network(tokens, mask, run.pad(sp.num_visible, L), references, select)
+    return run.network(c.tokens, c.mask, run.pad(sp.num_visible, L), references, select)
 
-    # what: the head on the selected rows (padded rows, when graphs pad, are discarded below)
-    def sample_rows(sel: Tensor, n: int, opts: HeadOptions) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-        rows, cols = flat_select(sel, run.pad(n, B * L))
-        if head.discrete:
-            noise = lambda i: rng.uniform(seeds[rows], rng.STREAM_WHAT, k, cols, i, tail=(head.codebook_size,))  # noqa: E731
-        else:
-            noise = lambda i: rng.normal(seeds[rows], rng.STREAM_WHAT, k, cols, i, tail=(tokens.shape[-1],))  # noqa: E731
-        terms = tuple(Term(g.name, r[rows, cols], w[rows]) for g, r, w in zip(guides, refs, weights))
-        return rows, cols, run.head(z[rows, cols], terms, noise, opts)
 
-    score = noise_g = None
-    if sampler.order in SCORE_ORDERS:  # every masked token scored by the head, then the best revealed
-        rows, cols, (values, token_score) = sample_rows(mask, sp.masked_rows, run.full)
+def _sample_rows(head, head_fn: Callable, pad: Callable[[int, int], int], seeds: Tensor, k: int, z: Tensor,
+                 terms: tuple[Term, ...], dim: int, sel: Tensor, n: int,
+                 opts: HeadOptions) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+    """The head on the n selected rows of sel (B, L) (padded rows, when graphs pad, are discarded by the
+    caller); dim: a continuous token's channels."""
+    rows, cols = flat_select(sel, pad(n, sel.numel()))
+    if head.discrete:
+        noise = lambda i: rng.uniform(seeds[rows], rng.STREAM_WHAT, k, cols, i, tail=(head.codebook_size,))  # noqa: E731
+    else:
+        noise = lambda i: rng.normal(seeds[rows], rng.STREAM_WHAT, k, cols, i, tail=(dim,))  # noqa: E731
+    row_terms = tuple(Term(t.name, t.z[rows, cols], t.weight[rows]) for t in terms)
+    return rows, cols, head_fn(z[rows, cols], row_terms, noise, opts)
+
+
+def choose(head, head_fn: Callable, pad: Callable[[int, int], int], seeds: Tensor, k: int, tokens: Tensor,
+           mask: Tensor, count: Tensor, keys: Tensor | None, z: Tensor, terms: tuple[Term, ...],
+           sampler: SamplerConfig, full: HeadOptions, draft: HeadOptions, predict_all: bool, reveal_rows: int,
+           masked_rows: int) -> Choice:
+    """Step k's "what" (and, for an order that reads the prediction, "where") from the network's answer: z
+    (B, L, D) of the conditional pass and each guide term's reference z with its weights (B,). keys: a
+    priority order's keys (None for the others); count (B,): tokens to reveal (an adaptive order decides
+    its own); reveal_rows / masked_rows: tokens revealed at this step / masked before it, over the batch
+    (host ints). A priority order's revealed tokens are sampled exactly as the fast path does (the others
+    previewed with the draft solver); otherwise every masked token is scored, then the best revealed. The
+    sampler's step and the re-scoring of an opened step (emigm.sample.rescore) both call it."""
+    order, rows_of = get_order(sampler.order), partial(_sample_rows, head, head_fn, pad, seeds, k, z, terms,
+                                                       tokens.shape[-1])
+    if order.kind == "priority":
+        revealed = smallest(torch.where(mask, keys, _INF), count) & mask
+        rows, cols, (values, *_) = rows_of(revealed, reveal_rows, full)
         pred = tokens.index_put((rows, cols), values.to(tokens.dtype))
-        score = torch.full((B, L), -inf, device=mask.device).index_put((rows, cols), token_score.float())
-        noise_g = anneal(sampler, k) * rng.gumbel(seeds, rng.STREAM_WHERE, k, KEY_POS, tail=(L,))
-        keys = -(score + noise_g)
-        revealed = smallest(torch.where(mask, keys, inf), count) & mask
-    else:  # the revealed tokens exactly as the fast path samples them; the others previewed
-        rows, cols, (values, *_) = sample_rows(revealed, sp.reveal_rows, run.full)
-        pred = tokens.index_put((rows, cols), values.to(tokens.dtype))
-        if run.predict_all:
-            rows, cols, (values, *_) = sample_rows(mask & ~revealed, sp.masked_rows - sp.reveal_rows, run.draft)
+        if predict_all:
+            rows, cols, (values, *_) = rows_of(mask & ~revealed, masked_rows - reveal_rows, draft)
             pred = pred.index_put((rows, cols), values.to(tokens.dtype))
+        return Choice(pred, revealed, keys, None, None, count)
+    rows, cols, (values, token_score, *_) = rows_of(mask, masked_rows, full)
+    pred = tokens.index_put((rows, cols), values.to(tokens.dtype))
+    score = torch.full(mask.shape, -_INF, device=mask.device).index_put((rows, cols), token_score.float())
+    if order.kind == "score":
+        noise = anneal(sampler, k) * rng.gumbel(seeds, rng.STREAM_WHERE, k, KEY_POS, tail=(mask.shape[1],))
+    else:  # adaptive: the order's own count, every remaining token at the last step
+        noise = torch.zeros_like(score)
+        count = mask.sum(1) if k == sampler.num_steps - 1 else order.count(score, mask, sampler)
+    keys = -(score + noise)
+    return Choice(pred, smallest(torch.where(mask, keys, _INF), count) & mask, keys, score, noise, count)
 
-    new_tokens = torch.where(revealed if head.discrete else revealed.unsqueeze(-1), pred, tokens)
-    if sampler.remask != "off":
-        new_tokens = torch.where(remasked if head.discrete else remasked.unsqueeze(-1), 0, new_tokens)
+
+def _commit(run: _Run, k: int, c: _Carry, sp: _StepPlan, g: _Guides, where: _Where, what: Choice, z: Tensor,
+            refs: tuple) -> _StepOut:
+    """The step's outcome: revealed tokens written, re-masked ones cleared, and the anatomy if asked for."""
+    discrete, revealed, remasked = run.nets.model.head.discrete, what.revealed, where.remasked
+    new_tokens = torch.where(revealed if discrete else revealed.unsqueeze(-1), what.pred, c.tokens)
+    if run.sampler.remask != "off":
+        new_tokens = torch.where(remasked if discrete else remasked.unsqueeze(-1), 0, new_tokens)
     anatomy = None
     if run.anatomy is not None:
-        facts = StepFacts(k, seeds, mask, revealed, remasked, count, sp.remask_count, sp.reveal_p, sp.sigma, z,
-                          {g.reference: r for g, r in zip(guides, refs)}, tuple(g.name for g in guides), weights,
-                          keys, score, noise_g, pred, sp.masked_rows)
-        anatomy = open_step(head, facts, run.anatomy, run.full, run.draft, sampler.temperature)
-    return _StepOut(new_tokens, (mask & ~revealed) | remasked, revealed, remasked, pred, scale,
-                    tuple(g.name for g in guides), anatomy)
+        facts = StepFacts(k, run.seeds, c.mask, revealed, remasked, what.count, sp.remask_count, sp.reveal_p,
+                          sp.sigma, z, {x.reference: r for x, r in zip(g.active, refs)},
+                          tuple(x.name for x in g.active), g.weights, what.keys, what.score, what.noise, what.pred,
+                          sp.masked_rows)
+        anatomy = open_step(run.nets.model.head, facts, run.anatomy, run.full, run.draft, run.sampler.temperature)
+    return _StepOut(new_tokens, (c.mask & ~revealed) | remasked, revealed, remasked, what.pred, g.scale,
+                    tuple(x.name for x in g.active), anatomy)
 
 
 def _checked_inputs(nets: Networks, labels, seeds, sampler: SamplerConfig,
@@ -234,7 +310,8 @@ def _checked_inputs(nets: Networks, labels, seeds, sampler: SamplerConfig,
 
 
 def _initial(model, B: int, num_steps: int, init: StepState | None) -> tuple[int, _Carry]:
-    """(first step, carry): all masked at step 0, or the state `init` branches from."""
+    """(first step, carry): all masked at step 0, or the state `init` branches from (its step + 1; a
+    state with step -1 starts a run at step 0 from given tokens, as inpainting does)."""
     device = next(model.parameters()).device
     L = model.num_tokens
     if init is None:
@@ -248,6 +325,8 @@ def _initial(model, B: int, num_steps: int, init: StepState | None) -> tuple[int
     mask, tokens = init.mask_after.to(device), init.tokens.to(device)
     if mask.shape != (B, L):
         raise ValueError(f"branch state has shape {tuple(mask.shape)}, expected {(B, L)}")
+    if init.frozen is not None and tuple(init.frozen.shape) != (B, L):
+        raise ValueError(f"branch state's frozen tokens have shape {tuple(init.frozen.shape)}, expected {(B, L)}")
     return start, _Carry(tokens, mask, init.revisions.to(device), init.passes, init.head_evals)
 
 
@@ -261,18 +340,18 @@ def _start(nets: Networks, labels, seeds, sampler: SamplerConfig, guidance: Guid
     B, L = labels.shape[0], model.num_tokens
     if opts.anatomy is not None and not sampler.draft:
         raise ValueError("the anatomy of a step needs drafts (SamplerConfig draft=True)")
+    order = get_order(sampler.order)
     fixed_keys = None
-    if sampler.order in FIXED_ORDERS:
-        fixed_keys = fixed_priority(sampler.order, L, opts.fixed_order, device).expand(B, L)
+    if order.fixed:
+        fixed_keys = order.priority(seeds, -1, L, opts.fixed_order).expand(B, L)
     start, carry = _initial(model, B, sampler.num_steps, opts.init)
     with torch.inference_mode():
         conds = Conditions(model.condition(labels),
                            model.condition(labels, torch.ones_like(labels, dtype=torch.bool), guidance.cfg_mode or None),
                            labels)
-    score = sampler.order if sampler.order in SCORE_ORDERS else None
-    full = HeadOptions(sampler.temperature, sampler.head_solver, sampler.head_steps, score)
+    full = HeadOptions(sampler.temperature, sampler.head_solver, sampler.head_steps, order.score)
     draft = full if sampler.draft_steps == 0 or model.head.discrete else \
-        HeadOptions(sampler.temperature, "dpm", sampler.draft_steps, score)
+        HeadOptions(sampler.temperature, "dpm", sampler.draft_steps, order.score)
 
     def network(tokens, mask, num_visible, references, select):
         with autocast(device, dtype):
@@ -286,8 +365,10 @@ def _start(nets: Networks, labels, seeds, sampler: SamplerConfig, guidance: Guid
     pad = _no_pad
     if opts.graphs:
         network, head_fn, pad = replayed(nets, conds, dtype, full)
-    run = _Run(nets, sampler, guidance, seeds, labels, fixed_keys, time_grid(sampler.num_steps, sampler.t_end).tolist(),
-               predict_all, network, head_fn, pad, full, draft, opts.anatomy)
+    grid = time_grid(sampler.num_steps, sampler.t_end).tolist()
+    frozen = None if opts.init is None or opts.init.frozen is None else opts.init.frozen.to(device)
+    run = _Run(nets, sampler, guidance, order, seeds, labels, fixed_keys, grid, predict_all, network, head_fn, pad,
+               full, draft, opts.anatomy, frozen)
     return run, start, carry
 
 
@@ -312,7 +393,7 @@ def _state(run: _Run, k: int, before: _Carry, after: _Carry, out: _StepOut, draf
         tokens=out.tokens, draft=out.pred if draft else None, cfg_active="cfg" in out.guides, cfg_scale=out.scale,
         sg_active="self-guidance" in out.guides, sg_scale=run.guidance.sg_scale, passes=after.passes,
         head_evals=after.head_evals, seeds=run.seeds, labels=run.labels, sampler=run.sampler,
-        guidance=run.guidance, anatomy=out.anatomy)
+        guidance=run.guidance, anatomy=out.anatomy, frozen=run.frozen)
 
 
 @dataclass(frozen=True)
@@ -351,8 +432,8 @@ def sample_steps(net, labels, seeds, sampler: SamplerConfig = SamplerConfig(),
     with memory_guard(batch, device, "sampling"):
         run, start, carry = _start(nets, labels, seeds, sampler, guidance,
                                    _Options(init, fixed_order, precision, anatomy=anatomy),
-                                   predict_all=sampler.draft or sampler.order in SCORE_ORDERS)
-        plan = make_plan(run.seeds, carry.mask, sampler, start)
+                                   predict_all=sampler.draft or get_order(sampler.order).kind != "priority")
+        plan = make_plan(run.seeds, carry.mask, sampler, start, run.frozen)
     for i, k in enumerate(range(start, sampler.num_steps)):
         # inference mode only around the step's work: a suspended generator must not leave it on
         with torch.inference_mode(), memory_guard(batch, device, "sampling"):
@@ -397,8 +478,8 @@ def _sample_fast(nets: Networks, labels, seeds, sampler: SamplerConfig, guidance
     last = None
     with memory_guard(batch, device, "sampling"):
         run, start, carry = _start(nets, labels, seeds, sampler, guidance, opts,
-                                   predict_all=sampler.order in SCORE_ORDERS)
-        plan = make_plan(run.seeds, carry.mask, sampler, start)
+                                   predict_all=get_order(sampler.order).kind != "priority")
+        plan = make_plan(run.seeds, carry.mask, sampler, start, run.frozen)
         with torch.inference_mode():
             for i, k in enumerate(range(start, sampler.num_steps)):
                 out = _step(run, k, carry, _step_plan(plan, i))

@@ -37,7 +37,10 @@ class StepAnatomy:
     How sure: uncertainty (B, L), the entropy (categorical) or the spread of K head draws (diffusion)
     of the draft, 0 where not masked.
     path: (steps + 1, C) values of the requested token after each diffusion-solver step (the first
-    row is its starting noise), or None."""
+    row is its starting noise), or None.
+    z: {"conditional", "null" (when CFG ran), "smoothed" (when self-guidance ran)} -> the network's
+    output (B, L, D) that the head read for each branch (zero at positions it did not read): what
+    emigm.sample.rescore needs to re-score the step without a network pass."""
 
     reveal_p: Tensor
     expected: Tensor
@@ -52,6 +55,7 @@ class StepAnatomy:
     weights: dict[str, Tensor]
     uncertainty: Tensor
     path: Tensor | None = None
+    z: dict[str, Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,9 @@ class StepState:
     cfg_scale: (B,) guidance scale used at this step (1 where CFG did not run);
     sg_active / sg_scale: whether self-guidance ran at this step, and its scale s;
     passes / head_evals: cumulative transformer passes and head network evaluations;
-    anatomy: the step opened (StepAnatomy) when the run was asked for it, else None.
+    anatomy: the step opened (StepAnatomy) when the run was asked for it, else None;
+    frozen: (B, L) bool, tokens given before the run that it never changes (inpainting: the visible part
+    of the image; a run branched from this state keeps them), or None.
     """
 
     step: int
@@ -92,6 +98,7 @@ class StepState:
     sampler: SamplerConfig = field(repr=False)
     guidance: GuidanceConfig = field(repr=False)
     anatomy: StepAnatomy | None = field(default=None, repr=False)
+    frozen: Tensor | None = field(default=None, repr=False)
 
     @property
     def done(self) -> bool:
