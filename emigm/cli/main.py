@@ -22,9 +22,12 @@ from emigm.core.seeds import check_seed, parse_seed
 from emigm.core.statedict import CheckpointError
 from emigm.eval.sampler_error import require_oracle, sampler_error
 from emigm.eval.claims import CLAIMS_FILE, CLASSIFIER_FILE, NOT_MEASURED, ClaimsFile
+from emigm.eval.modelcard import model_card
 from emigm.eval.scoring import check_request, evaluate_generator
 from emigm.io.exports import resolve_export
 from emigm.io.fingerprint import fingerprint
+from emigm.io.hub import is_hub_id
+from emigm.io.hub import resolve as hub_resolve
 from emigm.io.imaging import save_grid
 from emigm.io.loading import load_pipeline, random_pipeline
 from emigm.io.runs import OVERWRITE_FLAG, check_output
@@ -453,6 +456,23 @@ def cmd_train_classifier(a: argparse.Namespace) -> None:
     print(f"wrote {a.out}: test accuracy {r['test_accuracy']:.4f}")
 
 
+def cmd_model_card(a: argparse.Namespace) -> None:
+    """Print (or write with --out) the model card of an export, shipped name, tokenizer or classifier."""
+    if a.out:
+        check_output_file(a.out, "--out", (".md",))
+    text = model_card(load_source(a.source))
+    if a.out:
+        write_text(a.out, text)
+        print(f"wrote {a.out}")
+    else:
+        sys.stdout.write(text)
+
+
+def load_source(source: str) -> str:
+    """A Hub reference resolved to its local folder (emigm.io.hub), anything else as given."""
+    return str(hub_resolve(source)) if is_hub_id(source) else source
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -571,6 +591,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", default="0", help="seed in [0, 2^63 - 1] (ASCII digits)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_train_classifier)
+
+    s = sub.add_parser("model-card", help="print the model card (README.md, Hub front matter) of an export, a "
+                                          "shipped name, a tokenizer or the classifier")
+    s.add_argument("source", help="export folder, shipped name (fmnist-emigm, fmnist-kl, classifier, ...) or "
+                                  "hf:OWNER/NAME")
+    s.add_argument("--out", default="", help="write it to this .md file instead of printing it")
+    s.set_defaults(func=cmd_model_card)
 
 
     register_training(sub)

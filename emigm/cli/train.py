@@ -10,6 +10,7 @@ from emigm.core import distributed as dist
 from emigm.core.config import apply_overrides, to_json
 from emigm.core.devices import resolve_device
 from emigm.core.presets import PRESETS, get_preset
+from emigm.eval.modelcard import write_model_card
 from emigm.io.loading import load_pipeline
 from emigm.io.runs import OVERWRITE_FLAG, export_checkpoint
 from emigm.nn.smoother import check_base
@@ -94,8 +95,14 @@ def cmd_train_smoother(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     if not args.out.strip():
         raise ValueError("--out is empty: give the export folder")
+<<<<<<< HEAD
     out = export_checkpoint(args.source, args.out, overwrite=args.overwrite)
     print(f"wrote {out}")
+=======
+    out = export_checkpoint(args.source, args.out)
+    write_model_card(out)
+    print(f"wrote {out} (with its model card, README.md)")
+>>>>>>> main
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
