@@ -95,14 +95,9 @@ def cmd_train_smoother(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     if not args.out.strip():
         raise ValueError("--out is empty: give the export folder")
-<<<<<<< HEAD
     out = export_checkpoint(args.source, args.out, overwrite=args.overwrite)
-    print(f"wrote {out}")
-=======
-    out = export_checkpoint(args.source, args.out)
     write_model_card(out)
     print(f"wrote {out} (with its model card, README.md)")
->>>>>>> main
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
