@@ -245,7 +245,7 @@ def _ours(name: str, own: str | None, files: frozenset[str]) -> bool:
     if own == TOKENIZER_RUN:
         return name in (STATE_FILE, METRICS_FILE)
     if own == MODEL_EXPORT:
-        return name in (CONFIG_FILE, WEIGHTS_FILE, SMOOTHER_DIR)
+        return name in (CONFIG_FILE, WEIGHTS_FILE, SMOOTHER_DIR, "README.md")  # README.md: its model card
     return False
 
 
