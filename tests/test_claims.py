@@ -351,6 +351,16 @@ def test_damaged_and_older_claims_files_are_one_line(tmp_path):
         cf = ClaimsFile.read(path)
         assert cf.doc is None and want in cf.problem and "\n" not in cf.problem, text
         assert cf.points("fmnist-emigm", {}) == [] and cf.claims({}) == [] and cf.solver_warnings("x", {}) == {}
+    old = {**_claims_doc(), "version": 2}
+    old.pop("fingerprints")
+    path.write_text(json.dumps(old))
+    cf = ClaimsFile.read(path)  # an older file: what it holds can be named, never its numbers
+    assert cf.claim_names() == [c["claim"] for c in old["claims"]]
+    from emigm.core.guidance import GuidanceConfig
+    assert cf.recorded("fmnist-emigm", pc.BASE, GuidanceConfig(cfg_scale=3.0, cfg_interval=(0.1, 0.3)))
+    assert not cf.recorded("fmnist-emigm", pc.BASE, GuidanceConfig())
+    assert cf.measured("fmnist-emigm", {"network": "x"}, pc.BASE, GuidanceConfig(cfg_scale=3.0,
+                                                                                cfg_interval=(0.1, 0.3))) is None
     missing = ClaimsFile.read(tmp_path / "none.json")
     assert missing.doc is None and "not found" in missing.problem
     shipped = ClaimsFile.read()  # whatever ships reads without an exception
