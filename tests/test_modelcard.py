@@ -20,7 +20,8 @@ from emigm.io.fingerprint import fingerprint, sha256_file
 from emigm.train.generator import train
 from tests.test_hub import hub_cache
 
-SHIPPED = [*shipped_models(), "fmnist-kl", "fmnist-vq", "classifier", "fmnist-oracle", "fmnist-maskgit/self-guidance"]
+SHIPPED = [*shipped_models(), "fmnist-kl", "fmnist-vq", "classifier", "fmnist-oracle",
+           "fmnist-maskgit/self-guidance"]
 REQUIRED = {"license", "library_name", "pipeline_tag", "datasets", "tags"}
 
 
@@ -131,7 +132,8 @@ def test_a_self_guidance_run_writes_its_card(tmp_path, capsys):
     base = Path(train(apply_overrides(get_preset("test-tiny"), pairs), tmp_path / "base", device="cpu",
                       progress=False)["export_dir"])
     code = cli.main(["train-sg", "--base", str(base), "--device", "cpu", "--no-progress", "--out-dir",
-                     str(tmp_path / "sg"), "--train.steps", "2", "--train.batch_size", "8", "--train.warmup_steps", "1"])
+                     str(tmp_path / "sg"), "--train.steps", "2", "--train.batch_size", "8",
+                     "--train.warmup_steps", "1"])
     assert code == 0, capsys.readouterr().err
     (card_file,) = (tmp_path / "sg").rglob("README.md")
     card = card_file.read_text()
