@@ -20,17 +20,17 @@ from emigm.core.labels import parse_class
 from emigm.core.presets import PRESETS
 from emigm.core.seeds import check_seed, parse_seed
 from emigm.core.statedict import CheckpointError
-from emigm.eval.sampler_error import require_oracle, sampler_error
 from emigm.eval.claims import CLAIMS_FILE, CLASSIFIER_FILE, NOT_MEASURED, ClaimsFile
+from emigm.eval.sampler_error import require_oracle, sampler_error
 from emigm.eval.scoring import check_request, evaluate_generator
 from emigm.io.exports import resolve_export
 from emigm.io.fingerprint import fingerprint
 from emigm.io.imaging import save_grid
 from emigm.io.loading import load_pipeline, random_pipeline
-from emigm.nn.oracle import check_eps as check_oracle_eps
-from emigm.nn.oracle import check_sigma as check_oracle_sigma
 from emigm.io.pictures import Picture, encode_picture, fmnist_picture, masked_view, read_picture
 from emigm.nn.budget import MAX_IMAGES, MAX_SAMPLES, check_sampling_size
+from emigm.nn.oracle import check_eps as check_oracle_eps
+from emigm.nn.oracle import check_sigma as check_oracle_sigma
 from emigm.sample.capabilities import check_capabilities, suggested_guidance, suggested_settings
 from emigm.sample.checks import check_finite
 from emigm.sample.inpaint import MASK_SPEC_HELP as MASK_SPEC
@@ -175,10 +175,10 @@ def cmd_schedule(a: argparse.Namespace) -> None:
     print(f"schedule {sampler.schedule}, {sampler.num_steps} steps, {a.tokens} tokens, count rule {sampler.count_rule}"
           + (f", CFG {g.cfg_scale} in ({g.cfg_interval[0]}, {g.cfg_interval[1]}]" if g.cfg_scale != 1.0 else ", no CFG")
           + (f", self-guidance {g.sg_scale} in ({g.sg_interval[0]}, {g.sg_interval[1]}]" if g.sg_scale > 0 else ""))
-    print(f"tokens revealed per step as the sampler plans them (at least one, at most the masked count minus "
-          f"one per later step; mean and 5-95 % range, "
+    print("tokens revealed per step as the sampler plans them (at least one, at most the masked count minus "
+          "one per later step; mean and 5-95 % range, "
           + (f"over {table.draws} seeds" if table.draws else "exact") + "), "
-          f"beside the schedule's L x (gamma(t) - gamma(s)), which ignores both rules")
+          "beside the schedule's L x (gamma(t) - gamma(s)), which ignores both rules")
     print(f"{'step':>4} {'t':>8} {'s':>8} {'revealed':>9} {'5-95 %':>8} {'L x dgamma':>11} {'masked after':>12} "
           f"{'cfg':>4} {'sg':>4} {'passes':>6} {'total':>6}")
     for r in table.rows:
@@ -392,7 +392,8 @@ def cmd_sampler_error(a: argparse.Namespace) -> None:
         check_oracle_sigma(a.sigma, "--sigma")
     sampler, guidance = sampler_configs(a)
     if a.random_init or a.preset:
-        raise CliError("the sampler's exact error needs an oracle model: --checkpoint fmnist-oracle or fmnist-oracle-kl")
+        raise CliError("the sampler's exact error needs an oracle model: --checkpoint fmnist-oracle or "
+                       "fmnist-oracle-kl")
     device = resolve_device(a.device)
     if not a.checkpoint:
         raise CliError("give --checkpoint fmnist-oracle or fmnist-oracle-kl")
