@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -21,10 +22,13 @@ from emigm.core.presets import PRESETS
 from emigm.core.seeds import check_seed, parse_seed
 from emigm.core.statedict import CheckpointError
 from emigm.eval.claims import CLAIMS_FILE, CLASSIFIER_FILE, NOT_MEASURED, ClaimsFile
+from emigm.eval.modelcard import model_card
 from emigm.eval.sampler_error import require_oracle, sampler_error
 from emigm.eval.scoring import check_request, evaluate_generator
 from emigm.io.exports import resolve_export
 from emigm.io.fingerprint import fingerprint
+from emigm.io.hub import is_hub_id
+from emigm.io.hub import resolve as hub_resolve
 from emigm.io.imaging import save_grid
 from emigm.io.loading import load_pipeline, random_pipeline
 from emigm.io.pictures import Picture, encode_picture, fmnist_picture, masked_view, read_picture
@@ -453,6 +457,38 @@ def cmd_train_classifier(a: argparse.Namespace) -> None:
     print(f"wrote {a.out}: test accuracy {r['test_accuracy']:.4f}")
 
 
+def cmd_model_card(a: argparse.Namespace) -> None:
+    """Print (or write with --out) the model card of an export, shipped name, tokenizer or classifier."""
+    if a.out:
+        check_output_file(a.out, "--out", (".md",))
+    text = model_card(load_source(a.source))
+    if a.out:
+        write_text(a.out, text)
+        print(f"wrote {a.out}")
+    else:
+        sys.stdout.write(text)
+
+
+def cmd_site(a: argparse.Namespace) -> None:
+    """The static site of curated runs. It is built by the explorer's package (app/site.py: the player,
+    its payloads and the lessons live there, above the library), looked up by name at run time so the
+    library never imports the app."""
+    try:
+        site = importlib.import_module("app.site")
+    except ImportError as e:
+        raise CliError(f"the static site is built by the explorer's package `app`, which is not importable "
+                       f"here ({e}); run from the repository or install it with pip install .") from None
+    site.check_out(a.out)  # refused before any model is loaded
+    record = site.build(a.out)
+    print(f"wrote {a.out}: {len(record['runs'])} runs ({', '.join(r['key'] for r in record['runs'])}), "
+          f"{record['bytes'] / 2**20:.2f} MB; open index.html, or publish the folder as it is")
+
+
+def load_source(source: str) -> str:
+    """A Hub reference resolved to its local folder (emigm.io.hub), anything else as given."""
+    return str(hub_resolve(source)) if is_hub_id(source) else source
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -567,6 +603,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", default="0", help="seed in [0, 2^63 - 1] (ASCII digits)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_train_classifier)
+
+    s = sub.add_parser("site", help="write the static site: the curated runs replayed in any browser, no server")
+    s.add_argument("--out", required=True, help="the site's folder: new, empty, or an earlier site (replaced)")
+    s.set_defaults(func=cmd_site)
+
+    s = sub.add_parser("model-card", help="print the model card (README.md, Hub front matter) of an export, a "
+                                          "shipped name, a tokenizer or the classifier")
+    s.add_argument("source", help="export folder, shipped name (fmnist-emigm, fmnist-kl, classifier, ...) or "
+                                  "hf:OWNER/NAME")
+    s.add_argument("--out", default="", help="write it to this .md file instead of printing it")
+    s.set_defaults(func=cmd_model_card)
 
 
     register_training(sub)

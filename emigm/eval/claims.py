@@ -66,10 +66,13 @@ def same_setting(config: Any, recorded: Any) -> bool:
 
 
 class ClaimsFile:
-    """A read claims.json: `doc` (None when unusable) and `problem` (one line, or None)."""
+    """A read claims.json: `doc` (None when unusable) and `problem` (one line, or None); `raw`, the parsed
+    object even when it is of an older format (for naming what it holds, never for its numbers)."""
 
-    def __init__(self, doc: dict[str, Any] | None, problem: str | None, path: Path) -> None:
+    def __init__(self, doc: dict[str, Any] | None, problem: str | None, path: Path,
+                 raw: dict[str, Any] | None = None) -> None:
         self.doc, self.problem, self.path = doc, problem, Path(path)
+        self.raw = raw if raw is not None else doc
 
     @classmethod
     def read(cls, path: str | os.PathLike = CLAIMS_FILE) -> ClaimsFile:
@@ -90,7 +93,7 @@ class ClaimsFile:
         if not isinstance(version, int) or version < VERSION or not isinstance(doc.get("fingerprints"), dict):
             return cls(None, f"{name} is of an older format (version {version}, no fingerprints of the weights "
                              "measured): its numbers are not shown; measure again with benchmarks/paper_claims.py",
-                       path)
+                       path, raw=doc)
         doc["points"] = [p for p in doc["points"] if isinstance(p, dict)]
         doc["claims"] = [c for c in doc["claims"] if isinstance(c, dict)]
         return cls(doc, None, path)
@@ -110,6 +113,19 @@ class ClaimsFile:
             if same_setting(sampler, p.get("sampler")) and same_setting(guidance, p.get("guidance")):
                 return p
         return None
+
+    def recorded(self, model: str, sampler, guidance) -> bool:
+        """True when the file (of any format) holds a point of `model` with this setting, on whatever
+        weights: where a caller shows NOT_MEASURED instead of nothing."""
+        pts = (self.raw or {}).get("points") if isinstance(self.raw, dict) else None
+        return any(isinstance(p, dict) and p.get("model") == model and same_setting(sampler, p.get("sampler"))
+                   and same_setting(guidance, p.get("guidance")) for p in (pts if isinstance(pts, list) else []))
+
+    def claim_names(self) -> list[str]:
+        """The claims the file states (of any format), by their text."""
+        claims = (self.raw or {}).get("claims") if isinstance(self.raw, dict) else None
+        return [str(c.get("claim") or c.get("id") or "?") for c in (claims if isinstance(claims, list) else [])
+                if isinstance(c, dict)]
 
     def recorded_on_other_weights(self, model: str, current: dict[str, Any] | None) -> bool:
         """True when the file has points of `model`, none of them measured on these weights."""
