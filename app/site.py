@@ -3,7 +3,7 @@
 `python -m emigm site --out DIR` (or `python -m app.site --out DIR`) samples every lesson once and writes
 
     DIR/index.html     the page
-    DIR/explorer.js    the explorer's own player (app/static), unchanged
+    DIR/explorer-core.js, explorer.js  the explorer's own player (app/static), unchanged
     DIR/explorer.css
     DIR/site.js        builds the page's sections and hands each payload to the player
     DIR/runs.js        the payloads (`window.EMIGM_SITE = {...}`): a script, so the page works from any
@@ -41,7 +41,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 MARK = "emigm-site.json"
 FORMAT = "emigm-site-1"
 MAX_BYTES = 10 * 2**20
-FILES = ("index.html", "explorer.js", "explorer.css", "site.js", "runs.js", MARK)
+FILES = ("index.html", "explorer-core.js", "explorer.js", "explorer.css", "site.js", "runs.js", MARK)
 ORACLE = "fmnist-oracle"
 
 INDEX = """<!doctype html>
@@ -60,6 +60,7 @@ nav a { margin-right: 14px; }
 .emigm-root { min-height: 120px; }
 footer { color: #666; font-size: 0.9em; margin-top: 40px; }
 </style>
+<script src="explorer-core.js"></script>
 <script src="explorer.js"></script>
 </head>
 <body>
@@ -186,7 +187,7 @@ def build(out: str | os.PathLike, lessons: Sequence[Lesson] | None = None, engin
         doc = {"format": FORMAT, "runs": runs, "note": note}
         (tmp / "index.html").write_text(INDEX)
         (tmp / "site.js").write_text(SITE_JS)
-        for name in ("explorer.js", "explorer.css"):
+        for name in ("explorer-core.js", "explorer.js", "explorer.css"):
             shutil.copyfile(STATIC / name, tmp / name)
         (tmp / "runs.js").write_text("window.EMIGM_SITE = " + json.dumps(doc, separators=(",", ":")) + ";\n")
         size = sum((tmp / n).stat().st_size for n in FILES if n != MARK)

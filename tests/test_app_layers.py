@@ -11,12 +11,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "app"
 # bottom to top; a module may import its own floor and the floors before it, except on the tabs' floor
 FLOORS = {
-    "ground": ("text", "memory", "plots", "controls", "axes", "payload", "components"),
+    "ground": ("text", "memory", "plots", "controls", "axes", "payload", "components", "lessons"),
     "helpers": ("charts", "errors", "permalink", "claims"),
     "models": ("trajectory", "stops", "catalogue", "engine"),
     "shared": ("render", "stepper", "shared"),
     "tabs": ("unmask", "compare", "lab", "analysis"),
-    "page": ("ui",),
+    "page": ("ui", "site"),  # the Gradio page, and the same runs as a static site
     "launcher": ("launch",),
 }
 # the one function that imports inside itself, and why: the launcher sets the environment torch and
