@@ -73,7 +73,11 @@ class StepState:
     passes / head_evals: cumulative transformer passes and head network evaluations;
     anatomy: the step opened (StepAnatomy) when the run was asked for it, else None;
     frozen: (B, L) bool, tokens given before the run that it never changes (inpainting: the visible part
-    of the image; a run branched from this state keeps them), or None.
+    of the image; a run branched from this state keeps them), or None;
+    image_steps / image_passes: (B,) int64, per image the steps that found it with a masked token and their
+    transformer passes so far (an adaptive order's steps vary per image; `passes` counts the batch's);
+    confidence: (B, L) float, each committed token's probability when it was committed (categorical
+    heads; 0 where masked), or None.
     """
 
     step: int
@@ -99,6 +103,9 @@ class StepState:
     guidance: GuidanceConfig = field(repr=False)
     anatomy: StepAnatomy | None = field(default=None, repr=False)
     frozen: Tensor | None = field(default=None, repr=False)
+    image_steps: Tensor | None = field(default=None, repr=False)
+    image_passes: Tensor | None = field(default=None, repr=False)
+    confidence: Tensor | None = field(default=None, repr=False)
 
     @property
     def done(self) -> bool:
