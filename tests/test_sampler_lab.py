@@ -271,9 +271,6 @@ def test_uncertainty_is_zero_for_a_deterministic_head(emigm_like, monkeypatch):
         def sample(self, z, noise, **kw):
             return self.inner.sample(z, lambda i: 0 * noise(i), **kw)
 
-        def first_eps(self, *a, **kw):
-            return self.inner.first_eps(*a, **kw)
-
     cfg, g = EMIGM
     captured = {}
     real = anatomy.open_step

@@ -2,7 +2,7 @@
 
 One source for the sampler's refusals and the explorer's disabled controls: `choice_reasons` lists,
 per option field, the choices this model cannot take and why; `limits` gives the numeric caps that
-depend on the model (num_steps <= its token count); `unavailable` applies both to a concrete setting.
+depend on the model (num_steps <= its token count); `refusals` applies both to a concrete setting.
 
 And one source for what a model is run with when nobody says otherwise: `suggested_settings` (the
 sampler rule it was trained for) and `suggested_guidance` (its CFG). The CLI, `Pipeline` and the
@@ -70,11 +70,6 @@ def refusals(model, smoother, sampler, guidance: GuidanceConfig) -> list[FieldEr
         if not lo <= values[name] <= hi:
             out.append(FieldError(name, f"{{name}} {values[name]} is not available: {why[name]}"))
     return out
-
-
-def unavailable(model, smoother, sampler, guidance: GuidanceConfig) -> list[str]:
-    """Reasons why (sampler, guidance) cannot run on this model; empty when it can."""
-    return [str(e) for e in refusals(model, smoother, sampler, guidance)]
 
 
 def check_capabilities(model, sampler, guidance: GuidanceConfig, smoother=None) -> None:

@@ -30,8 +30,8 @@ class StepAnatomy:
     - branches: {"conditional", "null" (when CFG ran), "smoothed" (when self-guidance ran), "combined"}
       -> token values (B, L, C) or codes (B, L), each sampled with the same noise; "combined" is the
       run's draft;
-    - raw: the same names -> what the guidance combinator combines: logits (B, L, K) for a categorical
-      head, for a diffusion head the noise prediction at the solver's first call (B, L, C); combined =
+    - raw: the same names -> what the guidance combinator combines, logits (B, L, K), for a categorical
+      head (empty for a diffusion head, which combines inside its solver); combined =
       emigm.core.guidance.combine(conditional, references, weights) for the masked tokens;
     - weights: {guide name: (B,) lambda}.
     How sure: uncertainty (B, L), the entropy (categorical) or the spread of K head draws (diffusion)
