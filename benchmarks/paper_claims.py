@@ -771,11 +771,23 @@ def verdicts(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 c = dict(c, id=f"{c['id']}@{k}", claim=f"{c['claim']} on {k}", short=f"{c['short']} ({k})")
             c["model"] = k or None  # None: the claim spans models (the CFG-mode pairs)
             out.append(c)
+    n = next((p["seed_sets"][0][1] - p["seed_sets"][0][0] + 1 for p in points if p.get("seed_sets")), None)
     for c in out:
         c["evidence"] = evidence(c)
         for t in c["tests"]:
             t["text"] = check_text(t)
+            need = n_to_decide(t, n) if n else None
+            if need is not None:
+                t["n_to_decide"] = need
     return out
+
+
+def n_to_decide(t: dict[str, Any], n: int) -> int | None:
+    """For an undecided test with a spread: the samples per seed set that would decide it if the margin
+    stayed and the sd shrank as 1/sqrt(N): N (2 sd / |margin|)^2, rounded up to a hundred. None otherwise."""
+    if t["verdict"] != "undecided" or not t.get("sd") or not t["margin"] or not math.isfinite(t["margin"]):
+        return None
+    return int(math.ceil(n * (2 * t["sd"] / abs(t["margin"])) ** 2 / 100.0) * 100)
 
 
 def evidence(c: dict[str, Any]) -> str:
@@ -886,11 +898,16 @@ def claims_table(doc: dict[str, Any], shown: list[bool] | None = None) -> list[s
             lines.append(f"| {cell(c['claim'])} | {NOT_MEASURED} | - | - |")
             continue
         lines.append(f"| {cell(c['claim'])} | **{c['verdict']}** | {cell(c['evidence'])} | "
-                     f"{cell('; '.join(t['text'] for t in c['tests']))} |")
+                     f"{cell('; '.join(t['text'] + need_text(t) for t in c['tests']))} |")
     kept = [c for c, ok in zip(doc["claims"], shown) if ok]
     return lines + ["", f"{len(doc['claims'])} claims: " + ", ".join(
         f"{sum(c['verdict'] == v for c in kept)} {v}" for v in VERDICTS)
         + (f", {shown.count(False)} {NOT_MEASURED}" if not all(shown) else "") + "."]
+
+
+def need_text(t: dict[str, Any]) -> str:
+    """' [decided at N ≈ 4100 per seed set]' for an undecided test with a spread, else ''."""
+    return f" [decided at N ≈ {t['n_to_decide']} per seed set]" if t.get("n_to_decide") else ""
 
 
 def shown_on_shipped(doc: dict[str, Any]) -> list[bool]:
@@ -944,7 +961,7 @@ def print_claims(doc: dict[str, Any]) -> None:
     for c in doc["claims"]:
         print(f"{c['verdict']:<14} {c['claim']}")
         for t in c["tests"]:
-            print(f"{'':<16}{t['text']}")
+            print(f"{'':<16}{t['text']}{need_text(t)}")
 
 
 def write(out: Path, doc: dict[str, Any], quiet: bool = False) -> None:

@@ -351,6 +351,16 @@ def test_damaged_and_older_claims_files_are_one_line(tmp_path):
         cf = ClaimsFile.read(path)
         assert cf.doc is None and want in cf.problem and "\n" not in cf.problem, text
         assert cf.points("fmnist-emigm", {}) == [] and cf.claims({}) == [] and cf.solver_warnings("x", {}) == {}
+    old = {**_claims_doc(), "version": 2}
+    old.pop("fingerprints")
+    path.write_text(json.dumps(old))
+    cf = ClaimsFile.read(path)  # an older file: what it holds can be named, never its numbers
+    assert cf.claim_names() == [c["claim"] for c in old["claims"]]
+    from emigm.core.guidance import GuidanceConfig
+    assert cf.recorded("fmnist-emigm", pc.BASE, GuidanceConfig(cfg_scale=3.0, cfg_interval=(0.1, 0.3)))
+    assert not cf.recorded("fmnist-emigm", pc.BASE, GuidanceConfig())
+    assert cf.measured("fmnist-emigm", {"network": "x"}, pc.BASE, GuidanceConfig(cfg_scale=3.0,
+                                                                                cfg_interval=(0.1, 0.3))) is None
     missing = ClaimsFile.read(tmp_path / "none.json")
     assert missing.doc is None and "not found" in missing.problem
     shipped = ClaimsFile.read()  # whatever ships reads without an exception
@@ -394,3 +404,15 @@ def test_readme_block_shows_numbers_only_for_the_shipped_files():
     assert block.count("| not measured on these weights | - | - |") == len(other["claims"])
     assert "137" not in block and "10.60" not in block  # no number of other weights
     assert "2 not measured on these weights." in block
+
+
+def test_an_undecided_test_says_how_many_samples_would_decide_it():
+    """N (2 sd / |margin|)^2 at the measured spread, rounded up to a hundred; none for decided tests."""
+    c = pc.verdicts(_steps({2: 14.0, 4: 12.0, 8: 11.0, 16: 11.2, 32: 10.9}, sd=2.0))[0]
+    t = c["tests"][1]  # exp S=8 below exp S=4: margin 1, sd sqrt(2) x 2
+    assert t["verdict"] == "undecided" and t["margin"] == pytest.approx(1.0) and t["sd"] == pytest.approx(2 * 2 ** 0.5)
+    assert t["n_to_decide"] == 400  # 10 samples per set x (2 x 2.83 / 1)^2 = 320, rounded up to a hundred
+    held = pc.verdicts(_steps({2: 14.0, 4: 12.0, 8: 11.0, 16: 11.2, 32: 10.9}))[0]
+    assert all("n_to_decide" not in t for t in held["tests"])
+    assert "[decided at N ≈ 400 per seed set]" in "\n".join(pc.claims_table(pc.build_doc(
+        _steps({2: 14.0, 4: 12.0, 8: 11.0, 16: 11.2, 32: 10.9}, sd=2.0), "m", 10, pc.seed_sets(10, 3), "cpu", False)))

@@ -22,9 +22,12 @@ from emigm.core.seeds import check_seed, parse_seed
 from emigm.core.statedict import CheckpointError
 from emigm.eval.sampler_error import require_oracle, sampler_error
 from emigm.eval.claims import CLAIMS_FILE, CLASSIFIER_FILE, NOT_MEASURED, ClaimsFile
+from emigm.eval.modelcard import model_card
 from emigm.eval.scoring import check_request, evaluate_generator
 from emigm.io.exports import resolve_export
 from emigm.io.fingerprint import fingerprint
+from emigm.io.hub import is_hub_id
+from emigm.io.hub import resolve as hub_resolve
 from emigm.io.imaging import save_grid
 from emigm.io.loading import load_pipeline, random_pipeline
 from emigm.nn.oracle import check_eps as check_oracle_eps
@@ -175,10 +178,17 @@ def cmd_schedule(a: argparse.Namespace) -> None:
     print(f"schedule {sampler.schedule}, {sampler.num_steps} steps, {a.tokens} tokens, count rule {sampler.count_rule}"
           + (f", CFG {g.cfg_scale} in ({g.cfg_interval[0]}, {g.cfg_interval[1]}]" if g.cfg_scale != 1.0 else ", no CFG")
           + (f", self-guidance {g.sg_scale} in ({g.sg_interval[0]}, {g.sg_interval[1]}]" if g.sg_scale > 0 else ""))
-    print(f"{'step':>4} {'t':>8} {'s':>8} {'E[revealed]':>12} {'E[masked]':>10} {'cfg':>4} {'sg':>4} {'passes':>6} {'total':>6}")
+    print(f"tokens revealed per step as the sampler plans them (at least one, at most the masked count minus "
+          f"one per later step; mean and 5-95 % range, "
+          + (f"over {table.draws} seeds" if table.draws else "exact") + "), "
+          f"beside the schedule's L x (gamma(t) - gamma(s)), which ignores both rules")
+    print(f"{'step':>4} {'t':>8} {'s':>8} {'revealed':>9} {'5-95 %':>8} {'L x dgamma':>11} {'masked after':>12} "
+          f"{'cfg':>4} {'sg':>4} {'passes':>6} {'total':>6}")
     for r in table.rows:
-        print(f"{r.step:>4} {r.t:>8.4f} {r.s:>8.4f} {r.expected_revealed:>12.1f} {r.expected_masked_after:>10.1f} "
-              f"{'yes' if r.cfg else '':>4} {'yes' if r.sg else '':>4} {r.passes:>6} {r.cumulative_passes:>6}")
+        band = f"{r.planned_lo}" if r.planned_lo == r.planned_hi else f"{r.planned_lo}-{r.planned_hi}"
+        print(f"{r.step:>4} {r.t:>8.4f} {r.s:>8.4f} {r.planned_mean:>9.2f} {band:>8} {r.expected_revealed:>11.2f} "
+              f"{r.planned_masked_after:>12.1f} {'yes' if r.cfg else '':>4} {'yes' if r.sg else '':>4} {r.passes:>6} "
+              f"{r.cumulative_passes:>6}")
     print(f"CFG steps: {table.cfg_steps}; self-guidance steps: {table.sg_steps}; transformer passes: "
           f"{table.passes} ({sampler.num_steps} x {table.nfe_per_step:.3g})")
 
@@ -448,6 +458,23 @@ def cmd_train_classifier(a: argparse.Namespace) -> None:
     print(f"wrote {a.out}: test accuracy {r['test_accuracy']:.4f}")
 
 
+def cmd_model_card(a: argparse.Namespace) -> None:
+    """Print (or write with --out) the model card of an export, shipped name, tokenizer or classifier."""
+    if a.out:
+        check_output_file(a.out, "--out", (".md",))
+    text = model_card(load_source(a.source))
+    if a.out:
+        write_text(a.out, text)
+        print(f"wrote {a.out}")
+    else:
+        sys.stdout.write(text)
+
+
+def load_source(source: str) -> str:
+    """A Hub reference resolved to its local folder (emigm.io.hub), anything else as given."""
+    return str(hub_resolve(source)) if is_hub_id(source) else source
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -562,6 +589,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", default="0", help="seed in [0, 2^63 - 1] (ASCII digits)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_train_classifier)
+
+    s = sub.add_parser("model-card", help="print the model card (README.md, Hub front matter) of an export, a "
+                                          "shipped name, a tokenizer or the classifier")
+    s.add_argument("source", help="export folder, shipped name (fmnist-emigm, fmnist-kl, classifier, ...) or "
+                                  "hf:OWNER/NAME")
+    s.add_argument("--out", default="", help="write it to this .md file instead of printing it")
+    s.set_defaults(func=cmd_model_card)
 
 
     register_training(sub)

@@ -10,6 +10,7 @@ from emigm.core import distributed as dist
 from emigm.core.config import apply_overrides, to_json
 from emigm.core.devices import resolve_device
 from emigm.core.presets import PRESETS, get_preset
+from emigm.eval.modelcard import write_model_card
 from emigm.io.loading import load_pipeline
 from emigm.io.runs import export_checkpoint
 from emigm.nn.smoother import check_base
@@ -95,7 +96,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     if not args.out.strip():
         raise ValueError("--out is empty: give the export folder")
     out = export_checkpoint(args.source, args.out)
-    print(f"wrote {out}")
+    write_model_card(out)
+    print(f"wrote {out} (with its model card, README.md)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

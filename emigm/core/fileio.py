@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 
-
 def _assets_dir() -> Path:
     """The shipped models and files: inside the package when installed from a wheel (pyproject.toml maps
     the repository's `assets/` to `emigm/assets`), else the repository's `assets/` beside the package

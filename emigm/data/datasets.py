@@ -26,6 +26,7 @@ from PIL import Image
 from emigm.core.config import DataConfig, TokenizerConfig
 from emigm.core.fileio import atomic_write, torch_save, write_text
 from emigm.core.names import DATASETS
+from emigm.core.progress import Stage
 from emigm.core.seeds import STREAM_AUGMENT, mix_seed
 from emigm.core.statedict import CheckpointError, load_torch
 
@@ -274,11 +275,14 @@ class EncodedDataset(torch.utils.data.Dataset):
                 pass  # unreadable or stale: encode again and replace it
         moments, labels = [], []
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-        with torch.inference_mode():
+        where = f"cached in {cache} for the next run" if cache is not None else "kept in memory"
+        with torch.inference_mode(), Stage("encoding the training set with the tokenizer", total=len(dataset),
+                                           unit="img", detail=where) as stage:
             for x, y in loader:
                 mean, logvar = encode_fn(x.to(device))
                 moments.append(torch.stack([mean, logvar], 1).float().cpu())
                 labels.append(torch.as_tensor(y, dtype=torch.int64))
+                stage.update(len(y))
         self.moments, self.labels = torch.cat(moments), torch.cat(labels)
         if cache is not None:
             torch_save({"moments": self.moments, "labels": self.labels}, cache)

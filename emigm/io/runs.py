@@ -38,7 +38,7 @@ STATE_FILE = "state.pt"  # a tokenizer training run's state (emigm.train.tokeniz
 TOKENIZER_FILES = frozenset({"kl.safetensors", "kl.json", "vq.safetensors", "vq.json", "kl16.ckpt"})
 # Keys that may differ on resume: they change bookkeeping, not the trajectory (train.steps: upwards).
 RESUMABLE_KEYS = frozenset({"train.steps", "train.log_every", "train.ckpt_every", "train.keep_last",
-                            "train.out_dir", "train.compile", "data.num_workers", "data.path"})
+                            "train.sample_every", "train.out_dir", "train.compile", "data.num_workers", "data.path"})
 
 
 class _Absent:

@@ -13,6 +13,7 @@ from torch import nn
 
 from emigm.core.fields import check_number
 from emigm.core.fileio import command_line, ensure_writable_dir
+from emigm.core.progress import track
 from emigm.core.seeds import check_seed
 from emigm.data.datasets import load_fashion_mnist, to_unit_range
 from emigm.eval.evaluation import Classifier, class_accuracy, classifier_outputs, save_classifier
@@ -81,10 +82,8 @@ def train_classifier(root: str | None, out_dir: str | os.PathLike = "runs/classi
         model.train()
         perm = torch.randperm(len(x_all), generator=g)
         total, correct, loss_sum = 0, 0, 0.0
-        batches = range(steps_per_epoch)
-        if progress:
-            from tqdm import tqdm
-            batches = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", leave=False)
+        batches = track(range(steps_per_epoch), f"training the classifier, epoch {epoch + 1}/{epochs}",
+                        unit="batch", enabled=progress)
         for i in batches:
             idx = perm[i * batch_size:(i + 1) * batch_size]
             x = _augment(x_all[idx].to(device), g, max_shift)

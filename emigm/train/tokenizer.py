@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from emigm.core.fields import check_fields, coerce_tuples, option
 from emigm.core.fileio import command_line, ensure_writable_dir, torch_save, write_bytes
+from emigm.core.progress import Stage
 from emigm.core.statedict import CheckpointError, load_torch
 from emigm.eval.evaluation import seam_ratio
 from emigm.io.runs import (
@@ -223,6 +224,8 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, out_dir: Path, run_dir: Path, da
 
     model.train()
     metrics = stack.enter_context(MetricsLog(run_dir / METRICS_FILE))
+    bar = stack.enter_context(Stage(f"training the {cfg.kind} tokenizer", total=stop - step, unit="step",
+                                    enabled=progress, detail=f"steps {step + 1}-{stop} of {cfg.steps}"))
     while step < stop:
         idx = torch.randint(0, train.shape[0], (cfg.batch_size,), generator=gen)
         x = train[idx].to(device)
@@ -233,13 +236,15 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, out_dir: Path, run_dir: Path, da
         loss.backward()
         opt.step()
         step += 1
+        bar.update(1)
         if step % cfg.log_every == 0 or step == stop:
             rec = {"step": step, "loss": float(loss.detach()), **{k: float(v) for k, v in logs.items()},
                    "elapsed": round(elapsed + time.perf_counter() - t0, 2)}
             metrics.write(rec)
-            if progress:
+            if progress and bar.mode == "lines":  # a log gets a line per window; a terminal the bar
                 print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()),
                       flush=True)
+            bar.postfix(loss=f"{rec['loss']:.4g}")
         if step % cfg.ckpt_every == 0 or step == stop:
             save_state()
     elapsed += time.perf_counter() - t0
