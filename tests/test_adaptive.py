@@ -138,6 +138,22 @@ def test_a_cap_on_the_steps_reveals_the_rest_at_the_last_step(maskgit):
     assert states[0].revealed.sum(1).tolist() == [1, 1, 1] and states[1].revealed.sum(1).tolist() == [1, 1, 1]
 
 
+def test_rescoring_a_step_as_an_adaptive_order_equals_running_it(maskgit):
+    """An opened confidence-order step re-scored as threshold / eb (no network pass) is the first step of
+    a run with that order branched from the step before."""
+    from dataclasses import replace
+
+    from emigm.sample.rescore import rescore
+
+    cfg = SamplerConfig(num_steps=8, order="confidence", count_rule="exact")
+    states = _run(maskgit, cfg, anatomy=AnatomyOptions(rescore=True))
+    for new in (replace(cfg, order="threshold", threshold_tau=0.15), replace(cfg, order="eb", eb_gamma=5.0)):
+        got = rescore(maskgit, states[3], new)
+        ran = next(iter(sample_steps(maskgit, [1, 4, 7], [3, 8, 11], new, init=states[2])))
+        assert torch.equal(got.revealed, ran.revealed) and torch.equal(got.tokens, ran.tokens)
+        assert int(got.revealed.sum()) > 3
+
+
 # ----------------------------------------------------------------------------- refusals
 
 
