@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -20,9 +21,9 @@ from emigm.core.labels import parse_class
 from emigm.core.presets import PRESETS
 from emigm.core.seeds import check_seed, parse_seed
 from emigm.core.statedict import CheckpointError
-from emigm.eval.sampler_error import require_oracle, sampler_error
 from emigm.eval.claims import CLAIMS_FILE, CLASSIFIER_FILE, NOT_MEASURED, ClaimsFile
 from emigm.eval.modelcard import model_card
+from emigm.eval.sampler_error import require_oracle, sampler_error
 from emigm.eval.scoring import check_request, evaluate_generator
 from emigm.io.exports import resolve_export
 from emigm.io.fingerprint import fingerprint
@@ -30,10 +31,10 @@ from emigm.io.hub import is_hub_id
 from emigm.io.hub import resolve as hub_resolve
 from emigm.io.imaging import save_grid
 from emigm.io.loading import load_pipeline, random_pipeline
-from emigm.nn.oracle import check_eps as check_oracle_eps
-from emigm.nn.oracle import check_sigma as check_oracle_sigma
 from emigm.io.pictures import Picture, encode_picture, fmnist_picture, masked_view, read_picture
 from emigm.nn.budget import MAX_IMAGES, MAX_SAMPLES, check_sampling_size
+from emigm.nn.oracle import check_eps as check_oracle_eps
+from emigm.nn.oracle import check_sigma as check_oracle_sigma
 from emigm.sample.capabilities import check_capabilities, suggested_guidance, suggested_settings
 from emigm.sample.checks import check_finite
 from emigm.sample.inpaint import MASK_SPEC_HELP as MASK_SPEC
@@ -178,10 +179,10 @@ def cmd_schedule(a: argparse.Namespace) -> None:
     print(f"schedule {sampler.schedule}, {sampler.num_steps} steps, {a.tokens} tokens, count rule {sampler.count_rule}"
           + (f", CFG {g.cfg_scale} in ({g.cfg_interval[0]}, {g.cfg_interval[1]}]" if g.cfg_scale != 1.0 else ", no CFG")
           + (f", self-guidance {g.sg_scale} in ({g.sg_interval[0]}, {g.sg_interval[1]}]" if g.sg_scale > 0 else ""))
-    print(f"tokens revealed per step as the sampler plans them (at least one, at most the masked count minus "
-          f"one per later step; mean and 5-95 % range, "
+    print("tokens revealed per step as the sampler plans them (at least one, at most the masked count minus "
+          "one per later step; mean and 5-95 % range, "
           + (f"over {table.draws} seeds" if table.draws else "exact") + "), "
-          f"beside the schedule's L x (gamma(t) - gamma(s)), which ignores both rules")
+          "beside the schedule's L x (gamma(t) - gamma(s)), which ignores both rules")
     print(f"{'step':>4} {'t':>8} {'s':>8} {'revealed':>9} {'5-95 %':>8} {'L x dgamma':>11} {'masked after':>12} "
           f"{'cfg':>4} {'sg':>4} {'passes':>6} {'total':>6}")
     for r in table.rows:
@@ -470,6 +471,21 @@ def cmd_model_card(a: argparse.Namespace) -> None:
         sys.stdout.write(text)
 
 
+def cmd_site(a: argparse.Namespace) -> None:
+    """The static site of curated runs. It is built by the explorer's package (app/site.py: the player,
+    its payloads and the lessons live there, above the library), looked up by name at run time so the
+    library never imports the app."""
+    try:
+        site = importlib.import_module("app.site")
+    except ImportError as e:
+        raise CliError(f"the static site is built by the explorer's package `app`, which is not importable "
+                       f"here ({e}); run from the repository or install it with pip install .") from None
+    site.check_out(a.out)  # refused before any model is loaded
+    record = site.build(a.out)
+    print(f"wrote {a.out}: {len(record['runs'])} runs ({', '.join(r['key'] for r in record['runs'])}), "
+          f"{record['bytes'] / 2**20:.2f} MB; open index.html, or publish the folder as it is")
+
+
 def load_source(source: str) -> str:
     """A Hub reference resolved to its local folder (emigm.io.hub), anything else as given."""
     return str(hub_resolve(source)) if is_hub_id(source) else source
@@ -589,6 +605,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", default="0", help="seed in [0, 2^63 - 1] (ASCII digits)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_train_classifier)
+
+    s = sub.add_parser("site", help="write the static site: the curated runs replayed in any browser, no server")
+    s.add_argument("--out", required=True, help="the site's folder: new, empty, or an earlier site (replaced)")
+    s.set_defaults(func=cmd_site)
 
     s = sub.add_parser("model-card", help="print the model card (README.md, Hub front matter) of an export, a "
                                           "shipped name, a tokenizer or the classifier")
