@@ -15,7 +15,7 @@ from emigm.core import distributed as dist
 from emigm.core.config import MAX_TOKENS, to_dict
 from emigm.core.devices import resolve_device
 from emigm.core.fields import FieldError, check_number, describe, field_names
-from emigm.core.fileio import check_output_file, write_text
+from emigm.core.fileio import write_text
 from emigm.core.guidance import GuidanceConfig
 from emigm.core.labels import parse_class
 from emigm.core.presets import PRESETS
@@ -31,6 +31,7 @@ from emigm.io.hub import is_hub_id
 from emigm.io.hub import resolve as hub_resolve
 from emigm.io.imaging import save_grid
 from emigm.io.loading import load_pipeline, random_pipeline
+from emigm.io.runs import OVERWRITE_FLAG, check_output
 from emigm.io.pictures import Picture, encode_picture, fmnist_picture, masked_view, read_picture
 from emigm.nn.budget import MAX_IMAGES, MAX_SAMPLES, check_sampling_size
 from emigm.nn.oracle import check_eps as check_oracle_eps
@@ -239,9 +240,9 @@ def cmd_sample(a: argparse.Namespace) -> None:
     elif a.path_token or a.uncertainty_draws != AnatomyOptions.uncertainty_draws:
         raise CliError("--uncertainty-draws and --path-token go with --anatomy")
     device = resolve_device(a.device)
-    out = check_output_file(a.out, "--out", (".png",))
+    out = check_output(a.out, "--out", (".png",), overwrite=a.overwrite)
     if a.trace:
-        trace = check_output_file(a.trace, "--trace")
+        trace = check_output(a.trace, "--trace", overwrite=a.overwrite)
         if trace.resolve() == out.resolve():
             raise CliError(f"--out and --trace are the same file ({a.out}); give two names")
     gen = load_for_sampling(a, device)
@@ -294,9 +295,9 @@ def cmd_inpaint(a: argparse.Namespace) -> None:
     given_steps = a.num_steps
     a.num_steps = a.num_steps if a.num_steps is not None else 16
     sampler_configs(a)  # every given value checked before anything is read or loaded
-    out = check_output_file(a.out, "--out", (".png",))
+    out = check_output(a.out, "--out", (".png",), overwrite=a.overwrite)
     if a.trace:
-        trace = check_output_file(a.trace, "--trace")
+        trace = check_output(a.trace, "--trace", overwrite=a.overwrite)
         if trace.resolve() == out.resolve():
             raise CliError(f"--out and --trace are the same file ({a.out}); give two names")
     device = resolve_device(a.device)
@@ -443,7 +444,7 @@ def cmd_train_tokenizer(a: argparse.Namespace) -> None:
     out = a.out or str(Path("runs") / f"fmnist-{a.kind}")
     run_dir = a.run_dir or str(Path("runs") / f"tokenizer-{Path(out).name}")
     m = train_tokenizer(cfg, out, run_dir, a.data_path or None, device=resolve_device(a.device),
-                        max_steps=a.max_steps)
+                        max_steps=a.max_steps, overwrite=a.overwrite)
     if not m:
         print(f"stopped at step {a.max_steps} of {cfg.steps}; re-run the same command to continue ({run_dir})")
         return
@@ -455,14 +456,14 @@ def cmd_train_tokenizer(a: argparse.Namespace) -> None:
 def cmd_train_classifier(a: argparse.Namespace) -> None:
     r = train_classifier(a.data_path or None, a.out, epochs=a.epochs, batch_size=a.batch_size,
                          seed=parse_seed("--seed", a.seed),
-                         device=resolve_device(a.device))
+                         device=resolve_device(a.device), overwrite=a.overwrite)
     print(f"wrote {a.out}: test accuracy {r['test_accuracy']:.4f}")
 
 
 def cmd_model_card(a: argparse.Namespace) -> None:
     """Print (or write with --out) the model card of an export, shipped name, tokenizer or classifier."""
     if a.out:
-        check_output_file(a.out, "--out", (".md",))
+        check_output(a.out, "--out", (".md",), overwrite=a.overwrite)
     text = model_card(load_source(a.source))
     if a.out:
         write_text(a.out, text)
@@ -512,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-images", type=INT, default=4)
     s.add_argument("--out", default="samples.png")
     s.add_argument("--trace", default="")
+    s.add_argument(OVERWRITE_FLAG, action="store_true", help="replace an existing --out / --trace file")
     s.add_argument("--anatomy", action="store_true",
                    help="record each step's anatomy in the --trace (scores, Gumbel noise, ranks, reveal "
                         "probability, expected and drawn counts, uncertainty); costs extra head work")
@@ -538,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-images", type=INT, default=1, help="results with seeds seed..seed+N-1")
     s.add_argument("--out", default="inpaint.png")
     s.add_argument("--trace", default="")
+    s.add_argument(OVERWRITE_FLAG, action="store_true", help="replace an existing --out / --trace file")
     s.add_argument("--device", default="auto")
     s.add_argument("--reveal-order", default="", help=REVEAL_HELP)
     add_sampler_args(s, model_rule=True)
@@ -586,6 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="", help="export folder (default runs/fmnist-KIND; shipped assets are never "
                                               "overwritten)")
     s.add_argument("--run-dir", default="", help="training state for resuming (default runs/tokenizer-NAME)")
+    s.add_argument(OVERWRITE_FLAG, action="store_true", help="replace an earlier export in --out")
     s.add_argument("--steps", type=INT, default=0, help="optimiser steps (default: kl 3600, vq 1700)")
     s.add_argument("--max-steps", type=INT, default=None, help="stop early at this step (resumable)")
     s.add_argument("--batch-size", type=INT, default=64)
@@ -600,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train-classifier", help="train the Fashion-MNIST classifier behind FD / accuracy")
     s.add_argument("--data.path", dest="data_path", default="", help="Fashion-MNIST folder")
     s.add_argument("--out", default="runs/classifier", help="output folder (shipped assets are never overwritten)")
+    s.add_argument(OVERWRITE_FLAG, action="store_true", help="replace an earlier classifier in --out")
     s.add_argument("--epochs", type=INT, default=6)
     s.add_argument("--batch-size", type=INT, default=256)
     s.add_argument("--seed", default="0", help="seed in [0, 2^63 - 1] (ASCII digits)")
@@ -615,6 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("source", help="export folder, shipped name (fmnist-emigm, fmnist-kl, classifier, ...) or "
                                   "hf:OWNER/NAME")
     s.add_argument("--out", default="", help="write it to this .md file instead of printing it")
+    s.add_argument(OVERWRITE_FLAG, action="store_true", help="replace an existing --out file")
     s.set_defaults(func=cmd_model_card)
 
 

@@ -111,6 +111,12 @@ def evaluate_generator(net, tokenizer, num_samples: int, sampler: SamplerConfig,
         raise ValueError(f"the Fashion-MNIST classifier scores 1 x 28 x 28 images; this model makes "
                          f"{tokenizer.channels} x {tokenizer.image_size} x {tokenizer.image_size}")
     classifier = load_classifier(classifier_path or ASSETS_DIR / "classifier")
+    # every input is checked before sampling, on every rank (so no rank waits on one that failed): the
+    # data (test split, and the training split for the floor) and the classifier's features of it
+    with Stage("scoring the test images (the reference)", enabled=progress and dist.is_main()):
+        ref, _ = dataset_features(classifier, data_root, "test", min(num_samples, 10000))
+    if floor:
+        load_fashion_mnist(data_root, "train")
     part = shard(num_samples, dist.rank(), dist.world_size())
     images, labels, cost = generate(net, tokenizer, num_samples, sampler, guidance, batch_size, seed, part, progress)
     period = tokenizer.image_size // tokenizer.grid  # pixels per token side: where token seams would show
@@ -124,8 +130,6 @@ def evaluate_generator(net, tokenizer, num_samples: int, sampler: SamplerConfig,
     shares = sorted((s for s in dist.all_gather_objects(mine) if s["feats"] is not None), key=lambda s: s["part"])
     result = None
     if dist.is_main():
-        with Stage("scoring the test images (the reference)", enabled=progress):
-            ref, _ = dataset_features(classifier, data_root, "test", min(num_samples, 10000))
         scores = score_features(torch.cat([s["feats"] for s in shares]), torch.cat([s["logits"] for s in shares]),
                                 torch.cat([s["labels"] for s in shares]), ref)
         seconds = max(s["cost"]["seconds"] for s in shares)

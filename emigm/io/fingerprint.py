@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from emigm.core import fileio
 from emigm.io.exports import WEIGHTS_FILE, read_export_config, resolve_export
 from emigm.io.loading import Pipeline, oracle_folder, smoother_folder, tokenizer_roots
 from emigm.nn.oracle import ORACLE_FILE, oracle_config
@@ -34,11 +35,7 @@ def sha256_file(path: str | os.PathLike) -> str:
     st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _CACHE[key] = h.hexdigest()
+        _CACHE[key] = fileio.sha256_file(p)  # the one sha256 of files (also behind checksums.json)
     return _CACHE[key]
 
 

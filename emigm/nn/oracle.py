@@ -487,7 +487,7 @@ def write_oracle(folder: str | os.PathLike, refs: ReferenceSet, kernel: float, d
     kind = "codes" if refs.discrete else "latents"
     tokens = refs.tokens.to(torch.int16) if refs.discrete else refs.tokens.to(torch.float16)
     data = save({"tokens": tokens.contiguous(), "labels": refs.labels.to(torch.uint8).contiguous()})
-    write_bytes(folder / REFERENCE_FILE, data)
+    write_bytes(folder / REFERENCE_FILE, data, checksum=True)
     desc = {"format": ORACLE_FORMAT, "kind": kind, ("eps" if refs.discrete else "sigma"): kernel,
             "tokenizer": get_preset(_PRESET_OF[kind]).tokenizer.path,
             "references": len(refs.labels), "per_class": refs.class_counts(),

@@ -16,9 +16,11 @@ from emigm.core.fileio import command_line, ensure_writable_dir
 from emigm.core.progress import track
 from emigm.core.seeds import check_seed
 from emigm.data.datasets import load_fashion_mnist, to_unit_range
-from emigm.eval.evaluation import Classifier, class_accuracy, classifier_outputs, save_classifier
+from emigm.eval.evaluation import CLASSIFIER_NAME, Classifier, class_accuracy, classifier_outputs, save_classifier
 from emigm.io.runs import check_target
 from emigm.train.optim import lr_at, one_cycle
+
+CLASSIFIER_FILES = frozenset({f"{CLASSIFIER_NAME}.safetensors", f"{CLASSIFIER_NAME}.json"})
 
 Tensor = torch.Tensor
 
@@ -49,10 +51,11 @@ def _augment(x: Tensor, generator: torch.Generator, max_shift: int = 0) -> Tenso
 
 def train_classifier(root: str | None, out_dir: str | os.PathLike = "runs/classifier", epochs: int = 6,
                      batch_size: int = 256, seed: int = 0, device: str | torch.device = "cpu",
-                     lr: float = 3e-3, max_shift: int = 0, progress: bool = True) -> dict:
+                     lr: float = 3e-3, max_shift: int = 0, progress: bool = True, overwrite: bool = False) -> dict:
     """Train the Fashion-MNIST classifier (Adam with a one-cycle schedule of the learning rate and of
     beta1, as torch's OneCycleLR; flip + optional shift augmentation),
     measure test accuracy, and write out_dir/fmnist-classifier.safetensors and .json atomically.
+    An existing classifier in `out_dir` is replaced only with `overwrite`.
     Returns the JSON record (config, test_accuracy, epochs, command, seconds, ...)."""
 
     check_number("epochs", epochs, 1, 1000, integer=True)
@@ -61,7 +64,8 @@ def train_classifier(root: str | None, out_dir: str | os.PathLike = "runs/classi
     check_number("max_shift", max_shift, 0, 14, integer=True)
     check_seed("seed", seed)
     start = time.time()
-    check_target(out_dir, "output folder")  # not a run, an export, a tokenizer or a shipped asset
+    # not a run, an export, a tokenizer, a shipped asset or a folder of other files
+    check_target(out_dir, "output folder", files=CLASSIFIER_FILES, overwrite=overwrite)
     ensure_writable_dir(out_dir, "output folder")  # before minutes of training, not after
     device = torch.device(device)
     g = torch.Generator().manual_seed(seed)

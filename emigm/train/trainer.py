@@ -35,10 +35,10 @@ from torch import nn
 from emigm.core import distributed as dist
 from emigm.core.config import TrainConfig, from_dict, to_dict
 from emigm.core.devices import memory_guard, resolve_device
-from emigm.core.fileio import command_line, ensure_writable_dir, torch_save, write_text
+from emigm.core.fileio import check_regular, command_line, ensure_writable_dir, record_checksum, torch_save, write_text
 from emigm.core.progress import Stage, line
 from emigm.core.seeds import STREAM_TRAIN, mix_seed
-from emigm.core.statedict import load_state_dict_strict
+from emigm.core.statedict import CheckpointError, load_state_dict_strict
 from emigm.data.stream import DataStream, Share
 from emigm.io.runs import (
     CKPT_FORMAT,
@@ -51,6 +51,7 @@ from emigm.io.runs import (
     RunLock,
     check_resume_config,
     check_target,
+    check_train_state,
     latest_checkpoint,
     list_checkpoints,
     trim_metrics,
@@ -126,6 +127,28 @@ def check_max_steps(max_steps: int | None) -> None:
         raise ValueError(f"max_steps must be >= 1 (or None: train to train.steps), got {max_steps}")
 
 
+def check_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any], source: str) -> None:
+    """A checkpoint's optimizer state fits `optimizer` before it is loaded: the same groups of the same
+    sizes, and every per-parameter tensor (Adam's moments) the shape of its parameter. One-line
+    CheckpointError naming the file, instead of torch's errors at load or at the next step."""
+    groups = state["param_groups"]
+    ours = optimizer.param_groups
+    if len(groups) != len(ours) or any(len(g["params"]) != len(o["params"]) for g, o in zip(groups, ours)):
+        raise CheckpointError(f"{source}: not a usable training checkpoint (optimizer: its parameter groups do "
+                              "not fit this model)")
+    params = {i: p for g, o in zip(groups, ours) for i, p in zip(g["params"], o["params"])}
+    for i, entry in state["state"].items():
+        if i not in params or not isinstance(entry, dict):
+            raise CheckpointError(f"{source}: not a usable training checkpoint (optimizer state {i!r} belongs to "
+                                  "no parameter)")
+        for key, v in entry.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                continue
+            if not isinstance(v, torch.Tensor) or (v.dim() > 0 and v.shape != params[i].shape):
+                raise CheckpointError(f"{source}: not a usable training checkpoint (optimizer state {i}.{key} "
+                                      f"does not fit its parameter {tuple(params[i].shape)})")
+
+
 def _on_main(info: dist.DistInfo, fn: Callable[[], Any]) -> Any:
     """Run `fn` on rank 0 only; a user or OS error there is raised on every rank, so no rank waits
     for a collective that rank 0 never reaches."""
@@ -199,8 +222,10 @@ def _resume_point(run_dir: Path, cfg_dict: dict[str, Any], defaults: dict[str, A
     """The newest checkpoint (path, contents), or (None, None); refuses a different config, in the
     newest checkpoint or in the run's config.json (which must be valid: `read_run_config`)."""
     saved = run_dir / CONFIG_FILE
-    doc = read_run_config(saved, check) if saved.is_file() else None
+    doc = read_run_config(saved, check) if check_regular(saved, "the run's config") else None
     latest = latest_checkpoint(run_dir, max_bytes)
+    if latest is not None:  # its schema, before anything is built or loaded from it
+        check_train_state(latest[1], latest[0])
     step = latest[1]["step"] if latest is not None else 0
     if latest is not None:
         check_resume_config(latest[1]["config"], cfg_dict, step, str(latest[0]), defaults)
@@ -304,6 +329,7 @@ class _Loop:
         """Load a checkpoint's weights, optimizer, scaler, EMA and this rank's generator state."""
         info, dev = self.info, self.dev
         load_state_dict_strict(self.task.trainable, ck["model"], source)
+        check_optimizer_state(self.optimizer, ck["optimizer"], source)
         self.optimizer.load_state_dict(ck["optimizer"])
         self.ema.load_state_dict(ck["ema"], f"{source} (EMA)")
         if self.scaler is not None and ck.get("scaler"):
@@ -338,8 +364,9 @@ class _Loop:
                  "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                  "data": self.stream.position, "elapsed": self.elapsed + seconds, "loss": self.last_loss,
                  "rng": {"world_size": self.info.world_size, "device": self.dev.type, "train": states}}
-        torch_save(state, self.run_dir / f"ckpt-{self.step:07d}.pt")
+        torch_save(state, self.run_dir / f"ckpt-{self.step:07d}.pt", checksum=True)
         for _, old in list_checkpoints(self.run_dir)[:-self.t.keep_last]:
+            record_checksum(old, None)
             old.unlink()
 
     def train_step(self, win_loss: Tensor, win_gn: Tensor) -> float:
