@@ -400,7 +400,8 @@ def cmd_sampler_error(a: argparse.Namespace) -> None:
         check_oracle_sigma(a.sigma, "--sigma")
     sampler, guidance = sampler_configs(a)
     if a.random_init or a.preset:
-        raise CliError("the sampler's exact error needs an oracle model: --checkpoint fmnist-oracle or fmnist-oracle-kl")
+        raise CliError("the sampler's exact error needs an oracle model: --checkpoint fmnist-oracle or "
+                       "fmnist-oracle-kl")
     device = resolve_device(a.device)
     if not a.checkpoint:
         raise CliError("give --checkpoint fmnist-oracle or fmnist-oracle-kl")
