@@ -132,6 +132,15 @@ def test_deterministic_per_seed_and_batch_size_one_equals_four(maskgit, maskgit_
         assert torch.equal(steps[-1].tokens, four.tokens)  # the generator equals the fast path
 
 
+def test_graph_replay_with_padded_shapes_equals_the_eager_fast_path(maskgit_mae):
+    """The CPU replay of the CUDA-graph path (static buffers, bucket-padded rows) on an adaptive order whose
+    shapes change every step."""
+    cfg = SamplerConfig(num_steps=maskgit_mae.num_tokens, order="threshold", threshold_tau=0.2, remask="off")
+    eager = sample(maskgit_mae, [1, 4, 7], [3, 8, 11], cfg, GuidanceConfig(cfg_scale=2.0))
+    replay = sample(maskgit_mae, [1, 4, 7], [3, 8, 11], cfg, GuidanceConfig(cfg_scale=2.0), graphs=True)
+    assert torch.equal(eager.tokens, replay.tokens) and torch.equal(eager.image_steps, replay.image_steps)
+
+
 def test_a_cap_on_the_steps_reveals_the_rest_at_the_last_step(maskgit):
     states = _run(maskgit, SamplerConfig(num_steps=3, order="eb", eb_gamma=0.0))
     assert len(states) == 3 and states[-1].done
