@@ -3,9 +3,13 @@
 One loop serves MaskGIT, MAR and eMIGM (paper Sec. 2-3): a time grid t_k = linspace(1, t_end, S+1);
 at step k (t = t_k -> s = t_{k+1}) some still-masked tokens are revealed:
 - how many: the count rule (emigm.sample.plan: `binomial` as eMIGM, `exact` as MaskGIT / MAR), planned
-  before the loop; with remasking (ReMDM) some committed tokens are re-masked at the same step;
-- which: the order (emigm.sample.orders): `random`; the fixed `halton`, `raster`, `fixed`; or a score
-  of the head's distribution plus annealed Gumbel noise: `confidence`, `margin`, `entropy`;
+  before the loop, or an adaptive order's own rule (`threshold`, `eb`) decided in the step, so that the
+  steps vary per image and the loop ends when every image is done; with remasking (ReMDM) some committed
+  tokens are re-masked at the same step;
+- which: the order, an entry of the order registry (emigm.sample.orders.ORDERS): a priority that does
+  not read token values (`random`, `checkerboard`; the fixed `halton`, `raster`, `fixed`), a score of
+  the head's distribution plus annealed Gumbel noise (`confidence`, `margin`, `entropy`), or an adaptive
+  order's score;
 - what: the head's sample given the backbone's z, pushed by the active guides (emigm.core.guidance):
   classifier-free guidance and self-guidance, each on in its own time interval (t_lo, t_hi].
 
@@ -14,7 +18,7 @@ stream decides counts and positions, the "what" stream the token values, so imag
 any batch size and two guidance settings with the same seed reveal the same positions (for the
 random and fixed orders).
 
-Two loops share ONE step function (`_step`): `sample_steps`, the generator the explorer streams
+Two loops share ONE step function (`_step`: guides, where, network, what (`choose`), commit): `sample_steps`, the generator the explorer streams
 (drafts, an immutable state per step, optionally each step's anatomy), and `sample`, the fast path (no
 drafts: the head samples only the tokens a step reveals, or every masked token under a score order;
 bf16 autocast on CUDA; optional CUDA-graph replay, emigm.sample.graphs). A draft samples the tokens a
@@ -22,7 +26,7 @@ step reveals exactly as the fast path does (the same call, so the same values) a
 masked tokens with a cheaper solver (SamplerConfig.draft_steps). Counts are planned from the seeds
 before either loop, with one host sync; every shape inside a step (the MAE encoder's length, the
 head's rows) follows from the plan and reaches `_step` as a Python int, so the steps never wait for
-the device.
+the device (an adaptive order reads its shapes from the mask: one host sync per step).
 """
 from __future__ import annotations
 
@@ -185,8 +189,9 @@ class Choice:
     """What a step chose once the network had answered: pred (the draft: committed tokens plus a
     prediction at every masked position, or at the revealed ones without drafts), revealed (B, L), the
     order's keys (lower = earlier), for the orders that read the prediction the score (B, L) and the
-    Gumbel noise added (0 for an adaptive order), and count (B,): the tokens revealed (an adaptive order
-    decides it here)."""
+    Gumbel noise added (0 for an adaptive order), count (B,): the tokens revealed (an adaptive order
+    decides it here), and confidence (B, L): a categorical head's probability of each sampled code (at
+    the sampled positions; None for a diffusion head)."""
 
     pred: Tensor
     revealed: Tensor
@@ -222,7 +227,7 @@ def _guides(run: _Run, k: int, mask: Tensor, sp: _StepPlan) -> _Guides:
 
 def _where(run: _Run, k: int, c: _Carry, sp: _StepPlan) -> _Where:
     """The positions a priority order reveals (they do not depend on the prediction), and the committed
-    tokens re-masked (uniform among them)."""
+    tokens re-masked."""
     order, seeds, mask, L = run.order, run.seeds, c.mask, c.mask.shape[1]
     keys = revealed = None
     if order.kind == "priority":
