@@ -18,15 +18,16 @@ stream decides counts and positions, the "what" stream the token values, so imag
 any batch size and two guidance settings with the same seed reveal the same positions (for the
 random and fixed orders).
 
-Two loops share ONE step function (`_step`: guides, where, network, what (`choose`), commit): `sample_steps`, the generator the explorer streams
-(drafts, an immutable state per step, optionally each step's anatomy), and `sample`, the fast path (no
-drafts: the head samples only the tokens a step reveals, or every masked token under a score order;
-bf16 autocast on CUDA; optional CUDA-graph replay, emigm.sample.graphs). A draft samples the tokens a
-step reveals exactly as the fast path does (the same call, so the same values) and previews the other
-masked tokens with a cheaper solver (SamplerConfig.draft_steps). Counts are planned from the seeds
-before either loop, with one host sync; every shape inside a step (the MAE encoder's length, the
-head's rows) follows from the plan and reaches `_step` as a Python int, so the steps never wait for
-the device (an adaptive order reads its shapes from the mask: one host sync per step).
+Two loops share ONE step function (`_step`: guides, where, network, what (`choose`), commit):
+`sample_steps`, the generator the explorer streams (drafts, an immutable state per step, optionally each
+step's anatomy), and `sample`, the fast path (no drafts: the head samples only the tokens a step
+reveals, or every masked token under a score order; bf16 autocast on CUDA; optional CUDA-graph replay,
+emigm.sample.graphs). A draft samples the tokens a step reveals exactly as the fast path does (the same
+call, so the same values) and previews the other masked tokens with a cheaper solver
+(SamplerConfig.draft_steps). Counts are planned from the seeds before either loop, with one host sync;
+every shape inside a step (the MAE encoder's length, the head's rows) follows from the plan and reaches
+`_step` as a Python int, so the steps never wait for the device (an adaptive order reads its shapes from
+the mask: one host sync per step).
 """
 from __future__ import annotations
 
