@@ -104,7 +104,14 @@ TARGETS = {
 }
 # Survivors that change nothing a caller can observe, found by reading them: (file, the stripped source
 # line, mutation) -> why. Listed, not hidden: they still count as survived, and the table says equivalent.
-EQUIVALENT: dict[tuple[str, str, str], str] = {}
+EQUIVALENT: dict[tuple[str, str, str], str] = {
+    ("emigm/sample/plan.py", "if sigma > 0.0:", "> -> >="):
+        "at sigma = 0 the draw u < sigma re-masks nothing, so r = 0 either way",
+    ("emigm/eval/evaluation.py", "k: int = 3, batch_size: int = 1000) -> dict[str, float]:", "1000 -> 999"):
+        "the chunk size of the classifier's passes: an image's features do not depend on it",
+    ("emigm/eval/evaluation.py", "batch_size: int = 1000) -> dict[str, float]:", "1000 -> 999"):
+        "the chunk size of the classifier's passes: an image's features do not depend on it",
+}
 # Stage-1 files that go first for a mutant of a given source file (the rest of stage 1 follows): with
 # -x a caught mutant then costs one small file, not the whole stage.
 FIRST = {"emigm/core/guidance.py": ["tests/test_guidance.py"], "emigm/core/fields.py": ["tests/test_fields.py"],
@@ -469,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=0.0, metavar="SECONDS",
                     help="start no new mutant after this many seconds (0: no limit); the mutants run in the sampled "
                          "round-robin order over the files, and the summary covers those that ran")
+    ap.add_argument("--summarize", default="", metavar="LOG",
+                    help="print (and with --table write) the summary of a run's saved output again, with the "
+                         "current EQUIVALENT list, and stop")
     ap.add_argument("--table", default="", metavar="FILE.md",
                     help="also write the per-file table, the survivors and the command as Markdown")
     ap.add_argument("--tests", nargs="+", default=DEFAULT_TESTS,
@@ -495,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"not a Python file of this repository: {f}")
         return path.relative_to(ROOT).as_posix()
 
+    if args.summarize:
+        return summarize(parse_log(Path(args.summarize).read_text()), args, argv)
     specs = args.files or [f for f in GROUPS[args.group] if (ROOT / f.split("::")[0]).is_file()]
     targets = []  # (file, function or "")
     for spec in specs:
@@ -595,6 +607,21 @@ def main(argv: list[str] | None = None) -> int:
             while pending:
                 report(*pending.popleft().result())
 
+    return summarize(results, args, argv)
+
+RESULT_LINE = re.compile(r"^(\S+\.py)\s+(\d+)\s+(\S+) -> (\S+)\s+(caught-new|caught|survived|timeout|error)\s+(\d+)"
+                         r"\s+(.*)$", re.M)
+
+
+def parse_log(text: str) -> list[tuple[Mutant, str, str, float]]:
+    """The per-mutant lines of a run's saved output -> results (the column is not printed: 0)."""
+    return [(Mutant(path, int(line), 0, old, new), status, note.strip(), float(secs))
+            for path, line, old, new, status, secs, note in RESULT_LINE.findall(text)]
+
+
+def summarize(results: list[tuple[Mutant, str, str, float]], args, argv) -> int:
+    """Print the totals, the survivors (with any known equivalence) and the per-file table; write it
+    with --table."""
     caught = sum(r[1] in ("caught", "caught-new") for r in results)
     hung = sum(r[1] == "timeout" for r in results)
     survived = [r for r in results if r[1] == "survived"]
@@ -642,6 +669,7 @@ def main(argv: list[str] | None = None) -> int:
             doc.append("")
         Path(args.table).write_text("\n".join(doc))
     return 0
+
 
 
 if __name__ == "__main__":
