@@ -26,7 +26,7 @@ from emigm.sample.options import ORDERS, SamplerConfig
 AXES = {"guidance": "guidance: no guidance, CFG (null class, interval), self-guidance",
         "schedule": "mask schedule gamma(t): linear, cosine, exp",
         "steps": "sampling steps: 4, 8, 16, 32",
-        "order": "reveal order: random, confidence, margin, entropy, halton, raster (as the model can)",
+        "order": f"reveal order: {', '.join(o for o in ORDERS if o != 'fixed')} (as the model can)",
         "head": "diffusion head: DPM-Solver++ with 4, 8, 14 steps, DPM-Solver++ 2M, DDPM 100",
         "remask": "revocable tokens (ReMDM): off, cap, rescale",
         "temperature": "token temperature: 0.5, 1, 1.5"}

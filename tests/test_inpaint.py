@@ -18,7 +18,7 @@ from emigm.core.guidance import GuidanceConfig
 from emigm.io.loading import load_pipeline
 from emigm.io.pictures import PictureError, class_test_index, encode_picture, fmnist_picture, read_picture
 from emigm.sample.inpaint import MaskError, add_ring, check_mask, inpaint_state, parse_mask
-from emigm.sample.options import SCORE_ORDERS
+from emigm.sample.orders import orders_of
 from emigm.sample.plan import plan_counts
 from emigm.sample.sampler import SamplerConfig, sample, sample_steps
 
@@ -56,8 +56,8 @@ def test_random_and_explicit_tokens() -> None:
 @pytest.mark.parametrize("spec, needle", [
     ("", "give a mask"), ("diagonal", "'diagonal' is not a mask"), ("left+", "'' is not a mask"),
     ("random:0", "must be in (0, 1]"), ("random:1.5", "must be in (0, 1]"), ("random:nan", "must be in (0, 1]"),
-    ("random:x", "not a number"), ("random:0.5:-1", "seed must be in [0, 2^63 - 1]"), ("random:0.5:x", "not an integer"),
-    ("random:0.5:1:2", "random:P:SEED"),
+    ("random:x", "not a number"), ("random:0.5:-1", "seed must be in [0, 2^63 - 1]"),
+    ("random:0.5:x", "not an integer"), ("random:0.5:1:2", "random:P:SEED"),
     ("tokens:49", "outside the 49 tokens"), ("tokens:", "comma-separated"), ("tokens:1,,2", "comma-separated"),
     ("tokens:\uff13", "ASCII digits"), ("left:1", "is not a mask"),
 ])
@@ -96,7 +96,7 @@ def pipes():
 
 
 def _settings(name: str, head_discrete: bool):
-    orders = ["random", "halton", "raster", "fixed"] + (list(SCORE_ORDERS) if head_discrete else [])
+    orders = ["random", "halton", "raster", "fixed"] + (list(orders_of("score")) if head_discrete else [])
     out = []
     for order in orders:
         out.append(dict(order=order, count_rule="binomial", remask="off"))
@@ -309,3 +309,34 @@ def test_empty_mask_and_ring_on_empty_mask() -> None:
     with pytest.raises(MaskError, match="nothing to inpaint"):
         inpaint_state(torch.zeros(1, L, dtype=torch.long), torch.zeros(L, dtype=torch.bool), [0], [0],
                       SamplerConfig(num_steps=1))
+
+
+# ----------------------------------------------------------------------------- a painted reveal order
+
+
+def test_a_painted_reveal_order_is_the_fixed_orders_priority() -> None:
+    from emigm.sample.orders import painted_priority, parse_reveal_order
+
+    p = painted_priority([24, 3, 40], L)
+    assert p.argsort()[:5].tolist() == [24, 3, 40, 0, 1]
+    assert sorted(p.tolist()) == list(range(L))
+    assert parse_reveal_order(" 24, 3,40", L) == [24, 3, 40]
+    for bad, needle in (("24,24", "given twice"), ("49", "outside the 49 tokens"), ("1,,2", "comma-separated"),
+                        ("x", "ASCII digits"), ("", "comma-separated")):
+        with pytest.raises(ValueError, match=needle):
+            parse_reveal_order(bad, L)
+
+
+def test_sample_and_inpaint_follow_a_painted_reveal_order(tmp_path, capsys) -> None:
+    import json
+
+    trace = tmp_path / "t.json"
+    code = cli.main(["sample", "--checkpoint", "fmnist-maskgit", "--order", "fixed", "--reveal-order", "24,23,25,17",
+                     "--count-rule", "exact", "--steps", "49", "--num-images", "1", "--out", str(tmp_path / "s.png"),
+                     "--trace", str(trace)])
+    assert code == 0, capsys.readouterr().err
+    revealed = [s["revealed"][0] for s in json.loads(trace.read_text())["steps"]]
+    assert revealed[:6] == [[24], [23], [25], [17], [0], [1]]
+    assert cli.main(["sample", "--checkpoint", "fmnist-maskgit", "--reveal-order", "3", "--out",
+                     str(tmp_path / "x.png")]) == 2
+    assert "--reveal-order goes with --order fixed" in capsys.readouterr().err

@@ -267,3 +267,16 @@ def test_damaged_or_foreign_reference_sets(capsys, tmp_path):
     (folder / "oracle.json").write_text("{\"format\": \"something-else\"}")
     code, out, err = _cli(["sampler-error", "--checkpoint", str(folder), "--num-samples", "2"], capsys)
     assert code == 2 and "not an oracle description" in err
+
+
+def test_oracle_fingerprint_names_its_description_and_tokenizer():
+    """A claim measured on an oracle records the sha256 of oracle.json (kernel width and the reference
+    set's own sha256) and of the tokenizer's weights."""
+    from emigm.core.fileio import ASSETS_DIR
+    from emigm.io.fingerprint import fingerprint, sha256_file
+    from emigm.nn.oracle import ORACLE_FILE
+
+    fp = fingerprint("fmnist-oracle")
+    assert fp["network"] == sha256_file(ASSETS_DIR / "fmnist-oracle" / ORACLE_FILE)
+    assert fp["tokenizer"] == sha256_file(ASSETS_DIR / "fmnist-vq" / "vq.safetensors")
+    assert fp["self_guidance"] is None

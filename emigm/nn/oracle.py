@@ -329,6 +329,14 @@ class OracleGenerator(nn.Module):
             out[rows, i] = torch.logsumexp(lw[rows] + self._token_log_kernel(tokens[rows, i], i, refs), 1)
         return out
 
+    def joint_log_kernel(self, lw: Tensor, tokens: Tensor, group: Tensor) -> Tensor:
+        """log w_n + sum_{i in group} log K(x_i | z_{n,i}) (B, N) (-inf where lw is): its logsumexp is
+        log p(x_group | lw), and minus that, the posterior after the group is seen."""
+        cols = self._active(lw)
+        out = torch.full_like(lw, -math.inf)
+        out[:, cols] = lw[:, cols] + self._kernel_sum(tokens, group, self.refs[cols])
+        return out
+
     def group_log_prob(self, lw: Tensor, tokens: Tensor, group: Tensor) -> Tensor:
         """log p(x_group | the posterior lw) (B,): the joint of a group of tokens."""
         cols = self._active(lw)
@@ -406,6 +414,19 @@ def is_oracle_folder(folder: str | os.PathLike) -> bool:
     return (Path(folder) / ORACLE_FILE).is_file()
 
 
+def oracle_config(folder: str | os.PathLike) -> RunConfig:
+    """The config (tokenizer, grid, classes) of the oracle in `folder`, from oracle.json's kind alone
+    (nothing else is read or checked: `read_oracle` does that)."""
+    path = Path(folder) / ORACLE_FILE
+    try:
+        kind = json.loads(path.read_text()).get("kind")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, RecursionError):
+        kind = None
+    if kind not in ORACLE_KINDS:
+        raise _bad(path, f"not an oracle description of kind {', '.join(ORACLE_KINDS)}")
+    return replace(get_preset(_PRESET_OF[kind]), name=Path(folder).name)
+
+
 def _bad(path: Path, why: str) -> CheckpointError:
     return CheckpointError(f"bad oracle reference set {path}: {why}")
 
@@ -472,7 +493,7 @@ def write_oracle(folder: str | os.PathLike, refs: ReferenceSet, kernel: float, d
     kind = "codes" if refs.discrete else "latents"
     tokens = refs.tokens.to(torch.int16) if refs.discrete else refs.tokens.to(torch.float16)
     data = save({"tokens": tokens.contiguous(), "labels": refs.labels.to(torch.uint8).contiguous()})
-    write_bytes(folder / REFERENCE_FILE, data)
+    write_bytes(folder / REFERENCE_FILE, data, checksum=True)
     desc = {"format": ORACLE_FORMAT, "kind": kind, ("eps" if refs.discrete else "sigma"): kernel,
             "tokenizer": get_preset(_PRESET_OF[kind]).tokenizer.path,
             "references": len(refs.labels), "per_class": refs.class_counts(),

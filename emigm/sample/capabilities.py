@@ -14,7 +14,7 @@ from typing import Any
 
 from emigm.core.fields import FieldError
 from emigm.core.guidance import GuidanceConfig
-from emigm.sample.options import SCORE_ORDERS
+from emigm.sample.orders import ORDERS, PROBABILITIES
 
 # eMIGM's setting (paper Sec. 3, "16 x 1.2 NFE"): CFG 3 at the steps whose time after the step lies in
 # (0.1, 0.3]; measured on the shipped models in assets/results (README: the paper's claims)
@@ -25,9 +25,10 @@ def choice_reasons(model, smoother=None) -> dict[str, dict[str, str]]:
     """{field: {choice: reason}} for the choices `model` (with its self-guidance smoother `smoother`,
     or None) cannot run."""
     out: dict[str, dict[str, str]] = {}
-    if not model.head.discrete:
-        out["order"] = {name: f"the {name} order needs token probabilities; a diffusion head has none (use "
-                              "random, halton, raster or fixed)" for name in SCORE_ORDERS}
+    if not model.head.discrete:  # a diffusion head has no token probabilities
+        usable = ", ".join(n for n, o in ORDERS.items() if o.needs != PROBABILITIES)
+        out["order"] = {name: f"the {name} order needs {o.needs}; a diffusion head has none (use {usable})"
+                        for name, o in ORDERS.items() if o.needs == PROBABILITIES}
     other = "fake" if model.null_mode == "mask" else "mask"
     out["cfg_mode"] = {other: f"this model was trained with null mode {model.null_mode!r}; "
                               f"{other!r} needs a model trained with it"}

@@ -1,6 +1,7 @@
 """The sampler's settings: how many tokens each step reveals (count rules), which ones (orders), whether
 committed tokens may be revised (remasking), how the head samples them, and what extra a run records
-about each step (anatomy). Option fields generate the CLI flags and the explorer's controls."""
+about each step (anatomy). Option fields generate the CLI flags and the explorer's controls; the orders
+themselves are entries of the order registry (emigm.sample.orders)."""
 from __future__ import annotations
 
 import math
@@ -9,23 +10,12 @@ from dataclasses import dataclass
 from emigm.core.fields import check_fields, check_number, option
 from emigm.core.schedules import SCHEDULES
 from emigm.nn.diffusion import SOLVERS
+from emigm.sample.orders import ORDERS
 
 COUNT_RULES = {"binomial": "each masked token revealed with p = 1 - gamma(s)/gamma(t), at least one (eMIGM)",
                "exact": "floor(L gamma(u)/gamma(1)) stay masked (MaskGIT / MAR)"}
-ORDERS = {"random": "uniform among the masked tokens (eMIGM, MAR)",
-          "confidence": "most confident first: log p of the sampled token plus annealed Gumbel noise (MaskGIT; "
-                        "categorical heads)",
-          "margin": "largest top-1 minus top-2 probability first, plus annealed Gumbel noise (Kim et al. 2025; "
-                    "categorical heads)",
-          "entropy": "lowest entropy of the token's distribution first, plus annealed Gumbel noise (Dream; "
-                     "categorical heads)",
-          "halton": "a 2-D Halton sequence over the token grid, fixed before sampling (Halton-MaskGIT)",
-          "raster": "row by row, left to right",
-          "fixed": "a given permutation (raster order by default)"}
-# orders that rank tokens by a score of the head's distribution, so the head samples every masked token
-SCORE_ORDERS = ("confidence", "margin", "entropy")
-# orders fixed before sampling: a priority per position, the same at every step
-FIXED_ORDERS = ("halton", "raster", "fixed")
+# the orders' names and help texts, from the order registry (emigm.sample.orders.ORDERS)
+ORDER_HELP = {name: o.help for name, o in ORDERS.items()}
 REMASKS = {"off": "committed tokens stay (MaskGIT, MAR, eMIGM)",
            "cap": "each committed token re-masked with sigma = min(eta, sigma_max) (ReMDM-cap)",
            "rescale": "each committed token re-masked with sigma = eta x sigma_max (ReMDM-rescale)"}
@@ -55,7 +45,7 @@ class SamplerConfig:
     schedule: str = option("exp", "mask schedule gamma(t)", choices=SCHEDULES)
     count_rule: str = option("binomial", "how many tokens each step reveals", choices=COUNT_RULES,
                              labels=COUNT_RULES)
-    order: str = option("random", "which masked tokens each step reveals", choices=ORDERS, labels=ORDERS)
+    order: str = option("random", "which masked tokens each step reveals", choices=ORDER_HELP, labels=ORDER_HELP)
     order_temperature: float = option(4.5, "Gumbel temperature tau_0 of the confidence, margin and entropy "
                                            "orders", low=0.0, high=100.0)
     order_anneal: str = option("linear", "annealing of the order's Gumbel temperature", choices=ANNEALS)

@@ -30,11 +30,9 @@ from emigm.core import rng
 from emigm.core.schedules import get_schedule, time_grid
 from emigm.core.seeds import MAX_SEED, check_seed
 from emigm.sample.options import SamplerConfig
+from emigm.sample.orders import KEY_COUNT, KEY_POS, KEY_REMASK_COUNT, KEY_REMASK_POS  # noqa: F401 (re-exported)
 
 Tensor = torch.Tensor
-
-# sub-keys inside the "where" stream
-KEY_COUNT, KEY_POS, KEY_REMASK_COUNT, KEY_REMASK_POS = 1, 2, 3, 4
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,10 @@ from dataclasses import dataclass
 
 import torch
 
-from emigm.core import rng
 from emigm.core.guidance import GuidanceConfig, Term
-from emigm.sample.options import FIXED_ORDERS, SCORE_ORDERS, SamplerConfig
-from emigm.sample.orders import fixed_priority, ranks, smallest
+from emigm.sample.options import SamplerConfig
+from emigm.sample.orders import get_order, ranks, smallest
 from emigm.sample.passes import HeadOptions, as_networks, head_pass
-from emigm.sample.plan import KEY_POS
 from emigm.sample.sampler import choose
 from emigm.sample.state import StepState
 
@@ -76,7 +74,7 @@ def needs_new_run(state: StepState, sampler: SamplerConfig, guidance: GuidanceCo
            for n in _changed(state.sampler, sampler, RESCORABLE["sampler"])]
     out += [f"{n} changes the step's inputs or which steps guide: a new run"
             for n in _changed(state.guidance, guidance, RESCORABLE["guidance"])]
-    if sampler.order in SCORE_ORDERS and not discrete:
+    if get_order(sampler.order).needs is not None and not discrete:
         out.append(f"the {sampler.order} order needs a categorical head's probabilities")
     have = set(state.anatomy.z or {}) if state.anatomy is not None else set()
     for g in guidance.guides_at(state.s):
@@ -119,18 +117,14 @@ def rescore(net, state: StepState, sampler: SamplerConfig | None = None, guidanc
     frac = 1.0 - (mask.sum(1) - count).float() / L
     terms = tuple(Term(g.name, a.z[BRANCH_OF[g.reference]], _per_row(g.weight(guidance, frac), B, device))
                   for g in guides)
-    keys = None
-    if sampler.order == "random":
-        keys = rng.uniform(seeds, rng.STREAM_WHERE, k, KEY_POS, tail=(L,))
-    elif sampler.order in FIXED_ORDERS:
-        if sampler.order == state.sampler.order and fixed_order is None:
-            keys = torch.where(mask, -a.score.to(device), float("inf"))  # the run's own priority
-        else:
-            keys = fixed_priority(sampler.order, L, fixed_order, device).expand(B, L)
-    score_name = sampler.order if sampler.order in SCORE_ORDERS else None
-    full = HeadOptions(sampler.temperature, sampler.head_solver, sampler.head_steps, score_name)
+    order, keys = get_order(sampler.order), None
+    if order.fixed and sampler.order == state.sampler.order and fixed_order is None:
+        keys = torch.where(mask, -a.score.to(device), float("inf"))  # the run's own priority
+    elif order.kind == "priority":  # a fixed order's priority, or the per-step keys from the "where" stream
+        keys = order.priority(seeds, -1 if order.fixed else k, L, fixed_order).expand(B, L)
+    full = HeadOptions(sampler.temperature, sampler.head_solver, sampler.head_steps, order.score)
     draft_opts = full if sampler.draft_steps == 0 or head.discrete else \
-        HeadOptions(sampler.temperature, "dpm", sampler.draft_steps, score_name)
+        HeadOptions(sampler.temperature, "dpm", sampler.draft_steps, order.score)
     reveal_rows = int((smallest(torch.where(mask, keys, float("inf")), count) & mask).sum()) if keys is not None else 0
 
     def head_fn(z, row_terms, noise, opts):
