@@ -26,7 +26,8 @@ fork of this process, which has torch imported once (--no-fork: a fresh interpre
 mutated). --group seams targets the seams between the stages: what the training task feeds the network
 (emigm/train/generator.py, emigm/core/masking.py), the metrics (emigm/eval/evaluation.py), what a step's
 anatomy reports (emigm/sample/anatomy.py) and the sampler's remasking (emigm/sample/plan.py's counts and
-the step function). --targeted runs, for each mutant, only the test files that cover its source file
+the step functions of emigm/sample/sampler.py that exist: _step, _where, _remasked). --targeted runs, for
+each mutant, only the test files that cover its source file
 (TARGETS; those missing in the tree are skipped), in one stage: a survivor there survived those files,
 not necessarily the whole suite. The summary gives caught / survived / equivalent per file (equivalent:
 a survivor that changes nothing a caller can observe, either found by `unused_default_spans` or listed
@@ -74,7 +75,7 @@ DEFAULT_THEN = "tests"
 # The seams (--group seams): the training task's inputs, evaluation, the anatomy, the sampler's remasking.
 SEAM_FILES = ["emigm/train/generator.py", "emigm/core/masking.py", "emigm/eval/evaluation.py",
               "emigm/sample/anatomy.py", "emigm/sample/plan.py::remask_sigma", "emigm/sample/plan.py::plan_steps",
-              "emigm/sample/sampler.py::_step"]
+              "emigm/sample/sampler.py::_step", "emigm/sample/sampler.py::_where", "emigm/sample/sampler.py::_remasked"]
 GROUPS = {"default": DEFAULT_FILES, "seams": SEAM_FILES}
 # --targeted: the tests that cover a source file, run in this order (-x stops at the first failure), cheap
 # and specific first: a test file, or FILE::PATTERN for its test functions whose names match the
@@ -111,6 +112,8 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "the chunk size of the classifier's passes: an image's features do not depend on it",
     ("emigm/eval/evaluation.py", "batch_size: int = 1000) -> dict[str, float]:", "1000 -> 999"):
         "the chunk size of the classifier's passes: an image's features do not depend on it",
+    ("emigm/sample/anatomy.py", "raw[n] = _scatter(lg, rows, cols, lg, (B, L, lg.shape[-1]))", "- -> +"):
+        "lg is (rows, K): shape[1] is shape[-1]",
 }
 # Stage-1 files that go first for a mutant of a given source file (the rest of stage 1 follows): with
 # -x a caught mutant then costs one small file, not the whole stage.
@@ -511,12 +514,15 @@ def main(argv: list[str] | None = None) -> int:
     targets = []  # (file, function or "")
     for spec in specs:
         f, _, func = spec.partition("::")
-        targets.append((repo_path(f), func))
         if func:
             try:
-                function_lines((ROOT / targets[-1][0]).read_text(), func)
+                function_lines((ROOT / repo_path(f)).read_text(), func)
             except ValueError as e:
-                ap.error(f"{f}: {e}")
+                if args.files:
+                    ap.error(f"{f}: {e}")
+                print(f"note: {f}: {e}, skipped", file=sys.stderr)  # a group names functions that may move
+                continue
+        targets.append((repo_path(f), func))
     files = list(dict.fromkeys(f for f, _ in targets))
     # test paths relative to the repository, so that pytest runs the copy's tests against the copy
     rel = lambda t: os.path.relpath(t, ROOT) if os.path.isabs(t) else t  # noqa: E731
