@@ -15,8 +15,15 @@ from PIL import Image
 
 from emigm.core.fields import FieldError
 from emigm.io.imaging import to_uint8, upscale
-from emigm.io.pictures import (PictureError, Picture, class_test_index, encode_picture, fmnist_picture, masked_view,
-                               read_picture)
+from emigm.io.pictures import (
+    Picture,
+    PictureError,
+    class_test_index,
+    encode_picture,
+    fmnist_picture,
+    masked_view,
+    read_picture,
+)
 from emigm.sample.inpaint import MAX_RING, MaskError, add_ring, check_mask, inpaint_state, parse_mask
 from emigm.sample.orders import painted_priority, parse_reveal_order
 from emigm.sample.state import StepState

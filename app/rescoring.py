@@ -73,12 +73,15 @@ def payload(gen, state: StepState, values: dict[str, Any], b: int = 0) -> dict[s
         drafts = to_uint8(gen.tokenizer.decode(torch.stack([state.draft[b], r.draft[b]]).to(gen.device)))
     ms = (time.perf_counter() - t0) * 1000
     change = r.draft_change[b].float().numpy()
+    discrete = gen.model.head.discrete
+    top = 1.0 if discrete else max(float(change.max()), 1e-6)
     tiles = [{"title": f"the run's draft, step {state.step + 1}", "src": data_url(drafts[0])},
              {"title": "re-scored draft", "src": data_url(drafts[1])},
-             {"title": "draft change per token" + (" (code changed)" if gen.model.head.discrete else " (mean |change|)"),
-              "src": data_url(_heat(change, grid, 1.0 if gen.model.head.discrete else max(float(change.max()), 1e-6)))}]
+             {"title": "draft change per token" + (" (code changed)" if discrete else " (mean |change|)"),
+              "src": data_url(_heat(change, grid, top))}]
     if r.chosen_p is not None:
-        tiles.append({"title": "probability of each drafted code", "src": data_url(_heat(r.chosen_p[b].numpy(), grid, 1.0))})
+        chosen = _heat(r.chosen_p[b].numpy(), grid, 1.0)
+        tiles.append({"title": "probability of each drafted code", "src": data_url(chosen)})
     same = torch.equal(r.revealed[b], state.revealed[b])
     text = (f"Re-scored in {ms_score:.0f} ms (+ {ms - ms_score:.0f} ms decoding the two drafts), no transformer pass. "
             f"Reveals {int(r.revealed[b].sum())} tokens: " + ("the same positions as the run" if same else
