@@ -22,7 +22,7 @@ import torch
 
 from emigm.core.fields import NAME, FieldError
 from emigm.io.imaging import to_uint8
-from emigm.sample.orders import fixed_priority, grid_shape
+from emigm.sample.orders import ORDERS, fixed_priority, grid_shape
 from emigm.sample.state import StepState
 
 from . import memory, stepper
@@ -126,7 +126,8 @@ def anatomy_payload(traj: Trajectory, step: int, state: StepState, gen, run: str
         "kind": "anatomy", "run": run, "step": step, "N": state.num_steps, "grid": g, "px": traj.image_size,
         "view": stepper.view_px(traj.image_size), "L": L, "model": traj.model, "discrete": discrete,
         "sprite": stepper.sprite([list(images)]), "branches": [{"name": n, "title": BRANCH_TITLES[n]} for n in names],
-        "headline": headline, "order": s.order, "count_rule": s.count_rule, "guidance": " + ".join(guides) or "none",
+        "headline": headline, "order": s.order, "order_kind": ORDERS[s.order].kind,
+        "order_fixed": ORDERS[s.order].fixed, "count_rule": s.count_rule, "guidance": " + ".join(guides) or "none",
         "weights": {k: round(float(v[0]), 4) for k, v in a.weights.items()},
         "count": {"masked": masked, "p": p, "expected": expected, "drawn": drawn, "remask_sigma": a.remask_sigma,
                   "remasked": int(a.remasked_count[0])},

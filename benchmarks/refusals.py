@@ -1,4 +1,4 @@
-"""What each refusal of issue 23's hostile probe costs: wall time and peak memory of the refused
+"""What each refusal of issue 23's and issue 31's hostile probes costs: wall time and peak memory of the refused
 command, each run as a fresh process, and that it is one line with exit code 2.
 
 Every case is a real command line (`python -m emigm ...`, or for the explorer's permalink a short
@@ -6,7 +6,9 @@ Python call) on files built here in a temporary folder: a run folder (config.jso
 a checkpoint of random weights; nothing is trained), exports with finite but huge weights, copies of
 the shipped fmnist-maskgit whose self-guidance module does not belong to its base, a 1.0 MB `.pth`
 whose zip records inflate to 1 GiB, outputs that are a fifo or a read-only file, a run config.json
-edited by hand. Peak memory is the child's maximum resident set (`resource.getrusage(RUSAGE_CHILDREN)
+edited by hand; and for issue 31 (items 31.N: its classes) outputs aimed at shipped and run files,
+damaged training states, a fifo metrics log, a gzip IDX file inflating to 2 GiB, a PNG declaring
+60000 x 60000 pixels, an export with 64 flipped bytes, a classifier whose features overflow. Peak memory is the child's maximum resident set (`resource.getrusage(RUSAGE_CHILDREN)
 .ru_maxrss`, read by a small wrapper process whose only child is the case).
 
     python benchmarks/refusals.py [--only SUBSTRING] [--bomb-mib 1024] [--keep DIR]
@@ -124,7 +126,81 @@ def build_files(tmp: Path, bomb_mib: int) -> dict[str, str]:
     (tmp / "readonly.png").write_bytes(b"old picture")
     os.chmod(tmp / "readonly.png", 0o444)
     f["bomb_mb"] = f"{(tmp / 'bomb.pth').stat().st_size / 1e6:.1f}"
+    build_issue31(tmp, f)
     return f
+
+
+def _idx_header(shape) -> bytes:
+    import struct
+    return struct.pack(">BBBB", 0, 0, 0x08, len(shape)) + b"".join(struct.pack(">I", d) for d in shape)
+
+
+def build_issue31(tmp: Path, f: dict[str, str]) -> None:
+    """The files of issue 31's refusals (see the module docstring)."""
+    import gzip
+    import struct
+    import zlib
+
+    from emigm.core.fileio import torch_save
+    from emigm.eval.evaluation import Classifier, save_classifier
+
+    cfg = get_preset("test-tiny")
+    save_export(MaskedGenerator(cfg), cfg, tmp / "an_export")
+    (tmp / "userdir").mkdir()
+    (tmp / "userdir" / "config.json").write_text("{}")
+    (tmp / "userdir" / "notes.txt").write_text("mine")
+    (tmp / "userdir" / "old.png").write_bytes(b"an earlier picture")
+    save_export(MaskedGenerator(cfg), cfg, tmp / "flipped")
+    weights = tmp / "flipped" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    for i in range(64):
+        data[-1 - 7 * i] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    # damaged training states in copies of the run (written with their sha256, so the content is what is wrong)
+    ck = torch.load(tmp / "run" / "ckpt-0000002.pt", weights_only=True)
+    ck.update(optimizer={"state": {}, "param_groups": [{"params": []}]},
+              rng={"world_size": 1, "device": "cpu", "train": [torch.Generator().get_state()]})
+    for name, edit in (("run_neg", lambda c: c.update(step=-3)), ("run_nokey", lambda c: c.pop("data")),
+                       ("run_fifo", None)):
+        shutil.copytree(tmp / "run", tmp / name)
+        if edit is not None:
+            c = dict(ck)
+            edit(c)
+            torch_save(c, tmp / name / "ckpt-0000002.pt", checksum=True)
+        f[name] = str(tmp / name)
+    os.unlink(tmp / "run_fifo" / "metrics.jsonl")
+    os.mkfifo(tmp / "run_fifo" / "metrics.jsonl")
+    neg = dict(ck, step=-3)
+    torch.save(neg, tmp / "neg.pt")
+    # Fashion-MNIST files whose images inflate to 2 GiB from about 2 MB
+    (tmp / "idx_bomb").mkdir()
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    with open(tmp / "idx_bomb" / "train-images-idx3-ubyte.gz", "wb") as out:
+        out.write(z.compress(_idx_header((60000, 28, 28))))
+        block = bytes(16 << 20)
+        for _ in range(128):
+            out.write(z.compress(block))
+        out.write(z.flush())
+    (tmp / "idx_bomb" / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_header((60000,)) + bytes(60000)))
+    f["idx_mb"] = f"{(tmp / 'idx_bomb' / 'train-images-idx3-ubyte.gz').stat().st_size / 1e6:.1f}"
+
+    # an image folder with a PNG whose header declares 60000 x 60000 pixels
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    (tmp / "images" / "a").mkdir(parents=True)
+    (tmp / "images" / "a" / "huge.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(bytes(8))) + chunk(b"IEND", b""))
+    # a classifier with finite, bounded weights whose features overflow (conv weights 1e4, zero variances)
+    clf = Classifier()
+    with torch.no_grad():
+        for name, t in clf.state_dict().items():
+            if name.endswith("running_var"):
+                t.zero_()
+            elif t.is_floating_point() and t.dim() > 1:
+                t.fill_(1e4)
+    save_classifier(clf, tmp / "clf_overflow")
 
 
 def cases(f: dict[str, str], bomb_mib: int) -> list[tuple[int, str, list[str]]]:
@@ -167,6 +243,30 @@ def cases(f: dict[str, str], bomb_mib: int) -> list[tuple[int, str, list[str]]]:
          [PY, "-c", "import sys; from app import permalink; v, p = permalink.decode({'seed': '-1'}, ['m'], "
                     "lambda m: ['a']); print(p[0], file=sys.stderr); sys.exit(2 if p else 0)"]),
         (10, "sample --seed -1 (the CLI's message)", tiny + ["--seed", "-1"] + out),
+        ("31.1", "sample --trace assets/fmnist-emigm/config.json --overwrite",
+         tiny + out + ["--overwrite", "--trace", str(ASSETS_DIR / "fmnist-emigm" / "config.json")]),
+        ("31.1", "sample --trace RUN/metrics.jsonl --overwrite", tiny + out + ["--overwrite", "--trace",
+                                                                              f"{f['run']}/metrics.jsonl"]),
+        ("31.1", "sample --out an existing file (no --overwrite)", tiny + ["--out", f"{t}/userdir/old.png"]),
+        ("31.1", "export RUN --out an existing export", [PY, "-m", "emigm", "export", f["run"], "--out",
+                                                         f"{t}/an_export"]),
+        ("31.1", "export RUN --out a user's folder --overwrite", [PY, "-m", "emigm", "export", f["run"], "--out",
+                                                                  f"{t}/userdir", "--overwrite"]),
+        ("31.4", "evaluate, classifier features overflow", [PY, "-m", "emigm", "evaluate", "--checkpoint",
+                                                            "fmnist-emigm-mini", "--device", "cpu", "--classifier",
+                                                            f"{t}/clf_overflow", "--num-samples", "800"]),
+        ("31.5", "resume: checkpoint without 'data'", resume + [f["run_nokey"]]),
+        ("31.5", "resume: metrics.jsonl is a fifo", resume + [f["run_fifo"]]),
+        ("31.5", "evaluate --data.path missing (800 samples)", [PY, "-m", "emigm", "evaluate", "--checkpoint",
+                                                                "fmnist-emigm-mini", "--device", "cpu", "--data.path",
+                                                                f"{t}/nowhere", "--num-samples", "800"]),
+        ("31.6", f"IDX {f['idx_mb']} MB gzip inflating to 2 GiB (train)",
+         resume[:-1] + ["--data.name", "fashion-mnist", "--data.path", f"{t}/idx_bomb", "--out-dir", f"{t}/r1"]),
+        ("31.6", "image folder: PNG of 60000 x 60000 (train)",
+         resume[:-1] + ["--data.name", "imagefolder", "--data.path", f"{t}/images", "--out-dir", f"{t}/r2"]),
+        ("31.7", "export with 64 flipped bytes", sample(f"{t}/flipped")),
+        ("31.7", "checkpoint with step -3 (sample)", sample(f"{t}/neg.pt")),
+        ("31.7", "resume: checkpoint with step -3", resume + [f["run_neg"]]),
     ]
 
 

@@ -1,5 +1,12 @@
+"""`python -m emigm` and the installed `emigm` command (pyproject.toml: `emigm.__main__:main`)."""
 import sys
 
-from emigm.cli.main import main
+from emigm.cli.status import loading
 
-sys.exit(main())
+_erase = loading()  # importing the CLI loads PyTorch: seconds with no output otherwise
+from emigm.cli.main import main  # noqa: E402
+
+_erase()
+
+if __name__ == "__main__":
+    sys.exit(main())

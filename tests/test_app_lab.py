@@ -22,6 +22,7 @@ from app.lab import Lab, parse_tokens
 from app.unmask import Unmasking
 from emigm.core.config import to_dict
 from emigm.io.imaging import to_uint8
+from emigm.sample.orders import ORDERS
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
@@ -186,7 +187,9 @@ def test_compare_along_each_axis(engine, tmp_path, monkeypatch):
     runs of 4, 8 and 16 steps on one slider."""
     monkeypatch.setattr(analysis, "CLAIMS_PATH", claims_file(tmp_path, engine, "test-tiny", schedule="linear"))
     h = Compare(engine)
-    expected = {"schedule": 3, "steps": 3, "order": 3, "head": 5, "remask": 3, "temperature": 3}
+    probability_orders = {f"{n} order" for n, o in ORDERS.items() if o.needs is not None}
+    expected = {"schedule": 3, "steps": 3, "order": len(ORDERS) - 1 - len(probability_orders), "head": 5, "remask": 3,
+                "temperature": 3}
     for axis, live in expected.items():
         status, player, doc = list(h.compare(**compare_values(engine, axis=axis)))[-1][:3]
         ran = [p for p in player["panels"] if p["cols"]]
@@ -198,7 +201,7 @@ def test_compare_along_each_axis(engine, tmp_path, monkeypatch):
             assert "unavailable: num_steps 32 is not available" in player["panels"][3]["note"]
         if axis == "order":
             notes = {p["title"]: p["note"] for p in player["panels"] if not p["cols"]}
-            assert set(notes) == {"confidence order", "margin order", "entropy order"}
+            assert set(notes) == probability_orders
         if axis in ("temperature", "head"):  # the counts and positions do not depend on these
             assert doc["same_reveal_order"]
         measured = {p["title"].split(" · ")[0]: p["measured"] for p in player["panels"]}

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from emigm.cli import main as cli
 from emigm.core.config import RunConfig, apply_overrides, from_dict, to_dict
-from emigm.core.fileio import ASSETS_DIR
+from emigm.core.fileio import ASSETS_DIR, record_checksum, sha256_file
 from emigm.core.presets import get_preset
 from emigm.io.exports import save_export
 
@@ -89,6 +89,8 @@ def files(tmp_path_factory) -> dict[str, str]:
     # a file in the way of folders, and a folder
     path("blocker").write_text("a file, not a folder")
     path("folder").mkdir()
+    path("userdir").mkdir()  # a user's folder: a file of its own that no command writes
+    (tmp / "userdir" / "notes.txt").write_text("mine")
     # torch files: empty, random, text, truncated, foreign objects
     for name in ("empty.pth", "empty.pt", "empty.safetensors"):
         path(name).write_bytes(b"")
@@ -222,6 +224,7 @@ def files(tmp_path_factory) -> dict[str, str]:
     changed = load_file(str(sg_base / "model.safetensors"))
     changed["z_proj.bias"] = changed["z_proj.bias"] + 0.5  # one base tensor changed by +0.5
     save_file(changed, str(tmp / "sg_other" / "model.safetensors"))
+    record_checksum(tmp / "sg_other" / "model.safetensors", sha256_file(tmp / "sg_other" / "model.safetensors"))
     for name, fingerprint in (("sg_zeros", "0" * 16), ("sg_nofp", None)):
         shutil.copytree(sg_base, path(name))
         cfg_file = tmp / name / SMOOTHER_DIR / "config.json"
@@ -639,11 +642,47 @@ CASES = [
     Case("vae-text", ck("official_pth") + ["--vae", "{vae_text_ckpt}"], "cannot read the KL-16 VAE checkpoint"),
     Case("vae-layout", ck("official_pth") + ["--vae", "{vae_layout_ckpt}"], "(KL-16 VAE) does not fit this model"),
     Case("vae-inflating", ck("official_pth") + ["--vae", "{bomb_ckpt}"], "would inflate to 64.0 MiB"),
+    # --- the one write-target rule (issue 31, class 1): no file of an asset, a run or an export is replaced,
+    # and one's own earlier output only with --overwrite (these cases get no --overwrite unless they say so)
+    Case("write-out-exists", SMP, "--out {out} already exists; add --overwrite to replace it"),
+    Case("write-trace-exists", ["sample", *TINY, "--out", "{tmp}/never.png", "--trace", "{blocker}"], "--trace {blocker} already exists; add --overwrite"),
+    Case("write-trace-asset-config", SMP + ["--overwrite", "--trace", "{assets}/fmnist-emigm/config.json"],
+         "is inside the shipped assets folder assets/"),
+    Case("write-trace-tokenizer-config", SMP + ["--overwrite", "--trace", "{assets}/fmnist-kl/kl.json"],
+         "is inside the shipped assets folder assets/"),
+    Case("write-trace-claims", SMP + ["--overwrite", "--trace", "{assets}/results/claims.json"],
+         "is inside the shipped assets folder assets/"),
+    Case("write-trace-run-config", SMP + ["--overwrite", "--trace", "{run}/config.json"],
+         "is inside a training run folder ({run})"),
+    Case("write-trace-run-metrics", SMP + ["--overwrite", "--trace", "{run}/metrics.jsonl"],
+         "is inside a training run folder ({run})"),
+    Case("write-trace-run-checkpoint", SMP + ["--overwrite", "--trace", "{ckpt}"],
+         "is inside a training run folder ({run})"),
+    Case("write-trace-export-config", SMP + ["--overwrite", "--trace", "{export}/config.json"],
+         "is inside a model export ({export})"),
+    Case("write-out-in-an-export", SMP + ["--overwrite", "--out", "{export}/x.png"], "is inside a model export"),
+    Case("write-export-over-an-export", ["export", "{run}", "--out", "{sg_base}"],
+         "already holds an earlier output (checksums.json, config.json, model.safetensors); add --overwrite"),
+    Case("write-export-over-a-module", ["export", "{run}", "--out", "{sg_base}", "--overwrite"],
+         "holds a self-guidance module trained for its current weights"),
+    Case("write-export-user-folder", ["export", "{run}", "--out", "{userdir}"],
+         "is an existing folder holding files this command does not write (notes.txt)"),
+    Case("write-export-user-folder-overwrite", ["export", "{run}", "--out", "{userdir}", "--overwrite"],
+         "is an existing folder holding files this command does not write (notes.txt)"),
+    Case("write-train-user-folder", TR + ["--out-dir", "{userdir}"],
+         "run folder {userdir} is an existing folder holding files this command does not write (notes.txt)"),
+    Case("write-classifier-user-folder", ["train-classifier", "--out", "{userdir}", "--device", "cpu"],
+         "output folder {userdir} is an existing folder holding files this command does not write"),
+    Case("write-tokenizer-user-folder", ["train-tokenizer", "--out", "{userdir}", "--run-dir", "{tmp}/tokrun",
+                                         "--device", "cpu"], "export folder {userdir} is an existing folder"),
 ]
 
 
-def _fill(argv: list[str], files: dict[str, str]) -> list[str]:
-    return [a.format(**files) for a in argv]
+def _fill(argv: list[str], files: dict[str, str], overwrite: bool = True) -> list[str]:
+    """The case's argv with its files filled in; a `sample` gets --overwrite (its --out may exist:
+    the case's own refusal then comes first, and still writes nothing) unless `overwrite` is False."""
+    filled = [a.format(**files) for a in argv]
+    return filled + ["--overwrite"] if overwrite and filled[0] == "sample" else filled
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -654,7 +693,7 @@ def test_bad_input_is_one_line_and_exit_2(case: Case, files, fs_refuses, capsys)
     out.write_bytes(OLD)
     if case.setup:
         fs_refuses(case.setup)
-    code = cli.main(_fill(case.argv, files))
+    code = cli.main(_fill(case.argv, files, overwrite=not case.id.startswith("write-")))
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert code == 2, f"exit {code}, stderr {err!r}"
@@ -666,7 +705,7 @@ def test_bad_input_is_one_line_and_exit_2(case: Case, files, fs_refuses, capsys)
 def test_the_table_covers_every_door() -> None:
     categories = {c.id.split("-")[0] for c in CASES}
     assert categories == {"schedule", "sample", "out", "trace", "evaluate", "train", "tokenizer", "classifier",
-                          "sg", "export", "file", "tokfile", "vae"}
+                          "sg", "export", "file", "tokfile", "vae", "write"}
     assert len(CASES) >= 150 and len({c.id for c in CASES}) == len(CASES)
 
 

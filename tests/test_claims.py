@@ -171,7 +171,7 @@ def test_groups_run_in_the_order_given_and_the_document_lists_what_is_pending(fa
     doc = json.loads((tmp_path / "claims.json").read_text())
     assert [p["label"] for p in doc["points"]] == ["exp S=2", "exp S=4", "exp S=8"]
     assert not doc["complete"] and doc["pending"][0] == "steps: exp S=16" and doc["pending"][-1].startswith("headline:")
-    assert doc["fingerprints"] == {"m": FP} and "Partial: 3 settings" in (tmp_path / "claims.md").read_text()
+    assert doc["fingerprints"] == {"m": FP} and "Partial: 3 settings not measured yet (steps 2, headline 1;" in (tmp_path / "claims.md").read_text()
 
 
 # ----------------------------------------------------------------------------- merging
@@ -351,6 +351,16 @@ def test_damaged_and_older_claims_files_are_one_line(tmp_path):
         cf = ClaimsFile.read(path)
         assert cf.doc is None and want in cf.problem and "\n" not in cf.problem, text
         assert cf.points("fmnist-emigm", {}) == [] and cf.claims({}) == [] and cf.solver_warnings("x", {}) == {}
+    old = {**_claims_doc(), "version": 2}
+    old.pop("fingerprints")
+    path.write_text(json.dumps(old))
+    cf = ClaimsFile.read(path)  # an older file: what it holds can be named, never its numbers
+    assert cf.claim_names() == [c["claim"] for c in old["claims"]]
+    from emigm.core.guidance import GuidanceConfig
+    assert cf.recorded("fmnist-emigm", pc.BASE, GuidanceConfig(cfg_scale=3.0, cfg_interval=(0.1, 0.3)))
+    assert not cf.recorded("fmnist-emigm", pc.BASE, GuidanceConfig())
+    assert cf.measured("fmnist-emigm", {"network": "x"}, pc.BASE, GuidanceConfig(cfg_scale=3.0,
+                                                                                cfg_interval=(0.1, 0.3))) is None
     missing = ClaimsFile.read(tmp_path / "none.json")
     assert missing.doc is None and "not found" in missing.problem
     shipped = ClaimsFile.read()  # whatever ships reads without an exception
@@ -394,3 +404,41 @@ def test_readme_block_shows_numbers_only_for_the_shipped_files():
     assert block.count("| not measured on these weights | - | - |") == len(other["claims"])
     assert "137" not in block and "10.60" not in block  # no number of other weights
     assert "2 not measured on these weights." in block
+
+
+def test_an_undecided_test_says_how_many_samples_would_decide_it():
+    """N (2 sd / |margin|)^2 at the measured spread, rounded up to a hundred; none for decided tests."""
+    c = pc.verdicts(_steps({2: 14.0, 4: 12.0, 8: 11.0, 16: 11.2, 32: 10.9}, sd=2.0))[0]
+    t = c["tests"][1]  # exp S=8 below exp S=4: margin 1, sd sqrt(2) x 2
+    assert t["verdict"] == "undecided" and t["margin"] == pytest.approx(1.0) and t["sd"] == pytest.approx(2 * 2 ** 0.5)
+    assert t["n_to_decide"] == 400  # 10 samples per set x (2 x 2.83 / 1)^2 = 320, rounded up to a hundred
+    held = pc.verdicts(_steps({2: 14.0, 4: 12.0, 8: 11.0, 16: 11.2, 32: 10.9}))[0]
+    assert all("n_to_decide" not in t for t in held["tests"])
+    assert "[decided at N ≈ 400 per seed set]" in "\n".join(pc.claims_table(pc.build_doc(
+        _steps({2: 14.0, 4: 12.0, 8: 11.0, 16: 11.2, 32: 10.9}, sd=2.0), "m", 10, pc.seed_sets(10, 3), "cpu", False)))
+
+
+def test_collect_reads_what_any_process_measured_and_finds_results_by_content(fake, tmp_path):
+    """--collect measures nothing: the points of the rows whose results are all stored, the rest pending.
+    A result is found by what decided it even when written under another name by code whose sampler
+    had fewer fields (a field added later at its default)."""
+    rows = _rows()
+    fake(_Eval(fail_after=6))  # two settings of three seed sets, then cut off
+    with pytest.raises(KeyboardInterrupt):
+        pc.measure(rows, 10, 3, 10, True, "cpu", log=lambda _: None, store=pc.Store(tmp_path))
+    for i, f in enumerate(sorted(tmp_path.glob("*.json"))):  # renamed, and "draft_steps" left out of the record
+        doc = json.loads(f.read_text())
+        doc["sampler"].pop("draft_steps")
+        (tmp_path / f"other-{i}.json").write_text(json.dumps(doc))
+        f.unlink()
+    ev = fake(_Eval())
+    pts = pc.measure(rows, 10, 3, 10, True, "cpu", log=lambda _: None, store=pc.Store(tmp_path), collect=True)
+    assert ev.calls == [] and [p["label"] for p in pts] == [r.label for r in rows[:2]]
+    assert pts[1]["fd_runs"] == pytest.approx([10.02, 10.03, 10.04])
+    seen = []
+    pc.measure(rows, 10, 3, 10, True, "cpu", log=lambda _: None, store=pc.Store(tmp_path),
+               on_point=lambda p, rest: seen.append(([q["label"] for q in p], len(rest))))
+    assert len(ev.calls) == 3 * (len({pc.setting_key(r.model, pc.to_dict(r.sampler), pc.to_dict(r.guidance))
+                                       for r in rows}) - 2)
+    assert seen[0] == ([r.label for r in rows[:2]], len(rows) - 2)  # the stored two at once
+    assert seen[2] == ([r.label for r in rows[:3]], len(rows) - 3)  # then the first it measured

@@ -18,7 +18,7 @@ from emigm.core.guidance import GuidanceConfig
 from emigm.io.loading import load_pipeline
 from emigm.io.pictures import PictureError, class_test_index, encode_picture, fmnist_picture, read_picture
 from emigm.sample.inpaint import MaskError, add_ring, check_mask, inpaint_state, parse_mask
-from emigm.sample.options import SCORE_ORDERS
+from emigm.sample.orders import orders_of
 from emigm.sample.plan import plan_counts
 from emigm.sample.sampler import SamplerConfig, sample, sample_steps
 
@@ -96,7 +96,7 @@ def pipes():
 
 
 def _settings(name: str, head_discrete: bool):
-    orders = ["random", "halton", "raster", "fixed"] + (list(SCORE_ORDERS) if head_discrete else [])
+    orders = ["random", "halton", "raster", "fixed"] + (list(orders_of("score")) if head_discrete else [])
     out = []
     for order in orders:
         out.append(dict(order=order, count_rule="binomial", remask="off"))

@@ -7,11 +7,11 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 import venv
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from emigm.core.fileio import ASSETS_DIR
 
@@ -91,7 +91,8 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_from_another_folder(tmp_path)
     with Image.open(elsewhere / "grid.png") as im:
         assert im.size[0] >= 2 * 28 and im.size[1] >= 28
     trace = json.loads((elsewhere / "trace.json").read_text())
-    assert (trace["model"], trace["num_tokens"], len(trace["steps"]), trace["labels"]) == ("fmnist-emigm", 49, 4, [1, 1])
+    assert (trace["model"], trace["num_tokens"], len(trace["steps"]), trace["labels"]) == \
+        ("fmnist-emigm", 49, 4, [1, 1])
     usage = _run([str(bin_dir / "emigm-explorer"), "--help"], cwd=elsewhere, env=env).stdout
     assert usage.startswith("usage: emigm-explorer") and "--model" in usage
     assert _run([str(bin_dir / "emigm"), "--help"], cwd=elsewhere, env=env).stdout.startswith("usage: emigm ")

@@ -59,7 +59,7 @@ def test_an_overflowing_run_is_one_line_and_writes_nothing(argv, loader, needle,
     monkeypatch.setattr(cli, "load_for_sampling", lambda a, device: _overflowing(loader(a, device)))
     out, trace = tmp_path / "grid.png", tmp_path / "trace.json"
     out.write_bytes(OLD)
-    extra = ["--out", str(out), "--trace", str(trace)] if argv is SAMPLE else []
+    extra = ["--out", str(out), "--trace", str(trace), "--overwrite"] if argv is SAMPLE else []
     assert cli.main(argv + extra) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, err

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from emigm.core.config import TokenizerConfig
+from emigm.core.fileio import torch_save
 from emigm.data.datasets import DEFAULT_FASHION_MNIST as DEFAULT_FMNIST
 from emigm.tokenize.kl16 import AutoencoderKL16, KL16Config, load_kl16
 from emigm.tokenize.tokenizers import (
@@ -205,7 +206,7 @@ def test_tokenizer_training_faults(tmp_path) -> None:
     train_tokenizer(cfg, tmp_path / "out", tmp_path / "run", limit=64, max_steps=1, progress=False)
     state = torch.load(tmp_path / "run" / "state.pt")
     del state["settings"]["beta"]  # a state written before `beta` was a setting (its default: 0.25)
-    torch.save(state, tmp_path / "run" / "state.pt")
+    torch_save(state, tmp_path / "run" / "state.pt", checksum=True)  # edited: its sha256 recorded again
     with pytest.raises(ValueError, match=r"beta: \(absent\) -> 0\.5"):
         train_tokenizer(dataclasses.replace(cfg, beta=0.5), tmp_path / "out", tmp_path / "run", limit=64,
                         progress=False)

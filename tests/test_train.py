@@ -97,7 +97,7 @@ def test_loss_falls_and_run_folder(trained: dict) -> None:
     first, last = [r["loss"] for r in rows[:8]], [r["loss"] for r in rows[-8:]]
     assert sum(last) / 8 < 0.7 * sum(first) / 8, (first, last)
     names = sorted(os.listdir(trained["run_dir"]))
-    assert names == [".lock", "ckpt-0000020.pt", "ckpt-0000040.pt", "config.json", "export", "metrics.jsonl"]
+    assert names == [".lock", "checksums.json", "ckpt-0000020.pt", "ckpt-0000040.pt", "config.json", "export", "metrics.jsonl"]
     assert json.loads(open(os.path.join(trained["run_dir"], "config.json")).read())["train"]["steps"] == 40
 
 
@@ -200,8 +200,8 @@ def test_ddp_two_processes_keep_replicas_identical(tmp_path) -> None:
     s0, s1 = (torch.load(tmp_path / f"state{r}.pt") for r in (0, 1))
     assert_same_tree(s0, s1)
     assert not (tmp_path / "rank1-run").exists()
-    assert sorted(os.listdir(tmp_path / "run")) == [".lock", "ckpt-0000002.pt", "ckpt-0000003.pt", "config.json",
-                                                    "export", "metrics.jsonl"]
+    assert sorted(os.listdir(tmp_path / "run")) == [".lock", "checksums.json", "ckpt-0000002.pt", "ckpt-0000003.pt",
+                                                    "config.json", "export", "metrics.jsonl"]
     ck = load_torch(tmp_path / "run" / "ckpt-0000003.pt")
     assert_same_tree(ck["model"], s0["model"])
     assert ck["rng"]["world_size"] == 2 and len(ck["rng"]["train"]) == 2

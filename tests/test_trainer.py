@@ -251,10 +251,10 @@ def test_full_disk_says_disk_full(tmp_path, capsys, monkeypatch) -> None:
     err = capsys.readouterr().err
     assert code == 2 and f"cannot use run folder {tmp_path / 'a'}: disk full" in err
 
-    def save_on_a_full_disk(obj, path):  # full by the time of the first checkpoint
+    def save_on_a_full_disk(obj, path, **kw):  # full by the time of the first checkpoint
         with monkeypatch.context() as m:
             m.setattr(fileio.tempfile, "mkstemp", _dev_full_mkstemp(real))
-            return fileio.torch_save(obj, path)
+            return fileio.torch_save(obj, path, **kw)
 
     monkeypatch.setattr(trainer, "torch_save", save_on_a_full_disk)
     with pytest.raises(WriteError, match=r"cannot write .*ckpt-0000002\.pt: disk full"):
@@ -287,7 +287,7 @@ def test_old_checkpoint_without_new_keys_resumes(tmp_path) -> None:
     path = tmp_path / "split" / "ckpt-0000002.pt"
     ck = load_torch(path)
     del ck["config"]["backbone"]["proj_drop"], ck["config"]["masking"]["shared_count"]
-    torch.save(ck, path)
+    torch_save(ck, path, checksum=True)  # an edited file: its hash recorded again
     doc = json.loads((tmp_path / "split" / "config.json").read_text())
     del doc["backbone"]["proj_drop"]
     (tmp_path / "split" / "config.json").write_text(json.dumps(doc))

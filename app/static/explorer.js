@@ -407,9 +407,10 @@
     else {
       parts.push(t.revealed[i] ? "revealed at this step" : "stays masked");
       const M = d.count.masked, rank = `rank ${t.rank[i] + 1} of ${M}`;
-      if (["confidence", "margin", "entropy"].includes(d.order))
+      if (d.order_kind === "score")
         parts.push(`${d.order} score ${num(t.score[i])} + Gumbel noise ${num(t.noise[i])} → ${rank}`);
-      else if (d.order === "random") parts.push(`uniform key ${num(-t.score[i])} → ${rank}`);
+      else if (d.order_kind === "adaptive") parts.push(`${d.order} score ${num(t.score[i])} → ${rank}`);
+      else if (!d.order_fixed) parts.push(`${d.order} key ${num(-t.score[i])} → ${rank}`);
       else parts.push(`${d.order} order: fixed ${rank}`);
       parts.push(`${d.headline}`);
       parts.push(`|Δ| guidance ${num(t.delta[i])}`, `uncertainty ${num(t.unc[i])}`);

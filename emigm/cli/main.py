@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -14,23 +15,27 @@ from emigm.core import distributed as dist
 from emigm.core.config import MAX_TOKENS, to_dict
 from emigm.core.devices import resolve_device
 from emigm.core.fields import FieldError, check_number, describe, field_names
-from emigm.core.fileio import check_output_file, write_text
+from emigm.core.fileio import write_text
 from emigm.core.guidance import GuidanceConfig
 from emigm.core.labels import parse_class
 from emigm.core.presets import PRESETS
 from emigm.core.seeds import check_seed, parse_seed
 from emigm.core.statedict import CheckpointError
-from emigm.eval.sampler_error import require_oracle, sampler_error
 from emigm.eval.claims import CLAIMS_FILE, CLASSIFIER_FILE, NOT_MEASURED, ClaimsFile
+from emigm.eval.modelcard import model_card
+from emigm.eval.sampler_error import require_oracle, sampler_error
 from emigm.eval.scoring import check_request, evaluate_generator
 from emigm.io.exports import resolve_export
 from emigm.io.fingerprint import fingerprint
+from emigm.io.hub import is_hub_id
+from emigm.io.hub import resolve as hub_resolve
 from emigm.io.imaging import save_grid
 from emigm.io.loading import load_pipeline, random_pipeline
-from emigm.nn.oracle import check_eps as check_oracle_eps
-from emigm.nn.oracle import check_sigma as check_oracle_sigma
+from emigm.io.runs import OVERWRITE_FLAG, check_output
 from emigm.io.pictures import Picture, encode_picture, fmnist_picture, masked_view, read_picture
 from emigm.nn.budget import MAX_IMAGES, MAX_SAMPLES, check_sampling_size
+from emigm.nn.oracle import check_eps as check_oracle_eps
+from emigm.nn.oracle import check_sigma as check_oracle_sigma
 from emigm.sample.capabilities import check_capabilities, suggested_guidance, suggested_settings
 from emigm.sample.checks import check_finite
 from emigm.sample.inpaint import MASK_SPEC_HELP as MASK_SPEC
@@ -175,10 +180,17 @@ def cmd_schedule(a: argparse.Namespace) -> None:
     print(f"schedule {sampler.schedule}, {sampler.num_steps} steps, {a.tokens} tokens, count rule {sampler.count_rule}"
           + (f", CFG {g.cfg_scale} in ({g.cfg_interval[0]}, {g.cfg_interval[1]}]" if g.cfg_scale != 1.0 else ", no CFG")
           + (f", self-guidance {g.sg_scale} in ({g.sg_interval[0]}, {g.sg_interval[1]}]" if g.sg_scale > 0 else ""))
-    print(f"{'step':>4} {'t':>8} {'s':>8} {'E[revealed]':>12} {'E[masked]':>10} {'cfg':>4} {'sg':>4} {'passes':>6} {'total':>6}")
+    print("tokens revealed per step as the sampler plans them (at least one, at most the masked count minus "
+          "one per later step; mean and 5-95 % range, "
+          + (f"over {table.draws} seeds" if table.draws else "exact") + "), "
+          "beside the schedule's L x (gamma(t) - gamma(s)), which ignores both rules")
+    print(f"{'step':>4} {'t':>8} {'s':>8} {'revealed':>9} {'5-95 %':>8} {'L x dgamma':>11} {'masked after':>12} "
+          f"{'cfg':>4} {'sg':>4} {'passes':>6} {'total':>6}")
     for r in table.rows:
-        print(f"{r.step:>4} {r.t:>8.4f} {r.s:>8.4f} {r.expected_revealed:>12.1f} {r.expected_masked_after:>10.1f} "
-              f"{'yes' if r.cfg else '':>4} {'yes' if r.sg else '':>4} {r.passes:>6} {r.cumulative_passes:>6}")
+        band = f"{r.planned_lo}" if r.planned_lo == r.planned_hi else f"{r.planned_lo}-{r.planned_hi}"
+        print(f"{r.step:>4} {r.t:>8.4f} {r.s:>8.4f} {r.planned_mean:>9.2f} {band:>8} {r.expected_revealed:>11.2f} "
+              f"{r.planned_masked_after:>12.1f} {'yes' if r.cfg else '':>4} {'yes' if r.sg else '':>4} {r.passes:>6} "
+              f"{r.cumulative_passes:>6}")
     print(f"CFG steps: {table.cfg_steps}; self-guidance steps: {table.sg_steps}; transformer passes: "
           f"{table.passes} ({sampler.num_steps} x {table.nfe_per_step:.3g})")
 
@@ -228,9 +240,9 @@ def cmd_sample(a: argparse.Namespace) -> None:
     elif a.path_token or a.uncertainty_draws != AnatomyOptions.uncertainty_draws:
         raise CliError("--uncertainty-draws and --path-token go with --anatomy")
     device = resolve_device(a.device)
-    out = check_output_file(a.out, "--out", (".png",))
+    out = check_output(a.out, "--out", (".png",), overwrite=a.overwrite)
     if a.trace:
-        trace = check_output_file(a.trace, "--trace")
+        trace = check_output(a.trace, "--trace", overwrite=a.overwrite)
         if trace.resolve() == out.resolve():
             raise CliError(f"--out and --trace are the same file ({a.out}); give two names")
     gen = load_for_sampling(a, device)
@@ -260,6 +272,9 @@ def cmd_sample(a: argparse.Namespace) -> None:
             else f"{a.num_images} image(s) of class {classes[0]} ({names[classes[0]]})")
     print(f"wrote {a.out}: {what} from {label}; "
           f"{last.passes} transformer passes, {last.head_evals} head evaluations, {elapsed:.2f} s")
+    if len(set(last.image_steps.tolist())) > 1:  # an adaptive order: the NFE ledger per image
+        print(f"steps per image: {', '.join(map(str, last.image_steps.tolist()))}; transformer passes per image: "
+              f"{', '.join(map(str, last.image_passes.tolist()))}")
     if a.trace:
         doc = trace_dict(states, label, {"class_name": "all" if every else names[classes[0]],
                                          "seconds": round(elapsed, 4)})
@@ -280,9 +295,9 @@ def cmd_inpaint(a: argparse.Namespace) -> None:
     given_steps = a.num_steps
     a.num_steps = a.num_steps if a.num_steps is not None else 16
     sampler_configs(a)  # every given value checked before anything is read or loaded
-    out = check_output_file(a.out, "--out", (".png",))
+    out = check_output(a.out, "--out", (".png",), overwrite=a.overwrite)
     if a.trace:
-        trace = check_output_file(a.trace, "--trace")
+        trace = check_output(a.trace, "--trace", overwrite=a.overwrite)
         if trace.resolve() == out.resolve():
             raise CliError(f"--out and --trace are the same file ({a.out}); give two names")
     device = resolve_device(a.device)
@@ -385,7 +400,8 @@ def cmd_sampler_error(a: argparse.Namespace) -> None:
         check_oracle_sigma(a.sigma, "--sigma")
     sampler, guidance = sampler_configs(a)
     if a.random_init or a.preset:
-        raise CliError("the sampler's exact error needs an oracle model: --checkpoint fmnist-oracle or fmnist-oracle-kl")
+        raise CliError("the sampler's exact error needs an oracle model: --checkpoint fmnist-oracle or "
+                       "fmnist-oracle-kl")
     device = resolve_device(a.device)
     if not a.checkpoint:
         raise CliError("give --checkpoint fmnist-oracle or fmnist-oracle-kl")
@@ -429,7 +445,7 @@ def cmd_train_tokenizer(a: argparse.Namespace) -> None:
     out = a.out or str(Path("runs") / f"fmnist-{a.kind}")
     run_dir = a.run_dir or str(Path("runs") / f"tokenizer-{Path(out).name}")
     m = train_tokenizer(cfg, out, run_dir, a.data_path or None, device=resolve_device(a.device),
-                        max_steps=a.max_steps)
+                        max_steps=a.max_steps, overwrite=a.overwrite)
     if not m:
         print(f"stopped at step {a.max_steps} of {cfg.steps}; re-run the same command to continue ({run_dir})")
         return
@@ -441,8 +457,40 @@ def cmd_train_tokenizer(a: argparse.Namespace) -> None:
 def cmd_train_classifier(a: argparse.Namespace) -> None:
     r = train_classifier(a.data_path or None, a.out, epochs=a.epochs, batch_size=a.batch_size,
                          seed=parse_seed("--seed", a.seed),
-                         device=resolve_device(a.device))
+                         device=resolve_device(a.device), overwrite=a.overwrite)
     print(f"wrote {a.out}: test accuracy {r['test_accuracy']:.4f}")
+
+
+def cmd_model_card(a: argparse.Namespace) -> None:
+    """Print (or write with --out) the model card of an export, shipped name, tokenizer or classifier."""
+    if a.out:
+        check_output(a.out, "--out", (".md",), overwrite=a.overwrite)
+    text = model_card(load_source(a.source))
+    if a.out:
+        write_text(a.out, text)
+        print(f"wrote {a.out}")
+    else:
+        sys.stdout.write(text)
+
+
+def cmd_site(a: argparse.Namespace) -> None:
+    """The static site of curated runs. It is built by the explorer's package (app/site.py: the player,
+    its payloads and the lessons live there, above the library), looked up by name at run time so the
+    library never imports the app."""
+    try:
+        site = importlib.import_module("app.site")
+    except ImportError as e:
+        raise CliError(f"the static site is built by the explorer's package `app`, which is not importable "
+                       f"here ({e}); run from the repository or install it with pip install .") from None
+    site.check_out(a.out)  # refused before any model is loaded
+    record = site.build(a.out)
+    print(f"wrote {a.out}: {len(record['runs'])} runs ({', '.join(r['key'] for r in record['runs'])}), "
+          f"{record['bytes'] / 2**20:.2f} MB; open index.html, or publish the folder as it is")
+
+
+def load_source(source: str) -> str:
+    """A Hub reference resolved to its local folder (emigm.io.hub), anything else as given."""
+    return str(hub_resolve(source)) if is_hub_id(source) else source
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -466,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-images", type=INT, default=4)
     s.add_argument("--out", default="samples.png")
     s.add_argument("--trace", default="")
+    s.add_argument(OVERWRITE_FLAG, action="store_true", help="replace an existing --out / --trace file")
     s.add_argument("--anatomy", action="store_true",
                    help="record each step's anatomy in the --trace (scores, Gumbel noise, ranks, reveal "
                         "probability, expected and drawn counts, uncertainty); costs extra head work")
@@ -492,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-images", type=INT, default=1, help="results with seeds seed..seed+N-1")
     s.add_argument("--out", default="inpaint.png")
     s.add_argument("--trace", default="")
+    s.add_argument(OVERWRITE_FLAG, action="store_true", help="replace an existing --out / --trace file")
     s.add_argument("--device", default="auto")
     s.add_argument("--reveal-order", default="", help=REVEAL_HELP)
     add_sampler_args(s, model_rule=True)
@@ -540,6 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="", help="export folder (default runs/fmnist-KIND; shipped assets are never "
                                               "overwritten)")
     s.add_argument("--run-dir", default="", help="training state for resuming (default runs/tokenizer-NAME)")
+    s.add_argument(OVERWRITE_FLAG, action="store_true", help="replace an earlier export in --out")
     s.add_argument("--steps", type=INT, default=0, help="optimiser steps (default: kl 3600, vq 1700)")
     s.add_argument("--max-steps", type=INT, default=None, help="stop early at this step (resumable)")
     s.add_argument("--batch-size", type=INT, default=64)
@@ -554,11 +605,24 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train-classifier", help="train the Fashion-MNIST classifier behind FD / accuracy")
     s.add_argument("--data.path", dest="data_path", default="", help="Fashion-MNIST folder")
     s.add_argument("--out", default="runs/classifier", help="output folder (shipped assets are never overwritten)")
+    s.add_argument(OVERWRITE_FLAG, action="store_true", help="replace an earlier classifier in --out")
     s.add_argument("--epochs", type=INT, default=6)
     s.add_argument("--batch-size", type=INT, default=256)
     s.add_argument("--seed", default="0", help="seed in [0, 2^63 - 1] (ASCII digits)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_train_classifier)
+
+    s = sub.add_parser("site", help="write the static site: the curated runs replayed in any browser, no server")
+    s.add_argument("--out", required=True, help="the site's folder: new, empty, or an earlier site (replaced)")
+    s.set_defaults(func=cmd_site)
+
+    s = sub.add_parser("model-card", help="print the model card (README.md, Hub front matter) of an export, a "
+                                          "shipped name, a tokenizer or the classifier")
+    s.add_argument("source", help="export folder, shipped name (fmnist-emigm, fmnist-kl, classifier, ...) or "
+                                  "hf:OWNER/NAME")
+    s.add_argument("--out", default="", help="write it to this .md file instead of printing it")
+    s.add_argument(OVERWRITE_FLAG, action="store_true", help="replace an existing --out file")
+    s.set_defaults(func=cmd_model_card)
 
 
     register_training(sub)

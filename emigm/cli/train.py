@@ -10,8 +10,9 @@ from emigm.core import distributed as dist
 from emigm.core.config import apply_overrides, to_json
 from emigm.core.devices import resolve_device
 from emigm.core.presets import PRESETS, get_preset
+from emigm.eval.modelcard import write_model_card
 from emigm.io.loading import load_pipeline
-from emigm.io.runs import export_checkpoint
+from emigm.io.runs import OVERWRITE_FLAG, export_checkpoint
 from emigm.nn.smoother import check_base
 from emigm.train.generator import train
 from emigm.train.smoother import smoother_run, train_smoother
@@ -94,8 +95,9 @@ def cmd_train_smoother(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     if not args.out.strip():
         raise ValueError("--out is empty: give the export folder")
-    out = export_checkpoint(args.source, args.out)
-    print(f"wrote {out}")
+    out = export_checkpoint(args.source, args.out, overwrite=args.overwrite)
+    write_model_card(out)
+    print(f"wrote {out} (with its model card, README.md)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -105,6 +107,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e = subparsers.add_parser("export", help="write an inference export from a training checkpoint")
     e.add_argument("source", help="a run folder (its newest checkpoint) or a ckpt-*.pt file")
     e.add_argument("--out", required=True, help="export folder (model.safetensors + config.json)")
+    e.add_argument(OVERWRITE_FLAG, action="store_true", help="replace an earlier export in --out")
     e.set_defaults(func=cmd_export)
 
     p = subparsers.add_parser("train", help="train or resume a run (one process, or torchrun)",

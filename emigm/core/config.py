@@ -192,6 +192,8 @@ class TrainConfig:
     log_every: int = option(50, "steps per metrics line", low=1, high=1 << 40)
     ckpt_every: int = option(1000, "steps per checkpoint", low=1, high=1 << 40)
     keep_last: int = option(2, "checkpoints kept", low=1, high=1 << 20)
+    sample_every: int = option(0, "write a class grid PNG at fixed seeds into the run folder's samples/ every K "
+                                  "steps and at the end (0: never)", low=0, high=1 << 40)
     out_dir: str = "runs"
     init_from: str = ""  # fine-tune: an export folder or shipped name whose weights start the run (step 0 only)
 

@@ -13,12 +13,13 @@ or a file its owner made read-only.
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import os
 import stat
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
-
 
 
 def _assets_dir() -> Path:
@@ -106,27 +107,34 @@ def check_replaceable(path: str | os.PathLike, option: str = "") -> None:
                                        "give another file name")
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any], checksum: bool = False) -> Path:
     """Write `path` atomically: `write(f)` fills an open binary temp file in the same folder, which is
     then flushed, fsynced, chmod 0644 and renamed over `path`; the folder is fsynced. The parent
     folder is created if needed. An existing `path` must be a regular, writable file
-    (`check_replaceable`). Raises WriteError (temp file removed, `path` untouched) on OS errors;
-    other exceptions from `write` propagate after the same clean-up."""
+    (`check_replaceable`). With `checksum` (weight files), the file's sha256 is recorded in the
+    folder's CHECKSUMS_FILE (`record_checksum`; its old entry is dropped before the write, so a
+    write stopped half-way never leaves a stale hash behind). Raises WriteError (temp file removed,
+    `path` untouched) on OS errors; other exceptions from `write` propagate after the same clean-up."""
     path = Path(path)
     folder = path.parent
     check_replaceable(path)
     tmp: str | None = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        if checksum:
+            record_checksum(path, None)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        digest = sha256_file(tmp) if checksum else None
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
         os.replace(tmp, path)
         tmp = None
         fsync_dir(folder)
+        if digest is not None:
+            record_checksum(path, digest)
     except Exception as e:
         if _os_error(e) is None:
             raise
@@ -140,9 +148,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> P
     return path
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Atomically write `data` to `path`."""
-    return atomic_write(path, lambda f: f.write(data))
+def write_bytes(path: str | os.PathLike, data: bytes, checksum: bool = False) -> Path:
+    """Atomically write `data` to `path` (with `checksum`: its sha256 recorded, see `atomic_write`)."""
+    return atomic_write(path, lambda f: f.write(data), checksum)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -150,11 +158,117 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
-def torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """Atomically `torch.save` `obj` to `path` (streamed into the temp file, not held in memory)."""
+def torch_save(obj: Any, path: str | os.PathLike, checksum: bool = False) -> Path:
+    """Atomically `torch.save` `obj` to `path` (streamed into the temp file, not held in memory; with
+    `checksum`: its sha256 recorded, see `atomic_write`)."""
     import torch
 
-    return atomic_write(path, lambda f: torch.save(obj, f))
+    return atomic_write(path, lambda f: torch.save(obj, f), checksum)
+
+
+# ----------------------------------------------------------------------------- checksums
+
+# Every weight file this project writes (exports, shipped assets, tokenizers, the classifier, run
+# checkpoints) has its sha256 recorded in the CHECKSUMS_FILE of its folder when it is written, and is
+# verified against it when read (`verify_checksum`, called by the weight readers in
+# emigm.core.statedict): a file with flipped bytes is refused in one line instead of sampling other
+# images. A file with no recorded hash (written by other tools, or before this rule) is read unverified.
+CHECKSUMS_FILE = "checksums.json"
+CHECKSUMS_FORMAT = "emigm-checksums"
+
+
+class ChecksumError(ValueError):
+    """A file's content differs from the sha256 recorded for it; or its folder's record is unreadable."""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, hex, read in 1 MiB blocks (the one sha256 of files in the project)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_checksums(folder: str | os.PathLike) -> dict[str, str]:
+    """{file name: sha256} recorded in `folder`'s CHECKSUMS_FILE; {} when there is none. A record that
+    is not a regular file or not the expected JSON is a ChecksumError naming it (never ignored: a
+    damaged record must not switch verification off silently)."""
+    path = Path(folder) / CHECKSUMS_FILE
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {}
+    if not stat.S_ISREG(st.st_mode):
+        raise ChecksumError(f"{path} is {special_kind(st.st_mode)}, not a regular file")
+    if st.st_size > 1 << 20:
+        raise ChecksumError(f"{path} is {st.st_size} bytes, not a checksum record")
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ChecksumError(f"{path}: not valid JSON ({str(e).splitlines()[0][:100]})") from None
+    files = doc.get("sha256") if isinstance(doc, dict) and doc.get("format") == CHECKSUMS_FORMAT else None
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) and len(v) == 64
+                                              for k, v in files.items()):
+        raise ChecksumError(f"{path}: expected {{\"format\": \"{CHECKSUMS_FORMAT}\", \"sha256\": {{file: hex}}}}")
+    return dict(files)
+
+
+def record_checksum(path: str | os.PathLike, digest: str | None) -> None:
+    """Record `digest` (hex sha256) for `path` in its folder's CHECKSUMS_FILE (atomically), or drop
+    its entry when `digest` is None."""
+    path = Path(path)
+    try:
+        files = read_checksums(path.parent)
+    except ChecksumError:
+        files = {}  # a damaged record is rewritten by the writer that owns the folder
+    if digest is None and path.name not in files:
+        return
+    if digest is None:
+        files.pop(path.name)
+    else:
+        files[path.name] = digest
+    doc = {"format": CHECKSUMS_FORMAT, "sha256": dict(sorted(files.items()))}
+    write_bytes(path.parent / CHECKSUMS_FILE, (json.dumps(doc, indent=1) + "\n").encode())
+
+
+def verify_checksum(path: str | os.PathLike, what: str = "file") -> None:
+    """Refuse `path` (ChecksumError, one line naming `what` and the file) when its folder records a
+    sha256 for it and its content differs; pass when none is recorded."""
+    path = Path(path)
+    expected = read_checksums(path.parent).get(path.name)
+    if expected is None:
+        return
+    got = sha256_file(path)
+    if got != expected:
+        raise ChecksumError(f"{what} {path} is damaged: its sha256 {got[:16]}... differs from the "
+                            f"{expected[:16]}... recorded when it was written ({path.parent / CHECKSUMS_FILE}); "
+                            "restore the file or write it again")
+
+
+# ----------------------------------------------------------------------------- special files
+
+
+def special_kind(mode: int) -> str:
+    """What a non-regular file is, in words ("a named pipe (fifo)", "a device", ...)."""
+    for test, kind in _KINDS:
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def check_regular(path: str | os.PathLike, what: str = "file") -> bool:
+    """True when `path` is a regular file (following symlinks), False when it does not exist; a fifo,
+    device, socket or folder where a regular file is expected is a ValueError naming `what` and the
+    path, before anything opens it (opening a fifo blocks until a writer comes)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{what} {os.fspath(path)} is {special_kind(st.st_mode)}, not a regular file; "
+                         "remove it or give another path")
+    return True
 
 
 def ensure_writable_dir(folder: str | os.PathLike, what: str = "folder") -> Path:

@@ -20,6 +20,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch.overrides import TorchFunctionMode
 
+from emigm.core.fileio import ChecksumError, check_regular, verify_checksum
+
 
 class CheckpointError(ValueError):
     """A checkpoint or export that is missing, corrupt or does not fit the model."""
@@ -83,6 +85,22 @@ def check_archive(path: str | os.PathLike, max_bytes: int | None = None) -> None
                               f"{_size(max_bytes)} expected here; refused before reading")
 
 
+def _check_file(path: Path, what: str, verify: bool = True) -> None:
+    """A weight file exists, is a regular file and (with `verify`) matches the sha256 recorded when it
+    was written (emigm.core.fileio.verify_checksum); CheckpointError naming `what` and the file otherwise."""
+    try:
+        if not check_regular(path, what):
+            raise CheckpointError(f"{what} not found: {path}")
+        if verify:
+            verify_checksum(path, what)
+    except ChecksumError as e:
+        raise CheckpointError(str(e)) from None
+    except ValueError as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(str(e)) from None
+
+
 def load_torch(path: str | os.PathLike, max_bytes: int | None = None) -> Any:
     """torch.load with weights_only=True, allowing `argparse.Namespace` (the reference's saved "args")
     and nothing else, after `check_archive` (nothing is inflated past the file's own size or
@@ -90,9 +108,9 @@ def load_torch(path: str | os.PathLike, max_bytes: int | None = None) -> Any:
     naming it. torch's warnings about the file (e.g. an unusual pickle protocol) are not printed: the
     error says what is wrong."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    check_archive(path, max_bytes)
+    _check_file(path, "checkpoint", verify=False)
+    check_archive(path, max_bytes)  # from the archive's directory: before the whole file is read to hash it
+    _check_file(path, "checkpoint")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -228,8 +246,7 @@ def read_safetensors_meta(path: str | os.PathLike, what: str = "model weights",
     """(tensors on `device`, the file's string metadata) of a safetensors file; CheckpointError (one
     line naming `what` and the file) when it is missing or unreadable."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{what} not found: {path}")
+    _check_file(path, what)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
+import warnings
 import zlib
 from pathlib import Path
 from typing import Callable, Literal
@@ -24,8 +26,9 @@ import torch
 from PIL import Image
 
 from emigm.core.config import DataConfig, TokenizerConfig
-from emigm.core.fileio import atomic_write, torch_save, write_text
+from emigm.core.fileio import atomic_write, check_regular, torch_save, write_text
 from emigm.core.names import DATASETS
+from emigm.core.progress import Stage
 from emigm.core.seeds import STREAM_AUGMENT, mix_seed
 from emigm.core.statedict import CheckpointError, load_torch
 
@@ -42,37 +45,67 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 # ----------------------------------------------------------------------------- IDX / Fashion-MNIST
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
+# The most an IDX file may declare: Fashion-MNIST's training images are 47 MB; 4 GiB is far above any
+# data set read this way, and the declared size is what is allocated (never what a stream inflates to).
+MAX_IDX_BYTES = 4 << 30
+FMNIST_MAX_IMAGES = 100_000  # a Fashion-MNIST split (60000 + 10000 images) and room to spare
+
+
+def read_idx(path: str | os.PathLike, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
     """Read an IDX file (gzip-compressed or raw; detected from the content) into an array of the
     file's shape, in native byte order. Raises ValueError naming the file when it is corrupt,
-    truncated or has trailing bytes."""
+    truncated, has trailing bytes, is not a regular file, or declares more than `max_bytes`. The
+    data is read into one buffer of the size the header declares, and nothing past it is
+    decompressed or read: a small gzip stream that inflates to gigabytes costs its declared size."""
     path = Path(path)
+    if not check_regular(path, "IDX file"):
+        raise FileNotFoundError(f"IDX file {path} not found")
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+        with open(path, "rb") as f:
+            gz = f.read(2) == b"\x1f\x8b"
+            if gz:  # the gzip trailer's ISIZE: the inflated size mod 2^32, read before inflating anything
+                f.seek(-4, os.SEEK_END)
+                isize = int.from_bytes(f.read(4), "little")
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0:
+                raise ValueError(f"{path}: not an IDX file (bad magic number {head.hex() or 'empty'})")
+            code, ndim = head[2], head[3]
+            if code not in _IDX_DTYPES:
+                raise ValueError(f"{path}: unknown IDX data type 0x{code:02x}")
+            if ndim < 1:
+                raise ValueError(f"{path}: IDX file declares {ndim} dimensions")
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise ValueError(f"{path}: truncated IDX header ({4 + len(dims)} bytes, need {4 + 4 * ndim})")
+            shape = tuple(int(d) for d in np.frombuffer(dims, dtype=">u4"))
+            dtype = np.dtype(_IDX_DTYPES[code])
+            expected = math.prod(shape) * dtype.itemsize
+            if expected > max_bytes:
+                raise ValueError(f"{path}: IDX header declares shape {shape}, {expected} bytes, more than the "
+                                 f"{max_bytes} allowed here; refused before reading the data")
+            if gz and isize != (4 + 4 * ndim + expected) % (1 << 32):
+                raise ValueError(f"{path}: IDX data does not match its header: shape {shape} needs {expected} "
+                                 f"bytes, the gzip stream says it inflates to {isize - 4 - 4 * ndim} (mod 2^32); "
+                                 "refused before inflating it")
+            data = bytearray(expected)
+            got = f.readinto(memoryview(data)) if expected else 0
+            while 0 < got < expected:  # a stream may return less than asked before its end
+                more = f.readinto(memoryview(data)[got:])
+                if not more:
+                    break
+                got += more
+            trailing = len(f.read(1)) > 0
     except (OSError, EOFError, zlib.error) as e:
         if isinstance(e, FileNotFoundError):
             raise
         raise ValueError(f"{path}: cannot decompress ({e})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
-    code, ndim = raw[2], raw[3]
-    if code not in _IDX_DTYPES:
-        raise ValueError(f"{path}: unknown IDX data type 0x{code:02x}")
-    if ndim < 1:
-        raise ValueError(f"{path}: IDX file declares {ndim} dimensions")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes, need {header})")
-    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    dtype = np.dtype(_IDX_DTYPES[code])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - header != expected:
-        kind = "truncated" if len(raw) - header < expected else "has trailing bytes"
-        raise ValueError(f"{path}: IDX data {kind}: shape {shape} needs {expected} bytes, "
-                         f"found {len(raw) - header}")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    if got < expected:
+        raise ValueError(f"{path}: IDX data truncated: shape {shape} needs {expected} bytes, found {got}")
+    if trailing:
+        raise ValueError(f"{path}: IDX data has trailing bytes: shape {shape} needs {expected} bytes, "
+                         "the file holds more")
+    return np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
 
 
 def _find(root: Path, stem: str) -> Path | None:
@@ -84,7 +117,8 @@ def _find(root: Path, stem: str) -> Path | None:
 
 def load_fashion_mnist(root: str | None, split: Literal["train", "test"]) -> tuple[np.ndarray, np.ndarray]:
     """Load a Fashion-MNIST split from IDX files (gz or raw) in `root` (None or "": the Debian
-    location). Returns uint8 images (N, 28, 28) and int64 labels (N,) in 0..9."""
+    location). Returns uint8 images (N, 28, 28) and int64 labels (N,) in 0..9; a file declaring more
+    than FMNIST_MAX_IMAGES images is refused from its header."""
     if split not in ("train", "test"):
         raise ValueError(f"unknown split {split!r}; valid: train, test")
     root_path = Path(root or DEFAULT_FASHION_MNIST)
@@ -96,7 +130,8 @@ def load_fashion_mnist(root: str | None, split: Literal["train", "test"]) -> tup
             f"{prefix}-labels-idx1-ubyte[.gz]) not found in {root_path}; install them with "
             "`apt-get install dataset-fashion-mnist` or pass `--data.path DIR`"
         )
-    images, labels = read_idx(files[0]), read_idx(files[1])
+    # bounded by what a Fashion-MNIST-like split can hold, so a crafted header is refused in < 100 MB
+    images, labels = read_idx(files[0], FMNIST_MAX_IMAGES * 28 * 28), read_idx(files[1], FMNIST_MAX_IMAGES * 8)
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
         raise ValueError(f"{files[0]}: expected uint8 images (N, 28, 28), got {images.dtype} {images.shape}")
     if labels.ndim != 1 or len(labels) != len(images):
@@ -177,6 +212,34 @@ class FashionMNIST(_Augmented):
 # ----------------------------------------------------------------------------- image folders
 
 
+# The most pixels an image of an image folder may have: PIL's own bomb threshold (about 89 M pixels,
+# 268 MB as RGB), checked from the file's header before it is decoded. PIL only warns at this size and
+# refuses at twice it, mid-training; here the file is named and refused at once.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+def open_image(path: str | os.PathLike, mode: str) -> Image.Image:
+    """Decode the image file `path` into `mode` ("RGB" or "L"), after checking its size from its header
+    (at most MAX_IMAGE_PIXELS); a file too large, unreadable or not an image is a one-line
+    ValueError naming it."""
+    try:
+        with warnings.catch_warnings():  # PIL warns above MAX_IMAGE_PIXELS: refused below instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            w, h = im.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise ValueError(f"image {path} is {w} x {h} pixels, more than the {MAX_IMAGE_PIXELS} allowed; "
+                                 "refused before decoding (resize it, or remove it from the folder)")
+            return im.convert(mode)
+    except Image.DecompressionBombError as e:  # PIL refuses twice its threshold already when opening
+        raise ValueError(f"image {path} has more than {MAX_IMAGE_PIXELS} pixels ({str(e).split(',')[0]}); refused "
+                         "before decoding (resize it, or remove it from the folder)") from None
+    except (OSError, SyntaxError) as e:
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise ValueError(f"image {path} cannot be read ({reason}); fix or remove it from the folder") from None
+
+
 def center_crop_adm(img: Image.Image, image_size: int) -> Image.Image:
     """ADM / guided-diffusion centre crop: halve with BOX while the short side is >= 2 * image_size,
     BICUBIC-resize so the short side equals image_size, then crop the centre square."""
@@ -219,8 +282,7 @@ class ImageFolderDataset(_Augmented):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         path, label = self.samples[index]
-        with Image.open(path) as im:
-            img = center_crop_adm(im.convert("RGB" if self.channels == 3 else "L"), self.image_size)
+        img = center_crop_adm(open_image(path, "RGB" if self.channels == 3 else "L"), self.image_size)
         arr = np.asarray(img, dtype=np.uint8)
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         x = to_unit_range(np.ascontiguousarray(arr)[None])[0]
@@ -274,11 +336,14 @@ class EncodedDataset(torch.utils.data.Dataset):
                 pass  # unreadable or stale: encode again and replace it
         moments, labels = [], []
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-        with torch.inference_mode():
+        where = f"cached in {cache} for the next run" if cache is not None else "kept in memory"
+        with torch.inference_mode(), Stage("encoding the training set with the tokenizer", total=len(dataset),
+                                           unit="img", detail=where) as stage:
             for x, y in loader:
                 mean, logvar = encode_fn(x.to(device))
                 moments.append(torch.stack([mean, logvar], 1).float().cpu())
                 labels.append(torch.as_tensor(y, dtype=torch.int64))
+                stage.update(len(y))
         self.moments, self.labels = torch.cat(moments), torch.cat(labels)
         if cache is not None:
             torch_save({"moments": self.moments, "labels": self.labels}, cache)

@@ -22,6 +22,7 @@ from emigm.core.fileio import ASSETS_DIR
 from emigm.eval.evaluation import CLASSIFIER_NAME
 from emigm.io.exports import CONFIG_FILE
 from emigm.io.fingerprint import fingerprint, same_weights
+from emigm.nn.oracle import is_oracle_folder
 
 CLAIMS_FILE = ASSETS_DIR / "results" / "claims.json"
 CLASSIFIER_FILE = ASSETS_DIR / "classifier" / f"{CLASSIFIER_NAME}.safetensors"
@@ -33,7 +34,7 @@ _IGNORED = ("draft", "draft_steps")  # views only: the committed image does not 
 def shipped_fingerprint(name: str, classifier: str | os.PathLike | None = CLASSIFIER_FILE) -> dict[str, Any] | None:
     """The fingerprint of the shipped model `name` (assets/NAME) with the shipped classifier; None when
     it is not shipped or a file is unreadable."""
-    if not (ASSETS_DIR / name / CONFIG_FILE).is_file():
+    if not ((ASSETS_DIR / name / CONFIG_FILE).is_file() or is_oracle_folder(ASSETS_DIR / name)):
         return None
     try:
         return fingerprint(ASSETS_DIR / name, classifier if classifier and Path(classifier).is_file() else None)
@@ -65,10 +66,13 @@ def same_setting(config: Any, recorded: Any) -> bool:
 
 
 class ClaimsFile:
-    """A read claims.json: `doc` (None when unusable) and `problem` (one line, or None)."""
+    """A read claims.json: `doc` (None when unusable) and `problem` (one line, or None); `raw`, the parsed
+    object even when it is of an older format (for naming what it holds, never for its numbers)."""
 
-    def __init__(self, doc: dict[str, Any] | None, problem: str | None, path: Path) -> None:
+    def __init__(self, doc: dict[str, Any] | None, problem: str | None, path: Path,
+                 raw: dict[str, Any] | None = None) -> None:
         self.doc, self.problem, self.path = doc, problem, Path(path)
+        self.raw = raw if raw is not None else doc
 
     @classmethod
     def read(cls, path: str | os.PathLike = CLAIMS_FILE) -> ClaimsFile:
@@ -89,7 +93,7 @@ class ClaimsFile:
         if not isinstance(version, int) or version < VERSION or not isinstance(doc.get("fingerprints"), dict):
             return cls(None, f"{name} is of an older format (version {version}, no fingerprints of the weights "
                              "measured): its numbers are not shown; measure again with benchmarks/paper_claims.py",
-                       path)
+                       path, raw=doc)
         doc["points"] = [p for p in doc["points"] if isinstance(p, dict)]
         doc["claims"] = [c for c in doc["claims"] if isinstance(c, dict)]
         return cls(doc, None, path)
@@ -109,6 +113,19 @@ class ClaimsFile:
             if same_setting(sampler, p.get("sampler")) and same_setting(guidance, p.get("guidance")):
                 return p
         return None
+
+    def recorded(self, model: str, sampler, guidance) -> bool:
+        """True when the file (of any format) holds a point of `model` with this setting, on whatever
+        weights: where a caller shows NOT_MEASURED instead of nothing."""
+        pts = (self.raw or {}).get("points") if isinstance(self.raw, dict) else None
+        return any(isinstance(p, dict) and p.get("model") == model and same_setting(sampler, p.get("sampler"))
+                   and same_setting(guidance, p.get("guidance")) for p in (pts if isinstance(pts, list) else []))
+
+    def claim_names(self) -> list[str]:
+        """The claims the file states (of any format), by their text."""
+        claims = (self.raw or {}).get("claims") if isinstance(self.raw, dict) else None
+        return [str(c.get("claim") or c.get("id") or "?") for c in (claims if isinstance(claims, list) else [])
+                if isinstance(c, dict)]
 
     def recorded_on_other_weights(self, model: str, current: dict[str, Any] | None) -> bool:
         """True when the file has points of `model`, none of them measured on these weights."""

@@ -21,8 +21,8 @@ from torch import nn
 
 from emigm.core.config import from_dict
 from emigm.core.fields import check_number
-from emigm.core.fileio import write_bytes
-from emigm.core.statedict import check_state_dict, on_meta, spec_of
+from emigm.core.fileio import check_regular, write_bytes
+from emigm.core.statedict import check_state_dict, on_meta, read_safetensors, spec_of
 from emigm.data.datasets import load_fashion_mnist, to_unit_range
 
 Tensor = torch.Tensor
@@ -92,7 +92,7 @@ def save_classifier(model: Classifier, out_dir: str | os.PathLike, record: dict 
     record = {"format": "emigm-fmnist-classifier", "version": 1, **(record or {}),
               "config": json.loads(json.dumps(asdict(model.cfg)))}
     weights = out / f"{CLASSIFIER_NAME}.safetensors"
-    write_bytes(weights, save(state))
+    write_bytes(weights, save(state), checksum=True)
     write_bytes(out / f"{CLASSIFIER_NAME}.json", (json.dumps(record, indent=2) + "\n").encode())
     return weights
 
@@ -101,14 +101,11 @@ def load_classifier(path_or_dir: str | os.PathLike = "assets/classifier",
                     device: str | torch.device = "cpu") -> Classifier:
     """Load a classifier written by `train_classifier` (a folder, or the .safetensors / .json path; the
     other file must sit beside it). Returns it in eval mode on `device`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     p = Path(path_or_dir)
     base = p / CLASSIFIER_NAME if p.is_dir() else p.with_suffix("")
     weights, meta = base.with_suffix(".safetensors"), base.with_suffix(".json")
     for f in (weights, meta):
-        if not f.is_file():
+        if not check_regular(f, "classifier file"):
             raise FileNotFoundError(f"classifier file {f} not found; train one with "
                                     "`python -m emigm train-classifier --data.path DIR --out DIR`")
     try:
@@ -116,10 +113,7 @@ def load_classifier(path_or_dir: str | os.PathLike = "assets/classifier",
         cfg = from_dict(ClassifierConfig, record["config"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{meta}: corrupt classifier metadata ({e})") from None
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{weights}: corrupt classifier weights ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    state = read_safetensors(weights, "classifier weights")
 
     with on_meta():  # shapes only: the file is checked before anything is allocated
         expected = spec_of(Classifier(cfg))
@@ -146,13 +140,21 @@ def classifier_outputs(classifier: Classifier, images: Tensor, batch_size: int =
             f = classifier.features(chunk.to(device, torch.float32))
             feats.append(f.float().cpu())
             logits.append(classifier.out(F.relu(f)).float().cpu())
-    return torch.cat(feats), torch.cat(logits)
+    feats_all, logits_all = torch.cat(feats), torch.cat(logits)
+    bad = int((~torch.isfinite(feats_all).all(1) | ~torch.isfinite(logits_all).all(1)).sum())
+    if bad:
+        raise ValueError(f"the classifier's features are NaN or infinite for {bad} of {len(feats_all)} images: its "
+                         "weights overflow on them; retrain it (train-classifier) or give another --classifier")
+    return feats_all, logits_all
 
 
 def _as64(x: np.ndarray | Tensor) -> Tensor:
     x = torch.as_tensor(x).to(torch.float64)
     if x.dim() != 2 or x.shape[0] < 2:
         raise ValueError(f"expected features (N >= 2, D), got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():  # eigh would fail with a LinAlgError, far from the cause
+        raise ValueError(f"features hold NaN or infinite values ({int((~torch.isfinite(x)).sum())} of {x.numel()}); "
+                         "no Frechet distance of them")
     return x
 
 

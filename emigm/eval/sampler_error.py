@@ -32,13 +32,13 @@ from emigm.core.guidance import GuidanceConfig, combine
 from emigm.core.rng import STREAM_WHAT, normal, uniform
 from emigm.eval.evaluation import dataset_features, evaluate_images, load_classifier
 from emigm.nn.oracle import OracleGenerator, shipped_oracles
-from emigm.sample.options import FIXED_ORDERS
+from emigm.sample.orders import orders_of
 from emigm.sample.passes import as_networks
 from emigm.sample.sampler import SamplerConfig, sample_steps
 
 Tensor = torch.Tensor
 
-PATH_FIXED_ORDERS = ("random", *FIXED_ORDERS)
+PATH_FIXED_ORDERS = orders_of("priority")  # the orders whose path does not read token values
 _EXACT_STEP = 1 << 20  # the "what" stream's step index of the exact draws (far beyond any sampler step)
 
 
@@ -111,19 +111,22 @@ def run_errors(net: Any, labels: Tensor, seeds: Tensor, sampler: SamplerConfig,
     cond = labels.double().unsqueeze(1)
     null = torch.full_like(cond, -1.0)
     terms, eff, counts = [], [], []
-    state = prev = None
+    state = prev = lw = None
     for state in sample_steps(net, labels, seeds, sampler, guidance):
         visible = ~state.mask_before
         before = torch.zeros_like(state.tokens) if prev is None else prev  # nothing is visible at step 0
-        lw = model.log_weights(before, visible, cond)
+        if lw is None or sampler.remask != "off":
+            lw = model.log_weights(before, visible, cond)
         lw_u = model.log_weights(before, visible, null) if state.cfg_active else None
         R = state.revealed
         log_q = _step_log_q(model, lw, lw_u, state.tokens, R, state.cfg_scale.double(), sampler)
-        log_joint = model.group_log_prob(lw, state.tokens, R)
+        joint = model.joint_log_kernel(lw, state.tokens, R)  # log w_n + sum_{i in R} log K(x_i | z_n,i)
+        log_joint = torch.logsumexp(joint, 1)
         terms.append(log_q - log_joint)
         eff.append(model.effective_refs(lw))
         counts.append(R.sum(1))
         prev = state.tokens
+        lw = joint - log_joint.unsqueeze(1)  # the posterior after this step's tokens, without starting over
     assert state is not None
     return {"per_step": torch.stack(terms, 1), "effective": torch.stack(eff, 1), "revealed": torch.stack(counts, 1),
             "log_p": model.log_prob(state.tokens, labels), "tokens": state.tokens}
@@ -158,6 +161,10 @@ def sampler_error(net: Any, num_samples: int, sampler: SamplerConfig, guidance: 
             parts[k].append(out[k])
     back = torch.empty_like(order)
     back[order] = torch.arange(num_samples)
+    # an adaptive order's run may end sooner in one batch than in another: pad with steps that reveal nothing
+    width = max(t.shape[1] for t in parts["per_step"])
+    for k in ("per_step", "effective", "revealed"):
+        parts[k] = [torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in parts[k]]
     cat = {k: torch.cat(v)[back] for k, v in parts.items()}  # image order again
     per_step = cat["per_step"]
     total = per_step.sum(1)
@@ -179,6 +186,7 @@ def sampler_error(net: Any, num_samples: int, sampler: SamplerConfig, guidance: 
         "per_step": [m for m, _ in steps],
         "per_step_se": [s for _, s in steps],
         "revealed_per_step": cat["revealed"].double().mean(0).tolist(),
+        "steps_per_image": float((cat["revealed"] > 0).sum(1).double().mean()),  # the NFE of an unguided run
         "effective_refs_per_step": cat["effective"].mean(0).tolist(),
         "log_p": _mean_se(cat["log_p"])[0],
         "log_p_se": _mean_se(cat["log_p"])[1],

@@ -18,6 +18,7 @@ from emigm.core import distributed as dist
 from emigm.core.fields import check_number
 from emigm.core.fileio import ASSETS_DIR
 from emigm.core.guidance import GuidanceConfig
+from emigm.core.progress import Stage
 from emigm.core.seeds import check_seed
 from emigm.data.datasets import load_fashion_mnist, to_unit_range
 from emigm.eval.evaluation import (
@@ -37,7 +38,7 @@ from emigm.sample.sampler import SamplerConfig, sample, sample_steps
 
 
 def generate(net, tokenizer, num_samples: int, sampler: SamplerConfig, guidance: GuidanceConfig,
-             batch_size: int = 250, seed: int = 0, part: tuple[int, int] | None = None
+             batch_size: int = 250, seed: int = 0, part: tuple[int, int] | None = None, progress: bool = True
              ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Class-balanced samples: image i has class i % classes and seed seed + i (so any batch size
     gives the same images). net: what the sampler runs (a loaded model bundle, Networks or a bare
@@ -55,15 +56,18 @@ def generate(net, tokenizer, num_samples: int, sampler: SamplerConfig, guidance:
     images, passes, head_evals = [], 0, 0
     sampler = replace(sampler, draft=False)
     start = time.perf_counter()
-    for b in range(lo, hi, batch_size):
-        e = min(hi, b + batch_size)
-        batch_labels, batch_seeds = labels[b - lo:e - lo], [seed + i for i in range(b, e)]
-        state = sample(nets, batch_labels, batch_seeds, sampler, guidance)
-        with torch.inference_mode():
-            images.append(tokenizer.decode(state.tokens).float().cpu())
-        check_finite(label, state.tokens, images[-1],  # the step is found only after a failure
-                     rerun=lambda: sample_steps(nets, batch_labels, batch_seeds, sampler, guidance))
-        passes, head_evals = state.passes, state.head_evals
+    with Stage(f"sampling {label}", total=hi - lo, unit="img", enabled=progress and dist.info_from_env().is_main,
+               detail=f"{sampler.num_steps} steps, batches of {batch_size}") as stage:
+        for b in range(lo, hi, batch_size):
+            e = min(hi, b + batch_size)
+            batch_labels, batch_seeds = labels[b - lo:e - lo], [seed + i for i in range(b, e)]
+            state = sample(nets, batch_labels, batch_seeds, sampler, guidance)
+            with torch.inference_mode():
+                images.append(tokenizer.decode(state.tokens).float().cpu())
+            check_finite(label, state.tokens, images[-1],  # the step is found only after a failure
+                         rerun=lambda: sample_steps(nets, batch_labels, batch_seeds, sampler, guidance))
+            passes, head_evals = state.passes, state.head_evals
+            stage.update(e - b)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -93,7 +97,8 @@ def check_request(model, num_samples: int, sampler: SamplerConfig, guidance: Gui
 
 def evaluate_generator(net, tokenizer, num_samples: int, sampler: SamplerConfig, guidance: GuidanceConfig,
                        data_root: str | None = None, classifier_path: str | None = None,
-                       batch_size: int = 250, seed: int = 0, floor: bool = True) -> dict[str, Any]:
+                       batch_size: int = 250, seed: int = 0, floor: bool = True, progress: bool = True
+                       ) -> dict[str, Any]:
     """FD, class accuracy, precision, recall of N samples of `net` (as `generate`) vs the test set; NFE;
     images/s; and the real-data floor (N training images vs the test set) at the same N.
 
@@ -106,17 +111,25 @@ def evaluate_generator(net, tokenizer, num_samples: int, sampler: SamplerConfig,
         raise ValueError(f"the Fashion-MNIST classifier scores 1 x 28 x 28 images; this model makes "
                          f"{tokenizer.channels} x {tokenizer.image_size} x {tokenizer.image_size}")
     classifier = load_classifier(classifier_path or ASSETS_DIR / "classifier")
+    # every input is checked before sampling, on every rank (so no rank waits on one that failed): the
+    # data (test split, and the training split for the floor) and the classifier's features of it
+    with Stage("scoring the test images (the reference)", enabled=progress and dist.is_main()):
+        ref, _ = dataset_features(classifier, data_root, "test", min(num_samples, 10000))
+    if floor:
+        load_fashion_mnist(data_root, "train")
     part = shard(num_samples, dist.rank(), dist.world_size())
-    images, labels, cost = generate(net, tokenizer, num_samples, sampler, guidance, batch_size, seed, part)
+    images, labels, cost = generate(net, tokenizer, num_samples, sampler, guidance, batch_size, seed, part, progress)
     period = tokenizer.image_size // tokenizer.grid  # pixels per token side: where token seams would show
-    feats, logits = classifier_outputs(classifier, images) if len(images) else (None, None)
+    with Stage("scoring the samples with the classifier", total=len(images), unit="img",
+               enabled=progress and dist.is_main()) as stage:
+        feats, logits = classifier_outputs(classifier, images) if len(images) else (None, None)
+        stage.update(len(images))
     mine = {"part": part, "feats": feats, "logits": logits, "labels": labels, "cost": cost,
             "seams": seam_sums(images, period) if len(images) else (0.0, 0, 0.0, 0)}
     del images
     shares = sorted((s for s in dist.all_gather_objects(mine) if s["feats"] is not None), key=lambda s: s["part"])
     result = None
     if dist.is_main():
-        ref, _ = dataset_features(classifier, data_root, "test", min(num_samples, 10000))
         scores = score_features(torch.cat([s["feats"] for s in shares]), torch.cat([s["logits"] for s in shares]),
                                 torch.cat([s["labels"] for s in shares]), ref)
         seconds = max(s["cost"]["seconds"] for s in shares)
@@ -127,7 +140,8 @@ def evaluate_generator(net, tokenizer, num_samples: int, sampler: SamplerConfig,
                   "shards": [list(s["part"]) for s in shares]}
         if floor:
             n = min(num_samples, 10000)
-            fl = real_data_floor(classifier, data_root, n)
+            with Stage(f"scoring {n} training images (the real-data floor)", enabled=progress):
+                fl = real_data_floor(classifier, data_root, n)
             real = to_unit_range(load_fashion_mnist(data_root, "test")[0][:n])
             result["floor"] = {**{k: fl[k] for k in ("fd", "class_accuracy", "precision", "recall")},
                                "seam_ratio": seam_ratio(real, period)}

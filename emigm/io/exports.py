@@ -29,7 +29,7 @@ def save_export(model: torch.nn.Module, cfg: RunConfig, out_dir: str | os.PathLi
 
     out = Path(out_dir)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in (state or model.state_dict()).items()}
-    write_bytes(out / WEIGHTS_FILE, save(tensors))
+    write_bytes(out / WEIGHTS_FILE, save(tensors), checksum=True)
     doc = {"config": to_dict(cfg), "meta": meta or {}}
     write_bytes(out / CONFIG_FILE, json.dumps(doc, indent=2, sort_keys=True).encode())
     return out

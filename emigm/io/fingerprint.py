@@ -19,8 +19,10 @@ from typing import Any
 
 import torch
 
+from emigm.core import fileio
 from emigm.io.exports import WEIGHTS_FILE, read_export_config, resolve_export
-from emigm.io.loading import Pipeline, smoother_folder, tokenizer_roots
+from emigm.io.loading import Pipeline, oracle_folder, smoother_folder, tokenizer_roots
+from emigm.nn.oracle import ORACLE_FILE, oracle_config
 from emigm.tokenize.tokenizers import resolve_weights
 
 ROLES = ("network", "tokenizer", "self_guidance", "classifier")
@@ -33,11 +35,7 @@ def sha256_file(path: str | os.PathLike) -> str:
     st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _CACHE[key] = h.hexdigest()
+        _CACHE[key] = fileio.sha256_file(p)  # the one sha256 of files (also behind checksums.json)
     return _CACHE[key]
 
 
@@ -68,6 +66,10 @@ def tokenizer_file(cfg, folder: Path | None) -> Path | None:
 def weight_files(source: str | os.PathLike, classifier: str | os.PathLike | None = None,
                  self_guidance: bool = True) -> dict[str, Path | None]:
     """{role: the file} of an export folder or shipped name (see the module docstring)."""
+    oracle = oracle_folder(source)
+    if oracle is not None:  # an oracle's "weights": oracle.json, its kernel width and its reference set's sha256
+        return {"network": oracle / ORACLE_FILE, "tokenizer": tokenizer_file(oracle_config(oracle), oracle),
+                "self_guidance": None, "classifier": Path(classifier) if classifier is not None else None}
     folder = resolve_export(source)
     cfg, _ = read_export_config(folder)
     sg = smoother_folder(folder) if self_guidance else None

@@ -25,6 +25,8 @@ from emigm.core.labels import class_names
 from emigm.core.presets import get_preset
 from emigm.core.statedict import CheckpointError, load_torch
 from emigm.io.exports import build_generator, read_export
+from emigm.io.hub import is_hub_id
+from emigm.io.hub import resolve as hub_resolve
 from emigm.io.official import read_official
 from emigm.io.runs import is_training_state, read_training_checkpoint
 from emigm.nn.budget import check_size, memory_limit
@@ -113,7 +115,15 @@ def load_pipeline(source: str | os.PathLike, device: str | torch.device = "cpu",
     """Load a generator from an export folder or shipped name, a training checkpoint, an official
     checkpoint or an oracle (see the module docstring). `vae`: the KL-16 VAE of an official ImageNet
     checkpoint (given for any other model, it is an error). `kernel`: an oracle's eps or sigma in place
-    of its own (any other model refuses it). Errors are one line naming the file."""
+    of its own (any other model refuses it). `source` and `vae` may be Hub references,
+    `hf:OWNER/NAME[@REVISION][:FILE]` (emigm.io.hub: through the local cache, HF_HUB_OFFLINE honoured).
+    Errors are one line naming the file."""
+    if is_hub_id(source) or is_hub_id(vae):
+        local = hub_resolve(str(source)) if is_hub_id(source) else source
+        pipe = load_pipeline(local, device, vae=str(hub_resolve(vae)) if is_hub_id(vae) else vae, kernel=kernel)
+        if is_hub_id(source):
+            pipe.label, pipe.meta = str(source), {**pipe.meta, "hub": str(source)}
+        return pipe
     path = Path(os.path.expanduser(str(source)))
     oracle = oracle_folder(source)
     if oracle is not None:

@@ -7,9 +7,12 @@ lock that keeps a second trainer out, and exports from its checkpoints.
     ckpt-0001000.pt   training state, written atomically (the newest `keep_last` are kept)
     export/           inference export (EMA weights + config) at the end of the run
 
-(A tokenizer's run folder holds `state.pt` instead of checkpoints.) `check_target` keeps every
-command that writes a folder (export, train, train-sg, train-tokenizer) out of the folders whose files
-it would overwrite: run folders, model exports, tokenizer folders and the shipped assets.
+(A tokenizer's run folder holds `state.pt` instead of checkpoints.) The one write-target rule, for
+every file and folder any command writes: `check_target` (folders: export, train, train-sg,
+train-tokenizer, train-classifier) and `check_output` (files: sample --out / --trace) keep writes out
+of the shipped assets, out of the files of a run, an export or a tokenizer other than the one being
+written, and out of an existing folder holding files that are not the command's own; the command's
+own earlier output is replaced only with an explicit `--overwrite`, which the refusal names.
 """
 from __future__ import annotations
 
@@ -24,11 +27,20 @@ from typing import Any
 import torch
 
 from emigm.core.config import RunConfig, from_dict
-from emigm.core.fileio import ASSETS_DIR, ensure_writable_dir, write_error, write_text
+from emigm.core.fileio import (
+    ASSETS_DIR,
+    CHECKSUMS_FILE,
+    check_output_file,
+    check_regular,
+    ensure_writable_dir,
+    write_error,
+    write_text,
+)
 from emigm.core.statedict import CheckpointError, check_state_dict, load_torch
 from emigm.io.exports import WEIGHTS_FILE, save_export
 from emigm.nn.budget import check_size, model_spec
 from emigm.nn.model import MaskedGenerator
+from emigm.nn.smoother import SMOOTHER_DIR
 
 CKPT_FORMAT, CKPT_VERSION = "emigm-train-state", 1
 CKPT_PATTERN = re.compile(r"^ckpt-(\d{7,})\.pt$")
@@ -38,7 +50,7 @@ STATE_FILE = "state.pt"  # a tokenizer training run's state (emigm.train.tokeniz
 TOKENIZER_FILES = frozenset({"kl.safetensors", "kl.json", "vq.safetensors", "vq.json", "kl16.ckpt"})
 # Keys that may differ on resume: they change bookkeeping, not the trajectory (train.steps: upwards).
 RESUMABLE_KEYS = frozenset({"train.steps", "train.log_every", "train.ckpt_every", "train.keep_last",
-                            "train.out_dir", "train.compile", "data.num_workers", "data.path"})
+                            "train.sample_every", "train.out_dir", "train.compile", "data.num_workers", "data.path"})
 
 
 class _Absent:
@@ -118,6 +130,67 @@ def load_checkpoint(path: str | os.PathLike, max_bytes: int | None = None) -> di
     return ck
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _tensors(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items())
+
+
+def check_train_state(ck: Any, source: str | os.PathLike) -> dict[str, Any]:
+    """The schema of a generator / add-on training checkpoint, checked on resume before anything is
+    built or loaded from it: every key the trainer writes, with its type and range (step, data
+    position >= 0; elapsed finite and >= 0; weights and EMA dicts of tensors; the optimizer's state and
+    param groups; the generator states, one ByteTensor per rank). A missing or retyped key is a
+    one-line CheckpointError naming the file and the key, never a KeyError or TypeError later.
+    Returns `ck`."""
+    name = os.fspath(source)
+
+    def bad(key: str, expected: str) -> CheckpointError:
+        got = ck.get(key, ABSENT) if "." not in key else None
+        shown = "missing" if got is ABSENT else f"got {type(got).__name__}"
+        return CheckpointError(f"{name}: not a usable training checkpoint ({key}: expected {expected}, "
+                               f"{shown if '.' not in key else 'got something else'})")
+
+    if not isinstance(ck, dict):
+        raise CheckpointError(f"{name}: not a usable training checkpoint (expected a dict, got {type(ck).__name__})")
+    if not _count(ck.get("step")):
+        step = ck.get("step", ABSENT)
+        if isinstance(step, int) and not isinstance(step, bool):
+            raise CheckpointError(f"{name}: not a usable training checkpoint (step {step} is negative)")
+        raise bad("step", "an integer >= 0")
+    if not isinstance(ck.get("config"), dict):
+        raise bad("config", "an object (the run's config)")
+    for key in ("model", "ema"):
+        if not _tensors(ck.get(key)):
+            raise bad(key, "a dict of tensors")
+    opt = ck.get("optimizer")
+    if not (isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)
+            and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in opt["param_groups"])):
+        raise bad("optimizer", "an optimizer state (state, param_groups)")
+    if ck.get("scaler", None) is not None and not isinstance(ck["scaler"], dict):
+        raise bad("scaler", "a grad-scaler state or null")
+    data = ck.get("data")
+    if not (isinstance(data, dict) and _count(data.get("epoch")) and _count(data.get("index"))):
+        raise bad("data", "a data position {epoch, index} of integers >= 0")
+    if not (_number(ck.get("elapsed")) and 0 <= ck["elapsed"] < float("inf")):
+        raise bad("elapsed", "a finite number of seconds >= 0")
+    if not _number(ck.get("loss")):
+        raise bad("loss", "a number")
+    rng = ck.get("rng")
+    if not (isinstance(rng, dict) and isinstance(rng.get("world_size"), int) and not isinstance(rng["world_size"], bool)
+            and rng["world_size"] >= 1 and isinstance(rng.get("device"), str) and isinstance(rng.get("train"), list)
+            and len(rng["train"]) == rng["world_size"]
+            and all(isinstance(s, torch.Tensor) and s.dtype == torch.uint8 for s in rng["train"])):
+        raise bad("rng", "generator states {world_size, device, train: one byte tensor per rank}")
+    return ck
+
+
 def latest_checkpoint(run_dir: str | os.PathLike, max_bytes: int | None = None) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint of a run folder as (path, contents), or None when there is none. An
     unreadable newest checkpoint (or one holding more than `max_bytes`) is a CheckpointError naming it
@@ -160,14 +233,35 @@ def folder_kind(folder: str | os.PathLike) -> str | None:
     return None
 
 
+OVERWRITE_FLAG = "--overwrite"
+
+
+def _ours(name: str, own: str | None, files: frozenset[str]) -> bool:
+    """Whether an entry of an existing output folder is one the command writes there itself."""
+    if name.startswith(".") or name == CHECKSUMS_FILE or name in files:
+        return True
+    if own == TRAINING_RUN:
+        return name in (CONFIG_FILE, METRICS_FILE, EXPORT_DIR) or CKPT_PATTERN.match(name) is not None
+    if own == TOKENIZER_RUN:
+        return name in (STATE_FILE, METRICS_FILE)
+    if own == MODEL_EXPORT:
+        return name in (CONFIG_FILE, WEIGHTS_FILE, SMOOTHER_DIR, "README.md")  # README.md: its model card
+    return False
+
+
 def check_target(folder: str | os.PathLike, what: str, own: str | None = None,
-                 allow: str | os.PathLike | None = None) -> None:
+                 allow: str | os.PathLike | None = None, files: frozenset[str] | set[str] = frozenset(),
+                 overwrite: bool = False, flag: str = OVERWRITE_FLAG) -> None:
     """Refuse to write `what` (e.g. "export folder", "run folder") into `folder` when it is, or lies
     inside, a folder whose files it would overwrite or mix with: a shipped asset (anything already in
     assets/; a run never goes there), or a folder of another kind than `own` (the kind this command
     writes itself: TRAINING_RUN for train, TOKENIZER_RUN for train-tokenizer's state, MODEL_EXPORT
-    for export), or any folder of a known kind above it. `allow`: one folder that may lie inside a run
-    (a run's own export/). One-line ValueError naming the path and what it is."""
+    for export), or any folder of a known kind above it, or an existing folder holding entries the
+    command does not write (`files`, and those of `own`'s kind). An existing folder holding only
+    the command's own earlier output is replaced only with `overwrite` (the refusal names `flag`),
+    except a run folder (train resumes it) and `allow`: one folder that may lie inside a run (a
+    run's own export/, which its trainer writes too). One-line ValueError naming the path and what
+    it is."""
     text = os.fspath(folder)
     target = Path(text).expanduser().resolve()
     assets = ASSETS_DIR.resolve()
@@ -192,6 +286,43 @@ def check_target(folder: str | os.PathLike, what: str, own: str | None = None,
         kind = folder_kind(parent)
         if kind is not None:
             raise ValueError(f"{what} {text} is inside {kind} ({parent}); give a folder of its own")
+    resumable = own in (TRAINING_RUN, TOKENIZER_RUN)
+    if not target.is_dir() or (resumable and folder_kind(target) == own):
+        return  # nothing there yet, or the run this command resumes
+    names = sorted(os.listdir(target))
+    foreign = [n for n in names if not _ours(n, own, frozenset(files))]
+    if foreign:
+        listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ValueError(f"{what} {text} is an existing folder holding files this command does not write "
+                         f"({listed}); give a new or empty folder")
+    mine = [n for n in names if not n.startswith(".")]
+    if mine and not resumable and not overwrite:
+        raise ValueError(f"{what} {text} already holds an earlier output ({', '.join(mine[:3])}); add {flag} "
+                         "to replace it, or give a new folder")
+
+
+def check_output(path: str | os.PathLike, option: str, suffixes: tuple[str, ...] = (), overwrite: bool = False,
+                 flag: str = OVERWRITE_FLAG) -> Path:
+    """The write-target rule for a file a command writes (`sample --out`, `--trace`), before any work:
+    `check_output_file` (a file name, writable, not a fifo or device), then never inside the shipped
+    assets, never inside a training run, a tokenizer's run, a model export or a tokenizer folder
+    (their files are written by their own commands only), and an existing file is replaced only
+    with `overwrite` (the refusal names `flag`). One-line ValueError / WriteError naming `option`."""
+    text = os.fspath(path)
+    p = check_output_file(path, option, suffixes)
+    target = p.resolve()
+    assets = ASSETS_DIR.resolve()
+    if assets in target.parents:
+        raise ValueError(f"{option} {text} is inside the shipped assets folder assets/; shipped files are never "
+                         "overwritten: give a file outside assets/")
+    for parent in target.parents:
+        kind = folder_kind(parent)
+        if kind is not None:
+            raise ValueError(f"{option} {text} is inside {kind} ({parent}), whose files only its own command "
+                             "writes; give a file outside it")
+    if target.exists() and not overwrite:
+        raise ValueError(f"{option} {text} already exists; add {flag} to replace it, or give a new file name")
+    return p
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -202,7 +333,7 @@ def trim_metrics(path: str | os.PathLike, upto_step: int) -> None:
     next checkpoint) and a torn last line (a run killed while writing it), with a warning for the
     latter. A corrupt line elsewhere is a ValueError naming the file and line."""
     path = Path(path)
-    if not path.is_file():
+    if not check_regular(path, "the run's metrics file"):
         return
     lines = path.read_text(errors="replace").splitlines()
     keep = []
@@ -218,9 +349,11 @@ def trim_metrics(path: str | os.PathLike, upto_step: int) -> None:
                 continue
             raise ValueError(f"{path}, line {i + 1}: not valid JSON ({line[:60]!r}); fix or remove the "
                              "line to resume") from None
-        if not isinstance(rec, dict):
-            raise ValueError(f"{path}, line {i + 1}: not a metrics record ({line[:60]!r})")
-        if rec.get("step", 0) <= upto_step:
+        step = rec.get("step") if isinstance(rec, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ValueError(f"{path}, line {i + 1}: not a metrics record with a step >= 0 ({line[:60]!r}); fix "
+                             "or remove the line to resume")
+        if step <= upto_step:
             keep.append(line)
     if len(keep) != len(lines):
         write_text(path, "".join(ln + "\n" for ln in keep))
@@ -232,6 +365,7 @@ class MetricsLog:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        check_regular(self.path, "the run's metrics file")  # opening a fifo to append would block
         try:
             self._file = open(self.path, "a")
         except OSError as e:
@@ -338,18 +472,20 @@ def read_training_checkpoint(path: Path, ck: Any, device: torch.device | str | N
     check_size(cfg, name, device)
     check_state_dict(model_spec(cfg), ck["ema"], f"{name} (EMA)")
     step = ck.get("step")
-    return cfg, ck["ema"], step if isinstance(step, int) else None
+    if isinstance(step, int) and not isinstance(step, bool) and step < 0:
+        raise CheckpointError(f"{name}: not a usable training checkpoint (step {step} is negative)")
+    return cfg, ck["ema"], step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 # ----------------------------------------------------------------------------- exports
 
 
-def export_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+def export_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write an inference export (EMA weights + config) from a generator training checkpoint, or
     from the newest checkpoint of a run folder: for exporting a run before it reaches train.steps.
     The output folder is checked first (`check_target`: not a run, a tokenizer or a shipped asset,
     except the run's own export/), the checkpoint (config, size, EMA weights) before the model is
-    built."""
+    built. An existing export is replaced only with `overwrite`."""
 
     src = Path(source)
     if not str(out_dir).strip():
@@ -359,7 +495,10 @@ def export_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike) -> 
         raise CheckpointError(f"no checkpoints (ckpt-*.pt) in {src}")
     path = ckpts[-1][1]
     # not into a run, a tokenizer or a shipped asset; the run's own export/ is where the trainer writes too
-    check_target(out_dir, "export folder", own=MODEL_EXPORT, allow=path.parent / EXPORT_DIR)
+    check_target(out_dir, "export folder", own=MODEL_EXPORT, allow=path.parent / EXPORT_DIR, overwrite=overwrite)
+    if overwrite and (Path(out_dir) / SMOOTHER_DIR).exists():  # its module was trained for the old weights
+        raise ValueError(f"export folder {out_dir} holds a self-guidance module trained for its current weights, "
+                         "which new weights would no longer fit; give a new folder, or move that module away first")
     ensure_writable_dir(out_dir, "export folder")
     path, ck = latest_checkpoint(src) if src.is_dir() else (src, load_checkpoint(src))
     cfg, ema, step = read_training_checkpoint(path, ck)

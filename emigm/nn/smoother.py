@@ -235,7 +235,7 @@ def save_smoother(smoother: Smoother, out_dir: str | os.PathLike, base_cfg: dict
     the base's record (`base_record`: config, label, fingerprint)."""
     out = Path(out_dir)
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in (state or smoother.state_dict()).items()}
-    write_bytes(out / WEIGHTS_FILE, save(tensors))
+    write_bytes(out / WEIGHTS_FILE, save(tensors), checksum=True)
     doc = {"config": to_dict(smoother.cfg), "base": base_cfg, "meta": meta or {}}
     write_bytes(out / CONFIG_FILE, json.dumps(doc, indent=2, sort_keys=True).encode())
     return out
@@ -263,6 +263,9 @@ def read_smoother(folder: str | os.PathLike, base_cfg, base_state: dict[str, Ten
     check_base(base_cfg, cfg, f"self-guidance smoother {name}")
     tk = base_cfg.tokenizer
     base_tk = base.get("tokenizer", {}) if isinstance(base, dict) else {}
+    if not isinstance(base_tk, dict):
+        raise CheckpointError(f"{name}/{CONFIG_FILE}: not a self-guidance smoother config (base.tokenizer: expected "
+                              f"an object, got {type(base_tk).__name__})")
     for key in ("kind", "codebook_size", "latent_channels", "image_size"):
         if key in base_tk and base_tk[key] != getattr(tk, key):
             raise CheckpointError(f"self-guidance smoother {name} was trained on a base with "

@@ -1,34 +1,26 @@
 """The sampler's settings: how many tokens each step reveals (count rules), which ones (orders), whether
 committed tokens may be revised (remasking), how the head samples them, and what extra a run records
-about each step (anatomy). Option fields generate the CLI flags and the explorer's controls."""
+about each step (anatomy). Option fields generate the CLI flags and the explorer's controls; the orders
+themselves are entries of the order registry (emigm.sample.orders)."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from emigm.core.fields import check_fields, check_number, option
+from emigm.core.fields import NAME, FieldError, check_fields, check_number, option
 from emigm.core.schedules import SCHEDULES
 from emigm.nn.diffusion import SOLVERS
+from emigm.sample.orders import ORDERS
 
 COUNT_RULES = {"binomial": "each masked token revealed with p = 1 - gamma(s)/gamma(t), at least one (eMIGM)",
                "exact": "floor(L gamma(u)/gamma(1)) stay masked (MaskGIT / MAR)"}
-ORDERS = {"random": "uniform among the masked tokens (eMIGM, MAR)",
-          "confidence": "most confident first: log p of the sampled token plus annealed Gumbel noise (MaskGIT; "
-                        "categorical heads)",
-          "margin": "largest top-1 minus top-2 probability first, plus annealed Gumbel noise (Kim et al. 2025; "
-                    "categorical heads)",
-          "entropy": "lowest entropy of the token's distribution first, plus annealed Gumbel noise (Dream; "
-                     "categorical heads)",
-          "halton": "a 2-D Halton sequence over the token grid, fixed before sampling (Halton-MaskGIT)",
-          "raster": "row by row, left to right",
-          "fixed": "a given permutation (raster order by default)"}
-# orders that rank tokens by a score of the head's distribution, so the head samples every masked token
-SCORE_ORDERS = ("confidence", "margin", "entropy")
-# orders fixed before sampling: a priority per position, the same at every step
-FIXED_ORDERS = ("halton", "raster", "fixed")
+# the orders' names and help texts, from the order registry (emigm.sample.orders.ORDERS)
+ORDER_HELP = {name: o.help for name, o in ORDERS.items()}
 REMASKS = {"off": "committed tokens stay (MaskGIT, MAR, eMIGM)",
            "cap": "each committed token re-masked with sigma = min(eta, sigma_max) (ReMDM-cap)",
-           "rescale": "each committed token re-masked with sigma = eta x sigma_max (ReMDM-rescale)"}
+           "rescale": "each committed token re-masked with sigma = eta x sigma_max (ReMDM-rescale)",
+           "conf": "as cap, but which committed tokens: weighted by 1 - their probability when committed "
+                   "(ReMDM-conf; categorical heads)"}
 
 
 def _anneal_linear(tau0: float, k: int, num_steps: int) -> float:
@@ -55,12 +47,16 @@ class SamplerConfig:
     schedule: str = option("exp", "mask schedule gamma(t)", choices=SCHEDULES)
     count_rule: str = option("binomial", "how many tokens each step reveals", choices=COUNT_RULES,
                              labels=COUNT_RULES)
-    order: str = option("random", "which masked tokens each step reveals", choices=ORDERS, labels=ORDERS)
+    order: str = option("random", "which masked tokens each step reveals", choices=ORDER_HELP, labels=ORDER_HELP)
     order_temperature: float = option(4.5, "Gumbel temperature tau_0 of the confidence, margin and entropy "
                                            "orders", low=0.0, high=100.0)
     order_anneal: str = option("linear", "annealing of the order's Gumbel temperature", choices=ANNEALS)
     remask: str = option("off", "revocable tokens: re-mask committed tokens with probability sigma_t (ReMDM)",
                          choices=REMASKS, labels=REMASKS)
+    threshold_tau: float = option(0.9, "threshold order: reveal every masked token whose top probability >= tau",
+                                  low=0.0, high=1.0, open_low=True)
+    eb_gamma: float = option(0.1, "eb order: entropy bound gamma in nats (sum of the revealed tokens' entropies "
+                                  "minus the largest)", low=0.0, high=1000.0)
     remask_eta: float = option(0.05, "eta of the remasking schedule (remask cap or rescale)", low=0.0, high=1.0)
     temperature: float = option(1.0, "token temperature (DDPM noise / categorical logits; 0 = argmax)",
                                 low=0.0, high=10.0)
@@ -74,6 +70,10 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if ORDERS[self.order].kind == "adaptive" and self.remask != "off":
+            raise FieldError("remask", f"{NAME} {self.remask!r} is not available with the {self.order} order: "
+                                       "remasking plans its counts on the schedule, an adaptive order decides "
+                                       "its own (use remask off)")
         if not (isinstance(self.t_end, float) and 0.0 < self.t_end < 1.0):
             raise ValueError(f"t_end must be in (0, 1), got {self.t_end!r}")
 

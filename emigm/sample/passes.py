@@ -44,12 +44,12 @@ class Conditions:
 @dataclass(frozen=True)
 class HeadOptions:
     """How the head samples a token: temperature, solver name and solver steps (SamplerConfig fields), and
-    the token score a score order needs (emigm.sample.orders; None: the head's default)."""
+    the token score an order ranks by (an emigm.sample.orders score function; None: the head's default)."""
 
     temperature: float
     solver: str
     steps: int
-    score: str | None = None
+    score: Callable[[Tensor, Tensor], Tensor] | None = None
 
 
 def network_pass(nets: Networks, c: Conditions, tokens: Tensor, mask: Tensor, *, num_visible: int,

@@ -30,11 +30,9 @@ from emigm.core import rng
 from emigm.core.schedules import get_schedule, time_grid
 from emigm.core.seeds import MAX_SEED, check_seed
 from emigm.sample.options import SamplerConfig
+from emigm.sample.orders import KEY_COUNT, KEY_POS, KEY_REMASK_COUNT, KEY_REMASK_POS  # noqa: F401 (re-exported)
 
 Tensor = torch.Tensor
-
-# sub-keys inside the "where" stream
-KEY_COUNT, KEY_POS, KEY_REMASK_COUNT, KEY_REMASK_POS = 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -58,7 +56,7 @@ def remask_sigma(cfg: SamplerConfig, alpha_t: float, alpha_s: float) -> float:
     if cfg.remask == "off" or alpha_t <= 0.0:
         return 0.0
     sigma_max = min(1.0, (1.0 - alpha_s) / alpha_t)
-    return min(cfg.remask_eta, sigma_max) if cfg.remask == "cap" else cfg.remask_eta * sigma_max
+    return min(cfg.remask_eta, sigma_max) if cfg.remask in ("cap", "conf") else cfg.remask_eta * sigma_max
 
 
 def plan_steps(seeds: Tensor, num_tokens: int, cfg: SamplerConfig, masked: Tensor | None = None,

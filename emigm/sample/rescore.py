@@ -6,15 +6,15 @@ recomputes the step at other settings with the head alone (the sampler's own `ch
 settings it is the step, bit for bit): the guided distribution and its probabilities (categorical head),
 which tokens the step reveals and with what values, and the change of the draft.
 
-What can be re-scored (RESCORABLE): the token temperature, the CFG scale and its schedule, the
-self-guidance scale, the order (any order the head allows: a categorical head's confidence, margin and
-entropy scores are recomputed, the random and fixed orders' keys come from their streams) and its
-Gumbel temperature and annealing. A guide can be turned off, or its scale changed, but not turned on at
-a step where it did not run (its branch was never computed). Everything else (steps, schedule, count
-rule, remasking, the head's solver, the CFG mode or interval, the class, the seed) changes the step's
-inputs or the plan: that needs a new run (`needs_new_run` says why). And whenever re-scoring changes
-the tokens the step commits, every later step sees other visible tokens: the rest of the run needs a
-new run (`Rescored.later_changed`).
+What can be re-scored (RESCORABLE): the token temperature, the CFG scale and its schedule, the self-
+guidance scale, the order (any order the head allows: a categorical head's scores are recomputed, an
+adaptive order's count with them, the priority orders' keys come from their streams), its Gumbel
+temperature and annealing, and the adaptive orders' tau and gamma. A guide can be turned off, or its
+scale changed, but not turned on at a step where it did not run (its branch was never computed).
+Everything else (steps, schedule, count rule, remasking, the head's solver, the CFG mode or interval, the
+class, the seed) changes the step's inputs or the plan: that needs a new run (`needs_new_run` says why).
+And whenever re-scoring changes the tokens the step commits, every later step sees other visible tokens:
+the rest of the run needs a new run (`Rescored.later_changed`).
 """
 from __future__ import annotations
 
@@ -23,18 +23,16 @@ from dataclasses import dataclass
 
 import torch
 
-from emigm.core import rng
 from emigm.core.guidance import GuidanceConfig, Term
-from emigm.sample.options import FIXED_ORDERS, SCORE_ORDERS, SamplerConfig
-from emigm.sample.orders import fixed_priority, ranks, smallest
+from emigm.sample.options import SamplerConfig
+from emigm.sample.orders import get_order, ranks, smallest
 from emigm.sample.passes import HeadOptions, as_networks, head_pass
-from emigm.sample.plan import KEY_POS
 from emigm.sample.sampler import choose
 from emigm.sample.state import StepState
 
 Tensor = torch.Tensor
 
-RESCORABLE = {"sampler": ("temperature", "order", "order_temperature", "order_anneal"),
+RESCORABLE = {"sampler": ("temperature", "order", "order_temperature", "order_anneal", "threshold_tau", "eb_gamma"),
               "guidance": ("cfg_scale", "cfg_schedule", "sg_scale")}
 BRANCH_OF = {"null": "null", "smoothed": "smoothed"}
 
@@ -76,7 +74,7 @@ def needs_new_run(state: StepState, sampler: SamplerConfig, guidance: GuidanceCo
            for n in _changed(state.sampler, sampler, RESCORABLE["sampler"])]
     out += [f"{n} changes the step's inputs or which steps guide: a new run"
             for n in _changed(state.guidance, guidance, RESCORABLE["guidance"])]
-    if sampler.order in SCORE_ORDERS and not discrete:
+    if get_order(sampler.order).needs is not None and not discrete:
         out.append(f"the {sampler.order} order needs a categorical head's probabilities")
     have = set(state.anatomy.z or {}) if state.anatomy is not None else set()
     for g in guidance.guides_at(state.s):
@@ -119,18 +117,14 @@ def rescore(net, state: StepState, sampler: SamplerConfig | None = None, guidanc
     frac = 1.0 - (mask.sum(1) - count).float() / L
     terms = tuple(Term(g.name, a.z[BRANCH_OF[g.reference]], _per_row(g.weight(guidance, frac), B, device))
                   for g in guides)
-    keys = None
-    if sampler.order == "random":
-        keys = rng.uniform(seeds, rng.STREAM_WHERE, k, KEY_POS, tail=(L,))
-    elif sampler.order in FIXED_ORDERS:
-        if sampler.order == state.sampler.order and fixed_order is None:
-            keys = torch.where(mask, -a.score.to(device), float("inf"))  # the run's own priority
-        else:
-            keys = fixed_priority(sampler.order, L, fixed_order, device).expand(B, L)
-    score_name = sampler.order if sampler.order in SCORE_ORDERS else None
-    full = HeadOptions(sampler.temperature, sampler.head_solver, sampler.head_steps, score_name)
+    order, keys = get_order(sampler.order), None
+    if order.fixed and sampler.order == state.sampler.order and fixed_order is None:
+        keys = torch.where(mask, -a.score.to(device), float("inf"))  # the run's own priority
+    elif order.kind == "priority":  # a fixed order's priority, or the per-step keys from the "where" stream
+        keys = order.priority(seeds, -1 if order.fixed else k, L, fixed_order).expand(B, L)
+    full = HeadOptions(sampler.temperature, sampler.head_solver, sampler.head_steps, order.score)
     draft_opts = full if sampler.draft_steps == 0 or head.discrete else \
-        HeadOptions(sampler.temperature, "dpm", sampler.draft_steps, score_name)
+        HeadOptions(sampler.temperature, "dpm", sampler.draft_steps, order.score)
     reveal_rows = int((smallest(torch.where(mask, keys, float("inf")), count) & mask).sum()) if keys is not None else 0
 
     def head_fn(z, row_terms, noise, opts):

@@ -242,7 +242,7 @@ def save_vqvae(model: VQVAE, path: str, extra: dict | None = None) -> None:
     meta = {"config": json.dumps(asdict(model.cfg))}
     if extra:
         meta["metrics"] = json.dumps(extra)
-    write_bytes(path, save(state, metadata=meta))
+    write_bytes(path, save(state, metadata=meta), checksum=True)
 
 
 def load_vqvae(path: str, device: torch.device | str = "cpu") -> VQVAE:

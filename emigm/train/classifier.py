@@ -13,11 +13,14 @@ from torch import nn
 
 from emigm.core.fields import check_number
 from emigm.core.fileio import command_line, ensure_writable_dir
+from emigm.core.progress import track
 from emigm.core.seeds import check_seed
 from emigm.data.datasets import load_fashion_mnist, to_unit_range
-from emigm.eval.evaluation import Classifier, class_accuracy, classifier_outputs, save_classifier
+from emigm.eval.evaluation import CLASSIFIER_NAME, Classifier, class_accuracy, classifier_outputs, save_classifier
 from emigm.io.runs import check_target
 from emigm.train.optim import lr_at, one_cycle
+
+CLASSIFIER_FILES = frozenset({f"{CLASSIFIER_NAME}.safetensors", f"{CLASSIFIER_NAME}.json"})
 
 Tensor = torch.Tensor
 
@@ -48,10 +51,11 @@ def _augment(x: Tensor, generator: torch.Generator, max_shift: int = 0) -> Tenso
 
 def train_classifier(root: str | None, out_dir: str | os.PathLike = "runs/classifier", epochs: int = 6,
                      batch_size: int = 256, seed: int = 0, device: str | torch.device = "cpu",
-                     lr: float = 3e-3, max_shift: int = 0, progress: bool = True) -> dict:
+                     lr: float = 3e-3, max_shift: int = 0, progress: bool = True, overwrite: bool = False) -> dict:
     """Train the Fashion-MNIST classifier (Adam with a one-cycle schedule of the learning rate and of
     beta1, as torch's OneCycleLR; flip + optional shift augmentation),
     measure test accuracy, and write out_dir/fmnist-classifier.safetensors and .json atomically.
+    An existing classifier in `out_dir` is replaced only with `overwrite`.
     Returns the JSON record (config, test_accuracy, epochs, command, seconds, ...)."""
 
     check_number("epochs", epochs, 1, 1000, integer=True)
@@ -60,7 +64,8 @@ def train_classifier(root: str | None, out_dir: str | os.PathLike = "runs/classi
     check_number("max_shift", max_shift, 0, 14, integer=True)
     check_seed("seed", seed)
     start = time.time()
-    check_target(out_dir, "output folder")  # not a run, an export, a tokenizer or a shipped asset
+    # not a run, an export, a tokenizer, a shipped asset or a folder of other files
+    check_target(out_dir, "output folder", files=CLASSIFIER_FILES, overwrite=overwrite)
     ensure_writable_dir(out_dir, "output folder")  # before minutes of training, not after
     device = torch.device(device)
     g = torch.Generator().manual_seed(seed)
@@ -81,10 +86,8 @@ def train_classifier(root: str | None, out_dir: str | os.PathLike = "runs/classi
         model.train()
         perm = torch.randperm(len(x_all), generator=g)
         total, correct, loss_sum = 0, 0, 0.0
-        batches = range(steps_per_epoch)
-        if progress:
-            from tqdm import tqdm
-            batches = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", leave=False)
+        batches = track(range(steps_per_epoch), f"training the classifier, epoch {epoch + 1}/{epochs}",
+                        unit="batch", enabled=progress)
         for i in batches:
             idx = perm[i * batch_size:(i + 1) * batch_size]
             x = _augment(x_all[idx].to(device), g, max_shift)

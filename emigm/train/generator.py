@@ -20,18 +20,26 @@ from emigm.core import distributed as dist
 from emigm.core.config import RunConfig, from_dict, to_dict
 from emigm.core.devices import resolve_device
 from emigm.core.fileio import ASSETS_DIR
+from emigm.core.guidance import GuidanceConfig
 from emigm.core.masking import draw_mask
 from emigm.core.seeds import STREAM_INIT, mix_seed
 from emigm.core.statedict import check_state_dict, load_state_dict_strict, read_safetensors
 from emigm.data.datasets import CachedLatents, EncodedDataset, build_dataset
+from emigm.eval.modelcard import write_model_card
 from emigm.io.exports import WEIGHTS_FILE, read_export_config, resolve_export, save_export
+from emigm.io.hub import is_hub_id
+from emigm.io.hub import resolve as hub_resolve
+from emigm.io.imaging import save_grid
 from emigm.io.runs import TRAINING_RUN, check_target, default_run_dir
 from emigm.nn.budget import check_training_size, model_spec
 from emigm.nn.model import MaskedGenerator
+from emigm.sample.capabilities import suggested_guidance, suggested_settings
+from emigm.sample.sampler import SamplerConfig, sample
 from emigm.tokenize.tokenizers import DCAETokenizer, KL16Tokenizer, build_tokenizer, resolve_weights
 from emigm.train.trainer import check_max_steps, fit, micro_batch_size
 
 Tensor = torch.Tensor
+GRID_COLUMNS, GRID_CLASSES, GRID_STEPS = 8, 10, 16  # the validation grid: seeds 0-7 for each of the first classes
 
 
 def build_model(cfg: RunConfig) -> MaskedGenerator:
@@ -93,7 +101,7 @@ def read_init_weights(cfg: RunConfig, source: str) -> dict[str, Tensor]:
     head and masking settings that do not change a weight's shape (prediction, t_min, ...) may differ.
     One-line errors name the field."""
 
-    folder = resolve_export(source)
+    folder = resolve_export(hub_resolve(source) if is_hub_id(source) else source)  # hf:OWNER/NAME too
     base, _ = read_export_config(folder)
     for section in ("tokenizer", "backbone"):
         a, b = to_dict(getattr(base, section)), to_dict(getattr(cfg, section))
@@ -128,6 +136,9 @@ class GeneratorTask:
             self.model.load_state_dict(init)
         self.trainable: nn.Module = self.model
         self._to_tokens: Callable | None = None
+        self._decoder = None  # the tokenizer that decodes validation grids (train.sample_every), built once
+        if cfg.train.sample_every:  # its weights are found and checked before the run starts
+            self._decoder = build_tokenizer(cfg.tokenizer, root=str(ASSETS_DIR)).to(device).eval()
         if cfg.train.compile:  # in place: state-dict keys stay; the head runs outside forward
             self.model.compile()
             if hasattr(self.model.head, "net"):
@@ -160,6 +171,28 @@ class GeneratorTask:
 
     def export(self, ema_state: dict[str, Tensor], out_dir: Path, meta: dict[str, Any]) -> None:
         save_export(self.model, self.cfg, out_dir, meta=meta, state=ema_state)
+        write_model_card(out_dir)  # README.md with Hub front matter, beside the weights
+
+    def sample_grid(self, path: Path) -> None:
+        """The validation grid (train.sample_every): a row per class (the first GRID_CLASSES), seeds 0 to
+        GRID_COLUMNS - 1 in every row, GRID_STEPS steps with the model's own rule and suggested guidance,
+        from the weights being trained (the EMA, which the export takes, lags them early in a run). The
+        sampler draws from its per-seed counter-based streams; the trainer forks the global RNG around
+        this call, so training draws the same numbers with or without grids."""
+        model, was_training = self.model, self.model.training
+        classes = min(model.num_classes, GRID_CLASSES)
+        labels = [c for c in range(classes) for _ in range(GRID_COLUMNS)]
+        seeds = [i for _ in range(classes) for i in range(GRID_COLUMNS)]
+        rule = SamplerConfig(num_steps=min(GRID_STEPS, self.cfg.tokenizer.num_tokens), draft=False,
+                             **suggested_settings(model))
+        model.eval()
+        try:
+            with torch.no_grad():
+                state = sample(model, labels, seeds, rule, GuidanceConfig(**suggested_guidance(model)))
+                images = self._decoder.decode(state.tokens).float().cpu()
+        finally:
+            model.train(was_training)
+        save_grid(images, path, scale=2, cols=GRID_COLUMNS)
 
 
 def train(cfg: RunConfig, out_dir: str | os.PathLike | None = None, max_steps: int | None = None, *,

@@ -24,6 +24,8 @@ from torch import nn
 from emigm.core.config import RunConfig, TrainConfig, from_dict, to_dict
 from emigm.core.fields import check_fields
 from emigm.core.masking import draw_mask
+from emigm.core.seeds import STREAM_INIT, mix_seed
+from emigm.eval.modelcard import write_model_card
 from emigm.nn.smoother import Smoother, SmootherConfig, base_fingerprint, check_base, config_for, save_smoother
 from emigm.train.generator import token_source
 from emigm.train.trainer import fit
@@ -168,7 +170,11 @@ class SmootherTask:
         self.pipe, self.run, self.device = pipe, run, device
         self.base: RunConfig = pipe.cfg
         self.model = pipe.model.to(device).eval().requires_grad_(False)
-        self.smoother = Smoother(run.smoother).to(device)
+        # initial weights from a seed of (train.seed, "init"), as the generator's (build_model): with the
+        # global RNG they differed between two runs of the same command, so no two runs were alike
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(mix_seed(run.train.seed, STREAM_INIT))
+            self.smoother = Smoother(run.smoother).to(device)
         check_base(self.model, run.smoother, "the self-guidance smoother")
         self.trainable: nn.Module = self.smoother
         self._token_source = token_source
@@ -204,6 +210,7 @@ class SmootherTask:
     def export(self, ema_state: dict[str, Tensor], out_dir: Path, meta: dict[str, Any]) -> None:
         base = {**to_dict(self.base), "label": self.pipe.label, "fingerprint": self.fingerprint}  # base_record
         save_smoother(self.smoother, out_dir, base, meta=meta, state=ema_state)
+        write_model_card(out_dir)  # README.md with Hub front matter, beside the weights
 
 
 def smoother_run(pipe, name: str = "", recipe: str = "ours", **smoother_overrides: Any) -> SmootherRun:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from emigm.core.fields import check_fields, coerce_tuples, option
 from emigm.core.fileio import command_line, ensure_writable_dir, torch_save, write_bytes
+from emigm.core.progress import Stage
 from emigm.core.statedict import CheckpointError, load_torch
 from emigm.eval.evaluation import seam_ratio
 from emigm.io.runs import (
@@ -145,16 +146,18 @@ def _settings(cfg: TokenizerTrainConfig) -> dict[str, Any]:
 
 def train_tokenizer(cfg: TokenizerTrainConfig, out_dir: str | os.PathLike, run_dir: str | os.PathLike,
                     data_root: str | None = None, device: str | torch.device = "cpu", limit: int = 0,
-                    max_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
+                    max_steps: int | None = None, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Train (or resume) a tokenizer; at `cfg.steps` evaluate it on the test split and export it to
-    `out_dir`. `limit` > 0 uses only the first `limit` images of each split (tests); `max_steps` >= 1
+    `out_dir` (an earlier export there is replaced only with `overwrite`). `limit` > 0 uses only the
+    first `limit` images of each split (tests); `max_steps` >= 1
     stops early with a checkpoint and no export. Returns the metrics (empty before the end)."""
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1 (or None: train to steps), got {max_steps}")
     device = torch.device(device)
     out_dir, run_dir = Path(out_dir), Path(run_dir)
     check_target(run_dir, "run folder", own=TOKENIZER_RUN)  # not another run, an export or a shipped asset
-    check_target(out_dir, "export folder", own=TOKENIZER)
+    check_target(out_dir, "export folder", own=TOKENIZER, files={f"{cfg.kind}.safetensors", f"{cfg.kind}.json"},
+                 overwrite=overwrite)  # an earlier export is replaced only with overwrite
     ensure_writable_dir(run_dir, "run folder")  # before any work; the export folder too
     ensure_writable_dir(out_dir, "export folder")
     with ExitStack() as stack:
@@ -219,10 +222,13 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, out_dir: Path, run_dir: Path, da
     def save_state() -> None:
         torch_save({"format": "emigm-tokenizer-train", "settings": _settings(cfg), "step": step,
                     "model": model.state_dict(), "buffers": _extra_buffers(model), "optimizer": opt.state_dict(),
-                    "generator": gen.get_state(), "elapsed": elapsed + time.perf_counter() - t0}, state_path)
+                    "generator": gen.get_state(), "elapsed": elapsed + time.perf_counter() - t0}, state_path,
+                   checksum=True)
 
     model.train()
     metrics = stack.enter_context(MetricsLog(run_dir / METRICS_FILE))
+    bar = stack.enter_context(Stage(f"training the {cfg.kind} tokenizer", total=stop - step, unit="step",
+                                    enabled=progress, detail=f"steps {step + 1}-{stop} of {cfg.steps}"))
     while step < stop:
         idx = torch.randint(0, train.shape[0], (cfg.batch_size,), generator=gen)
         x = train[idx].to(device)
@@ -233,13 +239,15 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, out_dir: Path, run_dir: Path, da
         loss.backward()
         opt.step()
         step += 1
+        bar.update(1)
         if step % cfg.log_every == 0 or step == stop:
             rec = {"step": step, "loss": float(loss.detach()), **{k: float(v) for k, v in logs.items()},
                    "elapsed": round(elapsed + time.perf_counter() - t0, 2)}
             metrics.write(rec)
-            if progress:
+            if progress and bar.mode == "lines":  # a log gets a line per window; a terminal the bar
                 print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()),
                       flush=True)
+            bar.postfix(loss=f"{rec['loss']:.4g}")
         if step % cfg.ckpt_every == 0 or step == stop:
             save_state()
     elapsed += time.perf_counter() - t0
@@ -263,7 +271,7 @@ def export_tokenizer(model, out_dir: str | os.PathLike, cfg: TokenizerTrainConfi
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     arch = json.dumps(asdict(model.cfg))
     write_bytes(out_dir / f"{cfg.kind}.safetensors",
-                       save(state, metadata={"config": arch, "metrics": json.dumps(metrics)}))
+                       save(state, metadata={"config": arch, "metrics": json.dumps(metrics)}), checksum=True)
     record = {"config": asdict(model.cfg), "training": asdict(cfg), "metrics": metrics,
               "command": command_line(), "torch": torch.__version__}
     write_bytes(out_dir / f"{cfg.kind}.json", (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())

@@ -35,9 +35,10 @@ from torch import nn
 from emigm.core import distributed as dist
 from emigm.core.config import TrainConfig, from_dict, to_dict
 from emigm.core.devices import memory_guard, resolve_device
-from emigm.core.fileio import command_line, ensure_writable_dir, torch_save, write_text
+from emigm.core.fileio import check_regular, command_line, ensure_writable_dir, record_checksum, torch_save, write_text
+from emigm.core.progress import Stage, line
 from emigm.core.seeds import STREAM_TRAIN, mix_seed
-from emigm.core.statedict import load_state_dict_strict
+from emigm.core.statedict import CheckpointError, load_state_dict_strict
 from emigm.data.stream import DataStream, Share
 from emigm.io.runs import (
     CKPT_FORMAT,
@@ -50,6 +51,7 @@ from emigm.io.runs import (
     RunLock,
     check_resume_config,
     check_target,
+    check_train_state,
     latest_checkpoint,
     list_checkpoints,
     trim_metrics,
@@ -59,6 +61,7 @@ from emigm.train.optim import base_lr, build_optimizer, lr_at, training_schedule
 
 Tensor = torch.Tensor
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
+SAMPLES_DIR = "samples"  # validation grids (train.sample_every) inside the run folder
 
 
 @runtime_checkable
@@ -122,6 +125,28 @@ def micro_batch_size(t: TrainConfig, world_size: int) -> int:
 def check_max_steps(max_steps: int | None) -> None:
     if max_steps is not None and (isinstance(max_steps, bool) or max_steps < 1):
         raise ValueError(f"max_steps must be >= 1 (or None: train to train.steps), got {max_steps}")
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any], source: str) -> None:
+    """A checkpoint's optimizer state fits `optimizer` before it is loaded: the same groups of the same
+    sizes, and every per-parameter tensor (Adam's moments) the shape of its parameter. One-line
+    CheckpointError naming the file, instead of torch's errors at load or at the next step."""
+    groups = state["param_groups"]
+    ours = optimizer.param_groups
+    if len(groups) != len(ours) or any(len(g["params"]) != len(o["params"]) for g, o in zip(groups, ours)):
+        raise CheckpointError(f"{source}: not a usable training checkpoint (optimizer: its parameter groups do "
+                              "not fit this model)")
+    params = {i: p for g, o in zip(groups, ours) for i, p in zip(g["params"], o["params"])}
+    for i, entry in state["state"].items():
+        if i not in params or not isinstance(entry, dict):
+            raise CheckpointError(f"{source}: not a usable training checkpoint (optimizer state {i!r} belongs to "
+                                  "no parameter)")
+        for key, v in entry.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                continue
+            if not isinstance(v, torch.Tensor) or (v.dim() > 0 and v.shape != params[i].shape):
+                raise CheckpointError(f"{source}: not a usable training checkpoint (optimizer state {i}.{key} "
+                                      f"does not fit its parameter {tuple(params[i].shape)})")
 
 
 def _on_main(info: dist.DistInfo, fn: Callable[[], Any]) -> Any:
@@ -197,8 +222,10 @@ def _resume_point(run_dir: Path, cfg_dict: dict[str, Any], defaults: dict[str, A
     """The newest checkpoint (path, contents), or (None, None); refuses a different config, in the
     newest checkpoint or in the run's config.json (which must be valid: `read_run_config`)."""
     saved = run_dir / CONFIG_FILE
-    doc = read_run_config(saved, check) if saved.is_file() else None
+    doc = read_run_config(saved, check) if check_regular(saved, "the run's config") else None
     latest = latest_checkpoint(run_dir, max_bytes)
+    if latest is not None:  # its schema, before anything is built or loaded from it
+        check_train_state(latest[1], latest[0])
     step = latest[1]["step"] if latest is not None else 0
     if latest is not None:
         check_resume_config(latest[1]["config"], cfg_dict, step, str(latest[0]), defaults)
@@ -227,6 +254,9 @@ def fit(task: TrainTask, train: TrainConfig, run_dir: str | os.PathLike, *, devi
     if not isinstance(device, torch.device):
         device = resolve_device(device, dist.info_from_env().local_rank)
     micro_batch_size(train, dist.info_from_env().world_size)  # before any process group or folder
+    if train.sample_every and not callable(getattr(task, "sample_grid", None)):
+        raise ValueError("train.sample_every: this run has no class grid to sample (grids are written by "
+                         "generator runs); leave it at 0")
     if not any(p.requires_grad for p in task.trainable.parameters()):
         raise ValueError("the task's trainable module has no parameters that require grad")
     owns_group = dist.info_from_env().world_size > 1 and not dist.is_active()
@@ -244,7 +274,9 @@ def fit(task: TrainTask, train: TrainConfig, run_dir: str | os.PathLike, *, devi
             lock.acquire()
 
         _on_main(info, claim)
-        return _Loop(task, train, run_dir, device, info, num_workers, stack).run(
+        header = (f"train {desc or run_dir.name}: run folder {run_dir}, {train.steps} steps of batch "
+                  f"{train.batch_size} on {device_label(device)}") if progress else ""
+        return _Loop(task, train, run_dir, device, info, num_workers, stack, header).run(
             max_steps, command if command is not None else command_line(), progress, desc or run_dir.name)
 
 
@@ -253,7 +285,7 @@ class _Loop:
     and the summary (and export) at the end."""
 
     def __init__(self, task: TrainTask, train: TrainConfig, run_dir: Path, dev: torch.device,
-                 info: dist.DistInfo, num_workers: int, stack: contextlib.ExitStack) -> None:
+                 info: dist.DistInfo, num_workers: int, stack: contextlib.ExitStack, header: str = "") -> None:
         self.task, self.t, self.run_dir, self.dev, self.info = task, train, run_dir, dev, info
         self.main = info.is_main
         self.cfg_dict = {**task.config_dict(), "train": to_dict(train)}
@@ -273,6 +305,8 @@ class _Loop:
         if ck is not None:
             self._restore(ck, str(self.ck_path))
             self.step, self.elapsed, self.last_loss, position = ck["step"], ck["elapsed"], ck["loss"], ck["data"]
+        if header and self.main:  # the first line: the run is checked, its data not yet read (or encoded)
+            line(header + (f"; resuming at step {self.step} from {self.ck_path.name}" if ck is not None else ""))
         share = Share(train.batch_size, train.grad_accum, info.rank, info.world_size)
         self.stream = DataStream(task.dataset(), share, train.seed, epoch=position["epoch"], index=position["index"],
                                  num_workers=num_workers, pin_memory=dev.type == "cuda")
@@ -295,6 +329,7 @@ class _Loop:
         """Load a checkpoint's weights, optimizer, scaler, EMA and this rank's generator state."""
         info, dev = self.info, self.dev
         load_state_dict_strict(self.task.trainable, ck["model"], source)
+        check_optimizer_state(self.optimizer, ck["optimizer"], source)
         self.optimizer.load_state_dict(ck["optimizer"])
         self.ema.load_state_dict(ck["ema"], f"{source} (EMA)")
         if self.scaler is not None and ck.get("scaler"):
@@ -307,6 +342,17 @@ class _Loop:
                           f"the training generators for {info.world_size} {dev.type} process(es)")
             self.gen.manual_seed(mix_seed(self.t.seed, STREAM_TRAIN, info.rank, ck["step"]))
 
+    def write_grid(self, step: int) -> Path:
+        """The validation grid at `step`: {run folder}/samples/step-NNNNNNN.png (the task's sample_grid),
+        under a forked global RNG (CPU and this device), so the training streams are untouched."""
+        path = self.run_dir / SAMPLES_DIR / f"step-{step:07d}.png"
+        ensure_writable_dir(path.parent, "samples folder")
+        cuda = [self.dev.index if self.dev.index is not None else torch.cuda.current_device()] \
+            if self.dev.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            self.task.sample_grid(path)
+        return path
+
     def save_checkpoint(self, seconds: float) -> None:
         """A collective: every rank calls this; rank 0 writes."""
         states = dist.all_gather_objects(self.gen.get_state())
@@ -318,8 +364,9 @@ class _Loop:
                  "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                  "data": self.stream.position, "elapsed": self.elapsed + seconds, "loss": self.last_loss,
                  "rng": {"world_size": self.info.world_size, "device": self.dev.type, "train": states}}
-        torch_save(state, self.run_dir / f"ckpt-{self.step:07d}.pt")
+        torch_save(state, self.run_dir / f"ckpt-{self.step:07d}.pt", checksum=True)
         for _, old in list_checkpoints(self.run_dir)[:-self.t.keep_last]:
+            record_checksum(old, None)
             old.unlink()
 
     def train_step(self, win_loss: Tensor, win_gn: Tensor) -> float:
@@ -354,11 +401,11 @@ class _Loop:
         return lr
 
     def run(self, max_steps: int | None, command: str, progress: bool, desc: str) -> dict[str, Any]:
-        from tqdm import tqdm
-
         t, dev, info, main = self.t, self.dev, self.info, self.main
         stop_at = t.steps if max_steps is None else min(max_steps, t.steps)
-        bar = tqdm(total=t.steps, initial=self.step, desc=desc, dynamic_ncols=True, disable=not (main and progress))
+        bar = Stage(f"training {desc}", total=max(stop_at - self.step, 0), unit="step", enabled=main and progress,
+                    detail=f"steps {self.step + 1}-{stop_at} of {t.steps}, batch {t.batch_size}, run folder "
+                           f"{self.run_dir}").__enter__()
         start_step, t_start = self.step, time.perf_counter()
         t_first, n_first = t_start, self.step  # throughput counts from the end of this invocation's first step
         win_loss, win_gn = torch.zeros((), device=dev), torch.zeros((), device=dev)
@@ -384,8 +431,10 @@ class _Loop:
                 if self.metrics is not None:
                     self.metrics.write({"step": step, "loss": self.last_loss, "lr": lr, "grad_norm": gn,
                                         "images_per_s": ips, "elapsed": self.elapsed + now - t_start})
-                    bar.set_postfix(loss=f"{self.last_loss:.4f}", steps_s=f"{ips / t.batch_size:.2f}",
-                                    img_s=f"{ips:.1f}")
+                    bar.postfix(loss=f"{self.last_loss:.4f}", steps_s=f"{ips / t.batch_size:.2f}",
+                                img_s=f"{ips:.1f}")
+                    if bar.mode == "lines":  # a log gets a line per window; a terminal the bar
+                        line(f"step {step}/{t.steps}: loss {self.last_loss:.4f}, lr {lr:.3g}, {ips:.1f} images/s")
                 win_loss.zero_()
                 win_gn.zero_()
                 win_steps, win_t = 0, now
@@ -394,7 +443,12 @@ class _Loop:
                 self.save_checkpoint(t_save - t_start)
                 pause = time.perf_counter() - t_save  # not training: kept out of the throughput numbers
                 ckpt_seconds, win_t = ckpt_seconds + pause, win_t + pause
-        bar.close()
+            if main and t.sample_every and (step % t.sample_every == 0 or step == stop_at):
+                t_grid = time.perf_counter()
+                self.write_grid(step)
+                pause = time.perf_counter() - t_grid
+                ckpt_seconds, win_t = ckpt_seconds + pause, win_t + pause
+        bar.__exit__()
 
         now = time.perf_counter()
         seconds = now - t_start
