@@ -1,5 +1,5 @@
 """Re-scoring an opened step in the explorer, below the tabs: the step at another temperature, CFG scale,
-self-guidance scale, order or Gumbel temperature, recomputed from the branch outputs the opened step kept
+self-guidance scale, order, Gumbel temperature or adaptive threshold tau / entropy bound gamma, recomputed from the branch outputs the opened step kept
 (emigm.sample.rescore: the head alone, no transformer pass), drawn as the new draft beside the run's, the
 tokens it would reveal, how much each token's draft changed and, for a categorical head, the probability
 of each drafted code. What needs a new run is said, next to the control that asked for it."""
@@ -22,7 +22,8 @@ from .inpaint import data_url
 # the re-score controls: control name -> (config, field)
 CONTROLS = {"rs_temperature": ("sampler", "temperature"), "rs_cfg_scale": ("guidance", "cfg_scale"),
             "rs_sg_scale": ("guidance", "sg_scale"), "rs_order": ("sampler", "order"),
-            "rs_order_temperature": ("sampler", "order_temperature")}
+            "rs_order_temperature": ("sampler", "order_temperature"),
+            "rs_threshold_tau": ("sampler", "threshold_tau"), "rs_eb_gamma": ("sampler", "eb_gamma")}
 NEW_RUN = ("Re-scoring redraws this step only. Whenever it commits other tokens than the run did, every later "
            "step would see other visible tokens: that needs a new run (Branch from a step, with these settings).")
 
