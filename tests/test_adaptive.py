@@ -109,6 +109,9 @@ def test_steps_vary_per_image_and_the_ledger_counts_them(maskgit):
     assert last.done and len(states) == int(taken.max()) < L
     assert last.image_steps.tolist() == taken.tolist()
     assert len(set(taken.tolist())) > 1, "these seeds should finish after different step counts"
+    for st in states:  # at least one token per step from every image with a masked token, none from the others
+        active = st.mask_before.any(1)
+        assert bool((st.revealed.sum(1)[active] >= 1).all()) and not bool(st.revealed[~active].any())
     per_step = [st.passes - (states[i - 1].passes if i else 0) for i, st in enumerate(states)]
     want = [sum(p for p, st in zip(per_step, states) if bool(st.mask_before[b].any())) for b in range(6)]
     assert last.image_passes.tolist() == want and last.passes == sum(per_step)
