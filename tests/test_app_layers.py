@@ -14,7 +14,7 @@ FLOORS = {
     "ground": ("text", "memory", "plots", "controls", "axes", "payload", "components", "lessons"),
     "helpers": ("charts", "errors", "permalink", "claims"),
     "models": ("trajectory", "stops", "catalogue", "engine"),
-    "shared": ("render", "stepper", "shared"),
+    "shared": ("render", "stepper", "shared", "inpaint", "rescoring"),
     "tabs": ("unmask", "compare", "lab", "analysis"),
     "page": ("ui", "site"),  # the Gradio page, and the same runs as a static site
     "launcher": ("launch",),
