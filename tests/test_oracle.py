@@ -296,3 +296,26 @@ def test_shipped_latent_oracle_samples_guided_and_unguided():
         assert last.tokens.shape == (2, 49, 4) and torch.isfinite(last.tokens).all()
     with pytest.raises(ValueError, match="unguided"):
         run_errors(pipe, labels, seeds, SamplerConfig(num_steps=3), GuidanceConfig(cfg_scale=2.0))
+
+
+def test_oracle_claims_file_is_readmes_block_and_fingerprinted():
+    """assets/results/oracle-claims.json is read by ClaimsFile (format, fingerprints), every claim in it
+    was measured on the shipped oracle's files, and README's block is generated from it."""
+    import importlib.util
+    from pathlib import Path
+
+    from emigm.eval.claims import ClaimsFile
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("oracle_claims", root / "benchmarks" / "oracle_claims.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cf = ClaimsFile.read(mod.RESULTS)
+    assert cf.problem is None, cf.problem
+    current = cf.current_fingerprints()
+    assert set(current) == {"fmnist-oracle"}
+    judged = cf.claims(current)
+    assert judged and all(ok for _, ok in judged)
+    readme = (root / "README.md").read_text()
+    i, j = readme.index(mod.README_BEGIN), readme.index(mod.README_END) + len(mod.README_END)
+    assert readme[i:j] == mod.readme_block(cf.doc)
