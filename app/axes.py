@@ -21,14 +21,14 @@ from emigm.core.fields import NAME, FieldError
 from emigm.core.guidance import GuidanceConfig
 from emigm.core.schedules import SCHEDULES
 from emigm.sample.capabilities import refusals
-from emigm.sample.options import ORDERS, SamplerConfig
+from emigm.sample.options import ORDERS, REMASKS, SamplerConfig
 
 AXES = {"guidance": "guidance: no guidance, CFG (null class, interval), self-guidance",
         "schedule": "mask schedule gamma(t): linear, cosine, exp",
         "steps": "sampling steps: 4, 8, 16, 32",
         "order": f"reveal order: {', '.join(o for o in ORDERS if o != 'fixed')} (as the model can)",
         "head": "diffusion head: DPM-Solver++ with 4, 8, 14 steps, DPM-Solver++ 2M, DDPM 100",
-        "remask": "revocable tokens (ReMDM): off, cap, rescale",
+        "remask": f"revocable tokens (ReMDM): {', '.join(REMASKS)}",
         "temperature": "token temperature: 0.5, 1, 1.5"}
 HEAD_VALUES = (("dpm", 4), ("dpm", 8), ("dpm", 14), ("dpm2m", 8), ("ddpm", 100))
 SOLVER_TITLES = {"dpm": "DPM-Solver++", "dpm2m": "DPM-Solver++ 2M", "ddpm": "DDPM"}
@@ -47,7 +47,7 @@ def axis_values(axis: str) -> list[tuple[str, str, dict[str, Any]]]:
                 for s, n in HEAD_VALUES]
     if axis == "remask":
         return [(f"remask={r}", "remasking off" if r == "off" else f"remask {r}", {"remask": r})
-                for r in ("off", "cap", "rescale")]
+                for r in REMASKS]
     if axis == "temperature":
         return [(f"temperature={t:g}", f"temperature {t:g}", {"temperature": t}) for t in (0.5, 1.0, 1.5)]
     raise FieldError("axis", f"unknown {NAME} {axis!r}; valid: {', '.join(AXES)}")

@@ -954,8 +954,7 @@ def claims_table(doc: dict[str, Any], shown: list[bool] | None = None) -> list[s
              + f"; device {doc['device']}." + (" RANDOM WEIGHTS (pipeline test)." if doc["random_init"] else ""),
              "", doc.get("settings") or SETTINGS, *(["", doc["note"]] if doc.get("note") else []), "",
              *([weights_line(doc), ""] if doc.get("fingerprints") is not None else []),
-             *([f"Partial: {len(doc['pending'])} settings not measured yet ({'; '.join(doc['pending'])}).", ""]
-               if doc.get("pending") else []),
+             *([partial_line(doc["pending"]), ""] if doc.get("pending") else []),
              "| claim | verdict | FD, mean ± sd over seed sets | tests: margin in the claim's favour vs 2 sd |",
              "|---|---|---|---|"]
     shown = [True] * len(doc["claims"]) if shown is None else shown
@@ -987,6 +986,16 @@ def shown_on_shipped(doc: dict[str, Any]) -> list[bool]:
         return [False] * len(doc["claims"])
     cf = ClaimsFile(doc, None, ASSETS_DIR / "results" / "claims.json")
     return [ok for _, ok in cf.claims(cf.current_fingerprints())]
+
+
+def partial_line(pending: list[str]) -> str:
+    """'Partial: 80 settings not measured yet (steps 1, schedule 11, ...; claims.json lists them).'"""
+    groups: dict[str, int] = {}
+    for x in pending:
+        g = x.split(":")[0]
+        groups[g] = groups.get(g, 0) + 1
+    return (f"Partial: {len(pending)} settings not measured yet ("
+            + ", ".join(f"{g} {n}" for g, n in groups.items()) + "; `pending` in claims.json lists them).")
 
 
 def weights_line(doc: dict[str, Any]) -> str:

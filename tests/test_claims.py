@@ -171,7 +171,7 @@ def test_groups_run_in_the_order_given_and_the_document_lists_what_is_pending(fa
     doc = json.loads((tmp_path / "claims.json").read_text())
     assert [p["label"] for p in doc["points"]] == ["exp S=2", "exp S=4", "exp S=8"]
     assert not doc["complete"] and doc["pending"][0] == "steps: exp S=16" and doc["pending"][-1].startswith("headline:")
-    assert doc["fingerprints"] == {"m": FP} and "Partial: 3 settings" in (tmp_path / "claims.md").read_text()
+    assert doc["fingerprints"] == {"m": FP} and "Partial: 3 settings not measured yet (steps 2, headline 1;" in (tmp_path / "claims.md").read_text()
 
 
 # ----------------------------------------------------------------------------- merging

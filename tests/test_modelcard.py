@@ -20,7 +20,8 @@ from emigm.io.fingerprint import fingerprint, sha256_file
 from emigm.train.generator import train
 from tests.test_hub import hub_cache
 
-SHIPPED = [*shipped_models(), "fmnist-kl", "fmnist-vq", "classifier", "fmnist-oracle"]
+SHIPPED = [*shipped_models(), "fmnist-kl", "fmnist-vq", "classifier", "fmnist-oracle",
+           "fmnist-maskgit/self-guidance"]
 REQUIRED = {"license", "library_name", "pipeline_tag", "datasets", "tags"}
 
 
@@ -124,3 +125,18 @@ def test_training_and_export_write_the_card_with_the_hub_base_model(tmp_path, mo
     assert "with its model card" in capsys.readouterr().out
     assert front_matter((tmp_path / "again" / "README.md").read_text())["tags"][:2] == ["masked-image-generation",
                                                                                          "emigm"]
+
+
+def test_a_self_guidance_run_writes_its_card(tmp_path, capsys):
+    pairs = [("data.limit", 16), ("train.steps", 2), ("train.log_every", 1)]
+    base = Path(train(apply_overrides(get_preset("test-tiny"), pairs), tmp_path / "base", device="cpu",
+                      progress=False)["export_dir"])
+    code = cli.main(["train-sg", "--base", str(base), "--device", "cpu", "--no-progress", "--out-dir",
+                     str(tmp_path / "sg"), "--train.steps", "2", "--train.batch_size", "8",
+                     "--train.warmup_steps", "1"])
+    assert code == 0, capsys.readouterr().err
+    (card_file,) = (tmp_path / "sg").rglob("README.md")
+    card = card_file.read_text()
+    meta = front_matter(card)
+    assert meta["tags"][0] == "self-guidance" and meta["library_name"] == "emigm"
+    assert "self-guidance module" in card and sha256_file(card_file.parent / "model.safetensors") in card

@@ -281,6 +281,47 @@ def oracle_card(folder: str | os.PathLike) -> str:
     return "\n".join(lines)
 
 
+def smoother_card(folder: str | os.PathLike) -> str:
+    """The card of a self-guidance module folder (config.json with its base model's record)."""
+    folder = Path(folder)
+    doc = json.loads((folder / CONFIG_FILE).read_text())
+    base, conf, meta = doc.get("base") or {}, doc.get("config") or {}, doc.get("meta") or {}
+    base_name = base.get("label") or base.get("name") or "its base model"
+    lines = [_front_matter({"license": "other", "license_name": "unspecified", "library_name": LIBRARY,
+                            "pipeline_tag": "unconditional-image-generation",
+                            "datasets": [FASHION_MNIST] if (base.get("data") or {}).get("name") == "fashion-mnist"
+                            else [], "tags": ["self-guidance", "masked-image-generation", "emigm"]}),
+             f"# {base_name}: self-guidance module", "",
+             f"The self-guidance smoother of `{base_name}` ({conf.get('num_layers')} layers of width "
+             f"{conf.get('width')}): at sampling time each step is pushed away from this module's smoothed "
+             "version of the model's own prediction (`--sg SCALE`). It is used from its base model's folder, "
+             f"as `{SMOOTHER_DIR}/`, and only with the base whose fingerprint it records.", "",
+             "## How to load", "",
+             "```bash",
+             f"emigm sample --checkpoint {base_name} --sg 1 --class all --num-images 4 --out grid.png",
+             "```", "",
+             "## Training", ""]
+    if meta.get("command"):
+        lines.append(f"- command: `{meta['command']}`")
+    lines += [f"- {k.replace('_', ' ')}: {meta[k]}" for k in ("steps", "batch_size", "seconds", "final_loss", "device")
+              if k in meta]
+    fp = base.get("fingerprint")
+    fp = fp if isinstance(fp, dict) else {"fingerprint": fp} if isinstance(fp, str) else {}
+    lines += ["", "## Fingerprint", "", f"- {WEIGHTS_FILE}: `{sha256_file(folder / WEIGHTS_FILE)}`"]
+    lines += [f"- base {role}: `{sha}`" for role, sha in fp.items() if isinstance(sha, str)]
+    lines += ["", "## Measured figures", "", "FD, class accuracy, precision and recall: see the base model's card "
+              "(figures with self-guidance are measured on the base and this module together).", "",
+              "## Licence", "", LICENCE_NOTE, ""]
+    return "\n".join(lines)
+
+
+def _is_smoother(path: Path) -> bool:
+    try:
+        return "base" in json.loads((path / CONFIG_FILE).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def model_card(source: str | os.PathLike, claims: ClaimsFile | None = None) -> str:
     """The card of an export folder, a shipped name, a tokenizer folder or the classifier folder."""
     path = Path(source)
@@ -290,6 +331,8 @@ def model_card(source: str | os.PathLike, claims: ClaimsFile | None = None) -> s
         return classifier_card(path)
     if (path / ORACLE_FILE).is_file():
         return oracle_card(path)
+    if (path / CONFIG_FILE).is_file() and _is_smoother(path):
+        return smoother_card(path)
     if (path / "kl.json").is_file() or (path / "vq.json").is_file():
         return tokenizer_card(path)
     if not ((path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()):

@@ -175,12 +175,6 @@ class OracleLatentHead(nn.Module):
         m = combine(self._denoise(z, x, lams[-1]), [self._denoise(g.z, x, lams[-1]) for g in guides], weights)
         return m.to(z.dtype)
 
-    @torch.no_grad()
-    def first_eps(self, z: Tensor, x_T: Tensor, solver: str = "", steps: int = 8) -> Tensor:
-        """The exact noise prediction (M, C) at the ODE's first point (lambda -6) for rows z at x_T."""
-        alpha, s = _alpha_sigma(_LAM_T)
-        return ((x_T.double() - alpha * self._denoise(z, x_T, _LAM_T)) / s).to(x_T.dtype)
-
     def loss(self, z: Tensor, target: Tensor, generator: torch.Generator | None = None) -> Tensor:
         raise ValueError("an oracle model is not trained")
 
