@@ -249,7 +249,8 @@ def test_damaged_or_foreign_reference_sets(capsys, tmp_path):
     code, out, err = _cli(["sampler-error", "--checkpoint", str(folder), "--num-samples", "2"], capsys)
     assert code == 2 and err.count("\n") == 1 and "sha256 does not match" in err
     assert sorted(p.name for p in folder.iterdir()) == before
-    # a foreign safetensors file with a matching fingerprint: named tensors checked
+    # a foreign safetensors file with a matching fingerprint (and no checksums.json): named tensors checked
+    (folder / "checksums.json").unlink(missing_ok=True)
     ref.write_bytes(save({"weight": torch.zeros(3)}))
     desc = json.loads((folder / "oracle.json").read_text())
     desc["sha256"] = file_sha256(ref)
