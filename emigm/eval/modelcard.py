@@ -69,18 +69,41 @@ def _figures(claims: ClaimsFile, current: dict[str, Any]) -> list[str]:
     if not pts:
         why = f" ({claims.problem})" if claims.problem else ""
         return [f"FD, class accuracy, precision and recall: {NOT_MEASURED}{why}."]
+    rows: dict[str, dict[str, Any]] = {}  # one row per setting (claims share measurements under other labels)
+    for p in pts:
+        rows.setdefault(setting_text(p), p)
     n = claims.doc.get("num_samples")
     out = [f"Measured on these files (same fingerprint) by `benchmarks/paper_claims.py`: N = {n} class-balanced "
            "samples per seed set against the Fashion-MNIST test set, scored with the shipped classifier; "
            "mean over the seed sets (sd where there are several).", "",
            "| setting | seed sets | NFE | FD | class accuracy | precision | recall |", "|---|---|---|---|---|---|---|"]
-    for p in pts:
+    for text, p in rows.items():
         sets = ", ".join(f"{a}-{b}" for a, b in p.get("seed_sets") or [])
         sd = f" ± {p['fd_sd']:.2f}" if isinstance(p.get("fd_sd"), (int, float)) else ""
-        out.append(f"| {p.get('label', '')} | {sets} | {p.get('nfe', '')} | {p['fd']:.2f}{sd} | "
+        out.append(f"| {text} | {sets} | {p.get('nfe', '')} | {p['fd']:.2f}{sd} | "
                    f"{p.get('class_accuracy', float('nan')):.3f} | {p.get('precision', float('nan')):.3f} | "
                    f"{p.get('recall', float('nan')):.3f} |")
     return out
+
+
+def setting_text(point: dict[str, Any]) -> str:
+    """A measured point's sampling setting in words: steps, schedule, reveal rule, head solver, guidance."""
+    s, g = point.get("sampler") or {}, point.get("guidance") or {}
+    parts = [f"S={s.get('num_steps')}", str(s.get("schedule")), f"{s.get('count_rule')} counts",
+             f"{s.get('order')} order" + (f" (tau {s.get('order_temperature'):g})" if s.get("order") not in
+                                          (None, "random") and isinstance(s.get("order_temperature"), (int, float))
+                                          else "")]
+    if s.get("head_solver") and point.get("nfe") is not None and (point.get("head_evals") or 0) != point.get("nfe"):
+        parts.append(f"{s['head_solver']} {s.get('head_steps')}")
+    if s.get("remask", "off") != "off":
+        parts.append(f"remask {s['remask']} eta {s.get('remask_eta'):g}")
+    w, lo_hi = g.get("cfg_scale", 1.0), g.get("cfg_interval") or [0.0, 1.0]
+    if w != 1.0:
+        where = "at every step" if list(lo_hi) == [0.0, 1.0] else f"in ({lo_hi[0]:g}, {lo_hi[1]:g}]"
+        parts.append(f"CFG {w:g} {where}" + (f" ({g['cfg_mode']} null)" if g.get("cfg_mode") else ""))
+    if g.get("sg_scale"):
+        parts.append(f"self-guidance {g['sg_scale']:g}")
+    return ", ".join(parts)
 
 
 def _same(recorded: Any, current: dict[str, Any]) -> bool:

@@ -19,6 +19,9 @@ from emigm.sample.state import StepAnatomy
 Tensor = torch.Tensor
 
 BRANCH_OF = {"null": "null", "smoothed": "smoothed"}  # a Guide's reference -> the branch it names
+CONDITIONAL, COMBINED = "conditional", "combined"
+# every branch an opened step may hold, in the order views show them; COMBINED is the run's draft
+BRANCHES = (CONDITIONAL, *BRANCH_OF.values(), COMBINED)
 
 
 @dataclass(frozen=True)
