@@ -11,24 +11,21 @@ panel that says why (emigm.sample.capabilities' reason); an axis it cannot vary 
 """
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import fields, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 from emigm.core.fields import NAME, FieldError
 from emigm.core.guidance import GuidanceConfig
 from emigm.core.schedules import SCHEDULES
 from emigm.sample.capabilities import refusals
-from emigm.sample.options import ORDERS, SamplerConfig
+from emigm.sample.options import ORDERS, REMASKS, SamplerConfig
 
 AXES = {"guidance": "guidance: no guidance, CFG (null class, interval), self-guidance",
         "schedule": "mask schedule gamma(t): linear, cosine, exp",
         "steps": "sampling steps: 4, 8, 16, 32",
         "order": f"reveal order: {', '.join(o for o in ORDERS if o != 'fixed')} (as the model can)",
         "head": "diffusion head: DPM-Solver++ with 4, 8, 14 steps, DPM-Solver++ 2M, DDPM 100",
-        "remask": "revocable tokens (ReMDM): off, cap, rescale",
+        "remask": f"revocable tokens (ReMDM): {', '.join(REMASKS)}",
         "temperature": "token temperature: 0.5, 1, 1.5"}
 HEAD_VALUES = (("dpm", 4), ("dpm", 8), ("dpm", 14), ("dpm2m", 8), ("ddpm", 100))
 SOLVER_TITLES = {"dpm": "DPM-Solver++", "dpm2m": "DPM-Solver++ 2M", "ddpm": "DDPM"}
@@ -47,7 +44,7 @@ def axis_values(axis: str) -> list[tuple[str, str, dict[str, Any]]]:
                 for s, n in HEAD_VALUES]
     if axis == "remask":
         return [(f"remask={r}", "remasking off" if r == "off" else f"remask {r}", {"remask": r})
-                for r in ("off", "cap", "rescale")]
+                for r in REMASKS]
     if axis == "temperature":
         return [(f"temperature={t:g}", f"temperature {t:g}", {"temperature": t}) for t in (0.5, 1.0, 1.5)]
     raise FieldError("axis", f"unknown {NAME} {axis!r}; valid: {', '.join(AXES)}")
@@ -87,65 +84,3 @@ def axis_settings(axis: str, model, smoother, sampler: SamplerConfig,
         else:
             out.append((key, title, s, ", ".join(f"{k} {v}" for k, v in over.items())))
     return out
-
-
-# ----------------------------------------------------------------------------- measured FD
-
-_IGNORED = ("draft", "draft_steps")  # views only: the committed image does not depend on them
-_cache: dict[str, Any] = {}
-
-
-def claims_points(path: Path) -> list[dict[str, Any]]:
-    """The measured points of a claims.json (read again when the file changes); [] without one."""
-    try:
-        stamp = path.stat().st_mtime_ns
-    except OSError:
-        return []
-    if _cache.get("key") != (str(path), stamp):
-        try:
-            points = json.loads(path.read_text()).get("points", [])
-        except (OSError, ValueError):
-            points = []
-        _cache.update(key=(str(path), stamp), points=[p for p in points if isinstance(p, dict)])
-    return _cache["points"]
-
-
-def _same(config, recorded: Any) -> bool:
-    if not isinstance(recorded, dict):
-        return False
-    for f in fields(config):
-        if f.name in _IGNORED:
-            continue
-        want = recorded.get(f.name, f.default)
-        have = getattr(config, f.name)
-        if isinstance(want, list):
-            want = tuple(want)
-        if isinstance(have, float) or isinstance(want, float):
-            try:
-                if not math.isclose(float(have), float(want), rel_tol=1e-9, abs_tol=1e-12):
-                    return False
-            except (TypeError, ValueError):
-                return False
-        elif have != want:
-            return False
-    return True
-
-
-def measured_fd(path: Path, model: str | None, sampler: SamplerConfig | None,
-                guidance: GuidanceConfig | None) -> dict[str, Any] | None:
-    """The first point of claims.json measured on `model` with this sampler and guidance setting, as
-    {"label", "fd", "fd_sd", "num_samples", "text"}; None when none matches."""
-    if model is None or sampler is None or guidance is None:
-        return None
-    for p in claims_points(path):
-        fd = p.get("fd")
-        if p.get("model") != model or not isinstance(fd, (int, float)):
-            continue
-        if _same(sampler, p.get("sampler")) and _same(guidance, p.get("guidance")):
-            sd = p.get("fd_sd")
-            sets = len(p.get("seed_sets") or []) or 1
-            spread = f" ± {sd:.2g} (sd over {sets} seed sets)" if isinstance(sd, (int, float)) else \
-                " (one seed set: no error bar yet)"
-            return {"label": p.get("label", ""), "fd": round(float(fd), 3), "fd_sd": sd,
-                    "text": f"measured FD {fd:.3g}{spread} · claims.json: {p.get('label', '')}"}
-    return None

@@ -1,4 +1,4 @@
-"""Handlers of the Compare tab: one seed, panels along one axis (guidance, schedule, steps, order, head,
+"""Handlers of the Compare tab: one seed (or 1-4 seeds per panel), panels along one axis (guidance, schedule, steps, order, head,
 remasking, temperature; app/axes.py), one step player for all of them.
 
 The guidance panels depend on the model (`panel_specs`):
@@ -25,10 +25,12 @@ from emigm.core.guidance import GuidanceConfig
 from emigm.sample.capabilities import refusals
 from emigm.sample.options import SamplerConfig
 
-from . import analysis, axes, controls, memory, plots, stepper
-from .engine import Engine, Trajectory
+from . import axes, controls, memory, plots, stepper
+from .claims import measured_fd
+from .engine import Engine
 from .errors import message, user_errors
-from .unmask import class_index
+from .shared import class_index, divergence, token_diff
+from .trajectory import Trajectory
 
 PANEL_TITLES = {"none": "no guidance", "cfg": "CFG", "fake": "CFG, fake class", "mask": "CFG, mask",
                 "interval": "CFG in an interval", "self": "self-guidance", "both": "CFG + self-guidance"}
@@ -38,7 +40,7 @@ LIVE_EVERY_S = 0.12  # at most one live frame of every panel per this many secon
 DIFF_EVERY_S = 0.5
 NO_COMPARISON = "Run the comparison first: there are no panels in this session yet."
 OUTPUTS = ("status", "player", "doc", "state", "diff", "diff_doc")
-# controls of this tab: the model's sampler fields but the order (random or confidence only) and guidance scales
+# controls of this tab: the sampler fields it varies or holds (every order but "fixed") and the guidance scales
 FIELDS = ("num_steps", "schedule", "count_rule", "order", "temperature", "head_solver", "head_steps",
           "cfg_scale", "cfg_interval", "cfg_schedule", "sg_scale", "sg_interval")
 CONTROLS = (("model", "class_name", "seed", "num_seeds", "axis") + controls.control_names(FIELDS)
@@ -46,7 +48,7 @@ CONTROLS = (("model", "class_name", "seed", "num_seeds", "axis") + controls.cont
 
 
 def compare_view(view: controls.ModelView) -> controls.ModelView:
-    """The Compare tab offers the random and confidence reveal rules only."""
+    """The Compare tab offers every reveal order but the given permutation ("fixed")."""
     return view.refusing("order", {"fixed": "the comparison reveals by the random or the confidence rule "
                                             "(a fixed raster order would hide what guidance changes)"})
 
@@ -70,8 +72,7 @@ class Panel:
         return f"{self.title} · NFE {self.traj.last.passes}{so_far} · {ms:.0f} ms"
 
     def measured(self, sampler: SamplerConfig) -> dict[str, Any] | None:
-        return axes.measured_fd(analysis.CLAIMS_PATH, self.model, replace(self.sampler or sampler, draft=False),
-                                self.guidance)
+        return measured_fd(self.model, replace(self.sampler or sampler, draft=False), self.guidance)
 
 
 def panel_specs(engine: Engine, base: str, g: GuidanceConfig) -> list[Panel]:
@@ -110,48 +111,6 @@ def panel_specs(engine: Engine, base: str, g: GuidanceConfig) -> list[Panel]:
     add("interval", model, GuidanceConfig(w, "", interval, sched), f"{model}, CFG ×{w:g} at s in ({lo:g}, {hi:g}]")
     add("self", base, sg and GuidanceConfig(sg_scale=s, sg_interval=g.sg_interval), f"self-guidance s = {s:g}")
     return out
-
-
-def token_diff(a: Trajectory, b: Trajectory, k: int) -> np.ndarray:
-    """(B, g, g) mean |A - B| per token of the decoded drafts (the shown images) after frame k,
-    tokens committed in both only (pixel units; still-masked tokens count 0)."""
-    fa, fb = a.frames[k], b.frames[k]
-    B, H, W, C = fa.draft.shape
-    g = a.grid
-    d = np.abs(fa.draft.astype(np.float32) - fb.draft.astype(np.float32))
-    d = d.reshape(B, g, H // g, g, W // g, C).mean(axis=(2, 4, 5))
-    both = (~fa.state.mask_after & ~fb.state.mask_after).numpy().reshape(B, g, g)
-    return np.where(both, d, 0.0)
-
-
-@dataclass(frozen=True)
-class Divergence:
-    """Two panels compared step by step over the tokens committed in both (every seed): `image`, the
-    mean |A - B| of the shown images (pixel units); `tokens`, the fraction whose committed values
-    differ; `step`, the first (1-based) step at which any committed token differs, and `image_step`,
-    the first at which the shown images do (None: not in the steps compared). The headline and the
-    chart are both drawn from these, so they cannot disagree."""
-
-    image: list[float]
-    tokens: list[float]
-    step: int | None
-    image_step: int | None
-
-
-def divergence(a: Trajectory, b: Trajectory, tol: float = 1e-5) -> Divergence:
-    image, tokens = [], []
-    for k, (fa, fb) in enumerate(zip(a.frames, b.frames)):
-        both = ~fa.state.mask_after & ~fb.state.mask_after  # (B, L)
-        d = token_diff(a, b, k)
-        shown = both.numpy().reshape(d.shape)
-        image.append(float(d[shown].mean()) if shown.any() else 0.0)
-        ta, tb = fa.state.tokens.float(), fb.state.tokens.float()
-        delta = (ta - tb).abs()
-        differs = (delta.flatten(2).amax(2) if delta.dim() > 2 else delta) > tol  # (B, L)
-        n = int(both.sum())
-        tokens.append(float((differs & both).sum()) / n if n else 0.0)
-    first = lambda xs: next((k + 1 for k, x in enumerate(xs) if x > 0), None)  # noqa: E731
-    return Divergence(image, tokens, first(tokens), first(image))
 
 
 @dataclass(frozen=True)
@@ -247,12 +206,10 @@ class Compare:
 
     check = controls.keyword_handler(CONTROLS, _check, lead=("self",))
 
-    def _compare(self, values: Mapping[str, Any]):
-        """Run every available panel, streaming: the panels advance together one step at a time, so each
-        appears with its first frame after one round and fills in step by step, with the difference
-        view beside them; at the end every view is complete and scrubbable."""
+    def _plan(self, values: Mapping[str, Any]):
+        """The panels of a comparison, every input checked before the first panel runs: (panels, the
+        tab's sampler and guidance, class label, seeds, axis)."""
         base = self.engine.check_name(values["model"])
-        panel_a, panel_b = check_panel_name(values["panel_a"]), check_panel_name(values["panel_b"])
         gen = self.engine.load(base)
         view = compare_view(controls.ModelView(gen.model, gen.smoother))
         order = values["order"]
@@ -271,13 +228,21 @@ class Compare:
         else:  # the tab's setting with one choice varied; a value the model cannot run says why
             specs = [Panel(key, title, base if s else None, guidance if s else None, note, sampler=s)
                      for key, title, s, note in axes.axis_settings(axis, gen.model, gen.smoother, sampler, guidance)]
-        # every input is checked before the first panel runs
         for p in specs:
             if p.model is not None:
                 g = self.engine.load(p.model)
                 reasons = refusals(g.model, g.smoother, p.sampler or sampler, p.guidance)
                 if reasons:
                     raise reasons[0]
+        return specs, sampler, label, seeds, axis
+
+    def _compare(self, values: Mapping[str, Any]):
+        """Run every available panel, streaming: the panels advance together one step at a time, so each
+        appears with its first frame after one round and fills in step by step, with the difference
+        view beside them; at the end every view is complete and scrubbable."""
+        panel_a, panel_b = check_panel_name(values["panel_a"]), check_panel_name(values["panel_b"])
+        specs, sampler, label, seeds, axis = self._plan(values)
+        n, order = len(seeds), values["order"]
         todo = [p for p in specs if p.model is not None]
         run = stepper.new_run_id()
         streams = {p.key: self.engine.stream(p.model, [label] * n, seeds, p.sampler or sampler, p.guidance)

@@ -22,21 +22,24 @@ import torch
 
 from emigm.core.fields import NAME, FieldError
 from emigm.io.imaging import to_uint8
+from emigm.sample.anatomy import BRANCHES
 from emigm.sample.orders import ORDERS, fixed_priority, grid_shape
 from emigm.sample.state import StepState
 
 from . import memory, stepper
-from .compare import divergence
-from .engine import Engine, Trajectory
+from .engine import Engine
 from .errors import user_errors
-from .unmask import NO_RUN
+from .payload import AnatomyPayload, Branch, Count, TokenMaps, TokenPath, to_json
+from .shared import NO_RUN, divergence
+from .trajectory import Trajectory
 
 ANATOMY_OUTPUTS = ("status", "anatomy", "anatomy_json")
 INTERVENE_OUTPUTS = ("status", "player", "intervention_json")
 ACTIONS = {"erase": "re-mask the chosen tokens (any head)",
            "fix": "commit the chosen tokens to a code (categorical heads)"}
-BRANCH_TITLES = {"conditional": "conditional", "null": "null branch (CFG)", "smoothed": "smoothed (self-guidance)",
-                 "combined": "combined = the run's draft"}
+# the titles of the library's guidance branches (emigm.sample.anatomy.BRANCHES), in its order
+BRANCH_TITLES = dict(zip(BRANCHES, ("conditional", "null branch (CFG)", "smoothed (self-guidance)",
+                                    "combined = the run's draft")))
 
 
 def _whole(name: str, value: Any, low: int, high: int, what: str) -> int:
@@ -101,7 +104,8 @@ def guidance_delta(state: StepState, discrete: bool) -> torch.Tensor:
     return torch.where(mask, d, torch.zeros_like(d))
 
 
-def anatomy_payload(traj: Trajectory, step: int, state: StepState, gen, run: str) -> dict[str, Any]:
+def anatomy_payload(traj: Trajectory, step: int, state: StepState, gen, run: str,
+                    path: TokenPath | None = None) -> dict[str, Any]:
     """The opened step for the page (static/explorer.js emigmAnatomy) and for gradio_client."""
     a, s = state.anatomy, state.sampler
     discrete = gen.model.head.discrete
@@ -116,42 +120,38 @@ def anatomy_payload(traj: Trajectory, step: int, state: StepState, gen, run: str
         halton = None
     masked = int(state.mask_before[0].sum())
     p, expected, drawn = float(a.reveal_p[0]), float(a.expected[0]), int(a.drawn[0])
-    headline = f"{masked} masked × {p:.3g} → expected {expected:.3g}, drew {drawn}"
     guides = []
     if state.cfg_active:
         guides.append(f"CFG ×{float(state.cfg_scale[0]):.3g}")
     if state.sg_active:
         guides.append(f"self-guidance {state.sg_scale:g}")
-    out: dict[str, Any] = {
-        "kind": "anatomy", "run": run, "step": step, "N": state.num_steps, "grid": g, "px": traj.image_size,
-        "view": stepper.view_px(traj.image_size), "L": L, "model": traj.model, "discrete": discrete,
-        "sprite": stepper.sprite([list(images)]), "branches": [{"name": n, "title": BRANCH_TITLES[n]} for n in names],
-        "headline": headline, "order": s.order, "order_kind": ORDERS[s.order].kind,
-        "order_fixed": ORDERS[s.order].fixed, "count_rule": s.count_rule, "guidance": " + ".join(guides) or "none",
-        "weights": {k: round(float(v[0]), 4) for k, v in a.weights.items()},
-        "count": {"masked": masked, "p": p, "expected": expected, "drawn": drawn, "remask_sigma": a.remask_sigma,
-                  "remasked": int(a.remasked_count[0])},
-        "tokens": {"masked": state.mask_before[0].int().tolist(), "after": state.mask_after[0].int().tolist(),
-                   "revealed": state.revealed[0].int().tolist(), "score": _map(a.score[0]),
-                   "noise": _map(a.noise[0]), "rank": a.rank[0].tolist(), "halton": halton,
-                   "unc": _map(a.uncertainty[0]), "delta": _map(guidance_delta(state, discrete))},
-        "unc_label": "entropy (nats)" if discrete else "spread of 4 head draws",
-        "delta_label": "total variation |p_combined - p_conditional| / 2" if discrete else
-        "mean |combined - conditional| over channels",
-        "path": None,
-    }
-    return out
+    tokens = TokenMaps(masked=state.mask_before[0].int().tolist(), after=state.mask_after[0].int().tolist(),
+                       revealed=state.revealed[0].int().tolist(), score=_map(a.score[0]), noise=_map(a.noise[0]),
+                       rank=a.rank[0].tolist(), halton=halton, unc=_map(a.uncertainty[0]),
+                       delta=_map(guidance_delta(state, discrete)))
+    return to_json(AnatomyPayload(
+        run=run, step=step, N=state.num_steps, grid=g, px=traj.image_size, view=stepper.view_px(traj.image_size),
+        L=L, model=traj.model, discrete=discrete, sprite=stepper.sprite([list(images)]),
+        branches=[Branch(n, BRANCH_TITLES[n]) for n in names],
+        headline=f"{masked} masked × {p:.3g} → expected {expected:.3g}, drew {drawn}",
+        order=s.order, order_kind=ORDERS[s.order].kind, order_fixed=ORDERS[s.order].fixed, count_rule=s.count_rule, guidance=" + ".join(guides) or "none",
+        weights={k: round(float(v[0]), 4) for k, v in a.weights.items()},
+        count=Count(masked=masked, p=p, expected=expected, drawn=drawn, remask_sigma=a.remask_sigma,
+                    remasked=int(a.remasked_count[0])),
+        tokens=tokens, unc_label="entropy (nats)" if discrete else "spread of 4 head draws",
+        delta_label="total variation |p_combined - p_conditional| / 2" if discrete else
+        "mean |combined - conditional| over channels", path=path))
 
 
-def path_payload(state: StepState, gen, token: tuple[int, int], grid: int) -> dict[str, Any]:
+def path_payload(state: StepState, gen, token: tuple[int, int], grid: int) -> TokenPath:
     """One token's denoising path at this step: its channels after each solver step and the image
     decoded with the token at each (the rest of the draft as the step left it)."""
     r, c = token
     pos = r * grid + c
     path = state.anatomy.path
     if path is None:
-        return {"token": [r, c], "note": f"token ({r}, {c}) was committed before step {state.step + 1}: it is not "
-                                         "denoised at this step (pick a token that was masked, grey on the canvas)"}
+        return TokenPath(token=[r, c], note=f"token ({r}, {c}) was committed before step {state.step + 1}: it is not "
+                                            "denoised at this step (pick a token that was masked, grey on the canvas)")
     draft = state.draft[:1].repeat(path.shape[0], 1, 1).clone()
     draft[:, pos] = path.to(draft.dtype)
     with torch.inference_mode():
@@ -159,9 +159,8 @@ def path_payload(state: StepState, gen, token: tuple[int, int], grid: int) -> di
     s = state.sampler
     full = bool(state.revealed[0, pos]) or s.draft_steps == 0
     opts = (s.head_solver, s.head_steps) if full else ("dpm", s.draft_steps)
-    return {"token": [r, c], "values": np.round(path.float().numpy(), 4).tolist(),
-            "solver": f"{opts[0]} × {opts[1]}", "revealed": bool(state.revealed[0, pos]),
-            "sprite": stepper.sprite([list(images)]), "note": ""}
+    return TokenPath(token=[r, c], values=np.round(path.float().numpy(), 4).tolist(), solver=f"{opts[0]} × {opts[1]}",
+                     revealed=bool(state.revealed[0, pos]), sprite=stepper.sprite([list(images)]), note="")
 
 
 class Lab:
@@ -188,9 +187,8 @@ class Lab:
         pos = (0, token[0] * trajectory.grid + token[1]) if token else None
         state, gen = self.engine.open_step(trajectory, k, pos)
         run = stepper.new_run_id()
-        payload = anatomy_payload(trajectory, k, state, gen, run)
-        if token is not None:
-            payload["path"] = path_payload(state, gen, token, trajectory.grid)
+        path = path_payload(state, gen, token, trajectory.grid) if token is not None else None
+        payload = anatomy_payload(trajectory, k, state, gen, run, path)
         doc = {key: v for key, v in payload.items() if key != "sprite"}
         if doc["path"]:
             doc["path"] = {key: v for key, v in doc["path"].items() if key != "sprite"}

@@ -8,8 +8,12 @@ none, random-init presets with a banner.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
+import signal
 import sys
+import tempfile
 
 
 def _prog() -> str:
@@ -39,12 +43,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def private_temp_dir() -> None:
     """Gradio's cache in a folder of this process (unless GRADIO_TEMP_DIR is set), removed at exit, also
     on SIGTERM: temp files never outlive the app."""
-    import atexit
-    import os
-    import shutil
-    import signal
-    import tempfile
-
     if "GRADIO_TEMP_DIR" not in os.environ:
         os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="emigm-explorer-cache-")
         atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], True)
@@ -55,8 +53,6 @@ def one_thread_count(threads: int) -> None:
     """Every thread of the process samples with `threads` torch threads (before torch starts). Why: the
     requests run on a pool of worker threads, and OpenMP gives each its own thread count; set once here,
     no request ever changes the process-wide count while another one computes."""
-    import os
-
     if threads and "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(threads)
 
@@ -65,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     private_temp_dir()
     one_thread_count(args.threads)
+    # torch and gradio are imported only now, after the environment they read at import is set
     from emigm.core.devices import resolve_device
 
     try:

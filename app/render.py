@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from emigm.io.imaging import upscale
 
-from .engine import Frame, Trajectory
+from .trajectory import Frame, Trajectory
 
 GREY = (128, 128, 128)  # a masked token
 ORANGE = (230, 159, 0)  # revealed at this step

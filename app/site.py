@@ -3,7 +3,7 @@
 `python -m emigm site --out DIR` (or `python -m app.site --out DIR`) samples every lesson once and writes
 
     DIR/index.html     the page
-    DIR/explorer.js    the explorer's own player (app/static), unchanged
+    DIR/explorer.js    the explorer's own player (app/static, with explorer-core.js when present), unchanged
     DIR/explorer.css
     DIR/site.js        builds the page's sections and hands each payload to the player
     DIR/runs.js        the payloads (`window.EMIGM_SITE = {...}`): a script, so the page works from any
@@ -41,7 +41,9 @@ STATIC = Path(__file__).resolve().parent / "static"
 MARK = "emigm-site.json"
 FORMAT = "emigm-site-1"
 MAX_BYTES = 10 * 2**20
-FILES = ("index.html", "explorer.js", "explorer.css", "site.js", "runs.js", MARK)
+# the page's scripts in load order, as the app's head loads them (the pure functions first, when split off)
+PLAYER_SCRIPTS = tuple(n for n in ("explorer-core.js", "explorer.js") if (STATIC / n).is_file())
+FILES = ("index.html", *PLAYER_SCRIPTS, "explorer.css", "site.js", "runs.js", MARK)
 ORACLE = "fmnist-oracle"
 
 INDEX = """<!doctype html>
@@ -60,7 +62,7 @@ nav a { margin-right: 14px; }
 .emigm-root { min-height: 120px; }
 footer { color: #666; font-size: 0.9em; margin-top: 40px; }
 </style>
-<script src="explorer.js"></script>
+{scripts}
 </head>
 <body>
 <header>
@@ -184,9 +186,10 @@ def build(out: str | os.PathLike, lessons: Sequence[Lesson] | None = None, engin
         note = (f"Built by python -m emigm site from the shipped models ({', '.join(engine.names)}); "
                 f"{len(runs)} runs.")
         doc = {"format": FORMAT, "runs": runs, "note": note}
-        (tmp / "index.html").write_text(INDEX)
+        tags = "\n".join(f'<script src="{n}"></script>' for n in PLAYER_SCRIPTS)
+        (tmp / "index.html").write_text(INDEX.replace("{scripts}", tags))
         (tmp / "site.js").write_text(SITE_JS)
-        for name in ("explorer.js", "explorer.css"):
+        for name in (*PLAYER_SCRIPTS, "explorer.css"):
             shutil.copyfile(STATIC / name, tmp / name)
         (tmp / "runs.js").write_text("window.EMIGM_SITE = " + json.dumps(doc, separators=(",", ":")) + ";\n")
         size = sum((tmp / n).stat().st_size for n in FILES if n != MARK)

@@ -24,7 +24,9 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from .engine import Trajectory
+from .payload import PlayerPanel, PlayerPayload, StepRecord, to_json
+from .payload import Status as StatusPayload
+from .trajectory import Trajectory
 
 MIN_PX = 224  # the smallest image view; the page scales views up, in whole pixels, to fit the window
 _ids = itertools.count(1)
@@ -51,17 +53,17 @@ def sprite(rows: Sequence[Sequence[np.ndarray]]) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def step_records(traj: Trajectory, b: int = 0, n: int | None = None) -> list[dict[str, Any]]:
+def step_records(traj: Trajectory, b: int = 0, n: int | None = None) -> list[StepRecord]:
     """Per step of sample b (the first n steps): t, s, CFG scale (0: off), self-guidance, passes this
     step, ms, revealed."""
     out, prev = [], 0
     for f in traj.frames[:n]:
         s = f.state
-        out.append({"t": round(s.t, 4), "s": round(s.s, 4),
-                    "cfg": round(float(s.cfg_scale[b]), 3) if s.cfg_active else 0,
-                    "sg": round(float(s.sg_scale), 3) if s.sg_active else 0,
-                    "passes": s.passes - prev, "nfe": s.passes, "ms": round(1000 * (f.sample_s + f.decode_s), 1),
-                    "revealed": int(s.revealed[b].sum())})
+        out.append(StepRecord(t=round(s.t, 4), s=round(s.s, 4),
+                              cfg=round(float(s.cfg_scale[b]), 3) if s.cfg_active else 0,
+                              sg=round(float(s.sg_scale), 3) if s.sg_active else 0,
+                              passes=s.passes - prev, nfe=s.passes, ms=round(1000 * (f.sample_s + f.decode_s), 1),
+                              revealed=int(s.revealed[b].sum())))
         prev = s.passes
     return out
 
@@ -105,14 +107,13 @@ def lab_maps(traj: Trajectory, frames, b: int = 0) -> dict[str, Any]:
 def unmask_payload(traj: Trajectory, run: str, live: bool = False, title: str = "") -> dict[str, Any]:
     """The Unmasking player for sample 0: every frame (or, while `live`, the newest one), with the lab maps."""
     frames = traj.frames[-1:] if live else traj.frames
-    return {
-        "kind": "unmask", "run": run, "live": live, "n": len(traj.frames), "N": traj.num_steps,
-        "grid": traj.grid, "px": traj.image_size, "view": view_px(traj.image_size), "L": traj.grid ** 2,
-        "first": len(traj.frames) - len(frames), "sprite": sprite([[f.draft[0]] for f in frames]),
-        "panels": [{"title": traj.model, "cols": [0], "when": traj.when_map()[:1].reshape(1, -1).tolist()}],
-        "steps": step_records(traj), "branched_from": traj.branched_from, "title": title,
-        "complete": traj.complete and not live, **lab_maps(traj, frames),
-    }
+    panel = PlayerPanel(title=traj.model, note="", cols=[0], when=traj.when_map()[:1].reshape(1, -1).tolist())
+    return to_json(PlayerPayload(
+        kind="unmask", run=run, live=live, n=len(traj.frames), N=traj.num_steps,
+        grid=traj.grid, px=traj.image_size, view=view_px(traj.image_size), L=traj.grid ** 2,
+        first=len(traj.frames) - len(frames), sprite=sprite([[f.draft[0]] for f in frames]),
+        panels=[panel], steps=step_records(traj), branched_from=traj.branched_from, title=title,
+        complete=traj.complete and not live, **lab_maps(traj, frames)))
 
 
 def frame_of(length: int, n: int) -> list[int]:
@@ -141,21 +142,22 @@ def compare_payload(panels: Sequence[tuple[str, Trajectory | None, str]], run: s
     for i, (title, traj, note) in enumerate(panels):
         extra = dict(extras[i]) if extras else {}
         if traj is None:
-            out_panels.append({"title": title, "note": note, "cols": [], **extra})
+            out_panels.append(PlayerPanel(title=title, note=note, cols=[], **extra))
             continue
         B, m = traj.batch, len(traj.frames)
-        out_panels.append({"title": title, "note": note, "cols": list(range(col, col + B)),
-                           "when": when(traj, m), "steps": step_records(traj, n=m), "N": traj.num_steps,
-                           "frame_of": shown[id(traj)], "masked": [masks(traj, m, b) for b in range(B)]
-                           if masks(traj, m) is not None else None,
-                           "nfe": traj.frames[m - 1].state.passes,
-                           "ms": round(1000 * sum(f.sample_s + f.decode_s for f in traj.frames[:m])), **extra})
+        out_panels.append(PlayerPanel(
+            title=title, note=note, cols=list(range(col, col + B)), when=when(traj, m), steps=step_records(traj, n=m),
+            N=traj.num_steps, frame_of=shown[id(traj)],
+            masked=[masks(traj, m, b) for b in range(B)] if masks(traj, m) is not None else None,
+            nfe=traj.frames[m - 1].state.passes,
+            ms=round(1000 * sum(f.sample_s + f.decode_s for f in traj.frames[:m])), **extra))
         col += B
     complete = not live and all(p[1].last.done for p in live_panels)
-    return {"kind": "compare", "run": run, "live": live, "n": n, "N": first.num_steps if live else n,
-            "grid": first.grid, "px": first.image_size, "view": view_px(first.image_size), "L": first.grid ** 2,
-            "first": n - 1 if live else 0, "sprite": sprite(rows), "panels": out_panels, "complete": complete,
-            "same_steps": len({t.num_steps for _, t, _ in live_panels}) == 1}
+    return to_json(PlayerPayload(
+        kind="compare", run=run, live=live, n=n, N=first.num_steps if live else n, grid=first.grid,
+        px=first.image_size, view=view_px(first.image_size), L=first.grid ** 2, first=n - 1 if live else 0,
+        sprite=sprite(rows), panels=out_panels, complete=complete,
+        same_steps=len({t.num_steps for _, t, _ in live_panels}) == 1))
 
 
 def keep_views(num_outputs: int):
@@ -172,7 +174,4 @@ def status(phase: str, text: str, run: str = "", notes: dict[str, str] | None = 
     until the player has drawn run `run`, then "ready"); notes: {control: message} shown next to those
     controls (an error's refused value)."""
     # seq: every status differs from the last, so the page redraws it (also an error repeated as it was)
-    out: dict[str, Any] = {"phase": phase, "text": text, "run": run, "seq": next(_seq)}
-    if notes:
-        out["notes"] = notes
-    return out
+    return to_json(StatusPayload(phase=phase, text=text, run=run, seq=next(_seq), notes=notes or None))

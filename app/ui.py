@@ -24,6 +24,7 @@ from . import analysis, axes, controls, stepper, text
 from .compare import CONTROLS as COMPARE_CONTROLS
 from .compare import OUTPUTS as COMPARE_OUTPUTS
 from .compare import PANEL_TITLES, Compare, compare_view
+from .components import AnatomyView, Notes, Player, Status
 from .engine import LAB_MAPS, Engine
 from .errors import message, user_errors
 from .lab import ACTIONS, Lab
@@ -36,6 +37,7 @@ INSTANT = dict(concurrency_id="instant", concurrency_limit=8)
 CHECKS = dict(concurrency_id="checks", concurrency_limit=1, trigger_mode="always_last", show_progress="hidden")
 QUEUE_SIZE = 16
 STATIC = Path(__file__).resolve().parent / "static"
+SCRIPTS = ("explorer-core.js", "explorer.js")  # the page's pure functions first: explorer.js uses them
 CACHE_CLEANUP = (300, 900)  # every 5 minutes, delete Gradio cache files older than 15 minutes
 SESSION_STATE_TTL = 3600  # per-user trajectories live an hour after their last use
 SESSION_CAPACITY = 100  # at most this many sessions keep state (Gradio keeps ~3 MB per session)
@@ -68,55 +70,6 @@ def link_js(names: tuple[str, ...]) -> str:
     return (f"(...vals) => window.emigmLink({json.dumps(list(names))}, vals)")
 
 
-class Player(gr.HTML):
-    """The step player: value = a stepper payload (app/stepper.py), drawn by static/explorer.js."""
-
-    def __init__(self, value: Any = None, **kw) -> None:
-        super().__init__(value, html_template="<div class='emigm-root'></div>", apply_default_css=False,
-                         js_on_load="window.emigmPlayer(element, props, trigger, watch);", **kw)
-
-    def api_info(self) -> dict[str, Any]:
-        return {"type": "object", "description": "step player payload (JSON)"}
-
-
-class Status(gr.HTML):
-    """The status line: value = stepper.status(...): running | done (shown as rendering, then ready once
-    the player has drawn that run) | stopped | error (its notes go next to the controls of `prefix`)."""
-
-    def __init__(self, value: Any = None, prefix: str = "ctl-", clear_notes: bool = False, **kw) -> None:
-        # clear_notes: a success clears the notes of `prefix` (controls no check event watches)
-        extra = " data-clear='1'" if clear_notes else ""
-        super().__init__(value, html_template=f"<div class='emigm-status' data-prefix='{prefix}'{extra}></div>",
-                         apply_default_css=False, js_on_load="window.emigmStatus(element, props, watch);", **kw)
-
-    def api_info(self) -> dict[str, Any]:
-        return {"type": "object", "description": "{phase, text, run, notes}"}
-
-
-class AnatomyView(gr.HTML):
-    """An opened step: value = lab.anatomy_payload(...), drawn by static/explorer.js (emigmAnatomy)."""
-
-    def __init__(self, value: Any = None, **kw) -> None:
-        super().__init__(value, html_template="<div class='emigm-anatomy'></div>", apply_default_css=False,
-                         js_on_load="window.emigmAnatomy(element, props, trigger, watch);", **kw)
-
-    def api_info(self) -> dict[str, Any]:
-        return {"type": "object", "description": "opened step payload (JSON)"}
-
-
-class Notes(gr.HTML):
-    """The messages of refused values, shown by the page next to their controls: value = {control:
-    message} for the controls whose elem_id is `prefix` + name."""
-
-    def __init__(self, value: Any = None, prefix: str = "ctl-", **kw) -> None:
-        super().__init__(value or {}, html_template=f"<div class='emigm-notes' data-prefix='{prefix}'></div>",
-                         apply_default_css=False, js_on_load="window.emigmNotes(element, props, watch);",
-                         elem_classes=["emigm-notes-holder"], **kw)
-
-    def api_info(self) -> dict[str, Any]:
-        return {"type": "object", "description": "{control: message}"}
-
-
 def _model_choices(engine: Engine) -> list[tuple[str, str]]:
     return [(f"{n} (random init)" if engine.is_random(n) else n, n) for n in engine.names]
 
@@ -134,106 +87,123 @@ def _widgets(names, view, values: dict[str, Any] | None = None, prefix: str = "c
 # ----------------------------------------------------------------------------- Unmasking
 
 
-def _unmasking_tab(engine: Engine, h: Unmasking, links: Permalinks, initial):
+def _unmasking_sidebar(engine: Engine, h: Unmasking) -> dict[str, Any]:
+    """The Unmasking sidebar: Run / Stop on top, model, class and seed, the step controls in accordions,
+    branching, the link. Returns its widgets by name ("controls": the RUN_FIELDS controls)."""
     first = engine.names[0]
-    view = h.view(first)
-    suggested = engine.suggested(first)
+    view, suggested = h.view(first), engine.suggested(first)
     c: dict[str, gr.components.Component] = {}
-    banner = gr.Markdown(engine.banner(first), elem_classes=["banner"], elem_id="banner")
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=0, min_width=350, elem_classes=["sidebar"]):
-            with gr.Row(elem_classes=["actionbar"]):
-                run_btn = gr.Button("▶ Run", variant="primary", elem_id="run-btn", scale=2)
-                stop_btn = gr.Button("■ Stop", variant="stop", elem_id="stop-btn", scale=1)
-            c["model"] = controls.LenientDropdown(_model_choices(engine), value=first, label="model",
-                                                  elem_id="ctl-model")
-            with gr.Row(equal_height=True):
-                c["class_name"] = _class_dropdown(engine.class_names(first))
-                c["seed"] = controls.LenientNumber(controls.DEFAULTS["seed"], label="seed", elem_id="ctl-seed",
-                                                   minimum=0, min_width=90)
-                dice = gr.Button("random", elem_id="dice", min_width=60, scale=0, size="sm")
-            c.update(_widgets(("num_steps", "schedule"), view, suggested))
-            with gr.Accordion("Guidance", open=True):
-                c.update(_widgets(controls.control_names(controls.GUIDANCE_FIELDS), view, suggested))
-            with gr.Accordion("Reveal order and count", open=False):
-                c.update(_widgets(("count_rule", "order", "order_temperature", "order_anneal", "remask", "remask_eta"),
-                                  view, suggested))
-            with gr.Accordion("Token sampling", open=False):
-                c.update(_widgets(("temperature", "head_solver", "head_steps", "draft_steps"), view, suggested))
-            others = [n for n in controls.STEP_CONTROLS if n not in c]  # option fields added later
-            if others:
-                with gr.Accordion("More options", open=False):
-                    c.update(_widgets(others, view, suggested))
-            with gr.Accordion("Branch from a step", open=False):
-                gr.Markdown("Scrub the player to step k, then keep the first k steps of this run and re-run the "
-                            "rest with the settings above (model, class and seed stay).")
-                # filled from the player's step by the button's js; an input of the /branch API
-                branch_step = controls.LenientNumber(1, label="branch after step k", elem_id="branch-step",
-                                                     visible=False)
-                branch_btn = gr.Button("Branch from the step shown", elem_id="branch-btn")
-            link = gr.Textbox(label="link to these settings", buttons=["copy"], interactive=False,
-                              elem_id="permalink", lines=2, max_lines=3)
-            note = gr.Markdown(elem_id="link-note")
-            notes = Notes(prefix="ctl-", elem_id="ctl-notes")
-        with gr.Column(scale=4):
-            status = Status(initial.get("status"), prefix="ctl-", elem_id="run-status", elem_classes=["quiet"])
-            player = Player(initial.get("player"), elem_id="player", elem_classes=["quiet"])
-            with gr.Row(elem_classes=["exports"]):
-                gif = gr.DownloadButton("⬇ GIF of the unmasking", elem_id="dl-gif", size="sm")
-                strip = gr.DownloadButton("⬇ PNG strip (mask over image)", elem_id="dl-strip", size="sm")
-                trace = gr.DownloadButton("⬇ JSON trace with settings", elem_id="dl-trace", size="sm")
-            lab_views = _lab_section()
-            with gr.Accordion("Timing and run data", open=False):
-                timing = gr.Markdown(initial.get("timing"), elem_id="timing", elem_classes=["quiet"])
-                run_json = gr.JSON(initial.get("run_json"), label="run", elem_id="run-json", elem_classes=["quiet"])
-            with gr.Accordion("Token data (JSON)", open=False):
-                with gr.Row():
-                    row = controls.LenientNumber(0, label="row", minimum=0, elem_id="tok-row")
-                    col = controls.LenientNumber(0, label="col", minimum=0, elem_id="tok-col")
-                    show = gr.Button("show token", size="sm")
-                token_json = gr.JSON(label="token history")
-            with gr.Accordion("What am I looking at?", open=False):
-                gr.Markdown(text.UNMASKING_HELP)
+    w: dict[str, Any] = {"controls": c}
+    with gr.Column(scale=0, min_width=350, elem_classes=["sidebar"]):
+        with gr.Row(elem_classes=["actionbar"]):
+            w["run_btn"] = gr.Button("▶ Run", variant="primary", elem_id="run-btn", scale=2)
+            w["stop_btn"] = gr.Button("■ Stop", variant="stop", elem_id="stop-btn", scale=1)
+        c["model"] = controls.LenientDropdown(_model_choices(engine), value=first, label="model", elem_id="ctl-model")
+        with gr.Row(equal_height=True):
+            c["class_name"] = _class_dropdown(engine.class_names(first))
+            c["seed"] = controls.LenientNumber(controls.DEFAULTS["seed"], label="seed", elem_id="ctl-seed",
+                                               minimum=0, min_width=90)
+            w["dice"] = gr.Button("random", elem_id="dice", min_width=60, scale=0, size="sm")
+        c.update(_widgets(("num_steps", "schedule"), view, suggested))
+        with gr.Accordion("Guidance", open=True):
+            c.update(_widgets(controls.control_names(controls.GUIDANCE_FIELDS), view, suggested))
+        with gr.Accordion("Reveal order and count", open=False):
+            c.update(_widgets(("count_rule", "order", "order_temperature", "order_anneal", "remask", "remask_eta"),
+                              view, suggested))
+        with gr.Accordion("Token sampling", open=False):
+            c.update(_widgets(("temperature", "head_solver", "head_steps", "draft_steps"), view, suggested))
+        others = [n for n in controls.STEP_CONTROLS if n not in c]  # option fields added later
+        if others:
+            with gr.Accordion("More options", open=False):
+                c.update(_widgets(others, view, suggested))
+        with gr.Accordion("Branch from a step", open=False):
+            gr.Markdown("Scrub the player to step k, then keep the first k steps of this run and re-run the "
+                        "rest with the settings above (model, class and seed stay).")
+            # filled from the player's step by the button's js; an input of the /branch API
+            w["branch_step"] = controls.LenientNumber(1, label="branch after step k", elem_id="branch-step",
+                                                      visible=False)
+            w["branch_btn"] = gr.Button("Branch from the step shown", elem_id="branch-btn")
+        w["link"] = gr.Textbox(label="link to these settings", buttons=["copy"], interactive=False,
+                               elem_id="permalink", lines=2, max_lines=3)
+        w["note"] = gr.Markdown(elem_id="link-note")
+        w["notes"] = Notes(prefix="ctl-", elem_id="ctl-notes")
+    return w
 
-    state = gr.State(initial.get("traj"), time_to_live=SESSION_STATE_TTL)
-    step_names = controls.STEP_CONTROLS
-    run_inputs = [c[f] for f in controls.RUN_FIELDS]
-    outputs = [status, player, timing, run_json, state]
-    files = [gif, strip, trace]
 
+def _unmasking_views(initial: dict[str, Any]) -> dict[str, Any]:
+    """The Unmasking results column: status, player, downloads, the lab, timing and token data."""
+    w: dict[str, Any] = {}
+    with gr.Column(scale=4):
+        w["status"] = Status(initial.get("status"), prefix="ctl-", elem_id="run-status", elem_classes=["quiet"])
+        w["player"] = Player(initial.get("player"), elem_id="player", elem_classes=["quiet"])
+        with gr.Row(elem_classes=["exports"]):
+            w["files"] = [gr.DownloadButton("⬇ GIF of the unmasking", elem_id="dl-gif", size="sm"),
+                          gr.DownloadButton("⬇ PNG strip (mask over image)", elem_id="dl-strip", size="sm"),
+                          gr.DownloadButton("⬇ JSON trace with settings", elem_id="dl-trace", size="sm")]
+        w["lab"] = _lab_section()
+        with gr.Accordion("Timing and run data", open=False):
+            w["timing"] = gr.Markdown(initial.get("timing"), elem_id="timing", elem_classes=["quiet"])
+            w["run_json"] = gr.JSON(initial.get("run_json"), label="run", elem_id="run-json", elem_classes=["quiet"])
+        with gr.Accordion("Token data (JSON)", open=False):
+            with gr.Row():
+                w["row"] = controls.LenientNumber(0, label="row", minimum=0, elem_id="tok-row")
+                w["col"] = controls.LenientNumber(0, label="col", minimum=0, elem_id="tok-col")
+                w["show"] = gr.Button("show token", size="sm")
+            w["token_json"] = gr.JSON(label="token history")
+        with gr.Accordion("What am I looking at?", open=False):
+            gr.Markdown(text.UNMASKING_HELP)
+    return w
+
+
+def _model_info(engine: Engine, h: Unmasking):
+    """The handler of a model switch: the model's classes, banner and every step control narrowed to what
+    it can do, with the settings it runs with unless told otherwise (the rule it was trained for, its
+    guidance)."""
     def model_info(values: dict[str, Any]):
-        """The model's classes, banner and every step control narrowed to what it can do, with the
-        settings it runs with unless told otherwise (the rule it was trained for, its guidance)."""
         model = engine.check_name(values.pop("model"))
         view = h.view(model)
         values.update(engine.suggested(model))
         names = engine.class_names(model)
         current = values.get("class_name")
         cls = gr.update(choices=names, value=current if current in names else names[0])
-        return (cls, engine.banner(model), *controls.narrowed(step_names, view, values))
+        return (cls, engine.banner(model), *controls.narrowed(controls.STEP_CONTROLS, view, values))
 
-    model_info = user_errors(controls.keyword_handler(("model", "class_name") + step_names, model_info))
-    c["model"].input(model_info, [c["model"], c["class_name"]] + [c[n] for n in step_names],
+    return user_errors(controls.keyword_handler(("model", "class_name") + controls.STEP_CONTROLS, model_info))
+
+
+def _unmasking_tab(engine: Engine, h: Unmasking, links: Permalinks, initial):
+    banner = gr.Markdown(engine.banner(engine.names[0]), elem_classes=["banner"], elem_id="banner")
+    with gr.Row(equal_height=False):
+        w = _unmasking_sidebar(engine, h)
+        w.update(_unmasking_views(initial))
+    c = w["controls"]
+    state = gr.State(initial.get("traj"), time_to_live=SESSION_STATE_TTL)
+    step_names = controls.STEP_CONTROLS
+    run_inputs = [c[f] for f in controls.RUN_FIELDS]
+    outputs = [w["status"], w["player"], w["timing"], w["run_json"], state]
+    files, link = w["files"], w["link"]
+    c["model"].input(_model_info(engine, h), [c["model"], c["class_name"]] + [c[n] for n in step_names],
                      [c["class_name"], banner] + [c[n] for n in step_names], api_name="model_info", **INSTANT)
-    dice.click(h.randomise_seed, None, [c["seed"]], api_name="randomise_seed", **INSTANT)
-    run_ev = run_btn.click(h.run, run_inputs, outputs, api_name="run", js=waiting("run-status"), **SAMPLER)
+    w["dice"].click(h.randomise_seed, None, [c["seed"]], api_name="randomise_seed", **INSTANT)
+    run_ev = w["run_btn"].click(h.run, run_inputs, outputs, api_name="run", js=waiting("run-status"), **SAMPLER)
     run_ev.then(h.export, [state], files, api_name="export", **INSTANT)
     changes = [c[f].change for f in controls.RUN_FIELDS]
     gr.on(changes, None, run_inputs, [link], js=link_js(controls.RUN_FIELDS), show_progress="hidden")
     gr.Button(visible=False).click(links.link, run_inputs, [link], api_name="permalink", **INSTANT)
-    gr.on(changes, h.check, run_inputs, [notes], api_name="check", **CHECKS)
-    branch_ev = branch_btn.click(h.branch, [state, branch_step] + [c[n] for n in step_names], outputs,
-                                 api_name="branch", js=BRANCH_FROM_PLAYER, **SAMPLER)
+    gr.on(changes, h.check, run_inputs, [w["notes"]], api_name="check", **CHECKS)
+    branch_ev = w["branch_btn"].click(h.branch, [state, w["branch_step"]] + [c[n] for n in step_names], outputs,
+                                      api_name="branch", js=BRANCH_FROM_PLAYER, **SAMPLER)
     branch_ev.then(h.export, [state], files, api_name="export_branch", **INSTANT)
-    stop_btn.click(h.stop, None, None, api_name="stop", queue=False)
+    w["stop_btn"].click(h.stop, None, None, api_name="stop", queue=False)
     redraw = gr.Button("redraw", visible=False)
     redraw.click(h.stopped, [state], outputs, api_name="stopped", **INSTANT) \
         .then(h.export, [state], files, api_name="export_stopped", **INSTANT)
-    player.select(h.pick_token, [state], [row, col], api_name="pick_token", **INSTANT) \
-        .then(h.token_history, [state, row, col], [token_json], api_name="picked_token_history", **INSTANT)
-    show.click(h.token_history, [state, row, col], [token_json], api_name="token_history", **INSTANT)
-    _lab_events(Lab(engine), state, lab_views)
-    return dict(controls=c, run_inputs=run_inputs, outputs=outputs, files=files, link=link, note=note,
+    row, col = w["row"], w["col"]
+    w["player"].select(h.pick_token, [state], [row, col], api_name="pick_token", **INSTANT) \
+        .then(h.token_history, [state, row, col], [w["token_json"]], api_name="picked_token_history", **INSTANT)
+    w["show"].click(h.token_history, [state, row, col], [w["token_json"]], api_name="token_history", **INSTANT)
+    _lab_events(Lab(engine), state, w["lab"])
+    return dict(controls=c, run_inputs=run_inputs, outputs=outputs, files=files, link=link, note=w["note"],
                 state=state, banner=banner)
 
 
@@ -341,53 +311,61 @@ def axis_info(engine: Engine, model: str) -> str:
                       + [f"{controls.UNAVAILABLE} {a}: {why}" for a, why in bad.items()])
 
 
-def _compare_tab(engine: Engine, h: Compare, hu: Unmasking, initial: dict[str, Any]):
+def _compare_sidebar(engine: Engine, h: Compare, hu: Unmasking) -> dict[str, Any]:
+    """The Compare sidebar: the button, model, class, seeds, the axis, the tab's settings and the two
+    panels of the difference view, by control name (COMPARE_CONTROLS), plus "btn" and "notes"."""
     first = engine.names[0]
     view = compare_view(hu.view(first))
     values = h.defaults(first)
     panel_choices = [(t, k) for k, t in PANEL_TITLES.items()]
-    banner = gr.Markdown(engine.banner(first), elem_classes=["banner"], elem_id="cmp-banner")
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=0, min_width=350, elem_classes=["sidebar"]):
-            with gr.Row(elem_classes=["actionbar"]):
-                go_btn = gr.Button("▶ Compare", variant="primary", elem_id="compare-btn")
-            c = {"model": controls.LenientDropdown(_model_choices(engine), value=first, label="model",
-                                                   elem_id="cmp-model")}
-            with gr.Row(equal_height=True):
-                c["class_name"] = _class_dropdown(engine.class_names(first), elem_id="cmp-class_name")
-                c["seed"] = controls.LenientNumber(0, label="seed", minimum=0, elem_id="cmp-seed", min_width=90)
-            c["num_seeds"] = controls.LenientSlider(1, controls.APP_SPECS["num_seeds"][1].high, value=1, step=1,
-                                                    label="num_seeds", info=controls.APP_SPECS["num_seeds"][1].help,
-                                                    elem_id="cmp-num_seeds")
-            c["axis"] = controls.LenientRadio(axis_choices(engine, first), value="guidance", label="compare along",
-                                              info=axis_info(engine, first), elem_id="cmp-axis")
-            c.update(_widgets(("num_steps", "schedule", "order"), view, values, prefix="cmp-"))
-            c.update(_widgets(("cfg_scale", "cfg_interval_lo", "cfg_interval_hi", "cfg_schedule"), view, values,
+    with gr.Column(scale=0, min_width=350, elem_classes=["sidebar"]):
+        with gr.Row(elem_classes=["actionbar"]):
+            btn = gr.Button("▶ Compare", variant="primary", elem_id="compare-btn")
+        c = {"model": controls.LenientDropdown(_model_choices(engine), value=first, label="model",
+                                               elem_id="cmp-model")}
+        with gr.Row(equal_height=True):
+            c["class_name"] = _class_dropdown(engine.class_names(first), elem_id="cmp-class_name")
+            c["seed"] = controls.LenientNumber(0, label="seed", minimum=0, elem_id="cmp-seed", min_width=90)
+        seeds = controls.APP_SPECS["num_seeds"][1]
+        c["num_seeds"] = controls.LenientSlider(1, seeds.high, value=1, step=1, label="num_seeds", info=seeds.help,
+                                                elem_id="cmp-num_seeds")
+        c["axis"] = controls.LenientRadio(axis_choices(engine, first), value="guidance", label="compare along",
+                                          info=axis_info(engine, first), elem_id="cmp-axis")
+        c.update(_widgets(("num_steps", "schedule", "order"), view, values, prefix="cmp-"))
+        c.update(_widgets(("cfg_scale", "cfg_interval_lo", "cfg_interval_hi", "cfg_schedule"), view, values,
+                          prefix="cmp-"))
+        c.update(_widgets(("sg_scale", "sg_interval_lo", "sg_interval_hi"), view, values, prefix="cmp-"))
+        with gr.Accordion("Token sampling", open=False):
+            c.update(_widgets(("count_rule", "temperature", "head_solver", "head_steps"), view, values,
                               prefix="cmp-"))
-            c.update(_widgets(("sg_scale", "sg_interval_lo", "sg_interval_hi"), view, values, prefix="cmp-"))
-            with gr.Accordion("Token sampling", open=False):
-                c.update(_widgets(("count_rule", "temperature", "head_solver", "head_steps"), view, values,
-                                  prefix="cmp-"))
-            with gr.Row():
-                c["panel_a"] = controls.LenientDropdown(panel_choices, value="none", label="difference: panel A",
-                                                        elem_id="cmp-panel_a")
-                c["panel_b"] = controls.LenientDropdown(panel_choices, value="interval", label="panel B",
-                                                        elem_id="cmp-panel_b")
-            notes = Notes(prefix="cmp-", elem_id="cmp-notes")
-        with gr.Column(scale=4):
-            status = Status(initial.get("status") or stepper.status("", "Press **Compare** to run every panel with one seed."),
-                            prefix="cmp-", elem_id="compare-status", elem_classes=["quiet"])
-            player = Player(initial.get("player"), elem_id="compare-player", elem_classes=["quiet"])
-            diff = gr.Plot(initial.get("diff"), label="difference", elem_id="diff-plot", elem_classes=["quiet"])
-            with gr.Accordion("comparison data (JSON)", open=False):
-                with gr.Row():
-                    doc = gr.JSON(initial.get("doc"), label="panels (JSON)", elem_classes=["quiet"])
-                    diff_doc = gr.JSON(initial.get("diff_doc"), label="difference (JSON)", elem_classes=["quiet"])
-            with gr.Accordion("What am I looking at?", open=False):
-                gr.Markdown(text.COMPARE_HELP)
-    state = gr.State(initial.get("state"), time_to_live=SESSION_STATE_TTL)
-    narrowed = [n for n in COMPARE_CONTROLS if n in controls.STEP_CONTROLS]
+        with gr.Row():
+            c["panel_a"] = controls.LenientDropdown(panel_choices, value="none", label="difference: panel A",
+                                                    elem_id="cmp-panel_a")
+            c["panel_b"] = controls.LenientDropdown(panel_choices, value="interval", label="panel B",
+                                                    elem_id="cmp-panel_b")
+        notes = Notes(prefix="cmp-", elem_id="cmp-notes")
+    return {"controls": c, "btn": btn, "notes": notes}
 
+
+def _compare_views(initial: dict[str, Any]) -> dict[str, Any]:
+    """The Compare results column: status, the panels' player, the difference view, the JSON."""
+    w: dict[str, Any] = {}
+    with gr.Column(scale=4):
+        opening = initial.get("status") or stepper.status("", "Press **Compare** to run every panel with one seed.")
+        w["status"] = Status(opening, prefix="cmp-", elem_id="compare-status", elem_classes=["quiet"])
+        w["player"] = Player(initial.get("player"), elem_id="compare-player", elem_classes=["quiet"])
+        w["diff"] = gr.Plot(initial.get("diff"), label="difference", elem_id="diff-plot", elem_classes=["quiet"])
+        with gr.Accordion("comparison data (JSON)", open=False):
+            with gr.Row():
+                w["doc"] = gr.JSON(initial.get("doc"), label="panels (JSON)", elem_classes=["quiet"])
+                w["diff_doc"] = gr.JSON(initial.get("diff_doc"), label="difference (JSON)", elem_classes=["quiet"])
+        with gr.Accordion("What am I looking at?", open=False):
+            gr.Markdown(text.COMPARE_HELP)
+    return w
+
+
+def _compare_model_info(engine: Engine, h: Compare, hu: Unmasking, narrowed: list[str]):
+    """The handler of a model switch on Compare: its classes, banner, axes and narrowed controls."""
     def class_choices(values: dict[str, Any]):
         model = engine.check_name(values.pop("model"))
         view = compare_view(hu.view(model))
@@ -400,16 +378,27 @@ def _compare_tab(engine: Engine, h: Compare, hu: Unmasking, initial: dict[str, A
                           value="guidance" if axis in bad else axis),
                 *controls.narrowed(narrowed, view, values))
 
-    class_choices = user_errors(controls.keyword_handler(("model", "axis") + tuple(narrowed), class_choices))
-    c["model"].input(class_choices, [c["model"], c["axis"]] + [c[n] for n in narrowed],
+    return user_errors(controls.keyword_handler(("model", "axis") + tuple(narrowed), class_choices))
+
+
+def _compare_tab(engine: Engine, h: Compare, hu: Unmasking, initial: dict[str, Any]):
+    banner = gr.Markdown(engine.banner(engine.names[0]), elem_classes=["banner"], elem_id="cmp-banner")
+    with gr.Row(equal_height=False):
+        side = _compare_sidebar(engine, h, hu)
+        w = _compare_views(initial)
+    c = side["controls"]
+    state = gr.State(initial.get("state"), time_to_live=SESSION_STATE_TTL)
+    narrowed = [n for n in COMPARE_CONTROLS if n in controls.STEP_CONTROLS]
+    c["model"].input(_compare_model_info(engine, h, hu, narrowed), [c["model"], c["axis"]] + [c[n] for n in narrowed],
                      [c["class_name"], banner, c["axis"]] + [c[n] for n in narrowed],
                      api_name="compare_class_choices", **INSTANT)
-    go_btn.click(h.compare, [c[k] for k in COMPARE_CONTROLS], [status, player, doc, state, diff, diff_doc],
-                 api_name="compare", js=waiting("compare-status"), **SAMPLER)
-    gr.on([c[k].change for k in COMPARE_CONTROLS], h.check, [c[k] for k in COMPARE_CONTROLS], [notes],
+    side["btn"].click(h.compare, [c[k] for k in COMPARE_CONTROLS],
+                      [w["status"], w["player"], w["doc"], state, w["diff"], w["diff_doc"]],
+                      api_name="compare", js=waiting("compare-status"), **SAMPLER)
+    gr.on([c[k].change for k in COMPARE_CONTROLS], h.check, [c[k] for k in COMPARE_CONTROLS], [side["notes"]],
           api_name="compare_check", **CHECKS)
-    gr.on([c["panel_a"].change, c["panel_b"].change], h.diff, [state, c["panel_a"], c["panel_b"]], [diff, diff_doc],
-          api_name="diff", trigger_mode="always_last", show_progress="hidden", **INSTANT)
+    gr.on([c["panel_a"].change, c["panel_b"].change], h.diff, [state, c["panel_a"], c["panel_b"]],
+          [w["diff"], w["diff_doc"]], api_name="diff", trigger_mode="always_last", show_progress="hidden", **INSTANT)
 
 
 # ----------------------------------------------------------------------------- Results
@@ -529,6 +518,5 @@ def build_demo(engine: Engine) -> gr.Blocks:
 
 def launch_kwargs() -> dict:
     """Arguments for demo.launch() that belong to the page (Gradio 6 takes css and head at launch)."""
-    js = (STATIC / "explorer.js").read_text()
-    return dict(css=(STATIC / "explorer.css").read_text(), head=f"<script>{js}</script>",
-                state_session_capacity=SESSION_CAPACITY)
+    scripts = "".join(f"<script>{(STATIC / name).read_text()}</script>" for name in SCRIPTS)
+    return dict(css=(STATIC / "explorer.css").read_text(), head=scripts, state_session_capacity=SESSION_CAPACITY)

@@ -24,15 +24,15 @@ from typing import Any, Iterator, Mapping
 import gradio as gr
 import numpy as np
 
-from emigm.core.labels import parse_class
 from emigm.sample.trace import trace_dict
 
 from . import controls, memory, render, stepper
-from .engine import LAB_MAPS, Engine, Trajectory
+from .engine import LAB_MAPS, Engine
 from .errors import message, user_errors
 from .plots import steps_label
+from .shared import NO_RUN, class_index, model_view, session_of
+from .trajectory import Trajectory
 
-NO_RUN = "Run the sampler first: there is no trajectory in this session yet."
 OUTPUTS = ("status", "player", "timing", "run_json", "state")
 DISPLAY_SCALE_PX = 224
 LIVE_EVERY_S = 0.12  # at most one live frame per this many seconds: each costs a message and a redraw
@@ -58,11 +58,6 @@ class ExportDir:
         while len(self._files) > self.keep:
             self._files.popleft().unlink(missing_ok=True)
         return str(path)
-
-
-def class_index(names: list[str], class_name: Any) -> int:
-    """A class given by name (case-insensitive) or by id: the library's one parser (emigm.core.labels)."""
-    return parse_class(class_name, names)
 
 
 def run_summary(traj: Trajectory) -> dict[str, Any]:
@@ -107,10 +102,6 @@ def timing_markdown(traj: Trajectory) -> str:
     return "| timing | |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
 
 
-def session_of(request: gr.Request | None) -> str | None:
-    return getattr(request, "session_hash", None) if request is not None else None
-
-
 class Unmasking:
     def __init__(self, engine: Engine, exports: ExportDir | None = None) -> None:
         self.engine = engine
@@ -120,10 +111,7 @@ class Unmasking:
 
     def view(self, model: str) -> controls.ModelView:
         """What the controls may offer for `model`: capabilities, and warnings measured in Results."""
-        from .analysis import measured_warnings
-
-        gen = self.engine.load(model)
-        return controls.ModelView(gen.model, gen.smoother, measured_warnings(model))
+        return model_view(self.engine, model)
 
     def _check(self, values: Mapping[str, Any]) -> dict[str, str]:
         """{control: message} for every value a Run would refuse (the library's messages), shown by the

@@ -26,7 +26,8 @@ fork of this process, which has torch imported once (--no-fork: a fresh interpre
 mutated). --group seams targets the seams between the stages: what the training task feeds the network
 (emigm/train/generator.py, emigm/core/masking.py), the metrics (emigm/eval/evaluation.py), what a step's
 anatomy reports (emigm/sample/anatomy.py) and the sampler's remasking (emigm/sample/plan.py's counts and
-the step function). --targeted runs, for each mutant, only the test files that cover its source file
+the step functions of emigm/sample/sampler.py that exist: _step, _where, _remasked). --targeted runs, for
+each mutant, only the test files that cover its source file
 (TARGETS; those missing in the tree are skipped), in one stage: a survivor there survived those files,
 not necessarily the whole suite. The summary gives caught / survived / equivalent per file (equivalent:
 a survivor that changes nothing a caller can observe, either found by `unused_default_spans` or listed
@@ -74,7 +75,7 @@ DEFAULT_THEN = "tests"
 # The seams (--group seams): the training task's inputs, evaluation, the anatomy, the sampler's remasking.
 SEAM_FILES = ["emigm/train/generator.py", "emigm/core/masking.py", "emigm/eval/evaluation.py",
               "emigm/sample/anatomy.py", "emigm/sample/plan.py::remask_sigma", "emigm/sample/plan.py::plan_steps",
-              "emigm/sample/sampler.py::_step"]
+              "emigm/sample/sampler.py::_step", "emigm/sample/sampler.py::_where", "emigm/sample/sampler.py::_remasked"]
 GROUPS = {"default": DEFAULT_FILES, "seams": SEAM_FILES}
 # --targeted: the tests that cover a source file, run in this order (-x stops at the first failure), cheap
 # and specific first: a test file, or FILE::PATTERN for its test functions whose names match the
@@ -104,7 +105,16 @@ TARGETS = {
 }
 # Survivors that change nothing a caller can observe, found by reading them: (file, the stripped source
 # line, mutation) -> why. Listed, not hidden: they still count as survived, and the table says equivalent.
-EQUIVALENT: dict[tuple[str, str, str], str] = {}
+EQUIVALENT: dict[tuple[str, str, str], str] = {
+    ("emigm/sample/plan.py", "if sigma > 0.0:", "> -> >="):
+        "at sigma = 0 the draw u < sigma re-masks nothing, so r = 0 either way",
+    ("emigm/eval/evaluation.py", "k: int = 3, batch_size: int = 1000) -> dict[str, float]:", "1000 -> 999"):
+        "the chunk size of the classifier's passes: an image's features do not depend on it",
+    ("emigm/eval/evaluation.py", "batch_size: int = 1000) -> dict[str, float]:", "1000 -> 999"):
+        "the chunk size of the classifier's passes: an image's features do not depend on it",
+    ("emigm/sample/anatomy.py", "raw[n] = _scatter(lg, rows, cols, lg, (B, L, lg.shape[-1]))", "- -> +"):
+        "lg is (rows, K): shape[1] is shape[-1]",
+}
 # Stage-1 files that go first for a mutant of a given source file (the rest of stage 1 follows): with
 # -x a caught mutant then costs one small file, not the whole stage.
 FIRST = {"emigm/core/guidance.py": ["tests/test_guidance.py"], "emigm/core/fields.py": ["tests/test_fields.py"],
@@ -469,6 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=0.0, metavar="SECONDS",
                     help="start no new mutant after this many seconds (0: no limit); the mutants run in the sampled "
                          "round-robin order over the files, and the summary covers those that ran")
+    ap.add_argument("--summarize", default="", metavar="LOG",
+                    help="print (and with --table write) the summary of a run's saved output again, with the "
+                         "current EQUIVALENT list, and stop")
     ap.add_argument("--table", default="", metavar="FILE.md",
                     help="also write the per-file table, the survivors and the command as Markdown")
     ap.add_argument("--tests", nargs="+", default=DEFAULT_TESTS,
@@ -495,16 +508,21 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"not a Python file of this repository: {f}")
         return path.relative_to(ROOT).as_posix()
 
+    if args.summarize:
+        return summarize(parse_log(Path(args.summarize).read_text()), args, argv)
     specs = args.files or [f for f in GROUPS[args.group] if (ROOT / f.split("::")[0]).is_file()]
     targets = []  # (file, function or "")
     for spec in specs:
         f, _, func = spec.partition("::")
-        targets.append((repo_path(f), func))
         if func:
             try:
-                function_lines((ROOT / targets[-1][0]).read_text(), func)
+                function_lines((ROOT / repo_path(f)).read_text(), func)
             except ValueError as e:
-                ap.error(f"{f}: {e}")
+                if args.files:
+                    ap.error(f"{f}: {e}")
+                print(f"note: {f}: {e}, skipped", file=sys.stderr)  # a group names functions that may move
+                continue
+        targets.append((repo_path(f), func))
     files = list(dict.fromkeys(f for f, _ in targets))
     # test paths relative to the repository, so that pytest runs the copy's tests against the copy
     rel = lambda t: os.path.relpath(t, ROOT) if os.path.isabs(t) else t  # noqa: E731
@@ -595,6 +613,21 @@ def main(argv: list[str] | None = None) -> int:
             while pending:
                 report(*pending.popleft().result())
 
+    return summarize(results, args, argv)
+
+RESULT_LINE = re.compile(r"^(\S+\.py)\s+(\d+)\s+(\S+) -> (\S+)\s+(caught-new|caught|survived|timeout|error)\s+(\d+)"
+                         r"\s+(.*)$", re.M)
+
+
+def parse_log(text: str) -> list[tuple[Mutant, str, str, float]]:
+    """The per-mutant lines of a run's saved output -> results (the column is not printed: 0)."""
+    return [(Mutant(path, int(line), 0, old, new), status, note.strip(), float(secs))
+            for path, line, old, new, status, secs, note in RESULT_LINE.findall(text)]
+
+
+def summarize(results: list[tuple[Mutant, str, str, float]], args, argv) -> int:
+    """Print the totals, the survivors (with any known equivalence) and the per-file table; write it
+    with --table."""
     caught = sum(r[1] in ("caught", "caught-new") for r in results)
     hung = sum(r[1] == "timeout" for r in results)
     survived = [r for r in results if r[1] == "survived"]
@@ -642,6 +675,7 @@ def main(argv: list[str] | None = None) -> int:
             doc.append("")
         Path(args.table).write_text("\n".join(doc))
     return 0
+
 
 
 if __name__ == "__main__":

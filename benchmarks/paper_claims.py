@@ -246,6 +246,10 @@ def row_fingerprint(model_fp: dict[str, Any], row: Row) -> dict[str, Any]:
     return {**model_fp, "self_guidance": model_fp.get("self_guidance") if uses_self_guidance(row) else None}
 
 
+_SAMPLER_DEFAULTS = json.loads(json.dumps(to_dict(SamplerConfig())))
+_GUIDANCE_DEFAULTS = json.loads(json.dumps(to_dict(GuidanceConfig())))
+
+
 class Store:
     """Each (setting, seed set) result as its own small JSON file in `folder`, written atomically the
     moment it is measured and named by everything that decides it (model, fingerprint, sampler,
@@ -255,10 +259,44 @@ class Store:
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
+        self._index: dict[str, Path] = {}
+        self._seen: set[str] = set()
 
     def name(self, row: Row, fp: dict[str, Any], n: int, lo: int) -> Path:
         key = json.dumps([row.model, fp, to_dict(row.sampler), to_dict(row.guidance), n, lo], sort_keys=True)
         return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+    @staticmethod
+    def content_key(model: str, fp: dict[str, Any], sampler: dict[str, Any], guidance: dict[str, Any], n: int,
+                    lo: int) -> str:
+        """What decides a result, with sampler and guidance fields at their defaults left out: a result
+        stays found when the code later adds a field whose default keeps the old behaviour."""
+        def canon(d: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in json.loads(json.dumps(d)).items() if defaults.get(k, object()) != v}
+        return json.dumps([model, fp, canon(sampler, _SAMPLER_DEFAULTS), canon(guidance, _GUIDANCE_DEFAULTS), n, lo],
+                          sort_keys=True)
+
+    def find(self, row: Row, fp: dict[str, Any], n: int, lo: int) -> dict[str, Any] | None:
+        """The stored result of (row, seed set from lo), under its name or, written by other code, by content."""
+        rec = self.get(self.name(row, fp, n, lo))
+        if rec is not None:
+            return rec
+        try:
+            names = {f for f in os.listdir(self.folder) if f.endswith(".json")}
+        except OSError:
+            return None
+        for f in sorted(names - self._seen):
+            doc = self.get(self.folder / f)
+            if doc is not None and doc.get("format") == "emigm-claims-result":
+                try:
+                    key = self.content_key(doc["model"], doc["fingerprint"], doc["sampler"], doc["guidance"],
+                                           doc["num_samples"], doc["seeds"][0])
+                except (KeyError, TypeError, IndexError):
+                    continue
+                self._index[key] = self.folder / f
+            self._seen.add(f)
+        path = self._index.get(self.content_key(row.model, fp, to_dict(row.sampler), to_dict(row.guidance), n, lo))
+        return self.get(path) if path is not None else None
 
     def get(self, path: Path) -> dict[str, Any] | None:
         try:
@@ -266,6 +304,11 @@ class Store:
             return doc if isinstance(doc, dict) and isinstance(doc.get("result"), dict) else None
         except (OSError, ValueError):
             return None
+
+    def newest(self) -> str:
+        """The date (YYYY-MM-DD) of the newest result in the folder, or ''."""
+        dates = [str(d.get("date", ""))[:10] for f in self.folder.glob("*.json") if (d := self.get(f))]
+        return max(dates, default="")
 
     def put(self, path: Path, row: Row, fp: dict[str, Any], n: int, lo: int, result: dict[str, Any],
             commit: str | None, device: str) -> dict[str, Any]:
@@ -306,11 +349,13 @@ class Store:
 def measure(rows: list[Row], num_samples: int, k: int, batch_size: int, random_init: bool, device,
             log: Callable[[str], None] = print, smoothers: tuple[str, ...] = (), store: Store | None = None,
             on_point: Callable[[list[dict[str, Any]], list[Row]], None] | None = None,
-            wait_s: float = 30.0) -> list[dict[str, Any]]:
+            wait_s: float = 30.0, collect: bool = False) -> list[dict[str, Any]]:
     """Every row on k seed sets, in order; a setting that appears in several groups is measured once.
     With `store`, each seed set's result is read from it when there and written to it when measured
     (see Store); a result another process is measuring is taken up again after the rest. `on_point`
-    gets the points so far and the rows still to come after each point."""
+    gets, after each point, the points of every row complete so far (in row order, whichever process
+    measured them) and the rows still to come. With `collect`, nothing is measured: the points of the
+    rows whose results are all in the store."""
     sets = seed_sets(num_samples, k)
     commit = source_commit(ROOT)
     classifier = CLASSIFIER_FILE if CLASSIFIER_FILE.is_file() else None
@@ -328,21 +373,49 @@ def measure(rows: list[Row], num_samples: int, k: int, batch_size: int, random_i
                          else fingerprint(ASSETS_DIR / name, classifier))
         return fps[name]
 
+    def key_of(row: Row) -> str:
+        return setting_key(row.model, to_dict(row.sampler), to_dict(row.guidance))
+
+    def stored(row: Row) -> tuple[list[dict[str, Any]], list[str]] | None:
+        """The row's results if the store holds every seed set."""
+        if store is None:
+            return None
+        fp = row_fingerprint(model_fp(row.model), row)
+        recs = [store.find(row, fp, num_samples, lo) for lo, _ in sets]
+        if any(r is None for r in recs):
+            return None
+        return [r["result"] for r in recs], [r.get("commit") for r in recs]
+
     done: dict[str, tuple[list[dict[str, Any]], list[str]]] = {}
-    points: dict[int, dict[str, Any]] = {}
+
+    def snapshot() -> tuple[list[dict[str, Any]], list[Row]]:
+        points, rest = [], []
+        for row in rows:
+            key = key_of(row)
+            if key not in done:
+                got = stored(row)
+                if got is None:
+                    rest.append(row)
+                    continue
+                done[key] = got
+            points.append(make_point(row, done[key][0], sets, row_fingerprint(model_fp(row.model), row), done[key][1]))
+        return points, rest
+
+    if collect:
+        return snapshot()[0]
     queue = list(range(len(rows)))
     log(table_header())
     while queue:
         progressed = False
         for i in list(queue):
             row = rows[i]
-            key = setting_key(row.model, to_dict(row.sampler), to_dict(row.guidance))
+            key = key_of(row)
             fp = row_fingerprint(model_fp(row.model), row)
             if key not in done:
                 runs, commits, blocked = [], [], False
                 for lo, _ in sets:
+                    rec = store.find(row, fp, num_samples, lo) if store else None
                     path = store.name(row, fp, num_samples, lo) if store else None
-                    rec = store.get(path) if store else None
                     if rec is None and store is not None and not store.lock(path):
                         blocked = True  # another process measures this seed set: do the others meanwhile
                         continue
@@ -366,16 +439,14 @@ def measure(rows: list[Row], num_samples: int, k: int, batch_size: int, random_i
                 if blocked:
                     continue  # another process measures it: come back to it
                 done[key] = (runs, commits)
-            runs, commits = done[key]
-            points[i] = make_point(row, runs, sets, fp, commits)
-            log(table_row(points[i]))
+            log(table_row(make_point(row, done[key][0], sets, fp, done[key][1])))
             queue.remove(i)
             progressed = True
             if on_point is not None:
-                on_point([points[j] for j in sorted(points)], [rows[j] for j in queue])
+                on_point(*snapshot())
         if queue and not progressed:
             time.sleep(wait_s)
-    return [points[j] for j in sorted(points)]
+    return snapshot()[0]
 
 
 def table_header() -> str:
@@ -883,8 +954,7 @@ def claims_table(doc: dict[str, Any], shown: list[bool] | None = None) -> list[s
              + f"; device {doc['device']}." + (" RANDOM WEIGHTS (pipeline test)." if doc["random_init"] else ""),
              "", doc.get("settings") or SETTINGS, *(["", doc["note"]] if doc.get("note") else []), "",
              *([weights_line(doc), ""] if doc.get("fingerprints") is not None else []),
-             *([f"Partial: {len(doc['pending'])} settings not measured yet ({'; '.join(doc['pending'])}).", ""]
-               if doc.get("pending") else []),
+             *([partial_line(doc["pending"]), ""] if doc.get("pending") else []),
              "| claim | verdict | FD, mean ± sd over seed sets | tests: margin in the claim's favour vs 2 sd |",
              "|---|---|---|---|"]
     shown = [True] * len(doc["claims"]) if shown is None else shown
@@ -916,6 +986,16 @@ def shown_on_shipped(doc: dict[str, Any]) -> list[bool]:
         return [False] * len(doc["claims"])
     cf = ClaimsFile(doc, None, ASSETS_DIR / "results" / "claims.json")
     return [ok for _, ok in cf.claims(cf.current_fingerprints())]
+
+
+def partial_line(pending: list[str]) -> str:
+    """'Partial: 80 settings not measured yet (steps 1, schedule 11, ...; claims.json lists them).'"""
+    groups: dict[str, int] = {}
+    for x in pending:
+        g = x.split(":")[0]
+        groups[g] = groups.get(g, 0) + 1
+    return (f"Partial: {len(pending)} settings not measured yet ("
+            + ", ".join(f"{g} {n}" for g, n in groups.items()) + "; `pending` in claims.json lists them).")
 
 
 def weights_line(doc: dict[str, Any]) -> str:
@@ -1061,6 +1141,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--note", default="", help="a paragraph stored with the results (context for readers)")
     p.add_argument("--only", default="", help="comma-separated claim groups, measured in this order: "
                    + ",".join(GROUPS))
+    p.add_argument("--collect", action="store_true", help="measure nothing: write claims.json from the results "
+                   "the cache holds for this command (a partial run's document, the rest listed as pending)")
     p.add_argument("--cache-dir", default="", help="where each (setting, seed set) result is kept as it completes "
                    "(default OUT_DIR/results); a re-run skips what is there, and processes may share it")
     a = p.parse_args(argv)
@@ -1074,7 +1156,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.merge:
         doc = merge(a.merge, a.note)
         write(out, doc)
-    elif a.readme:
+    elif a.readme and not a.collect:
         f = out / "claims.json"
         if not f.is_file():
             sys.exit(f"error: {f} not found; measure first")
@@ -1110,8 +1192,11 @@ def main(argv: list[str] | None = None) -> None:
             except OSError as e:
                 sys.exit(f"error: {folder}: cannot write results there ({e.strerror or e})")
         points = measure(rows, a.num_samples, a.seed_sets, a.batch_size, a.random_init, device,
-                         smoothers=(a.maskgit,), store=store, on_point=save)
-        doc = build_doc(points, a.emigm, a.num_samples, sets, str(device), a.random_init, a.note, floor)
+                         smoothers=(a.maskgit,), store=store, on_point=save, collect=a.collect)
+        have = {pending_name(p) for p in points}
+        pending = list(dict.fromkeys(pending_name(r) for r in rows if pending_name(r) not in have))
+        doc = build_doc(points, a.emigm, a.num_samples, sets, str(device), a.random_init, a.note, floor,
+                        date=max((d for d in (store.newest(),) if d), default=""), pending=pending)
         write(out, doc)
     print("\n" + table_header())
     for pt in doc["points"]:

@@ -19,4 +19,10 @@ if ! python3 -c "import torch" 2>/dev/null; then
       --index-url https://download.pytorch.org/whl/cpu || python3 -m pip install -q torch==2.13.0
 fi
 python3 -m pip install -q --disable-pip-version-check -r requirements-test.txt
+# the page's own unit tests (app/static/explorer-core.js), with Node's built-in runner
+if command -v node >/dev/null; then
+  node --test tests/js/
+else
+  echo "note: node is missing (install nodejs 20); the page's unit tests in tests/js/ are skipped" >&2
+fi
 exec python3 -m pytest -q "$@"

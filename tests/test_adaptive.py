@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_fast_path import make
 
-from emigm.cli import main as cli
+from emigm.cli.main import main as cli
 from emigm.core.guidance import GuidanceConfig
 from emigm.sample.options import AnatomyOptions, SamplerConfig
 from emigm.sample.orders import ORDERS
@@ -101,7 +101,7 @@ def test_gamma_zero_reveals_one_token_per_step(maskgit):
 
 def test_steps_vary_per_image_and_the_ledger_counts_them(maskgit):
     L = maskgit.num_tokens
-    cfg = SamplerConfig(num_steps=L, order="threshold", threshold_tau=0.12)
+    cfg = SamplerConfig(num_steps=L, order="threshold", threshold_tau=0.15)
     g = GuidanceConfig(cfg_scale=2.0)
     states = _run(maskgit, cfg, labels=range(6), seeds=range(6), guidance=g)
     last = states[-1]
@@ -109,6 +109,9 @@ def test_steps_vary_per_image_and_the_ledger_counts_them(maskgit):
     assert last.done and len(states) == int(taken.max()) < L
     assert last.image_steps.tolist() == taken.tolist()
     assert len(set(taken.tolist())) > 1, "these seeds should finish after different step counts"
+    for st in states:  # at least one token per step from every image with a masked token, none from the others
+        active = st.mask_before.any(1)
+        assert bool((st.revealed.sum(1)[active] >= 1).all()) and not bool(st.revealed[~active].any())
     per_step = [st.passes - (states[i - 1].passes if i else 0) for i, st in enumerate(states)]
     want = [sum(p for p, st in zip(per_step, states) if bool(st.mask_before[b].any())) for b in range(6)]
     assert last.image_passes.tolist() == want and last.passes == sum(per_step)
@@ -132,10 +135,35 @@ def test_deterministic_per_seed_and_batch_size_one_equals_four(maskgit, maskgit_
         assert torch.equal(steps[-1].tokens, four.tokens)  # the generator equals the fast path
 
 
+def test_graph_replay_with_padded_shapes_equals_the_eager_fast_path(maskgit_mae):
+    """The CPU replay of the CUDA-graph path (static buffers, bucket-padded rows) on an adaptive order whose
+    shapes change every step."""
+    cfg = SamplerConfig(num_steps=maskgit_mae.num_tokens, order="threshold", threshold_tau=0.2, remask="off")
+    eager = sample(maskgit_mae, [1, 4, 7], [3, 8, 11], cfg, GuidanceConfig(cfg_scale=2.0))
+    replay = sample(maskgit_mae, [1, 4, 7], [3, 8, 11], cfg, GuidanceConfig(cfg_scale=2.0), graphs=True)
+    assert torch.equal(eager.tokens, replay.tokens) and torch.equal(eager.image_steps, replay.image_steps)
+
+
 def test_a_cap_on_the_steps_reveals_the_rest_at_the_last_step(maskgit):
     states = _run(maskgit, SamplerConfig(num_steps=3, order="eb", eb_gamma=0.0))
     assert len(states) == 3 and states[-1].done
     assert states[0].revealed.sum(1).tolist() == [1, 1, 1] and states[1].revealed.sum(1).tolist() == [1, 1, 1]
+
+
+def test_rescoring_a_step_as_an_adaptive_order_equals_running_it(maskgit):
+    """An opened confidence-order step re-scored as threshold / eb (no network pass) is the first step of
+    a run with that order branched from the step before."""
+    from dataclasses import replace
+
+    from emigm.sample.rescore import rescore
+
+    cfg = SamplerConfig(num_steps=8, order="confidence", count_rule="exact")
+    states = _run(maskgit, cfg, anatomy=AnatomyOptions(rescore=True))
+    for new in (replace(cfg, order="threshold", threshold_tau=0.15), replace(cfg, order="eb", eb_gamma=5.0)):
+        got = rescore(maskgit, states[3], new)
+        ran = next(iter(sample_steps(maskgit, [1, 4, 7], [3, 8, 11], new, init=states[2])))
+        assert torch.equal(got.revealed, ran.revealed) and torch.equal(got.tokens, ran.tokens)
+        assert int(got.revealed.sum()) > 3
 
 
 # ----------------------------------------------------------------------------- refusals
@@ -165,65 +193,78 @@ def test_a_diffusion_head_refuses_them():
 
 
 @pytest.mark.parametrize("flags,match", [
-    (["--threshold-tau", "0"], "threshold_tau"), (["--threshold-tau", "1.01"], "threshold_tau"),
-    (["--eb-gamma", "-1"], "eb_gamma"),
+    (["--threshold-tau", "0"], "--threshold-tau must be in (0, 1]"),
+    (["--threshold-tau", "1.01"], "--threshold-tau must be in (0, 1]"), (["--eb-gamma", "-1"], "--eb-gamma must be"),
 ])
 def test_cli_refuses_bad_tau_and_gamma_in_one_line(tmp_path, capsys, flags, match):
     out = tmp_path / "x.png"
-    with pytest.raises(SystemExit) as e:
-        cli(["sample", "--preset", "test-tiny-vq", "--random-init", "--order", "eb", *flags, "--out", str(out)])
-    assert e.value.code == 2
+    code = cli(["sample", "--preset", "test-tiny-vq", "--random-init", "--order", "eb", *flags, "--out", str(out)])
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and match in err, err
+    assert code == 2 and len(err.splitlines()) == 1 and match in err, err
     assert not out.exists()
 
 
-def test_cli_samples_with_an_adaptive_order_and_writes_per_image_steps(tmp_path):
+def test_cli_samples_with_an_adaptive_order_and_writes_per_image_steps(tmp_path, capsys):
     out, trace = tmp_path / "x.png", tmp_path / "x.json"
-    cli(["sample", "--preset", "test-tiny-vq", "--random-init", "--order", "threshold", "--threshold-tau", "0.2",
-         "--steps", "16", "--labels", "1", "4", "--seed", "3", "--out", str(out), "--trace", str(trace)])
+    code = cli(["sample", "--checkpoint", "fmnist-maskgit", "--order", "threshold", "--threshold-tau", "0.5",
+                "--steps", "49", "--class", "1", "--num-images", "3", "--seed", "3", "--device", "cpu", "--out",
+                str(out), "--trace", str(trace)])
+    printed = capsys.readouterr()
+    assert code in (0, None), printed.err
     doc = json.loads(trace.read_text())
-    assert out.is_file() and doc["sampler"]["order"] == "threshold" and doc["sampler"]["threshold_tau"] == 0.2
-    assert len(doc["steps_per_image"]) == 2 and all(1 <= n <= 16 for n in doc["steps_per_image"])
-    assert len(doc["steps"]) == max(doc["steps_per_image"])
+    assert out.is_file() and doc["sampler"]["order"] == "threshold" and doc["sampler"]["threshold_tau"] == 0.5
+    steps = doc["steps_per_image"]
+    assert len(steps) == 3 and all(1 <= n <= 49 for n in steps) and len(doc["steps"]) == max(steps)
+    assert [sum(st["active"][b] for st in doc["steps"]) for b in range(3)] == steps
+    if len(set(steps)) > 1:
+        assert f"steps per image: {', '.join(map(str, steps))}" in printed.out
 
 
 # ----------------------------------------------------------------------------- ReMDM-conf
 
 
-def test_remdm_conf_remasks_the_planned_count_weighted_by_one_minus_confidence(maskgit):
-    """The same counts as ReMDM-cap (the plan), but which committed tokens are revised follows 1 -
-    confidence at commit: over many seeds the re-masked tokens were committed with lower confidence than
-    the committed tokens on average, and the tokens committed at probability 1 are never re-masked."""
-    cfg = SamplerConfig(num_steps=8, order="confidence", count_rule="exact", remask="conf", remask_eta=0.3,
-                        schedule="linear")
-    cap = SamplerConfig(num_steps=8, order="confidence", count_rule="exact", remask="cap", remask_eta=0.3,
-                        schedule="linear")
-    seeds = list(range(24))
-    conf_states = _run(maskgit, cfg, labels=[s % 10 for s in seeds], seeds=seeds)
-    cap_states = _run(maskgit, cap, labels=[s % 10 for s in seeds], seeds=seeds)
+def test_remdm_conf_remasks_the_planned_count_chosen_by_one_minus_confidence(maskgit):
+    """The same counts as ReMDM-cap (the plan), the committed tokens chosen by remask_keys on the "where"
+    stream's uniforms and each token's probability when it was committed, recomputed here from the step
+    that committed it (its guided logits)."""
+    from emigm.core import rng
+    from emigm.sample.orders import KEY_REMASK_POS, remask_keys, smallest
+
+    kw = dict(num_steps=8, order="confidence", count_rule="exact", remask_eta=0.3, schedule="linear")
+    seeds = list(range(6))
+    conf_states = _run(maskgit, SamplerConfig(remask="conf", **kw), labels=seeds, seeds=seeds,
+                       anatomy=AnatomyOptions())
+    cap_states = _run(maskgit, SamplerConfig(remask="cap", **kw), labels=seeds, seeds=seeds)
     assert [st.remasked.sum(1).tolist() for st in conf_states] == [st.remasked.sum(1).tolist() for st in cap_states]
-    remasked_conf, committed_conf = [], []
+    assert sum(int(st.remasked.sum()) for st in conf_states) > 5
+    confidence = torch.zeros(6, maskgit.num_tokens)
     for st in conf_states:
         committed = ~st.mask_before
-        c = st.confidence_before
-        assert bool((c[committed] > 0).all() and (c[committed] <= 1).all())
-        remasked_conf += c[st.remasked].tolist()
-        committed_conf += c[committed].tolist()
-    assert len(remasked_conf) > 20
-    assert sum(remasked_conf) / len(remasked_conf) < sum(committed_conf) / len(committed_conf) - 0.02
+        u = rng.uniform(st.seeds, rng.STREAM_WHERE, st.step, KEY_REMASK_POS, tail=(maskgit.num_tokens,))
+        keys = remask_keys(u, confidence)
+        want = smallest(torch.where(committed, keys, math.inf), st.remasked.sum(1)) & committed
+        assert torch.equal(st.remasked, want)
+        p = torch.softmax(st.anatomy.raw["combined"].double(), -1).gather(2, st.tokens.clamp(min=0)[..., None])[..., 0]
+        confidence = torch.where(st.revealed, p.float(), confidence).masked_fill(st.remasked, 0.0)
+        torch.testing.assert_close(st.confidence, confidence, rtol=1e-5, atol=1e-6)
     assert conf_states[-1].done
 
 
 def test_remdm_conf_keys_are_efraimidis_spirakis_on_one_minus_confidence():
     """Which committed tokens are re-masked: the `count` smallest of -log(u) / (1 - confidence), i.e.
-    weighted sampling without replacement with weights 1 - confidence (normalised over the committed
-    tokens); a token committed at probability 1 has weight 0 and comes last."""
-    from emigm.sample.orders import remask_keys
+    weighted sampling without replacement with weights 1 - confidence; a token committed at probability 1
+    has weight 0 and comes last. The first pick of one in three is token i with probability w_i / sum w."""
+    from emigm.core import rng
+    from emigm.sample.orders import remask_keys, smallest
 
     u = torch.tensor([[0.5, 0.5, 0.5, 0.25]])
-    conf = torch.tensor([[0.9, 0.2, 1.0, 0.6]])
-    keys = remask_keys(u, conf)
-    want = [-math.log(0.5) / 0.1, -math.log(0.5) / 0.8, math.inf, -math.log(0.25) / 0.4]
-    assert keys[0, :2].tolist() == pytest.approx(want[:2]) and keys[0, 3].item() == pytest.approx(want[3])
+    keys = remask_keys(u, torch.tensor([[0.9, 0.2, 1.0, 0.6]]))
+    assert keys[0, [0, 1, 3]].tolist() == pytest.approx([math.log(2) / 0.1, math.log(2) / 0.8, math.log(4) / 0.4],
+                                                         rel=1e-5)
     assert math.isinf(keys[0, 2].item())
+    n = 20000
+    u = rng.uniform(torch.arange(n), rng.STREAM_WHERE, 0, 4, tail=(3,))
+    picked = smallest(remask_keys(u, torch.tensor([0.1, 0.5, 0.9]).expand(n, 3)), torch.ones(n, dtype=torch.long))
+    freq = picked.float().mean(0)
+    want = torch.tensor([0.9, 0.5, 0.1]) / 1.5
+    assert torch.all((freq - want).abs() <= 4 * (want * (1 - want) / n).sqrt()), freq

@@ -13,9 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from app import analysis, controls, permalink, stepper
-from app.compare import Compare, divergence
-from app.engine import Engine, preset_config
+from app import analysis, claims, controls, permalink, stepper
+from app.catalogue import preset_config
+from app.compare import Compare
+from app.engine import Engine
+from app.shared import divergence
 from app.unmask import Unmasking
 from emigm.sample.capabilities import check_capabilities
 
@@ -399,7 +401,7 @@ def test_missing_asset_is_a_gr_error():
 
 
 def test_a_shipped_model_just_shows_up(tmp_path, monkeypatch):
-    import app.engine as eng
+    import app.catalogue as cat
     import emigm.io.exports as ckpt
     make_export(tmp_path / "tiny-trained", preset_config("test-tiny"))
     (tmp_path / "some-tokenizer").mkdir()  # not a generator export: skipped
@@ -409,8 +411,8 @@ def test_a_shipped_model_just_shows_up(tmp_path, monkeypatch):
     assert "Random weights" not in engine.banner("tiny-trained") and "export" in engine.banner("tiny-trained")
     final = list(Unmasking(engine).run(**run_values(model="tiny-trained", num_steps=3)))[-1]
     assert final[3]["model"] == "tiny-trained" and not final[3]["random_init"]
-    make_export(tmp_path / eng.PREFERRED, preset_config("test-tiny"))
-    assert eng.generator_exports()[0] == eng.PREFERRED  # the preferred default comes first
+    make_export(tmp_path / cat.PREFERRED, preset_config("test-tiny"))
+    assert cat.generator_exports()[0] == cat.PREFERRED  # the preferred default comes first
 
 
 def test_measured_warning_for_a_solver(tmp_path):
@@ -418,9 +420,9 @@ def test_measured_warning_for_a_solver(tmp_path):
     path.write_text(json.dumps({"points": [
         {"model": "m", "fd": 20.0, "sampler": {"head_solver": "dpm"}, "label": "dpm"},
         {"model": "m", "fd": 300.0, "sampler": {"head_solver": "ddpm"}, "label": "ddpm head=100"}]}))
-    warn = analysis.measured_warnings("m", path)
+    warn = claims.measured_warnings("m", path)
     assert list(warn["head_solver"]) == ["ddpm"] and "FD 300" in warn["head_solver"]["ddpm"]
-    assert analysis.measured_warnings("other", path) == {}
+    assert claims.measured_warnings("other", path) == {}
 
 
 def test_schedules_arithmetic():
@@ -432,7 +434,7 @@ def test_schedules_arithmetic():
 
 
 def test_results_reader(tmp_path):
-    assert analysis.read_claims(tmp_path / "missing.json") is None
+    assert claims.read_claims(tmp_path / "missing.json") is None
     path = tmp_path / "claims.json"
     series = lambda name, xs, ys: {"name": name, "x": xs, "y": ys, "sd": [0.1] * len(ys),  # noqa: E731
                                    "labels": [f"{name} {x}" for x in xs], "line": True}
@@ -453,7 +455,7 @@ def test_results_reader(tmp_path):
              "tests": [], "plot": {"x": "sampling steps S", "series": [series("exp", [8, 16, 32], [1.0, 1.1, 1.2])]}},
             {"claim": "old style", "holds": True, "numbers": {"every": [18.2, 32], "interval": [20.6, 19]}},
             {"claim": "x", "evidence": "{\"a\": 1.5}"}]}))
-    doc = analysis.read_claims(path)
+    doc = claims.read_claims(path)
     assert [p["fd"] for p in doc["points"]] == [20.0, 300.0]
     assert doc["claims"][0] == ["DDPM agrees with DPM", "does not hold", "dpm head=4 20.00 ± 0.1 · ddpm head=100 300.00"
                                 " · ddpm below 1.1 x dpm: margin -278 vs 2 sd 0.2 (does not hold)"]
@@ -474,15 +476,15 @@ def test_results_reader(tmp_path):
 def test_results_tab_shows_exactly_the_claims_of_claims_json():
     """The Results tab and README come from the one file: the same claims, in its order, with its verdicts,
     a panel each."""
-    if not analysis.CLAIMS_PATH.is_file():
+    if not claims.CLAIMS_PATH.is_file():
         pytest.skip("no assets/results/claims.json")
-    raw = json.loads(analysis.CLAIMS_PATH.read_text())
+    raw = json.loads(claims.CLAIMS_PATH.read_text())
     msg, fig, table, points, doc = analysis.results()
     assert [row[:2] for row in table["value"]] == [[c["claim"], c["verdict"]] for c in raw["claims"]]
     assert f"{len(raw['claims'])} claims" in msg and len(points["value"]) == len(raw["points"])
     titles = [a.text for a in fig.layout.annotations if ": <b>" in a.text]
     assert titles == [f"{c['short']}: <b>{c['verdict']}</b>" for c in raw["claims"]]
-    readme = (analysis.CLAIMS_PATH.parents[2] / "README.md").read_text()
+    readme = (claims.CLAIMS_PATH.parents[2] / "README.md").read_text()
     for c in raw["claims"]:
         assert f"| {c['claim']} | **{c['verdict']}** |" in readme
 
@@ -594,7 +596,7 @@ def test_client_compare_and_results(client):
     doc, diff = out[2], out[4]  # gr.State outputs are not returned to clients
     assert doc["same_reveal_order"] and diff["a"] == "none" and diff["b"] == "mask"
     msg, _, _, _, res = client.predict(api_name="/results")
-    assert res["available"] == analysis.CLAIMS_PATH.is_file()
+    assert res["available"] == claims.CLAIMS_PATH.is_file()
     seeds = [client.predict(api_name="/randomise_seed") for _ in range(3)]
     lo, hi = 0, int(controls.APP_SPECS["seed"][1].high)
     assert all(float(x).is_integer() and lo <= x <= hi for x in seeds) and len(set(seeds)) > 1, seeds

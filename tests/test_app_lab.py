@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from test_app import make_export, run_values, tiny_maskgit
 
-from app import analysis, controls
+from app import claims, controls
 from app.compare import Compare
 from app.engine import Engine
 from app.lab import Lab, parse_tokens
@@ -185,7 +185,7 @@ def test_compare_along_each_axis(engine, tmp_path, monkeypatch):
     """Each axis: its panels with the same seed, NFE and time in every title, values the model cannot run
     as notes, the measured FD under the panel whose setting matches claims.json; the steps axis plays
     runs of 4, 8 and 16 steps on one slider."""
-    monkeypatch.setattr(analysis, "CLAIMS_PATH", claims_file(tmp_path, engine, "test-tiny", schedule="linear"))
+    monkeypatch.setattr(claims, "CLAIMS_PATH", claims_file(tmp_path, engine, "test-tiny", schedule="linear"))
     h = Compare(engine)
     probability_orders = {f"{n} order" for n, o in ORDERS.items() if o.needs is not None}
     expected = {"schedule": 3, "steps": 3, "order": len(ORDERS) - 1 - len(probability_orders), "head": 5, "remask": 3,
@@ -272,7 +272,7 @@ def page(engine, tmp_path_factory):
     from app.ui import build_demo, launch_kwargs
     folder = tmp_path_factory.mktemp("claims")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(analysis, "CLAIMS_PATH", claims_file(folder, engine, "test-tiny", schedule="linear"))
+        mp.setattr(claims, "CLAIMS_PATH", claims_file(folder, engine, "test-tiny", schedule="linear"))
         demo = build_demo(engine)
         _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True,
                                 quiet=True, **launch_kwargs())

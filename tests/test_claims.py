@@ -171,7 +171,7 @@ def test_groups_run_in_the_order_given_and_the_document_lists_what_is_pending(fa
     doc = json.loads((tmp_path / "claims.json").read_text())
     assert [p["label"] for p in doc["points"]] == ["exp S=2", "exp S=4", "exp S=8"]
     assert not doc["complete"] and doc["pending"][0] == "steps: exp S=16" and doc["pending"][-1].startswith("headline:")
-    assert doc["fingerprints"] == {"m": FP} and "Partial: 3 settings" in (tmp_path / "claims.md").read_text()
+    assert doc["fingerprints"] == {"m": FP} and "Partial: 3 settings not measured yet (steps 2, headline 1;" in (tmp_path / "claims.md").read_text()
 
 
 # ----------------------------------------------------------------------------- merging
@@ -416,3 +416,29 @@ def test_an_undecided_test_says_how_many_samples_would_decide_it():
     assert all("n_to_decide" not in t for t in held["tests"])
     assert "[decided at N ≈ 400 per seed set]" in "\n".join(pc.claims_table(pc.build_doc(
         _steps({2: 14.0, 4: 12.0, 8: 11.0, 16: 11.2, 32: 10.9}, sd=2.0), "m", 10, pc.seed_sets(10, 3), "cpu", False)))
+
+
+def test_collect_reads_what_any_process_measured_and_finds_results_by_content(fake, tmp_path):
+    """--collect measures nothing: the points of the rows whose results are all stored, the rest pending.
+    A result is found by what decided it even when written under another name by code whose sampler
+    had fewer fields (a field added later at its default)."""
+    rows = _rows()
+    fake(_Eval(fail_after=6))  # two settings of three seed sets, then cut off
+    with pytest.raises(KeyboardInterrupt):
+        pc.measure(rows, 10, 3, 10, True, "cpu", log=lambda _: None, store=pc.Store(tmp_path))
+    for i, f in enumerate(sorted(tmp_path.glob("*.json"))):  # renamed, and "draft_steps" left out of the record
+        doc = json.loads(f.read_text())
+        doc["sampler"].pop("draft_steps")
+        (tmp_path / f"other-{i}.json").write_text(json.dumps(doc))
+        f.unlink()
+    ev = fake(_Eval())
+    pts = pc.measure(rows, 10, 3, 10, True, "cpu", log=lambda _: None, store=pc.Store(tmp_path), collect=True)
+    assert ev.calls == [] and [p["label"] for p in pts] == [r.label for r in rows[:2]]
+    assert pts[1]["fd_runs"] == pytest.approx([10.02, 10.03, 10.04])
+    seen = []
+    pc.measure(rows, 10, 3, 10, True, "cpu", log=lambda _: None, store=pc.Store(tmp_path),
+               on_point=lambda p, rest: seen.append(([q["label"] for q in p], len(rest))))
+    assert len(ev.calls) == 3 * (len({pc.setting_key(r.model, pc.to_dict(r.sampler), pc.to_dict(r.guidance))
+                                       for r in rows}) - 2)
+    assert seen[0] == ([r.label for r in rows[:2]], len(rows) - 2)  # the stored two at once
+    assert seen[2] == ([r.label for r in rows[:3]], len(rows) - 3)  # then the first it measured

@@ -125,7 +125,7 @@ def test_sampler_option_ranges_and_defaults():
     from emigm.sample.sampler import SamplerConfig
     assert _ranges(SamplerConfig) == {"num_steps": "[1, 1024]", "order_temperature": "[0, 100]",
                                       "temperature": "[0, 10]", "head_steps": "[1, 250]", "remask_eta": "[0, 1]",
-                                      "draft_steps": "[0, 250]"}
+                                      "draft_steps": "[0, 250]", "threshold_tau": "(0, 1]", "eb_gamma": "[0, 1000]"}
     c = SamplerConfig()
     # the released eMIGM setting (spec sec. 4): 16 steps, exp schedule, binomial counts, random order,
     # DPM-Solver with 8 head steps; MaskGIT's tau_0 = 4.5 for the confidence order

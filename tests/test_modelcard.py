@@ -14,13 +14,14 @@ from emigm.core.config import apply_overrides
 from emigm.core.fileio import ASSETS_DIR
 from emigm.core.presets import get_preset
 from emigm.eval.claims import CLASSIFIER_FILE, NOT_MEASURED, ClaimsFile
-from emigm.eval.modelcard import model_card
+from emigm.eval.modelcard import model_card, setting_text
 from emigm.io.exports import shipped_models
 from emigm.io.fingerprint import fingerprint, sha256_file
 from emigm.train.generator import train
 from tests.test_hub import hub_cache
 
-SHIPPED = [*shipped_models(), "fmnist-kl", "fmnist-vq", "classifier", "fmnist-oracle"]
+SHIPPED = [*shipped_models(), "fmnist-kl", "fmnist-vq", "classifier", "fmnist-oracle",
+           "fmnist-maskgit/self-guidance"]
 REQUIRED = {"license", "library_name", "pipeline_tag", "datasets", "tags"}
 
 
@@ -69,15 +70,19 @@ def test_a_shipped_card_is_the_generated_one_but_for_its_figures(name):
     claims = ClaimsFile.read()
     current = fingerprint(ASSETS_DIR / name, CLASSIFIER_FILE)
     for row in rows:
-        label, fd = row.split(" | ")[0][2:], float(row.split(" | ")[3].split(" ")[0])
-        assert any(p.get("label") == label and round(p["fd"], 2) == fd for p in claims.points(name, current)), row
+        setting, fd = row.split(" | ")[0][2:], float(row.split(" | ")[3].split(" ")[0])
+        assert any(setting_text(p) == setting and round(p["fd"], 2) == fd for p in claims.points(name, current)), row
     if not rows:
         assert NOT_MEASURED in shipped.split(cut)[1]
 
 
 def _claims_doc(tmp_path: Path, network: str) -> ClaimsFile:
     fp = fingerprint(ASSETS_DIR / "fmnist-emigm", CLASSIFIER_FILE)
-    point = {"label": "exp S=16 w=3", "model": "fmnist-emigm", "nfe": 19, "fd": 10.6711, "fd_sd": 0.21,
+    point = {"label": "exp S=16 w=3", "model": "fmnist-emigm", "nfe": 19, "head_evals": 152, "fd": 10.6711,
+             "fd_sd": 0.21,
+             "sampler": {"num_steps": 16, "schedule": "exp", "count_rule": "binomial", "order": "random",
+                         "head_solver": "dpm", "head_steps": 8},
+             "guidance": {"cfg_scale": 3.0, "cfg_interval": [0.1, 0.3]},
              "class_accuracy": 0.9031, "precision": 0.9022, "recall": 0.3911, "seed_sets": [[0, 999], [1000, 1999]],
              "fingerprint": {**fp, "network": network}}
     doc = {"format": "emigm-claims", "version": 3, "num_samples": 1000, "points": [point], "claims": [],
@@ -90,7 +95,8 @@ def _claims_doc(tmp_path: Path, network: str) -> ClaimsFile:
 def test_figures_only_for_the_files_they_were_measured_on(tmp_path):
     fp = fingerprint(ASSETS_DIR / "fmnist-emigm", CLASSIFIER_FILE)
     card = model_card("fmnist-emigm", _claims_doc(tmp_path, fp["network"]))
-    assert "| exp S=16 w=3 | 0-999, 1000-1999 | 19 | 10.67 ± 0.21 | 0.903 | 0.902 | 0.391 |" in card
+    assert "| S=16, exp, binomial counts, random order, dpm 8, CFG 3 in (0.1, 0.3] | 0-999, 1000-1999 | 19 | " \
+           "10.67 ± 0.21 | 0.903 | 0.902 | 0.391 |" in card
     assert NOT_MEASURED not in card and fp["network"] in card
     other = model_card("fmnist-emigm", _claims_doc(tmp_path, "0" * 64))
     assert "10.67" not in other and f"FD, class accuracy, precision and recall: {NOT_MEASURED}." in other
@@ -124,3 +130,18 @@ def test_training_and_export_write_the_card_with_the_hub_base_model(tmp_path, mo
     assert "with its model card" in capsys.readouterr().out
     assert front_matter((tmp_path / "again" / "README.md").read_text())["tags"][:2] == ["masked-image-generation",
                                                                                          "emigm"]
+
+
+def test_a_self_guidance_run_writes_its_card(tmp_path, capsys):
+    pairs = [("data.limit", 16), ("train.steps", 2), ("train.log_every", 1)]
+    base = Path(train(apply_overrides(get_preset("test-tiny"), pairs), tmp_path / "base", device="cpu",
+                      progress=False)["export_dir"])
+    code = cli.main(["train-sg", "--base", str(base), "--device", "cpu", "--no-progress", "--out-dir",
+                     str(tmp_path / "sg"), "--train.steps", "2", "--train.batch_size", "8",
+                     "--train.warmup_steps", "1"])
+    assert code == 0, capsys.readouterr().err
+    (card_file,) = (tmp_path / "sg").rglob("README.md")
+    card = card_file.read_text()
+    meta = front_matter(card)
+    assert meta["tags"][0] == "self-guidance" and meta["library_name"] == "emigm"
+    assert "self-guidance module" in card and sha256_file(card_file.parent / "model.safetensors") in card

@@ -453,7 +453,7 @@ def test_confidence_order_replayed(monkeypatch, anneal_rule):
     seeds = torch.tensor([3, 8])
     cfg = _cfg(num_steps=S, order="confidence", order_temperature=tau0, order_anneal=anneal_rule)
     states = list(sample_steps(model, [0, 5], seeds, cfg))
-    for st, (_, (values, logp)) in zip(states, calls):
+    for st, (_, (values, logp, *_)) in zip(states, calls):
         rows, cols = st.mask_before.nonzero().unbind(1)
         score = torch.full((2, L), float("-inf"))
         score[rows, cols] = logp + tau[st.step] * rng.gumbel(seeds, rng.STREAM_WHERE, st.step, 2, tail=(L,))[rows, cols]
@@ -1048,9 +1048,10 @@ def test_head_guided_sampling_uses_the_guided_distribution():
     guided = cond + w[:, None] * (cond - ref)
     torch.testing.assert_close(head.guided_logits(z, [Term("cfg", zr, w)]), guided)
     torch.testing.assert_close(head.guided_logits(z), cond)
-    codes, logp = head.sample(z, _uniforms_for_gumbel([0.0] * 5), guides=[Term("cfg", zr, w)], temperature=0.0)
+    codes, logp, log_p = head.sample(z, _uniforms_for_gumbel([0.0] * 5), guides=[Term("cfg", zr, w)], temperature=0.0)
     assert codes.tolist() == guided.argmax(1).tolist()
     torch.testing.assert_close(logp, torch.log_softmax(guided, 1).gather(1, codes[:, None])[:, 0])
+    assert torch.equal(log_p, logp)  # the default score is the code's log-probability, also returned third
     assert head.evals() == 1 and head.evals("dpm", 14) == 1
 
 

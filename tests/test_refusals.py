@@ -106,7 +106,7 @@ NAMES = list(FASHION_MNIST_CLASSES)
 
 
 def _app_class(value):
-    from app.unmask import class_index
+    from app.shared import class_index
 
     return class_index(NAMES, value)
 

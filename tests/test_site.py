@@ -53,7 +53,7 @@ def test_a_site_is_its_files_and_nothing_else(tmp_path, engine):
     assert [r["key"] for r in doc["runs"]] == ["unmasking", "schedules"]
     assert doc["runs"][1]["payload"]["kind"] == "compare" and len(doc["runs"][1]["payload"]["panels"]) == 2
     html = (out / "index.html").read_text()
-    for url in ("explorer.css", "explorer.js", "runs.js", "site.js"):  # relative URLs only
+    for url in ("explorer.css", *site.PLAYER_SCRIPTS, "runs.js", "site.js"):  # relative URLs only
         assert f'"{url}"' in html
     assert "http" not in html and "//" not in html.replace("<!doctype html>", "")
     assert not list(tmp_path.glob(".site.*"))  # no build folder left

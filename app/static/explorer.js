@@ -6,19 +6,12 @@
    the payload's `view`), nearest-neighbour, so every image pixel is a crisp square. */
 (function () {
   if (window.emigmPlayer) return; // the page may add its head twice
+  const core = window.emigmCore; // app/static/explorer-core.js: what reads payloads and builds texts
+  const { GAP, viridis, stepLabel } = core;
   const GREY = "#808080", ORANGE = "#E69F00", SKY = "#56B4E9", PURPLE = "#CC79A7", VERMILLION = "#D55E00", CFG_FILL = "rgba(230,159,0,0.22)";
-  const VIRIDIS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b", "#fde725"];
-  const GAP = 10; // px between views and panels
   const drawn = (window.emigmDrawn = window.emigmDrawn || {});
   let active = null; // the player the arrow keys drive
 
-  function viridis(x) { // x in [0, 1]
-    const p = Math.max(0, Math.min(1, x)) * (VIRIDIS.length - 1), i = Math.floor(p), f = p - i;
-    if (i >= VIRIDIS.length - 1) return VIRIDIS[VIRIDIS.length - 1];
-    const a = VIRIDIS[i], b = VIRIDIS[i + 1], h = (s, o) => parseInt(s.substr(o, 2), 16);
-    const c = [1, 3, 5].map(o => Math.round(h(a, o) + f * (h(b, o) - h(a, o))));
-    return `rgb(${c[0]},${c[1]},${c[2]})`;
-  }
   function el(tag, attrs, ...kids) {
     const e = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
@@ -30,7 +23,6 @@
   }
   const svg = (tag, attrs) => { const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
     for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v); return e; };
-  const stepLabel = (k, N) => `step ${k} of ${N}`;
 
   function loadImage(src) {
     return new Promise((ok, fail) => { const im = new Image(); im.onload = () => ok(im); im.onerror = fail; im.src = src; });
@@ -50,25 +42,10 @@
     }
   }
 
-  // The image size V (a whole multiple of the image's own size, at least d.view) and the Compare
-  // grid: panels per row and image columns per panel.
+  // The image size V and the Compare grid (explorer-core.js layout) for this player's box and window
   Player.prototype.layout = function () {
-    const d = this.data, px = d.px, min = d.view, W = this.root.clientWidth || 900;
-    const top = this.root.getBoundingClientRect().top + window.scrollY, H = window.innerHeight;
-    const fit = x => Math.floor(x / px) * px;
-    if (d.kind === "unmask") { // three views in a row, the bar and the chart below them on one screen
-      const w = fit((W - 2 * GAP - 6) / 3), h = fit(H - top - 300);
-      return { V: Math.max(min, Math.min(w, h)) };
-    }
-    const live = d.panels.filter(p => p.cols.length), P = Math.max(1, live.length);
-    const B = Math.max(1, ...live.map(p => p.cols.length)), cols = B === 1 ? 1 : 2, rowsIn = Math.ceil(B / cols);
-    const widthOf = V => cols * V + (cols - 1) * 4;
-    let most = P; // panels per row: as many as fit at the smallest size
-    while (most > 1 && most * widthOf(min) + (most - 1) * GAP > W) most--;
-    const rows = Math.ceil(P / most), per = Math.ceil(P / rows);
-    const w = fit(((W - (per - 1) * GAP) / per - (cols - 1) * 4) / cols);
-    const h = fit(((H - top - 40) / rows - 64) / rowsIn);
-    return { V: Math.max(min, Math.min(w, h)), per, cols };
+    const top = this.root.getBoundingClientRect().top + window.scrollY;
+    return core.layout(this.data, this.root.clientWidth || 900, window.innerHeight, top);
   };
 
   Player.prototype.set = async function (d) {
@@ -217,18 +194,8 @@
     return !this.clean && !(d.complete && k === d.n - 1);
   };
 
-  // A token's state at player step k: masked, revealed at this step, revised after commit (masked again
-  // after it was committed: remasking runs carry the mask of every step)
-  Player.prototype.tokenAt = function (v, k, i) {
-    const fi = v.frameOf ? v.frameOf[k] : k, step = fi + 1, w = v.when[i];
-    const j = fi - (v.mfirst || 0), ms = v.masked && j >= 0 ? v.masked[j] : null;
-    if (!ms) return { masked: w === 0 || w > step, now: w === step, revised: false, step };
-    const masked = ms[i] === "1", prev = j > 0 ? v.masked[j - 1] : null;
-    let revised = false;
-    if (masked && v.rev && v.rev[j]) revised = v.rev[j][i] > 0;
-    else if (masked) for (let q = 0; q < j && !revised; q++) revised = v.masked[q][i] === "0";
-    return { masked, now: !masked && (prev ? prev[i] === "1" : fi === 0 || w === step), revised, step };
-  };
+  // A token's state at player step k (explorer-core.js tokenAt)
+  Player.prototype.tokenAt = function (v, k, i) { return core.tokenAt(v, k, i); };
 
   Player.prototype.drawMap = function () {
     const v = this.views.find(x => x.kind === "map");
@@ -283,25 +250,14 @@
     this.root.dataset.k = k;
     this.root.dataset.clean = this.outlined(k) ? "0" : "1";
     if (d.kind === "unmask") {
-      const s = d.steps[k], L = d.L;
-      let cum = 0; for (let i = 0; i <= k; i++) cum += d.steps[i].revealed;
-      const guide = [s.cfg ? `CFG ×${s.cfg}` : "no CFG", s.sg ? `self-guidance ${s.sg}` : ""].filter(Boolean).join(" + ");
-      const revealed = s.revealed === 0 && cum === L
-        ? `revealed 0: every token was already revealed, yet the step ran (${s.passes} pass${s.passes > 1 ? "es" : ""})`
-        : `revealed ${s.revealed} (${Math.round(100 * cum / L)}% of ${L} tokens)`;
-      this.detail.textContent = `t ${s.t.toFixed(3)} → s ${s.s.toFixed(3)} · ${guide} · ${revealed} · NFE so far ${s.nfe} · ${Math.round(s.ms)} ms` +
-        (d.branched_from && k < d.branched_from ? ` · from the parent run (branched after step ${d.branched_from})` : "");
+      this.detail.textContent = core.unmaskDetail(d, k);
       this.caption.textContent = finished ? "canvas · the finished image" :
         this.outlined(k) ? "canvas · grey = masked · orange = revealed now" + (d.masked ? " · vermillion = revised after commit" : "") :
         "canvas · grey = masked";
       if (this.cursor) { const xx = this.xOf(k + 1); this.cursor.setAttribute("x1", xx); this.cursor.setAttribute("x2", xx); }
     } else {
       this.detail.textContent = "same seed and the same reveal rule in every panel" + (d.live ? " · the panels fill in step by step" : "");
-      for (const [p, sub] of this.captions) {
-        const fi = p.frame_of ? p.frame_of[k] : k, s = p.steps[Math.min(fi, p.steps.length - 1)];
-        const own = d.same_steps === false ? `${stepLabel(fi + 1, p.N)} · ` : "";
-        sub.textContent = d.live ? `NFE ${s.nfe} so far` : `${own}NFE ${s.nfe} of ${p.nfe} · ${p.ms} ms in all`;
-      }
+      for (const [p, sub] of this.captions) sub.textContent = core.panelCaption(d, p, k);
     }
   };
 
@@ -400,24 +356,7 @@
     drawn[d.run] = true;
     document.dispatchEvent(new CustomEvent("emigm-drawn", { detail: d.run }));
   };
-  Anatomy.prototype.tokenText = function (i) {
-    const d = this.data, t = d.tokens, g = d.grid, r = Math.floor(i / g), c = i % g, parts = [`token (${r}, ${c})`];
-    const num = (x, p) => x === null || x === undefined ? "–" : Number(x).toPrecision(p || 3);
-    if (!t.masked[i]) parts.push(`committed before step ${d.step}: kept`);
-    else {
-      parts.push(t.revealed[i] ? "revealed at this step" : "stays masked");
-      const M = d.count.masked, rank = `rank ${t.rank[i] + 1} of ${M}`;
-      if (d.order_kind === "score")
-        parts.push(`${d.order} score ${num(t.score[i])} + Gumbel noise ${num(t.noise[i])} → ${rank}`);
-      else if (d.order_kind === "adaptive") parts.push(`${d.order} score ${num(t.score[i])} → ${rank}`);
-      else if (!d.order_fixed) parts.push(`${d.order} key ${num(-t.score[i])} → ${rank}`);
-      else parts.push(`${d.order} order: fixed ${rank}`);
-      parts.push(`${d.headline}`);
-      parts.push(`|Δ| guidance ${num(t.delta[i])}`, `uncertainty ${num(t.unc[i])}`);
-    }
-    if (t.halton) parts.push(`Halton rank ${t.halton[i]}`);
-    return parts.join(" · ");
-  };
+  Anatomy.prototype.tokenText = function (i) { return core.anatomyTokenText(this.data, i); };
   Anatomy.prototype.build = function () {
     const d = this.data, self = this, V = d.view, g = d.grid, L = d.L, t = d.tokens;
     const canvas = kind => el("canvas", { width: V, height: V, class: "emigm-view", "data-view": kind, style: `width:${V}px;height:${V}px` });
@@ -473,7 +412,7 @@
   };
   Anatomy.prototype.drawAfter = function () {
     const d = this.data, cv = this.afterCv, ctx = cv.getContext("2d"), V = cv.width, g = d.grid, cell = V / g;
-    const j = d.branches.findIndex(b => b.name === "combined"), lw = Math.max(2, Math.round(cell / 8));
+    const j = d.branches.findIndex(b => b.name === d.draft_branch), lw = Math.max(2, Math.round(cell / 8));
     ctx.imageSmoothingEnabled = false; ctx.drawImage(this.img, j * d.px, 0, d.px, d.px, 0, 0, V, V);
     for (let i = 0; i < d.L; i++) {
       const x = (i % g) * cell, y = Math.floor(i / g) * cell;
@@ -624,15 +563,9 @@
 
   // ------------------------------------------------------------------ the permalink
 
-  // the query of permalink.encode: floats as %.6g, whole ones without a point
+  // the permalink of the controls' values: this page's address and the query of explorer-core.js linkQuery
   window.emigmLink = function (names, vals) {
-    const q = new URLSearchParams();
-    names.forEach((n, i) => {
-      const v = vals[i];
-      if (v === null || v === undefined) return;
-      q.append(n, typeof v === "number" ? (Number.isInteger(v) ? String(v) : String(Number(v.toPrecision(6)))) : String(v));
-    });
-    return `${location.origin}${location.pathname}?${q.toString()}`;
+    return `${location.origin}${location.pathname}?${core.linkQuery(names, vals)}`;
   };
 
   // A number typed into a slider's box stays as typed: Gradio would clamp it into the slider's range

@@ -272,6 +272,9 @@ def cmd_sample(a: argparse.Namespace) -> None:
             else f"{a.num_images} image(s) of class {classes[0]} ({names[classes[0]]})")
     print(f"wrote {a.out}: {what} from {label}; "
           f"{last.passes} transformer passes, {last.head_evals} head evaluations, {elapsed:.2f} s")
+    if len(set(last.image_steps.tolist())) > 1:  # an adaptive order: the NFE ledger per image
+        print(f"steps per image: {', '.join(map(str, last.image_steps.tolist()))}; transformer passes per image: "
+              f"{', '.join(map(str, last.image_passes.tolist()))}")
     if a.trace:
         doc = trace_dict(states, label, {"class_name": "all" if every else names[classes[0]],
                                          "seconds": round(elapsed, 4)})
@@ -397,7 +400,8 @@ def cmd_sampler_error(a: argparse.Namespace) -> None:
         check_oracle_sigma(a.sigma, "--sigma")
     sampler, guidance = sampler_configs(a)
     if a.random_init or a.preset:
-        raise CliError("the sampler's exact error needs an oracle model: --checkpoint fmnist-oracle or fmnist-oracle-kl")
+        raise CliError("the sampler's exact error needs an oracle model: --checkpoint fmnist-oracle or "
+                       "fmnist-oracle-kl")
     device = resolve_device(a.device)
     if not a.checkpoint:
         raise CliError("give --checkpoint fmnist-oracle or fmnist-oracle-kl")

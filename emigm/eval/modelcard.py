@@ -69,18 +69,41 @@ def _figures(claims: ClaimsFile, current: dict[str, Any]) -> list[str]:
     if not pts:
         why = f" ({claims.problem})" if claims.problem else ""
         return [f"FD, class accuracy, precision and recall: {NOT_MEASURED}{why}."]
+    rows: dict[str, dict[str, Any]] = {}  # one row per setting (claims share measurements under other labels)
+    for p in pts:
+        rows.setdefault(setting_text(p), p)
     n = claims.doc.get("num_samples")
     out = [f"Measured on these files (same fingerprint) by `benchmarks/paper_claims.py`: N = {n} class-balanced "
            "samples per seed set against the Fashion-MNIST test set, scored with the shipped classifier; "
            "mean over the seed sets (sd where there are several).", "",
            "| setting | seed sets | NFE | FD | class accuracy | precision | recall |", "|---|---|---|---|---|---|---|"]
-    for p in pts:
+    for text, p in rows.items():
         sets = ", ".join(f"{a}-{b}" for a, b in p.get("seed_sets") or [])
         sd = f" ± {p['fd_sd']:.2f}" if isinstance(p.get("fd_sd"), (int, float)) else ""
-        out.append(f"| {p.get('label', '')} | {sets} | {p.get('nfe', '')} | {p['fd']:.2f}{sd} | "
+        out.append(f"| {text} | {sets} | {p.get('nfe', '')} | {p['fd']:.2f}{sd} | "
                    f"{p.get('class_accuracy', float('nan')):.3f} | {p.get('precision', float('nan')):.3f} | "
                    f"{p.get('recall', float('nan')):.3f} |")
     return out
+
+
+def setting_text(point: dict[str, Any]) -> str:
+    """A measured point's sampling setting in words: steps, schedule, reveal rule, head solver, guidance."""
+    s, g = point.get("sampler") or {}, point.get("guidance") or {}
+    parts = [f"S={s.get('num_steps')}", str(s.get("schedule")), f"{s.get('count_rule')} counts",
+             f"{s.get('order')} order" + (f" (tau {s.get('order_temperature'):g})" if s.get("order") not in
+                                          (None, "random") and isinstance(s.get("order_temperature"), (int, float))
+                                          else "")]
+    if s.get("head_solver") and point.get("nfe") is not None and (point.get("head_evals") or 0) != point.get("nfe"):
+        parts.append(f"{s['head_solver']} {s.get('head_steps')}")
+    if s.get("remask", "off") != "off":
+        parts.append(f"remask {s['remask']} eta {s.get('remask_eta'):g}")
+    w, lo_hi = g.get("cfg_scale", 1.0), g.get("cfg_interval") or [0.0, 1.0]
+    if w != 1.0:
+        where = "at every step" if list(lo_hi) == [0.0, 1.0] else f"in ({lo_hi[0]:g}, {lo_hi[1]:g}]"
+        parts.append(f"CFG {w:g} {where}" + (f" ({g['cfg_mode']} null)" if g.get("cfg_mode") else ""))
+    if g.get("sg_scale"):
+        parts.append(f"self-guidance {g['sg_scale']:g}")
+    return ", ".join(parts)
 
 
 def _same(recorded: Any, current: dict[str, Any]) -> bool:
@@ -281,6 +304,47 @@ def oracle_card(folder: str | os.PathLike) -> str:
     return "\n".join(lines)
 
 
+def smoother_card(folder: str | os.PathLike) -> str:
+    """The card of a self-guidance module folder (config.json with its base model's record)."""
+    folder = Path(folder)
+    doc = json.loads((folder / CONFIG_FILE).read_text())
+    base, conf, meta = doc.get("base") or {}, doc.get("config") or {}, doc.get("meta") or {}
+    base_name = base.get("label") or base.get("name") or "its base model"
+    lines = [_front_matter({"license": "other", "license_name": "unspecified", "library_name": LIBRARY,
+                            "pipeline_tag": "unconditional-image-generation",
+                            "datasets": [FASHION_MNIST] if (base.get("data") or {}).get("name") == "fashion-mnist"
+                            else [], "tags": ["self-guidance", "masked-image-generation", "emigm"]}),
+             f"# {base_name}: self-guidance module", "",
+             f"The self-guidance smoother of `{base_name}` ({conf.get('num_layers')} layers of width "
+             f"{conf.get('width')}): at sampling time each step is pushed away from this module's smoothed "
+             "version of the model's own prediction (`--sg SCALE`). It is used from its base model's folder, "
+             f"as `{SMOOTHER_DIR}/`, and only with the base whose fingerprint it records.", "",
+             "## How to load", "",
+             "```bash",
+             f"emigm sample --checkpoint {base_name} --sg 1 --class all --num-images 4 --out grid.png",
+             "```", "",
+             "## Training", ""]
+    if meta.get("command"):
+        lines.append(f"- command: `{meta['command']}`")
+    lines += [f"- {k.replace('_', ' ')}: {meta[k]}" for k in ("steps", "batch_size", "seconds", "final_loss", "device")
+              if k in meta]
+    fp = base.get("fingerprint")
+    fp = fp if isinstance(fp, dict) else {"fingerprint": fp} if isinstance(fp, str) else {}
+    lines += ["", "## Fingerprint", "", f"- {WEIGHTS_FILE}: `{sha256_file(folder / WEIGHTS_FILE)}`"]
+    lines += [f"- base {role}: `{sha}`" for role, sha in fp.items() if isinstance(sha, str)]
+    lines += ["", "## Measured figures", "", "FD, class accuracy, precision and recall: see the base model's card "
+              "(figures with self-guidance are measured on the base and this module together).", "",
+              "## Licence", "", LICENCE_NOTE, ""]
+    return "\n".join(lines)
+
+
+def _is_smoother(path: Path) -> bool:
+    try:
+        return "base" in json.loads((path / CONFIG_FILE).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def model_card(source: str | os.PathLike, claims: ClaimsFile | None = None) -> str:
     """The card of an export folder, a shipped name, a tokenizer folder or the classifier folder."""
     path = Path(source)
@@ -290,6 +354,8 @@ def model_card(source: str | os.PathLike, claims: ClaimsFile | None = None) -> s
         return classifier_card(path)
     if (path / ORACLE_FILE).is_file():
         return oracle_card(path)
+    if (path / CONFIG_FILE).is_file() and _is_smoother(path):
+        return smoother_card(path)
     if (path / "kl.json").is_file() or (path / "vq.json").is_file():
         return tokenizer_card(path)
     if not ((path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()):

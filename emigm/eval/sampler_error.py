@@ -161,6 +161,10 @@ def sampler_error(net: Any, num_samples: int, sampler: SamplerConfig, guidance: 
             parts[k].append(out[k])
     back = torch.empty_like(order)
     back[order] = torch.arange(num_samples)
+    # an adaptive order's run may end sooner in one batch than in another: pad with steps that reveal nothing
+    width = max(t.shape[1] for t in parts["per_step"])
+    for k in ("per_step", "effective", "revealed"):
+        parts[k] = [torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in parts[k]]
     cat = {k: torch.cat(v)[back] for k, v in parts.items()}  # image order again
     per_step = cat["per_step"]
     total = per_step.sum(1)
@@ -182,6 +186,7 @@ def sampler_error(net: Any, num_samples: int, sampler: SamplerConfig, guidance: 
         "per_step": [m for m, _ in steps],
         "per_step_se": [s for _, s in steps],
         "revealed_per_step": cat["revealed"].double().mean(0).tolist(),
+        "steps_per_image": float((cat["revealed"] > 0).sum(1).double().mean()),  # the NFE of an unguided run
         "effective_refs_per_step": cat["effective"].mean(0).tolist(),
         "log_p": _mean_se(cat["log_p"])[0],
         "log_p_se": _mean_se(cat["log_p"])[1],

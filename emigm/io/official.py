@@ -51,11 +51,6 @@ def official_checkpoint(path: str | os.PathLike, ck: Any = None) -> tuple[dict[s
     return dict(ck), args
 
 
-def official_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """The model weights of an official checkpoint: "model_ema", else "model", else the plain dict."""
-    return official_checkpoint(path)[0]
-
-
 def saved_use_mae(args: Any, source: str = "checkpoint") -> bool:
     """The reference's `args.use_mae` when the file saved it, else True (MAE, as every released model)."""
     mae = getattr(args, "use_mae", None) if isinstance(args, argparse.Namespace) else None

@@ -72,20 +72,25 @@ class CategoricalHead(nn.Module):
         (guided, untempered) distribution: score(logp (M, K), codes (M,)) -> (M,), the function of the
         order that ranks by it (emigm.sample.orders), or None for the log-probability of the sampled code.
         temperature 0 takes the argmax."""
-        logp = F.log_softmax(logits, dim=-1)
+        return self._sample_log_probs(F.log_softmax(logits, dim=-1), uniform, temperature, score)[:2]
+
+    def _sample_log_probs(self, logp: Tensor, uniform: Callable[[int], Tensor], temperature: float,
+                          score: Callable[[Tensor, Tensor], Tensor] | None) -> tuple[Tensor, Tensor, Tensor]:
+        """(codes, score, log p of each code) from log-probabilities (M, K)."""
         if temperature > 0:
             g = -torch.log(-torch.log(uniform(0)))
             codes = (logp / temperature + g).argmax(dim=-1)
         else:
             codes = logp.argmax(dim=-1)
-        if score is not None:
-            return codes, score(logp, codes)
-        return codes, logp.gather(1, codes[:, None]).squeeze(1)
+        log_p = logp.gather(1, codes[:, None]).squeeze(1)
+        return codes, (log_p if score is None else score(logp, codes)), log_p
 
     @torch.no_grad()
     def sample(self, z: Tensor, uniform: Callable[[int], Tensor], *, guides: Sequence[Term] = (),
                temperature: float = 1.0, solver: str = "", steps: int = 0, on_step=None,
-               score: Callable[[Tensor, Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
-        """Guided logits then `sample_logits`: the guided distribution gives both the token and its
-        score. Returns (codes (M,), score (M,)). (solver, steps, on_step: the diffusion head's; unused.)"""
-        return self.sample_logits(self.guided_logits(z, guides), uniform, temperature, score)
+               score: Callable[[Tensor, Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Guided logits then `sample_logits`: the guided distribution gives the token, its score and its
+        log-probability (a committed token's confidence, ReMDM-conf). Returns (codes (M,), score (M,),
+        log p (M,)). (solver, steps, on_step: the diffusion head's; unused.)"""
+        logp = F.log_softmax(self.guided_logits(z, guides), dim=-1)
+        return self._sample_log_probs(logp, uniform, temperature, score)

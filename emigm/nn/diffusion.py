@@ -372,21 +372,6 @@ def dpm2m_sample(diffusion: GaussianDiffusion, model: ModelFn, x: Tensor, noise:
     return x
 
 
-def first_label(diffusion: GaussianDiffusion, solver: str, steps: int) -> float:
-    """The time label of a solver's first model call (at x_T): DDPM's noisiest respaced step, the DPM
-    solvers' noisiest kept point."""
-    get_solver(solver)
-    if solver == "ddpm":
-        return float(diffusion.respace(steps).timesteps[-1])
-    return diffusion.logsnr.label(diffusion.logsnr.lambda_range()[0])
-
-
-def solver_path_length(name: str, steps: int) -> int:
-    """How many times a solver calls on_step (its starting point and every step or interval)."""
-    get_solver(name)
-    return 1 + (len(dpm_orders(steps)) if name == "dpm" else steps)
-
-
 def solver_noise_draws(name: str, steps: int) -> int:
     """How many noise(i) draws one sample asks for (i = 0 .. n-1): x_T, plus DDPM's injected noise."""
     get_solver(name)

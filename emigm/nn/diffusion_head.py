@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from emigm.core.guidance import Term, combine
-from emigm.nn.diffusion import GaussianDiffusion, StepFn, first_label, get_solver, solver_evals, solver_noise_draws
+from emigm.nn.diffusion import GaussianDiffusion, StepFn, get_solver, solver_evals, solver_noise_draws
 
 Tensor = torch.Tensor
 TIME_FEATURES = 256
@@ -189,21 +189,6 @@ class DiffusionHead(nn.Module):
             return torch.cat([eps, cond[:, C:]], dim=-1)
 
         return run(self.diffusion, model, noise(0), noise, steps=steps, temperature=temperature, on_step=on_step)
-
-    @torch.no_grad()
-    def first_eps(self, z: Tensor, x_T: Tensor, solver: str = "dpm", steps: int = 8) -> Tensor:
-        """The noise prediction (M, C) at the solver's first call, for conditions z (M, D) at x_T (M, C):
-        what classifier-free guidance and self-guidance combine at the noisiest point."""
-        t = x_T.new_full((1,), first_label(self.diffusion, solver, steps))
-        out = self.net.forward_embedded(x_T, t, self.net.cond_embed(z)).to(x_T.dtype)[:, :self.token_dim]
-        if self.diffusion.prediction == "eps":
-            return out
-        if solver == "ddpm":
-            d = self.diffusion.respace(steps)
-            return d.eps(out, x_T, len(d.betas) - 1)
-        lam = self.diffusion.logsnr.lambda_range()[0]
-        alpha, sigma = math.sqrt(1 / (1 + math.exp(-2 * lam))), math.sqrt(1 / (1 + math.exp(2 * lam)))
-        return alpha * out + sigma * x_T
 
     def evals(self, solver: str, steps: int) -> int:
         """Network calls one `sample` makes (a guided call counts once though it runs a larger batch)."""

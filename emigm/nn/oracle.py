@@ -51,11 +51,12 @@ Tensor = torch.Tensor
 ORACLE_FILE = "oracle.json"
 REFERENCE_FILE = "references.safetensors"
 ORACLE_FORMAT = "emigm-oracle-1"
-ORACLE_KINDS = {"codes": "categorical kernel over VQ codes (eps)", "latents": "Gaussian kernel over KL latents (sigma)"}
+ORACLE_KINDS = {"codes": "categorical kernel over VQ codes (eps)",
+                "latents": "Gaussian kernel over KL latents (sigma)"}
 # the learned preset whose tokenizer, grid and classes an oracle of each kind shares
 _PRESET_OF = {"codes": "fmnist-maskgit", "latents": "fmnist-emigm"}
-_LAM_T, _LAM_0 = -6.0, 7.0
-_CHUNK = 1 << 26  # elements of one (rows, references, positions) comparison  # half log-SNR range of the guided latent head's probability-flow ODE
+_LAM_T, _LAM_0 = -6.0, 7.0  # half log-SNR range of the guided latent head's probability-flow ODE
+_CHUNK = 1 << 26  # elements of one (rows, references, positions) comparison
 
 
 def check_eps(eps: Any, name: str = "eps") -> float:
@@ -173,12 +174,6 @@ class OracleLatentHead(nn.Module):
                 on_step(k + 1, x.to(z.dtype))
         m = combine(self._denoise(z, x, lams[-1]), [self._denoise(g.z, x, lams[-1]) for g in guides], weights)
         return m.to(z.dtype)
-
-    @torch.no_grad()
-    def first_eps(self, z: Tensor, x_T: Tensor, solver: str = "", steps: int = 8) -> Tensor:
-        """The exact noise prediction (M, C) at the ODE's first point (lambda -6) for rows z at x_T."""
-        alpha, s = _alpha_sigma(_LAM_T)
-        return ((x_T.double() - alpha * self._denoise(z, x_T, _LAM_T)) / s).to(x_T.dtype)
 
     def loss(self, z: Tensor, target: Tensor, generator: torch.Generator | None = None) -> Tensor:
         raise ValueError("an oracle model is not trained")
@@ -324,7 +319,16 @@ class OracleGenerator(nn.Module):
         cols = self._active(lw)
         lw, refs = lw[:, cols], self.refs[cols]
         out = torch.full(positions.shape, math.nan, dtype=torch.float64, device=lw.device)
-        for i in torch.nonzero(positions.any(0)).squeeze(1).tolist():
+        at = torch.nonzero(positions.any(0)).squeeze(1)
+        if self.discrete and len(at):  # log(eps / V + (1 - eps) sum_n w_n [z_{n,i} = x_i]), all positions at once
+            w, B, M = lw.exp(), lw.shape[0], refs.shape[0]
+            rows = max(1, _CHUNK // max(1, M * len(at)))
+            mass = torch.cat([torch.einsum("bml,bm->bl", (tokens[b:b + rows, None, at] == refs[None, :, at]).double(),
+                                           w[b:b + rows]) for b in range(0, B, rows)])
+            value = torch.log(self.eps / self.codebook_size + (1 - self.eps) * mass)
+            out[:, at] = torch.where(positions[:, at], value, out[:, at])
+            return out
+        for i in at.tolist():
             rows = positions[:, i]
             out[rows, i] = torch.logsumexp(lw[rows] + self._token_log_kernel(tokens[rows, i], i, refs), 1)
         return out
@@ -359,14 +363,12 @@ class OracleGenerator(nn.Module):
         B, M, V = w.shape[0], w.shape[1], self.codebook_size
         if positions is None:
             positions = torch.arange(self.num_tokens, device=lw.device).expand(B, -1)
-        out = torch.zeros(B, positions.shape[1], V, dtype=torch.float64, device=lw.device)
-        for i in positions.unique().tolist():
-            hit = positions == i  # (B, P)
-            rows = hit.any(1)
-            n = int(rows.sum())
-            mass = torch.zeros(n, V, dtype=torch.float64, device=lw.device).scatter_add_(1, refs[:, i].expand(n, M), w[rows])
-            b, p = hit.nonzero(as_tuple=True)
-            out[b, p] = mass[torch.cumsum(rows.long(), 0)[b] - 1]
+        P = positions.shape[1]
+        out = torch.zeros(B, P, V, dtype=torch.float64, device=lw.device)
+        rows = max(1, _CHUNK // max(1, P * M))
+        for b in range(0, B, rows):  # the histogram of w over the references' codes at each asked position
+            index = refs.T[positions[b:b + rows]]  # (rows, P, M) codes
+            out[b:b + rows].scatter_add_(2, index, w[b:b + rows, None, :].expand(-1, P, -1))
         return torch.log(self.eps / V + (1 - self.eps) * out)
 
     # ------------------------------------------------------------------ the network's interface
@@ -466,7 +468,8 @@ def read_oracle(folder: str | os.PathLike, device: str | torch.device = "cpu",
         raise _bad(ref_path, f"labels outside 0..{C - 1}")
     if kind == "codes":
         if tokens.dtype != torch.int16 or tuple(tokens.shape) != (N, tk.num_tokens):
-            raise _bad(ref_path, f"tokens must be int16 ({N}, {tk.num_tokens}), got {tokens.dtype} {tuple(tokens.shape)}")
+            raise _bad(ref_path, f"tokens must be int16 ({N}, {tk.num_tokens}), got {tokens.dtype} "
+                                 f"{tuple(tokens.shape)}")
         if int(tokens.min()) < 0 or int(tokens.max()) >= tk.codebook_size:
             raise _bad(ref_path, f"codes outside 0..{tk.codebook_size - 1}")
         refs = ReferenceSet(tokens.long(), labels.long(), C, tk.codebook_size)

@@ -19,6 +19,9 @@ from emigm.sample.state import StepAnatomy
 Tensor = torch.Tensor
 
 BRANCH_OF = {"null": "null", "smoothed": "smoothed"}  # a Guide's reference -> the branch it names
+CONDITIONAL, COMBINED = "conditional", "combined"
+# every branch an opened step may hold, in the order views show them; COMBINED is the run's draft
+BRANCHES = (CONDITIONAL, *BRANCH_OF.values(), COMBINED)
 
 
 @dataclass(frozen=True)
@@ -91,11 +94,6 @@ def open_step(head, facts: StepFacts, opts: AnatomyOptions, full: HeadOptions, d
     else:
         C = f.pred.shape[-1]
         normal = lambda i: rng.normal(f.seeds[rows], rng.STREAM_WHAT, f.k, cols, i, tail=(C,))  # noqa: E731
-        x_T = normal(0)
-        eps = {n: head.first_eps(zs[n], x_T, full.solver, full.steps) for n in names}
-        eps["combined"] = combine(eps["conditional"], [eps[n] for n in names[1:]], [t.weight for t in terms])
-        for n, e in eps.items():
-            raw[n] = _scatter(e, rows, cols, e, (B, L, C))
         for n in names:
             vals = _split_sample(head, zs[n], (), normal, revealed_row, full, draft)
             branches[n] = torch.where(mask.unsqueeze(-1), _scatter(vals, rows, cols, vals, (B, L, C)), f.pred)

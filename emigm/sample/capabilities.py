@@ -2,7 +2,7 @@
 
 One source for the sampler's refusals and the explorer's disabled controls: `choice_reasons` lists,
 per option field, the choices this model cannot take and why; `limits` gives the numeric caps that
-depend on the model (num_steps <= its token count); `unavailable` applies both to a concrete setting.
+depend on the model (num_steps <= its token count); `refusals` applies both to a concrete setting.
 
 And one source for what a model is run with when nobody says otherwise: `suggested_settings` (the
 sampler rule it was trained for) and `suggested_guidance` (its CFG). The CLI, `Pipeline` and the
@@ -29,6 +29,8 @@ def choice_reasons(model, smoother=None) -> dict[str, dict[str, str]]:
         usable = ", ".join(n for n, o in ORDERS.items() if o.needs != PROBABILITIES)
         out["order"] = {name: f"the {name} order needs {o.needs}; a diffusion head has none (use {usable})"
                         for name, o in ORDERS.items() if o.needs == PROBABILITIES}
+        out["remask"] = {"conf": "ReMDM-conf weighs committed tokens by their probability when committed; a "
+                                 "diffusion head has none (use cap or rescale)"}
     other = "fake" if model.null_mode == "mask" else "mask"
     out["cfg_mode"] = {other: f"this model was trained with null mode {model.null_mode!r}; "
                               f"{other!r} needs a model trained with it"}
@@ -55,7 +57,7 @@ def refusals(model, smoother, sampler, guidance: GuidanceConfig) -> list[FieldEr
     """Why (sampler, guidance) cannot run on this model, one FieldError per refused field; empty when
     it can."""
     out: list[FieldError] = []
-    settings: dict[str, Any] = {"order": sampler.order, "cfg_mode": guidance.cfg_mode}
+    settings: dict[str, Any] = {"order": sampler.order, "remask": sampler.remask, "cfg_mode": guidance.cfg_mode}
     for name, bad in choice_reasons(model, smoother).items():
         value = settings.get(name)
         if name == "cfg_mode" and (guidance.cfg_scale == 1.0 or not value):
@@ -68,11 +70,6 @@ def refusals(model, smoother, sampler, guidance: GuidanceConfig) -> list[FieldEr
         if not lo <= values[name] <= hi:
             out.append(FieldError(name, f"{{name}} {values[name]} is not available: {why[name]}"))
     return out
-
-
-def unavailable(model, smoother, sampler, guidance: GuidanceConfig) -> list[str]:
-    """Reasons why (sampler, guidance) cannot run on this model; empty when it can."""
-    return [str(e) for e in refusals(model, smoother, sampler, guidance)]
 
 
 def check_capabilities(model, sampler, guidance: GuidanceConfig, smoother=None) -> None:

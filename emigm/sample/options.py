@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from emigm.core.fields import check_fields, check_number, option
+from emigm.core.fields import NAME, FieldError, check_fields, check_number, option
 from emigm.core.schedules import SCHEDULES
 from emigm.nn.diffusion import SOLVERS
 from emigm.sample.orders import ORDERS
@@ -18,7 +18,9 @@ COUNT_RULES = {"binomial": "each masked token revealed with p = 1 - gamma(s)/gam
 ORDER_HELP = {name: o.help for name, o in ORDERS.items()}
 REMASKS = {"off": "committed tokens stay (MaskGIT, MAR, eMIGM)",
            "cap": "each committed token re-masked with sigma = min(eta, sigma_max) (ReMDM-cap)",
-           "rescale": "each committed token re-masked with sigma = eta x sigma_max (ReMDM-rescale)"}
+           "rescale": "each committed token re-masked with sigma = eta x sigma_max (ReMDM-rescale)",
+           "conf": "as cap, but which committed tokens: weighted by 1 - their probability when committed "
+                   "(ReMDM-conf; categorical heads)"}
 
 
 def _anneal_linear(tau0: float, k: int, num_steps: int) -> float:
@@ -51,6 +53,10 @@ class SamplerConfig:
     order_anneal: str = option("linear", "annealing of the order's Gumbel temperature", choices=ANNEALS)
     remask: str = option("off", "revocable tokens: re-mask committed tokens with probability sigma_t (ReMDM)",
                          choices=REMASKS, labels=REMASKS)
+    threshold_tau: float = option(0.9, "threshold order: reveal every masked token whose top probability >= tau",
+                                  low=0.0, high=1.0, open_low=True)
+    eb_gamma: float = option(0.1, "eb order: entropy bound gamma in nats (sum of the revealed tokens' entropies "
+                                  "minus the largest)", low=0.0, high=1000.0)
     remask_eta: float = option(0.05, "eta of the remasking schedule (remask cap or rescale)", low=0.0, high=1.0)
     temperature: float = option(1.0, "token temperature (DDPM noise / categorical logits; 0 = argmax)",
                                 low=0.0, high=10.0)
@@ -64,6 +70,10 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if ORDERS[self.order].kind == "adaptive" and self.remask != "off":
+            raise FieldError("remask", f"{NAME} {self.remask!r} is not available with the {self.order} order: "
+                                       "remasking plans its counts on the schedule, an adaptive order decides "
+                                       "its own (use remask off)")
         if not (isinstance(self.t_end, float) and 0.0 < self.t_end < 1.0):
             raise ValueError(f"t_end must be in (0, 1), got {self.t_end!r}")
 

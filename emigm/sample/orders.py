@@ -17,7 +17,12 @@ Every order is one `Order` in ORDERS, of one of three kinds:
   sum p log p = -H, the least uncertain first). Margin and entropy live in another range than log p: the
   literature uses them noise-free (order_temperature 0); with MaskGIT's tau_0 = 4.5 they are mostly random.
 - adaptive: a score without noise, and the order itself decides how many tokens a step reveals, so the
-  number of steps varies per image (SamplerConfig.num_steps caps it; the last step reveals the rest).
+  number of steps varies per image (SamplerConfig.num_steps caps it; the last step reveals the rest):
+  threshold (Fast-dLLM: every masked token whose top probability >= threshold_tau, at least one, the
+  most confident); eb (EB-Sampler, arXiv 2505.24857, diffusers' EntropyBoundScheduler: the masked tokens
+  sorted by entropy H ascending, the longest prefix U with sum_U H - max_U H <= eb_gamma, at least one;
+  the sum minus the max bounds the dependence between the tokens the step draws independently, and
+  gamma = 0 reveals one token per step unless several are certain, H = 0).
 A diffusion head has no token probabilities: the score and adaptive orders need a categorical head
 (`needs`; emigm.sample.capabilities refuses them with the reason).
 """
@@ -131,6 +136,34 @@ def _checkerboard(seeds: Tensor, step: int, num_tokens: int, given) -> Tensor:
     return colour.float() + _uniform(seeds, step, num_tokens, given)
 
 
+def _top_log_p(logp: Tensor, codes: Tensor) -> Tensor:
+    return logp.amax(-1)
+
+
+def _threshold_count(score: Tensor, mask: Tensor, sampler) -> Tensor:
+    """score: log of each masked token's top probability (B, L), -inf off the mask."""
+    n = (mask & (score >= math.log(sampler.threshold_tau))).sum(1)
+    return torch.minimum(n.clamp(min=1), mask.sum(1))
+
+
+def _eb_count(score: Tensor, mask: Tensor, sampler) -> Tensor:
+    """score: -H (B, L), -inf off the mask. The prefix of length n of the sorted entropies costs the sum of
+    its first n - 1 (the sum minus the max), which grows with n: count the n whose cost is <= gamma."""
+    h = torch.where(mask, (-score).clamp(min=0.0), float("inf")).sort(dim=1).values
+    before = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1].cumsum(1)], dim=1)
+    n = (torch.isfinite(h) & (before <= sampler.eb_gamma)).sum(1)
+    return torch.minimum(n.clamp(min=1), mask.sum(1))
+
+
+def remask_keys(u: Tensor, confidence: Tensor) -> Tensor:
+    """ReMDM-conf's choice of committed tokens to re-mask: keys -log(u) / (1 - confidence), smallest first,
+    i.e. sampling without replacement with weights 1 - confidence (normalised over the committed tokens;
+    Efraimidis-Spirakis). A token committed with probability 1 has weight 0 and key inf (chosen last).
+    u, confidence: (B, L)."""
+    w = (1.0 - confidence).clamp(min=0.0)
+    return torch.where(w > 0, -torch.log(u) / w.clamp(min=1e-30), float("inf"))
+
+
 def _log_p_of_code(logp: Tensor, codes: Tensor) -> Tensor:
     return logp.gather(1, codes[:, None]).squeeze(1)
 
@@ -148,6 +181,12 @@ ORDERS: dict[str, Order] = {
                     _halton, fixed=True),
     "raster": Order("priority", "row by row, left to right", _raster, fixed=True),
     "fixed": Order("priority", "a given permutation (raster order by default)", _given, fixed=True),
+    "threshold": Order("adaptive", "every masked token whose top probability >= threshold_tau, at least one; "
+                                   "the steps vary per image (Fast-dLLM; categorical heads)", score=_top_log_p,
+                       count=_threshold_count, needs=PROBABILITIES),
+    "eb": Order("adaptive", "the lowest-entropy tokens while their summed entropy minus the largest <= eb_gamma, "
+                            "at least one; the steps vary per image (EB-Sampler; categorical heads)",
+                score=lambda logp, codes: neg_entropy(logp), count=_eb_count, needs=PROBABILITIES),
     "checkerboard": Order("priority", "one colour of a checkerboard first (the skeleton), then the other; uniform "
                                       "within a colour (GtR)", _checkerboard),
 }

@@ -56,7 +56,7 @@ def remask_sigma(cfg: SamplerConfig, alpha_t: float, alpha_s: float) -> float:
     if cfg.remask == "off" or alpha_t <= 0.0:
         return 0.0
     sigma_max = min(1.0, (1.0 - alpha_s) / alpha_t)
-    return min(cfg.remask_eta, sigma_max) if cfg.remask == "cap" else cfg.remask_eta * sigma_max
+    return min(cfg.remask_eta, sigma_max) if cfg.remask in ("cap", "conf") else cfg.remask_eta * sigma_max
 
 
 def plan_steps(seeds: Tensor, num_tokens: int, cfg: SamplerConfig, masked: Tensor | None = None,

@@ -6,15 +6,15 @@ recomputes the step at other settings with the head alone (the sampler's own `ch
 settings it is the step, bit for bit): the guided distribution and its probabilities (categorical head),
 which tokens the step reveals and with what values, and the change of the draft.
 
-What can be re-scored (RESCORABLE): the token temperature, the CFG scale and its schedule, the
-self-guidance scale, the order (any order the head allows: a categorical head's confidence, margin and
-entropy scores are recomputed, the random and fixed orders' keys come from their streams) and its
-Gumbel temperature and annealing. A guide can be turned off, or its scale changed, but not turned on at
-a step where it did not run (its branch was never computed). Everything else (steps, schedule, count
-rule, remasking, the head's solver, the CFG mode or interval, the class, the seed) changes the step's
-inputs or the plan: that needs a new run (`needs_new_run` says why). And whenever re-scoring changes
-the tokens the step commits, every later step sees other visible tokens: the rest of the run needs a
-new run (`Rescored.later_changed`).
+What can be re-scored (RESCORABLE): the token temperature, the CFG scale and its schedule, the self-
+guidance scale, the order (any order the head allows: a categorical head's scores are recomputed, an
+adaptive order's count with them, the priority orders' keys come from their streams), its Gumbel
+temperature and annealing, and the adaptive orders' tau and gamma. A guide can be turned off, or its
+scale changed, but not turned on at a step where it did not run (its branch was never computed).
+Everything else (steps, schedule, count rule, remasking, the head's solver, the CFG mode or interval, the
+class, the seed) changes the step's inputs or the plan: that needs a new run (`needs_new_run` says why).
+And whenever re-scoring changes the tokens the step commits, every later step sees other visible tokens:
+the rest of the run needs a new run (`Rescored.later_changed`).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from emigm.sample.state import StepState
 
 Tensor = torch.Tensor
 
-RESCORABLE = {"sampler": ("temperature", "order", "order_temperature", "order_anneal"),
+RESCORABLE = {"sampler": ("temperature", "order", "order_temperature", "order_anneal", "threshold_tau", "eb_gamma"),
               "guidance": ("cfg_scale", "cfg_schedule", "sg_scale")}
 BRANCH_OF = {"null": "null", "smoothed": "smoothed"}
 

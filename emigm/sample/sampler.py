@@ -3,9 +3,13 @@
 One loop serves MaskGIT, MAR and eMIGM (paper Sec. 2-3): a time grid t_k = linspace(1, t_end, S+1);
 at step k (t = t_k -> s = t_{k+1}) some still-masked tokens are revealed:
 - how many: the count rule (emigm.sample.plan: `binomial` as eMIGM, `exact` as MaskGIT / MAR), planned
-  before the loop; with remasking (ReMDM) some committed tokens are re-masked at the same step;
-- which: the order (emigm.sample.orders): `random`; the fixed `halton`, `raster`, `fixed`; or a score
-  of the head's distribution plus annealed Gumbel noise: `confidence`, `margin`, `entropy`;
+  before the loop, or an adaptive order's own rule (`threshold`, `eb`) decided in the step, so that the
+  steps vary per image and the loop ends when every image is done; with remasking (ReMDM) some committed
+  tokens are re-masked at the same step;
+- which: the order, an entry of the order registry (emigm.sample.orders.ORDERS): a priority that does
+  not read token values (`random`, `checkerboard`; the fixed `halton`, `raster`, `fixed`), a score of
+  the head's distribution plus annealed Gumbel noise (`confidence`, `margin`, `entropy`), or an adaptive
+  order's score;
 - what: the head's sample given the backbone's z, pushed by the active guides (emigm.core.guidance):
   classifier-free guidance and self-guidance, each on in its own time interval (t_lo, t_hi].
 
@@ -14,15 +18,16 @@ stream decides counts and positions, the "what" stream the token values, so imag
 any batch size and two guidance settings with the same seed reveal the same positions (for the
 random and fixed orders).
 
-Two loops share ONE step function (`_step`): `sample_steps`, the generator the explorer streams
-(drafts, an immutable state per step, optionally each step's anatomy), and `sample`, the fast path (no
-drafts: the head samples only the tokens a step reveals, or every masked token under a score order;
-bf16 autocast on CUDA; optional CUDA-graph replay, emigm.sample.graphs). A draft samples the tokens a
-step reveals exactly as the fast path does (the same call, so the same values) and previews the other
-masked tokens with a cheaper solver (SamplerConfig.draft_steps). Counts are planned from the seeds
-before either loop, with one host sync; every shape inside a step (the MAE encoder's length, the
-head's rows) follows from the plan and reaches `_step` as a Python int, so the steps never wait for
-the device.
+Two loops share ONE step function (`_step`: guides, where, network, what (`choose`), commit):
+`sample_steps`, the generator the explorer streams (drafts, an immutable state per step, optionally each
+step's anatomy), and `sample`, the fast path (no drafts: the head samples only the tokens a step
+reveals, or every masked token under a score order; bf16 autocast on CUDA; optional CUDA-graph replay,
+emigm.sample.graphs). A draft samples the tokens a step reveals exactly as the fast path does (the same
+call, so the same values) and previews the other masked tokens with a cheaper solver
+(SamplerConfig.draft_steps). Counts are planned from the seeds before either loop, with one host sync;
+every shape inside a step (the MAE encoder's length, the head's rows) follows from the plan and reaches
+`_step` as a Python int, so the steps never wait for the device (an adaptive order reads its shapes from
+the mask: one host sync per step).
 """
 from __future__ import annotations
 
@@ -50,7 +55,7 @@ from emigm.sample.options import (
     SamplerConfig,
     anneal,
 )
-from emigm.sample.orders import KEY_POS, KEY_REMASK_POS, Order, flat_select, get_order, smallest
+from emigm.sample.orders import KEY_POS, KEY_REMASK_POS, Order, flat_select, get_order, remask_keys, smallest
 from emigm.sample.passes import Conditions, HeadOptions, Networks, as_networks, head_pass, network_pass
 from emigm.sample.plan import Plan, as_seeds, make_plan, plan_counts
 from emigm.sample.state import StepAnatomy, StepState
@@ -94,13 +99,18 @@ class _Run:
 
 @dataclass(frozen=True)
 class _Carry:
-    """What one step hands to the next: tokens, mask, revision counts and the cumulative costs so far."""
+    """What one step hands to the next: tokens, mask, revision counts and the cumulative costs so far;
+    per image (B,) the steps it took (those that found it with a masked token) and their passes; for a
+    categorical head each committed token's probability when it was committed (B, L) (0 where masked)."""
 
     tokens: Tensor
     mask: Tensor
     revisions: Tensor
     passes: int = 0
     head_evals: int = 0
+    image_steps: Tensor | None = None
+    image_passes: Tensor | None = None
+    confidence: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +129,20 @@ class _StepPlan:
     sigma: float
 
 
+def _plan_at(run: "_Run", plan: Plan, i: int, c: _Carry) -> _StepPlan | None:
+    """Step i's plan: the planned counts and shapes; for an adaptive order, which decides its counts in the
+    step, the shapes read from the mask (a host sync per step), and None once every image is done."""
+    if run.order.kind != "adaptive":
+        return _step_plan(plan, i)
+    masked = c.mask.sum(1)
+    n = masked.tolist()
+    if not any(n):
+        return None
+    L = c.mask.shape[1]
+    return _StepPlan((masked > 0).long(), torch.zeros_like(masked), L - min(n), 0, sum(n), 0, max(n),
+                     float("nan"), 0.0)
+
+
 def _step_plan(plan: Plan, i: int) -> _StepPlan:
     c = plan.counts
     return _StepPlan(c.revealed[i], c.remasked[i], plan.num_visible[i], plan.reveal_rows[i], plan.masked_rows[i],
@@ -135,6 +159,7 @@ class _StepOut:
     scale: Tensor
     guides: tuple[str, ...]
     anatomy: StepAnatomy | None = None
+    confidence: Tensor | None = None
 
 
 def _per_row(w: Tensor | float, B: int, device) -> Tensor:
@@ -165,8 +190,9 @@ class Choice:
     """What a step chose once the network had answered: pred (the draft: committed tokens plus a
     prediction at every masked position, or at the revealed ones without drafts), revealed (B, L), the
     order's keys (lower = earlier), for the orders that read the prediction the score (B, L) and the
-    Gumbel noise added (0 for an adaptive order), and count (B,): the tokens revealed (an adaptive order
-    decides it here)."""
+    Gumbel noise added (0 for an adaptive order), count (B,): the tokens revealed (an adaptive order
+    decides it here), and confidence (B, L): a categorical head's probability of each sampled code (at
+    the sampled positions; None for a diffusion head)."""
 
     pred: Tensor
     revealed: Tensor
@@ -174,13 +200,14 @@ class Choice:
     score: Tensor | None
     noise: Tensor | None
     count: Tensor | None = None
+    confidence: Tensor | None = None
 
 
 def _step(run: _Run, k: int, c: _Carry, sp: _StepPlan) -> _StepOut:
     """One step, t_k -> t_{k+1}: where, the network, what, then the commit. Host values (k and the plan's
     sizes) arrive as Python ints, so nothing here waits for the device."""
     g = _guides(run, k, c.mask, sp)
-    where = _where(run, k, c.mask, sp)
+    where = _where(run, k, c, sp)
     z, refs = _network(run, c, sp, where.revealed, g)
     terms = tuple(Term(x.name, r, w) for x, r, w in zip(g.active, refs, g.weights))
     what = choose(run.nets.model.head, run.head, run.pad, run.seeds, k, c.tokens, c.mask, sp.count, where.keys, z,
@@ -199,20 +226,26 @@ def _guides(run: _Run, k: int, mask: Tensor, sp: _StepPlan) -> _Guides:
     return _Guides(active, weights, scale)
 
 
-def _where(run: _Run, k: int, mask: Tensor, sp: _StepPlan) -> _Where:
+def _where(run: _Run, k: int, c: _Carry, sp: _StepPlan) -> _Where:
     """The positions a priority order reveals (they do not depend on the prediction), and the committed
-    tokens re-masked (uniform among them)."""
-    order, seeds, L = run.order, run.seeds, mask.shape[1]
+    tokens re-masked."""
+    order, seeds, mask, L = run.order, run.seeds, c.mask, c.mask.shape[1]
     keys = revealed = None
     if order.kind == "priority":
         keys = run.fixed_keys if order.fixed else order.priority(seeds, k, L, None)
         revealed = smallest(torch.where(mask, keys, _INF), sp.count) & mask
-    remasked = torch.zeros_like(mask)
-    if run.sampler.remask != "off":
-        committed = ~mask if run.frozen is None else ~mask & ~run.frozen
-        rkeys = rng.uniform(seeds, rng.STREAM_WHERE, k, KEY_REMASK_POS, tail=(L,))
-        remasked = smallest(torch.where(committed, rkeys, _INF), sp.remask_count) & committed
+    remasked = _remasked(run, k, c, sp) if run.sampler.remask != "off" else torch.zeros_like(mask)
     return _Where(keys, revealed, remasked)
+
+
+def _remasked(run: _Run, k: int, c: _Carry, sp: _StepPlan) -> Tensor:
+    """The committed tokens re-masked at step k: the planned count, chosen uniformly among them, or by
+    ReMDM-conf with weights 1 - their probability when committed (emigm.sample.orders.remask_keys)."""
+    committed = ~c.mask if run.frozen is None else ~c.mask & ~run.frozen
+    keys = rng.uniform(run.seeds, rng.STREAM_WHERE, k, KEY_REMASK_POS, tail=(c.mask.shape[1],))
+    if run.sampler.remask == "conf":
+        keys = remask_keys(keys, c.confidence)
+    return smallest(torch.where(committed, keys, _INF), sp.remask_count) & committed
 
 
 def _network(run: _Run, c: _Carry, sp: _StepPlan, revealed: Tensor | None, g: _Guides) -> tuple[Tensor, tuple]:
@@ -257,14 +290,16 @@ def choose(head, head_fn: Callable, pad: Callable[[int, int], int], seeds: Tenso
                                                        tokens.shape[-1])
     if order.kind == "priority":
         revealed = smallest(torch.where(mask, keys, _INF), count) & mask
-        rows, cols, (values, *_) = rows_of(revealed, reveal_rows, full)
+        rows, cols, (values, *out) = rows_of(revealed, reveal_rows, full)
         pred = tokens.index_put((rows, cols), values.to(tokens.dtype))
+        conf = _probabilities(mask, rows, cols, out)
         if predict_all:
             rows, cols, (values, *_) = rows_of(mask & ~revealed, masked_rows - reveal_rows, draft)
             pred = pred.index_put((rows, cols), values.to(tokens.dtype))
-        return Choice(pred, revealed, keys, None, None, count)
-    rows, cols, (values, token_score, *_) = rows_of(mask, masked_rows, full)
-    pred = tokens.index_put((rows, cols), values.to(tokens.dtype))
+        return Choice(pred, revealed, keys, None, None, count, conf)
+    rows, cols, (values, *out) = rows_of(mask, masked_rows, full)
+    pred, conf = tokens.index_put((rows, cols), values.to(tokens.dtype)), _probabilities(mask, rows, cols, out)
+    token_score = out[0]
     score = torch.full(mask.shape, -_INF, device=mask.device).index_put((rows, cols), token_score.float())
     if order.kind == "score":
         noise = anneal(sampler, k) * rng.gumbel(seeds, rng.STREAM_WHERE, k, KEY_POS, tail=(mask.shape[1],))
@@ -272,7 +307,15 @@ def choose(head, head_fn: Callable, pad: Callable[[int, int], int], seeds: Tenso
         noise = torch.zeros_like(score)
         count = mask.sum(1) if k == sampler.num_steps - 1 else order.count(score, mask, sampler)
     keys = -(score + noise)
-    return Choice(pred, smallest(torch.where(mask, keys, _INF), count) & mask, keys, score, noise, count)
+    return Choice(pred, smallest(torch.where(mask, keys, _INF), count) & mask, keys, score, noise, count, conf)
+
+
+def _probabilities(mask: Tensor, rows: Tensor, cols: Tensor, out: list[Tensor]) -> Tensor | None:
+    """(B, L) probability of each sampled code at the sampled positions, from a categorical head's outputs
+    after the codes, (score, log p); None for a head without them."""
+    if len(out) < 2:
+        return None
+    return torch.zeros(mask.shape, device=mask.device).index_put((rows, cols), out[-1].float().exp())
 
 
 def _commit(run: _Run, k: int, c: _Carry, sp: _StepPlan, g: _Guides, where: _Where, what: Choice, z: Tensor,
@@ -289,8 +332,11 @@ def _commit(run: _Run, k: int, c: _Carry, sp: _StepPlan, g: _Guides, where: _Whe
                           tuple(x.name for x in g.active), g.weights, what.keys, what.score, what.noise, what.pred,
                           sp.masked_rows)
         anatomy = open_step(run.nets.model.head, facts, run.anatomy, run.full, run.draft, run.sampler.temperature)
+    confidence = None
+    if c.confidence is not None and what.confidence is not None:
+        confidence = torch.where(revealed, what.confidence, c.confidence).masked_fill(remasked, 0.0)
     return _StepOut(new_tokens, (c.mask & ~revealed) | remasked, revealed, remasked, what.pred, g.scale,
-                    tuple(x.name for x in g.active), anatomy)
+                    tuple(x.name for x in g.active), anatomy, confidence)
 
 
 def _checked_inputs(nets: Networks, labels, seeds, sampler: SamplerConfig,
@@ -318,7 +364,7 @@ def _initial(model, B: int, num_steps: int, init: StepState | None) -> tuple[int
         tokens = (torch.zeros(B, L, dtype=torch.long, device=device) if model.head.discrete
                   else torch.zeros(B, L, model.cfg.tokenizer.token_dim, device=device))
         return 0, _Carry(tokens, torch.ones(B, L, dtype=torch.bool, device=device),
-                         torch.zeros(B, L, dtype=torch.long, device=device))
+                         torch.zeros(B, L, dtype=torch.long, device=device), 0, 0, *_ledger(model, B, L, None, device))
     start = init.step + 1
     if start >= num_steps:
         raise ValueError(f"cannot branch after step {init.step + 1}: the new run has only {num_steps} steps")
@@ -327,7 +373,18 @@ def _initial(model, B: int, num_steps: int, init: StepState | None) -> tuple[int
         raise ValueError(f"branch state has shape {tuple(mask.shape)}, expected {(B, L)}")
     if init.frozen is not None and tuple(init.frozen.shape) != (B, L):
         raise ValueError(f"branch state's frozen tokens have shape {tuple(init.frozen.shape)}, expected {(B, L)}")
-    return start, _Carry(tokens, mask, init.revisions.to(device), init.passes, init.head_evals)
+    return start, _Carry(tokens, mask, init.revisions.to(device), init.passes, init.head_evals,
+                         *_ledger(model, B, L, init, device))
+
+
+def _ledger(model, B: int, L: int, init: StepState | None, device) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(image_steps, image_passes, confidence) to start from: zeros, or those of the state branched from."""
+    def get(name: str, zeros: Tensor | None) -> Tensor | None:
+        value = None if init is None else getattr(init, name)
+        return zeros if value is None else value.to(device)
+    zero = torch.zeros(B, dtype=torch.long, device=device)
+    conf = torch.zeros(B, L, device=device) if model.head.discrete else None
+    return get("image_steps", zero), get("image_passes", zero), get("confidence", conf)
 
 
 def _start(nets: Networks, labels, seeds, sampler: SamplerConfig, guidance: GuidanceConfig, opts: "_Options",
@@ -382,8 +439,9 @@ def _advance(run: _Run, k: int, c: _Carry, out: _StepOut) -> _Carry:
     conditional and one per guide term; drafts and the anatomy are views and are not counted)."""
     sampler = run.sampler
     head_evals = run.nets.model.head.evals(sampler.head_solver, sampler.head_steps) * (1 + len(out.guides))
-    return _Carry(out.tokens, out.mask, c.revisions + out.remasked.long(),
-                  c.passes + run.guidance.passes(run.grid[k + 1]), c.head_evals + head_evals)
+    passes, took = run.guidance.passes(run.grid[k + 1]), c.mask.any(1).long()
+    return _Carry(out.tokens, out.mask, c.revisions + out.remasked.long(), c.passes + passes, c.head_evals + head_evals,
+                  c.image_steps + took, c.image_passes + passes * took, out.confidence)
 
 
 def _state(run: _Run, k: int, before: _Carry, after: _Carry, out: _StepOut, draft: bool) -> StepState:
@@ -393,7 +451,8 @@ def _state(run: _Run, k: int, before: _Carry, after: _Carry, out: _StepOut, draf
         tokens=out.tokens, draft=out.pred if draft else None, cfg_active="cfg" in out.guides, cfg_scale=out.scale,
         sg_active="self-guidance" in out.guides, sg_scale=run.guidance.sg_scale, passes=after.passes,
         head_evals=after.head_evals, seeds=run.seeds, labels=run.labels, sampler=run.sampler,
-        guidance=run.guidance, anatomy=out.anatomy, frozen=run.frozen)
+        guidance=run.guidance, anatomy=out.anatomy, frozen=run.frozen, image_steps=after.image_steps,
+        image_passes=after.image_passes, confidence=after.confidence)
 
 
 @dataclass(frozen=True)
@@ -435,9 +494,12 @@ def sample_steps(net, labels, seeds, sampler: SamplerConfig = SamplerConfig(),
                                    predict_all=sampler.draft or get_order(sampler.order).kind != "priority")
         plan = make_plan(run.seeds, carry.mask, sampler, start, run.frozen)
     for i, k in enumerate(range(start, sampler.num_steps)):
+        sp = _plan_at(run, plan, i, carry)
+        if sp is None:
+            break
         # inference mode only around the step's work: a suspended generator must not leave it on
         with torch.inference_mode(), memory_guard(batch, device, "sampling"):
-            out = _step(run, k, carry, _step_plan(plan, i))
+            out = _step(run, k, carry, sp)
         after = _advance(run, k, carry, out)
         yield _state(run, k, carry, after, out, sampler.draft)
         carry = after
@@ -482,7 +544,10 @@ def _sample_fast(nets: Networks, labels, seeds, sampler: SamplerConfig, guidance
         plan = make_plan(run.seeds, carry.mask, sampler, start, run.frozen)
         with torch.inference_mode():
             for i, k in enumerate(range(start, sampler.num_steps)):
-                out = _step(run, k, carry, _step_plan(plan, i))
+                sp = _plan_at(run, plan, i, carry)
+                if sp is None:
+                    break
+                out = _step(run, k, carry, sp)
                 after = _advance(run, k, carry, out)
                 last, carry = (k, carry, after, out), after
     if last is None:

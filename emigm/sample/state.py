@@ -30,8 +30,8 @@ class StepAnatomy:
     - branches: {"conditional", "null" (when CFG ran), "smoothed" (when self-guidance ran), "combined"}
       -> token values (B, L, C) or codes (B, L), each sampled with the same noise; "combined" is the
       run's draft;
-    - raw: the same names -> what the guidance combinator combines: logits (B, L, K) for a categorical
-      head, for a diffusion head the noise prediction at the solver's first call (B, L, C); combined =
+    - raw: the same names -> what the guidance combinator combines, logits (B, L, K), for a categorical
+      head (empty for a diffusion head, which combines inside its solver); combined =
       emigm.core.guidance.combine(conditional, references, weights) for the masked tokens;
     - weights: {guide name: (B,) lambda}.
     How sure: uncertainty (B, L), the entropy (categorical) or the spread of K head draws (diffusion)
@@ -73,7 +73,11 @@ class StepState:
     passes / head_evals: cumulative transformer passes and head network evaluations;
     anatomy: the step opened (StepAnatomy) when the run was asked for it, else None;
     frozen: (B, L) bool, tokens given before the run that it never changes (inpainting: the visible part
-    of the image; a run branched from this state keeps them), or None.
+    of the image; a run branched from this state keeps them), or None;
+    image_steps / image_passes: (B,) int64, per image the steps that found it with a masked token and their
+    transformer passes so far (an adaptive order's steps vary per image; `passes` counts the batch's);
+    confidence: (B, L) float, each committed token's probability when it was committed (categorical
+    heads; 0 where masked), or None.
     """
 
     step: int
@@ -99,6 +103,9 @@ class StepState:
     guidance: GuidanceConfig = field(repr=False)
     anatomy: StepAnatomy | None = field(default=None, repr=False)
     frozen: Tensor | None = field(default=None, repr=False)
+    image_steps: Tensor | None = field(default=None, repr=False)
+    image_passes: Tensor | None = field(default=None, repr=False)
+    confidence: Tensor | None = field(default=None, repr=False)
 
     @property
     def done(self) -> bool:

@@ -43,6 +43,7 @@ def step_record(state: StepState) -> dict[str, Any]:
         "remasked": [row.nonzero().flatten().tolist() for row in state.remasked.cpu()],
         "passes": state.passes,
         "head_evals": state.head_evals,
+        "active": state.mask_before.any(1).cpu().tolist(),
         **({"anatomy": anatomy_record(state)} if state.anatomy is not None else {}),
     }
 
@@ -63,6 +64,8 @@ def trace_dict(states: Iterable[StepState], model: str, extra: dict[str, Any] | 
         "total_passes": last.passes,
         "total_head_evals": last.head_evals,
         "revisions": last.revisions.cpu().tolist(),
+        "steps_per_image": None if last.image_steps is None else last.image_steps.cpu().tolist(),
+        "passes_per_image": None if last.image_passes is None else last.image_passes.cpu().tolist(),
         **(extra or {}),
         "steps": [step_record(s) for s in states],
     }

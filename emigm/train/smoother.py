@@ -25,6 +25,7 @@ from emigm.core.config import RunConfig, TrainConfig, from_dict, to_dict
 from emigm.core.fields import check_fields
 from emigm.core.masking import draw_mask
 from emigm.core.seeds import STREAM_INIT, mix_seed
+from emigm.eval.modelcard import write_model_card
 from emigm.nn.smoother import Smoother, SmootherConfig, base_fingerprint, check_base, config_for, save_smoother
 from emigm.train.generator import token_source
 from emigm.train.trainer import fit
@@ -211,6 +212,7 @@ class SmootherTask:
     def export(self, ema_state: dict[str, Tensor], out_dir: Path, meta: dict[str, Any]) -> None:
         base = {**to_dict(self.base), "label": self.pipe.label, "fingerprint": self.fingerprint}  # base_record
         save_smoother(self.smoother, out_dir, base, meta=meta, state=ema_state)
+        write_model_card(out_dir)  # README.md with Hub front matter, beside the weights
 
 
 def smoother_run(pipe, name: str = "", recipe: str = "ours", **smoother_overrides: Any) -> SmootherRun:
