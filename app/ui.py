@@ -492,7 +492,8 @@ def build_demo(engine: Engine) -> gr.Blocks:
                     out.append(controls.widget_update(f, view, values[f]))
                 else:
                     out.append(values[f])
-            note = ("Some link settings were not understood and use defaults: " + "; ".join(problems)) if problems else ""
+            note = ("Some link settings were not understood and use defaults: "  # what the link says, as text
+                    + "; ".join(text.as_text(p) for p in problems)) if problems else ""
             return (*out, links._link(values, request), engine.banner(model), note)
 
         def preset_run(values: dict[str, Any], request: gr.Request | None = None):

@@ -62,3 +62,37 @@ def test_a_token_field_reads_ascii_digits_only(text) -> None:
     with pytest.raises(FieldError, match="is not a token"):
         parse_tokens(text, 7)
     assert parse_tokens("8, 1:2", 7) == [8, 9]
+
+
+ATTACKS = ["![x](http://HOST/t.png) [log in here](http://e.vil)", "<img src=x onerror=alert(1)>", "**b** `c` _i_",
+           "<script>alert(1)</script>", "# heading\n- item", "&lt;b&gt; \\*", "[a]: http://e.vil\n[a]"]
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_a_user_string_shows_as_its_text_in_markdown_and_html(attack) -> None:
+    """as_text: rendered as CommonMark (what gr.Markdown renders), a user string is one paragraph of its
+    own characters: no image, no link, no tag, no emphasis."""
+    import html
+    import re
+
+    from markdown_it import MarkdownIt
+
+    from app.text import as_text
+
+    rendered = MarkdownIt("commonmark").render(as_text(attack)).strip()
+    assert re.fullmatch(r"<p>[^<]*</p>", rendered), rendered
+    assert html.unescape(rendered[3:-4]) == attack.replace("\n", " ")
+
+
+def test_a_permalink_with_markdown_in_it_shows_it_as_text() -> None:
+    """The permalink door of the probe: a class value in Markdown, refused, is quoted in the page's note
+    (built from decode's problems with text.as_text, app/ui.py restore) as text."""
+    from markdown_it import MarkdownIt
+
+    from app import text
+    from app.permalink import decode
+
+    _, problems = decode({"class_name": ATTACKS[0]}, ["test-tiny"], lambda m: ["T-shirt/top", "Trouser"])
+    assert problems and any("log in here" in p for p in problems)
+    rendered = MarkdownIt("commonmark").render("; ".join(text.as_text(p) for p in problems))
+    assert "<img" not in rendered and "<a" not in rendered and "log in here" in rendered, rendered
