@@ -108,8 +108,8 @@ def _unmasking_sidebar(engine: Engine, h: Unmasking) -> dict[str, Any]:
         with gr.Accordion("Guidance", open=True):
             c.update(_widgets(controls.control_names(controls.GUIDANCE_FIELDS), view, suggested))
         with gr.Accordion("Reveal order and count", open=False):
-            c.update(_widgets(("count_rule", "order", "order_temperature", "order_anneal", "remask", "remask_eta"),
-                              view, suggested))
+            c.update(_widgets(("count_rule", "order", "order_temperature", "order_anneal", "threshold_tau", "eb_gamma",
+                               "remask", "remask_eta"), view, suggested))
         with gr.Accordion("Token sampling", open=False):
             c.update(_widgets(("temperature", "head_solver", "head_steps", "draft_steps"), view, suggested))
         others = [n for n in controls.STEP_CONTROLS if n not in c]  # option fields added later

@@ -96,7 +96,8 @@ def timing_markdown(traj: Trajectory) -> str:
     sample_ms = 1000 * sum(f.sample_s for f in new) / max(len(new), 1)
     decode_ms = 1000 * sum(f.decode_s for f in new) / max(len(new), 1)
     last = traj.last
-    nfe = f"{last.passes} ({last.num_steps} x {last.passes / last.num_steps:.3g})" if traj.complete else f"{last.passes} so far"
+    N = traj.num_steps
+    nfe = f"{last.passes} ({N} x {last.passes / N:.3g})" if traj.complete else f"{last.passes} so far"
     rows = [("steps", f"{len(traj.frames)} of {last.num_steps}" + ("" if traj.complete else " (stopped early)")),
             ("transformer passes (NFE)", nfe), ("head evaluations", str(last.head_evals)),
             ("wall time", f"{traj.wall_s:.2f} s" + (f" for the {len(new)} new steps" if traj.branched_from else "")),
