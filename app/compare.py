@@ -22,6 +22,7 @@ from gradio.components.plot import PlotData
 from emigm.core.config import to_dict
 from emigm.core.fields import FieldError
 from emigm.core.guidance import GuidanceConfig
+from emigm.core.seeds import check_seed
 from emigm.sample.capabilities import refusals
 from emigm.sample.options import SamplerConfig
 
@@ -197,6 +198,12 @@ class Compare:
                 controls.app_value(name, values[name])
             except ValueError as e:
                 notes[name] = message(e)
+        if not notes.get("seed") and not notes.get("num_seeds"):
+            try:  # the last of the seeds seed .. seed + num_seeds - 1 within range, said of the typed seed
+                check_seed("seed", controls.app_value("seed", values["seed"]),
+                           controls.app_value("num_seeds", values["num_seeds"]))
+            except ValueError as e:
+                notes["seed"] = message(e)
         try:
             axes.check_axis(values["axis"], gen.model)
         except ValueError as e:
@@ -225,7 +232,9 @@ class Compare:
                                               "order_anneal": "linear"}, **fixed)
         label = class_index(self.engine.class_names(base), values["class_name"])
         n = controls.app_value("num_seeds", values["num_seeds"])
-        seeds = [controls.app_value("seed", values["seed"]) + i for i in range(n)]
+        first = controls.app_value("seed", values["seed"])
+        check_seed("seed", first, n)  # names the seed as typed and the count, not a seed nobody typed
+        seeds = [first + i for i in range(n)]
         axis = axes.check_axis(values["axis"], gen.model)
         if axis == "guidance":
             specs = panel_specs(self.engine, base, guidance)

@@ -122,3 +122,19 @@ def test_a_busy_port_is_one_line(capsys) -> None:
         assert launch.main(["--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--port {port} on 127.0.0.1 cannot be used" in err, err
+
+
+def test_compare_names_the_seed_as_typed(two_sessions) -> None:
+    """A top seed with 4 seeds: the refusal names the seed typed and the count, before any panel runs."""
+    from app.compare import Compare
+    from emigm.core.seeds import MAX_SEED
+
+    tabs, _ = two_sessions
+    cmp = Compare(tabs[0].engine)
+    values = {**controls.DEFAULTS, "model": "test-tiny", "class_name": "Bag", "seed": MAX_SEED - 1, "num_seeds": 4,
+              "axis": "guidance", "num_steps": 4, "head_steps": 2, "panel_a": "none", "panel_b": "interval"}
+    from app.compare import CONTROLS
+    notes = cmp._check({k: values[k] for k in CONTROLS})
+    assert notes.get("seed", "").startswith(f"seed {MAX_SEED - 1} with 4 images needs seeds up to {MAX_SEED + 2}"), notes
+    with pytest.raises(ValueError, match=f"seed {MAX_SEED - 1} with 4 images"):
+        cmp._plan({k: values[k] for k in CONTROLS})
