@@ -24,8 +24,9 @@ def _prog() -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=_prog(), description="eMIGM Explorer: watch a masked image generator reveal an image token by token.")
     p.add_argument("--model", action="append", default=None, metavar="NAME_OR_PATH",
-                   help="model to offer (repeatable): a shipped model name, any export folder, a training "
-                        "checkpoint (ckpt-*.pt), or a preset (random init); default: every shipped model, else "
+                   help="model to offer (repeatable): a shipped model name, any export folder, a Hub model "
+                        "(hf:OWNER/NAME[@REVISION]), a training checkpoint (ckpt-*.pt), or a preset (random init); "
+                        "default: every shipped model, else "
                         "the random-init presets whose tokenizer is shipped")
     p.add_argument("--checkpoint", action="append", default=None, metavar="PATH",
                    help="an official eMIGM / MAR ImageNet checkpoint (.pth) to offer (repeatable; needs --vae)")

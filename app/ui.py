@@ -108,8 +108,8 @@ def _unmasking_sidebar(engine: Engine, h: Unmasking) -> dict[str, Any]:
         with gr.Accordion("Guidance", open=True):
             c.update(_widgets(controls.control_names(controls.GUIDANCE_FIELDS), view, suggested))
         with gr.Accordion("Reveal order and count", open=False):
-            c.update(_widgets(("count_rule", "order", "order_temperature", "order_anneal", "remask", "remask_eta"),
-                              view, suggested))
+            c.update(_widgets(("count_rule", "order", "order_temperature", "order_anneal", "threshold_tau", "eb_gamma",
+                               "remask", "remask_eta"), view, suggested))
         with gr.Accordion("Token sampling", open=False):
             c.update(_widgets(("temperature", "head_solver", "head_steps", "draft_steps"), view, suggested))
         others = [n for n in controls.STEP_CONTROLS if n not in c]  # option fields added later
@@ -497,7 +497,8 @@ def build_demo(engine: Engine) -> gr.Blocks:
                     out.append(controls.widget_update(f, view, values[f]))
                 else:
                     out.append(values[f])
-            note = ("Some link settings were not understood and use defaults: " + "; ".join(problems)) if problems else ""
+            note = ("Some link settings were not understood and use defaults: "  # what the link says, as text
+                    + "; ".join(text.as_text(p) for p in problems)) if problems else ""
             return (*out, links._link(values, request), engine.banner(model), note)
 
         def preset_run(values: dict[str, Any], request: gr.Request | None = None):
