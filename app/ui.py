@@ -260,7 +260,7 @@ def _lab_events(lab: Lab, state, v: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- Schedules
 
 
-def _schedules_tab(run_state: gr.State):
+def _schedules_tab(run_state: gr.State, tab: gr.Tab):
     with gr.Row(equal_height=False):
         with gr.Column(scale=0, min_width=330, elem_classes=["sidebar"]):
             c = {"num_tokens": controls.LenientSlider(1, controls.APP_SPECS["num_tokens"][1].high, value=49, step=1,
@@ -285,9 +285,12 @@ def _schedules_tab(run_state: gr.State):
     # steps cannot outnumber the tokens: the steps slider follows num_tokens
     c["num_tokens"].change(analysis.steps_cap, [c["num_tokens"]], [c["num_steps"]], api_name="schedules_steps_cap",
                            **CHECKS)
-    # the run is read, not watched: a State's change event would hash the whole trajectory
+    # the run is read, not watched (a State's change event would hash the whole trajectory); opening the
+    # tab redraws it with the session's latest Unmasking run
     gr.on([x.change for x in inputs[1:]], analysis.schedules_view, inputs, outputs, api_name="schedules",
           concurrency_id="schedules", concurrency_limit=1, trigger_mode="always_last", show_progress="hidden")
+    tab.select(analysis.schedules_view, inputs, outputs, api_name="schedules_on_open", concurrency_id="schedules",
+               concurrency_limit=1, trigger_mode="always_last", show_progress="hidden")
     return inputs, outputs
 
 
@@ -472,11 +475,7 @@ def build_demo(engine: Engine) -> gr.Blocks:
             with gr.Tab("Unmasking", id="unmasking", elem_id="tab-unmasking"):
                 u = _unmasking_tab(engine, unmasking, links, initial)
             with gr.Tab("Schedules", id="schedules", elem_id="tab-schedules") as sched_tab:
-                sched_inputs, sched_outputs = _schedules_tab(u["state"])
-            # opening the tab redraws it with the session's latest Unmasking run
-            sched_tab.select(analysis.schedules_view, sched_inputs, sched_outputs, api_name="schedules_on_open",
-                             concurrency_id="schedules", concurrency_limit=1, trigger_mode="always_last",
-                             show_progress="hidden")
+                sched_inputs, sched_outputs = _schedules_tab(u["state"], sched_tab)
             with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
                 _compare_tab(engine, compare, unmasking, initial_cmp)
             with gr.Tab("Results", id="results", elem_id="tab-results"):
