@@ -28,7 +28,9 @@ from .components import AnatomyView, Notes, Player, Status
 from .engine import LAB_MAPS, Engine
 from .errors import message, user_errors
 from .lab import ACTIONS, Lab
+from .lessons import available
 from .permalink import Permalinks
+from .site import run_lesson
 from .unmask import OUTPUTS as UNMASK_OUTPUTS
 from .unmask import Unmasking
 
@@ -171,8 +173,34 @@ def _model_info(engine: Engine, h: Unmasking):
     return user_errors(controls.keyword_handler(("model", "class_name") + controls.STEP_CONTROLS, model_info))
 
 
+def _lessons(engine: Engine) -> gr.Examples | None:
+    """Curated runs on the first screen (app/lessons.py), each showing one idea: a click replays it in
+    the lessons player. Each is sampled on its first click and then served from Gradio's example cache
+    (lazy); lessons whose models are not offered are left out (none: no section)."""
+    lessons = available(engine.names)
+    if not lessons:
+        return None
+    by_title = {lesson.title: (i, lesson) for i, lesson in enumerate(lessons)}
+
+    def play(title: str):
+        if title not in by_title:
+            raise gr.Error(f"unknown lesson {title!r}")
+        i, lesson = by_title[title]
+        run = run_lesson(engine, lesson, i)
+        return f"**{lesson.title}.** {lesson.lesson}", run["payload"]
+
+    with gr.Accordion("Lessons: curated runs, one idea each (click one)", open=True, elem_id="lessons"):
+        title = gr.Textbox(visible=False, elem_id="lesson-title")
+        text_md = gr.Markdown(elem_id="lesson-text")
+        player = Player(None, elem_id="lesson-player", elem_classes=["quiet"])
+        return gr.Examples([[lesson.title] for lesson in lessons], inputs=[title], outputs=[text_md, player],
+                           fn=play, cache_examples=True, cache_mode="lazy", label=None, elem_id="lesson-examples",
+                           api_name="lesson", example_labels=[lesson.title for lesson in lessons])
+
+
 def _unmasking_tab(engine: Engine, h: Unmasking, links: Permalinks, initial):
     banner = gr.Markdown(engine.banner(engine.names[0]), elem_classes=["banner"], elem_id="banner")
+    _lessons(engine)
     with gr.Row(equal_height=False):
         w = _unmasking_sidebar(engine, h)
         w.update(_unmasking_views(initial))
