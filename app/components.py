@@ -73,7 +73,8 @@ class Tiles(gr.HTML):
     """Images side by side with captions: value = {"tiles": [{"title", "src"}], ...}."""
 
     def __init__(self, value: Any = None, **kw) -> None:
-        template = ("<div class='emigm-tiles'>{{#each value.tiles}}<figure><img src='{{this.src}}' alt='{{this.title}}'>"
+        template = ("<div class='emigm-tiles'>{{#each value.tiles}}<figure>"
+                    "<img src='{{this.src}}' alt='{{this.title}}'>"
                     "<figcaption>{{this.title}}</figcaption></figure>{{/each}}</div>")
         super().__init__(value or {"tiles": []}, html_template=template, apply_default_css=False, **kw)
 
