@@ -29,11 +29,10 @@ from .engine import LAB_MAPS, Engine
 from .errors import message, user_errors
 from .inpaint import MAX_SEEDS, PRESETS, SOURCES
 from .lab import ACTIONS, Lab
-from .rescoring import CONTROLS as RESCORE_CONTROLS
 from .permalink import Permalinks
-from .unmask import INPAINT_FIELDS
+from .rescoring import CONTROLS as RESCORE_CONTROLS
+from .unmask import INPAINT_FIELDS, Unmasking
 from .unmask import OUTPUTS as UNMASK_OUTPUTS
-from .unmask import Unmasking
 
 SAMPLER = dict(concurrency_id="sampler", concurrency_limit=1, show_progress="hidden")
 INSTANT = dict(concurrency_id="instant", concurrency_limit=8)
@@ -288,8 +287,8 @@ def _lab_section() -> dict[str, Any]:
             with gr.Row(equal_height=True):
                 for name, (which, field) in RESCORE_CONTROLS.items():
                     v[name] = controls.widget(field, None, elem_id=f"rs-{name}", label=field)
-            v["rs_status"] = Status(stepper.status("", "Open a step, then move a control: the step is re-scored at once."),
-                                    prefix="rs-", clear_notes=True, elem_id="rs-status", elem_classes=["quiet"])
+            opening = stepper.status("", "Open a step, then move a control: the step is re-scored at once.")
+            v["rs_status"] = Status(opening, prefix="rs-", clear_notes=True, elem_id="rs-status", elem_classes=["quiet"])
             v["rescored"] = Tiles(elem_id="rescored", elem_classes=["quiet"])
     with gr.Accordion("Intervene and resume", open=True, elem_id="lab-intervene"):
         gr.Markdown(text.INTERVENE_HELP)
