@@ -47,6 +47,8 @@ def private_temp_dir() -> None:
     if "GRADIO_TEMP_DIR" not in os.environ:
         os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="emigm-explorer-cache-")
         atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], True)
+    # the lessons' lazily cached runs go there too, not into the current folder (.gradio/)
+    os.environ.setdefault("GRADIO_EXAMPLES_CACHE", os.path.join(os.environ["GRADIO_TEMP_DIR"], "examples"))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
 

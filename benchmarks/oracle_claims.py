@@ -7,8 +7,10 @@ per image, with standard errors over N images, instead of FD on a learned model.
 Groups: steps (S = 2, 4, 8, 16, 32, 49 for the linear, cosine and exp schedules, exact counts, random
 order), count (binomial vs exact counts at S = 8 and 16, exp), orders (random, halton, raster and, where
 the library has them, checkerboard at S = 8, exp, exact counts), remask (ReMDM cap, eta 0.05, against
-none at S = 16, exp), adaptive (the confidence-threshold and entropy-bounded samplers, where the library
-has them, against a fixed S at their mean NFE).
+none at S = 16, exp), linear (the count rule, the fixed orders and remasking at linear S = 8, where the
+error is large), s4 (exp and cosine at S = 4 again, for a larger N), adaptive (the confidence-threshold
+and entropy-bounded samplers, capped at 49 steps), nfe:S1,S2 (the three schedules at these S: an adaptive
+sampler's mean NFE, against which it is judged).
 
 Every point is N class-balanced samples (image i: class i % 10, seed i), unguided. A test "a below b"
 has margin = b - a and se = sqrt(se_a^2 + se_b^2); it holds when margin > 3 se, does not hold when
@@ -23,7 +25,6 @@ import json
 import math
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -77,18 +78,17 @@ def settings(group: str) -> list[dict[str, Any]]:
                 for sch in ("exp", "cosine")]
     if group == "adaptive":
         return adaptive_settings()
+    if group.startswith("nfe"):  # nfe:5,7: the fixed schedules at these S (an adaptive sampler's mean NFE)
+        return [{"schedule": sch, "num_steps": int(S), "count_rule": "exact", "order": "random"}
+                for S in group.split(":")[1].split(",") for sch in SCHEDULES]
     raise ValueError(f"unknown group {group!r}; valid: {', '.join(GROUPS)}")
 
 
 def adaptive_settings() -> list[dict[str, Any]]:
-    """The adaptive samplers the library offers (none until they land in emigm.sample)."""
-    names = {f.name for f in fields(SamplerConfig)}
-    out = []
-    if "threshold" in ORDERS or "tau" in names or "threshold_tau" in names:
-        out.append({"adaptive": "threshold"})
-    return []  # filled in when the adaptive samplers' options are known (see README: sampler error)
-
-
+    """The adaptive samplers (they decide how many tokens a step reveals; num_steps only caps them)."""
+    return [{"order": "threshold", "threshold_tau": 0.9, "num_steps": 49, "schedule": "exp", "count_rule": "exact"},
+            {"order": "eb", "eb_gamma": 0.1, "num_steps": 49, "schedule": "exp", "count_rule": "exact"},
+            {"order": "eb", "eb_gamma": 1.0, "num_steps": 49, "schedule": "exp", "count_rule": "exact"}]
 def measure(model: str, group: str, num_samples: int, batch_size: int) -> list[dict[str, Any]]:
     pipe = load_pipeline(model)
     out = []
@@ -118,6 +118,9 @@ def value(p: dict[str, Any]) -> tuple[float, float]:
 def label(p: dict[str, Any]) -> str:
     s = p["setting"]
     extra = f", remask {s['remask']} {s['remask_eta']}" if s.get("remask", "off") != "off" else ""
+    if s.get("order") in ("threshold", "eb"):
+        knob = f"tau {s['threshold_tau']}" if s["order"] == "threshold" else f"gamma {s['eb_gamma']}"
+        return f"{s['order']} {knob} (mean NFE {p['steps_per_image']:.2f})"
     return f"{s.get('schedule', '')} S={s.get('num_steps', '')} {s.get('count_rule', '')} {s.get('order', '')}{extra}"
 
 
@@ -151,7 +154,8 @@ def verdict_of(tests: list[dict[str, Any]]) -> str:
 
 def key(setting: dict[str, Any]) -> tuple:
     return (setting.get("schedule"), setting.get("num_steps"), setting.get("count_rule", "binomial"),
-            setting.get("order", "random"), setting.get("remask", "off"))
+            setting.get("order", "random"), setting.get("remask", "off"), setting.get("threshold_tau"),
+            setting.get("eb_gamma"))
 
 
 def no_higher(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -168,7 +172,8 @@ def claims(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for p in points:  # a setting measured twice: the larger sample counts
         if key(p["setting"]) not in at or p["num_samples"] > at[key(p["setting"])]["num_samples"]:
             at[key(p["setting"])] = p
-    get = lambda sch, S, count="exact", order="random", remask="off": at.get((sch, S, count, order, remask))  # noqa: E731
+    get = lambda sch, S, count="exact", order="random", remask="off": at.get((sch, S, count, order, remask,  # noqa: E731
+                                                                              None, None))
     out = []
 
     def add(text: str, tests: list[dict[str, Any]]) -> None:
@@ -196,6 +201,14 @@ def claims(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
             tests.append(below(r, ra))
         add(f"spread-out fixed orders (halton, checkerboard) beat random, and random beats raster ({sch}, S = 8, "
             "exact counts)", tests)
+    for p in points:  # an adaptive sampler against the fixed schedules at its mean NFE (rounded)
+        if p["setting"].get("order") not in ("threshold", "eb"):
+            continue
+        S = max(1, round(p["steps_per_image"]))
+        tests = [below(p, f) for sch in SCHEDULES if (f := get(sch, S)) is not None]
+        for t in tests:
+            t["test"] += " (the adaptive sampler's path depends on values: its number is a dependence cost)"
+        add(f"{label(p)} is below every fixed schedule at S = {S} (exact counts, random order)", tests)
     for sch, S in (("exp", 16), ("linear", 8)):
         off, on = get(sch, S), get(sch, S, remask="cap")
         if off and on:
