@@ -26,7 +26,7 @@ from emigm.sample.capabilities import refusals
 from emigm.sample.options import SamplerConfig
 
 from . import axes, controls, memory, plots, stepper
-from .claims import measured_fd
+from .claims import measured_fd, weights_of
 from .engine import Engine
 from .errors import message, user_errors
 from .shared import class_index, divergence, token_diff
@@ -63,6 +63,7 @@ class Panel:
     note: str  # why a panel is unavailable, or what it runs
     traj: Trajectory | None = None
     sampler: SamplerConfig | None = None  # the panel's own sampler (an axis panel); None: the tab's
+    weights: dict[str, Any] | None = None  # the fingerprint of its model's files (emigm.io.fingerprint)
 
     def titled(self) -> str:
         if self.traj is None:
@@ -76,7 +77,7 @@ class Panel:
         return f"{self.title} · NFE {self.traj.last.passes}{so_far}{per_seed} · {ms:.0f} ms"
 
     def measured(self, sampler: SamplerConfig) -> dict[str, Any] | None:
-        return measured_fd(self.model, replace(self.sampler or sampler, draft=False), self.guidance)
+        return measured_fd(self.model, replace(self.sampler or sampler, draft=False), self.guidance, self.weights)
 
 
 def panel_specs(engine: Engine, base: str, g: GuidanceConfig) -> list[Panel]:
@@ -232,6 +233,8 @@ class Compare:
         else:  # the tab's setting with one choice varied; a value the model cannot run says why
             specs = [Panel(key, title, base if s else None, guidance if s else None, note, sampler=s)
                      for key, title, s, note in axes.axis_settings(axis, gen.model, gen.smoother, sampler, guidance)]
+        # a measured FD is shown only for the files it was measured on
+        specs = [replace(p, weights=weights_of(self.engine.load(p.model))) if p.model else p for p in specs]
         for p in specs:
             if p.model is not None:
                 g = self.engine.load(p.model)

@@ -355,7 +355,7 @@ def _lab_events(lab: Lab, state, v: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- Schedules
 
 
-def _schedules_tab():
+def _schedules_tab(run_state: gr.State, tab: gr.Tab):
     with gr.Row(equal_height=False):
         with gr.Column(scale=0, min_width=330, elem_classes=["sidebar"]):
             c = {"num_tokens": controls.LenientSlider(1, controls.APP_SPECS["num_tokens"][1].high, value=49, step=1,
@@ -369,19 +369,23 @@ def _schedules_tab():
             notes = Notes(prefix="sch-", elem_id="sch-notes")
         with gr.Column(scale=4):
             gamma = gr.Plot(label="schedules", elem_id="gamma-plot")
-            steps = gr.Plot(label="expected reveals per step", elem_id="steps-plot")
+            steps = gr.Plot(label="tokens revealed per step, as the sampler plans them", elem_id="steps-plot")
             table = gr.Dataframe(headers=analysis.TABLE_HEADERS, interactive=False, label="passes per step")
             with gr.Accordion("step table (JSON)", open=False):
                 doc = gr.JSON(label="step tables")
             with gr.Accordion("What am I looking at?", open=False):
                 gr.Markdown(text.SCHEDULES_HELP)
-    inputs = [c[k] for k in analysis.SCHEDULE_CONTROLS]
+    inputs = [run_state] + [c[k] for k in analysis.SCHEDULE_CONTROLS]
     outputs = [gamma, steps, table, doc, summary, notes]
     # steps cannot outnumber the tokens: the steps slider follows num_tokens
     c["num_tokens"].change(analysis.steps_cap, [c["num_tokens"]], [c["num_steps"]], api_name="schedules_steps_cap",
                            **CHECKS)
-    gr.on([x.change for x in inputs], analysis.schedules_view, inputs, outputs, api_name="schedules",
+    # the run is read, not watched (a State's change event would hash the whole trajectory); opening the
+    # tab redraws it with the session's latest Unmasking run
+    gr.on([x.change for x in inputs[1:]], analysis.schedules_view, inputs, outputs, api_name="schedules",
           concurrency_id="schedules", concurrency_limit=1, trigger_mode="always_last", show_progress="hidden")
+    tab.select(analysis.schedules_view, inputs, outputs, api_name="schedules_on_open", concurrency_id="schedules",
+               concurrency_limit=1, trigger_mode="always_last", show_progress="hidden")
     return inputs, outputs
 
 
@@ -565,8 +569,8 @@ def build_demo(engine: Engine) -> gr.Blocks:
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("Unmasking", id="unmasking", elem_id="tab-unmasking"):
                 u = _unmasking_tab(engine, unmasking, links, initial)
-            with gr.Tab("Schedules", id="schedules", elem_id="tab-schedules"):
-                sched_inputs, sched_outputs = _schedules_tab()
+            with gr.Tab("Schedules", id="schedules", elem_id="tab-schedules") as sched_tab:
+                sched_inputs, sched_outputs = _schedules_tab(u["state"], sched_tab)
             with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
                 _compare_tab(engine, compare, unmasking, initial_cmp)
             with gr.Tab("Results", id="results", elem_id="tab-results"):

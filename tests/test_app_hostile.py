@@ -96,3 +96,29 @@ def test_a_permalink_with_markdown_in_it_shows_it_as_text() -> None:
     assert problems and any("log in here" in p for p in problems)
     rendered = MarkdownIt("commonmark").render("; ".join(text.as_text(p) for p in problems))
     assert "<img" not in rendered and "<a" not in rendered and "log in here" in rendered, rendered
+
+
+@pytest.mark.parametrize("argv,needle", [(["--threads", "-1"], "--threads must be in [0, 1024], got -1"),
+                                         (["--threads", "８"], "--threads must be a whole number"),
+                                         (["--port", "70000"], "--port must be in [1, 65535], got 70000"),
+                                         (["--port", "80_80"], "--port must be a whole number")])
+def test_the_app_flags_are_checked_before_anything_loads(argv, needle, capsys) -> None:
+    from app import launch
+
+    assert launch.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
+
+
+def test_a_busy_port_is_one_line(capsys) -> None:
+    import socket
+
+    from app import launch
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert launch.main(["--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--port {port} on 127.0.0.1 cannot be used" in err, err
