@@ -50,7 +50,7 @@ def oracle_banner(name: str, gen) -> str:
     m, tk = gen.model, gen.cfg.tokenizer
     kernel = (f"categorical kernel over {tk.kind} codes, eps {m.kernel:g}" if m.discrete
               else f"Gaussian kernel over {tk.kind} latents, sigma {m.kernel:g}")
-    return (f"🔬 **Oracle model {name}: exact conditionals, no network.** Its distribution is a kernel "
+    return (f"**Oracle model {name}: exact conditionals, no network.** Its distribution is a kernel "
             f"mixture over {m.num_refs} encoded Fashion-MNIST training images ({kernel}; {tk.grid}x{tk.grid} "
             "tokens): p(x | class) averages, over that class's reference images, a small kernel around each "
             "image's tokens. Every conditional the sampler asks for (a token given the visible ones, with or "

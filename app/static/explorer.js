@@ -184,7 +184,46 @@
       el("span", { class: "sw", style: `background:${CFG_FILL}` }), "CFG step (+1 pass) ",
       el("span", { class: "sw", style: `background:${PURPLE};border-radius:50%` }), "self-guidance (+1 pass) · ",
       el("b", {}, d.complete ? `NFE ${nfe} = ${N} × ${(nfe / N).toPrecision(3)}` : `NFE ${nfe} so far`));
-    this.chart.replaceChildren(legend, g);
+    this.chart.replaceChildren(legend, g, ...this.costChart(x, W, l, r));
+  };
+
+  // Runs on an oracle model: under the reveal counts, each step's cost in nats (the library's numbers,
+  // payload field `cost`): a KL for value-independent orders, a dependence cost otherwise.
+  Player.prototype.costChart = function (x, W, l, r) {
+    const c = this.data.cost, N = this.data.N, self = this;
+    if (!c) return [];
+    const what = c.measure === "KL" ? "KL (nats)" : "dependence cost (nats)";
+    if (!c.per_step) return [el("div", { class: "emigm-legend emigm-cost-note" }, `Sampler's ${what}: ${c.note}`)];
+    const H = 90, t = 6, b = 18, bw = Math.max(2, 0.7 * (W - l - r) / N);
+    const top = Math.max(...c.per_step.map(v => Math.abs(v))), zero = !(top > 1e-6), maxV = zero ? 1 : top;
+    const y = v => t + (H - t - b) * (1 - Math.max(0, v) / maxV);
+    const g = svg("svg", { width: W, height: H, class: "emigm-svg emigm-cost" });
+    c.per_step.forEach((v, i) => {
+      const k = i + 1, rect = svg("rect", { x: x(k) - bw / 2, y: y(v), width: bw, height: H - b - y(v), fill: "#CC79A7", class: "emigm-coststep" });
+      const tip = svg("title", {});
+      tip.textContent = `${stepLabel(k, N)}\n${c.measure} ${v.toFixed(3)} nats` +
+        (c.effective ? `\nposterior before the step: ≈ ${c.effective[i].toFixed(1)} training images` : "");
+      rect.append(tip); rect.addEventListener("click", () => self.go(i));
+      g.append(rect);
+    });
+    const line = (x1, y1, x2, y2) => g.append(svg("line", { x1, y1, x2, y2, stroke: "#888" }));
+    line(l, H - b, W - r, H - b); line(l, t, l, H - b); line(W - r, t, W - r, H - b);
+    if (c.effective) {  // the posterior's effective number of training images before each step, log scale
+      const maxE = Math.max(2, ...c.effective), ye = e => t + (H - t - b) * (1 - Math.log(Math.max(1, e)) / Math.log(maxE));
+      g.append(svg("polyline", { points: c.effective.map((e, i) => `${x(i + 1)},${ye(e)}`).join(" "), fill: "none", stroke: "#009E73", "stroke-width": 2 }));
+      const e = svg("text", { x: W - r + 4, y: t + 8, "font-size": 11, "text-anchor": "start", fill: "#009E73" }); e.textContent = String(Math.round(maxE)); g.append(e);
+      const o = svg("text", { x: W - r + 4, y: H - b, "font-size": 11, "text-anchor": "start", fill: "#009E73" }); o.textContent = "1"; g.append(o);
+    }
+    const label = (xx, yy, s, anchor) => { const e = svg("text", { x: xx, y: yy, "font-size": 11, "text-anchor": anchor, fill: "#444" }); e.textContent = s; g.append(e); };
+    label(l - 4, t + 8, zero ? "" : maxV.toPrecision(2), "end"); label(l - 4, H - b + 4, "0", "end");
+    const every = Math.ceil(N / 16);
+    for (let k = 1; k <= N; k += every) label(x(k), H - b + 14, String(k), "middle");
+    const legend = el("div", { class: "emigm-legend" },
+      el("span", { class: "sw", style: "background:#CC79A7" }), `sampler's ${what} per step · `,
+      el("b", {}, zero ? "every step 0 nats (to float error)" : `total ${c.total.toFixed(2)} nats`), " ",
+      ...(c.effective ? [el("span", { class: "sw", style: "background:#009E73;height:3px" }), "training images the posterior still weighs (log scale) "] : []),
+      el("br", {}), c.note);
+    return [legend, g];
   };
 
   // Outlines (this step's reveals, the draft's uncommitted tokens, the picked token) are drawn unless
