@@ -17,6 +17,7 @@ import torch
 from emigm.core.presets import PRESETS, get_preset
 from emigm.core.statedict import CheckpointError
 from emigm.io.exports import read_export_config, resolve_export, shipped_models
+from emigm.io.hub import is_hub_id, parse_hub_id
 from emigm.io.loading import Pipeline, build_model_tokenizer, check_size, load_pipeline
 from emigm.nn.model import MaskedGenerator
 from emigm.sample.capabilities import suggested_guidance, suggested_settings
@@ -88,14 +89,18 @@ class Source:
 
 
 def sources_from(specs: Sequence[str], vae: str = "") -> list[Source]:
-    """Command-line model specs -> Sources: a shipped name, a path (export folder, ckpt-*.pt, official
-    .pth), or a preset name (random init). Names are unique (a clashing folder name gets its parent's)."""
+    """Command-line model specs -> Sources: a shipped name, a Hub reference (hf:OWNER/NAME[@REVISION][:FILE]),
+    a path (export folder, ckpt-*.pt, official .pth), or a preset name (random init). Names are unique (a
+    clashing folder name gets its parent's)."""
     shipped = set(generator_exports())
     out: list[Source] = []
     for spec in specs:
         p = Path(spec).expanduser()
         if spec in shipped:
             src = Source(spec)
+        elif is_hub_id(spec):  # hf:OWNER/NAME[@REVISION][:FILE]: checked now, fetched (or read from the cache) on load
+            ref = parse_hub_id(spec)
+            src = Source(spec, spec, vae if ref.filename else "")
         elif p.exists():
             name = p.stem if p.is_file() else p.name
             if any(s.name == name for s in out) or name in shipped:

@@ -69,7 +69,11 @@ class Panel:
             return self.title
         so_far = "" if self.traj.complete else " so far"
         ms = 1000 * sum(f.sample_s + f.decode_s for f in self.traj.frames)
-        return f"{self.title} · NFE {self.traj.last.passes}{so_far} · {ms:.0f} ms"
+        last, per_seed = self.traj.last, ""
+        if last.image_steps is not None and len(set(last.image_steps.tolist())) > 1:  # an adaptive order's
+            per_seed = (f" (per seed: {', '.join(map(str, last.image_steps.tolist()))} steps, "
+                        f"NFE {', '.join(map(str, last.image_passes.tolist()))})")
+        return f"{self.title} · NFE {self.traj.last.passes}{so_far}{per_seed} · {ms:.0f} ms"
 
     def measured(self, sampler: SamplerConfig) -> dict[str, Any] | None:
         return measured_fd(self.model, replace(self.sampler or sampler, draft=False), self.guidance)

@@ -20,7 +20,7 @@ import gradio as gr
 import numpy as np
 import torch
 
-from emigm.core.fields import NAME, FieldError
+from emigm.core.fields import NAME, FieldError, parse_float
 from emigm.io.imaging import to_uint8
 from emigm.nn.diffusion import dpm_orders
 from emigm.sample.anatomy import BRANCHES
@@ -68,7 +68,7 @@ def parse_tokens(text: Any, grid: int) -> list[int]:
     for item in (x for x in re.split(r"[,\s;]+", text.strip()) if x):
         parts = item.split(":")
         try:
-            nums = [float(x) for x in parts]
+            nums = [parse_float(x) for x in parts]  # ASCII only, as the CLI: float() reads '８' and '1_0'
         except ValueError:
             raise FieldError("tokens", f"{NAME}: {item!r} is not a token (write row:col or an index)") from None
         if len(nums) == 2:

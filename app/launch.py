@@ -24,8 +24,9 @@ def _prog() -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=_prog(), description="eMIGM Explorer: watch a masked image generator reveal an image token by token.")
     p.add_argument("--model", action="append", default=None, metavar="NAME_OR_PATH",
-                   help="model to offer (repeatable): a shipped model name, any export folder, a training "
-                        "checkpoint (ckpt-*.pt), or a preset (random init); default: every shipped model, else "
+                   help="model to offer (repeatable): a shipped model name, any export folder, a Hub model "
+                        "(hf:OWNER/NAME[@REVISION]), a training checkpoint (ckpt-*.pt), or a preset (random init); "
+                        "default: every shipped model, else "
                         "the random-init presets whose tokenizer is shipped")
     p.add_argument("--checkpoint", action="append", default=None, metavar="PATH",
                    help="an official eMIGM / MAR ImageNet checkpoint (.pth) to offer (repeatable; needs --vae)")
@@ -46,6 +47,8 @@ def private_temp_dir() -> None:
     if "GRADIO_TEMP_DIR" not in os.environ:
         os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="emigm-explorer-cache-")
         atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], True)
+    # the lessons' lazily cached runs go there too, not into the current folder (.gradio/)
+    os.environ.setdefault("GRADIO_EXAMPLES_CACHE", os.path.join(os.environ["GRADIO_TEMP_DIR"], "examples"))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
 

@@ -76,6 +76,8 @@ class PlayerPanel:
     frame_of: list[int] | None = optional()
     masked: list[list[str]] | None = optional()  # per seed, per step: the mask after it ('1' = masked)
     nfe: int | None = optional()
+    image_steps: list[int] | None = optional()  # per seed: the steps its image took (an adaptive order's vary)
+    image_nfe: list[int] | None = optional()  # per seed: the transformer passes of those steps
     ms: int | None = optional()
 
 

@@ -122,6 +122,13 @@ def frame_of(length: int, n: int) -> list[int]:
     return [min(length - 1, math.ceil((k + 1) * length / n) - 1) for k in range(n)]
 
 
+def _ledger(state) -> dict[str, list[int]]:
+    """Per seed, the steps its image took and their passes (the NFE ledger; an adaptive order's vary)."""
+    if state.image_steps is None:
+        return {}
+    return {"image_steps": state.image_steps.tolist(), "image_nfe": state.image_passes.tolist()}
+
+
 def compare_payload(panels: Sequence[tuple[str, Trajectory | None, str]], run: str,
                     live: bool = False, extras: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Side-by-side panels (title, trajectory or None, note) sharing one step slider. Complete: the slider
@@ -149,7 +156,7 @@ def compare_payload(panels: Sequence[tuple[str, Trajectory | None, str]], run: s
             title=title, note=note, cols=list(range(col, col + B)), when=when(traj, m), steps=step_records(traj, n=m),
             N=traj.num_steps, frame_of=shown[id(traj)],
             masked=[masks(traj, m, b) for b in range(B)] if masks(traj, m) is not None else None,
-            nfe=traj.frames[m - 1].state.passes,
+            nfe=traj.frames[m - 1].state.passes, **_ledger(traj.frames[m - 1].state),
             ms=round(1000 * sum(f.sample_s + f.decode_s for f in traj.frames[:m])), **extra))
         col += B
     complete = not live and all(p[1].last.done for p in live_panels)

@@ -1,6 +1,21 @@
 """The explorer's words: banners and the short guided explanations shown in each tab."""
 from __future__ import annotations
 
+import re
+
+# every ASCII punctuation character (CommonMark lets each be backslash-escaped) but & ; < >, which
+# become the HTML entities &amp; &lt; &gt; instead
+_MD_PUNCT = re.compile(r"([!-%'-/:=?@\[-`{-~])")
+
+
+def as_text(value: object) -> str:
+    """A user-supplied string (a permalink value, a typed class name) for a Markdown or HTML view, shown
+    as the text it is: HTML special characters as entities and every Markdown punctuation character
+    backslash-escaped, so `![x](http://host/t.png)` shows those characters, fetches nothing and links
+    nowhere."""
+    escaped = _MD_PUNCT.sub(r"\\\1", str(value).replace("\n", " "))
+    return escaped.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
 TITLE = "eMIGM Explorer"
 SUBTITLE = ("Watch a masked image generator reveal an image token by token: pick a class and a seed, "
             "press **Run**, then scrub through the steps. Everything below the run is computed once and "

@@ -48,7 +48,9 @@ class Trajectory:
 
     @property
     def num_steps(self) -> int:
-        return self.last.num_steps
+        """The run's steps: those it took once complete (an adaptive order stops when every image is done),
+        else the planned number (for an adaptive order, its cap)."""
+        return self.last.step + 1 if self.complete else self.last.num_steps
 
     @property
     def complete(self) -> bool:

@@ -28,7 +28,9 @@ from .components import AnatomyView, Notes, Player, Status
 from .engine import LAB_MAPS, Engine
 from .errors import message, user_errors
 from .lab import ACTIONS, Lab
+from .lessons import available
 from .permalink import Permalinks
+from .site import run_lesson
 from .unmask import OUTPUTS as UNMASK_OUTPUTS
 from .unmask import Unmasking
 
@@ -108,8 +110,8 @@ def _unmasking_sidebar(engine: Engine, h: Unmasking) -> dict[str, Any]:
         with gr.Accordion("Guidance", open=True):
             c.update(_widgets(controls.control_names(controls.GUIDANCE_FIELDS), view, suggested))
         with gr.Accordion("Reveal order and count", open=False):
-            c.update(_widgets(("count_rule", "order", "order_temperature", "order_anneal", "remask", "remask_eta"),
-                              view, suggested))
+            c.update(_widgets(("count_rule", "order", "order_temperature", "order_anneal", "threshold_tau", "eb_gamma",
+                               "remask", "remask_eta"), view, suggested))
         with gr.Accordion("Token sampling", open=False):
             c.update(_widgets(("temperature", "head_solver", "head_steps", "draft_steps"), view, suggested))
         others = [n for n in controls.STEP_CONTROLS if n not in c]  # option fields added later
@@ -171,8 +173,34 @@ def _model_info(engine: Engine, h: Unmasking):
     return user_errors(controls.keyword_handler(("model", "class_name") + controls.STEP_CONTROLS, model_info))
 
 
+def _lessons(engine: Engine) -> gr.Examples | None:
+    """Curated runs on the first screen (app/lessons.py), each showing one idea: a click replays it in
+    the lessons player. Each is sampled on its first click and then served from Gradio's example cache
+    (lazy); lessons whose models are not offered are left out (none: no section)."""
+    lessons = available(engine.names)
+    if not lessons:
+        return None
+    by_title = {lesson.title: (i, lesson) for i, lesson in enumerate(lessons)}
+
+    def play(title: str):
+        if title not in by_title:
+            raise gr.Error(f"unknown lesson {title!r}")
+        i, lesson = by_title[title]
+        run = run_lesson(engine, lesson, i)
+        return f"**{lesson.title}.** {lesson.lesson}", run["payload"]
+
+    with gr.Accordion("Lessons: curated runs, one idea each (click one)", open=True, elem_id="lessons"):
+        title = gr.Textbox(visible=False, elem_id="lesson-title")
+        text_md = gr.Markdown(elem_id="lesson-text")
+        player = Player(None, elem_id="lesson-player", elem_classes=["quiet"])
+        return gr.Examples([[lesson.title] for lesson in lessons], inputs=[title], outputs=[text_md, player],
+                           fn=play, cache_examples=True, cache_mode="lazy", label=None, elem_id="lesson-examples",
+                           api_name="lesson", example_labels=[lesson.title for lesson in lessons])
+
+
 def _unmasking_tab(engine: Engine, h: Unmasking, links: Permalinks, initial):
     banner = gr.Markdown(engine.banner(engine.names[0]), elem_classes=["banner"], elem_id="banner")
+    _lessons(engine)
     with gr.Row(equal_height=False):
         w = _unmasking_sidebar(engine, h)
         w.update(_unmasking_views(initial))
@@ -492,7 +520,8 @@ def build_demo(engine: Engine) -> gr.Blocks:
                     out.append(controls.widget_update(f, view, values[f]))
                 else:
                     out.append(values[f])
-            note = ("Some link settings were not understood and use defaults: " + "; ".join(problems)) if problems else ""
+            note = ("Some link settings were not understood and use defaults: "  # what the link says, as text
+                    + "; ".join(text.as_text(p) for p in problems)) if problems else ""
             return (*out, links._link(values, request), engine.banner(model), note)
 
         def preset_run(values: dict[str, Any], request: gr.Request | None = None):

@@ -16,6 +16,7 @@ import random
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any, Iterator, Mapping
 import gradio as gr
 import numpy as np
 
+from emigm.core.fileio import write_bytes
 from emigm.sample.trace import trace_dict
 
 from . import controls, memory, render, stepper
@@ -40,23 +42,26 @@ LIVE_EVERY_S = 0.12  # at most one live frame per this many seconds: each costs 
 
 
 class ExportDir:
-    """Files handed to the download buttons, in one temp folder removed at exit; the oldest are deleted
-    beyond `keep`."""
+    """Files handed to the download buttons, in one temp folder removed at exit. Every request's file
+    goes into a folder of its own (nothing is shared by name across sessions or requests: two clients
+    exporting the same model, class, seed and steps at once each get their own files, never the
+    other's and never one half-written), written atomically; the oldest folders are deleted beyond
+    `keep`."""
 
     def __init__(self, keep: int = 60) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="emigm-explorer-"))
         atexit.register(shutil.rmtree, self.root, True)
-        self._files: deque[Path] = deque()
+        self._folders: deque[Path] = deque()
+        self._lock = threading.Lock()
         self.keep = keep
 
     def write(self, name: str, data: bytes) -> str:
-        path = self.root / re.sub(r"[^A-Za-z0-9._-]+", "-", name)
-        path.write_bytes(data)
-        if path in self._files:
-            self._files.remove(path)
-        self._files.append(path)
-        while len(self._files) > self.keep:
-            self._files.popleft().unlink(missing_ok=True)
+        folder = Path(tempfile.mkdtemp(dir=self.root, prefix="dl-"))  # unique: one per request
+        path = write_bytes(folder / re.sub(r"[^A-Za-z0-9._-]+", "-", name), data)
+        with self._lock:
+            self._folders.append(folder)
+            while len(self._folders) > self.keep:
+                shutil.rmtree(self._folders.popleft(), ignore_errors=True)
         return str(path)
 
 
@@ -91,7 +96,8 @@ def timing_markdown(traj: Trajectory) -> str:
     sample_ms = 1000 * sum(f.sample_s for f in new) / max(len(new), 1)
     decode_ms = 1000 * sum(f.decode_s for f in new) / max(len(new), 1)
     last = traj.last
-    nfe = f"{last.passes} ({last.num_steps} x {last.passes / last.num_steps:.3g})" if traj.complete else f"{last.passes} so far"
+    N = traj.num_steps
+    nfe = f"{last.passes} ({N} x {last.passes / N:.3g})" if traj.complete else f"{last.passes} so far"
     rows = [("steps", f"{len(traj.frames)} of {last.num_steps}" + ("" if traj.complete else " (stopped early)")),
             ("transformer passes (NFE)", nfe), ("head evaluations", str(last.head_evals)),
             ("wall time", f"{traj.wall_s:.2f} s" + (f" for the {len(new)} new steps" if traj.branched_from else "")),

@@ -7,8 +7,10 @@ per image, with standard errors over N images, instead of FD on a learned model.
 Groups: steps (S = 2, 4, 8, 16, 32, 49 for the linear, cosine and exp schedules, exact counts, random
 order), count (binomial vs exact counts at S = 8 and 16, exp), orders (random, halton, raster and, where
 the library has them, checkerboard at S = 8, exp, exact counts), remask (ReMDM cap, eta 0.05, against
-none at S = 16, exp), adaptive (the confidence-threshold and entropy-bounded samplers, where the library
-has them, against a fixed S at their mean NFE).
+none at S = 16, exp), linear (the count rule, the fixed orders and remasking at linear S = 8, where the
+error is large), s4 (exp and cosine at S = 4 again, for a larger N), adaptive (the confidence-threshold
+and entropy-bounded samplers, capped at 49 steps), nfe:S1,S2 (the three schedules at these S: an adaptive
+sampler's mean NFE, against which it is judged).
 
 Every point is N class-balanced samples (image i: class i % 10, seed i), unguided. A test "a below b"
 has margin = b - a and se = sqrt(se_a^2 + se_b^2); it holds when margin > 3 se, does not hold when
@@ -23,7 +25,6 @@ import json
 import math
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ from emigm.sample.sampler import SamplerConfig  # noqa: E402
 
 STEPS = (2, 4, 8, 16, 32, 49)
 SCHEDULES = ("linear", "cosine", "exp")
-GROUPS = ("steps", "count", "orders", "remask", "adaptive")
+GROUPS = ("steps", "count", "orders", "remask", "linear", "s4", "adaptive")
 Z = 3.0  # a test decides at 3 standard errors
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ASSETS_DIR / "results" / "oracle-claims.json"
@@ -66,20 +67,28 @@ def settings(group: str) -> list[dict[str, Any]]:
     if group == "remask":
         return [{"schedule": "exp", "num_steps": 16, "count_rule": "exact", "order": "random", **r}
                 for r in ({}, {"remask": "cap", "remask_eta": 0.05})]
+    if group == "linear":  # the count rule, the orders and remasking where the error is large (linear, S = 8)
+        one = {"schedule": "linear", "num_steps": 8}
+        fixed = [o for o in ("halton", "raster", "checkerboard") if o in ORDERS]
+        return ([{**one, "count_rule": "binomial", "order": "random"}]
+                + [{**one, "count_rule": "exact", "order": o} for o in fixed]
+                + [{**one, "count_rule": "exact", "order": "random", "remask": "cap", "remask_eta": 0.05}])
+    if group == "s4":  # exp against cosine at S = 4 again, with more images (their difference is near 3 se at 200)
+        return [{"schedule": sch, "num_steps": 4, "count_rule": "exact", "order": "random"}
+                for sch in ("exp", "cosine")]
     if group == "adaptive":
         return adaptive_settings()
+    if group.startswith("nfe"):  # nfe:5,7: the fixed schedules at these S (an adaptive sampler's mean NFE)
+        return [{"schedule": sch, "num_steps": int(S), "count_rule": "exact", "order": "random"}
+                for S in group.split(":")[1].split(",") for sch in SCHEDULES]
     raise ValueError(f"unknown group {group!r}; valid: {', '.join(GROUPS)}")
 
 
 def adaptive_settings() -> list[dict[str, Any]]:
-    """The adaptive samplers the library offers (none until they land in emigm.sample)."""
-    names = {f.name for f in fields(SamplerConfig)}
-    out = []
-    if "threshold" in ORDERS or "tau" in names or "threshold_tau" in names:
-        out.append({"adaptive": "threshold"})
-    return []  # filled in when the adaptive samplers' options are known (see README: sampler error)
-
-
+    """The adaptive samplers (they decide how many tokens a step reveals; num_steps only caps them)."""
+    return [{"order": "threshold", "threshold_tau": 0.9, "num_steps": 49, "schedule": "exp", "count_rule": "exact"},
+            {"order": "eb", "eb_gamma": 0.1, "num_steps": 49, "schedule": "exp", "count_rule": "exact"},
+            {"order": "eb", "eb_gamma": 1.0, "num_steps": 49, "schedule": "exp", "count_rule": "exact"}]
 def measure(model: str, group: str, num_samples: int, batch_size: int) -> list[dict[str, Any]]:
     pipe = load_pipeline(model)
     out = []
@@ -108,7 +117,10 @@ def value(p: dict[str, Any]) -> tuple[float, float]:
 
 def label(p: dict[str, Any]) -> str:
     s = p["setting"]
-    extra = f", remask {s['remask']} {s['remask_eta']}" if "remask" in s else ""
+    extra = f", remask {s['remask']} {s['remask_eta']}" if s.get("remask", "off") != "off" else ""
+    if s.get("order") in ("threshold", "eb"):
+        knob = f"tau {s['threshold_tau']}" if s["order"] == "threshold" else f"gamma {s['eb_gamma']}"
+        return f"{s['order']} {knob} (mean NFE {p['steps_per_image']:.2f})"
     return f"{s.get('schedule', '')} S={s.get('num_steps', '')} {s.get('count_rule', '')} {s.get('order', '')}{extra}"
 
 
@@ -140,49 +152,70 @@ def verdict_of(tests: list[dict[str, Any]]) -> str:
     return "does not hold" if "does not hold" in v else "undecided"
 
 
+def key(setting: dict[str, Any]) -> tuple:
+    return (setting.get("schedule"), setting.get("num_steps"), setting.get("count_rule", "binomial"),
+            setting.get("order", "random"), setting.get("remask", "off"), setting.get("threshold_tau"),
+            setting.get("eb_gamma"))
+
+
+def no_higher(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """a below b, where both exactly 0 for every image (one token per step, or a settled posterior) counts
+    as holding: more steps cannot lower a KL that is already 0."""
+    t = below(a, b)
+    if value(a) == (0.0, 0.0) and value(b) == (0.0, 0.0) or abs(value(a)[0]) < 1e-9 and abs(value(b)[0]) < 1e-9:
+        t.update(verdict="holds", test=t["test"] + " (both 0 for every image)")
+    return t
+
+
 def claims(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    at: dict[tuple, dict[str, Any]] = {}
+    for p in points:  # a setting measured twice: the larger sample counts
+        if key(p["setting"]) not in at or p["num_samples"] > at[key(p["setting"])]["num_samples"]:
+            at[key(p["setting"])] = p
+    get = lambda sch, S, count="exact", order="random", remask="off": at.get((sch, S, count, order, remask,  # noqa: E731
+                                                                              None, None))
     out = []
-    steps = [p for p in points if p["group"] == "steps"]
-    for s in SCHEDULES:
-        pts = sorted((p for p in steps if p["setting"]["schedule"] == s), key=lambda p: p["setting"]["num_steps"])
-        tests = [below(b, a) for a, b in zip(pts, pts[1:])]
+
+    def add(text: str, tests: list[dict[str, Any]]) -> None:
         if tests:
-            out.append({"claim": f"the sampler's KL falls with every doubling of the steps ({s} schedule, exact "
-                                 "counts, random order)", "tests": tests, "verdict": verdict_of(tests)})
+            out.append({"claim": text, "tests": tests, "verdict": verdict_of(tests)})
+
+    for sch in SCHEDULES:
+        pts = [p for S in STEPS if (p := get(sch, S)) is not None]
+        add(f"the sampler's KL falls with more steps until it is 0 ({sch} schedule, exact counts, random order, "
+            f"S = {', '.join(str(p['setting']['num_steps']) for p in pts)})",
+            [no_higher(b, a) for a, b in zip(pts, pts[1:])])
     for S in (4, 8):
-        e, c, li = (next((p for p in steps if p["setting"]["schedule"] == s and p["setting"]["num_steps"] == S), None)
-                    for s in ("exp", "cosine", "linear"))
+        e, c, li = get("exp", S), get("cosine", S), get("linear", S)
         if e and c and li:
-            tests = [below(e, c), below(e, li)]
-            out.append({"claim": f"exp is the best schedule at S = {S} (below cosine and linear)", "tests": tests,
-                        "verdict": verdict_of(tests)})
-    count = [p for p in points if p["group"] == "count"]
-    tests = []
-    for S in (8, 16):
-        at = {p["setting"]["count_rule"]: p for p in count if p["setting"]["num_steps"] == S}
-        b, x = at.get("binomial"), at.get("exact")
-        if b and x:
-            tests.append(below(b, x))
-    if tests:
-        out.append({"claim": "binomial reveal counts beat exact counts at equal S (exp schedule, S = 8 and 16)",
-                    "tests": tests, "verdict": verdict_of(tests)})
-    orders = {p["setting"]["order"]: p for p in points if p["group"] == "orders"}
-    if "random" in orders:
-        tests = [below(orders[o], orders["random"]) for o in ("halton", "checkerboard") if o in orders]
-        if "raster" in orders:
-            tests.append(below(orders["random"], orders["raster"]))
-        out.append({"claim": "spread-out fixed orders (halton, checkerboard) beat random, and random beats raster, "
-                             "at S = 8 (exp, exact counts)", "tests": tests, "verdict": verdict_of(tests)})
-    rem = [p for p in points if p["group"] == "remask"]
-    if len(rem) == 2:
-        off, on = sorted(rem, key=lambda p: "remask" in p["setting"])
-        t = below(on, off)
-        t["test"] += " (dependence cost of the path taken; remasking makes the path value-dependent)"
-        out.append({"claim": "remasking (ReMDM cap, eta 0.05) lowers the dependence cost at S = 16", "tests": [t],
-                    "verdict": verdict_of([t])})
+            add(f"exp is the best schedule at S = {S} (below cosine and linear)", [below(e, c), below(e, li)])
+    pairs = [(get(sch, S, "binomial"), get(sch, S)) for sch, S in (("exp", 8), ("exp", 16), ("linear", 8))]
+    add("binomial reveal counts beat exact counts at equal S (exp S = 8 and 16, linear S = 8)",
+        [below(b, x) for b, x in pairs if b and x])
+    for sch in ("exp", "linear"):
+        r = get(sch, 8)
+        if r is None:
+            continue
+        tests = [below(o, r) for name in ("halton", "checkerboard") if (o := get(sch, 8, order=name)) is not None]
+        if (ra := get(sch, 8, order="raster")) is not None:
+            tests.append(below(r, ra))
+        add(f"spread-out fixed orders (halton, checkerboard) beat random, and random beats raster ({sch}, S = 8, "
+            "exact counts)", tests)
+    for p in points:  # an adaptive sampler against the fixed schedules at its mean NFE (rounded)
+        if p["setting"].get("order") not in ("threshold", "eb"):
+            continue
+        S = max(1, round(p["steps_per_image"]))
+        tests = [below(p, f) for sch in SCHEDULES if (f := get(sch, S)) is not None]
+        for t in tests:
+            t["test"] += " (the adaptive sampler's path depends on values: its number is a dependence cost)"
+        add(f"{label(p)} is below every fixed schedule at S = {S} (exact counts, random order)", tests)
+    for sch, S in (("exp", 16), ("linear", 8)):
+        off, on = get(sch, S), get(sch, S, remask="cap")
+        if off and on:
+            t = below(on, off)
+            t["test"] += " (dependence cost: remasking makes the path value-dependent, so neither is a KL)"
+            add(f"remasking (ReMDM cap, eta 0.05) lowers the dependence cost ({sch}, S = {S})", [t])
     return out
-
-
 def results_doc(model: str, points: list[dict[str, Any]]) -> dict[str, Any]:
     """The claims in claims.json's format (emigm.eval.claims.ClaimsFile reads it): every point and claim
     with the fingerprint of the oracle's files it was measured on."""

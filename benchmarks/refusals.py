@@ -161,12 +161,11 @@ def build_issue31(tmp: Path, f: dict[str, str]) -> None:
     ck.update(optimizer={"state": {}, "param_groups": [{"params": []}]},
               rng={"world_size": 1, "device": "cpu", "train": [torch.Generator().get_state()]})
     for name, edit in (("run_neg", lambda c: c.update(step=-3)), ("run_nokey", lambda c: c.pop("data")),
-                       ("run_fifo", None)):
+                       ("run_fifo", lambda c: None)):
         shutil.copytree(tmp / "run", tmp / name)
-        if edit is not None:
-            c = dict(ck)
-            edit(c)
-            torch_save(c, tmp / name / "ckpt-0000002.pt", checksum=True)
+        c = dict(ck)
+        edit(c)
+        torch_save(c, tmp / name / "ckpt-0000002.pt", checksum=True)
         f[name] = str(tmp / name)
     os.unlink(tmp / "run_fifo" / "metrics.jsonl")
     os.mkfifo(tmp / "run_fifo" / "metrics.jsonl")

@@ -389,3 +389,24 @@ def test_a_smoother_record_with_a_retyped_base_is_one_line(tmp_path) -> None:
         (module / "config.json").write_text(json.dumps(doc))
         with pytest.raises(CheckpointError, match=re.escape(needle)):
             read_smoother(module, cfg, state)
+
+
+@pytest.mark.slow
+def test_train_sg_resumes_a_run_begun_before_a_base_config_field_existed(tmp_path) -> None:
+    """The base's run config is recorded in a self-guidance run's config (base.config): a field added to
+    RunConfig since the run began resumes at its default, as for the generator's own config."""
+    torch.set_num_threads(1)
+    pipe = load_pipeline("fmnist-maskgit", "cpu")
+    run_cfg = apply_overrides(smoother_run(pipe), [("train.steps", 2), ("train.batch_size", 4),
+                                                   ("train.warmup_steps", 1), ("train.ckpt_every", 1)])
+    d = tmp_path / "sg"
+    train_smoother(pipe, run_cfg, d, device=torch.device("cpu"), max_steps=1, progress=False)
+    path = d / "ckpt-0000001.pt"
+    ck = load_torch(path)
+    del ck["config"]["base"]["config"]["train"]["sample_every"]  # as written before the field existed
+    torch_save(ck, path, checksum=True)
+    doc = json.loads((d / "config.json").read_text())
+    del doc["base"]["config"]["train"]["sample_every"]
+    (d / "config.json").write_text(json.dumps(doc))
+    out = train_smoother(pipe, run_cfg, d, device=torch.device("cpu"), progress=False)
+    assert out["step"] == 2 and out["resumed_from"].endswith("ckpt-0000001.pt")

@@ -120,3 +120,18 @@ def test_a_damaged_cached_file_is_named(offline_cache, tmp_path, capsys):
     assert cli.main(["sample", "--checkpoint", f"hf:{REPO}", "--out", str(tmp_path / "g.png")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is damaged" in err and not (tmp_path / "g.png").exists()
+
+
+def test_the_explorer_offers_a_hub_model(offline_cache):
+    from app.engine import Engine
+
+    engine = Engine([f"hf:{REPO}"], num_threads=1)
+    assert engine.names == [f"hf:{REPO}"] and not engine.is_shipped(f"hf:{REPO}")
+    pipe = engine.load(f"hf:{REPO}")
+    assert pipe.label == f"hf:{REPO}" and pipe.cfg.tokenizer.kind == "kl"
+    with pytest.raises(ValueError, match="is not a Hub model id"):
+        Engine(["hf:not-an-id"], num_threads=1)
+    missing = Engine([f"hf:{REPO}@v9"], num_threads=1)  # the catalogue lists it; loading names the download
+    with pytest.raises(ValueError, match=rf"model 'hf:{REPO}@v9' cannot be loaded: .*"
+                                         rf"`hf download {REPO} --revision v9`"):
+        missing.load(f"hf:{REPO}@v9")

@@ -20,7 +20,7 @@ from emigm.io.fingerprint import fingerprint, sha256_file
 from emigm.train.generator import train
 from tests.test_hub import hub_cache
 
-SHIPPED = [*shipped_models(), "fmnist-kl", "fmnist-vq", "classifier", "fmnist-oracle",
+SHIPPED = [*shipped_models(), "fmnist-kl", "fmnist-vq", "classifier", "fmnist-oracle", "fmnist-oracle-kl",
            "fmnist-maskgit/self-guidance"]
 REQUIRED = {"license", "library_name", "pipeline_tag", "datasets", "tags"}
 

@@ -249,7 +249,8 @@ def test_damaged_or_foreign_reference_sets(capsys, tmp_path):
     code, out, err = _cli(["sampler-error", "--checkpoint", str(folder), "--num-samples", "2"], capsys)
     assert code == 2 and err.count("\n") == 1 and "sha256 does not match" in err
     assert sorted(p.name for p in folder.iterdir()) == before
-    # a foreign safetensors file with a matching fingerprint: named tensors checked
+    # a foreign safetensors file with a matching fingerprint (and no checksums.json): named tensors checked
+    (folder / "checksums.json").unlink(missing_ok=True)
     ref.write_bytes(save({"weight": torch.zeros(3)}))
     desc = json.loads((folder / "oracle.json").read_text())
     desc["sha256"] = file_sha256(ref)
@@ -296,3 +297,26 @@ def test_shipped_latent_oracle_samples_guided_and_unguided():
         assert last.tokens.shape == (2, 49, 4) and torch.isfinite(last.tokens).all()
     with pytest.raises(ValueError, match="unguided"):
         run_errors(pipe, labels, seeds, SamplerConfig(num_steps=3), GuidanceConfig(cfg_scale=2.0))
+
+
+def test_oracle_claims_file_is_readmes_block_and_fingerprinted():
+    """assets/results/oracle-claims.json is read by ClaimsFile (format, fingerprints), every claim in it
+    was measured on the shipped oracle's files, and README's block is generated from it."""
+    import importlib.util
+    from pathlib import Path
+
+    from emigm.eval.claims import ClaimsFile
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("oracle_claims", root / "benchmarks" / "oracle_claims.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cf = ClaimsFile.read(mod.RESULTS)
+    assert cf.problem is None, cf.problem
+    current = cf.current_fingerprints()
+    assert set(current) == {"fmnist-oracle"}
+    judged = cf.claims(current)
+    assert judged and all(ok for _, ok in judged)
+    readme = (root / "README.md").read_text()
+    i, j = readme.index(mod.README_BEGIN), readme.index(mod.README_END) + len(mod.README_END)
+    assert readme[i:j] == mod.readme_block(cf.doc)

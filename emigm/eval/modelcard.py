@@ -280,8 +280,8 @@ def oracle_card(folder: str | os.PathLike) -> str:
                                      f"{record.get('tokenizer', '')}-tokens", "fashion-mnist"]}),
              f"# {folder.name}", "",
              f"An oracle: the exact posterior of a masked generator over {record.get('references')} Fashion-MNIST "
-             f"training references ({record.get('kind')} of `{record.get('tokenizer')}`), kernel width eps "
-             f"{record.get('eps')}. No network is learned: each step's prediction is the references' posterior "
+             f"training references ({record.get('kind')} of `{record.get('tokenizer')}`), kernel width "
+             f"{'eps ' + str(record.get('eps')) if 'eps' in record else 'sigma ' + str(record.get('sigma'))}. No network is learned: each step's prediction is the references' posterior "
              "given the tokens revealed so far, so it shows what an ideal model of these tokens would do.", "",
              "## How to load", "",
              "```bash",

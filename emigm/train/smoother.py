@@ -186,7 +186,9 @@ class SmootherTask:
                 "base": {"label": self.pipe.label, "fingerprint": self.fingerprint, "config": to_dict(self.base)}}
 
     def config_defaults(self) -> dict[str, Any]:
-        return {"smoother": {"recipe": "ours"}}  # runs begun before the recipe existed
+        # runs begun before the recipe existed, or before a field of the base's config (its run config is
+        # recorded under base.config) was added: such a field resumes at its default value
+        return {"smoother": {"recipe": "ours"}, "base": {"config": to_dict(RunConfig())}}
 
     def check_config(self, doc: dict[str, Any]) -> None:
         if not isinstance(doc.get("smoother"), dict):
