@@ -13,16 +13,36 @@ from emigm.sample.steps import step_table
 from . import charts, controls, text
 from .claims import METRICS, VERDICTS, read_claims
 from .errors import user_errors
+from .trajectory import Trajectory
 
-TABLE_HEADERS = ["step", "t", "s", "E[revealed]", "E[masked after]", "CFG", "passes", "cumulative passes"]
+TABLE_HEADERS = ["step", "t", "s", "revealed (as planned)", "5-95 %", "L x Δγ (schedule alone)",
+                 "masked after (as planned)", "CFG", "passes", "cumulative passes"]
 
 
 SCHEDULE_CONTROLS = ("num_tokens", "num_steps", "schedule", "count_rule", "cfg_scale", "cfg_interval_lo",
                      "cfg_interval_hi")
 
 
-def _schedules(values: dict[str, Any]):
-    """Schedules tab: gamma and MDM-weight figure, expected reveals figure, per-step table, JSON, summary."""
+def run_reveals(traj: Trajectory | None, sampler, num_tokens: int) -> dict[str, Any] | None:
+    """The Unmasking run's tokens revealed at each step, per image, when it ran the plan the Schedules tab
+    shows (same L, steps, schedule, count rule, no remasking, a fresh unedited run); else None."""
+    if traj is None or not traj.frames or traj.edited or traj.branched_from:
+        return None
+    st = traj.last
+    s = st.sampler
+    same = (st.mask_after.shape[1] == num_tokens and s.num_steps == sampler.num_steps and s.schedule == sampler.schedule
+            and s.count_rule == sampler.count_rule and s.remask == "off" and s.t_end == sampler.t_end
+            and (st.frozen is None or not bool(st.frozen.any())))
+    if not same:
+        return None
+    counts = [[int(f.state.revealed[b].sum()) for f in traj.frames] for b in range(traj.batch)]
+    n = len(counts)
+    return {"label": f"the Unmasking run ({n} image{'s' if n > 1 else ''}, {traj.model})", "counts": counts}
+
+
+def _schedules(values: dict[str, Any], traj: Trajectory | None = None):
+    """Schedules tab: gamma and MDM-weight figure, the reveals per step as planned (with the Unmasking
+    run's when its settings match), per-step table, JSON, summary."""
     L = controls.app_value("num_tokens", values["num_tokens"])
     sampler, guidance = controls.configs({**controls.DEFAULTS, **values, "cfg_mode": "", "cfg_schedule": "constant"})
     if sampler.num_steps > L:
@@ -31,8 +51,11 @@ def _schedules(values: dict[str, Any]):
     tables = {name: step_table(replace(sampler, schedule=name), guidance, L)
               for name in controls.SPECS["schedule"][2].names()}
     table = tables[sampler.schedule]
-    rows = [[r.step, round(r.t, 4), round(r.s, 4), round(r.expected_revealed, 2), round(r.expected_masked_after, 2),
-             "yes" if r.cfg else "", r.passes, r.cumulative_passes] for r in table.rows]
+    rows = [[r.step, round(r.t, 4), round(r.s, 4), round(r.planned_mean, 2),
+             f"{r.planned_lo}" if r.planned_lo == r.planned_hi else f"{r.planned_lo}-{r.planned_hi}",
+             round(r.expected_revealed, 2), round(r.planned_masked_after, 2), "yes" if r.cfg else "", r.passes,
+             r.cumulative_passes] for r in table.rows]
+    run = run_reveals(traj, sampler, L)
     S = sampler.num_steps
     if guidance.cfg_scale == 1.0:
         summary = f"**{S} steps x 1 = {table.passes} passes.** CFG scale 1 means no guidance: one pass per step."
@@ -45,17 +68,23 @@ def _schedules(values: dict[str, Any]):
     interval = guidance.cfg_interval if guidance.cfg_scale != 1.0 else None
     doc = {name: tab.as_dict() for name, tab in tables.items()}
     doc["chosen"] = sampler.schedule
-    return (charts.schedule_figure(sampler.schedule, interval), charts.steps_figure(tables, sampler.schedule),
+    doc["run"] = run
+    first = table.rows[0]
+    summary += (f" Step 1 reveals {first.planned_mean:.2f} tokens on average as the sampler plans it (at least one; "
+                f"the schedule alone would give {first.expected_revealed:.2f})."
+                + (" The crosses are the Unmasking run's reveals." if run else ""))
+    return (charts.schedule_figure(sampler.schedule, interval), charts.steps_figure(tables, sampler.schedule, run),
             rows, doc, summary)
 
 
-schedules = user_errors(controls.keyword_handler(SCHEDULE_CONTROLS, _schedules))
+schedules = user_errors(controls.keyword_handler(SCHEDULE_CONTROLS, lambda values: _schedules(values)))
 
 
-def _schedules_view(values: dict[str, Any]):
-    """The Schedules tab's event: the views and no notes; or, for a refused value, its message next to
-    its control and in the summary, the plots left as they were (the summary says so)."""
-    yield (*_schedules(values), {})
+def _schedules_view(traj: Trajectory | None, values: dict[str, Any]):
+    """The Schedules tab's event (with the session's Unmasking run): the views and no notes; or, for a
+    refused value, its message next to its control and in the summary, the plots left as they were (the
+    summary says so)."""
+    yield (*_schedules(values, traj), {})
 
 
 def _stale(_owner, msg: str, notes: dict[str, str]) -> tuple:
@@ -63,7 +92,8 @@ def _stale(_owner, msg: str, notes: dict[str, str]) -> tuple:
     return (gr.skip(),) * 4 + (summary, notes)
 
 
-schedules_view = user_errors(controls.keyword_handler(SCHEDULE_CONTROLS, _schedules_view), on_error=_stale)
+schedules_view = user_errors(controls.keyword_handler(SCHEDULE_CONTROLS, _schedules_view, lead=("trajectory",)),
+                             on_error=_stale)
 
 
 def steps_cap(num_tokens: Any):
@@ -100,6 +130,10 @@ def results():
     """Results tab: message, the claims' figure (a panel per claim, or None), claims table, measurements
     table, parsed JSON."""
     doc = read_claims()
+    if doc is not None and not doc["claim_docs"] and doc["problem"]:  # damaged or older: one line, no numbers
+        hidden = gr.update(value=None, visible=False)
+        return (f"**{doc['problem']}**", hidden, gr.update(value=doc["claims"], visible=bool(doc["claims"])),
+                hidden, {"available": False, "claims_file": doc["claims_file"], "problem": doc["problem"]})
     if doc is None:
         hidden = gr.update(value=None, visible=False)
         return (text.RESULTS_MISSING, hidden, hidden, hidden,

@@ -50,40 +50,58 @@ def schedule_figure(chosen: str, interval: tuple[float, float] | None) -> go.Fig
     return fig
 
 
-def steps_figure(tables: dict[str, StepTable], chosen: str) -> go.Figure:
-    """Expected tokens revealed per step (bars: the chosen schedule, lines: the others) and the
-    cumulative fraction; the CFG steps of the setting shaded."""
+def steps_figure(tables: dict[str, StepTable], chosen: str, run: dict[str, Any] | None = None) -> go.Figure:
+    """Tokens revealed per step as the sampler plans them (bars: the chosen schedule's mean with its
+    5-95 % range; lines: the other schedules' means), the schedule's L x (gamma(t) - gamma(s)) as a thin
+    reference line, the cumulative fraction revealed, the CFG steps shaded; and, when `run` is given
+    ({"label", "counts": per image the tokens revealed at each step}), that run's reveals as points."""
     table = tables[chosen]
     S, L = len(table.rows), table.num_tokens
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     x = [r.step for r in table.rows]
+    how = "exact" if not table.draws else f"over {table.draws} seeds"
     for name, tab in tables.items():
-        y = [r.expected_revealed for r in tab.rows]
-        hover = [f"{name}<br>step {r.step} of {S}<br>t {r.t:.3f} → s {r.s:.3f}<br>E[revealed] {r.expected_revealed:.1f}"
+        y = [r.planned_mean for r in tab.rows]
+        hover = [f"{name}<br>step {r.step} of {S}<br>t {r.t:.3f} → s {r.s:.3f}<br>revealed {r.planned_mean:.2f} "
+                 f"(5-95 %: {r.planned_lo}-{r.planned_hi})<br>schedule alone: {r.expected_revealed:.2f}"
                  f"<br>{r.passes} pass{'es' if r.passes > 1 else ''}" for r in tab.rows]
         color = SCHEDULE_COLORS.get(name)
         if name == chosen:
-            fig.add_trace(go.Bar(x=x, y=y, name=f"{name}: E[revealed]", marker_color=color, hovertext=hover,
-                                 hoverinfo="text"))
+            fig.add_trace(go.Bar(x=x, y=y, name=f"{name}: revealed (as planned, 5-95 %)", marker_color=color,
+                                 hovertext=hover, hoverinfo="text",
+                                 error_y=dict(type="data", symmetric=False,
+                                              array=[r.planned_hi - r.planned_mean for r in tab.rows],
+                                              arrayminus=[r.planned_mean - r.planned_lo for r in tab.rows],
+                                              thickness=1.2, width=3, color="#333")))
+            fig.add_trace(go.Scatter(x=x, y=[r.expected_revealed for r in tab.rows],
+                                     name=f"{name}: L x Δγ (the schedule alone)", mode="lines",
+                                     line=dict(color="#333", width=1, dash="dash"),
+                                     hovertemplate="L x Δγ %{y:.2f}<extra></extra>"))
         else:
-            fig.add_trace(go.Scatter(x=x, y=y, name=f"{name}: E[revealed]", mode="lines+markers",
+            fig.add_trace(go.Scatter(x=x, y=y, name=f"{name}: revealed (as planned)", mode="lines+markers",
                                      line=dict(color=color, width=1.5), hovertext=hover, hoverinfo="text"))
-        cum = 1.0 - np.array([r.expected_masked_after for r in tab.rows]) / L
+        cum = 1.0 - np.array([r.planned_masked_after for r in tab.rows]) / L
         fig.add_trace(go.Scatter(x=x, y=cum, name=f"{name}: cumulative", mode="lines",
                                  line=dict(color=color, dash="dot", width=3 if name == chosen else 1.2),
                                  hovertemplate=f"{name}<br>step %{{x}} of {S}<br>revealed %{{y:.1%}}<extra></extra>"),
                       secondary_y=True)
+    if run is not None:
+        xs = [k + 1 for counts in run["counts"] for k in range(len(counts))]
+        ys = [c for counts in run["counts"] for c in counts]
+        fig.add_trace(go.Scatter(x=xs, y=ys, name=run["label"], mode="markers",
+                                 marker=dict(symbol="x", size=8, color="#000"),
+                                 hovertemplate="this run: step %{x}, %{y} revealed<extra></extra>"))
     fig.add_trace(go.Bar(x=[None], y=[None], name="CFG step (2 passes)", marker_color=CFG_FILL))
     for r in table.rows:
         if r.cfg:
             fig.add_vrect(x0=r.step - 0.5, x1=r.step + 0.5, fillcolor=CFG_FILL, line_width=0, layer="below")
     fig.update_xaxes(title_text=f"step (of {S})", dtick=1 if S <= 32 else None)
-    fig.update_yaxes(title_text=f"expected tokens revealed (of {L})", rangemode="tozero")
+    fig.update_yaxes(title_text=f"tokens revealed (of {L})", rangemode="tozero")
     fig.update_yaxes(title_text="cumulative", tickformat=".0%", range=[0, 1.05], secondary_y=True)
     fig.update_layout(height=380, margin=dict(l=40, r=20, t=50, b=40), font=FONT, bargap=0.2,
-                      title=dict(text=f"<b>{chosen}</b>, {S} steps, {L} tokens · NFE {table.passes} = {S} x "
-                                      f"{table.nfe_per_step:.3g} ({table.cfg_steps} CFG steps)", x=0.01,
-                                 font=dict(size=14)),
+                      title=dict(text=f"<b>{chosen}</b>, {S} steps, {L} tokens, as the sampler plans them ({how}) · "
+                                      f"NFE {table.passes} = {S} x {table.nfe_per_step:.3g} ({table.cfg_steps} CFG "
+                                      "steps)", x=0.01, font=dict(size=14)),
                       legend=dict(orientation="h", y=-0.2))
     return fig
 

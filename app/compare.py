@@ -22,11 +22,12 @@ from gradio.components.plot import PlotData
 from emigm.core.config import to_dict
 from emigm.core.fields import FieldError
 from emigm.core.guidance import GuidanceConfig
+from emigm.core.seeds import check_seed
 from emigm.sample.capabilities import refusals
 from emigm.sample.options import SamplerConfig
 
 from . import axes, controls, memory, plots, stepper
-from .claims import measured_fd
+from .claims import measured_fd, weights_of
 from .engine import Engine
 from .errors import message, user_errors
 from .shared import class_index, divergence, token_diff
@@ -63,6 +64,7 @@ class Panel:
     note: str  # why a panel is unavailable, or what it runs
     traj: Trajectory | None = None
     sampler: SamplerConfig | None = None  # the panel's own sampler (an axis panel); None: the tab's
+    weights: dict[str, Any] | None = None  # the fingerprint of its model's files (emigm.io.fingerprint)
 
     def titled(self) -> str:
         if self.traj is None:
@@ -76,7 +78,7 @@ class Panel:
         return f"{self.title} · NFE {self.traj.last.passes}{so_far}{per_seed} · {ms:.0f} ms"
 
     def measured(self, sampler: SamplerConfig) -> dict[str, Any] | None:
-        return measured_fd(self.model, replace(self.sampler or sampler, draft=False), self.guidance)
+        return measured_fd(self.model, replace(self.sampler or sampler, draft=False), self.guidance, self.weights)
 
 
 def panel_specs(engine: Engine, base: str, g: GuidanceConfig) -> list[Panel]:
@@ -197,6 +199,12 @@ class Compare:
                 controls.app_value(name, values[name])
             except ValueError as e:
                 notes[name] = message(e)
+        if not notes.get("seed") and not notes.get("num_seeds"):
+            try:  # the last of the seeds seed .. seed + num_seeds - 1 within range, said of the typed seed
+                check_seed("seed", controls.app_value("seed", values["seed"]),
+                           controls.app_value("num_seeds", values["num_seeds"]))
+            except ValueError as e:
+                notes["seed"] = message(e)
         try:
             axes.check_axis(values["axis"], gen.model)
         except ValueError as e:
@@ -225,13 +233,17 @@ class Compare:
                                               "order_anneal": "linear"}, **fixed)
         label = class_index(self.engine.class_names(base), values["class_name"])
         n = controls.app_value("num_seeds", values["num_seeds"])
-        seeds = [controls.app_value("seed", values["seed"]) + i for i in range(n)]
+        first = controls.app_value("seed", values["seed"])
+        check_seed("seed", first, n)  # names the seed as typed and the count, not a seed nobody typed
+        seeds = [first + i for i in range(n)]
         axis = axes.check_axis(values["axis"], gen.model)
         if axis == "guidance":
             specs = panel_specs(self.engine, base, guidance)
         else:  # the tab's setting with one choice varied; a value the model cannot run says why
             specs = [Panel(key, title, base if s else None, guidance if s else None, note, sampler=s)
                      for key, title, s, note in axes.axis_settings(axis, gen.model, gen.smoother, sampler, guidance)]
+        # a measured FD is shown only for the files it was measured on
+        specs = [replace(p, weights=weights_of(self.engine.load(p.model))) if p.model else p for p in specs]
         for p in specs:
             if p.model is not None:
                 g = self.engine.load(p.model)

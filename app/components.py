@@ -55,3 +55,28 @@ class Notes(gr.HTML):
 
     def api_info(self) -> dict[str, Any]:
         return {"type": "object", "description": "{control: message}"}
+
+
+class PaintGrid(gr.HTML):
+    """The token grid a learner paints on: value = app.inpaint.paint_payload(...), drawn by
+    static/paint.js, which writes the painted mask and reveal order into their text controls."""
+
+    def __init__(self, value: Any = None, **kw) -> None:
+        super().__init__(value, html_template="<div class='emigm-paint'></div>", apply_default_css=False,
+                         js_on_load="window.emigmPaint(element, props, watch);", **kw)
+
+    def api_info(self) -> dict[str, Any]:
+        return {"type": "object", "description": "paint grid payload (JSON)"}
+
+
+class Tiles(gr.HTML):
+    """Images side by side with captions: value = {"tiles": [{"title", "src"}], ...}."""
+
+    def __init__(self, value: Any = None, **kw) -> None:
+        template = ("<div class='emigm-tiles'>{{#each value.tiles}}<figure>"
+                    "<img src='{{this.src}}' alt='{{this.title}}'>"
+                    "<figcaption>{{this.title}}</figcaption></figure>{{/each}}</div>")
+        super().__init__(value or {"tiles": []}, html_template=template, apply_default_css=False, **kw)
+
+    def api_info(self) -> dict[str, Any]:
+        return {"type": "object", "description": "{tiles: [{title, src}]}"}

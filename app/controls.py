@@ -73,7 +73,8 @@ def control_names(fields: Iterable[str]) -> tuple[str, ...]:
 
 
 STEP_CONTROLS = control_names(SAMPLER_FIELDS + GUIDANCE_FIELDS)
-RUN_FIELDS = ("model", "class_name", "seed") + STEP_CONTROLS
+REVEAL_ORDER = "reveal_order"  # a painted reveal order, token indices "I,J,..." (order fixed; "" = raster)
+RUN_FIELDS = ("model", "class_name", "seed") + STEP_CONTROLS + (REVEAL_ORDER,)
 
 
 def split(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -104,7 +105,7 @@ def default(name: str) -> Any:
     raise KeyError(name)
 
 
-DEFAULTS = {n: default(n) for n in STEP_CONTROLS + ("seed",)}
+DEFAULTS = {n: default(n) for n in STEP_CONTROLS + ("seed",)} | {REVEAL_ORDER: ""}
 
 
 # ----------------------------------------------------------------------------- values -> configs

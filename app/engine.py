@@ -23,6 +23,13 @@ from .trajectory import Frame, Trajectory, slim, to_cpu
 LAB_MAPS = AnatomyOptions(uncertainty_draws=4)
 
 
+def _fixed(order: str, fixed_order: tuple[int, ...] | None, num_tokens: int) -> torch.Tensor | None:
+    """Order "fixed"'s priority: the painted one, else raster; None for the other orders."""
+    if order != "fixed":
+        return None
+    return torch.tensor(fixed_order, dtype=torch.float32) if fixed_order else torch.arange(num_tokens).float()
+
+
 @contextmanager
 def _num_threads(n: int | None):
     """Run with n intra-op threads. Why: the models' per-token ops are tiny, and on a small shared CPU
@@ -51,10 +58,14 @@ class Engine(Catalogue):
 
     def stream(self, name: str, labels: Sequence[int], seeds: Sequence[int], sampler: SamplerConfig,
                guidance: GuidanceConfig, stop: threading.Event | None = None,
-               anatomy: AnatomyOptions | None = None) -> Iterator[Trajectory]:
+               anatomy: AnatomyOptions | None = None, fixed_order: tuple[int, ...] | None = None,
+               start: StepState | None = None) -> Iterator[Trajectory]:
         """Sample, yielding the growing Trajectory after every step; `stop` ends it after a step;
-        `anatomy`: record each step's per-token maps (`slim`) in its state."""
-        return self._stream(name, labels, seeds, sampler, guidance, (), stop, anatomy=anatomy)
+        `anatomy`: record each step's per-token maps (`slim`) in its state; fixed_order: order "fixed"'s
+        priority per token (a painted reveal order); start: the state before step 1 (inpainting:
+        emigm.sample.inpaint.inpaint_state), kept by the trajectory so its steps can be opened."""
+        return self._stream(name, labels, seeds, sampler, guidance, (), stop, init_state=start, anatomy=anatomy,
+                            fixed_order=fixed_order, start=start)
 
     def branch(self, init: Trajectory, branch_step: int, sampler: SamplerConfig, guidance: GuidanceConfig,
                stop: threading.Event | None = None, anatomy: AnatomyOptions | None = None) -> Iterator[Trajectory]:
@@ -65,7 +76,8 @@ class Engine(Catalogue):
             raise ValueError(f"branch_step must be in [1, {last_ok}] for this run, got {branch_step}")
         state = init.frames[branch_step - 1].state
         return self._stream(init.model, state.labels.tolist(), state.seeds.tolist(), sampler, guidance,
-                            init.frames[:branch_step], stop, anatomy=anatomy)
+                            init.frames[:branch_step], stop, anatomy=anatomy, fixed_order=init.fixed_order,
+                            start=init.start)
 
     def resume(self, traj: Trajectory, step: int, state: StepState,
                anatomy: AnatomyOptions | None = None) -> Iterator[Trajectory]:
@@ -73,7 +85,8 @@ class Engine(Catalogue):
         that step: the intervention) with the run's own configs and seed streams."""
         last = traj.frames[step - 1].state
         return self._stream(traj.model, last.labels.tolist(), last.seeds.tolist(), last.sampler, last.guidance,
-                            traj.frames[:step], None, init_state=state, anatomy=anatomy)
+                            traj.frames[:step], None, init_state=state, anatomy=anatomy,
+                            fixed_order=traj.fixed_order, start=traj.start)
 
     def open_step(self, traj: Trajectory, step: int,
                   path_token: tuple[int, int] | None = None) -> tuple[StepState, Any]:
@@ -83,9 +96,9 @@ class Engine(Catalogue):
         same state gives the same step (the library's branching), so the anatomy is that of the run."""
         gen = self.load(traj.model)
         shown = traj.frames[step - 1].state
-        init = traj.frames[step - 2].state if step >= 2 else None
-        fixed = torch.arange(gen.model.num_tokens) if shown.sampler.order == "fixed" else None
-        opts = AnatomyOptions(LAB_MAPS.uncertainty_draws, path_token)
+        init = traj.frames[step - 2].state if step >= 2 else traj.start
+        fixed = _fixed(shown.sampler.order, traj.fixed_order, gen.model.num_tokens)
+        opts = AnatomyOptions(LAB_MAPS.uncertainty_draws, path_token, rescore=True)
         with _num_threads(self.num_threads), torch.inference_mode():
             steps = sample_steps(gen, shown.labels.tolist(), shown.seeds.tolist(), shown.sampler, shown.guidance,
                                  init=init, fixed_order=fixed, anatomy=opts)
@@ -96,15 +109,17 @@ class Engine(Catalogue):
     def _stream(self, name: str, labels: Sequence[int], seeds: Sequence[int], sampler: SamplerConfig,
                 guidance: GuidanceConfig, kept: tuple[Frame, ...],
                 stop: threading.Event | None, init_state: StepState | None = None,
-                anatomy: AnatomyOptions | None = None) -> Iterator[Trajectory]:
+                anatomy: AnatomyOptions | None = None, fixed_order: tuple[int, ...] | None = None,
+                start: StepState | None = None) -> Iterator[Trajectory]:
         gen = self.load(name)
         sampler = replace(sampler, draft=True)
         tk = gen.cfg.tokenizer
         traj = Trajectory(model=name, frames=kept, grid=tk.grid, image_size=tk.image_size,
                           class_names=tuple(gen.class_names), random_init=gen.source == "random",
-                          tokenizer=tk.kind, branched_from=len(kept))
+                          tokenizer=tk.kind, branched_from=len(kept), start=start,
+                          fixed_order=tuple(fixed_order) if fixed_order else None)
         init = init_state if init_state is not None else kept[-1].state if kept else None
-        fixed = torch.arange(gen.model.num_tokens) if sampler.order == "fixed" else None
+        fixed = _fixed(sampler.order, fixed_order, gen.model.num_tokens)
         steps = sample_steps(gen, labels, seeds, sampler, guidance, init=init,
                              fixed_order=fixed, anatomy=anatomy)
         t0 = time.perf_counter()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import weakref
 from dataclasses import replace
 from typing import Any
 
@@ -27,7 +28,8 @@ from emigm.sample.anatomy import BRANCHES
 from emigm.sample.orders import ORDERS, fixed_priority, grid_shape
 from emigm.sample.state import StepState
 
-from . import memory, stepper
+from . import controls, memory, stepper
+from . import rescoring as rs
 from .axes import SOLVER_TITLES
 from .engine import Engine
 from .errors import user_errors
@@ -37,6 +39,7 @@ from .trajectory import Trajectory
 
 ANATOMY_OUTPUTS = ("status", "anatomy", "anatomy_json")
 INTERVENE_OUTPUTS = ("status", "player", "intervention_json")
+RESCORE_OUTPUTS = ("status", "rescored")
 ACTIONS = {"erase": "re-mask the chosen tokens (any head)",
            "fix": "commit the chosen tokens to a code (categorical heads)"}
 # the titles of the library's guidance branches (emigm.sample.anatomy.BRANCHES), in its order
@@ -208,6 +211,8 @@ def _edit_text(action: str, positions: list[int], value: int | None, ignored: li
 class Lab:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # the last opened step of each trajectory (by id, dropped with it): what re-scoring starts from
+        self._opened: dict[int, tuple[int, StepState]] = {}
 
     # ------------------------------------------------------------------ open a step
 
@@ -228,6 +233,7 @@ class Lab:
                                          "logits in one go (open a diffusion-head model's step for a path)")
         pos = (0, token[0] * trajectory.grid + token[1]) if token else None
         state, gen = self.engine.open_step(trajectory, k, pos)
+        self._remember(trajectory, k, state)
         run = stepper.new_run_id()
         path = path_payload(state, gen, token, trajectory.grid) if token is not None else None
         payload = anatomy_payload(trajectory, k, state, gen, run, path)
@@ -248,6 +254,38 @@ class Lab:
         yield from self._open(trajectory, step, r, c)
 
     anatomy_token = user_errors(_open_token, on_error=stepper.keep_views(len(ANATOMY_OUTPUTS)))
+
+    # ------------------------------------------------------------------ re-score the opened step
+
+    def _remember(self, trajectory: Trajectory, k: int, state: StepState) -> None:
+        key = id(trajectory)
+        if key not in self._opened:
+            weakref.finalize(trajectory, self._opened.pop, key, None)
+        self._opened[key] = (k, state)
+
+    def _rescore(self, trajectory: Trajectory | None, values: dict[str, Any]):
+        """The opened step re-scored at the re-score controls' values, from the branch outputs it kept (no
+        transformer pass). Outputs: RESCORE_OUTPUTS."""
+        if trajectory is None:
+            raise ValueError(NO_RUN)
+        if id(trajectory) not in self._opened:
+            raise FieldError("rs_temperature", "open a step first (Open the step shown in the player): re-scoring "
+                                               "starts from the branch outputs of an opened step")
+        k, state = self._opened[id(trajectory)]
+        gen = self.engine.load(trajectory.model)
+        payload = rs.payload(gen, state, values)
+        run = stepper.new_run_id()
+        yield stepper.status("", f"**Step {k} re-scored** · " + payload.pop("text"), run), payload
+
+    rescore = user_errors(controls.keyword_handler(tuple(rs.CONTROLS), _rescore, lead=("self", "trajectory")),
+                          on_error=stepper.keep_views(len(RESCORE_OUTPUTS)))
+
+    def rescore_controls(self, trajectory: Trajectory | None) -> tuple:
+        """The re-score controls set to the opened step's own settings (after a step is opened)."""
+        opened = self._opened.get(id(trajectory)) if trajectory is not None else None
+        if opened is None:
+            return tuple(gr.skip() for _ in rs.CONTROLS)
+        return tuple(rs.controls_of(opened[1]).values())
 
     # ------------------------------------------------------------------ intervene and resume
 

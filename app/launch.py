@@ -12,8 +12,11 @@ import atexit
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
+
+from emigm.core.fields import parse_int  # no torch: the environment is set before torch loads
 
 
 def _prog() -> str:
@@ -32,11 +35,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="an official eMIGM / MAR ImageNet checkpoint (.pth) to offer (repeatable; needs --vae)")
     p.add_argument("--vae", default="", help="the KL-16 VAE (kl16.ckpt) that official ImageNet checkpoints decode with")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", default="1",
                    help="torch threads while sampling on CPU (default 1: the per-token ops are tiny and extra "
                         "threads only contend on a small shared CPU; 0 leaves torch's default)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", default="7860", help="port to listen on, in [1, 65535]")
     p.add_argument("--share", action="store_true", help="also serve through a public Gradio share link")
     return p.parse_args(argv)
 
@@ -60,8 +63,33 @@ def one_thread_count(threads: int) -> None:
         os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """--threads and --port read in ASCII digits (the CLI's parser) and in range, and the port free, before
+    anything is loaded or sampled: ValueError, one line naming the flag as typed."""
+    for flag, low, high in (("threads", 0, 1024), ("port", 1, 65535)):
+        raw = getattr(args, flag)
+        try:
+            value = parse_int(str(raw))
+        except ValueError:
+            raise ValueError(f"--{flag} must be a whole number in [{low}, {high}], got {raw!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"--{flag} must be in [{low}, {high}], got {raw}")
+        setattr(args, flag, value)
+    with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as s:
+        try:
+            s.bind((args.host, args.port))
+        except OSError as e:
+            raise ValueError(f"--port {args.port} on {args.host} cannot be used ({e.strerror or e}); another "
+                             "program holds it: stop it or give another --port") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        check_flags(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     private_temp_dir()
     one_thread_count(args.threads)
     # torch and gradio are imported only now, after the environment they read at import is set

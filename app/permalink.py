@@ -8,9 +8,11 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import gradio as gr
 
+from emigm.core.config import MAX_TOKENS
 from emigm.core.fields import check_value
 from emigm.core.labels import parse_class
 from emigm.core.seeds import parse_seed
+from emigm.sample.orders import parse_reveal_order
 
 from . import controls
 
@@ -30,6 +32,10 @@ def parse(name: str, raw: str) -> Any:
     """One query value -> the control's value, checked against its field's Spec (library messages)."""
     if name == "seed":
         return parse_seed("seed", raw)  # the library's range and message, read exactly (no float)
+    if name == controls.REVEAL_ORDER:  # token indices; the run checks them against its model's tokens
+        if raw.strip():
+            parse_reveal_order(raw, MAX_TOKENS)
+        return raw.strip()
     field = name if name in controls.SPECS else name.rsplit("_", 1)[0]
     _, tp, spec = controls.SPECS[field]
     if spec.choices is not None:

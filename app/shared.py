@@ -13,7 +13,7 @@ from emigm.core.labels import parse_class
 
 from . import controls
 from .catalogue import Catalogue
-from .claims import measured_warnings
+from .claims import measured_warnings, weights_of
 from .trajectory import Trajectory
 
 NO_RUN = "Run the sampler first: there is no trajectory in this session yet."
@@ -31,7 +31,7 @@ def session_of(request: gr.Request | None) -> str | None:
 def model_view(models: Catalogue, model: str) -> controls.ModelView:
     """What the controls may offer for `model`: capabilities, and warnings measured in Results."""
     gen = models.load(model)
-    return controls.ModelView(gen.model, gen.smoother, measured_warnings(model))
+    return controls.ModelView(gen.model, gen.smoother, measured_warnings(model, weights_of(gen)))
 
 
 def token_diff(a: Trajectory, b: Trajectory, k: int) -> np.ndarray:

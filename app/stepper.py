@@ -80,9 +80,10 @@ def when(traj: Trajectory, n: int) -> list[list[int]]:
 
 def masks(traj: Trajectory, n: int | None = None, b: int = 0) -> list[str] | None:
     """Per step of sample b, the mask after it as a string of L '0' / '1' (1 = masked), for a run with
-    remasking (a token may be masked again after its commit, so its reveal step alone does not say);
-    None for a run without."""
-    if not traj.edited and all(f.state.sampler.remask == "off" for f in traj.frames):
+    remasking (a token may be masked again after its commit, so its reveal step alone does not say) and
+    for an inpainting run (its kept tokens are never revealed: they are there from the start); None for
+    a run without."""
+    if not traj.edited and traj.start is None and all(f.state.sampler.remask == "off" for f in traj.frames):
         return None
     return ["".join("1" if m else "0" for m in f.state.mask_after[b].tolist()) for f in traj.frames[:n]]
 

@@ -142,3 +142,12 @@ that differs afterwards comes from your edit. The original and the intervened ru
 one slider; the status says at which step they part. With nothing chosen, erasing changes nothing and the
 resumed run is the original, step for step.
 """
+
+RESCORE_HELP = """
+Change the temperature, a guidance scale, the order or its Gumbel temperature and see this step again **at
+once**: the head re-reads what the network already answered for each guidance branch (no transformer pass).
+The re-scored draft, the tokens it would reveal (outlined in the player's colours are the run's), how much
+each token's draft changed and, for a categorical head, the probability of each drafted code. A guide that
+did not run at this step cannot be turned on here, and whenever the step would commit other tokens, every
+later step needs a new run (Branch from a step).
+"""

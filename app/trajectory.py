@@ -37,6 +37,9 @@ class Trajectory:
     wall_s: float = 0.0
     stopped: bool = False
     edited: bool = False  # resumed from an edited state (an intervention): its masks are not its reveals
+    start: StepState | None = None  # the state before step 1 when the run started from given tokens (inpainting)
+    fixed_order: tuple[int, ...] | None = None  # order "fixed": the painted priority (None: raster)
+    inpaint: dict | None = None  # an inpainting run: its views (original | reconstruction | masked | results)
 
     @property
     def states(self) -> list[StepState]:

@@ -24,22 +24,24 @@ from . import analysis, axes, controls, stepper, text
 from .compare import CONTROLS as COMPARE_CONTROLS
 from .compare import OUTPUTS as COMPARE_OUTPUTS
 from .compare import PANEL_TITLES, Compare, compare_view
-from .components import AnatomyView, Notes, Player, Status
+from .components import AnatomyView, Notes, PaintGrid, Player, Status, Tiles
 from .engine import LAB_MAPS, Engine
 from .errors import message, user_errors
+from .inpaint import MAX_SEEDS, PRESETS, SOURCES
 from .lab import ACTIONS, Lab
 from .lessons import available
 from .permalink import Permalinks
+from .rescoring import CONTROLS as RESCORE_CONTROLS
 from .site import run_lesson
+from .unmask import INPAINT_FIELDS, Unmasking
 from .unmask import OUTPUTS as UNMASK_OUTPUTS
-from .unmask import Unmasking
 
 SAMPLER = dict(concurrency_id="sampler", concurrency_limit=1, show_progress="hidden")
 INSTANT = dict(concurrency_id="instant", concurrency_limit=8)
 CHECKS = dict(concurrency_id="checks", concurrency_limit=1, trigger_mode="always_last", show_progress="hidden")
 QUEUE_SIZE = 16
 STATIC = Path(__file__).resolve().parent / "static"
-SCRIPTS = ("explorer-core.js", "explorer.js")  # the page's pure functions first: explorer.js uses them
+SCRIPTS = ("explorer-core.js", "explorer.js", "paint.js")  # the page's pure functions first: explorer.js uses them
 CACHE_CLEANUP = (300, 900)  # every 5 minutes, delete Gradio cache files older than 15 minutes
 SESSION_STATE_TTL = 3600  # per-user trajectories live an hour after their last use
 SESSION_CAPACITY = 100  # at most this many sessions keep state (Gradio keeps ~3 MB per session)
@@ -118,6 +120,8 @@ def _unmasking_sidebar(engine: Engine, h: Unmasking) -> dict[str, Any]:
         if others:
             with gr.Accordion("More options", open=False):
                 c.update(_widgets(others, view, suggested))
+        w["inpaint"] = _inpaint_controls(engine, first)
+        c["reveal_order"] = w["inpaint"]["reveal_order"]
         with gr.Accordion("Branch from a step", open=False):
             gr.Markdown("Scrub the player to step k, then keep the first k steps of this run and re-run the "
                         "rest with the settings above (model, class and seed stay).")
@@ -132,11 +136,46 @@ def _unmasking_sidebar(engine: Engine, h: Unmasking) -> dict[str, Any]:
     return w
 
 
+def _inpaint_controls(engine: Engine, first: str) -> dict[str, Any]:
+    """Inpaint a real image: the picture (a test image by class and index, or an upload), the paint grid,
+    presets, the ring and the seeds; the run uses the settings above (app/inpaint.py)."""
+    p: dict[str, Any] = {}
+    with gr.Accordion("Inpaint a real image · paint a reveal order", open=False, elem_id="inpaint"):
+        with gr.Row():
+            p["btn"] = gr.Button("▶ Inpaint", variant="primary", elem_id="inpaint-btn")
+        p["ip_source"] = controls.LenientRadio(list(SOURCES), value=SOURCES[0], label="image", elem_id="ctl-ip_source")
+        with gr.Row(equal_height=True):
+            p["ip_class"] = _class_dropdown(engine.class_names(first), elem_id="ctl-ip_class")
+            p["ip_index"] = controls.LenientNumber(0, label="index in class", minimum=0, elem_id="ctl-ip_index",
+                                                   min_width=90)
+        p["ip_upload"] = gr.File(label="or upload a PNG / JPEG", file_types=[".png", ".jpg", ".jpeg"],
+                                 type="filepath", elem_id="ctl-ip_upload", height=90)
+        p["status"] = Status(stepper.status("", "Pick an image: it is converted to the model's 28 x 28 grayscale."),
+                             prefix="ctl-", elem_id="inpaint-status", elem_classes=["quiet"])
+        p["paint"] = PaintGrid(elem_id="paint")
+        with gr.Row(equal_height=True):
+            p["preset"] = controls.LenientDropdown(list(PRESETS), value=None, label="preset", elem_id="ip-preset")
+            p["ip_ring"] = controls.LenientNumber(0, label="ring (MAGE)", minimum=0, maximum=6,
+                                                  elem_id="ctl-ip_ring", min_width=80,
+                                                  info="mask k more tokens around the region: border tokens "
+                                                       "record the mask's edge")
+        p["ip_mask"] = gr.Textbox("left", label="mask", elem_id="ctl-ip_mask",
+                                  info="a preset, or the painted tokens (tokens:I,J,...)")
+        p["ip_seeds"] = controls.LenientSlider(1, MAX_SEEDS, value=3, step=1, label="seeds side by side",
+                                               elem_id="ctl-ip_seeds")
+        p["reveal_order"] = gr.Textbox("", label="painted reveal order (with order fixed, Run and Inpaint)",
+                                       elem_id="ctl-reveal_order", placeholder="e.g. 24,17,31",
+                                       info="paint it on the grid ('paint a reveal order'): these tokens first, in "
+                                            "this order, then the rest row by row")
+    return p
+
+
 def _unmasking_views(initial: dict[str, Any]) -> dict[str, Any]:
     """The Unmasking results column: status, player, downloads, the lab, timing and token data."""
     w: dict[str, Any] = {}
     with gr.Column(scale=4):
         w["status"] = Status(initial.get("status"), prefix="ctl-", elem_id="run-status", elem_classes=["quiet"])
+        w["views"] = Tiles(elem_id="inpaint-views", elem_classes=["quiet"])
         w["player"] = Player(initial.get("player"), elem_id="player", elem_classes=["quiet"])
         with gr.Row(elem_classes=["exports"]):
             w["files"] = [gr.DownloadButton("⬇ GIF of the unmasking", elem_id="dl-gif", size="sm"),
@@ -231,8 +270,23 @@ def _unmasking_tab(engine: Engine, h: Unmasking, links: Permalinks, initial):
         .then(h.token_history, [state, row, col], [w["token_json"]], api_name="picked_token_history", **INSTANT)
     w["show"].click(h.token_history, [state, row, col], [w["token_json"]], api_name="token_history", **INSTANT)
     _lab_events(Lab(engine), state, w["lab"])
+    _inpaint_events(h, c, w, state, outputs, files)
     return dict(controls=c, run_inputs=run_inputs, outputs=outputs, files=files, link=link, note=w["note"],
                 state=state, banner=banner)
+
+
+def _inpaint_events(h: Unmasking, c: dict, w: dict, state, outputs: list, files) -> None:
+    p = w["inpaint"]
+    pic_inputs = [c["model"], c["class_name"]] + [p[n] for n in INPAINT_FIELDS]
+    gr.on([p["ip_source"].change, p["ip_class"].change, p["ip_index"].change, p["ip_upload"].change],
+          h.picture, pic_inputs, [p["status"], p["paint"], c["class_name"]], api_name="inpaint_picture",
+          trigger_mode="always_last", **INSTANT)
+    p["preset"].input(h.preset, [p["preset"]], [p["ip_mask"]], api_name="inpaint_preset", **INSTANT) \
+        .then(h.picture, pic_inputs, [p["status"], p["paint"], c["class_name"]], **INSTANT)
+    inputs = [c[f] for f in controls.RUN_FIELDS] + [p[n] for n in INPAINT_FIELDS]
+    ev = p["btn"].click(h.inpaint, inputs, outputs[:4] + [state, w["views"]], api_name="inpaint",
+                        js=waiting("run-status"), **SAMPLER)
+    ev.then(h.export, [state], files, api_name="export_inpaint", **INSTANT)
 
 
 # ----------------------------------------------------------------------------- the lab (under the player)
@@ -256,6 +310,14 @@ def _lab_section() -> dict[str, Any]:
         v["anatomy"] = AnatomyView(elem_id="anatomy", elem_classes=["quiet"])
         with gr.Accordion("opened step (JSON)", open=False):
             v["json"] = gr.JSON(label="step", elem_classes=["quiet"])
+        with gr.Accordion("Re-score the opened step (no network pass)", open=True, elem_id="lab-rescore"):
+            gr.Markdown(text.RESCORE_HELP)
+            with gr.Row(equal_height=True):
+                for name, (which, field) in RESCORE_CONTROLS.items():
+                    v[name] = controls.widget(field, None, elem_id=f"rs-{name}", label=field)
+            opening = stepper.status("", "Open a step, then move a control: the step is re-scored at once.")
+            v["rs_status"] = Status(opening, prefix="rs-", clear_notes=True, elem_id="rs-status", elem_classes=["quiet"])
+            v["rescored"] = Tiles(elem_id="rescored", elem_classes=["quiet"])
     with gr.Accordion("Intervene and resume", open=True, elem_id="lab-intervene"):
         gr.Markdown(text.INTERVENE_HELP)
         with gr.Row(equal_height=True):
@@ -281,6 +343,11 @@ def _lab_events(lab: Lab, state, v: dict[str, Any]) -> None:
                     js=OPEN_FROM_PLAYER, **SAMPLER)
     v["anatomy"].select(lab.anatomy_token, [state, v["step"]], outs, api_name="anatomy_token", js=OPENED_STEP,
                         **SAMPLER)
+    rs_inputs = [state] + [v[n] for n in RESCORE_CONTROLS]
+    v["json"].change(lab.rescore_controls, [state], [v[n] for n in RESCORE_CONTROLS], api_name="rescore_controls",
+                     **INSTANT)
+    gr.on([v[n].change for n in RESCORE_CONTROLS], lab.rescore, rs_inputs, [v["rs_status"], v["rescored"]],
+          api_name="rescore", trigger_mode="always_last", show_progress="hidden", **INSTANT)
     v["go"].click(lab.intervene, [state, v["int_step"], v["tokens"], v["action"], v["code"]],
                   [v["int_status"], v["player"], v["int_json"]], api_name="intervene", js=INTERVENE_AT, **SAMPLER)
 
@@ -288,7 +355,7 @@ def _lab_events(lab: Lab, state, v: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- Schedules
 
 
-def _schedules_tab():
+def _schedules_tab(run_state: gr.State, tab: gr.Tab):
     with gr.Row(equal_height=False):
         with gr.Column(scale=0, min_width=330, elem_classes=["sidebar"]):
             c = {"num_tokens": controls.LenientSlider(1, controls.APP_SPECS["num_tokens"][1].high, value=49, step=1,
@@ -302,19 +369,23 @@ def _schedules_tab():
             notes = Notes(prefix="sch-", elem_id="sch-notes")
         with gr.Column(scale=4):
             gamma = gr.Plot(label="schedules", elem_id="gamma-plot")
-            steps = gr.Plot(label="expected reveals per step", elem_id="steps-plot")
+            steps = gr.Plot(label="tokens revealed per step, as the sampler plans them", elem_id="steps-plot")
             table = gr.Dataframe(headers=analysis.TABLE_HEADERS, interactive=False, label="passes per step")
             with gr.Accordion("step table (JSON)", open=False):
                 doc = gr.JSON(label="step tables")
             with gr.Accordion("What am I looking at?", open=False):
                 gr.Markdown(text.SCHEDULES_HELP)
-    inputs = [c[k] for k in analysis.SCHEDULE_CONTROLS]
+    inputs = [run_state] + [c[k] for k in analysis.SCHEDULE_CONTROLS]
     outputs = [gamma, steps, table, doc, summary, notes]
     # steps cannot outnumber the tokens: the steps slider follows num_tokens
     c["num_tokens"].change(analysis.steps_cap, [c["num_tokens"]], [c["num_steps"]], api_name="schedules_steps_cap",
                            **CHECKS)
-    gr.on([x.change for x in inputs], analysis.schedules_view, inputs, outputs, api_name="schedules",
+    # the run is read, not watched (a State's change event would hash the whole trajectory); opening the
+    # tab redraws it with the session's latest Unmasking run
+    gr.on([x.change for x in inputs[1:]], analysis.schedules_view, inputs, outputs, api_name="schedules",
           concurrency_id="schedules", concurrency_limit=1, trigger_mode="always_last", show_progress="hidden")
+    tab.select(analysis.schedules_view, inputs, outputs, api_name="schedules_on_open", concurrency_id="schedules",
+               concurrency_limit=1, trigger_mode="always_last", show_progress="hidden")
     return inputs, outputs
 
 
@@ -498,8 +569,8 @@ def build_demo(engine: Engine) -> gr.Blocks:
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("Unmasking", id="unmasking", elem_id="tab-unmasking"):
                 u = _unmasking_tab(engine, unmasking, links, initial)
-            with gr.Tab("Schedules", id="schedules", elem_id="tab-schedules"):
-                sched_inputs, sched_outputs = _schedules_tab()
+            with gr.Tab("Schedules", id="schedules", elem_id="tab-schedules") as sched_tab:
+                sched_inputs, sched_outputs = _schedules_tab(u["state"], sched_tab)
             with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
                 _compare_tab(engine, compare, unmasking, initial_cmp)
             with gr.Tab("Results", id="results", elem_id="tab-results"):

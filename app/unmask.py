@@ -25,10 +25,12 @@ from typing import Any, Iterator, Mapping
 import gradio as gr
 import numpy as np
 
+from emigm.core.fields import FieldError
 from emigm.core.fileio import write_bytes
 from emigm.sample.trace import trace_dict
 
 from . import controls, memory, render, stepper
+from . import inpaint as ip
 from .engine import LAB_MAPS, Engine
 from .errors import message, user_errors
 from .plots import steps_label
@@ -36,6 +38,9 @@ from .shared import NO_RUN, class_index, model_view, session_of
 from .trajectory import Trajectory
 
 OUTPUTS = ("status", "player", "timing", "run_json", "state")
+INPAINT_OUTPUTS = OUTPUTS + ("views",)
+# the inpainting controls beside the run's (app/inpaint.py)
+INPAINT_FIELDS = ("ip_source", "ip_class", "ip_index", "ip_upload", "ip_mask", "ip_ring", "ip_seeds")
 DISPLAY_SCALE_PX = 224
 LIVE_EVERY_S = 0.12  # at most one live frame per this many seconds: each costs a message and a redraw
 
@@ -136,6 +141,10 @@ class Unmasking:
             class_index(self.engine.class_names(model), values["class_name"])
         except ValueError as e:
             notes["class_name"] = message(e)
+        try:
+            ip.reveal_priority(values.get("order"), values.get(controls.REVEAL_ORDER), view.num_tokens)
+        except ValueError as e:
+            notes[controls.REVEAL_ORDER] = message(e)
         return notes
 
     check = controls.keyword_handler(controls.RUN_FIELDS, _check, lead=("self",))
@@ -195,10 +204,11 @@ class Unmasking:
         seed = controls.app_value("seed", values["seed"])
         session = session_of(request)
         warnings = controls.setting_warnings(self.view(model), sampler, guidance)
+        fixed = ip.reveal_priority(sampler.order, values.get(controls.REVEAL_ORDER), self.view(model).num_tokens)
         stop = self.engine.stops.begin(session)
         try:
             yield from self._stream(self.engine.stream(model, [label], [seed], sampler, guidance, stop=stop,
-                                                        anatomy=LAB_MAPS), warnings)
+                                                        anatomy=LAB_MAPS, fixed_order=_tuple(fixed)), warnings)
         finally:
             self.engine.stops.end(session, stop)
 
@@ -221,6 +231,71 @@ class Unmasking:
                       on_error=stepper.keep_views(len(OUTPUTS)))
     branch = user_errors(controls.keyword_handler(("branch_step",) + controls.STEP_CONTROLS, _branch,
                                                   lead=("self", "trajectory"), request=True), on_error=stepper.keep_views(len(OUTPUTS)))
+
+    # ------------------------------------------------------------------ inpainting
+
+    def _picture(self, values: Mapping[str, Any]):
+        """The picture the inpainting controls name, on the paint grid (with the painted tokens kept), the
+        class it shows (a test image's) and the conversion notes."""
+        model = self.engine.check_name(values["model"])
+        gen = self.engine.load(model)
+        names = self.engine.class_names(model)
+        cls = class_index(names, values["ip_class"])
+        pic = ip.picture(gen, values["ip_source"], cls, values["ip_index"], values["ip_upload"])
+        painted, order = _painted(values.get("ip_mask"), gen.model.num_tokens), []
+        klass = names[pic.label] if pic.label is not None else values.get("class_name") or names[0]
+        notes = (f"{pic.what}: " + "; ".join(pic.notes)) if pic.notes else f"{pic.what}, as the model sees it"
+        yield (stepper.status("", f"**{notes}** · paint the tokens to regenerate, then **Inpaint**"),
+               ip.paint_payload(pic, gen.cfg.tokenizer.grid, painted, order), gr.update(value=klass))
+
+    picture = user_errors(controls.keyword_handler(("model", "class_name") + INPAINT_FIELDS, _picture, lead=("self",)),
+                          on_error=stepper.keep_views(3))
+
+    @staticmethod
+    def preset(name: str) -> str:
+        """The mask control's value for a preset (the paint grid follows it)."""
+        if name not in ip.PRESETS:
+            raise gr.Error(f"unknown preset {name!r}; valid: {', '.join(ip.PRESETS)}", print_exception=False)
+        return ip.PRESETS[name]
+
+    def _inpaint(self, values: Mapping[str, Any], request: gr.Request | None = None):
+        """Regenerate the painted tokens of the picture for every seed, streaming the player (seed 1's run)
+        and, at the end, the views original | reconstruction | masked | a result per seed."""
+        model = self.engine.check_name(values["model"])
+        sampler, guidance = controls.configs(values)
+        if not self.engine.is_loaded(model):
+            yield (stepper.status("running", f"**Loading {model}…**"),) + (gr.skip(),) * (len(INPAINT_OUTPUTS) - 1)
+        gen = self.engine.load(model)
+        names = self.engine.class_names(model)
+        pic = ip.picture(gen, values["ip_source"], class_index(names, values["ip_class"]), values["ip_index"],
+                         values["ip_upload"])
+        mask = ip.mask_of(values["ip_mask"], controls.as_int("ip_ring", values["ip_ring"]), gen.model.num_tokens)
+        n = controls.as_int("ip_seeds", values["ip_seeds"])
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= ip.MAX_SEEDS:
+            raise FieldError("ip_seeds", f"seeds must be a whole number in [1, {ip.MAX_SEEDS}], got {n!r}")
+        seed = controls.app_value("seed", values["seed"])
+        seeds = [seed + i for i in range(n)]
+        label = class_index(names, values["class_name"])
+        st = ip.start(gen, pic, mask, label, seeds, sampler, guidance)
+        sampler = st.state.sampler
+        fixed = ip.reveal_priority(sampler.order, values.get(controls.REVEAL_ORDER), gen.model.num_tokens)
+        warnings = controls.setting_warnings(self.view(model), sampler, guidance)
+        if st.num_steps < controls.as_int("num_steps", values["num_steps"]):
+            warnings = [*warnings, f"{st.num_steps} steps: the mask paints {st.num_steps} tokens"]
+        session = session_of(request)
+        stop = self.engine.stops.begin(session)
+        try:
+            runs = self.engine.stream(model, [label] * n, seeds, sampler, guidance, stop=stop, anatomy=LAB_MAPS,
+                                      fixed_order=_tuple(fixed), start=st.state)
+            for out in self._stream(runs, warnings):
+                traj = out[-1]
+                results = list(traj.frames[-1].draft) if traj is not None and traj.complete else None
+                yield (*out, ip.views_payload(st, results, seeds, gen.cfg.tokenizer.grid))
+        finally:
+            self.engine.stops.end(session, stop)
+
+    inpaint = user_errors(controls.keyword_handler(controls.RUN_FIELDS + INPAINT_FIELDS, _inpaint, lead=("self",),
+                                                   request=True), on_error=stepper.keep_views(len(INPAINT_OUTPUTS)))
 
     def stop(self, request: gr.Request) -> None:
         """Ask this session's run to end after the step in progress (it then shows what was sampled)."""
@@ -279,3 +354,15 @@ class Unmasking:
         png = self.exports.write(stem + "-strip.png", render.png_bytes(render.strip(trajectory)))
         trace = self.exports.write(stem + "-trace.json", json.dumps(run_summary(trajectory), indent=1).encode())
         return gif, png, trace
+
+
+def _tuple(priority) -> tuple[float, ...] | None:
+    return None if priority is None else tuple(float(x) for x in priority.tolist())
+
+
+def _painted(spec: Any, num_tokens: int) -> list[int]:
+    """The tokens a mask control's value paints ([] when it does not parse: the run says why)."""
+    try:
+        return ip.mask_of(spec, 0, num_tokens).nonzero().flatten().tolist()
+    except ValueError:
+        return []

@@ -416,13 +416,18 @@ def test_a_shipped_model_just_shows_up(tmp_path, monkeypatch):
 
 
 def test_measured_warning_for_a_solver(tmp_path):
+    """A solver warning comes from the claims file, for the weights it was measured on only."""
+    fp = {"network": "a" * 64, "tokenizer": None, "self_guidance": None, "classifier": "c" * 64}
     path = tmp_path / "claims.json"
-    path.write_text(json.dumps({"points": [
-        {"model": "m", "fd": 20.0, "sampler": {"head_solver": "dpm"}, "label": "dpm"},
-        {"model": "m", "fd": 300.0, "sampler": {"head_solver": "ddpm"}, "label": "ddpm head=100"}]}))
-    warn = claims.measured_warnings("m", path)
-    assert list(warn["head_solver"]) == ["ddpm"] and "FD 300" in warn["head_solver"]["ddpm"]
-    assert claims.measured_warnings("other", path) == {}
+    path.write_text(json.dumps({"version": 3, "fingerprints": {"m": fp}, "claims": [], "points": [
+        {"model": "m", "fd": 20.0, "sampler": {"head_solver": "dpm"}, "label": "dpm", "fingerprint": fp},
+        {"model": "m", "fd": 300.0, "sampler": {"head_solver": "ddpm"}, "label": "ddpm head=100",
+         "fingerprint": fp}]}))
+    warn = claims.measured_warnings("m", fp, path)
+    assert list(warn["head_solver"]) == ["ddpm"] and "FD 300 on these weights" in warn["head_solver"]["ddpm"]
+    assert claims.measured_warnings("other", fp, path) == {}
+    assert claims.measured_warnings("m", {**fp, "network": "b" * 64}, path) == {}  # other weights: no warning
+    assert claims.measured_warnings("m", None, path) == {}
 
 
 def test_schedules_arithmetic():
@@ -433,7 +438,10 @@ def test_schedules_arithmetic():
     assert analysis.schedules(49, 8, "linear", "exact", 1.0, 0.1, 0.3)[3]["linear"]["passes"] == 8
 
 
-def test_results_reader(tmp_path):
+def test_results_reader(tmp_path, monkeypatch):
+    """A file from before fingerprints: one line saying so, its claims named, none of its numbers; the same
+    claims measured on the files in use: their numbers, tests and panels."""
+    from emigm.eval.claims import ClaimsFile
     assert claims.read_claims(tmp_path / "missing.json") is None
     path = tmp_path / "claims.json"
     series = lambda name, xs, ys: {"name": name, "x": xs, "y": ys, "sd": [0.1] * len(ys),  # noqa: E731
@@ -456,11 +464,22 @@ def test_results_reader(tmp_path):
             {"claim": "old style", "holds": True, "numbers": {"every": [18.2, 32], "interval": [20.6, 19]}},
             {"claim": "x", "evidence": "{\"a\": 1.5}"}]}))
     doc = claims.read_claims(path)
-    assert [p["fd"] for p in doc["points"]] == [20.0, 300.0]
+    assert doc["points"] == [] and doc["claim_docs"] == [] and "older format" in doc["problem"]
+    assert doc["claims"][0] == ["DDPM agrees with DPM", "not measured on these weights", ""]
+    assert [row[1] for row in doc["claims"]] == ["not measured on these weights"] * 4 and "300" not in str(doc)
+    raw = json.loads(path.read_text())
+    fp = {"network": "a" * 64, "tokenizer": None, "self_guidance": None, "classifier": None}
+    for p in raw["points"]:
+        p["fingerprint"] = fp
+    raw["claims"] = raw["claims"][:2]  # the two of the current format, resting on model "m"
+    for c in raw["claims"]:
+        c["models"] = ["m"]
+    path.write_text(json.dumps({**raw, "version": 3, "fingerprints": {"m": fp}}))
+    monkeypatch.setattr(ClaimsFile, "current_fingerprints", lambda self: {"m": fp})
+    doc = claims.read_claims(path)
+    assert doc["problem"] == "" and [p["fd"] for p in doc["points"]] == [20.0, 300.0]
     assert doc["claims"][0] == ["DDPM agrees with DPM", "does not hold", "dpm head=4 20.00 ± 0.1 · ddpm head=100 300.00"
                                 " · ddpm below 1.1 x dpm: margin -278 vs 2 sd 0.2 (does not hold)"]
-    assert doc["claims"][2] == ["old style", "holds", "every FD 18.2 at NFE 32 · interval FD 20.6 at NFE 19"]
-    assert doc["claims"][3] == ["x", "not measured", "a 1.5"]  # no raw JSON in the table
     assert analysis.point_rows(doc["points"])[0][4:6] == ["20.00 ± 0.1", "0.500 ± 0.01"]
     assert analysis.point_rows(doc["points"])[1][4] == "300.00"
     from app.charts import results_figure
@@ -480,13 +499,18 @@ def test_results_tab_shows_exactly_the_claims_of_claims_json():
         pytest.skip("no assets/results/claims.json")
     raw = json.loads(claims.CLAIMS_PATH.read_text())
     msg, fig, table, points, doc = analysis.results()
-    assert [row[:2] for row in table["value"]] == [[c["claim"], c["verdict"]] for c in raw["claims"]]
-    assert f"{len(raw['claims'])} claims" in msg and len(points["value"]) == len(raw["points"])
-    titles = [a.text for a in fig.layout.annotations if ": <b>" in a.text]
-    assert titles == [f"{c['short']}: <b>{c['verdict']}</b>" for c in raw["claims"]]
+    cf = claims.claims_file()
+    shown = [ok for _, ok in cf.claims(cf.current_fingerprints())] if cf.doc else [False] * len(raw["claims"])
+    assert [row[:2] for row in table["value"]] == [[c["claim"], c["verdict"] if ok else "not measured on these weights"]
+                                                  for c, ok in zip(raw["claims"], shown)]
     readme = (claims.CLAIMS_PATH.parents[2] / "README.md").read_text()
-    for c in raw["claims"]:
-        assert f"| {c['claim']} | **{c['verdict']}** |" in readme
+    for c, ok in zip(raw["claims"], shown):
+        verdict = f"**{c['verdict']}**" if ok else "not measured on these weights"
+        assert f"| {c['claim']} | {verdict} |" in readme
+    if any(shown):
+        assert f"{len(raw['claims'])} claims" in msg
+        titles = [a.text for a in fig.layout.annotations if ": <b>" in a.text]
+        assert titles == [f"{c['short']}: <b>{c['verdict']}</b>" for c, ok in zip(raw["claims"], shown) if ok]
 
 
 def test_permalink_round_trip(unmasking):
@@ -690,13 +714,13 @@ def test_sliders_reach_what_the_library_accepts(unmasking):
 def test_schedules_refuse_next_to_the_box_and_follow_the_tokens():
     """Item 5: steps past the token count are refused with a note for num_steps, the plots kept (the
     summary says so); the steps slider's top follows num_tokens without moving its value."""
-    gen = analysis.schedules_view(49, 64, "exp", "binomial", 3.0, 0.1, 0.3)
+    gen = analysis.schedules_view(None, 49, 64, "exp", "binomial", 3.0, 0.1, 0.3)
     out = next(gen)
     assert all(x is gr.skip() or x == gr.skip() for x in out[:4]) and "Not redrawn" in out[4]
     assert "num_steps 64 is not available: at most 49 steps" in out[5]["num_steps"]
     with pytest.raises(gr.Error):
         next(gen)
-    ok = list(analysis.schedules_view(49, 16, "exp", "binomial", 3.0, 0.1, 0.3))[-1]
+    ok = list(analysis.schedules_view(None, 49, 16, "exp", "binomial", 3.0, 0.1, 0.3))[-1]
     assert ok[5] == {} and "16 x 1.19 = 19" in ok[4]
     cap = analysis.steps_cap(10)
     assert cap["maximum"] == 10 and "value" not in cap

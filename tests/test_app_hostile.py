@@ -96,3 +96,45 @@ def test_a_permalink_with_markdown_in_it_shows_it_as_text() -> None:
     assert problems and any("log in here" in p for p in problems)
     rendered = MarkdownIt("commonmark").render("; ".join(text.as_text(p) for p in problems))
     assert "<img" not in rendered and "<a" not in rendered and "log in here" in rendered, rendered
+
+
+@pytest.mark.parametrize("argv,needle", [(["--threads", "-1"], "--threads must be in [0, 1024], got -1"),
+                                         (["--threads", "８"], "--threads must be a whole number"),
+                                         (["--port", "70000"], "--port must be in [1, 65535], got 70000"),
+                                         (["--port", "80_80"], "--port must be a whole number")])
+def test_the_app_flags_are_checked_before_anything_loads(argv, needle, capsys) -> None:
+    from app import launch
+
+    assert launch.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
+
+
+def test_a_busy_port_is_one_line(capsys) -> None:
+    import socket
+
+    from app import launch
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert launch.main(["--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--port {port} on 127.0.0.1 cannot be used" in err, err
+
+
+def test_compare_names_the_seed_as_typed(two_sessions) -> None:
+    """A top seed with 4 seeds: the refusal names the seed typed and the count, before any panel runs."""
+    from app.compare import Compare
+    from emigm.core.seeds import MAX_SEED
+
+    tabs, _ = two_sessions
+    cmp = Compare(tabs[0].engine)
+    values = {**controls.DEFAULTS, "model": "test-tiny", "class_name": "Bag", "seed": MAX_SEED - 1, "num_seeds": 4,
+              "axis": "guidance", "num_steps": 4, "head_steps": 2, "panel_a": "none", "panel_b": "interval"}
+    from app.compare import CONTROLS
+    notes = cmp._check({k: values[k] for k in CONTROLS})
+    assert notes.get("seed", "").startswith(f"seed {MAX_SEED - 1} with 4 images needs seeds up to {MAX_SEED + 2}"), notes
+    with pytest.raises(ValueError, match=f"seed {MAX_SEED - 1} with 4 images"):
+        cmp._plan({k: values[k] for k in CONTROLS})

@@ -53,11 +53,12 @@ def claims_file(folder: Path, engine, model: str, **sampler_over) -> Path:
     `sampler_over` (what the panel of that axis value runs)."""
     values = {**compare_values(engine, model), "cfg_mode": "", "order_temperature": 4.5, "order_anneal": "linear"}
     sampler, guidance = controls.configs({**controls.DEFAULTS, **values})
+    fp = claims.weights_of(engine.load(model))  # measured on these (random) weights
     point = {"label": "test point", "group": "schedule", "model": model, "nfe": 16, "fd": FD, "fd_sd": FD_SD,
-             "seed_sets": [[0, 999], [1000, 1999], [2000, 2999]],
+             "seed_sets": [[0, 999], [1000, 1999], [2000, 2999]], "fingerprint": fp,
              "sampler": to_dict(replace(sampler, draft=False, **sampler_over)), "guidance": to_dict(guidance)}
     path = folder / "claims.json"
-    path.write_text(json.dumps({"points": [point], "claims": []}))
+    path.write_text(json.dumps({"version": 3, "fingerprints": {model: fp}, "points": [point], "claims": []}))
     return path
 
 
