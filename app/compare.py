@@ -344,8 +344,14 @@ class Compare:
 
     @user_errors
     def diff(self, comparison: Comparison | None, panel_a: str, panel_b: str):
-        """Difference map of two panels (keys or titles) and the step where they diverge."""
-        check_panel_name(panel_a), check_panel_name(panel_b)
+        """Difference map of two panels (keys or titles) and the step where they diverge. The names are
+        checked against the comparison on the page (an axis comparison's panels are its axis values),
+        or against the guidance panels when there is none yet."""
+        for name in (panel_a, panel_b):
+            if not isinstance(name, str):
+                raise ValueError(f"a panel is named by its key or title (text), got {type(name).__name__} {name!r}")
         if comparison is None:
+            check_panel_name(panel_a), check_panel_name(panel_b)
             raise ValueError(NO_COMPARISON)
+        comparison.find(panel_a), comparison.find(panel_b)  # "unknown panel ...; valid: " this comparison's
         return self._diff(comparison, panel_a, panel_b)

@@ -2,6 +2,7 @@
 (class 2); a token field reads ASCII digits only, as the CLI (class 7)."""
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -138,3 +139,21 @@ def test_compare_names_the_seed_as_typed(two_sessions) -> None:
     assert notes.get("seed", "").startswith(f"seed {MAX_SEED - 1} with 4 images needs seeds up to {MAX_SEED + 2}"), notes
     with pytest.raises(ValueError, match=f"seed {MAX_SEED - 1} with 4 images"):
         cmp._plan({k: values[k] for k in CONTROLS})
+
+
+def test_diff_after_an_axis_comparison_takes_that_comparisons_panels(two_sessions) -> None:
+    """After an axis comparison the panels are its axis values: /diff takes their keys and refuses other
+    names listing them (before, it refused them as unknown guidance panels, then the guidance panels as
+    not in the comparison, so no pair could be satisfied)."""
+    from app.compare import Compare, Comparison, Panel
+
+    tabs, trajs = two_sessions
+    cmp = Compare(tabs[0].engine)
+    axis = Comparison((Panel("steps-4", "4 steps", "test-tiny", None, "", trajs[0]),
+                       Panel("steps-8", "8 steps", "test-tiny", None, "", trajs[1])), 4)
+    fig, doc = Compare._diff(cmp, axis, "steps-4", "steps-8")
+    assert (doc["a"], doc["b"]) == ("steps-4", "steps-8")
+    for bad, needle in (("none", "unknown panel 'none'; valid: steps-4, steps-8"),
+                        (["steps-4"], "a panel is named by its key or title (text), got list")):
+        with pytest.raises(Exception, match=re.escape(needle)):
+            Compare.diff.__wrapped__(cmp, axis, bad, "steps-8")
