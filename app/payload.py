@@ -82,6 +82,23 @@ class PlayerPanel:
 
 
 @dataclass(frozen=True)
+class StepCost:
+    """A run on an oracle model (emigm.nn.oracle): per step, the nats the sampler added by revealing that
+    step's tokens together (emigm.eval.sampler_error.run_errors on the run's own draws), their total,
+    and the posterior's effective number of references before each step. `measure` is "KL" when the
+    reveal path does not depend on token values, else "dependence cost"; `guided`: the target is no
+    longer the unguided p(x | c). `per_step` None: not computed, `note` says why."""
+
+    measure: str
+    fixed: bool
+    guided: bool
+    note: str
+    per_step: list[float] | None = None
+    total: float | None = None
+    effective: list[float] | None = None
+
+
+@dataclass(frozen=True)
 class PlayerPayload:
     """The step player (kind "unmask": one run with its lab maps; "compare": side-by-side panels). The
     sprite is one PNG, row = frame (from `first`), column = image; n frames shown of N steps."""
@@ -107,6 +124,7 @@ class PlayerPayload:
     unc_label: str | None = optional()
     masked: list[str] | None = optional()  # remasking runs: per shown frame, the mask after it
     revisions: list[list[int]] | None = optional()  # remasking runs: times each token was re-masked so far
+    cost: StepCost | None = optional()  # runs on an oracle model: the sampler's own error per step
     # kind "compare"
     same_steps: bool | None = optional()
 
