@@ -20,6 +20,7 @@ from emigm.io.exports import read_export_config, resolve_export, shipped_models
 from emigm.io.hub import is_hub_id, parse_hub_id
 from emigm.io.loading import Pipeline, build_model_tokenizer, check_size, load_pipeline
 from emigm.nn.model import MaskedGenerator
+from emigm.nn.oracle import OracleGenerator, shipped_oracles
 from emigm.sample.capabilities import suggested_guidance, suggested_settings
 
 from . import text
@@ -31,8 +32,8 @@ WEIGHT_SEED = 0  # random-init weights: the same for every process
 
 
 def generator_exports() -> list[str]:
-    """Shipped exports that hold a masked generator (tokenizer exports in assets/ are skipped);
-    fmnist-emigm first when shipped."""
+    """Shipped exports that hold a masked generator (tokenizer exports in assets/ are skipped), then the
+    shipped oracle models (emigm.nn.oracle: exact conditionals); fmnist-emigm first when shipped."""
     names = []
     for name in shipped_models():
         try:
@@ -40,7 +41,7 @@ def generator_exports() -> list[str]:
         except CheckpointError:
             continue
         names.append(name)
-    return sorted(names, key=lambda n: n != PREFERRED)
+    return sorted(names, key=lambda n: n != PREFERRED) + shipped_oracles()
 
 
 def preset_config(name: str):
@@ -155,6 +156,10 @@ class Catalogue:
 
     def is_shipped(self, name: str) -> bool:
         return self.sources[name].shipped
+
+    def is_oracle(self, name: str) -> bool:
+        """Whether `name` is an oracle model (loads it)."""
+        return isinstance(self.load(name).model, OracleGenerator)
 
     def is_random(self, name: str) -> bool:
         return self.sources[name].preset

@@ -43,7 +43,9 @@ def to_json(obj: Any) -> Any:
 @dataclass(frozen=True)
 class StepRecord:
     """One step of one sample: times t -> s, CFG scale (0: off), self-guidance scale (0: off), passes of
-    this step and so far (nfe), milliseconds, tokens revealed."""
+    this step and so far (nfe), milliseconds, tokens revealed by it and tokens still masked after it
+    (with remasking a token may be revealed more than once, so the share revealed so far is
+    1 - masked / L, never the sum of the reveals)."""
 
     t: float
     s: float
@@ -53,6 +55,7 @@ class StepRecord:
     nfe: int
     ms: float
     revealed: int
+    masked: int
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,23 @@ class PlayerPanel:
     image_steps: list[int] | None = optional()  # per seed: the steps its image took (an adaptive order's vary)
     image_nfe: list[int] | None = optional()  # per seed: the transformer passes of those steps
     ms: int | None = optional()
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """A run on an oracle model (emigm.nn.oracle): per step, the nats the sampler added by revealing that
+    step's tokens together (emigm.eval.sampler_error.run_errors on the run's own draws), their total,
+    and the posterior's effective number of references before each step. `measure` is "KL" when the
+    reveal path does not depend on token values, else "dependence cost"; `guided`: the target is no
+    longer the unguided p(x | c). `per_step` None: not computed, `note` says why."""
+
+    measure: str
+    fixed: bool
+    guided: bool
+    note: str
+    per_step: list[float] | None = None
+    total: float | None = None
+    effective: list[float] | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +124,7 @@ class PlayerPayload:
     unc_label: str | None = optional()
     masked: list[str] | None = optional()  # remasking runs: per shown frame, the mask after it
     revisions: list[list[int]] | None = optional()  # remasking runs: times each token was re-masked so far
+    cost: StepCost | None = optional()  # runs on an oracle model: the sampler's own error per step
     # kind "compare"
     same_steps: bool | None = optional()
 
@@ -150,8 +171,9 @@ class TokenPath:
 
     token: list[int]
     note: str
-    values: list[list[float]] | None = optional()
+    values: list[list[float]] | None = optional()  # the token's channels at each point of the solver
     solver: str | None = optional()
+    captions: list[str] | None = optional()  # what each point is: the noise, then the calls made so far
     revealed: bool | None = optional()
     sprite: str | None = optional()
 
@@ -174,7 +196,7 @@ class AnatomyPayload:
     branches: list[Branch]
     headline: str
     order: str
-    order_kind: str  # the order's kind in the library's registry (emigm.sample.orders.ORDERS): priority, score, adaptive
+    order_kind: str  # its kind in the library's registry (emigm.sample.orders.ORDERS): priority, score, adaptive
     order_fixed: bool  # a priority order fixed before sampling (the same at every step)
     count_rule: str
     guidance: str

@@ -22,9 +22,12 @@ from typing import Any, Sequence
 
 import gradio as gr
 import numpy as np
+import torch
 from PIL import Image
 
-from .payload import PlayerPanel, PlayerPayload, StepRecord, to_json
+from emigm.eval.sampler_error import path_is_fixed, run_errors
+
+from .payload import PlayerPanel, PlayerPayload, StepCost, StepRecord, to_json
 from .payload import Status as StatusPayload
 from .trajectory import Trajectory
 
@@ -63,7 +66,7 @@ def step_records(traj: Trajectory, b: int = 0, n: int | None = None) -> list[Ste
                               cfg=round(float(s.cfg_scale[b]), 3) if s.cfg_active else 0,
                               sg=round(float(s.sg_scale), 3) if s.sg_active else 0,
                               passes=s.passes - prev, nfe=s.passes, ms=round(1000 * (f.sample_s + f.decode_s), 1),
-                              revealed=int(s.revealed[b].sum())))
+                              revealed=int(s.revealed[b].sum()), masked=int(s.mask_after[b].sum())))
         prev = s.passes
     return out
 
@@ -105,8 +108,43 @@ def lab_maps(traj: Trajectory, frames, b: int = 0) -> dict[str, Any]:
     return out
 
 
-def unmask_payload(traj: Trajectory, run: str, live: bool = False, title: str = "") -> dict[str, Any]:
-    """The Unmasking player for sample 0: every frame (or, while `live`, the newest one), with the lab maps."""
+def step_costs(traj: Trajectory, net: Any) -> StepCost:
+    """The sampler's own error per step of a finished run on an oracle model `net` (sample 0): the
+    library's run_errors re-runs the run's sampler with its labels, seeds and settings (the sampler is
+    deterministic in them) and its draws are checked to be the run's own before any number is shown."""
+    s = traj.last
+    fixed = path_is_fixed(s.sampler)
+    guided = s.guidance.cfg_scale != 1.0
+    measure = "KL" if fixed else "dependence cost"
+    why = ""
+    if traj.branched_from or traj.edited:
+        why = "not computed for a branched run (its path mixes two settings)"
+    elif not traj.complete:
+        why = "not computed for a stopped run"
+    if not why:
+        try:
+            out = run_errors(net, s.labels[:1], s.seeds[:1], s.sampler, s.guidance)
+        except ValueError as e:
+            why = str(e).splitlines()[0]
+        else:
+            if not torch.equal(out["tokens"][0].cpu(), s.tokens[0].cpu()):
+                why = "not computed: the re-run's draws differ from this run's"
+    if why:
+        return StepCost(measure=measure, fixed=fixed, guided=guided, note=why)
+    per = out["per_step"][0].tolist()
+    note = ("KL of the sampler from the oracle, by the chain rule: each bar is what revealing that step's tokens "
+            "together cost" if fixed else
+            "dependence cost of the path taken (the order reads token values, so it is not a KL)")
+    if guided:
+        note += "; guidance is on, so the target is not the unguided p(x | c)"
+    return StepCost(measure=measure, fixed=fixed, guided=guided, note=note, per_step=[round(v, 6) for v in per],
+                    total=round(sum(per), 6), effective=[round(v, 3) for v in out["effective"][0].tolist()])
+
+
+def unmask_payload(traj: Trajectory, run: str, live: bool = False, title: str = "",
+                   cost: StepCost | None = None) -> dict[str, Any]:
+    """The Unmasking player for sample 0: every frame (or, while `live`, the newest one), with the lab maps
+    (and, on an oracle model, the sampler's own error per step)."""
     frames = traj.frames[-1:] if live else traj.frames
     panel = PlayerPanel(title=traj.model, note="", cols=[0], when=traj.when_map()[:1].reshape(1, -1).tolist())
     return to_json(PlayerPayload(
@@ -114,7 +152,7 @@ def unmask_payload(traj: Trajectory, run: str, live: bool = False, title: str = 
         grid=traj.grid, px=traj.image_size, view=view_px(traj.image_size), L=traj.grid ** 2,
         first=len(traj.frames) - len(frames), sprite=sprite([[f.draft[0]] for f in frames]),
         panels=[panel], steps=step_records(traj), branched_from=traj.branched_from, title=title,
-        complete=traj.complete and not live, **lab_maps(traj, frames)))
+        complete=traj.complete and not live, cost=cost, **lab_maps(traj, frames)))
 
 
 def frame_of(length: int, n: int) -> list[int]:

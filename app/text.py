@@ -33,6 +33,8 @@ def model_banner(name: str, gen, device: str = "cpu") -> str:
         return (f"⚠ **Random weights.** No trained **{name}** is shipped (assets/{name}/ is missing), so the "
                 "images are noise. The mechanics are real: reveal order, mask schedules, the CFG interval and the "
                 f"pass counts are exactly what a trained model would do. ({what})")
+    if gen.source == "oracle":
+        return oracle_banner(name, gen)
     note = str(gen.meta.get("note", "")) if gen.meta else ""
     where = {"export": "export", "checkpoint": "training checkpoint", "official": "official checkpoint"}[gen.source]
     text = f"Model **{name}** ({where}): {what}." + (f" {note}" if note else "")
@@ -40,6 +42,23 @@ def model_banner(name: str, gen, device: str = "cpu") -> str:
         text = ("⚠ **An official ImageNet checkpoint on a CPU**: every step runs the full network, so a run takes "
                 "minutes; a GPU (`--device cuda`) is needed for useful speed. ") + text
     return text
+
+
+def oracle_banner(name: str, gen) -> str:
+    """The banner of an oracle model (emigm.nn.oracle.OracleGenerator): what an oracle is, what its
+    samples show, and that the error of a few-step run is the sampler's own."""
+    m, tk = gen.model, gen.cfg.tokenizer
+    kernel = (f"categorical kernel over {tk.kind} codes, eps {m.kernel:g}" if m.discrete
+              else f"Gaussian kernel over {tk.kind} latents, sigma {m.kernel:g}")
+    return (f"🔬 **Oracle model {name}: exact conditionals, no network.** Its distribution is a kernel "
+            f"mixture over {m.num_refs} encoded Fashion-MNIST training images ({kernel}; {tk.grid}x{tk.grid} "
+            "tokens): p(x | class) averages, over that class's reference images, a small kernel around each "
+            "image's tokens. Every conditional the sampler asks for (a token given the visible ones, with or "
+            "without the class) is computed exactly. An exact sample is one training image of the class with a "
+            "few tokens changed by the kernel; a run that reveals many tokens at once may instead join parts of "
+            "different training images. One token per step in a fixed order "
+"gives an exact sample, so **any error you see in a few-step run is the sampler's own**: the "
+            "bars under the reveal counts show, per step, what revealing those tokens together cost (nats).")
 
 
 MASK_SCHEDULE = """

@@ -192,7 +192,9 @@ class Unmasking:
         else:
             status = stepper.status("stopped", f"**Stopped at {steps_label(done, s.num_steps)}** (scrub the "
                                                f"{done} sampled steps, or branch to finish){about}", run)
-        return status, stepper.unmask_payload(traj, run), timing_markdown(traj), run_summary(traj), traj
+        cost = stepper.step_costs(traj, self.engine.load(traj.model)) if self.engine.is_oracle(traj.model) else None
+        return (status, stepper.unmask_payload(traj, run, cost=cost), timing_markdown(traj), run_summary(traj),
+                traj)
 
     def _run(self, values: Mapping[str, Any], request: gr.Request | None = None):
         """Sample one image, streaming the player after every step."""

@@ -403,9 +403,11 @@ def test_missing_asset_is_a_gr_error():
 def test_a_shipped_model_just_shows_up(tmp_path, monkeypatch):
     import app.catalogue as cat
     import emigm.io.exports as ckpt
+    import emigm.nn.oracle as oracle
     make_export(tmp_path / "tiny-trained", preset_config("test-tiny"))
     (tmp_path / "some-tokenizer").mkdir()  # not a generator export: skipped
     monkeypatch.setattr(ckpt, "ASSETS_DIR", tmp_path)
+    monkeypatch.setattr(oracle, "ASSETS_DIR", tmp_path)  # the shipped oracles are offered too
     engine = Engine(num_threads=1)
     assert engine.names == ["tiny-trained"] and engine.is_shipped("tiny-trained")
     assert "Random weights" not in engine.banner("tiny-trained") and "export" in engine.banner("tiny-trained")

@@ -20,7 +20,7 @@ KINDS = {"unmask": payload.PlayerPayload, "compare": payload.PlayerPayload, "ana
 NESTED = {("PlayerPayload", "panels"): payload.PlayerPanel, ("PlayerPayload", "steps"): payload.StepRecord,
           ("PlayerPanel", "steps"): payload.StepRecord, ("AnatomyPayload", "branches"): payload.Branch,
           ("AnatomyPayload", "count"): payload.Count, ("AnatomyPayload", "tokens"): payload.TokenMaps,
-          ("AnatomyPayload", "path"): payload.TokenPath}
+          ("AnatomyPayload", "path"): payload.TokenPath, ("PlayerPayload", "cost"): payload.StepCost}
 
 
 def check_shape(doc: dict, cls) -> None:

@@ -87,7 +87,7 @@ def _step_log_q(model: OracleGenerator, lw_c: Tensor, lw_u: Tensor | None, token
         return torch.nan_to_num(model.token_log_probs(lw_c, tokens, revealed), nan=0.0).sum(1)
     B = tokens.shape[0]
     r = int(revealed.sum(1).max())
-    pos = (~revealed).to(torch.int8).argsort(1, stable=True)[:, :r]  # revealed positions first
+    pos = (~revealed).to(torch.int8).argsort(dim=1, stable=True)[:, :r]  # revealed positions first
     valid = torch.arange(r).unsqueeze(0) < revealed.sum(1, keepdim=True)
     logits = model.conditional_log_probs(lw_c, pos)
     if lw_u is not None:
