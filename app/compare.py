@@ -1,5 +1,5 @@
-"""Handlers of the Compare tab: one seed (or 1-4 seeds per panel), panels along one axis (guidance, schedule, steps, order, head,
-remasking, temperature; app/axes.py), one step player for all of them.
+"""Handlers of the Compare tab: one seed (or 1-4 per panel), panels along one axis (guidance, schedule,
+steps, order, head, remasking, temperature; app/axes.py), one step player for all of them.
 
 The guidance panels depend on the model (`panel_specs`):
 - a categorical (MaskGIT-style) model: no guidance, CFG, CFG in an interval, self-guidance, both;

@@ -23,12 +23,14 @@ import torch
 
 from emigm.core.fields import NAME, FieldError, parse_float
 from emigm.io.imaging import to_uint8
+from emigm.nn.diffusion import dpm_orders
 from emigm.sample.anatomy import BRANCHES
 from emigm.sample.orders import ORDERS, fixed_priority, grid_shape
 from emigm.sample.state import StepState
 
 from . import controls, memory, stepper
 from . import rescoring as rs
+from .axes import SOLVER_TITLES
 from .engine import Engine
 from .errors import user_errors
 from .payload import AnatomyPayload, Branch, Count, TokenMaps, TokenPath, to_json
@@ -116,11 +118,13 @@ def anatomy_payload(traj: Trajectory, step: int, state: StepState, gen, run: str
     with torch.inference_mode():
         images = to_uint8(gen.tokenizer.decode(torch.cat([a.branches[n][:1] for n in names]).to(_device(gen))))
     L, g = traj.grid ** 2, traj.grid
-    try:
-        halton = fixed_priority("halton", L, None, "cpu").long().tolist()
-        grid_shape(L)
-    except ValueError:
-        halton = None
+    halton = None
+    if s.order == "halton":  # the order's own priority of every token (the other orders have none)
+        try:
+            halton = fixed_priority("halton", L, None, "cpu").long().tolist()
+            grid_shape(L)
+        except ValueError:
+            halton = None
     masked = int(state.mask_before[0].sum())
     p, expected, drawn = float(a.reveal_p[0]), float(a.expected[0]), int(a.drawn[0])
     guides = []
@@ -137,7 +141,8 @@ def anatomy_payload(traj: Trajectory, step: int, state: StepState, gen, run: str
         L=L, model=traj.model, discrete=discrete, sprite=stepper.sprite([list(images)]),
         branches=[Branch(n, BRANCH_TITLES[n]) for n in names],
         headline=f"{masked} masked × {p:.3g} → expected {expected:.3g}, drew {drawn}",
-        order=s.order, order_kind=ORDERS[s.order].kind, order_fixed=ORDERS[s.order].fixed, count_rule=s.count_rule, guidance=" + ".join(guides) or "none",
+        order=s.order, order_kind=ORDERS[s.order].kind, order_fixed=ORDERS[s.order].fixed,
+        count_rule=s.count_rule, guidance=" + ".join(guides) or "none",
         weights={k: round(float(v[0]), 4) for k, v in a.weights.items()},
         count=Count(masked=masked, p=p, expected=expected, drawn=drawn, remask_sigma=a.remask_sigma,
                     remasked=int(a.remasked_count[0])),
@@ -161,9 +166,46 @@ def path_payload(state: StepState, gen, token: tuple[int, int], grid: int) -> To
         images = to_uint8(gen.tokenizer.decode(draft.to(_device(gen))))
     s = state.sampler
     full = bool(state.revealed[0, pos]) or s.draft_steps == 0
-    opts = (s.head_solver, s.head_steps) if full else ("dpm", s.draft_steps)
-    return TokenPath(token=[r, c], values=np.round(path.float().numpy(), 4).tolist(), solver=f"{opts[0]} × {opts[1]}",
-                     revealed=bool(state.revealed[0, pos]), sprite=stepper.sprite([list(images)]), note="")
+    solver, calls = (s.head_solver, s.head_steps) if full else ("dpm", s.draft_steps)
+    solver_text, captions = solver_points(solver, calls)
+    return TokenPath(token=[r, c], values=np.round(path.float().numpy(), 4).tolist(), solver=solver_text,
+                     captions=captions, revealed=bool(state.revealed[0, pos]), sprite=stepper.sprite([list(images)]),
+                     note="")
+
+
+def solver_points(solver: str, calls: int) -> tuple[str, list[str]]:
+    """What a diffusion solver's path shows: its name with the model calls and the points it passes
+    (DPM-Solver++ takes intervals of up to 3 calls, emigm.nn.diffusion.dpm_orders; the others one call
+    a step), and a caption per point: the starting noise, then the calls made so far."""
+    per_point = dpm_orders(calls) if solver == "dpm" else [1] * calls
+    done = np.cumsum(per_point).tolist()
+    captions = ["noise"] + [f"after {n} call{'s' if n > 1 else ''}" for n in done]
+    what = "interval" if solver == "dpm" else "step"
+    many = len(per_point)
+    text = f"{SOLVER_TITLES.get(solver, solver)}: {calls} model calls in {many} {what}{'s' if many != 1 else ''}"
+    if solver == "dpm":
+        text += f" (orders {', '.join(map(str, per_point))})"
+    return text, captions
+
+
+def _committed(state: StepState, positions: list[int], k: int) -> tuple[list[int], list[int]]:
+    """The chosen tokens committed after step k (erasing them re-masks them) and those still masked (erasing
+    them would change nothing); a choice of masked tokens only is refused next to the tokens box."""
+    masked = state.mask_after[0]
+    committed = [p for p in positions if not bool(masked[p])]
+    still = [p for p in positions if bool(masked[p])]
+    if still and not committed:
+        raise FieldError("tokens", f"{NAME}: the chosen tokens are still masked after step {k} (grey): erasing them "
+                                   "changes nothing; choose committed tokens")
+    return committed, still
+
+
+def _edit_text(action: str, positions: list[int], value: int | None, ignored: list[int], k: int) -> str:
+    what = ("nothing erased" if action == "erase" and not positions else
+            f"{'erased' if action == 'erase' else f'fixed to code {value}'}: {len(positions)} token(s)")
+    if ignored:
+        what += f"; {len(ignored)} chosen tokens were still masked after step {k} (nothing to erase there)"
+    return what
 
 
 class Lab:
@@ -263,7 +305,7 @@ class Lab:
         gen = self.engine.load(trajectory.model)
         state = trajectory.frames[k - 1].state
         mask, values = state.mask_after.clone(), state.tokens.clone()
-        value = None
+        value, ignored = None, []
         if action == "fix":
             if not gen.model.head.discrete:
                 raise FieldError("action", f"{NAME} 'fix' needs a categorical head (a code to fix a token to); "
@@ -276,6 +318,7 @@ class Lab:
             mask[0, positions] = False
             values[0, positions] = value
         else:
+            positions, ignored = _committed(state, positions, k)
             mask[0, positions] = True
             values[0, positions] = 0
         if not bool(mask.any()):
@@ -289,15 +332,14 @@ class Lab:
         same = len(trajectory.frames) == len(resumed.frames) and all(
             np.array_equal(fa.state.tokens.numpy(), fb.state.tokens.numpy())
             for fa, fb in zip(trajectory.frames, resumed.frames))
-        what = ("nothing erased" if action == "erase" and not positions else
-                f"{'erased' if action == 'erase' else f'fixed to code {value}'}: {len(positions)} token(s)")
+        what = _edit_text(action, positions, value, ignored, k)
         where = ("identical at every step" if same and d.step is None else
                  f"identical through step {d.step - 1}, differ from step {d.step}" if d.step else
                  "the committed tokens never differ (the drafts may)")
         run = stepper.new_run_id()
         player = stepper.compare_payload([("original", trajectory, ""), (f"intervened after step {k}", resumed, "")],
                                          run)
-        doc = {"step": k, "action": action, "tokens": positions, "code": value, "identical": same,
+        doc = {"step": k, "action": action, "tokens": positions, "ignored": ignored, "code": value, "identical": same,
                "diverge_step": d.step, "image_diverge_step": d.image_step,
                "tokens_differ_per_step": [round(x, 4) for x in d.tokens], "headline": where,
                "wall_s": round(resumed.wall_s, 4)}

@@ -16,6 +16,8 @@ import socket
 import sys
 import tempfile
 
+from emigm.core.fields import parse_int  # no torch: the environment is set before torch loads
+
 
 def _prog() -> str:
     """The command as the user typed it: `emigm-explorer` when installed, else `python app.py`."""
@@ -64,8 +66,6 @@ def one_thread_count(threads: int) -> None:
 def check_flags(args: argparse.Namespace) -> None:
     """--threads and --port read in ASCII digits (the CLI's parser) and in range, and the port free, before
     anything is loaded or sampled: ValueError, one line naming the flag as typed."""
-    from emigm.core.fields import parse_int
-
     for flag, low, high in (("threads", 0, 1024), ("port", 1, 65535)):
         raw = getattr(args, flag)
         try:

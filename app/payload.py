@@ -43,7 +43,9 @@ def to_json(obj: Any) -> Any:
 @dataclass(frozen=True)
 class StepRecord:
     """One step of one sample: times t -> s, CFG scale (0: off), self-guidance scale (0: off), passes of
-    this step and so far (nfe), milliseconds, tokens revealed."""
+    this step and so far (nfe), milliseconds, tokens revealed by it and tokens still masked after it
+    (with remasking a token may be revealed more than once, so the share revealed so far is
+    1 - masked / L, never the sum of the reveals)."""
 
     t: float
     s: float
@@ -53,6 +55,7 @@ class StepRecord:
     nfe: int
     ms: float
     revealed: int
+    masked: int
 
 
 @dataclass(frozen=True)
@@ -168,8 +171,9 @@ class TokenPath:
 
     token: list[int]
     note: str
-    values: list[list[float]] | None = optional()
+    values: list[list[float]] | None = optional()  # the token's channels at each point of the solver
     solver: str | None = optional()
+    captions: list[str] | None = optional()  # what each point is: the noise, then the calls made so far
     revealed: bool | None = optional()
     sprite: str | None = optional()
 
@@ -192,7 +196,7 @@ class AnatomyPayload:
     branches: list[Branch]
     headline: str
     order: str
-    order_kind: str  # the order's kind in the library's registry (emigm.sample.orders.ORDERS): priority, score, adaptive
+    order_kind: str  # its kind in the library's registry (emigm.sample.orders.ORDERS): priority, score, adaptive
     order_fixed: bool  # a priority order fixed before sampling (the same at every step)
     count_rule: str
     guidance: str

@@ -121,7 +121,8 @@ def frame_pair(frame: Frame, grid: int, scale: int, finished: bool = False) -> n
 
 
 def strip(traj: Trajectory, max_columns: int = 16, height: int = 96) -> np.ndarray:
-    """MaskGIT-figure strip for sample 0: the mask after each step over the canvas at that step."""
+    """MaskGIT-figure strip for sample 0: the mask after each step over the canvas at that step (the last
+    step of a finished run: the finished image, clean)."""
     n = len(traj.frames)
     idx = sorted(set(np.linspace(0, n - 1, min(n, max_columns)).round().astype(int).tolist()))
     scale = max(1, round(height / traj.image_size))
@@ -130,8 +131,10 @@ def strip(traj: Trajectory, max_columns: int = 16, height: int = 96) -> np.ndarr
     for i in idx:
         f = traj.frames[i]
         s = f.state
+        finished = traj.complete and i == n - 1  # the finished image, clean, as in the GIF and the player
         top = mask_image(s.mask_after[0].numpy(), s.revealed[0].numpy(), traj.grid, cell)
-        bottom = canvas(f.draft[0], s.mask_after[0].numpy(), s.revealed[0].numpy(), traj.grid, scale)
+        bottom = canvas(f.draft[0], s.mask_after[0].numpy(), s.revealed[0].numpy(), traj.grid, scale,
+                        outline=not finished)
         col = tile([top, bottom], cols=1, pad=4)
         cols.append(labelled(col, f"{s.step + 1}/{s.num_steps}"))
     return tile(cols, cols=len(cols), pad=4)

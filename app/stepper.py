@@ -66,7 +66,7 @@ def step_records(traj: Trajectory, b: int = 0, n: int | None = None) -> list[Ste
                               cfg=round(float(s.cfg_scale[b]), 3) if s.cfg_active else 0,
                               sg=round(float(s.sg_scale), 3) if s.sg_active else 0,
                               passes=s.passes - prev, nfe=s.passes, ms=round(1000 * (f.sample_s + f.decode_s), 1),
-                              revealed=int(s.revealed[b].sum())))
+                              revealed=int(s.revealed[b].sum()), masked=int(s.mask_after[b].sum())))
         prev = s.passes
     return out
 

@@ -167,6 +167,7 @@ def build_issue31(tmp: Path, f: dict[str, str]) -> None:
         edit(c)
         torch_save(c, tmp / name / "ckpt-0000002.pt", checksum=True)
         f[name] = str(tmp / name)
+    os.unlink(tmp / "run_fifo" / "ckpt-0000002.pt")  # a run stopped before its first checkpoint: its metrics next
     os.unlink(tmp / "run_fifo" / "metrics.jsonl")
     os.mkfifo(tmp / "run_fifo" / "metrics.jsonl")
     neg = dict(ck, step=-3)
@@ -188,6 +189,10 @@ def build_issue31(tmp: Path, f: dict[str, str]) -> None:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     (tmp / "images" / "a").mkdir(parents=True)
+    for i in range(8):  # a batch of ordinary images beside it, so the folder makes a batch
+        (tmp / "images" / "a" / f"ok{i}.png").write_bytes(
+            b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(bytes(9 * 8))) + chunk(b"IEND", b""))
     (tmp / "images" / "a" / "huge.png").write_bytes(
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 1, 0, 0, 0, 0))
         + chunk(b"IDAT", zlib.compress(bytes(8))) + chunk(b"IEND", b""))

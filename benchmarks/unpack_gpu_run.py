@@ -36,6 +36,8 @@ def unpack(folder: Path, dest: Path, overwrite: bool = False) -> list[Path]:
     import torch
     from safetensors.torch import load, save
 
+    from emigm.core.fileio import CHECKSUMS_FILE, record_checksum
+
     with tarfile.open(fileobj=io.BytesIO(read_parts(folder)), mode="r:gz") as tar:
         files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
     manifest = json.loads(files.pop("manifest.json"))
@@ -53,8 +55,12 @@ def unpack(folder: Path, dest: Path, overwrite: bool = False) -> list[Path]:
                 if dtype == "fp32" and hashlib.sha256(data).hexdigest() != digest:
                     raise ValueError(f"{rel}: differs from the file the GPU run wrote (sha256)")
             path = dest / asset_name(model) / Path(rel).relative_to(model)
+            if path.name == CHECKSUMS_FILE:
+                continue  # the GPU side's record names its bf16 transport bytes; recorded anew below
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
+            if rel.endswith(".safetensors"):
+                record_checksum(path, hashlib.sha256(data).hexdigest())
         metrics = files.get(f"{model}/metrics.jsonl")
         if metrics is not None:
             (target / "metrics.jsonl").write_bytes(metrics)

@@ -223,7 +223,8 @@ def test_guided_logits_exact_values():
     only_sg = head.guided_logits(z, [Term("self-guidance", z_smooth, torch.full((4,), s))])
     assert torch.allclose(only_sg, (1 + s) * cond - s * smooth, atol=1e-5)
     u = torch.rand(4, 5, generator=torch.Generator().manual_seed(1))
-    codes, logp = head.sample(z, lambda i: u, guides=[Term("cfg", z_null, w - 1)], temperature=1.0)
+    codes, score, logp = head.sample(z, lambda i: u, guides=[Term("cfg", z_null, w - 1)], temperature=1.0)
     guided = cond + (w - 1)[:, None] * (cond - null)
     assert torch.equal(codes, (torch.log_softmax(guided, -1) - torch.log(-torch.log(u))).argmax(-1))
     assert torch.allclose(logp, torch.log_softmax(guided, -1).gather(1, codes[:, None]).squeeze(1), atol=1e-5)
+    assert torch.equal(score, logp)  # no order score given: the score is the code's guided log-probability

@@ -64,14 +64,19 @@
     return { masked, now: !masked && (prev ? prev[i] === "1" : fi === 0 || w === step), revised, step };
   }
 
+  // The share of the tokens committed after step k of an Unmasking payload (with remasking a token may
+  // be revealed, re-masked and revealed again: the reveals do not add up to it)
+  function committedFraction(d, k) {
+    return (d.L - d.steps[k].masked) / d.L;
+  }
+
   // The line above the Unmasking views at player step k of payload d
   function unmaskDetail(d, k) {
-    const s = d.steps[k], L = d.L;
-    let cum = 0; for (let i = 0; i <= k; i++) cum += d.steps[i].revealed;
+    const s = d.steps[k], L = d.L, done = committedFraction(d, k);
     const guide = [s.cfg ? `CFG ×${s.cfg}` : "no CFG", s.sg ? `self-guidance ${s.sg}` : ""].filter(Boolean).join(" + ");
-    const revealed = s.revealed === 0 && cum === L
+    const revealed = s.revealed === 0 && done === 1
       ? `revealed 0: every token was already revealed, yet the step ran (${s.passes} pass${s.passes > 1 ? "es" : ""})`
-      : `revealed ${s.revealed} (${Math.round(100 * cum / L)}% of ${L} tokens)`;
+      : `revealed ${s.revealed} (${Math.round(100 * done)}% of ${L} tokens)`;
     return `t ${s.t.toFixed(3)} → s ${s.s.toFixed(3)} · ${guide} · ${revealed} · NFE so far ${s.nfe} · ${Math.round(s.ms)} ms` +
       (d.branched_from && k < d.branched_from ? ` · from the parent run (branched after step ${d.branched_from})` : "");
   }
@@ -104,5 +109,24 @@
     return parts.join(" · ");
   }
 
-  return { GAP, viridis, stepLabel, linkQuery, layout, tokenAt, unmaskDetail, panelCaption, anatomyTokenText };
+  // The part of an image a denoising-path tile shows (image pixels): the token's cell with one cell
+  // around it (shifted inside the image at its edges), so one token's change is large enough to see;
+  // tx, ty: where the token's cell lies in it
+  function pathCrop(d, token) {
+    const cell = d.px / d.grid, size = Math.min(d.px, 3 * cell), [r, c] = token;
+    const x = Math.max(0, Math.min(d.px - size, (c - 1) * cell)), y = Math.max(0, Math.min(d.px - size, (r - 1) * cell));
+    return { x, y, size, cell, tx: c * cell - x, ty: r * cell - y };
+  }
+
+  // The line under an opened step for the tokens chosen for an intervention (token indices): which, and
+  // a warning for those still masked after the step (erasing them would change nothing)
+  function selectionText(d, chosen) {
+    const g = d.grid, name = i => `${Math.floor(i / g)}:${i % g}`, sorted = [...chosen].sort((a, b) => a - b);
+    if (!sorted.length) return "Click tokens on the last view to choose them for an intervention (below).";
+    const masked = sorted.filter(i => d.tokens.after[i]);
+    return `chosen for an intervention: ${sorted.map(name).join(", ")}` + (masked.length ?
+      ` · ⚠ ${masked.map(name).join(", ")} still masked after step ${d.step} (grey): erasing ${masked.length > 1 ? "them" : "it"} changes nothing` : "");
+  }
+
+  return { GAP, viridis, stepLabel, linkQuery, layout, tokenAt, committedFraction, pathCrop, selectionText, unmaskDetail, panelCaption, anatomyTokenText };
 });

@@ -152,19 +152,19 @@
     const maxC = Math.max(1, ...steps.map(s => s.revealed));
     const y = c => t + (H - t - b) * (1 - c / maxC), yf = f => t + (H - t - b) * (1 - f);
     const g = svg("svg", { width: W, height: H, class: "emigm-svg" });
-    let cum = 0; const pts = [];
+    const pts = [];
     steps.forEach((s, i) => {
-      const k = i + 1; cum += s.revealed;
+      const k = i + 1, done = core.committedFraction(d, i);
       if (s.cfg) g.append(svg("rect", { x: x(k) - (W - l - r) / N / 2, y: t, width: (W - l - r) / N, height: H - t - b, fill: CFG_FILL }));
       const rect = svg("rect", { x: x(k) - bw / 2, y: y(s.revealed), width: bw, height: H - b - y(s.revealed), fill: "#0072B2", class: "emigm-barstep" });
       const tip = svg("title", {});
-      tip.textContent = `${stepLabel(k, N)}\nrevealed ${s.revealed} tokens (${Math.round(100 * cum / L)}% so far)` +
+      tip.textContent = `${stepLabel(k, N)}\nrevealed ${s.revealed} tokens (${Math.round(100 * done)}% committed after it)` +
         `${s.revealed === 0 ? " · nothing was left to reveal" : ""}\n${s.passes} pass${s.passes > 1 ? "es" : ""}` +
         `${s.cfg ? ` (CFG ×${s.cfg})` : ""}${s.sg ? ` (self-guidance ${s.sg})` : ""}\n${Math.round(s.ms)} ms`;
       rect.append(tip); rect.addEventListener("click", () => self.go(i));
       g.append(rect);
       if (s.sg) g.append(svg("circle", { cx: x(k), cy: t + 4, r: 3, fill: PURPLE }));
-      pts.push(`${x(k)},${yf(cum / L)}`);
+      pts.push(`${x(k)},${yf(done)}`);
     });
     g.append(svg("polyline", { points: pts.join(" "), fill: "none", stroke: "#D55E00", "stroke-width": 2 }));
     const axis = (x1, y1, x2, y2) => g.append(svg("line", { x1, y1, x2, y2, stroke: "#888" }));
@@ -180,7 +180,7 @@
     const nfe = steps.length ? steps[steps.length - 1].nfe : 0;
     const legend = el("div", { class: "emigm-legend" },
       el("span", { class: "sw", style: "background:#0072B2" }), "tokens revealed per step ",
-      el("span", { class: "sw", style: "background:#D55E00;height:3px" }), "cumulative fraction ",
+      el("span", { class: "sw", style: "background:#D55E00;height:3px" }), "share committed ",
       el("span", { class: "sw", style: `background:${CFG_FILL}` }), "CFG step (+1 pass) ",
       el("span", { class: "sw", style: `background:${PURPLE};border-radius:50%` }), "self-guidance (+1 pass) · ",
       el("b", {}, d.complete ? `NFE ${nfe} = ${N} × ${(nfe / N).toPrecision(3)}` : `NFE ${nfe} so far`));
@@ -463,7 +463,7 @@
   Anatomy.prototype.syncSelection = function (write = true) {
     const g = this.data.grid, list = [...this.sel].sort((a, b) => a - b).map(i => `${Math.floor(i / g)}:${i % g}`).join(", ");
     this.root.dataset.sel = list;
-    this.selLine.textContent = list ? `chosen for an intervention: ${list}` : "Click tokens on the last view to choose them for an intervention (below).";
+    this.selLine.textContent = core.selectionText(this.data, this.sel);
     if (!write) return;
     const box = document.querySelector("#int-tokens textarea, #int-tokens input");
     if (box) { box.value = list; box.dispatchEvent(new Event("input", { bubbles: true })); }
@@ -481,17 +481,21 @@
     }
     const text = (xx, yy, s, anchor) => { const e = svg("text", { x: xx, y: yy, "font-size": 11, "text-anchor": anchor || "middle", fill: "#444" }); e.textContent = s; g.append(e); };
     g.append(svg("line", { x1: l, y1: H - b, x2: W - r, y2: H - b, stroke: "#888" })); g.append(svg("line", { x1: l, y1: tp, x2: l, y2: H - b, stroke: "#888" }));
-    for (let j = 0; j < S; j++) text(x(j), H - b + 14, String(j));
+    for (let j = 0; j < S; j++) text(x(j), H - b + 14, j === 0 ? "noise" : String(j));
     text(l - 4, tp + 8, hi.toPrecision(2), "end"); text(l - 4, H - b, lo.toPrecision(2), "end");
-    const S2 = 56, strip = el("div", { class: "emigm-tiles" });
+    // each tile: the token and one token around it, so its change is large enough to see (outlined)
+    const crop = core.pathCrop(d, p.token), S2 = Math.max(72, Math.round(crop.size * 24 / crop.cell));
+    const k = S2 / crop.size, strip = el("div", { class: "emigm-tiles" });
     for (let j = 0; j < S; j++) {
-      const cv = el("canvas", { width: S2, height: S2 }), ctx = cv.getContext("2d");
-      ctx.imageSmoothingEnabled = false; ctx.drawImage(this.pimg, j * d.px, 0, d.px, d.px, 0, 0, S2, S2);
-      strip.append(el("figure", { class: "emigm-tile" }, cv, el("figcaption", {}, j === 0 ? "noise" : `solver ${j}`)));
+      const cv = el("canvas", { width: S2, height: S2, "data-crop": `${crop.x},${crop.y},${crop.size}` }), ctx = cv.getContext("2d");
+      ctx.imageSmoothingEnabled = false; ctx.drawImage(this.pimg, j * d.px + crop.x, crop.y, crop.size, crop.size, 0, 0, S2, S2);
+      ctx.strokeStyle = PURPLE; ctx.lineWidth = 2; ctx.strokeRect(crop.tx * k + 1, crop.ty * k + 1, crop.cell * k - 2, crop.cell * k - 2);
+      strip.append(el("figure", { class: "emigm-tile" }, cv, el("figcaption", {}, p.captions[j])));
     }
     return el("div", { class: "emigm-path" },
-      el("div", { class: "emigm-hint" }, `Token (${p.token[0]}, ${p.token[1]}) inside the diffusion head at step ${d.step}: its ${C} channels after each ` +
-        `solver step (${p.solver}${p.revealed ? ", revealed at this step" : ", a draft: still masked after this step"}), and the image decoded with it.`),
+      el("div", { class: "emigm-hint" }, `Token (${p.token[0]}, ${p.token[1]}) inside the diffusion head at step ${d.step}: its ${C} channels at each ` +
+        `point of the solver (${p.solver}${p.revealed ? ", revealed at this step" : ", a draft: still masked after this step"}), and the image ` +
+        "decoded with it, around the token (outlined)."),
       g, strip);
   };
   window.emigmAnatomy = function (element, props, trigger, watch) {

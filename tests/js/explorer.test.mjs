@@ -96,3 +96,44 @@ test("the anatomy payload names the branch that is the run's draft among its bra
   const d = fixture("anatomy");
   assert.ok(d.branches.some(b => b.name === d.draft_branch));
 });
+
+test("defect 3: with remasking the share revealed is the share committed after the step, never over 100%", () => {
+  const d = fixture("unmask-remask");
+  const sum = d.steps.reduce((a, s) => a + s.revealed, 0);
+  assert.ok(sum > d.L, "the fixture re-reveals tokens (revealed counts add up to more than L)");
+  for (let k = 0; k < d.n; k++) {
+    const committed = [...d.masked[k]].filter(c => c === "0").length;
+    assert.equal(core.committedFraction(d, k), committed / d.L, `step ${k + 1}`);
+    const pct = Number(core.unmaskDetail(d, k).match(/\((\d+)% of/)[1]);
+    assert.equal(pct, Math.round(100 * committed / d.L), `step ${k + 1}`);
+  }
+});
+
+test("defect 4: a denoising-path tile shows the token with one token around it, inside the image", () => {
+  const d = { px: 28, grid: 7 }, cell = 4;
+  const mid = core.pathCrop(d, [3, 2]);
+  assert.deepEqual(mid, { x: 4, y: 8, size: 12, cell, tx: 4, ty: 4 });
+  const corner = core.pathCrop(d, [0, 6]);
+  assert.deepEqual(corner, { x: 16, y: 0, size: 12, cell, tx: 8, ty: 0 });
+  for (const [r, c] of [[0, 0], [6, 6], [3, 3]]) {
+    const k = core.pathCrop(d, [r, c]);
+    assert.ok(k.x >= 0 && k.y >= 0 && k.x + k.size <= d.px && k.y + k.size <= d.px);
+    assert.equal(k.x + k.tx, c * cell); assert.equal(k.y + k.ty, r * cell);
+  }
+});
+
+test("defect 4: no Halton rank for a token of a run that does not reveal in Halton order", () => {
+  const d = fixture("anatomy"), i = d.tokens.masked.findIndex(m => m);
+  assert.notEqual(d.order, "halton");
+  assert.doesNotMatch(core.anatomyTokenText(d, i), /Halton/);
+});
+
+test("defect 5: choosing a token that is still masked after the opened step says erasing it changes nothing", () => {
+  const d = fixture("anatomy"), t = d.tokens, g = d.grid;
+  const masked = t.after.findIndex(m => m), committed = t.after.findIndex(m => !m);
+  const name = i => `${Math.floor(i / g)}:${i % g}`;
+  assert.doesNotMatch(core.selectionText(d, new Set([committed])), /still masked/);
+  const both = core.selectionText(d, new Set([committed, masked]));
+  assert.match(both, new RegExp(`⚠ ${name(masked)} still masked after step ${d.step} .*changes nothing`));
+  assert.match(core.selectionText(d, new Set()), /Click tokens/);
+});

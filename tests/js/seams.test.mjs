@@ -62,14 +62,16 @@ test("tokenAt of a remasking run, recomputed from the masks of every step", () =
 
 test("unmaskDetail: cumulative reveals as a percentage of L, the guidance named, zeros as zeros", () => {
   const step = (revealed, cfg, sg, nfe) => ({ t: 0.5, s: 0.25, cfg, sg, passes: 2, nfe, ms: 12.4, revealed });
-  const d = { L: 16, steps: [step(3, 3, 0, 2), step(5, 0, 0.5, 3), step(0, 2.5, 1.5, 5), step(8, 0, 0, 6)] };
+  // each step record carries the tokens still masked after it (app/payload.py StepRecord): L minus the reveals so far
+  const masked = d => { let c = 0; for (const s of d.steps) { c += s.revealed; s.masked = d.L - c; } return d; };
+  const d = masked({ L: 16, steps: [step(3, 3, 0, 2), step(5, 0, 0.5, 3), step(0, 2.5, 1.5, 5), step(8, 0, 0, 6)] });
   const texts = d.steps.map((_, k) => core.unmaskDetail(d, k));
   // cumulative 3, 8, 8, 16 of 16: 19%, 50%, 50%, 100%
   assert.match(texts[0], /^t 0\.500 → s 0\.250 · CFG ×3 · revealed 3 \(19% of 16 tokens\) · NFE so far 2 · 12 ms$/);
   assert.match(texts[1], / · no CFG \+ self-guidance 0\.5 · revealed 5 \(50% of 16 tokens\) · /);
   assert.match(texts[2], / · CFG ×2\.5 \+ self-guidance 1\.5 · revealed 0 \(50% of 16 tokens\) · NFE so far 5 · /);
   assert.match(texts[3], / · no CFG · revealed 8 \(100% of 16 tokens\) · /);
-  const done = { L: 4, steps: [step(4, 0, 0, 1), step(0, 0, 0, 2)] };
+  const done = masked({ L: 4, steps: [step(4, 0, 0, 1), step(0, 0, 0, 2)] });
   assert.match(core.unmaskDetail(done, 1), /revealed 0: every token was already revealed, yet the step ran \(2 passes\)/);
   const branched = { ...d, branched_from: 2 };
   assert.match(core.unmaskDetail(branched, 1), /from the parent run \(branched after step 2\)$/);
