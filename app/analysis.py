@@ -11,6 +11,7 @@ from emigm.core.fields import NAME, FieldError
 from emigm.sample.steps import step_table
 
 from . import charts, controls, text
+from . import claims as claims_mod
 from .claims import METRICS, VERDICTS, read_claims
 from .errors import user_errors
 from .trajectory import Trajectory
@@ -145,5 +146,14 @@ def results():
            + (f" ({doc['samples']})" if doc["samples"] else "") + f", {len(doc['claims'])} claims: {counts}."
            + (f"\n\n{doc['verdict_rule']}" if doc["verdict_rule"] else "")
            + (f"\n\n{doc['note']}" if doc["note"] else ""))
-    return (msg, fig, gr.update(value=doc["claims"], visible=True),
-            gr.update(value=point_rows(doc["points"]), visible=bool(doc["points"])), {"available": True, **doc})
+    rows, extra = list(doc["claims"]), {}
+    oracle = read_claims(claims_mod.ORACLE_CLAIMS_PATH)
+    if oracle is not None:  # the oracle's claims, each row marked, after the learned models' ones
+        rows += [[f"oracle: {c}", v, e] for c, v, e in oracle["claims"]]
+        o_counts = ", ".join(f"{sum(row[1] == v for row in oracle['claims'])} {v}" for v in VERDICTS)
+        msg += (f"\n\nAnd `{oracle['claims_file']}`, the sampler's exact error on the oracle models: "
+                f"{len(oracle['claims'])} claims ({o_counts}), listed after these, marked \"oracle:\"."
+                + (f" {oracle['problem']}" if oracle["problem"] else ""))
+        extra = {"oracle": {k: oracle[k] for k in ("claims_file", "claims", "problem", "note")}}
+    return (msg, fig, gr.update(value=rows, visible=True),
+            gr.update(value=point_rows(doc["points"]), visible=bool(doc["points"])), {"available": True, **doc, **extra})

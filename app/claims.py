@@ -20,6 +20,7 @@ from emigm.io.fingerprint import pipeline_fingerprint
 from emigm.sample.options import SamplerConfig
 
 CLAIMS_PATH = CLAIMS_FILE
+ORACLE_CLAIMS_PATH = CLAIMS_FILE.parent / "oracle-claims.json"  # the sampler's exact error (benchmarks/oracle_claims.py)
 VERDICTS = ("holds", "does not hold", "undecided")
 METRICS = ("fd", "class_accuracy", "precision", "recall")
 _files: dict[str, Any] = {}

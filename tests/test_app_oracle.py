@@ -80,3 +80,22 @@ def test_one_token_per_step_costs_nothing(engine):
 def test_a_learned_model_has_no_cost_bars(engine):
     player, _ = _final(engine, model="test-tiny", class_name="Sneaker", num_steps=3, head_steps=2)
     assert "cost" not in player
+
+
+def test_results_tab_lists_the_oracle_claims_after_the_others():
+    """Every claim of oracle-claims.json, in its order and with the verdict ClaimsFile gives it, after
+    claims.json's own rows, marked "oracle:"."""
+    import json
+
+    from app import analysis, claims
+    if not claims.ORACLE_CLAIMS_PATH.is_file() or not claims.CLAIMS_PATH.is_file():
+        pytest.skip("no oracle-claims.json or claims.json")
+    raw = json.loads(claims.ORACLE_CLAIMS_PATH.read_text())
+    msg, _, table, _, doc = analysis.results()
+    own = len(json.loads(claims.CLAIMS_PATH.read_text())["claims"])
+    rows = table["value"][own:]
+    want = claims.read_claims(claims.ORACLE_CLAIMS_PATH)["claims"]
+    assert [r[0] for r in rows] == [f"oracle: {c['claim']}" for c in raw["claims"]]
+    assert [r[1] for r in rows] == [v for _, v, _ in want]
+    assert f"{len(raw['claims'])} claims" in msg and "oracle-claims.json" in msg
+    assert doc["oracle"]["claims_file"].endswith("oracle-claims.json")
