@@ -26,7 +26,11 @@ AXES = {"guidance": "guidance: no guidance, CFG (null class, interval), self-gui
         "order": f"reveal order: {', '.join(o for o in ORDERS if o != 'fixed')} (as the model can)",
         "head": "diffusion head: DPM-Solver++ with 4, 8, 14 steps, DPM-Solver++ 2M, DDPM 100",
         "remask": f"revocable tokens (ReMDM): {', '.join(REMASKS)}",
-        "temperature": "token temperature: 0.5, 1, 1.5"}
+        "temperature": "token temperature: 0.5, 1, 1.5",
+        "model": "the oracle (exact conditionals) beside the learned model of its tokenizer"}
+# an oracle model and the learned model of the same tokenizer, grid and classes (both ways)
+MODEL_PAIRS = {"fmnist-oracle": "fmnist-maskgit", "fmnist-oracle-kl": "fmnist-emigm"}
+MODEL_PAIRS.update({v: k for k, v in list(MODEL_PAIRS.items())})
 HEAD_VALUES = (("dpm", 4), ("dpm", 8), ("dpm", 14), ("dpm2m", 8), ("ddpm", 100))
 SOLVER_TITLES = {"dpm": "DPM-Solver++", "dpm2m": "DPM-Solver++ 2M", "ddpm": "DDPM"}
 

@@ -239,6 +239,12 @@ class Compare:
         axis = axes.check_axis(values["axis"], gen.model)
         if axis == "guidance":
             specs = panel_specs(self.engine, base, guidance)
+        elif axis == "model":  # the same seed and settings on the oracle and on the learned model
+            other = axes.MODEL_PAIRS.get(base)
+            if other not in self.engine.names:
+                raise FieldError("axis", f"{{name}} 'model' needs one of {', '.join(axes.MODEL_PAIRS)} with its "
+                                         f"partner offered; {base!r} has none here")
+            specs = [Panel(f"model={m}", m, m, guidance, f"model {m}", sampler=sampler) for m in (base, other)]
         else:  # the tab's setting with one choice varied; a value the model cannot run says why
             specs = [Panel(key, title, base if s else None, guidance if s else None, note, sampler=s)
                      for key, title, s, note in axes.axis_settings(axis, gen.model, gen.smoother, sampler, guidance)]

@@ -99,3 +99,20 @@ def test_results_tab_lists_the_oracle_claims_after_the_others():
     assert [r[1] for r in rows] == [v for _, v, _ in want]
     assert f"{len(raw['claims'])} claims" in msg and "oracle-claims.json" in msg
     assert doc["oracle"]["claims_file"].endswith("oracle-claims.json")
+
+
+def test_compare_axis_model_runs_the_oracle_beside_the_learned_model():
+    """Same seed and settings on fmnist-oracle and fmnist-maskgit: two panels, each its own model's run
+    (the same reveal path: random order, exact counts, the same seed)."""
+    from app.compare import CONTROLS, Compare
+    eng = Engine(["fmnist-oracle", "fmnist-maskgit"], num_threads=1)
+    values = {**controls.DEFAULTS, "model": "fmnist-oracle", "class_name": "Dress", "seed": 2, "num_seeds": 1,
+              "axis": "model", "num_steps": 4, "order": "random", "count_rule": "exact", "cfg_scale": 1.0,
+              "panel_a": "none", "panel_b": "interval"}
+    out = list(Compare(eng).compare(**{k: values[k] for k in CONTROLS}))[-1]
+    player = out[1]
+    assert [p["title"].split(" · ")[0] for p in player["panels"]] == ["fmnist-oracle", "fmnist-maskgit"]
+    assert all(p.get("when") for p in player["panels"])
+    assert player["panels"][0]["when"] == player["panels"][1]["when"]  # one path, two models
+    with pytest.raises(Exception, match="partner"):
+        list(Compare(Engine(["fmnist-oracle"], num_threads=1)).compare(**{k: values[k] for k in CONTROLS}))
